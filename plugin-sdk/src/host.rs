@@ -1,0 +1,69 @@
+//! What the appliance offers every plugin: logging, a monotonic clock, a
+//! small persistent key-value store of the plugin's own, and counters.
+//!
+//! Inside the appliance these call the host. In native builds (unit tests)
+//! they are served by the thread's [`testing::Host`](crate::testing::Host),
+//! so plugin logic is tested with plain `cargo test`.
+//!
+//! ```
+//! use palisade_plugin_sdk::host::{self, kv};
+//!
+//! let seen = kv::get("seen").map_or(0, |v| v.len());
+//! kv::set("seen", &vec![1; seen + 1]).expect("within quota");
+//! host::log(host::Level::Info, "counted one more");
+//! host::counter_add("events", 1);
+//! ```
+
+pub use crate::wit::host::{KvError, Level};
+
+#[cfg(target_arch = "wasm32")]
+use crate::wit::host as imports;
+#[cfg(not(target_arch = "wasm32"))]
+use crate::testing::native as imports;
+
+/// Write a log line; the host tags it with the plugin's name. Long lines are
+/// cut and floods are rate-limited by the host.
+pub fn log(level: Level, message: &str) {
+    imports::log(level, message);
+}
+
+/// Nanoseconds from a monotonic clock with an unspecified origin.
+pub fn monotonic_now() -> u64 {
+    imports::monotonic_now()
+}
+
+/// Add `delta` to the counter `name`, shown to operators in metrics.
+pub fn counter_add(name: &str, delta: u64) {
+    imports::counter_add(name, delta);
+}
+
+/// The plugin's own persistent key-value store. It survives restarts and
+/// upgrades of the plugin, and is bounded by a quota the host enforces.
+pub mod kv {
+    use super::{KvError, imports};
+
+    /// The value stored under `key`, if any.
+    pub fn get(key: &str) -> Option<Vec<u8>> {
+        imports::kv_get(key)
+    }
+
+    /// Store `value` under `key`.
+    ///
+    /// # Errors
+    ///
+    /// [`KvError::QuotaExceeded`] when the plugin's quota would be exceeded,
+    /// [`KvError::TooLarge`] for an oversized key or value, and
+    /// [`KvError::Unavailable`] when the store cannot be reached.
+    pub fn set(key: &str, value: &[u8]) -> Result<(), KvError> {
+        imports::kv_set(key, value)
+    }
+
+    /// Remove `key`.
+    ///
+    /// # Errors
+    ///
+    /// [`KvError::Unavailable`] when the store cannot be reached.
+    pub fn delete(key: &str) -> Result<(), KvError> {
+        imports::kv_delete(key)
+    }
+}

@@ -1,0 +1,142 @@
+//! Write Palisade plugins: protocol parsers, detectors and responders that the
+//! appliance runs as sandboxed WebAssembly components.
+//!
+//! A plugin is a library crate with `crate-type = ["cdylib", "rlib"]`, built
+//! with `cargo build --target wasm32-wasip2`. It implements one of the traits
+//! [`Parser`], [`Detector`] or [`Responder`] and names its type in
+//! [`export!`]. The same code runs natively in ordinary `cargo test`, where
+//! the [`host`] functions are served by the in-memory [`testing`] host.
+//!
+//! A detector that flags publishes to a command topic:
+//!
+//! ```
+//! use palisade_plugin_sdk::{Detector, Event, Finding, Session, Severity};
+//!
+//! struct CommandTopics;
+//!
+//! impl Detector for CommandTopics {
+//!     fn detect(_session: &Session, events: &[Event]) -> Vec<Finding> {
+//!         events
+//!             .iter()
+//!             .enumerate()
+//!             .filter(|(_, e)| e.kind == "mqtt.publish")
+//!             .filter(|(_, e)| e.text("topic").is_some_and(|t| t.ends_with("/cmd")))
+//!             .map(|(i, _)| Finding::new(i, Severity::High, 0.9, "publish to a command topic"))
+//!             .collect()
+//!     }
+//! }
+//!
+//! palisade_plugin_sdk::export!(detector: CommandTopics);
+//! ```
+//!
+//! The contract these types come from is `wit/plugin.wit`
+//! (`palisade:plugin@0.1.0`).
+#![deny(missing_docs)]
+
+extern crate self as palisade_plugin_sdk;
+
+pub mod host;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
+mod types;
+#[doc(hidden)]
+pub mod wit;
+
+pub use types::{
+    Action, Attribute, Device, Direction, Event, Finding, Frame, Malformed, Parsed, Session,
+    Severity, Value,
+};
+
+/// A protocol parser: cuts one direction of a session's byte stream into
+/// frames and describes each as an [`Event`].
+///
+/// The parser keeps nothing between calls. What it must remember about a
+/// session (for example the protocol version agreed at connect) goes into
+/// [`Parsed::state`], and the host hands it back with the next bytes. That is
+/// what lets the appliance swap a parser for a new version in the middle of a
+/// session without losing a frame.
+pub trait Parser {
+    /// The protocol this parser understands, for example `"mqtt"`.
+    const PROTOCOL: &'static str;
+
+    /// Parse the complete frames at the start of `input`.
+    ///
+    /// `state` is what the previous call returned in [`Parsed::state`] (empty
+    /// at the start of a session). `input` begins at a frame boundary; the
+    /// bytes after the last complete frame are given again, with more, on the
+    /// next call.
+    fn parse(session: &Session, direction: Direction, state: &[u8], input: &[u8]) -> Parsed;
+}
+
+/// A detector: judges batches of events and reports findings.
+pub trait Detector {
+    /// Judge `events`, all from `session` and in order. Return a [`Finding`]
+    /// for each event worth reporting; normal events need none.
+    fn detect(session: &Session, events: &[Event]) -> Vec<Finding>;
+}
+
+/// A responder: turns findings into the actions it asks the host to take.
+pub trait Responder {
+    /// Decide what to do about `findings`, raised on `events` of `session`.
+    fn respond(session: &Session, events: &[Event], findings: &[Finding]) -> Vec<Action>;
+}
+
+/// Export a type as the plugin's entry point.
+///
+/// Write `export!(parser: T)`, `export!(detector: T)` or
+/// `export!(responder: T)` once in the plugin crate, where `T` implements
+/// [`Parser`], [`Detector`] or [`Responder`].
+#[macro_export]
+macro_rules! export {
+    (parser: $plugin:ty) => {
+        #[allow(unsafe_code)]
+        const _: () = {
+            struct PalisadeGlue;
+            impl $crate::wit::parser_world::exports::palisade::plugin::parser::Guest for PalisadeGlue {
+                fn protocol() -> ::std::string::String {
+                    <$plugin as $crate::Parser>::PROTOCOL.into()
+                }
+                fn parse(
+                    session: $crate::Session,
+                    direction: $crate::Direction,
+                    state: ::std::vec::Vec<u8>,
+                    input: ::std::vec::Vec<u8>,
+                ) -> $crate::Parsed {
+                    <$plugin as $crate::Parser>::parse(&session, direction, &state, &input)
+                }
+            }
+            $crate::wit::parser_world::export_parser!(PalisadeGlue with_types_in $crate::wit::parser_world);
+        };
+    };
+    (detector: $plugin:ty) => {
+        #[allow(unsafe_code)]
+        const _: () = {
+            struct PalisadeGlue;
+            impl $crate::wit::detector_world::exports::palisade::plugin::detector::Guest for PalisadeGlue {
+                fn detect(
+                    session: $crate::Session,
+                    events: ::std::vec::Vec<$crate::Event>,
+                ) -> ::std::vec::Vec<$crate::Finding> {
+                    <$plugin as $crate::Detector>::detect(&session, &events)
+                }
+            }
+            $crate::wit::detector_world::export_detector!(PalisadeGlue with_types_in $crate::wit::detector_world);
+        };
+    };
+    (responder: $plugin:ty) => {
+        #[allow(unsafe_code)]
+        const _: () = {
+            struct PalisadeGlue;
+            impl $crate::wit::responder_world::exports::palisade::plugin::responder::Guest for PalisadeGlue {
+                fn respond(
+                    session: $crate::Session,
+                    events: ::std::vec::Vec<$crate::Event>,
+                    findings: ::std::vec::Vec<$crate::Finding>,
+                ) -> ::std::vec::Vec<$crate::Action> {
+                    <$plugin as $crate::Responder>::respond(&session, &events, &findings)
+                }
+            }
+            $crate::wit::responder_world::export_responder!(PalisadeGlue with_types_in $crate::wit::responder_world);
+        };
+    };
+}

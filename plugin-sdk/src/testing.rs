@@ -1,0 +1,177 @@
+//! A native stand-in for the appliance, so plugin logic is unit-tested with
+//! plain `cargo test`, without WebAssembly.
+//!
+//! Each test thread has its own [`Host`]: the [`host`](crate::host)
+//! functions write to it, and the test reads logs, counters and the
+//! key-value store back from it. [`parse_stream`] drives a [`Parser`] the
+//! way the appliance does: it keeps the unconsumed bytes and the session
+//! state between chunks.
+//!
+//! ```
+//! use palisade_plugin_sdk::{host, testing};
+//!
+//! testing::Host::reset();
+//! host::counter_add("frames", 2);
+//! assert_eq!(testing::Host::counter("frames"), 2);
+//! ```
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+use crate::host::{KvError, Level};
+use crate::{Direction, Event, Malformed, Parser, Session};
+
+/// The largest key the appliance's store accepts, in bytes.
+pub const MAX_KEY_LEN: usize = 256;
+/// The largest value the appliance's store accepts, in bytes.
+pub const MAX_VALUE_LEN: usize = 64 * 1024;
+/// The default key-value quota of a plugin (keys and values), in bytes.
+pub const DEFAULT_KV_QUOTA: usize = 1024 * 1024;
+
+/// The state of the native host on this thread.
+#[derive(Debug)]
+pub struct Host {
+    logs: Vec<(Level, String)>,
+    counters: BTreeMap<String, u64>,
+    kv: BTreeMap<String, Vec<u8>>,
+    kv_quota: usize,
+    clock: u64,
+}
+
+impl Default for Host {
+    fn default() -> Self {
+        Host {
+            logs: Vec::new(),
+            counters: BTreeMap::new(),
+            kv: BTreeMap::new(),
+            kv_quota: DEFAULT_KV_QUOTA,
+            clock: 0,
+        }
+    }
+}
+
+thread_local! {
+    static HOST: RefCell<Host> = RefCell::new(Host::default());
+}
+
+fn with<R>(f: impl FnOnce(&mut Host) -> R) -> R {
+    HOST.with(|h| f(&mut h.borrow_mut()))
+}
+
+impl Host {
+    /// Forget everything: logs, counters, the store; restore the default
+    /// quota and the clock.
+    pub fn reset() {
+        with(|h| *h = Host::default());
+    }
+
+    /// Set the key-value quota, in bytes of keys and values together.
+    pub fn set_kv_quota(bytes: usize) {
+        with(|h| h.kv_quota = bytes);
+    }
+
+    /// Move the monotonic clock forward by `nanos`.
+    pub fn advance_clock(nanos: u64) {
+        with(|h| h.clock = h.clock.saturating_add(nanos));
+    }
+
+    /// The log lines written so far.
+    pub fn logs() -> Vec<(Level, String)> {
+        with(|h| h.logs.clone())
+    }
+
+    /// The value of counter `name` (0 if never added to).
+    pub fn counter(name: &str) -> u64 {
+        with(|h| h.counters.get(name).copied().unwrap_or(0))
+    }
+
+    /// The key-value store's contents.
+    pub fn kv() -> BTreeMap<String, Vec<u8>> {
+        with(|h| h.kv.clone())
+    }
+
+    fn kv_used(&self) -> usize {
+        self.kv.iter().map(|(k, v)| k.len() + v.len()).sum()
+    }
+}
+
+/// The native implementations behind [`crate::host`].
+pub(crate) mod native {
+    use super::*;
+
+    pub(crate) fn log(level: Level, message: &str) {
+        with(|h| h.logs.push((level, message.to_owned())));
+    }
+
+    pub(crate) fn monotonic_now() -> u64 {
+        with(|h| h.clock)
+    }
+
+    pub(crate) fn counter_add(name: &str, delta: u64) {
+        with(|h| {
+            let c = h.counters.entry(name.to_owned()).or_default();
+            *c = c.saturating_add(delta);
+        });
+    }
+
+    pub(crate) fn kv_get(key: &str) -> Option<Vec<u8>> {
+        with(|h| h.kv.get(key).cloned())
+    }
+
+    pub(crate) fn kv_set(key: &str, value: &[u8]) -> Result<(), KvError> {
+        if key.len() > MAX_KEY_LEN || value.len() > MAX_VALUE_LEN {
+            return Err(KvError::TooLarge);
+        }
+        with(|h| {
+            let old = h.kv.get(key).map_or(0, |v| key.len() + v.len());
+            if h.kv_used() - old + key.len() + value.len() > h.kv_quota {
+                return Err(KvError::QuotaExceeded);
+            }
+            h.kv.insert(key.to_owned(), value.to_vec());
+            Ok(())
+        })
+    }
+
+    pub(crate) fn kv_delete(key: &str) -> Result<(), KvError> {
+        with(|h| h.kv.remove(key));
+        Ok(())
+    }
+}
+
+/// Feed `chunks` of one direction of a session through parser `P` the way
+/// the appliance does: unconsumed bytes are kept and given again with the
+/// next chunk, and the session state is carried from call to call.
+///
+/// Returns the events in order, or the first malformed report with the
+/// events before it.
+///
+/// # Panics
+///
+/// When the parser breaks the contract: frames longer than the input, or an
+/// empty frame. These are bugs in the parser under test.
+pub fn parse_stream<P: Parser>(
+    session: &Session,
+    direction: Direction,
+    chunks: &[&[u8]],
+) -> (Vec<Event>, Option<Malformed>) {
+    let mut events = Vec::new();
+    let mut pending = Vec::new();
+    let mut state = Vec::new();
+    for chunk in chunks {
+        pending.extend_from_slice(chunk);
+        let parsed = P::parse(session, direction, &state, &pending);
+        let consumed = parsed.consumed();
+        assert!(consumed <= pending.len(), "parser consumed more than its input");
+        assert!(
+            parsed.frames.iter().all(|f| f.len > 0),
+            "parser returned an empty frame"
+        );
+        pending.drain(..consumed);
+        state = parsed.state;
+        events.extend(parsed.frames.into_iter().map(|f| f.event));
+        if parsed.malformed.is_some() {
+            return (events, parsed.malformed);
+        }
+    }
+    (events, None)
+}

@@ -1,0 +1,72 @@
+//! A deliberately hostile parser plugin, for testing the sandbox. It is never
+//! shipped on an appliance.
+//!
+//! The first word of its input picks the misbehaviour: `loop` spins forever,
+//! `alloc` allocates until memory runs out, `recurse` recurses without end,
+//! `trap` panics, `flood` returns an enormous result, `kvspam` writes to the
+//! key-value store without stopping, `logspam` logs without stopping. Any
+//! other input is one well-formed frame of kind `hostile.ok`.
+
+use palisade_plugin_sdk::host::{self, Level, kv};
+use palisade_plugin_sdk::{Direction, Event, Parsed, Parser, Session};
+use std::hint::black_box;
+
+/// The plugin.
+#[derive(Debug)]
+pub struct Hostile;
+
+impl Parser for Hostile {
+    const PROTOCOL: &'static str = "hostile";
+
+    fn parse(_session: &Session, _direction: Direction, _state: &[u8], input: &[u8]) -> Parsed {
+        let mut parsed = Parsed::new(Vec::new());
+        match input.split(|b| b.is_ascii_whitespace()).next().unwrap_or_default() {
+            b"loop" => loop {
+                black_box(input);
+            },
+            b"alloc" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1; 1 << 20]);
+                    black_box(&hoard);
+                }
+            }
+            b"recurse" => {
+                black_box(recurse(black_box(1)));
+            }
+            b"trap" => panic!("hostile plugin panics on purpose"),
+            b"flood" => {
+                let mut event = Event::new("hostile", "hostile.flood");
+                for i in 0..200_000 {
+                    event = event.with("attribute-with-a-long-name", format!("value number {i}"));
+                }
+                parsed.push(input.len(), event);
+                return parsed;
+            }
+            b"kvspam" => {
+                for i in 0u64.. {
+                    // Ignores every error: a plugin that will not stop.
+                    let _ = kv::set(&format!("key-{i}"), &[0; 1024]);
+                }
+            }
+            b"logspam" => {
+                for i in 0u64.. {
+                    host::log(Level::Info, &format!("log line {i}"));
+                }
+            }
+            _ => {}
+        }
+        if !input.is_empty() {
+            parsed.push(input.len(), Event::new("hostile", "hostile.ok"));
+        }
+        parsed
+    }
+}
+
+#[allow(unconditional_recursion)]
+fn recurse(depth: u64) -> u64 {
+    let frame = black_box([depth; 64]);
+    recurse(depth + 1) + frame.iter().sum::<u64>()
+}
+
+palisade_plugin_sdk::export!(parser: Hostile);

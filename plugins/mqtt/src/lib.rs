@@ -1,0 +1,324 @@
+//! A minimal MQTT parser plugin: it cuts an MQTT 3.1.1 or 5.0 byte stream
+//! into control packets, describes CONNECT, PUBLISH and SUBSCRIBE in detail,
+//! and every other packet by its type.
+//!
+//! It sits at the start of the detection path: the host hands it the bytes a
+//! device sent, it returns one event per packet, and the host forwards each
+//! packet only after the detectors have judged its event.
+//!
+//! The session state is one byte, the protocol level agreed by CONNECT (4 for
+//! 3.1.1, 5 for 5.0; 0 before CONNECT), because MQTT 5 packets carry
+//! properties that 3.1.1 packets lack.
+
+use palisade_plugin_sdk::{Direction, Event, Parsed, Parser, Session};
+
+/// The parser as a plugin.
+#[derive(Debug)]
+pub struct Mqtt;
+
+impl Parser for Mqtt {
+    const PROTOCOL: &'static str = "mqtt";
+
+    fn parse(_session: &Session, _direction: Direction, state: &[u8], input: &[u8]) -> Parsed {
+        parse(state, input)
+    }
+}
+
+palisade_plugin_sdk::export!(parser: Mqtt);
+
+/// Parse the complete packets at the start of `input`, given the session
+/// `state` returned by the previous call.
+pub fn parse(state: &[u8], input: &[u8]) -> Parsed {
+    let mut level = state.first().copied().unwrap_or(0);
+    let mut parsed = Parsed::new(Vec::new());
+    let mut offset = 0;
+    while let Some(rest) = input.get(offset..).filter(|r| !r.is_empty()) {
+        match frame(rest) {
+            Framing::Complete { header_len, len } => {
+                let (header, body) = (rest.first().copied().unwrap_or(0), rest.get(header_len..len));
+                let event = match describe(header, body.unwrap_or_default(), &mut level) {
+                    Ok(event) => event,
+                    Err(reason) => {
+                        parsed = parsed.malformed(offset, reason);
+                        break;
+                    }
+                };
+                parsed.push(len, event);
+                offset += len;
+            }
+            Framing::Incomplete(needed) => {
+                parsed = parsed.needing(needed);
+                break;
+            }
+            Framing::Invalid(reason) => {
+                parsed = parsed.malformed(offset, reason);
+                break;
+            }
+        }
+    }
+    parsed.state = vec![level];
+    parsed
+}
+
+enum Framing {
+    /// A whole packet: fixed header of `header_len` bytes, `len` bytes in all.
+    Complete { header_len: usize, len: usize },
+    /// This many more bytes are needed (at least).
+    Incomplete(usize),
+    /// The fixed header cannot be an MQTT packet.
+    Invalid(&'static str),
+}
+
+/// Find the extent of the packet at the start of `input`.
+fn frame(input: &[u8]) -> Framing {
+    let mut remaining: usize = 0;
+    for i in 0..4 {
+        let Some(&byte) = input.get(1 + i) else {
+            return Framing::Incomplete(1);
+        };
+        remaining |= usize::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            let header_len = 2 + i;
+            let len = header_len + remaining;
+            return if input.len() >= len {
+                Framing::Complete { header_len, len }
+            } else {
+                Framing::Incomplete(len - input.len())
+            };
+        }
+    }
+    Framing::Invalid("remaining length longer than 4 bytes")
+}
+
+/// Describe one packet whose first byte is `header` and variable header and
+/// payload are `body`.
+fn describe(header: u8, body: &[u8], level: &mut u8) -> Result<Event, &'static str> {
+    let mut r = Reader(body);
+    let kind = header >> 4;
+    let flags = header & 0x0f;
+    let event = match kind {
+        1 => {
+            if *level != 0 {
+                return Err("second CONNECT on a session");
+            }
+            let name = r.string()?;
+            if name != "MQTT" && name != "MQIsdp" {
+                return Err("unknown protocol name");
+            }
+            let version = r.u8()?;
+            let connect_flags = r.u8()?;
+            let keep_alive = r.u16()?;
+            if version == 5 {
+                r.properties()?;
+            }
+            let client_id = r.string()?;
+            *level = version;
+            Event::new("mqtt", "mqtt.connect")
+                .with("protocol-version", version)
+                .with("client-id", client_id)
+                .with("keep-alive", keep_alive)
+                .with("clean-start", connect_flags & 0x02 != 0)
+                .with("has-username", connect_flags & 0x80 != 0)
+                .with("has-password", connect_flags & 0x40 != 0)
+        }
+        3 => {
+            let qos = (flags >> 1) & 0x03;
+            if qos == 3 {
+                return Err("PUBLISH with QoS 3");
+            }
+            let topic = r.string()?;
+            let mut event = Event::new("mqtt", "mqtt.publish")
+                .with("topic", topic)
+                .with("qos", qos)
+                .with("retain", flags & 0x01 != 0)
+                .with("dup", flags & 0x08 != 0);
+            if qos > 0 {
+                event = event.with("packet-id", r.u16()?);
+            }
+            if *level == 5 {
+                r.properties()?;
+            }
+            event.with("payload-size", i64::try_from(r.0.len()).unwrap_or(i64::MAX))
+        }
+        8 => {
+            if flags != 0x02 {
+                return Err("SUBSCRIBE with reserved flags not 0010");
+            }
+            let packet_id = r.u16()?;
+            if *level == 5 {
+                r.properties()?;
+            }
+            let mut event = Event::new("mqtt", "mqtt.subscribe").with("packet-id", packet_id);
+            while !r.0.is_empty() {
+                event = event.with("filter", r.string()?);
+                r.u8()?;
+            }
+            if event.attributes.len() < 2 {
+                return Err("SUBSCRIBE without a topic filter");
+            }
+            event
+        }
+        _ => Event::new("mqtt", packet_name(kind)),
+    };
+    Ok(event)
+}
+
+fn packet_name(kind: u8) -> &'static str {
+    match kind {
+        2 => "mqtt.connack",
+        4 => "mqtt.puback",
+        5 => "mqtt.pubrec",
+        6 => "mqtt.pubrel",
+        7 => "mqtt.pubcomp",
+        9 => "mqtt.suback",
+        10 => "mqtt.unsubscribe",
+        11 => "mqtt.unsuback",
+        12 => "mqtt.pingreq",
+        13 => "mqtt.pingresp",
+        14 => "mqtt.disconnect",
+        15 => "mqtt.auth",
+        _ => "mqtt.reserved",
+    }
+}
+
+/// Reads MQTT's primitive fields from the front of a slice.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], &'static str> {
+        if self.0.len() < n {
+            return Err("packet shorter than its fields");
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, &'static str> {
+        Ok(self.take(1)?.first().copied().unwrap_or(0))
+    }
+
+    fn u16(&mut self) -> Result<u16, &'static str> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([
+            b.first().copied().unwrap_or(0),
+            b.get(1).copied().unwrap_or(0),
+        ]))
+    }
+
+    fn string(&mut self) -> Result<&'a str, &'static str> {
+        let len = self.u16()?;
+        std::str::from_utf8(self.take(usize::from(len))?).map_err(|_| "string is not UTF-8")
+    }
+
+    /// Skip an MQTT 5 property block.
+    fn properties(&mut self) -> Result<(), &'static str> {
+        let mut len: usize = 0;
+        for i in 0..4 {
+            let byte = self.u8()?;
+            len |= usize::from(byte & 0x7f) << (7 * i);
+            if byte & 0x80 == 0 {
+                self.take(len)?;
+                return Ok(());
+            }
+        }
+        Err("property length longer than 4 bytes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use super::*;
+    use palisade_plugin_sdk::testing::parse_stream;
+
+    fn session() -> Session {
+        Session::new(1, "sensor-1", "thermostat", "cell-1", "mqtt")
+    }
+
+    fn connect(level: u8) -> Vec<u8> {
+        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', level, 0x02, 0, 60];
+        if level == 5 {
+            body.push(0);
+        }
+        body.extend_from_slice(&[0, 2, b'c', b'1']);
+        [vec![0x10, body.len() as u8], body].concat()
+    }
+
+    fn publish(topic: &str, payload: &[u8]) -> Vec<u8> {
+        let mut body = vec![0, topic.len() as u8];
+        body.extend_from_slice(topic.as_bytes());
+        body.extend_from_slice(payload);
+        [vec![0x30, body.len() as u8], body].concat()
+    }
+
+    #[test]
+    fn cuts_connect_publish_subscribe() {
+        let stream = [
+            connect(4),
+            publish("site/a/telemetry", b"21.5"),
+            vec![0x82, 8, 0, 7, 0, 3, b'a', b'/', b'#', 1],
+            vec![0xc0, 0],
+        ]
+        .concat();
+        let (events, malformed) = parse_stream::<Mqtt>(&session(), Direction::ToUpstream, &[&stream]);
+        assert!(malformed.is_none());
+        let kinds: Vec<_> = events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, ["mqtt.connect", "mqtt.publish", "mqtt.subscribe", "mqtt.pingreq"]);
+        assert_eq!(events[0].text("client-id"), Some("c1"));
+        assert_eq!(events[1].text("topic"), Some("site/a/telemetry"));
+        assert_eq!(events[1].int("payload-size"), Some(4));
+        assert_eq!(events[2].text("filter"), Some("a/#"));
+    }
+
+    #[test]
+    fn mqtt5_properties_are_skipped() {
+        let mut publish5 = vec![0x30, 0, 0, 1, b't', 2, 0x01, 0x01];
+        publish5.extend_from_slice(b"xyz");
+        publish5[1] = (publish5.len() - 2) as u8;
+        let stream = [connect(5), publish5].concat();
+        let (events, malformed) = parse_stream::<Mqtt>(&session(), Direction::ToUpstream, &[&stream]);
+        assert!(malformed.is_none());
+        assert_eq!(events[1].text("topic"), Some("t"));
+        assert_eq!(events[1].int("payload-size"), Some(3));
+    }
+
+    #[test]
+    fn every_split_gives_the_same_events() {
+        let stream = [connect(4), publish("a/b", b"hello"), publish("c", &[7; 200])].concat();
+        let (whole, _) = parse_stream::<Mqtt>(&session(), Direction::ToUpstream, &[&stream]);
+        for cut in 0..stream.len() {
+            let (a, b) = stream.split_at(cut);
+            let (split, malformed) = parse_stream::<Mqtt>(&session(), Direction::ToUpstream, &[a, b]);
+            assert!(malformed.is_none());
+            assert_eq!(split, whole, "split at {cut}");
+        }
+    }
+
+    #[test]
+    fn bad_input_is_malformed_not_a_panic() {
+        let cases: [(&[u8], &str); 4] = [
+            (&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01], "remaining length longer than 4 bytes"),
+            (&[0x30, 2, 0, 9], "packet shorter than its fields"),
+            (&[0x30, 4, 0, 2, 0xff, 0xfe], "string is not UTF-8"),
+            (&[0x36, 3, 0, 1, b't'], "PUBLISH with QoS 3"),
+        ];
+        for (input, reason) in cases {
+            let parsed = parse(&[4], input);
+            assert_eq!(parsed.malformed.map(|m| m.reason).as_deref(), Some(reason));
+        }
+        let twice = [connect(4), connect(4)].concat();
+        let parsed = parse(&[], &twice);
+        assert_eq!(parsed.frames.len(), 1);
+        assert_eq!(parsed.malformed.unwrap().reason, "second CONNECT on a session");
+    }
+
+    #[test]
+    fn incomplete_input_says_how_much_is_needed() {
+        let packet = publish("a/b", b"0123456789");
+        let parsed = parse(&[4], &packet[..5]);
+        assert!(parsed.frames.is_empty() && parsed.malformed.is_none());
+        assert_eq!(parsed.needed, Some((packet.len() - 5) as u32));
+    }
+}
