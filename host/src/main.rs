@@ -1,1 +1,5 @@
-fn main() {}
+//! The `palisade` binary.
+
+fn main() -> std::process::ExitCode {
+    palisade::cli::main()
+}

@@ -1,0 +1,55 @@
+//! The `palisade` command line: the operator's and the plugin author's
+//! entry point.
+
+mod plugin_run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Palisade: an inline zero-trust security gateway for IoT and OT devices.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// Where the appliance keeps its state (created if missing).
+    #[arg(long, global = true, default_value = "./palisade-data")]
+    data: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Work with plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Feed a recorded byte stream through a parser and detectors, and print
+    /// every event, finding and action as a JSON line.
+    Run(plugin_run::Args),
+}
+
+/// Run the command line with the process's arguments.
+pub fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "palisade=info,warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Plugin(PluginCommand::Run(args)) => plugin_run::run(&cli.data, &args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("palisade: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

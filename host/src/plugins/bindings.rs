@@ -1,0 +1,48 @@
+//! The host's bindings to the plugin contract (`wit/plugin.wit`), generated
+//! once here and imported everywhere else.
+//!
+//! One `bindgen!` per world; the detector and responder worlds reuse the
+//! types and the `host` interface generated for the parser world.
+#![allow(missing_docs, missing_debug_implementations)]
+
+/// The parser world, and with it the shared `types` and `host` interfaces.
+pub mod parser {
+    wasmtime::component::bindgen!({
+        world: "parser-plugin",
+        path: "../wit",
+        imports: { default: trappable },
+        additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
+    });
+}
+
+/// The detector world.
+pub mod detector {
+    wasmtime::component::bindgen!({
+        world: "detector-plugin",
+        path: "../wit",
+        imports: { default: trappable },
+        with: {
+            "palisade:plugin/types": super::parser::palisade::plugin::types,
+            "palisade:plugin/host": super::parser::palisade::plugin::host,
+        },
+    });
+}
+
+/// The responder world.
+pub mod responder {
+    wasmtime::component::bindgen!({
+        world: "responder-plugin",
+        path: "../wit",
+        imports: { default: trappable },
+        with: {
+            "palisade:plugin/types": super::parser::palisade::plugin::types,
+            "palisade:plugin/host": super::parser::palisade::plugin::host,
+        },
+    });
+}
+
+pub use parser::exports::palisade::plugin::parser::{Frame, Malformed, Parsed};
+pub use parser::palisade::plugin::host;
+pub use parser::palisade::plugin::types::{
+    Action, Attribute, Device, Direction, Event, Finding, Session, Severity, Value,
+};

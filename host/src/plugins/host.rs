@@ -1,0 +1,192 @@
+//! The `host` interface of the contract: what every plugin may import.
+//!
+//! Each plugin instance's store holds a [`PluginState`]; the functions here
+//! serve the plugin's imports from it. Expected failures (quota exceeded)
+//! go back to the plugin as `kv-error`; abuse (too many operations in one
+//! call) is a trap that ends the call.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use wasmtime::component::{HasData, Linker, ResourceTable};
+use wasmtime::{ResourceLimiter, Result};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::host::{self, KvError, Level};
+use super::limits::{Limits, MAX_COUNTER_NAME, MAX_COUNTERS, MAX_KEY_LEN, MAX_LOG_LINE, MAX_VALUE_LEN};
+use super::Fault;
+use crate::store::{KvRefusal, PluginKv};
+
+/// Counters a plugin has added to, by name.
+pub type Counters = Arc<Mutex<BTreeMap<String, u64>>>;
+
+/// The host side of one plugin instance: what its imports act on, and what
+/// the current call has used.
+pub struct PluginState {
+    plugin: Arc<str>,
+    limits: Arc<Limits>,
+    kv: PluginKv,
+    counters: Counters,
+    epoch: Instant,
+    kv_ops: u32,
+    log_lines: u32,
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl PluginState {
+    pub(crate) fn new(plugin: Arc<str>, limits: Arc<Limits>, kv: PluginKv, counters: Counters) -> Self {
+        PluginState {
+            plugin,
+            limits,
+            kv,
+            counters,
+            epoch: Instant::now(),
+            kv_ops: 0,
+            log_lines: 0,
+            // The WASI shapes Rust's standard library imports, with nothing
+            // granted: no files, no environment, no sockets, output discarded.
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+        }
+    }
+
+    /// Reset the per-call budgets before a call.
+    pub(crate) fn begin_call(&mut self) {
+        self.kv_ops = 0;
+        self.log_lines = 0;
+    }
+
+    fn count_kv_op(&mut self) -> Result<()> {
+        self.kv_ops += 1;
+        if self.kv_ops > self.limits.kv_ops_per_call {
+            return Err(wasmtime::Error::new(Fault::KvOps(self.limits.kv_ops_per_call)));
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for PluginState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginState").field("plugin", &self.plugin).finish_non_exhaustive()
+    }
+}
+
+impl ResourceLimiter for PluginState {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> Result<bool> {
+        if desired > self.limits.memory_bytes {
+            // A trap, not a failed `memory.grow`: the guest would abort
+            // anyway, and this way the operator learns which limit was hit.
+            return Err(wasmtime::Error::new(Fault::Memory(self.limits.memory_bytes)));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> Result<bool> {
+        // Tables hold function references; no plugin needs many.
+        Ok(desired <= 100_000)
+    }
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl host::Host for PluginState {
+    fn log(&mut self, level: Level, message: String) -> Result<()> {
+        self.log_lines += 1;
+        if self.log_lines > self.limits.log_lines_per_call {
+            self.counters_add("palisade.log-lines-dropped", 1);
+            return Ok(());
+        }
+        let mut end = message.len().min(MAX_LOG_LINE);
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        let message = message.get(..end).unwrap_or_default();
+        let plugin = &*self.plugin;
+        match level {
+            Level::Debug => tracing::debug!(plugin, "{message}"),
+            Level::Info => tracing::info!(plugin, "{message}"),
+            Level::Warn => tracing::warn!(plugin, "{message}"),
+            Level::Error => tracing::error!(plugin, "{message}"),
+        }
+        Ok(())
+    }
+
+    fn monotonic_now(&mut self) -> Result<u64> {
+        Ok(u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    fn kv_get(&mut self, key: String) -> Result<Option<Vec<u8>>> {
+        self.count_kv_op()?;
+        if key.len() > MAX_KEY_LEN {
+            return Ok(None);
+        }
+        Ok(self.kv.get(&key).unwrap_or_else(|e| {
+            tracing::warn!(plugin = &*self.plugin, error = %e, "key-value read failed");
+            None
+        }))
+    }
+
+    fn kv_set(&mut self, key: String, value: Vec<u8>) -> Result<Result<(), KvError>> {
+        self.count_kv_op()?;
+        if key.len() > MAX_KEY_LEN || value.len() > MAX_VALUE_LEN {
+            return Ok(Err(KvError::TooLarge));
+        }
+        Ok(self.kv.set(&key, &value).map_err(kv_error))
+    }
+
+    fn kv_delete(&mut self, key: String) -> Result<Result<(), KvError>> {
+        self.count_kv_op()?;
+        Ok(self.kv.delete(&key).map_err(kv_error))
+    }
+
+    fn counter_add(&mut self, name: String, delta: u64) -> Result<()> {
+        if name.len() <= MAX_COUNTER_NAME {
+            self.counters_add(&name, delta);
+        }
+        Ok(())
+    }
+}
+
+impl PluginState {
+    fn counters_add(&self, name: &str, delta: u64) {
+        let Ok(mut counters) = self.counters.lock() else {
+            return;
+        };
+        if let Some(c) = counters.get_mut(name) {
+            *c = c.saturating_add(delta);
+        } else if counters.len() < MAX_COUNTERS {
+            counters.insert(name.to_owned(), delta);
+        }
+    }
+}
+
+fn kv_error(refusal: KvRefusal) -> KvError {
+    match refusal {
+        KvRefusal::QuotaExceeded => KvError::QuotaExceeded,
+        KvRefusal::Store(e) => {
+            tracing::warn!(error = %e, "key-value write failed");
+            KvError::Unavailable
+        }
+    }
+}
+
+struct HostImports;
+
+impl HasData for HostImports {
+    type Data<'a> = &'a mut PluginState;
+}
+
+/// Add the `host` interface, and WASI with nothing granted, to `linker`.
+pub(crate) fn add_to_linker(linker: &mut Linker<PluginState>) -> Result<()> {
+    host::add_to_linker::<PluginState, HostImports>(linker, |state| state)?;
+    wasmtime_wasi::p2::add_to_linker_sync(linker)
+}

@@ -1,0 +1,758 @@
+//! The plugin runtime: loads parser, detector and responder components and
+//! calls them, each call bounded, each fault contained.
+//!
+//! On the path of a frame, the session hands each chunk of bytes to its
+//! route's parser [`Plugin`], the events to the detectors, and the findings
+//! to the responders. Every call runs in a pooled instance of the plugin
+//! with a deadline (epoch interruption), a memory limit, a cap on the bytes
+//! it may hand back, and key-value quotas. A trap or a limit hit ends that
+//! call only: the instance is thrown away, the plugin gets a strike, and
+//! after `max-strikes` strikes it is disabled according to its fail mode.
+//!
+//! One [`Runtime`] owns the wasmtime engine (pooling allocator, epoch
+//! ticker) and the linker; it is cheap to clone and shared by all sessions.
+
+pub mod bindings;
+mod cache;
+pub mod first_party;
+mod host;
+mod limits;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Trap};
+
+use bindings::detector::{DetectorPlugin, DetectorPluginPre};
+use bindings::parser::{ParserPlugin, ParserPluginPre};
+use bindings::responder::{ResponderPlugin, ResponderPluginPre};
+pub use bindings::{
+    Action, Attribute, Device, Direction, Event, Finding, Frame, Malformed, Parsed, Session,
+    Severity, Value,
+};
+pub use cache::Cache;
+pub use host::Counters;
+use host::PluginState;
+pub use limits::{FailMode, Limits};
+
+use crate::store::{Store, StoreError};
+
+/// How often the epoch ticks; deadlines are counted in ticks.
+const TICK: Duration = Duration::from_millis(1);
+/// The contract version this runtime speaks.
+pub const CONTRACT: &str = "palisade:plugin@0.1.0";
+
+/// The kinds of plugin, one per world of the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum World {
+    /// Exports `palisade:plugin/parser`.
+    Parser,
+    /// Exports `palisade:plugin/detector`.
+    Detector,
+    /// Exports `palisade:plugin/responder`.
+    Responder,
+}
+
+impl World {
+    fn export(self) -> &'static str {
+        match self {
+            World::Parser => "palisade:plugin/parser@0.1.0",
+            World::Detector => "palisade:plugin/detector@0.1.0",
+            World::Responder => "palisade:plugin/responder@0.1.0",
+        }
+    }
+}
+
+impl std::fmt::Display for World {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            World::Parser => "parser",
+            World::Detector => "detector",
+            World::Responder => "responder",
+        })
+    }
+}
+
+/// The plugin engine could not start (the pooling allocator could not
+/// reserve its memory, for example).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the plugin runtime: {0}")]
+pub struct StartError(String);
+
+/// Why a plugin could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The bytes are not a valid component for this engine.
+    #[error("plugin {plugin} is not a valid WebAssembly component: {reason}")]
+    Invalid {
+        /// The plugin's name.
+        plugin: String,
+        /// What wasmtime said.
+        reason: String,
+    },
+    /// The component exports none, or more than one, of the plugin worlds.
+    #[error("plugin {plugin} must export exactly one of {CONTRACT}'s parser, detector or responder interfaces (found {found})")]
+    NoWorld {
+        /// The plugin's name.
+        plugin: String,
+        /// What it does export.
+        found: String,
+    },
+    /// The component imports something no plugin world grants.
+    #[error("plugin {plugin} imports {import}, which no plugin world grants")]
+    Forbidden {
+        /// The plugin's name.
+        plugin: String,
+        /// The refused import.
+        import: String,
+    },
+    /// The component's exports do not match its world's signatures.
+    #[error("plugin {plugin} does not match the {world} world of {CONTRACT}: {reason}")]
+    Mismatch {
+        /// The plugin's name.
+        plugin: String,
+        /// The world it claims.
+        world: World,
+        /// What does not match.
+        reason: String,
+    },
+    /// The plugin's key-value store could not be opened.
+    #[error("plugin {plugin}: {source}")]
+    Store {
+        /// The plugin's name.
+        plugin: String,
+        /// The store's error.
+        source: StoreError,
+    },
+}
+
+/// What went wrong inside one call. The call produced nothing.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Fault {
+    /// The call ran past its deadline and was interrupted.
+    #[error("missed its deadline of {0:?}")]
+    Deadline(Duration),
+    /// The instance tried to grow its memory past the limit.
+    #[error("exceeded its memory limit of {0} bytes")]
+    Memory(usize),
+    /// The call recursed past the stack limit.
+    #[error("overflowed its stack")]
+    Stack,
+    /// The call handed the host more data than the output limit allows.
+    #[error("passed more than its output limit of {0} bytes to the host")]
+    Output(usize),
+    /// The call made too many key-value operations.
+    #[error("exceeded its limit of {0} key-value operations per call")]
+    KvOps(u32),
+    /// The result breaks the contract (for example frames longer than the
+    /// input).
+    #[error("broke the contract: {0}")]
+    Contract(String),
+    /// The plugin trapped (a panic, an out-of-bounds access, ...).
+    #[error("trapped: {0}")]
+    Trap(String),
+}
+
+/// Why a call into a plugin returned no result.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The plugin faulted on this call; it has received a strike.
+    #[error("plugin {plugin} {fault} (strike {strikes} of {max_strikes})")]
+    Fault {
+        /// The plugin's name.
+        plugin: String,
+        /// What went wrong.
+        fault: Fault,
+        /// Strikes so far, this one included.
+        strikes: u32,
+        /// Strikes that disable the plugin.
+        max_strikes: u32,
+    },
+    /// The plugin is disabled; the caller applies its fail mode.
+    #[error("plugin {plugin} is disabled after {strikes} strikes ({fail_mode})")]
+    Disabled {
+        /// The plugin's name.
+        plugin: String,
+        /// Strikes it received.
+        strikes: u32,
+        /// What the caller must do with the traffic.
+        fail_mode: FailMode,
+    },
+    /// No instance of the plugin could be created.
+    #[error("plugin {plugin} could not be instantiated: {reason}")]
+    Instantiate {
+        /// The plugin's name.
+        plugin: String,
+        /// Why.
+        reason: String,
+    },
+    /// The plugin has a different world than the call needs.
+    #[error("plugin {plugin} is a {world}, not a {wanted}")]
+    WrongWorld {
+        /// The plugin's name.
+        plugin: String,
+        /// Its world.
+        world: World,
+        /// The world the call needs.
+        wanted: World,
+    },
+}
+
+/// Where a plugin is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Lifecycle {
+    /// Serving calls.
+    Active,
+    /// Disabled after too many strikes; calls fail with
+    /// [`CallError::Disabled`].
+    Failed,
+}
+
+/// Settings of the runtime as a whole.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Where precompiled plugins are cached; `None` compiles on every load.
+    pub cache_dir: Option<PathBuf>,
+    /// Instances of all plugins together that may exist at once. Default 256.
+    pub max_instances: u32,
+    /// Idle instances kept per plugin for the next call. Default 8.
+    pub idle_per_plugin: usize,
+    /// Largest memory any instance may have, whatever its limits say.
+    /// Default 256 MiB.
+    pub max_memory_bytes: usize,
+    /// Wasm stack one call may use. Default 512 KiB, against runaway
+    /// recursion.
+    pub max_stack_bytes: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            cache_dir: None,
+            max_instances: 256,
+            idle_per_plugin: 8,
+            max_memory_bytes: 256 << 20,
+            max_stack_bytes: 512 << 10,
+        }
+    }
+}
+
+/// The engine that runs all plugins. Clones share it.
+#[derive(Clone)]
+pub struct Runtime {
+    shared: Arc<RuntimeShared>,
+}
+
+struct RuntimeShared {
+    engine: Engine,
+    linker: Linker<PluginState>,
+    cache: Option<Cache>,
+    store: Store,
+    idle_per_plugin: usize,
+    ticker: Option<thread::JoinHandle<()>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").field("cache", &self.shared.cache).finish_non_exhaustive()
+    }
+}
+
+impl Drop for RuntimeShared {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.ticker.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Runtime {
+    /// A runtime whose plugins keep their key-value state in `store`.
+    pub fn new(config: &RuntimeConfig, store: Store) -> Result<Self, StartError> {
+        Self::start(config, store).map_err(|e| StartError(format!("{e:#}")))
+    }
+
+    fn start(config: &RuntimeConfig, store: Store) -> wasmtime::Result<Self> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(config.max_instances)
+            // A Rust wasm32-wasip2 component has a few core instances (the
+            // program, the WASI adapter, shims) and one or two memories.
+            .total_core_instances(config.max_instances * 8)
+            .total_memories(config.max_instances * 2)
+            .total_tables(config.max_instances * 4)
+            .max_memory_size(config.max_memory_bytes);
+        let mut wasm = Config::new();
+        wasm.epoch_interruption(true)
+            .max_wasm_stack(config.max_stack_bytes)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm)?;
+        let mut linker = Linker::new(&engine);
+        host::add_to_linker(&mut linker)?;
+
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ticker = {
+            let (engine, stop) = (engine.clone(), stop.clone());
+            thread::Builder::new().name("plugin-epoch".into()).spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    thread::sleep(TICK);
+                    engine.increment_epoch();
+                }
+            })?
+        };
+        let cache = config.cache_dir.clone().map(|dir| Cache::new(dir, &engine));
+        Ok(Runtime {
+            shared: Arc::new(RuntimeShared {
+                engine,
+                linker,
+                cache,
+                store,
+                idle_per_plugin: config.idle_per_plugin,
+                ticker: Some(ticker),
+                stop,
+            }),
+        })
+    }
+
+    /// Compile `component` (or load it precompiled from the cache) as plugin
+    /// `name`, check it against the contract, and make it ready to call.
+    pub fn load(&self, name: &str, component: &[u8], limits: Limits) -> Result<Plugin, LoadError> {
+        let invalid = |e: wasmtime::Error| LoadError::Invalid {
+            plugin: name.to_owned(),
+            reason: format!("{e:#}"),
+        };
+        let compiled = match &self.shared.cache {
+            Some(cache) => cache.load(&self.shared.engine, component).map(|(c, _)| c),
+            None => Component::new(&self.shared.engine, component),
+        }
+        .map_err(invalid)?;
+        self.prepare(name, &compiled, limits)
+    }
+
+    /// Like [`Runtime::load`], and say whether the compiled code came from
+    /// the cache.
+    pub fn load_cached(&self, name: &str, component: &[u8], limits: Limits) -> Result<(Plugin, bool), LoadError> {
+        let Some(cache) = &self.shared.cache else {
+            return self.load(name, component, limits).map(|p| (p, false));
+        };
+        let (compiled, hit) = cache.load(&self.shared.engine, component).map_err(|e| LoadError::Invalid {
+            plugin: name.to_owned(),
+            reason: format!("{e:#}"),
+        })?;
+        Ok((self.prepare(name, &compiled, limits)?, hit))
+    }
+
+    fn prepare(&self, name: &str, component: &Component, limits: Limits) -> Result<Plugin, LoadError> {
+        let engine = &self.shared.engine;
+        let ty = component.component_type();
+        for (import, _) in ty.imports(engine) {
+            if !import_allowed(import) {
+                return Err(LoadError::Forbidden {
+                    plugin: name.to_owned(),
+                    import: import.to_owned(),
+                });
+            }
+        }
+        let exports: Vec<&str> = ty.exports(engine).map(|(n, _)| n).collect();
+        let worlds: Vec<World> = [World::Parser, World::Detector, World::Responder]
+            .into_iter()
+            .filter(|w| exports.contains(&w.export()))
+            .collect();
+        let [world] = worlds[..] else {
+            return Err(LoadError::NoWorld {
+                plugin: name.to_owned(),
+                found: exports.join(", "),
+            });
+        };
+        let mismatch = |e: wasmtime::Error| LoadError::Mismatch {
+            plugin: name.to_owned(),
+            world,
+            reason: format!("{e:#}"),
+        };
+        let instance_pre = self.shared.linker.instantiate_pre(component).map_err(mismatch)?;
+        let pre = match world {
+            World::Parser => WorldPre::Parser(ParserPluginPre::new(instance_pre).map_err(mismatch)?),
+            World::Detector => WorldPre::Detector(DetectorPluginPre::new(instance_pre).map_err(mismatch)?),
+            World::Responder => WorldPre::Responder(ResponderPluginPre::new(instance_pre).map_err(mismatch)?),
+        };
+        let kv = self
+            .shared
+            .store
+            .plugin_kv(name, limits.kv_quota_bytes)
+            .map_err(|source| LoadError::Store {
+                plugin: name.to_owned(),
+                source,
+            })?;
+        Ok(Plugin {
+            shared: Arc::new(PluginShared {
+                name: name.into(),
+                world,
+                limits: Arc::new(limits),
+                pre,
+                kv,
+                counters: Counters::default(),
+                idle: Mutex::new(Vec::new()),
+                strikes: AtomicU32::new(0),
+                lifecycle: Mutex::new(Lifecycle::Active),
+                runtime: self.clone(),
+            }),
+        })
+    }
+}
+
+/// Imports a plugin may have: the contract's `host` interface, and the WASI
+/// interfaces Rust's standard library links against, which the host serves
+/// with nothing granted. Sockets, HTTP and anything else are refused.
+fn import_allowed(import: &str) -> bool {
+    const ALLOWED: &[&str] = &[
+        "palisade:plugin/host@0.1.0",
+        "palisade:plugin/types@0.1.0",
+        "wasi:cli/environment@",
+        "wasi:cli/exit@",
+        "wasi:cli/stdin@",
+        "wasi:cli/stdout@",
+        "wasi:cli/stderr@",
+        "wasi:cli/terminal-",
+        "wasi:io/",
+        "wasi:clocks/",
+        "wasi:random/",
+        "wasi:filesystem/",
+    ];
+    ALLOWED.iter().any(|a| import.starts_with(a))
+}
+
+enum WorldPre {
+    Parser(ParserPluginPre<PluginState>),
+    Detector(DetectorPluginPre<PluginState>),
+    Responder(ResponderPluginPre<PluginState>),
+}
+
+enum Bound {
+    Parser(ParserPlugin),
+    Detector(DetectorPlugin),
+    Responder(ResponderPlugin),
+}
+
+/// One live instance of a plugin, with its own store.
+struct Instance {
+    store: wasmtime::Store<PluginState>,
+    bound: Bound,
+}
+
+/// A loaded plugin, ready to call from any thread. Clones share it.
+#[derive(Clone)]
+pub struct Plugin {
+    shared: Arc<PluginShared>,
+}
+
+struct PluginShared {
+    name: Arc<str>,
+    world: World,
+    limits: Arc<Limits>,
+    pre: WorldPre,
+    kv: crate::store::PluginKv,
+    counters: Counters,
+    idle: Mutex<Vec<Instance>>,
+    strikes: AtomicU32,
+    lifecycle: Mutex<Lifecycle>,
+    runtime: Runtime,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.shared.name)
+            .field("world", &self.shared.world)
+            .field("lifecycle", &self.lifecycle())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Plugin {
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Which world the plugin implements.
+    pub fn world(&self) -> World {
+        self.shared.world
+    }
+
+    /// The plugin's limits.
+    pub fn limits(&self) -> &Limits {
+        &self.shared.limits
+    }
+
+    /// Strikes received so far.
+    pub fn strikes(&self) -> u32 {
+        self.shared.strikes.load(Ordering::Relaxed)
+    }
+
+    /// Where the plugin is in its life.
+    pub fn lifecycle(&self) -> Lifecycle {
+        *self.shared.lifecycle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The counters the plugin has added to.
+    pub fn counters(&self) -> std::collections::BTreeMap<String, u64> {
+        self.shared.counters.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Bytes the plugin keeps in its key-value store.
+    pub fn kv_used(&self) -> u64 {
+        self.shared.kv.used()
+    }
+
+    /// The protocol a parser plugin understands.
+    pub fn protocol(&self) -> Result<String, CallError> {
+        self.call(World::Parser, |store, bound| match bound {
+            Bound::Parser(p) => p.palisade_plugin_parser().call_protocol(store),
+            _ => unreachable_world(),
+        })
+    }
+
+    /// Parse `input`, the unconsumed bytes of one direction of `session`,
+    /// given the parser `state` of the last call.
+    pub fn parse(&self, session: &Session, direction: Direction, state: &[u8], input: &[u8]) -> Result<Parsed, CallError> {
+        let state_cap = self.shared.limits.state_bytes;
+        self.call(World::Parser, |store, bound| {
+            let Bound::Parser(p) = bound else {
+                return unreachable_world();
+            };
+            let parsed = p.palisade_plugin_parser().call_parse(&mut *store, session, direction, state, input)?;
+            check_parsed(&parsed, input.len(), state_cap).map_err(|e| wasmtime::Error::new(Fault::Contract(e)))?;
+            Ok(parsed)
+        })
+    }
+
+    /// Judge `events` of `session`.
+    pub fn detect(&self, session: &Session, events: &[Event]) -> Result<Vec<Finding>, CallError> {
+        self.call(World::Detector, |store, bound| {
+            let Bound::Detector(d) = bound else {
+                return unreachable_world();
+            };
+            let findings = d.palisade_plugin_detector().call_detect(&mut *store, session, events)?;
+            if let Some(f) = findings.iter().find(|f| f.event as usize >= events.len()) {
+                return Err(wasmtime::Error::new(Fault::Contract(format!(
+                    "finding on event {} of a batch of {}",
+                    f.event,
+                    events.len()
+                ))));
+            }
+            Ok(findings)
+        })
+    }
+
+    /// Decide what to do about `findings` on `events` of `session`.
+    pub fn respond(&self, session: &Session, events: &[Event], findings: &[Finding]) -> Result<Vec<Action>, CallError> {
+        self.call(World::Responder, |store, bound| {
+            let Bound::Responder(r) = bound else {
+                return unreachable_world();
+            };
+            r.palisade_plugin_responder().call_respond(&mut *store, session, events, findings)
+        })
+    }
+
+    /// Run `f` on an instance with this call's budgets set, and account for
+    /// the outcome.
+    fn call<R>(
+        &self,
+        wanted: World,
+        f: impl FnOnce(&mut wasmtime::Store<PluginState>, &Bound) -> wasmtime::Result<R>,
+    ) -> Result<R, CallError> {
+        let shared = &*self.shared;
+        if shared.world != wanted {
+            return Err(CallError::WrongWorld {
+                plugin: self.name().to_owned(),
+                world: shared.world,
+                wanted,
+            });
+        }
+        if self.lifecycle() == Lifecycle::Failed {
+            return Err(CallError::Disabled {
+                plugin: self.name().to_owned(),
+                strikes: self.strikes(),
+                fail_mode: shared.limits.fail_mode,
+            });
+        }
+        let idle = shared.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut instance = match idle {
+            Some(i) => i,
+            None => self.instantiate()?,
+        };
+        let store = &mut instance.store;
+        store.data_mut().begin_call();
+        let ticks = shared.limits.deadline().as_millis().div_ceil(TICK.as_millis()).max(1);
+        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+        store.set_hostcall_fuel(shared.limits.output_bytes);
+        match f(store, &instance.bound) {
+            Ok(r) => {
+                let mut idle = shared.idle.lock().unwrap_or_else(|p| p.into_inner());
+                if idle.len() < shared.runtime.shared.idle_per_plugin {
+                    idle.push(instance);
+                }
+                Ok(r)
+            }
+            // The instance may be in any state after a fault: it is dropped,
+            // and its pool slot freed, here.
+            Err(e) => Err(self.strike(classify(&e, &shared.limits))),
+        }
+    }
+
+    fn instantiate(&self) -> Result<Instance, CallError> {
+        let shared = &*self.shared;
+        let state = PluginState::new(shared.name.clone(), shared.limits.clone(), shared.kv.clone(), shared.counters.clone());
+        let mut store = wasmtime::Store::new(&shared.runtime.shared.engine, state);
+        store.limiter(|s| s);
+        store.set_epoch_deadline(u64::try_from(shared.limits.deadline().as_millis()).unwrap_or(u64::MAX).max(1));
+        let bound = match &shared.pre {
+            WorldPre::Parser(pre) => pre.instantiate(&mut store).map(Bound::Parser),
+            WorldPre::Detector(pre) => pre.instantiate(&mut store).map(Bound::Detector),
+            WorldPre::Responder(pre) => pre.instantiate(&mut store).map(Bound::Responder),
+        };
+        match bound {
+            Ok(bound) => Ok(Instance { store, bound }),
+            // A plugin that faults while starting up is as faulty as one
+            // that faults in a call.
+            Err(e) if e.downcast_ref::<Fault>().is_some() || e.downcast_ref::<Trap>().is_some() => {
+                Err(self.strike(classify(&e, &shared.limits)))
+            }
+            Err(e) => Err(CallError::Instantiate {
+                plugin: self.name().to_owned(),
+                reason: format!("{e:#}"),
+            }),
+        }
+    }
+
+    fn strike(&self, fault: Fault) -> CallError {
+        let shared = &*self.shared;
+        let strikes = shared.strikes.fetch_add(1, Ordering::Relaxed) + 1;
+        let max_strikes = shared.limits.max_strikes;
+        tracing::warn!(plugin = &*shared.name, %fault, strikes, max_strikes, "plugin call failed");
+        if strikes >= max_strikes {
+            let mut lifecycle = shared.lifecycle.lock().unwrap_or_else(|p| p.into_inner());
+            if *lifecycle != Lifecycle::Failed {
+                *lifecycle = Lifecycle::Failed;
+                shared.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                tracing::error!(plugin = &*shared.name, strikes, fail_mode = %shared.limits.fail_mode, "plugin disabled");
+            }
+        }
+        CallError::Fault {
+            plugin: self.name().to_owned(),
+            fault,
+            strikes,
+            max_strikes,
+        }
+    }
+}
+
+fn unreachable_world<R>() -> wasmtime::Result<R> {
+    // `call` checked the world before handing out the instance.
+    Err(wasmtime::Error::msg("instance of another world"))
+}
+
+/// Name the fault behind a failed call.
+fn classify(e: &wasmtime::Error, limits: &Limits) -> Fault {
+    if let Some(fault) = e.downcast_ref::<Fault>() {
+        return fault.clone();
+    }
+    if let Some(trap) = e.downcast_ref::<Trap>() {
+        return match trap {
+            Trap::Interrupt => Fault::Deadline(limits.deadline()),
+            Trap::StackOverflow => Fault::Stack,
+            other => Fault::Trap(other.to_string()),
+        };
+    }
+    let message = format!("{e:#}");
+    // wasmtime's error for data lifted past `set_hostcall_fuel` is private;
+    // its message is the only way to tell it.
+    if message.contains("fuel allocated for hostcalls has been exhausted") {
+        return Fault::Output(limits.output_bytes);
+    }
+    Fault::Trap(message)
+}
+
+/// Check a parser's result against its input: frames follow each other
+/// inside the input, none is empty, the state fits its cap.
+fn check_parsed(parsed: &Parsed, input_len: usize, state_cap: usize) -> Result<(), String> {
+    let mut consumed: usize = 0;
+    for frame in &parsed.frames {
+        if frame.len == 0 {
+            return Err("empty frame".into());
+        }
+        consumed = consumed.saturating_add(frame.len as usize);
+    }
+    if consumed > input_len {
+        return Err(format!("frames cover {consumed} bytes of an input of {input_len}"));
+    }
+    if parsed.state.len() > state_cap {
+        return Err(format!("session state of {} bytes exceeds the limit of {state_cap}", parsed.state.len()));
+    }
+    if let Some(m) = &parsed.malformed
+        && m.offset as usize != consumed
+    {
+        return Err(format!("malformed at offset {} but frames end at {consumed}", m.offset));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(lens: &[u32]) -> Parsed {
+        Parsed {
+            frames: lens
+                .iter()
+                .map(|&len| Frame {
+                    len,
+                    event: Event {
+                        protocol: "t".into(),
+                        kind: "t.x".into(),
+                        attributes: vec![],
+                    },
+                })
+                .collect(),
+            state: vec![],
+            needed: None,
+            malformed: None,
+        }
+    }
+
+    #[test]
+    fn frames_must_stay_inside_the_input() {
+        assert!(check_parsed(&parsed(&[2, 3]), 5, 16).is_ok());
+        assert!(check_parsed(&parsed(&[2, 4]), 5, 16).is_err());
+        assert!(check_parsed(&parsed(&[u32::MAX, u32::MAX]), 5, 16).is_err());
+        assert!(check_parsed(&parsed(&[0]), 5, 16).is_err());
+    }
+
+    #[test]
+    fn state_and_malformed_offset_are_checked() {
+        let mut p = parsed(&[2]);
+        p.state = vec![0; 17];
+        assert!(check_parsed(&p, 5, 16).is_err());
+        p.state.clear();
+        p.malformed = Some(Malformed {
+            offset: 3,
+            reason: "x".into(),
+        });
+        assert!(check_parsed(&p, 5, 16).is_err());
+    }
+
+    #[test]
+    fn only_the_std_wasi_shapes_may_be_imported() {
+        assert!(import_allowed("palisade:plugin/host@0.1.0"));
+        assert!(import_allowed("wasi:io/streams@0.2.6"));
+        assert!(!import_allowed("wasi:sockets/tcp@0.2.6"));
+        assert!(!import_allowed("wasi:http/outgoing-handler@0.2.6"));
+    }
+}

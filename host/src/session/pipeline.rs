@@ -1,0 +1,181 @@
+//! The inspection pipeline of one session: bytes in, judged frames out.
+//!
+//! For each direction the pipeline holds what a session needs to continue
+//! on any parser instance or version: the bytes not yet cut into frames and
+//! the parser's state. A chunk of bytes goes to the parser in one call; the
+//! events of its complete frames go to every detector in one batch; the
+//! findings go to every responder. Nothing here touches a socket.
+
+use crate::plugins::{Action, CallError, Direction, Event, FailMode, Finding, Malformed, Plugin, Session};
+
+/// Why the pipeline cannot go on with a session. The session must close;
+/// no further frame of it is forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The parser failed and its fail mode closes the session.
+    #[error(transparent)]
+    Parser(CallError),
+    /// The peer sent a frame larger than the pipeline buffers.
+    #[error("frame larger than {limit} bytes")]
+    FrameTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+}
+
+/// One complete frame and its event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InspectedFrame {
+    /// Offset of the frame's first byte in this direction's stream.
+    pub offset: u64,
+    /// Length of the frame in bytes.
+    pub len: u32,
+    /// What the parser made of it.
+    pub event: Event,
+}
+
+/// What one chunk of bytes became.
+#[derive(Debug, Default)]
+pub struct Inspected {
+    /// The complete frames, in order.
+    pub frames: Vec<InspectedFrame>,
+    /// Findings, with the name of the detector that raised them; the event
+    /// index refers to `frames`.
+    pub findings: Vec<(String, Finding)>,
+    /// Actions the responders asked for, with the responder's name.
+    pub actions: Vec<(String, Action)>,
+    /// Set when the stream cannot be followed any more; offset is in the
+    /// stream. The session must close after the frames before it.
+    pub malformed: Option<Malformed>,
+    /// Detectors and responders that failed on this chunk.
+    pub errors: Vec<CallError>,
+    /// Set when a fail-closed detector or responder failed: the frames must
+    /// not be forwarded.
+    pub blocked: bool,
+}
+
+#[derive(Debug, Default)]
+struct Stream {
+    pending: Vec<u8>,
+    state: Vec<u8>,
+    offset: u64,
+}
+
+/// The pipeline of one session.
+#[derive(Debug)]
+pub struct Pipeline {
+    session: Session,
+    parser: Plugin,
+    detectors: Vec<Plugin>,
+    responders: Vec<Plugin>,
+    max_frame: usize,
+    streams: [Stream; 2],
+}
+
+impl Pipeline {
+    /// A pipeline for `session` that buffers at most `max_frame` bytes of an
+    /// incomplete frame.
+    pub fn new(session: Session, parser: Plugin, detectors: Vec<Plugin>, responders: Vec<Plugin>, max_frame: usize) -> Self {
+        Pipeline {
+            session,
+            parser,
+            detectors,
+            responders,
+            max_frame,
+            streams: Default::default(),
+        }
+    }
+
+    /// Bytes of `direction` received but not yet cut into frames.
+    pub fn pending(&self, direction: Direction) -> usize {
+        self.stream(direction).pending.len()
+    }
+
+    fn stream(&self, direction: Direction) -> &Stream {
+        let [up, down] = &self.streams;
+        match direction {
+            Direction::ToUpstream => up,
+            Direction::ToDevice => down,
+        }
+    }
+
+    /// Inspect `bytes` arriving in `direction`.
+    pub fn push(&mut self, direction: Direction, bytes: &[u8]) -> Result<Inspected, PipelineError> {
+        let [up, down] = &mut self.streams;
+        let stream = match direction {
+            Direction::ToUpstream => up,
+            Direction::ToDevice => down,
+        };
+        stream.pending.extend_from_slice(bytes);
+        let parsed = self
+            .parser
+            .parse(&self.session, direction, &stream.state, &stream.pending)
+            .map_err(PipelineError::Parser)?;
+        // The runtime checked that the frames lie inside the input.
+        let consumed: usize = parsed.frames.iter().map(|f| f.len as usize).sum();
+        let mut inspected = Inspected::default();
+        let mut offset = stream.offset;
+        for frame in parsed.frames {
+            inspected.frames.push(InspectedFrame {
+                offset,
+                len: frame.len,
+                event: frame.event,
+            });
+            offset += u64::from(frame.len);
+        }
+        inspected.malformed = parsed.malformed.map(|m| Malformed {
+            offset: u32::try_from(offset - stream.offset).unwrap_or(u32::MAX),
+            reason: m.reason,
+        });
+        stream.pending.drain(..consumed);
+        stream.offset = offset;
+        stream.state = parsed.state;
+        if inspected.malformed.is_none() {
+            let needed = parsed.needed.map_or(0, |n| n as usize);
+            if stream.pending.len().saturating_add(needed) > self.max_frame {
+                return Err(PipelineError::FrameTooLarge { limit: self.max_frame });
+            }
+        }
+        self.judge(&mut inspected);
+        Ok(inspected)
+    }
+
+    fn judge(&self, inspected: &mut Inspected) {
+        if inspected.frames.is_empty() {
+            return;
+        }
+        let events: Vec<Event> = inspected.frames.iter().map(|f| f.event.clone()).collect();
+        let mut findings: Vec<Finding> = Vec::new();
+        for detector in &self.detectors {
+            match detector.detect(&self.session, &events) {
+                Ok(found) => {
+                    findings.extend(found.iter().cloned());
+                    inspected
+                        .findings
+                        .extend(found.into_iter().map(|f| (detector.name().to_owned(), f)));
+                }
+                Err(e) => inspected.fail(detector, e),
+            }
+        }
+        if findings.is_empty() {
+            return;
+        }
+        for responder in &self.responders {
+            match responder.respond(&self.session, &events, &findings) {
+                Ok(actions) => inspected
+                    .actions
+                    .extend(actions.into_iter().map(|a| (responder.name().to_owned(), a))),
+                Err(e) => inspected.fail(responder, e),
+            }
+        }
+    }
+}
+
+impl Inspected {
+    fn fail(&mut self, plugin: &Plugin, error: CallError) {
+        if plugin.limits().fail_mode == FailMode::Closed {
+            self.blocked = true;
+        }
+        self.errors.push(error);
+    }
+}

@@ -1,0 +1,113 @@
+//! Where the appliance keeps its state: one sled database in the data
+//! directory. This part of it is the plugins' key-value stores, one
+//! tree (namespace) per plugin, each with a quota.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened or used.
+    #[error("state database: {0}")]
+    Sled(#[from] sled::Error),
+}
+
+/// Why a key-value write was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum KvRefusal {
+    /// The plugin's quota would be exceeded.
+    #[error("quota exceeded")]
+    QuotaExceeded,
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The appliance's state database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: sled::Db,
+}
+
+impl Store {
+    /// Open (or create) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Ok(Store { db: sled::open(dir)? })
+    }
+
+    /// A database that lives in memory only, for tools and tests.
+    pub fn temporary() -> Result<Self, StoreError> {
+        Ok(Store {
+            db: sled::Config::new().temporary(true).open()?,
+        })
+    }
+
+    /// The key-value store of plugin `name`, holding at most `quota` bytes of
+    /// keys and values. Every instance of the plugin shares it.
+    pub fn plugin_kv(&self, name: &str, quota: u64) -> Result<PluginKv, StoreError> {
+        let tree = self.db.open_tree(format!("plugin-kv/{name}"))?;
+        let mut used = 0u64;
+        for entry in tree.iter() {
+            let (k, v) = entry?;
+            used += (k.len() + v.len()) as u64;
+        }
+        Ok(PluginKv {
+            tree,
+            quota,
+            used: Arc::new(Mutex::new(used)),
+        })
+    }
+
+    /// Write everything to disk.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+/// One plugin's namespace in the store. Writes reach the disk within
+/// sled's flush interval (half a second) or at [`Store::flush`].
+#[derive(Debug, Clone)]
+pub struct PluginKv {
+    tree: sled::Tree,
+    quota: u64,
+    /// Bytes of keys and values stored; the lock also makes the quota check
+    /// and the write one step.
+    used: Arc<Mutex<u64>>,
+}
+
+impl PluginKv {
+    /// The value under `key`.
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree.get(key)?.map(|v| v.to_vec()))
+    }
+
+    /// Store `value` under `key`, unless the quota would be exceeded.
+    pub fn set(&self, key: &str, value: &[u8]) -> Result<(), KvRefusal> {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.tree.get(key).map_err(StoreError::from)?;
+        let old_len = old.map_or(0, |v| (key.len() + v.len()) as u64);
+        let new_used = *used - old_len + (key.len() + value.len()) as u64;
+        if new_used > self.quota {
+            return Err(KvRefusal::QuotaExceeded);
+        }
+        self.tree.insert(key, value).map_err(StoreError::from)?;
+        *used = new_used;
+        Ok(())
+    }
+
+    /// Remove `key`.
+    pub fn delete(&self, key: &str) -> Result<(), KvRefusal> {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = self.tree.remove(key).map_err(StoreError::from)? {
+            *used -= (key.len() + old.len()) as u64;
+        }
+        Ok(())
+    }
+
+    /// Bytes of keys and values stored.
+    pub fn used(&self) -> u64 {
+        *self.used.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
