@@ -16,10 +16,10 @@
 
 pub use crate::wit::host::{KvError, Level};
 
-#[cfg(target_arch = "wasm32")]
-use crate::wit::host as imports;
 #[cfg(not(target_arch = "wasm32"))]
 use crate::testing::native as imports;
+#[cfg(target_arch = "wasm32")]
+use crate::wit::host as imports;
 
 /// Write a log line; the host tags it with the plugin's name. Long lines are
 /// cut and floods are rate-limited by the host.

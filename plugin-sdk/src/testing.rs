@@ -161,7 +161,10 @@ pub fn parse_stream<P: Parser>(
         pending.extend_from_slice(chunk);
         let parsed = P::parse(session, direction, &state, &pending);
         let consumed = parsed.consumed();
-        assert!(consumed <= pending.len(), "parser consumed more than its input");
+        assert!(
+            consumed <= pending.len(),
+            "parser consumed more than its input"
+        );
         assert!(
             parsed.frames.iter().all(|f| f.len > 0),
             "parser returned an empty frame"

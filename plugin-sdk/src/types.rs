@@ -4,30 +4,30 @@
 use crate::wit::parser_world::exports::palisade::plugin::parser;
 use crate::wit::types;
 
-/// Which way a chunk of bytes travels.
-pub use types::Direction;
-/// The device on a session, as proven by its certificate.
-pub use types::Device;
-/// One session: a device on a route.
-pub use types::Session;
-/// The value of an event attribute.
-pub use types::Value;
-/// One named attribute of an event.
-pub use types::Attribute;
-/// A protocol-independent description of one frame.
-pub use types::Event;
-/// How serious a finding is.
-pub use types::Severity;
-/// A detector's judgement of one event.
-pub use types::Finding;
-/// An action a responder asks the host to take.
-pub use types::Action;
 /// One complete frame a parser found.
 pub use parser::Frame;
 /// Why a parser cannot follow its input.
 pub use parser::Malformed;
 /// What a parser returns from one call.
 pub use parser::Parsed;
+/// An action a responder asks the host to take.
+pub use types::Action;
+/// One named attribute of an event.
+pub use types::Attribute;
+/// The device on a session, as proven by its certificate.
+pub use types::Device;
+/// Which way a chunk of bytes travels.
+pub use types::Direction;
+/// A protocol-independent description of one frame.
+pub use types::Event;
+/// A detector's judgement of one event.
+pub use types::Finding;
+/// One session: a device on a route.
+pub use types::Session;
+/// How serious a finding is.
+pub use types::Severity;
+/// The value of an event attribute.
+pub use types::Value;
 
 impl Event {
     /// An event of `kind` (for example `mqtt.publish`) in `protocol`, with no

@@ -10,7 +10,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use serde_json::{Map, Value as Json, json};
 
-use crate::plugins::{Action, Direction, Event, Limits, Plugin, Runtime, RuntimeConfig, Session, Severity, Value, first_party};
+use crate::plugins::{
+    Action, Direction, Event, Limits, Plugin, Runtime, RuntimeConfig, Session, Severity, Value,
+    first_party,
+};
 use crate::session::{Inspected, Pipeline};
 use crate::store::Store;
 
@@ -56,7 +59,8 @@ enum DirectionArg {
 }
 
 pub(crate) fn run(data: &Path, args: &Args) -> anyhow::Result<ExitCode> {
-    std::fs::create_dir_all(data).with_context(|| format!("creating the data directory {}", data.display()))?;
+    crate::store::create_data_dir(data)
+        .with_context(|| format!("creating the data directory {}", data.display()))?;
     let store = Store::open(&data.join("state")).context("opening the state database")?;
     let config = RuntimeConfig {
         cache_dir: Some(data.join("plugin-cache")),
@@ -64,8 +68,16 @@ pub(crate) fn run(data: &Path, args: &Args) -> anyhow::Result<ExitCode> {
     };
     let runtime = Runtime::new(&config, store.clone()).context("starting the plugin runtime")?;
     let parser = load(&runtime, &args.parser)?;
-    let detectors = args.detector.iter().map(|d| load(&runtime, d)).collect::<anyhow::Result<Vec<_>>>()?;
-    let responders = args.responder.iter().map(|r| load(&runtime, r)).collect::<anyhow::Result<Vec<_>>>()?;
+    let detectors = args
+        .detector
+        .iter()
+        .map(|d| load(&runtime, d))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let responders = args
+        .responder
+        .iter()
+        .map(|r| load(&runtime, r))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let session = Session {
         id: 1,
         device: crate::plugins::Device {
@@ -80,12 +92,15 @@ pub(crate) fn run(data: &Path, args: &Args) -> anyhow::Result<ExitCode> {
         DirectionArg::ToDevice => Direction::ToDevice,
     };
     let mut pipeline = Pipeline::new(session, parser, detectors, responders, args.max_frame);
-    let mut input = File::open(&args.input).with_context(|| format!("opening {}", args.input.display()))?;
+    let mut input =
+        File::open(&args.input).with_context(|| format!("opening {}", args.input.display()))?;
     let mut out = BufWriter::new(std::io::stdout().lock());
     let mut chunk = vec![0; args.chunk.max(1)];
     let mut code = ExitCode::SUCCESS;
     loop {
-        let n = input.read(&mut chunk).with_context(|| format!("reading {}", args.input.display()))?;
+        let n = input
+            .read(&mut chunk)
+            .with_context(|| format!("reading {}", args.input.display()))?;
         let Some(bytes) = chunk.get(..n).filter(|b| !b.is_empty()) else {
             break;
         };
@@ -120,7 +135,10 @@ fn load(runtime: &Runtime, plugin: &str) -> anyhow::Result<Plugin> {
             let path = Path::new(plugin);
             let bytes = std::fs::read(path).with_context(|| {
                 let names: Vec<_> = first_party::names().collect();
-                format!("reading plugin {plugin} (not a file, nor one of {})", names.join(", "))
+                format!(
+                    "reading plugin {plugin} (not a file, nor one of {})",
+                    names.join(", ")
+                )
             })?;
             let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or(plugin);
             (stem.replace('_', "-"), bytes)
@@ -131,24 +149,36 @@ fn load(runtime: &Runtime, plugin: &str) -> anyhow::Result<Plugin> {
 
 fn print(out: &mut impl Write, inspected: &Inspected) -> anyhow::Result<()> {
     for frame in &inspected.frames {
-        line(out, json!({"type": "event", "offset": frame.offset, "len": frame.len, "event": event_json(&frame.event)}))?;
+        line(
+            out,
+            json!({"type": "event", "offset": frame.offset, "len": frame.len, "event": event_json(&frame.event)}),
+        )?;
     }
     for (detector, f) in &inspected.findings {
         let offset = inspected.frames.get(f.event as usize).map(|fr| fr.offset);
         line(
             out,
-            json!({"type": "finding", "detector": detector, "offset": offset, "severity": severity(f.severity), "score": f.score, "reason": f.reason}),
+            json!({"type": "finding", "detector": detector, "offset": offset, "severity": severity(f.severity), "score": (f64::from(f.score) * 1000.0).round() / 1000.0, "reason": f.reason}),
         )?;
     }
     for (responder, a) in &inspected.actions {
-        line(out, json!({"type": "action", "responder": responder, "action": action_json(a)}))?;
+        line(
+            out,
+            json!({"type": "action", "responder": responder, "action": action_json(a)}),
+        )?;
     }
     for e in &inspected.errors {
         line(out, json!({"type": "error", "error": e.to_string()}))?;
     }
     if let Some(m) = &inspected.malformed {
-        let offset = inspected.frames.last().map_or(0, |f| f.offset + u64::from(f.len));
-        line(out, json!({"type": "malformed", "offset": offset, "reason": m.reason}))?;
+        let offset = inspected
+            .frames
+            .last()
+            .map_or(0, |f| f.offset + u64::from(f.len));
+        line(
+            out,
+            json!({"type": "malformed", "offset": offset, "reason": m.reason}),
+        )?;
     }
     Ok(())
 }

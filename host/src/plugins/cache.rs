@@ -35,23 +35,29 @@ impl Cache {
 
     fn path(&self, component: &[u8]) -> PathBuf {
         let hash = blake3::hash(component);
-        self.dir.join(format!("{}-{}.cwasm", hash.to_hex(), self.engine_key))
+        self.dir
+            .join(format!("{}-{}.cwasm", hash.to_hex(), self.engine_key))
     }
 
     /// The compiled `component`, from the cache when present (`true`), or
     /// compiled now and stored (`false`).
     pub fn load(&self, engine: &Engine, component: &[u8]) -> wasmtime::Result<(Component, bool)> {
         let path = self.path(component);
-        if path.exists() {
+        // Read into memory rather than mapping the file: a file changed in
+        // place under a mapping (a copy tool, a disk repair) would crash the
+        // appliance with SIGBUS.
+        if let Ok(artifact) = fs::read(&path) {
             // SAFETY: deserializing runs native code from the file. The file
             // is in the appliance's data directory (mode 0700), written only by
             // `store` below, atomically, under a name derived from the content
             // hash of the component it was compiled from. wasmtime checks its
             // header against this engine and refuses a mismatch.
             #[allow(unsafe_code)]
-            match unsafe { Component::deserialize_file(engine, &path) } {
+            match unsafe { Component::deserialize(engine, &artifact) } {
                 Ok(c) => return Ok((c, true)),
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "ignoring unusable precompiled plugin"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "ignoring unusable precompiled plugin")
+                }
             }
         }
         let artifact = engine.precompile_component(component)?;

@@ -4,13 +4,22 @@
 
 /// `(name, component bytes)` of every embedded plugin.
 const EMBEDDED: &[(&str, &[u8])] = &[
-    ("mqtt", include_bytes!(concat!(env!("PALISADE_PLUGIN_DIR"), "/mqtt.wasm"))),
-    ("new-topic", include_bytes!(concat!(env!("PALISADE_PLUGIN_DIR"), "/new_topic.wasm"))),
+    (
+        "mqtt",
+        include_bytes!(concat!(env!("PALISADE_PLUGIN_DIR"), "/mqtt.wasm")),
+    ),
+    (
+        "new-topic",
+        include_bytes!(concat!(env!("PALISADE_PLUGIN_DIR"), "/new_topic.wasm")),
+    ),
 ];
 
 /// The component of the first-party plugin `name`.
 pub fn component(name: &str) -> Option<&'static [u8]> {
-    EMBEDDED.iter().find(|(n, _)| *n == name).map(|(_, bytes)| *bytes)
+    EMBEDDED
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, bytes)| *bytes)
 }
 
 /// The names of the first-party plugins.

@@ -13,9 +13,11 @@ use wasmtime::component::{HasData, Linker, ResourceTable};
 use wasmtime::{ResourceLimiter, Result};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::host::{self, KvError, Level};
-use super::limits::{Limits, MAX_COUNTER_NAME, MAX_COUNTERS, MAX_KEY_LEN, MAX_LOG_LINE, MAX_VALUE_LEN};
 use super::Fault;
+use super::bindings::host::{self, KvError, Level};
+use super::limits::{
+    Limits, MAX_COUNTER_NAME, MAX_COUNTERS, MAX_KEY_LEN, MAX_LOG_LINE, MAX_VALUE_LEN,
+};
 use crate::store::{KvRefusal, PluginKv};
 
 /// Counters a plugin has added to, by name.
@@ -36,7 +38,12 @@ pub struct PluginState {
 }
 
 impl PluginState {
-    pub(crate) fn new(plugin: Arc<str>, limits: Arc<Limits>, kv: PluginKv, counters: Counters) -> Self {
+    pub(crate) fn new(
+        plugin: Arc<str>,
+        limits: Arc<Limits>,
+        kv: PluginKv,
+        counters: Counters,
+    ) -> Self {
         PluginState {
             plugin,
             limits,
@@ -61,7 +68,9 @@ impl PluginState {
     fn count_kv_op(&mut self) -> Result<()> {
         self.kv_ops += 1;
         if self.kv_ops > self.limits.kv_ops_per_call {
-            return Err(wasmtime::Error::new(Fault::KvOps(self.limits.kv_ops_per_call)));
+            return Err(wasmtime::Error::new(Fault::KvOps(
+                self.limits.kv_ops_per_call,
+            )));
         }
         Ok(())
     }
@@ -69,21 +78,35 @@ impl PluginState {
 
 impl std::fmt::Debug for PluginState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PluginState").field("plugin", &self.plugin).finish_non_exhaustive()
+        f.debug_struct("PluginState")
+            .field("plugin", &self.plugin)
+            .finish_non_exhaustive()
     }
 }
 
 impl ResourceLimiter for PluginState {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> Result<bool> {
         if desired > self.limits.memory_bytes {
             // A trap, not a failed `memory.grow`: the guest would abort
             // anyway, and this way the operator learns which limit was hit.
-            return Err(wasmtime::Error::new(Fault::Memory(self.limits.memory_bytes)));
+            return Err(wasmtime::Error::new(Fault::Memory(
+                self.limits.memory_bytes,
+            )));
         }
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> Result<bool> {
         // Tables hold function references; no plugin needs many.
         Ok(desired <= 100_000)
     }

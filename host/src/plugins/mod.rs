@@ -96,7 +96,9 @@ pub enum LoadError {
         reason: String,
     },
     /// The component exports none, or more than one, of the plugin worlds.
-    #[error("plugin {plugin} must export exactly one of {CONTRACT}'s parser, detector or responder interfaces (found {found})")]
+    #[error(
+        "plugin {plugin} must export exactly one of {CONTRACT}'s parser, detector or responder interfaces (found {found})"
+    )]
     NoWorld {
         /// The plugin's name.
         plugin: String,
@@ -261,7 +263,9 @@ struct RuntimeShared {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").field("cache", &self.shared.cache).finish_non_exhaustive()
+        f.debug_struct("Runtime")
+            .field("cache", &self.shared.cache)
+            .finish_non_exhaustive()
     }
 }
 
@@ -300,12 +304,14 @@ impl Runtime {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let ticker = {
             let (engine, stop) = (engine.clone(), stop.clone());
-            thread::Builder::new().name("plugin-epoch".into()).spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    thread::sleep(TICK);
-                    engine.increment_epoch();
-                }
-            })?
+            thread::Builder::new()
+                .name("plugin-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        thread::sleep(TICK);
+                        engine.increment_epoch();
+                    }
+                })?
         };
         let cache = config.cache_dir.clone().map(|dir| Cache::new(dir, &engine));
         Ok(Runtime {
@@ -338,18 +344,31 @@ impl Runtime {
 
     /// Like [`Runtime::load`], and say whether the compiled code came from
     /// the cache.
-    pub fn load_cached(&self, name: &str, component: &[u8], limits: Limits) -> Result<(Plugin, bool), LoadError> {
+    pub fn load_cached(
+        &self,
+        name: &str,
+        component: &[u8],
+        limits: Limits,
+    ) -> Result<(Plugin, bool), LoadError> {
         let Some(cache) = &self.shared.cache else {
             return self.load(name, component, limits).map(|p| (p, false));
         };
-        let (compiled, hit) = cache.load(&self.shared.engine, component).map_err(|e| LoadError::Invalid {
-            plugin: name.to_owned(),
-            reason: format!("{e:#}"),
-        })?;
+        let (compiled, hit) =
+            cache
+                .load(&self.shared.engine, component)
+                .map_err(|e| LoadError::Invalid {
+                    plugin: name.to_owned(),
+                    reason: format!("{e:#}"),
+                })?;
         Ok((self.prepare(name, &compiled, limits)?, hit))
     }
 
-    fn prepare(&self, name: &str, component: &Component, limits: Limits) -> Result<Plugin, LoadError> {
+    fn prepare(
+        &self,
+        name: &str,
+        component: &Component,
+        limits: Limits,
+    ) -> Result<Plugin, LoadError> {
         let engine = &self.shared.engine;
         let ty = component.component_type();
         for (import, _) in ty.imports(engine) {
@@ -376,11 +395,21 @@ impl Runtime {
             world,
             reason: format!("{e:#}"),
         };
-        let instance_pre = self.shared.linker.instantiate_pre(component).map_err(mismatch)?;
+        let instance_pre = self
+            .shared
+            .linker
+            .instantiate_pre(component)
+            .map_err(mismatch)?;
         let pre = match world {
-            World::Parser => WorldPre::Parser(ParserPluginPre::new(instance_pre).map_err(mismatch)?),
-            World::Detector => WorldPre::Detector(DetectorPluginPre::new(instance_pre).map_err(mismatch)?),
-            World::Responder => WorldPre::Responder(ResponderPluginPre::new(instance_pre).map_err(mismatch)?),
+            World::Parser => {
+                WorldPre::Parser(ParserPluginPre::new(instance_pre).map_err(mismatch)?)
+            }
+            World::Detector => {
+                WorldPre::Detector(DetectorPluginPre::new(instance_pre).map_err(mismatch)?)
+            }
+            World::Responder => {
+                WorldPre::Responder(ResponderPluginPre::new(instance_pre).map_err(mismatch)?)
+            }
         };
         let kv = self
             .shared
@@ -498,12 +527,20 @@ impl Plugin {
 
     /// Where the plugin is in its life.
     pub fn lifecycle(&self) -> Lifecycle {
-        *self.shared.lifecycle.lock().unwrap_or_else(|p| p.into_inner())
+        *self
+            .shared
+            .lifecycle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// The counters the plugin has added to.
     pub fn counters(&self) -> std::collections::BTreeMap<String, u64> {
-        self.shared.counters.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.shared
+            .counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Bytes the plugin keeps in its key-value store.
@@ -521,14 +558,27 @@ impl Plugin {
 
     /// Parse `input`, the unconsumed bytes of one direction of `session`,
     /// given the parser `state` of the last call.
-    pub fn parse(&self, session: &Session, direction: Direction, state: &[u8], input: &[u8]) -> Result<Parsed, CallError> {
+    pub fn parse(
+        &self,
+        session: &Session,
+        direction: Direction,
+        state: &[u8],
+        input: &[u8],
+    ) -> Result<Parsed, CallError> {
         let state_cap = self.shared.limits.state_bytes;
         self.call(World::Parser, |store, bound| {
             let Bound::Parser(p) = bound else {
                 return unreachable_world();
             };
-            let parsed = p.palisade_plugin_parser().call_parse(&mut *store, session, direction, state, input)?;
-            check_parsed(&parsed, input.len(), state_cap).map_err(|e| wasmtime::Error::new(Fault::Contract(e)))?;
+            let parsed = p.palisade_plugin_parser().call_parse(
+                &mut *store,
+                session,
+                direction,
+                state,
+                input,
+            )?;
+            check_parsed(&parsed, input.len(), state_cap)
+                .map_err(|e| wasmtime::Error::new(Fault::Contract(e)))?;
             Ok(parsed)
         })
     }
@@ -539,7 +589,9 @@ impl Plugin {
             let Bound::Detector(d) = bound else {
                 return unreachable_world();
             };
-            let findings = d.palisade_plugin_detector().call_detect(&mut *store, session, events)?;
+            let findings =
+                d.palisade_plugin_detector()
+                    .call_detect(&mut *store, session, events)?;
             if let Some(f) = findings.iter().find(|f| f.event as usize >= events.len()) {
                 return Err(wasmtime::Error::new(Fault::Contract(format!(
                     "finding on event {} of a batch of {}",
@@ -552,12 +604,18 @@ impl Plugin {
     }
 
     /// Decide what to do about `findings` on `events` of `session`.
-    pub fn respond(&self, session: &Session, events: &[Event], findings: &[Finding]) -> Result<Vec<Action>, CallError> {
+    pub fn respond(
+        &self,
+        session: &Session,
+        events: &[Event],
+        findings: &[Finding],
+    ) -> Result<Vec<Action>, CallError> {
         self.call(World::Responder, |store, bound| {
             let Bound::Responder(r) = bound else {
                 return unreachable_world();
             };
-            r.palisade_plugin_responder().call_respond(&mut *store, session, events, findings)
+            r.palisade_plugin_responder()
+                .call_respond(&mut *store, session, events, findings)
         })
     }
 
@@ -590,7 +648,12 @@ impl Plugin {
         };
         let store = &mut instance.store;
         store.data_mut().begin_call();
-        let ticks = shared.limits.deadline().as_millis().div_ceil(TICK.as_millis()).max(1);
+        let ticks = shared
+            .limits
+            .deadline()
+            .as_millis()
+            .div_ceil(TICK.as_millis())
+            .max(1);
         store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
         store.set_hostcall_fuel(shared.limits.output_bytes);
         match f(store, &instance.bound) {
@@ -609,10 +672,19 @@ impl Plugin {
 
     fn instantiate(&self) -> Result<Instance, CallError> {
         let shared = &*self.shared;
-        let state = PluginState::new(shared.name.clone(), shared.limits.clone(), shared.kv.clone(), shared.counters.clone());
+        let state = PluginState::new(
+            shared.name.clone(),
+            shared.limits.clone(),
+            shared.kv.clone(),
+            shared.counters.clone(),
+        );
         let mut store = wasmtime::Store::new(&shared.runtime.shared.engine, state);
         store.limiter(|s| s);
-        store.set_epoch_deadline(u64::try_from(shared.limits.deadline().as_millis()).unwrap_or(u64::MAX).max(1));
+        store.set_epoch_deadline(
+            u64::try_from(shared.limits.deadline().as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
+        );
         let bound = match &shared.pre {
             WorldPre::Parser(pre) => pre.instantiate(&mut store).map(Bound::Parser),
             WorldPre::Detector(pre) => pre.instantiate(&mut store).map(Bound::Detector),
@@ -641,7 +713,11 @@ impl Plugin {
             let mut lifecycle = shared.lifecycle.lock().unwrap_or_else(|p| p.into_inner());
             if *lifecycle != Lifecycle::Failed {
                 *lifecycle = Lifecycle::Failed;
-                shared.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                shared
+                    .idle
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clear();
                 tracing::error!(plugin = &*shared.name, strikes, fail_mode = %shared.limits.fail_mode, "plugin disabled");
             }
         }
@@ -691,15 +767,23 @@ fn check_parsed(parsed: &Parsed, input_len: usize, state_cap: usize) -> Result<(
         consumed = consumed.saturating_add(frame.len as usize);
     }
     if consumed > input_len {
-        return Err(format!("frames cover {consumed} bytes of an input of {input_len}"));
+        return Err(format!(
+            "frames cover {consumed} bytes of an input of {input_len}"
+        ));
     }
     if parsed.state.len() > state_cap {
-        return Err(format!("session state of {} bytes exceeds the limit of {state_cap}", parsed.state.len()));
+        return Err(format!(
+            "session state of {} bytes exceeds the limit of {state_cap}",
+            parsed.state.len()
+        ));
     }
     if let Some(m) = &parsed.malformed
         && m.offset as usize != consumed
     {
-        return Err(format!("malformed at offset {} but frames end at {consumed}", m.offset));
+        return Err(format!(
+            "malformed at offset {} but frames end at {consumed}",
+            m.offset
+        ));
     }
     Ok(())
 }

@@ -6,7 +6,9 @@
 //! events of its complete frames go to every detector in one batch; the
 //! findings go to every responder. Nothing here touches a socket.
 
-use crate::plugins::{Action, CallError, Direction, Event, FailMode, Finding, Malformed, Plugin, Session};
+use crate::plugins::{
+    Action, CallError, Direction, Event, FailMode, Finding, Malformed, Plugin, Session,
+};
 
 /// Why the pipeline cannot go on with a session. The session must close;
 /// no further frame of it is forwarded.
@@ -75,7 +77,13 @@ pub struct Pipeline {
 impl Pipeline {
     /// A pipeline for `session` that buffers at most `max_frame` bytes of an
     /// incomplete frame.
-    pub fn new(session: Session, parser: Plugin, detectors: Vec<Plugin>, responders: Vec<Plugin>, max_frame: usize) -> Self {
+    pub fn new(
+        session: Session,
+        parser: Plugin,
+        detectors: Vec<Plugin>,
+        responders: Vec<Plugin>,
+        max_frame: usize,
+    ) -> Self {
         Pipeline {
             session,
             parser,
@@ -133,7 +141,9 @@ impl Pipeline {
         if inspected.malformed.is_none() {
             let needed = parsed.needed.map_or(0, |n| n as usize);
             if stream.pending.len().saturating_add(needed) > self.max_frame {
-                return Err(PipelineError::FrameTooLarge { limit: self.max_frame });
+                return Err(PipelineError::FrameTooLarge {
+                    limit: self.max_frame,
+                });
             }
         }
         self.judge(&mut inspected);
@@ -162,9 +172,11 @@ impl Pipeline {
         }
         for responder in &self.responders {
             match responder.respond(&self.session, &events, &findings) {
-                Ok(actions) => inspected
-                    .actions
-                    .extend(actions.into_iter().map(|a| (responder.name().to_owned(), a))),
+                Ok(actions) => inspected.actions.extend(
+                    actions
+                        .into_iter()
+                        .map(|a| (responder.name().to_owned(), a)),
+                ),
                 Err(e) => inspected.fail(responder, e),
             }
         }

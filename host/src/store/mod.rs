@@ -24,6 +24,18 @@ pub enum KvRefusal {
     Store(#[from] StoreError),
 }
 
+/// Create the data directory `dir` (and its parents) readable by the
+/// appliance's user only: it holds keys, state and precompiled native code.
+/// An existing directory is tightened to the same mode.
+pub fn create_data_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
 /// The appliance's state database.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -33,7 +45,9 @@ pub struct Store {
 impl Store {
     /// Open (or create) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        Ok(Store { db: sled::open(dir)? })
+        Ok(Store {
+            db: sled::open(dir)?,
+        })
     }
 
     /// A database that lives in memory only, for tools and tests.

@@ -4,7 +4,8 @@
 //! The first word of its input picks the misbehaviour: `loop` spins forever,
 //! `alloc` allocates until memory runs out, `recurse` recurses without end,
 //! `trap` panics, `flood` returns an enormous result, `kvspam` writes to the
-//! key-value store without stopping, `logspam` logs without stopping. Any
+//! key-value store without stopping, `logspam` writes ten thousand long log
+//! lines. Any
 //! other input is one well-formed frame of kind `hostile.ok`.
 
 use palisade_plugin_sdk::host::{self, Level, kv};
@@ -20,7 +21,11 @@ impl Parser for Hostile {
 
     fn parse(_session: &Session, _direction: Direction, _state: &[u8], input: &[u8]) -> Parsed {
         let mut parsed = Parsed::new(Vec::new());
-        match input.split(|b| b.is_ascii_whitespace()).next().unwrap_or_default() {
+        match input
+            .split(|b| b.is_ascii_whitespace())
+            .next()
+            .unwrap_or_default()
+        {
             b"loop" => loop {
                 black_box(input);
             },
@@ -37,7 +42,7 @@ impl Parser for Hostile {
             b"trap" => panic!("hostile plugin panics on purpose"),
             b"flood" => {
                 let mut event = Event::new("hostile", "hostile.flood");
-                for i in 0..200_000 {
+                for i in 0..40_000 {
                     event = event.with("attribute-with-a-long-name", format!("value number {i}"));
                 }
                 parsed.push(input.len(), event);
@@ -50,8 +55,8 @@ impl Parser for Hostile {
                 }
             }
             b"logspam" => {
-                for i in 0u64.. {
-                    host::log(Level::Info, &format!("log line {i}"));
+                for i in 0..10_000 {
+                    host::log(Level::Info, &format!("log line {i} {}", "x".repeat(4096)));
                 }
             }
             _ => {}

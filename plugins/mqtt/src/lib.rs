@@ -35,7 +35,10 @@ pub fn parse(state: &[u8], input: &[u8]) -> Parsed {
     while let Some(rest) = input.get(offset..).filter(|r| !r.is_empty()) {
         match frame(rest) {
             Framing::Complete { header_len, len } => {
-                let (header, body) = (rest.first().copied().unwrap_or(0), rest.get(header_len..len));
+                let (header, body) = (
+                    rest.first().copied().unwrap_or(0),
+                    rest.get(header_len..len),
+                );
                 let event = match describe(header, body.unwrap_or_default(), &mut level) {
                     Ok(event) => event,
                     Err(reason) => {
@@ -237,20 +240,37 @@ mod tests {
         Session::new(1, "sensor-1", "thermostat", "cell-1", "mqtt")
     }
 
+    /// A packet with fixed header byte `header`: the remaining length is
+    /// encoded as MQTT's variable-length integer.
+    fn packet(header: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![header];
+        let mut n = body.len();
+        loop {
+            let digit = (n % 128) as u8;
+            n /= 128;
+            out.push(if n > 0 { digit | 0x80 } else { digit });
+            if n == 0 {
+                break;
+            }
+        }
+        out.extend_from_slice(body);
+        out
+    }
+
     fn connect(level: u8) -> Vec<u8> {
         let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', level, 0x02, 0, 60];
         if level == 5 {
             body.push(0);
         }
         body.extend_from_slice(&[0, 2, b'c', b'1']);
-        [vec![0x10, body.len() as u8], body].concat()
+        packet(0x10, &body)
     }
 
     fn publish(topic: &str, payload: &[u8]) -> Vec<u8> {
         let mut body = vec![0, topic.len() as u8];
         body.extend_from_slice(topic.as_bytes());
         body.extend_from_slice(payload);
-        [vec![0x30, body.len() as u8], body].concat()
+        packet(0x30, &body)
     }
 
     #[test]
@@ -262,10 +282,19 @@ mod tests {
             vec![0xc0, 0],
         ]
         .concat();
-        let (events, malformed) = parse_stream::<Mqtt>(&session(), Direction::ToUpstream, &[&stream]);
+        let (events, malformed) =
+            parse_stream::<Mqtt>(&session(), Direction::ToUpstream, &[&stream]);
         assert!(malformed.is_none());
         let kinds: Vec<_> = events.iter().map(|e| e.kind.as_str()).collect();
-        assert_eq!(kinds, ["mqtt.connect", "mqtt.publish", "mqtt.subscribe", "mqtt.pingreq"]);
+        assert_eq!(
+            kinds,
+            [
+                "mqtt.connect",
+                "mqtt.publish",
+                "mqtt.subscribe",
+                "mqtt.pingreq"
+            ]
+        );
         assert_eq!(events[0].text("client-id"), Some("c1"));
         assert_eq!(events[1].text("topic"), Some("site/a/telemetry"));
         assert_eq!(events[1].int("payload-size"), Some(4));
@@ -278,7 +307,8 @@ mod tests {
         publish5.extend_from_slice(b"xyz");
         publish5[1] = (publish5.len() - 2) as u8;
         let stream = [connect(5), publish5].concat();
-        let (events, malformed) = parse_stream::<Mqtt>(&session(), Direction::ToUpstream, &[&stream]);
+        let (events, malformed) =
+            parse_stream::<Mqtt>(&session(), Direction::ToUpstream, &[&stream]);
         assert!(malformed.is_none());
         assert_eq!(events[1].text("topic"), Some("t"));
         assert_eq!(events[1].int("payload-size"), Some(3));
@@ -286,11 +316,20 @@ mod tests {
 
     #[test]
     fn every_split_gives_the_same_events() {
-        let stream = [connect(4), publish("a/b", b"hello"), publish("c", &[7; 200])].concat();
-        let (whole, _) = parse_stream::<Mqtt>(&session(), Direction::ToUpstream, &[&stream]);
+        let stream = [
+            connect(4),
+            publish("a/b", b"hello"),
+            publish("c", &[7; 200]),
+        ]
+        .concat();
+        let (whole, malformed) = parse_stream::<Mqtt>(&session(), Direction::ToUpstream, &[&stream]);
+        assert!(malformed.is_none());
+        assert_eq!(whole.len(), 3);
+        assert_eq!(whole[2].int("payload-size"), Some(200), "two-byte remaining length");
         for cut in 0..stream.len() {
             let (a, b) = stream.split_at(cut);
-            let (split, malformed) = parse_stream::<Mqtt>(&session(), Direction::ToUpstream, &[a, b]);
+            let (split, malformed) =
+                parse_stream::<Mqtt>(&session(), Direction::ToUpstream, &[a, b]);
             assert!(malformed.is_none());
             assert_eq!(split, whole, "split at {cut}");
         }
@@ -299,7 +338,10 @@ mod tests {
     #[test]
     fn bad_input_is_malformed_not_a_panic() {
         let cases: [(&[u8], &str); 4] = [
-            (&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01], "remaining length longer than 4 bytes"),
+            (
+                &[0x30, 0xff, 0xff, 0xff, 0xff, 0x01],
+                "remaining length longer than 4 bytes",
+            ),
             (&[0x30, 2, 0, 9], "packet shorter than its fields"),
             (&[0x30, 4, 0, 2, 0xff, 0xfe], "string is not UTF-8"),
             (&[0x36, 3, 0, 1, b't'], "PUBLISH with QoS 3"),
@@ -311,7 +353,10 @@ mod tests {
         let twice = [connect(4), connect(4)].concat();
         let parsed = parse(&[], &twice);
         assert_eq!(parsed.frames.len(), 1);
-        assert_eq!(parsed.malformed.unwrap().reason, "second CONNECT on a session");
+        assert_eq!(
+            parsed.malformed.unwrap().reason,
+            "second CONNECT on a session"
+        );
     }
 
     #[test]

@@ -32,13 +32,19 @@ impl Detector for NewTopic {
                     findings.push(Finding::new(i, Severity::Medium, 0.7, reason));
                 }
                 if let Err(e) = kv::set(&topic_key, &[]) {
-                    host::log(Level::Warn, &format!("cannot remember topic {topic}: {e:?}"));
+                    host::log(
+                        Level::Warn,
+                        &format!("cannot remember topic {topic}: {e:?}"),
+                    );
                 }
             }
             publishes += 1;
         }
         if let Err(e) = kv::set(&count_key, &publishes.to_le_bytes()) {
-            host::log(Level::Warn, &format!("cannot store the publish count: {e:?}"));
+            host::log(
+                Level::Warn,
+                &format!("cannot store the publish count: {e:?}"),
+            );
         }
         findings
     }
@@ -59,10 +65,16 @@ mod tests {
     fn new_topic_after_learning_is_flagged_once() {
         Host::reset();
         let session = Session::new(1, "sensor-1", "thermostat", "cell-1", "mqtt");
-        let normal: Vec<Event> = (0..LEARNING_PUBLISHES).map(|_| publish("site/a/telemetry")).collect();
+        let normal: Vec<Event> = (0..LEARNING_PUBLISHES)
+            .map(|_| publish("site/a/telemetry"))
+            .collect();
         assert!(NewTopic::detect(&session, &normal).is_empty());
 
-        let batch = [publish("site/a/telemetry"), publish("site/a/cmd"), publish("site/a/cmd")];
+        let batch = [
+            publish("site/a/telemetry"),
+            publish("site/a/cmd"),
+            publish("site/a/cmd"),
+        ];
         let findings = NewTopic::detect(&session, &batch);
         assert_eq!(findings.len(), 1);
         assert_eq!(findings.first().map(|f| f.event), Some(1));
@@ -76,7 +88,10 @@ mod tests {
         let b = Session::new(2, "b", "thermostat", "cell-1", "mqtt");
         let normal: Vec<Event> = (0..LEARNING_PUBLISHES).map(|_| publish("t")).collect();
         NewTopic::detect(&a, &normal);
-        assert!(NewTopic::detect(&b, &[publish("u")]).is_empty(), "b is still learning");
+        assert!(
+            NewTopic::detect(&b, &[publish("u")]).is_empty(),
+            "b is still learning"
+        );
         assert_eq!(NewTopic::detect(&a, &[publish("u")]).len(), 1);
     }
 }

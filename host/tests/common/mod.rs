@@ -1,0 +1,86 @@
+//! Helpers shared by the host's integration tests.
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing
+)]
+
+use palisade::plugins::{Limits, Plugin, Runtime, RuntimeConfig, Session};
+use palisade::store::Store;
+
+/// The component the build made for `plugin` (crate name, `-` as `_`).
+pub fn component(plugin: &str) -> Vec<u8> {
+    let path = format!(
+        "{}/{}.wasm",
+        palisade::plugins::first_party::BUILD_DIR,
+        plugin.replace('-', "_")
+    );
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// A runtime over a state store that lives in memory.
+pub fn runtime() -> Runtime {
+    Runtime::new(&RuntimeConfig::default(), Store::temporary().unwrap()).unwrap()
+}
+
+/// Limits small enough that hostile plugins hit them quickly.
+pub fn tight_limits() -> Limits {
+    Limits {
+        deadline_ms: 100,
+        memory_bytes: 16 << 20,
+        output_bytes: 1 << 20,
+        kv_quota_bytes: 64 << 10,
+        max_strikes: 3,
+        ..Limits::default()
+    }
+}
+
+/// Load the plugin the build made for `plugin`.
+pub fn load(runtime: &Runtime, plugin: &str, limits: Limits) -> Plugin {
+    runtime.load(plugin, &component(plugin), limits).unwrap()
+}
+
+pub fn session(id: u64, device: &str) -> Session {
+    Session {
+        id,
+        device: palisade::plugins::Device {
+            id: device.into(),
+            class: "thermostat".into(),
+            zone: "cell-1".into(),
+        },
+        route: "mqtt".into(),
+    }
+}
+
+fn packet(header: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![header];
+    let mut n = body.len();
+    loop {
+        let digit = (n % 128) as u8;
+        n /= 128;
+        out.push(if n > 0 { digit | 0x80 } else { digit });
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+fn string(s: &str) -> Vec<u8> {
+    [(s.len() as u16).to_be_bytes().as_slice(), s.as_bytes()].concat()
+}
+
+/// An MQTT 3.1.1 CONNECT from `client_id`.
+pub fn mqtt_connect(client_id: &str) -> Vec<u8> {
+    packet(
+        0x10,
+        &[string("MQTT"), vec![4, 2, 0, 60], string(client_id)].concat(),
+    )
+}
+
+/// An MQTT QoS 0 PUBLISH.
+pub fn mqtt_publish(topic: &str, payload: &[u8]) -> Vec<u8> {
+    packet(0x30, &[string(topic), payload.to_vec()].concat())
+}

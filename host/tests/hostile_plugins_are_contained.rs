@@ -1,0 +1,236 @@
+//! Every kind of hostile plugin is stopped within its bound, with an error
+//! that names the plugin and the limit, while well-behaved plugins go on
+//! serving; repeat offenders are disabled by their fail mode.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{load, mqtt_connect, mqtt_publish, runtime, session, tight_limits};
+use palisade::plugins::{CallError, Direction, FailMode, Fault, Lifecycle, Limits, Plugin};
+
+/// Run the hostile plugin's misbehaviour `word` once and return the fault.
+fn provoke(plugin: &Plugin, word: &str) -> (Fault, CallError) {
+    let result = plugin.parse(
+        &session(1, "evil"),
+        Direction::ToUpstream,
+        &[],
+        word.as_bytes(),
+    );
+    match result {
+        Err(e @ CallError::Fault { .. }) => {
+            let CallError::Fault { fault, .. } = &e else {
+                unreachable!()
+            };
+            (fault.clone(), e)
+        }
+        other => panic!("{word}: expected a fault, got {other:?}"),
+    }
+}
+
+#[test]
+fn infinite_loop_is_interrupted_at_the_deadline() {
+    let plugin = load(&runtime(), "hostile", tight_limits());
+    let start = Instant::now();
+    let (fault, error) = provoke(&plugin, "loop");
+    assert_eq!(fault, Fault::Deadline(Duration::from_millis(100)));
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains("hostile") && message.contains("deadline of 100ms"),
+        "{message}"
+    );
+}
+
+#[test]
+fn memory_bomb_stops_at_the_memory_limit() {
+    let plugin = load(&runtime(), "hostile", tight_limits());
+    let (fault, error) = provoke(&plugin, "alloc");
+    assert_eq!(fault, Fault::Memory(16 << 20));
+    assert!(
+        error.to_string().contains("memory limit of 16777216 bytes"),
+        "{error}"
+    );
+}
+
+#[test]
+fn runaway_recursion_is_stopped() {
+    let plugin = load(&runtime(), "hostile", tight_limits());
+    let (fault, error) = provoke(&plugin, "recurse");
+    // Rust keeps large locals on a shadow stack in linear memory, so the
+    // overflow shows up either on the wasm stack or as a memory fault.
+    assert!(
+        matches!(&fault, Fault::Stack)
+            || matches!(&fault, Fault::Trap(t) if t.contains("out of bounds")),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_panicking_plugin_traps_and_the_next_call_succeeds() {
+    let plugin = load(&runtime(), "hostile", tight_limits());
+    let (fault, error) = provoke(&plugin, "trap");
+    assert!(matches!(fault, Fault::Trap(_)), "{error}");
+    // The trapped instance was thrown away; a fresh one serves the next call.
+    let parsed = plugin
+        .parse(&session(2, "evil"), Direction::ToUpstream, &[], b"hello")
+        .unwrap();
+    assert_eq!(parsed.frames.len(), 1);
+    assert_eq!(parsed.frames[0].event.kind, "hostile.ok");
+}
+
+#[test]
+fn huge_output_is_refused_at_the_output_limit() {
+    let plugin = load(&runtime(), "hostile", tight_limits());
+    let (fault, error) = provoke(&plugin, "flood");
+    assert_eq!(fault, Fault::Output(1 << 20));
+    assert!(
+        error.to_string().contains("output limit of 1048576 bytes"),
+        "{error}"
+    );
+}
+
+#[test]
+fn key_value_abuse_stays_within_quota_and_is_stopped() {
+    let plugin = load(&runtime(), "hostile", tight_limits());
+    let (fault, _) = provoke(&plugin, "kvspam");
+    assert_eq!(fault, Fault::KvOps(Limits::default().kv_ops_per_call));
+    let used = plugin.kv_used();
+    assert!(used > 0 && used <= 64 << 10, "store holds {used} bytes");
+}
+
+#[test]
+fn log_floods_are_cut_not_fatal() {
+    let plugin = load(&runtime(), "hostile", tight_limits());
+    let parsed = plugin
+        .parse(
+            &session(1, "chatty"),
+            Direction::ToUpstream,
+            &[],
+            b"logspam",
+        )
+        .unwrap();
+    assert_eq!(parsed.frames.len(), 1);
+    let dropped = plugin.counters().get("palisade.log-lines-dropped").copied();
+    assert_eq!(
+        dropped,
+        Some(10_000 - u64::from(Limits::default().log_lines_per_call))
+    );
+}
+
+#[test]
+fn good_plugin_keeps_serving_while_a_hostile_one_faults() {
+    let runtime = runtime();
+    let mqtt = load(&runtime, "mqtt", Limits::default());
+    let hostile = load(
+        &runtime,
+        "hostile",
+        Limits {
+            max_strikes: 1000,
+            ..tight_limits()
+        },
+    );
+    let stream = [
+        mqtt_connect("sensor-1"),
+        mqtt_publish("site/a/telemetry", b"21.5"),
+    ]
+    .concat();
+
+    std::thread::scope(|scope| {
+        let attacker = scope.spawn(|| {
+            for word in ["loop", "alloc", "trap", "flood", "loop", "recurse"] {
+                assert!(
+                    hostile
+                        .parse(
+                            &session(9, "evil"),
+                            Direction::ToUpstream,
+                            &[],
+                            word.as_bytes()
+                        )
+                        .is_err()
+                );
+            }
+        });
+        let mut served = 0;
+        while !attacker.is_finished() || served < 100 {
+            let parsed = mqtt
+                .parse(
+                    &session(served, "sensor-1"),
+                    Direction::ToUpstream,
+                    &[],
+                    &stream,
+                )
+                .expect("the MQTT parser must keep serving");
+            assert_eq!(parsed.frames.len(), 2);
+            assert_eq!(parsed.frames[1].event.kind, "mqtt.publish");
+            served += 1;
+        }
+        attacker.join().unwrap();
+    });
+    assert_eq!(mqtt.strikes(), 0);
+    assert_eq!(hostile.strikes(), 6);
+}
+
+#[test]
+fn repeated_faults_disable_the_plugin_by_its_fail_mode() {
+    let runtime = runtime();
+    let closed = load(&runtime, "hostile", tight_limits());
+    for strike in 1..=3 {
+        let (_, error) = provoke(&closed, "trap");
+        assert!(
+            error.to_string().contains(&format!("strike {strike} of 3")),
+            "{error}"
+        );
+    }
+    assert_eq!(closed.lifecycle(), Lifecycle::Failed);
+    let err = closed
+        .parse(&session(1, "d"), Direction::ToUpstream, &[], b"fine")
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CallError::Disabled {
+                fail_mode: FailMode::Closed,
+                strikes: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("hostile is disabled after 3 strikes (fail-closed)")
+    );
+
+    let open = runtime
+        .load(
+            "hostile-open",
+            &common::component("hostile"),
+            Limits {
+                fail_mode: FailMode::DangerousOpen,
+                ..tight_limits()
+            },
+        )
+        .unwrap();
+    for _ in 0..3 {
+        provoke(&open, "trap");
+    }
+    let err = open
+        .parse(&session(1, "d"), Direction::ToUpstream, &[], b"fine")
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CallError::Disabled {
+                fail_mode: FailMode::DangerousOpen,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}

@@ -1,0 +1,196 @@
+//! Plugins are WebAssembly components checked against the contract when they
+//! load; compiled code is cached on disk; plugin state survives a restart.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use common::{component, load, mqtt_connect, mqtt_publish, runtime, session};
+use palisade::plugins::{Direction, Event, Limits, LoadError, Runtime, RuntimeConfig, World};
+use palisade::session::Pipeline;
+use palisade::store::Store;
+
+#[test]
+fn every_built_plugin_is_a_component_not_a_core_module() {
+    for plugin in ["mqtt", "new-topic", "hostile"] {
+        let bytes = component(plugin);
+        // The preamble: magic, then version 0x0d and layer 1 for a component
+        // (a core module has version 1, layer 0).
+        assert_eq!(&bytes[..8], b"\0asm\x0d\x00\x01\x00", "{plugin}");
+    }
+    let runtime = runtime();
+    assert_eq!(
+        load(&runtime, "mqtt", Limits::default()).world(),
+        World::Parser
+    );
+    assert_eq!(
+        load(&runtime, "new-topic", Limits::default()).world(),
+        World::Detector
+    );
+}
+
+#[test]
+fn a_core_module_or_garbage_is_refused_with_the_plugin_name() {
+    let runtime = runtime();
+    let core_module = b"\0asm\x01\x00\x00\x00";
+    for bytes in [&core_module[..], b"not wasm at all", b""] {
+        let err = runtime.load("bogus", bytes, Limits::default()).unwrap_err();
+        assert!(matches!(err, LoadError::Invalid { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("plugin bogus is not a valid WebAssembly component"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn precompiled_components_are_cached_and_a_corrupt_cache_is_recompiled() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = RuntimeConfig {
+        cache_dir: Some(dir.path().join("cache")),
+        ..RuntimeConfig::default()
+    };
+    let runtime = Runtime::new(&config, Store::temporary().unwrap()).unwrap();
+    let mqtt = component("mqtt");
+    let (_, hit) = runtime
+        .load_cached("mqtt", &mqtt, Limits::default())
+        .unwrap();
+    assert!(!hit, "first load compiles");
+    let (plugin, hit) = runtime
+        .load_cached("mqtt", &mqtt, Limits::default())
+        .unwrap();
+    assert!(hit, "second load comes from the cache");
+    assert_eq!(plugin.protocol().unwrap(), "mqtt");
+
+    for entry in std::fs::read_dir(dir.path().join("cache")).unwrap() {
+        std::fs::write(entry.unwrap().path(), b"torn artifact").unwrap();
+    }
+    let (plugin, hit) = runtime
+        .load_cached("mqtt", &mqtt, Limits::default())
+        .unwrap();
+    assert!(!hit, "a corrupt artifact is ignored and rebuilt");
+    assert_eq!(plugin.protocol().unwrap(), "mqtt");
+}
+
+fn publishes(topic: &str, n: usize) -> Vec<Event> {
+    (0..n)
+        .map(|_| Event {
+            protocol: "mqtt".into(),
+            kind: "mqtt.publish".into(),
+            attributes: vec![palisade::plugins::Attribute {
+                name: "topic".into(),
+                value: palisade::plugins::Value::Text(topic.into()),
+            }],
+        })
+        .collect()
+}
+
+#[test]
+fn detector_state_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let detector = component("new-topic");
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let runtime = Runtime::new(&RuntimeConfig::default(), store.clone()).unwrap();
+        let plugin = runtime
+            .load("new-topic", &detector, Limits::default())
+            .unwrap();
+        let findings = plugin
+            .detect(&session(1, "sensor-1"), &publishes("site/a/telemetry", 150))
+            .unwrap();
+        assert!(findings.is_empty(), "still learning: {findings:?}");
+        store.flush().unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let runtime = Runtime::new(&RuntimeConfig::default(), store).unwrap();
+    let plugin = runtime
+        .load("new-topic", &detector, Limits::default())
+        .unwrap();
+    let findings = plugin
+        .detect(&session(2, "sensor-1"), &publishes("site/a/cmd", 1))
+        .unwrap();
+    assert_eq!(
+        findings.len(),
+        1,
+        "the baseline learned before the restart flags the new topic"
+    );
+    assert!(
+        findings[0].reason.contains("after 150 publishes"),
+        "{}",
+        findings[0].reason
+    );
+}
+
+#[test]
+fn pipeline_cuts_frames_across_chunks_and_judges_them() {
+    let runtime = runtime();
+    let parser = load(&runtime, "mqtt", Limits::default());
+    let detector = load(&runtime, "new-topic", Limits::default());
+    let mut pipeline = Pipeline::new(
+        session(1, "sensor-1"),
+        parser,
+        vec![detector],
+        vec![],
+        1 << 20,
+    );
+    let mut stream = mqtt_connect("sensor-1");
+    for _ in 0..100 {
+        stream.extend(mqtt_publish("site/a/telemetry", b"21.5"));
+    }
+    stream.extend(mqtt_publish("site/a/cmd", b"open"));
+
+    let mut frames = Vec::new();
+    let mut findings = Vec::new();
+    for chunk in stream.chunks(7) {
+        let inspected = pipeline.push(Direction::ToUpstream, chunk).unwrap();
+        assert!(inspected.errors.is_empty() && !inspected.blocked);
+        for (_, f) in &inspected.findings {
+            findings.push(inspected.frames[f.event as usize].clone());
+        }
+        frames.extend(inspected.frames);
+    }
+    assert_eq!(frames.len(), 102);
+    assert_eq!(pipeline.pending(Direction::ToUpstream), 0);
+    let last = frames.last().unwrap();
+    assert_eq!(
+        last.offset + u64::from(last.len),
+        stream.len() as u64,
+        "frames cover the stream exactly"
+    );
+    assert_eq!(findings.len(), 1);
+    assert_eq!(
+        findings[0].offset, last.offset,
+        "the finding is on the command publish"
+    );
+}
+
+#[test]
+fn a_failing_fail_closed_detector_blocks_the_frames() {
+    let runtime = runtime();
+    let parser = load(&runtime, "mqtt", Limits::default());
+    // A parser used where a detector is expected fails every call.
+    let wrong = load(&runtime, "mqtt", Limits::default());
+    let mut pipeline = Pipeline::new(session(1, "d"), parser, vec![wrong], vec![], 1 << 20);
+    let inspected = pipeline
+        .push(Direction::ToUpstream, &mqtt_connect("d"))
+        .unwrap();
+    assert_eq!(inspected.frames.len(), 1);
+    assert!(inspected.blocked);
+    assert!(
+        inspected.errors[0]
+            .to_string()
+            .contains("is a parser, not a detector")
+    );
+}
+
+#[test]
+fn oversized_frames_are_refused_before_they_are_buffered() {
+    let runtime = runtime();
+    let parser = load(&runtime, "mqtt", Limits::default());
+    let mut pipeline = Pipeline::new(session(1, "d"), parser, vec![], vec![], 1024);
+    let big = mqtt_publish("t", &vec![0; 4096]);
+    let err = pipeline
+        .push(Direction::ToUpstream, &big[..100])
+        .unwrap_err();
+    assert_eq!(err.to_string(), "frame larger than 1024 bytes");
+}
