@@ -16,8 +16,12 @@ const TARGET: &str = "wasm32-wasip2";
 const PROFILE: &str = "plugin";
 
 fn main() {
-    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let workspace = manifest_dir.parent().expect("host/ is inside the workspace").to_path_buf();
+    let manifest_dir =
+        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let workspace = manifest_dir
+        .parent()
+        .expect("host/ is inside the workspace")
+        .to_path_buf();
     let target_dir = env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace.join("target"))
@@ -26,7 +30,10 @@ fn main() {
     for dir in ["plugins", "plugin-sdk", "wit"] {
         println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
     }
-    println!("cargo:rerun-if-changed={}", workspace.join("Cargo.lock").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        workspace.join("Cargo.lock").display()
+    );
 
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(cargo);
@@ -54,7 +61,9 @@ fn main() {
     ] {
         build.env_remove(var);
     }
-    let status = build.status().expect("cannot run cargo to build the plugins");
+    let status = build
+        .status()
+        .expect("cannot run cargo to build the plugins");
     assert!(status.success(), "building the plugins for {TARGET} failed");
 
     let out = target_dir.join(TARGET).join(PROFILE);
