@@ -322,10 +322,15 @@ mod tests {
             publish("c", &[7; 200]),
         ]
         .concat();
-        let (whole, malformed) = parse_stream::<Mqtt>(&session(), Direction::ToUpstream, &[&stream]);
+        let (whole, malformed) =
+            parse_stream::<Mqtt>(&session(), Direction::ToUpstream, &[&stream]);
         assert!(malformed.is_none());
         assert_eq!(whole.len(), 3);
-        assert_eq!(whole[2].int("payload-size"), Some(200), "two-byte remaining length");
+        assert_eq!(
+            whole[2].int("payload-size"),
+            Some(200),
+            "two-byte remaining length"
+        );
         for cut in 0..stream.len() {
             let (a, b) = stream.split_at(cut);
             let (split, malformed) =
