@@ -10,15 +10,14 @@
 //!
 //! Every figure is a median over many samples, after a warm-up. Run it with
 //! `cargo bench -p palisade --bench plugin_runtime`.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::error::Error;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use palisade::plugins::{
-    Attribute, Device, Direction, Event, Limits, Runtime, RuntimeConfig, Session, Value,
-    first_party,
+    Device, Direction, Limits, Parsed, Runtime, RuntimeConfig, Session, Value, first_party,
 };
 use palisade::store::Store;
 use palisade_plugin_sdk as sdk;
@@ -51,9 +50,11 @@ fn main() -> Result<(), Box<dyn Error>> {
     let native = mqtt::parse(STATE, &chunk);
     let frames = native.frames.len();
     assert_eq!(wasm.frames.len(), frames, "wasm and native frame counts");
-    for (w, n) in wasm.frames.iter().zip(&native.frames) {
-        assert_eq!((w.len, &w.event), (n.len, &host_event(&n.event)));
-    }
+    assert_eq!(
+        described(&wasm),
+        described_native(&native),
+        "wasm and native frames"
+    );
     assert_eq!((&wasm.state, wasm.needed), (&native.state, native.needed));
     assert!(wasm.malformed.is_none() && native.malformed.is_none());
     let wasm_call = median(CALLS, || {
@@ -157,24 +158,42 @@ fn chunk() -> Vec<u8> {
     bytes
 }
 
-/// The native parser's event as the host's type.
-fn host_event(e: &sdk::Event) -> Event {
-    let value = |v: &sdk::Value| match v {
-        sdk::Value::Text(t) => Value::Text(t.clone()),
-        sdk::Value::Int(i) => Value::Int(*i),
-        sdk::Value::Flag(f) => Value::Flag(*f),
-        sdk::Value::Bytes(b) => Value::Bytes(b.clone()),
+/// A frame as `(length, kind, [(name, value)])`, comparable between the
+/// host's and the SDK's types.
+type Described = (u32, String, Vec<(String, String)>);
+
+fn described(p: &Parsed) -> Vec<Described> {
+    let name = |i: u16| p.names[usize::from(i)].clone();
+    let value = |v: &Value| match v {
+        Value::Text(t) => format!("text {t}"),
+        Value::Int(i) => format!("int {i}"),
+        Value::Flag(f) => format!("flag {f}"),
+        Value::Bytes(b) => format!("bytes {b:?}"),
     };
-    Event {
-        protocol: e.protocol.clone(),
-        kind: e.kind.clone(),
-        attributes: (e.attributes.iter())
-            .map(|a| Attribute {
-                name: a.name.clone(),
-                value: value(&a.value),
-            })
-            .collect(),
-    }
+    (p.frames.iter())
+        .map(|f| {
+            let first = f.event.first_attribute as usize;
+            let attributes = p.attributes[first..][..f.event.attribute_count as usize].iter();
+            let attributes = attributes.map(|a| (name(a.name), value(&a.value)));
+            (f.len, name(f.event.kind), attributes.collect())
+        })
+        .collect()
+}
+
+fn described_native(p: &sdk::Parsed) -> Vec<Described> {
+    let value = |v: &sdk::Value| match v {
+        sdk::Value::Text(t) => format!("text {t}"),
+        sdk::Value::Int(i) => format!("int {i}"),
+        sdk::Value::Flag(f) => format!("flag {f}"),
+        sdk::Value::Bytes(b) => format!("bytes {b:?}"),
+    };
+    (p.frames.iter())
+        .map(|f| {
+            let attributes = f.event.attributes.iter();
+            let attributes = attributes.map(|a| (a.name.to_string(), value(&a.value)));
+            (f.len, f.event.kind.to_string(), attributes.collect())
+        })
+        .collect()
 }
 
 /// The median time of `samples` calls of `f`, after `WARMUP` calls (a tenth

@@ -5,7 +5,9 @@
 mod common;
 
 use common::{component, load, mqtt_connect, mqtt_publish, runtime, session};
-use palisade::plugins::{Direction, Event, Limits, LoadError, Runtime, RuntimeConfig, World};
+use palisade::plugins::{
+    Attribute, Batch, Direction, Event, Limits, LoadError, Runtime, RuntimeConfig, Value, World,
+};
 use palisade::session::Pipeline;
 use palisade::store::Store;
 
@@ -72,17 +74,23 @@ fn precompiled_components_are_cached_and_a_corrupt_cache_is_recompiled() {
     assert_eq!(plugin.protocol().unwrap(), "mqtt");
 }
 
-fn publishes(topic: &str, n: usize) -> Vec<Event> {
-    (0..n)
-        .map(|_| Event {
-            protocol: "mqtt".into(),
-            kind: "mqtt.publish".into(),
-            attributes: vec![palisade::plugins::Attribute {
-                name: "topic".into(),
-                value: palisade::plugins::Value::Text(topic.into()),
-            }],
-        })
-        .collect()
+/// `n` MQTT publishes to `topic`, as a parser would describe them.
+fn publishes(topic: &str, n: usize) -> Batch {
+    let topic = Attribute {
+        name: 1,
+        value: Value::Text(topic.into()),
+    };
+    Batch {
+        names: vec!["mqtt.publish".into(), "topic".into()],
+        attributes: vec![topic; n],
+        events: (0..n as u32)
+            .map(|i| Event {
+                kind: 0,
+                first_attribute: i,
+                attribute_count: 1,
+            })
+            .collect(),
+    }
 }
 
 #[test]
@@ -139,27 +147,31 @@ fn pipeline_cuts_frames_across_chunks_and_judges_them() {
     }
     stream.extend(mqtt_publish("site/a/cmd", b"open"));
 
-    let mut frames = Vec::new();
-    let mut findings = Vec::new();
+    let mut spans = Vec::new();
+    let mut flagged = Vec::new();
     for chunk in stream.chunks(7) {
         let inspected = pipeline.push(Direction::ToUpstream, chunk).unwrap();
         assert!(inspected.errors.is_empty() && !inspected.blocked);
         for (_, f) in &inspected.findings {
-            findings.push(inspected.frames[f.event as usize].clone());
+            let event = inspected.batch.get(f.event as usize).unwrap();
+            flagged.push((
+                inspected.spans[f.event as usize],
+                event.text("topic").unwrap().to_owned(),
+            ));
         }
-        frames.extend(inspected.frames);
+        spans.extend(inspected.spans);
     }
-    assert_eq!(frames.len(), 102);
+    assert_eq!(spans.len(), 102);
     assert_eq!(pipeline.pending(Direction::ToUpstream), 0);
-    let last = frames.last().unwrap();
+    let last = spans.last().unwrap();
     assert_eq!(
         last.offset + u64::from(last.len),
         stream.len() as u64,
         "frames cover the stream exactly"
     );
-    assert_eq!(findings.len(), 1);
     assert_eq!(
-        findings[0].offset, last.offset,
+        flagged,
+        [(*last, "site/a/cmd".to_owned())],
         "the finding is on the command publish"
     );
 }
@@ -174,7 +186,7 @@ fn a_failing_fail_closed_detector_blocks_the_frames() {
     let inspected = pipeline
         .push(Direction::ToUpstream, &mqtt_connect("d"))
         .unwrap();
-    assert_eq!(inspected.frames.len(), 1);
+    assert_eq!(inspected.spans.len(), 1);
     assert!(inspected.blocked);
     assert!(
         inspected.errors[0]

@@ -42,8 +42,10 @@ mod types;
 #[doc(hidden)]
 pub mod wit;
 
+#[doc(hidden)]
+pub use types::wire as __wire;
 pub use types::{
-    Action, Attribute, Device, Direction, Event, Finding, Frame, Malformed, Parsed, Session,
+    Action, Attribute, Device, Direction, Event, Finding, Frame, Malformed, Name, Parsed, Session,
     Severity, Value,
 };
 
@@ -104,8 +106,8 @@ macro_rules! export {
                     direction: $crate::Direction,
                     state: ::std::vec::Vec<u8>,
                     input: ::std::vec::Vec<u8>,
-                ) -> $crate::Parsed {
-                    <$plugin as $crate::Parser>::parse(&session, direction, &state, &input)
+                ) -> $crate::wit::parser_world::exports::palisade::plugin::parser::Parsed {
+                    $crate::__wire::parsed(<$plugin as $crate::Parser>::parse(&session, direction, &state, &input))
                 }
             }
             $crate::wit::parser_world::export_parser!(PalisadeGlue with_types_in $crate::wit::parser_world);
@@ -121,8 +123,9 @@ macro_rules! export {
             impl $crate::wit::detector_world::exports::palisade::plugin::detector::Guest for PalisadeGlue {
                 fn detect(
                     session: $crate::Session,
-                    events: ::std::vec::Vec<$crate::Event>,
+                    batch: $crate::wit::types::Batch,
                 ) -> ::std::vec::Vec<$crate::Finding> {
+                    let events = $crate::__wire::events(batch);
                     <$plugin as $crate::Detector>::detect(&session, &events)
                 }
             }
@@ -139,9 +142,10 @@ macro_rules! export {
             impl $crate::wit::responder_world::exports::palisade::plugin::responder::Guest for PalisadeGlue {
                 fn respond(
                     session: $crate::Session,
-                    events: ::std::vec::Vec<$crate::Event>,
+                    batch: $crate::wit::types::Batch,
                     findings: ::std::vec::Vec<$crate::Finding>,
                 ) -> ::std::vec::Vec<$crate::Action> {
+                    let events = $crate::__wire::events(batch);
                     <$plugin as $crate::Responder>::respond(&session, &events, &findings)
                 }
             }

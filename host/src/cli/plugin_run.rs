@@ -11,7 +11,7 @@ use anyhow::Context;
 use serde_json::{Map, Value as Json, json};
 
 use crate::plugins::{
-    Action, Direction, Event, Limits, Plugin, Runtime, RuntimeConfig, Session, Severity, Value,
+    Action, Direction, EventRef, Limits, Plugin, Runtime, RuntimeConfig, Session, Severity, Value,
     first_party,
 };
 use crate::session::{Inspected, Pipeline};
@@ -148,14 +148,14 @@ fn load(runtime: &Runtime, plugin: &str) -> anyhow::Result<Plugin> {
 }
 
 fn print(out: &mut impl Write, inspected: &Inspected) -> anyhow::Result<()> {
-    for frame in &inspected.frames {
+    for (span, event) in inspected.frames() {
         line(
             out,
-            json!({"type": "event", "offset": frame.offset, "len": frame.len, "event": event_json(&frame.event)}),
+            json!({"type": "event", "offset": span.offset, "len": span.len, "event": event_json(event)}),
         )?;
     }
     for (detector, f) in &inspected.findings {
-        let offset = inspected.frames.get(f.event as usize).map(|fr| fr.offset);
+        let offset = inspected.spans.get(f.event as usize).map(|s| s.offset);
         line(
             out,
             json!({"type": "finding", "detector": detector, "offset": offset, "severity": severity(f.severity), "score": (f64::from(f.score) * 1000.0).round() / 1000.0, "reason": f.reason}),
@@ -172,9 +172,9 @@ fn print(out: &mut impl Write, inspected: &Inspected) -> anyhow::Result<()> {
     }
     if let Some(m) = &inspected.malformed {
         let offset = inspected
-            .frames
+            .spans
             .last()
-            .map_or(0, |f| f.offset + u64::from(f.len));
+            .map_or(0, |s| s.offset + u64::from(s.len));
         line(
             out,
             json!({"type": "malformed", "offset": offset, "reason": m.reason}),
@@ -191,24 +191,24 @@ fn line(out: &mut impl Write, value: Json) -> anyhow::Result<()> {
 
 /// An event as JSON: attributes become an object; a name that repeats
 /// (several SUBSCRIBE filters) becomes an array.
-pub(crate) fn event_json(event: &Event) -> Json {
+pub(crate) fn event_json(event: EventRef<'_>) -> Json {
     let mut attributes = Map::new();
-    for a in &event.attributes {
-        let value = match &a.value {
+    for (name, value) in event.attributes() {
+        let value = match value {
             Value::Text(t) => json!(t),
             Value::Int(i) => json!(i),
             Value::Flag(f) => json!(f),
             Value::Bytes(b) => json!(b.iter().map(|b| format!("{b:02x}")).collect::<String>()),
         };
-        match attributes.get_mut(&a.name) {
+        match attributes.get_mut(name) {
             Some(Json::Array(values)) => values.push(value),
             Some(first) => *first = json!([first.take(), value]),
             None => {
-                attributes.insert(a.name.clone(), value);
+                attributes.insert(name.to_owned(), value);
             }
         }
     }
-    json!({"protocol": event.protocol, "kind": event.kind, "attributes": attributes})
+    json!({"protocol": event.protocol(), "kind": event.kind(), "attributes": attributes})
 }
 
 fn severity(s: Severity) -> &'static str {

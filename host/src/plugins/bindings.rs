@@ -44,5 +44,5 @@ pub mod responder {
 pub use parser::exports::palisade::plugin::parser::{Frame, Malformed, Parsed};
 pub use parser::palisade::plugin::host;
 pub use parser::palisade::plugin::types::{
-    Action, Attribute, Device, Direction, Event, Finding, Session, Severity, Value,
+    Action, Attribute, Batch, Device, Direction, Event, Finding, Session, Severity, Value,
 };

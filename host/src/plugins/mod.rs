@@ -12,6 +12,7 @@
 //! One [`Runtime`] owns the wasmtime engine (pooling allocator, epoch
 //! ticker) and the linker; it is cheap to clone and shared by all sessions.
 
+mod batch;
 pub mod bindings;
 mod cache;
 pub mod first_party;
@@ -27,11 +28,12 @@ use std::time::Duration;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Trap};
 
+pub use batch::EventRef;
 use bindings::detector::{DetectorPlugin, DetectorPluginPre};
 use bindings::parser::{ParserPlugin, ParserPluginPre};
 use bindings::responder::{ResponderPlugin, ResponderPluginPre};
 pub use bindings::{
-    Action, Attribute, Device, Direction, Event, Finding, Frame, Malformed, Parsed, Session,
+    Action, Attribute, Batch, Device, Direction, Event, Finding, Frame, Malformed, Parsed, Session,
     Severity, Value,
 };
 pub use cache::Cache;
@@ -583,31 +585,35 @@ impl Plugin {
         })
     }
 
-    /// Judge `events` of `session`.
-    pub fn detect(&self, session: &Session, events: &[Event]) -> Result<Vec<Finding>, CallError> {
+    /// Judge the events of `batch`, from `session`.
+    pub fn detect(&self, session: &Session, batch: &Batch) -> Result<Vec<Finding>, CallError> {
         self.call(World::Detector, |store, bound| {
             let Bound::Detector(d) = bound else {
                 return unreachable_world();
             };
-            let findings =
-                d.palisade_plugin_detector()
-                    .call_detect(&mut *store, session, events)?;
-            if let Some(f) = findings.iter().find(|f| f.event as usize >= events.len()) {
+            let findings = d
+                .palisade_plugin_detector()
+                .call_detect(&mut *store, session, batch)?;
+            if let Some(f) = findings
+                .iter()
+                .find(|f| f.event as usize >= batch.events.len())
+            {
                 return Err(wasmtime::Error::new(Fault::Contract(format!(
                     "finding on event {} of a batch of {}",
                     f.event,
-                    events.len()
+                    batch.events.len()
                 ))));
             }
             Ok(findings)
         })
     }
 
-    /// Decide what to do about `findings` on `events` of `session`.
+    /// Decide what to do about `findings` on the events of `batch`, from
+    /// `session`.
     pub fn respond(
         &self,
         session: &Session,
-        events: &[Event],
+        batch: &Batch,
         findings: &[Finding],
     ) -> Result<Vec<Action>, CallError> {
         self.call(World::Responder, |store, bound| {
@@ -615,7 +621,7 @@ impl Plugin {
                 return unreachable_world();
             };
             r.palisade_plugin_responder()
-                .call_respond(&mut *store, session, events, findings)
+                .call_respond(&mut *store, session, batch, findings)
         })
     }
 
@@ -757,8 +763,13 @@ fn classify(e: &wasmtime::Error, limits: &Limits) -> Fault {
 }
 
 /// Check a parser's result against its input: frames follow each other
-/// inside the input, none is empty, the state fits its cap.
+/// inside the input, none is empty, names resolve, the state fits its cap.
 fn check_parsed(parsed: &Parsed, input_len: usize, state_cap: usize) -> Result<(), String> {
+    Batch::check(
+        &parsed.names,
+        &parsed.attributes,
+        parsed.frames.iter().map(|f| &f.event),
+    )?;
     let mut consumed: usize = 0;
     for frame in &parsed.frames {
         if frame.len == 0 {
@@ -790,6 +801,8 @@ fn check_parsed(parsed: &Parsed, input_len: usize, state_cap: usize) -> Result<(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::indexing_slicing)]
+
     use super::*;
 
     fn parsed(lens: &[u32]) -> Parsed {
@@ -799,12 +812,14 @@ mod tests {
                 .map(|&len| Frame {
                     len,
                     event: Event {
-                        protocol: "t".into(),
-                        kind: "t.x".into(),
-                        attributes: vec![],
+                        kind: 0,
+                        first_attribute: 0,
+                        attribute_count: 0,
                     },
                 })
                 .collect(),
+            names: vec!["t.x".into()],
+            attributes: vec![],
             state: vec![],
             needed: None,
             malformed: None,
@@ -817,6 +832,29 @@ mod tests {
         assert!(check_parsed(&parsed(&[2, 4]), 5, 16).is_err());
         assert!(check_parsed(&parsed(&[u32::MAX, u32::MAX]), 5, 16).is_err());
         assert!(check_parsed(&parsed(&[0]), 5, 16).is_err());
+    }
+
+    #[test]
+    fn name_and_attribute_indices_must_resolve() {
+        let mut p = parsed(&[2]);
+        assert!(check_parsed(&p, 5, 16).is_ok());
+        p.frames[0].event.attribute_count = 1;
+        assert!(
+            check_parsed(&p, 5, 16).is_err(),
+            "attribute run past the list"
+        );
+        p.attributes.push(Attribute {
+            name: 1,
+            value: Value::Flag(true),
+        });
+        assert!(
+            check_parsed(&p, 5, 16).is_err(),
+            "attribute name past the table"
+        );
+        p.names.push("flag".into());
+        assert!(check_parsed(&p, 5, 16).is_ok());
+        p.names.clear();
+        assert!(check_parsed(&p, 5, 16).is_err(), "kind past the table");
     }
 
     #[test]

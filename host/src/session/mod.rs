@@ -4,4 +4,4 @@
 
 mod pipeline;
 
-pub use pipeline::{Inspected, InspectedFrame, Pipeline, PipelineError};
+pub use pipeline::{FrameSpan, Inspected, Pipeline, PipelineError};

@@ -7,7 +7,7 @@
 //! findings go to every responder. Nothing here touches a socket.
 
 use crate::plugins::{
-    Action, CallError, Direction, Event, FailMode, Finding, Malformed, Plugin, Session,
+    Action, Batch, CallError, Direction, EventRef, FailMode, Finding, Malformed, Plugin, Session,
 };
 
 /// Why the pipeline cannot go on with a session. The session must close;
@@ -25,35 +25,43 @@ pub enum PipelineError {
     },
 }
 
-/// One complete frame and its event.
-#[derive(Debug, Clone, PartialEq)]
-pub struct InspectedFrame {
+/// Where one complete frame lies in its direction's stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameSpan {
     /// Offset of the frame's first byte in this direction's stream.
     pub offset: u64,
     /// Length of the frame in bytes.
     pub len: u32,
-    /// What the parser made of it.
-    pub event: Event,
 }
 
 /// What one chunk of bytes became.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Inspected {
-    /// The complete frames, in order.
-    pub frames: Vec<InspectedFrame>,
+    /// Where each complete frame lies, in order.
+    pub spans: Vec<FrameSpan>,
+    /// The frames' events: `batch.events[i]` describes `spans[i]`.
+    pub batch: Batch,
     /// Findings, with the name of the detector that raised them; the event
-    /// index refers to `frames`.
+    /// index refers to `batch`.
     pub findings: Vec<(String, Finding)>,
     /// Actions the responders asked for, with the responder's name.
     pub actions: Vec<(String, Action)>,
-    /// Set when the stream cannot be followed any more; offset is in the
-    /// stream. The session must close after the frames before it.
+    /// Set when the stream cannot be followed any more; the offset is
+    /// relative to the first frame of this chunk. The session must close
+    /// after the frames before it.
     pub malformed: Option<Malformed>,
     /// Detectors and responders that failed on this chunk.
     pub errors: Vec<CallError>,
     /// Set when a fail-closed detector or responder failed: the frames must
     /// not be forwarded.
     pub blocked: bool,
+}
+
+impl Inspected {
+    /// The frames with their events.
+    pub fn frames(&self) -> impl Iterator<Item = (FrameSpan, EventRef<'_>)> {
+        self.spans.iter().copied().zip(self.batch.iter())
+    }
 }
 
 #[derive(Debug, Default)]
@@ -121,20 +129,30 @@ impl Pipeline {
             .map_err(PipelineError::Parser)?;
         // The runtime checked that the frames lie inside the input.
         let consumed: usize = parsed.frames.iter().map(|f| f.len as usize).sum();
-        let mut inspected = Inspected::default();
+        let mut spans = Vec::with_capacity(parsed.frames.len());
+        let mut events = Vec::with_capacity(parsed.frames.len());
         let mut offset = stream.offset;
         for frame in parsed.frames {
-            inspected.frames.push(InspectedFrame {
+            spans.push(FrameSpan {
                 offset,
                 len: frame.len,
-                event: frame.event,
             });
+            events.push(frame.event);
             offset += u64::from(frame.len);
         }
-        inspected.malformed = parsed.malformed.map(|m| Malformed {
-            offset: u32::try_from(offset - stream.offset).unwrap_or(u32::MAX),
-            reason: m.reason,
-        });
+        let mut inspected = Inspected {
+            spans,
+            batch: Batch {
+                names: parsed.names,
+                attributes: parsed.attributes,
+                events,
+            },
+            findings: Vec::new(),
+            actions: Vec::new(),
+            malformed: parsed.malformed,
+            errors: Vec::new(),
+            blocked: false,
+        };
         stream.pending.drain(..consumed);
         stream.offset = offset;
         stream.state = parsed.state;
@@ -151,27 +169,23 @@ impl Pipeline {
     }
 
     fn judge(&self, inspected: &mut Inspected) {
-        if inspected.frames.is_empty() {
+        if inspected.batch.events.is_empty() {
             return;
         }
-        let events: Vec<Event> = inspected.frames.iter().map(|f| f.event.clone()).collect();
-        let mut findings: Vec<Finding> = Vec::new();
         for detector in &self.detectors {
-            match detector.detect(&self.session, &events) {
-                Ok(found) => {
-                    findings.extend(found.iter().cloned());
-                    inspected
-                        .findings
-                        .extend(found.into_iter().map(|f| (detector.name().to_owned(), f)));
-                }
+            match detector.detect(&self.session, &inspected.batch) {
+                Ok(found) => inspected
+                    .findings
+                    .extend(found.into_iter().map(|f| (detector.name().to_owned(), f))),
                 Err(e) => inspected.fail(detector, e),
             }
         }
-        if findings.is_empty() {
+        if inspected.findings.is_empty() {
             return;
         }
+        let findings: Vec<Finding> = inspected.findings.iter().map(|(_, f)| f.clone()).collect();
         for responder in &self.responders {
-            match responder.respond(&self.session, &events, &findings) {
+            match responder.respond(&self.session, &inspected.batch, &findings) {
                 Ok(actions) => inspected.actions.extend(
                     actions
                         .into_iter()

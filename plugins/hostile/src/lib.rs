@@ -41,9 +41,9 @@ impl Parser for Hostile {
             }
             b"trap" => panic!("hostile plugin panics on purpose"),
             b"flood" => {
-                let mut event = Event::new("hostile", "hostile.flood");
+                let mut event = Event::new("hostile.flood");
                 for i in 0..40_000 {
-                    event = event.with("attribute-with-a-long-name", format!("value number {i}"));
+                    event = event.with(format!("attribute-name-{i}"), format!("value number {i}"));
                 }
                 parsed.push(input.len(), event);
                 return parsed;
@@ -62,7 +62,7 @@ impl Parser for Hostile {
             _ => {}
         }
         if !input.is_empty() {
-            parsed.push(input.len(), Event::new("hostile", "hostile.ok"));
+            parsed.push(input.len(), Event::new("hostile.ok"));
         }
         parsed
     }

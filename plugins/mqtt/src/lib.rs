@@ -116,7 +116,7 @@ fn describe(header: u8, body: &[u8], level: &mut u8) -> Result<Event, &'static s
             }
             let client_id = r.string()?;
             *level = version;
-            Event::new("mqtt", "mqtt.connect")
+            Event::new("mqtt.connect")
                 .with("protocol-version", version)
                 .with("client-id", client_id)
                 .with("keep-alive", keep_alive)
@@ -130,7 +130,7 @@ fn describe(header: u8, body: &[u8], level: &mut u8) -> Result<Event, &'static s
                 return Err("PUBLISH with QoS 3");
             }
             let topic = r.string()?;
-            let mut event = Event::new("mqtt", "mqtt.publish")
+            let mut event = Event::new("mqtt.publish")
                 .with("topic", topic)
                 .with("qos", qos)
                 .with("retain", flags & 0x01 != 0)
@@ -151,7 +151,7 @@ fn describe(header: u8, body: &[u8], level: &mut u8) -> Result<Event, &'static s
             if *level == 5 {
                 r.properties()?;
             }
-            let mut event = Event::new("mqtt", "mqtt.subscribe").with("packet-id", packet_id);
+            let mut event = Event::new("mqtt.subscribe").with("packet-id", packet_id);
             while !r.0.is_empty() {
                 event = event.with("filter", r.string()?);
                 r.u8()?;
@@ -161,7 +161,7 @@ fn describe(header: u8, body: &[u8], level: &mut u8) -> Result<Event, &'static s
             }
             event
         }
-        _ => Event::new("mqtt", packet_name(kind)),
+        _ => Event::new(packet_name(kind)),
     };
     Ok(event)
 }
@@ -285,7 +285,7 @@ mod tests {
         let (events, malformed) =
             parse_stream::<Mqtt>(&session(), Direction::ToUpstream, &[&stream]);
         assert!(malformed.is_none());
-        let kinds: Vec<_> = events.iter().map(|e| e.kind.as_str()).collect();
+        let kinds: Vec<_> = events.iter().map(|e| &*e.kind).collect();
         assert_eq!(
             kinds,
             [

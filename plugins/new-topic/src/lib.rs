@@ -58,7 +58,7 @@ mod tests {
     use palisade_plugin_sdk::testing::Host;
 
     fn publish(topic: &str) -> Event {
-        Event::new("mqtt", "mqtt.publish").with("topic", topic)
+        Event::new("mqtt.publish").with("topic", topic)
     }
 
     #[test]
