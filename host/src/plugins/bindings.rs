@@ -11,7 +11,7 @@ pub mod parser {
         world: "parser-plugin",
         path: "../wit",
         imports: { default: trappable },
-        additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
+        additional_derives: [PartialEq],
     });
 }
 

@@ -332,16 +332,8 @@ impl Runtime {
     /// Compile `component` (or load it precompiled from the cache) as plugin
     /// `name`, check it against the contract, and make it ready to call.
     pub fn load(&self, name: &str, component: &[u8], limits: Limits) -> Result<Plugin, LoadError> {
-        let invalid = |e: wasmtime::Error| LoadError::Invalid {
-            plugin: name.to_owned(),
-            reason: format!("{e:#}"),
-        };
-        let compiled = match &self.shared.cache {
-            Some(cache) => cache.load(&self.shared.engine, component).map(|(c, _)| c),
-            None => Component::new(&self.shared.engine, component),
-        }
-        .map_err(invalid)?;
-        self.prepare(name, &compiled, limits)
+        self.load_cached(name, component, limits)
+            .map(|(plugin, _)| plugin)
     }
 
     /// Like [`Runtime::load`], and say whether the compiled code came from
@@ -352,16 +344,15 @@ impl Runtime {
         component: &[u8],
         limits: Limits,
     ) -> Result<(Plugin, bool), LoadError> {
-        let Some(cache) = &self.shared.cache else {
-            return self.load(name, component, limits).map(|p| (p, false));
-        };
-        let (compiled, hit) =
-            cache
-                .load(&self.shared.engine, component)
-                .map_err(|e| LoadError::Invalid {
-                    plugin: name.to_owned(),
-                    reason: format!("{e:#}"),
-                })?;
+        let engine = &self.shared.engine;
+        let (compiled, hit) = match &self.shared.cache {
+            Some(cache) => cache.load(engine, component),
+            None => Component::new(engine, component).map(|c| (c, false)),
+        }
+        .map_err(|e| LoadError::Invalid {
+            plugin: name.to_owned(),
+            reason: format!("{e:#}"),
+        })?;
         Ok((self.prepare(name, &compiled, limits)?, hit))
     }
 
