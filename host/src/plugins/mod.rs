@@ -645,13 +645,7 @@ impl Plugin {
         };
         let store = &mut instance.store;
         store.data_mut().begin_call();
-        let ticks = shared
-            .limits
-            .deadline()
-            .as_millis()
-            .div_ceil(TICK.as_millis())
-            .max(1);
-        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+        store.set_epoch_deadline(deadline_ticks(&shared.limits));
         store.set_hostcall_fuel(shared.limits.output_bytes);
         match f(store, &instance.bound) {
             Ok(r) => {
@@ -677,11 +671,7 @@ impl Plugin {
         );
         let mut store = wasmtime::Store::new(&shared.runtime.shared.engine, state);
         store.limiter(|s| s);
-        store.set_epoch_deadline(
-            u64::try_from(shared.limits.deadline().as_millis())
-                .unwrap_or(u64::MAX)
-                .max(1),
-        );
+        store.set_epoch_deadline(deadline_ticks(&shared.limits));
         let bound = match &shared.pre {
             WorldPre::Parser(pre) => pre.instantiate(&mut store).map(Bound::Parser),
             WorldPre::Detector(pre) => pre.instantiate(&mut store).map(Bound::Detector),
@@ -725,6 +715,16 @@ impl Plugin {
             max_strikes,
         }
     }
+}
+
+/// A call's deadline in epoch ticks, at least one.
+fn deadline_ticks(limits: &Limits) -> u64 {
+    let ticks = limits
+        .deadline()
+        .as_millis()
+        .div_ceil(TICK.as_millis())
+        .max(1);
+    u64::try_from(ticks).unwrap_or(u64::MAX)
 }
 
 fn unreachable_world<R>() -> wasmtime::Result<R> {
