@@ -30,7 +30,9 @@ pub struct PluginState {
     limits: Arc<Limits>,
     kv: PluginKv,
     counters: Counters,
-    epoch: Instant,
+    /// The runtime's clock origin: shared by every instance, so a plugin's
+    /// clock never runs backwards when its next call lands on another one.
+    clock_origin: Instant,
     kv_ops: u32,
     log_lines: u32,
     wasi: WasiCtx,
@@ -43,13 +45,14 @@ impl PluginState {
         limits: Arc<Limits>,
         kv: PluginKv,
         counters: Counters,
+        clock_origin: Instant,
     ) -> Self {
         PluginState {
             plugin,
             limits,
             kv,
             counters,
-            epoch: Instant::now(),
+            clock_origin,
             kv_ops: 0,
             log_lines: 0,
             // The WASI shapes Rust's standard library imports, with nothing
@@ -144,7 +147,7 @@ impl host::Host for PluginState {
     }
 
     fn monotonic_now(&mut self) -> Result<u64> {
-        Ok(u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX))
+        Ok(u64::try_from(self.clock_origin.elapsed().as_nanos()).unwrap_or(u64::MAX))
     }
 
     fn kv_get(&mut self, key: String) -> Result<Option<Vec<u8>>> {

@@ -255,6 +255,8 @@ pub struct Runtime {
 
 struct RuntimeShared {
     engine: Engine,
+    /// Where every plugin's monotonic clock starts.
+    clock_origin: std::time::Instant,
     linker: Linker<PluginState>,
     cache: Option<Cache>,
     store: Store,
@@ -319,6 +321,7 @@ impl Runtime {
         Ok(Runtime {
             shared: Arc::new(RuntimeShared {
                 engine,
+                clock_origin: std::time::Instant::now(),
                 linker,
                 cache,
                 store,
@@ -668,6 +671,7 @@ impl Plugin {
             shared.limits.clone(),
             shared.kv.clone(),
             shared.counters.clone(),
+            shared.runtime.shared.clock_origin,
         );
         let mut store = wasmtime::Store::new(&shared.runtime.shared.engine, state);
         store.limiter(|s| s);
