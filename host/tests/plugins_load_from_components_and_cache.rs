@@ -5,9 +5,7 @@
 mod common;
 
 use common::{component, load, mqtt_connect, mqtt_publish, runtime, session};
-use palisade::plugins::{
-    Attribute, Batch, Direction, Event, Limits, LoadError, Runtime, RuntimeConfig, Value, World,
-};
+use palisade::plugins::{Batch, Direction, Limits, LoadError, Runtime, RuntimeConfig, World};
 use palisade::session::Pipeline;
 use palisade::store::Store;
 
@@ -76,21 +74,11 @@ fn precompiled_components_are_cached_and_a_corrupt_cache_is_recompiled() {
 
 /// `n` MQTT publishes to `topic`, as a parser would describe them.
 fn publishes(topic: &str, n: usize) -> Batch {
-    let topic = Attribute {
-        name: 1,
-        value: Value::Text(topic.into()),
-    };
-    Batch {
-        names: vec!["mqtt.publish".into(), "topic".into()],
-        attributes: vec![topic; n],
-        events: (0..n as u32)
-            .map(|i| Event {
-                kind: 0,
-                first_attribute: i,
-                attribute_count: 1,
-            })
-            .collect(),
+    let mut batch = Batch::new();
+    for _ in 0..n {
+        batch.push("mqtt.publish").text("topic", topic);
     }
+    batch
 }
 
 #[test]

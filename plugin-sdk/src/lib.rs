@@ -10,18 +10,17 @@
 //! A detector that flags publishes to a command topic:
 //!
 //! ```
-//! use palisade_plugin_sdk::{Detector, Event, Finding, Session, Severity};
+//! use palisade_plugin_sdk::{Batch, Detector, Finding, Session, Severity};
 //!
 //! struct CommandTopics;
 //!
 //! impl Detector for CommandTopics {
-//!     fn detect(_session: &Session, events: &[Event]) -> Vec<Finding> {
+//!     fn detect(_session: &Session, events: &Batch) -> Vec<Finding> {
 //!         events
 //!             .iter()
-//!             .enumerate()
-//!             .filter(|(_, e)| e.kind == "mqtt.publish")
-//!             .filter(|(_, e)| e.text("topic").is_some_and(|t| t.ends_with("/cmd")))
-//!             .map(|(i, _)| Finding::new(i, Severity::High, 0.9, "publish to a command topic"))
+//!             .filter(|e| e.kind() == "mqtt.publish")
+//!             .filter(|e| e.text("topic").is_some_and(|t| t.ends_with("/cmd")))
+//!             .map(|e| Finding::new(e.index(), Severity::High, 0.9, "publish to a command topic"))
 //!             .collect()
 //!     }
 //! }
@@ -35,6 +34,7 @@
 
 extern crate self as palisade_plugin_sdk;
 
+mod batch;
 pub mod host;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
@@ -42,15 +42,13 @@ mod types;
 #[doc(hidden)]
 pub mod wit;
 
+pub use batch::{Batch, Columns, EventRef, EventWriter, Value, ValueType};
 #[doc(hidden)]
 pub use types::wire as __wire;
-pub use types::{
-    Action, Attribute, Device, Direction, Event, Finding, Frame, Malformed, Name, Parsed, Session,
-    Severity, Value,
-};
+pub use types::{Action, Device, Direction, Finding, Malformed, Parsed, Session, Severity};
 
 /// A protocol parser: cuts one direction of a session's byte stream into
-/// frames and describes each as an [`Event`].
+/// frames and describes each with one event in a [`Batch`].
 ///
 /// The parser keeps nothing between calls. What it must remember about a
 /// session (for example the protocol version agreed at connect) goes into
@@ -73,14 +71,15 @@ pub trait Parser {
 /// A detector: judges batches of events and reports findings.
 pub trait Detector {
     /// Judge `events`, all from `session` and in order. Return a [`Finding`]
-    /// for each event worth reporting; normal events need none.
-    fn detect(session: &Session, events: &[Event]) -> Vec<Finding>;
+    /// for each event worth reporting (by [`EventRef::index`]); normal
+    /// events need none.
+    fn detect(session: &Session, events: &Batch) -> Vec<Finding>;
 }
 
 /// A responder: turns findings into the actions it asks the host to take.
 pub trait Responder {
     /// Decide what to do about `findings`, raised on `events` of `session`.
-    fn respond(session: &Session, events: &[Event], findings: &[Finding]) -> Vec<Action>;
+    fn respond(session: &Session, events: &Batch, findings: &[Finding]) -> Vec<Action>;
 }
 
 /// Export a type as the plugin's entry point.
@@ -125,7 +124,7 @@ macro_rules! export {
                     session: $crate::Session,
                     batch: $crate::wit::types::Batch,
                 ) -> ::std::vec::Vec<$crate::Finding> {
-                    let events = $crate::__wire::events(batch);
+                    let events = $crate::__wire::batch(batch);
                     <$plugin as $crate::Detector>::detect(&session, &events)
                 }
             }
@@ -145,7 +144,7 @@ macro_rules! export {
                     batch: $crate::wit::types::Batch,
                     findings: ::std::vec::Vec<$crate::Finding>,
                 ) -> ::std::vec::Vec<$crate::Action> {
-                    let events = $crate::__wire::events(batch);
+                    let events = $crate::__wire::batch(batch);
                     <$plugin as $crate::Responder>::respond(&session, &events, &findings)
                 }
             }

@@ -19,7 +19,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use crate::host::{KvError, Level};
-use crate::{Direction, Event, Malformed, Parser, Session};
+use crate::{Direction, Parsed, Parser, Session};
 
 /// The largest key the appliance's store accepts, in bytes.
 pub const MAX_KEY_LEN: usize = 256;
@@ -142,39 +142,48 @@ pub(crate) mod native {
 /// the appliance does: unconsumed bytes are kept and given again with the
 /// next chunk, and the session state is carried from call to call.
 ///
-/// Returns the events in order, or the first malformed report with the
-/// events before it.
+/// Returns every frame and event in one [`Parsed`], with the state, need
+/// and malformed report of the last call. Parsing stops at the first
+/// malformed report.
 ///
 /// # Panics
 ///
-/// When the parser breaks the contract: frames longer than the input, or an
-/// empty frame. These are bugs in the parser under test.
+/// When the parser breaks the contract: frames longer than the input, an
+/// empty frame, or not one event per frame. These are bugs in the parser
+/// under test.
 pub fn parse_stream<P: Parser>(
     session: &Session,
     direction: Direction,
     chunks: &[&[u8]],
-) -> (Vec<Event>, Option<Malformed>) {
-    let mut events = Vec::new();
+) -> Parsed {
+    let mut all = Parsed::new(Vec::new());
     let mut pending = Vec::new();
-    let mut state = Vec::new();
     for chunk in chunks {
         pending.extend_from_slice(chunk);
-        let parsed = P::parse(session, direction, &state, &pending);
+        let parsed = P::parse(session, direction, &all.state, &pending);
         let consumed = parsed.consumed();
         assert!(
             consumed <= pending.len(),
             "parser consumed more than its input"
         );
         assert!(
-            parsed.frames.iter().all(|f| f.len > 0),
+            parsed.frame_lengths.iter().all(|&len| len > 0),
             "parser returned an empty frame"
         );
+        assert_eq!(
+            parsed.frame_lengths.len(),
+            parsed.events.len(),
+            "parser returned a different number of frames and events"
+        );
         pending.drain(..consumed);
-        state = parsed.state;
-        events.extend(parsed.frames.into_iter().map(|f| f.event));
-        if parsed.malformed.is_some() {
-            return (events, parsed.malformed);
+        all.frame_lengths.extend(&parsed.frame_lengths);
+        all.events.extend(&parsed.events);
+        all.state = parsed.state;
+        all.needed = parsed.needed;
+        all.malformed = parsed.malformed;
+        if all.malformed.is_some() {
+            break;
         }
     }
-    (events, None)
+    all
 }

@@ -41,8 +41,8 @@ pub mod responder {
     });
 }
 
-pub use parser::exports::palisade::plugin::parser::{Frame, Malformed, Parsed};
+pub use parser::exports::palisade::plugin::parser::{Malformed, Parsed};
 pub use parser::palisade::plugin::host;
 pub use parser::palisade::plugin::types::{
-    Action, Attribute, Batch, Device, Direction, Event, Finding, Session, Severity, Value,
+    Action, Batch, Device, Direction, Field, Finding, Session, Severity, ValueType,
 };

@@ -28,18 +28,15 @@ use std::time::Duration;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Trap};
 
-pub use batch::EventRef;
 use bindings::detector::{DetectorPlugin, DetectorPluginPre};
 use bindings::parser::{ParserPlugin, ParserPluginPre};
 use bindings::responder::{ResponderPlugin, ResponderPluginPre};
-pub use bindings::{
-    Action, Attribute, Batch, Device, Direction, Event, Finding, Frame, Malformed, Parsed, Session,
-    Severity, Value,
-};
+pub use bindings::{Action, Device, Direction, Finding, Session, Severity};
 pub use cache::Cache;
 pub use host::Counters;
 use host::PluginState;
 pub use limits::{FailMode, Limits};
+pub use palisade_plugin_sdk::{Batch, Columns, EventRef, Malformed, Parsed, Value, ValueType};
 
 use crate::store::{Store, StoreError};
 
@@ -573,6 +570,7 @@ impl Plugin {
                 state,
                 input,
             )?;
+            let parsed = batch::parsed_from_wire(parsed);
             check_parsed(&parsed, input.len(), state_cap)
                 .map_err(|e| wasmtime::Error::new(Fault::Contract(e)))?;
             Ok(parsed)
@@ -585,17 +583,16 @@ impl Plugin {
             let Bound::Detector(d) = bound else {
                 return unreachable_world();
             };
-            let findings = d
-                .palisade_plugin_detector()
-                .call_detect(&mut *store, session, batch)?;
-            if let Some(f) = findings
-                .iter()
-                .find(|f| f.event as usize >= batch.events.len())
-            {
+            let findings = d.palisade_plugin_detector().call_detect(
+                &mut *store,
+                session,
+                &batch::to_wire(batch),
+            )?;
+            if let Some(f) = findings.iter().find(|f| f.event as usize >= batch.len()) {
                 return Err(wasmtime::Error::new(Fault::Contract(format!(
                     "finding on event {} of a batch of {}",
                     f.event,
-                    batch.events.len()
+                    batch.len()
                 ))));
             }
             Ok(findings)
@@ -614,8 +611,12 @@ impl Plugin {
             let Bound::Responder(r) = bound else {
                 return unreachable_world();
             };
-            r.palisade_plugin_responder()
-                .call_respond(&mut *store, session, batch, findings)
+            r.palisade_plugin_responder().call_respond(
+                &mut *store,
+                session,
+                &batch::to_wire(batch),
+                findings,
+            )
         })
     }
 
@@ -757,20 +758,24 @@ fn classify(e: &wasmtime::Error, limits: &Limits) -> Fault {
     Fault::Trap(message)
 }
 
-/// Check a parser's result against its input: frames follow each other
-/// inside the input, none is empty, names resolve, the state fits its cap.
+/// Check a parser's result against its input: one event per frame, frames
+/// follow each other inside the input, none is empty, the batch keeps its
+/// layout, the state fits its cap.
 fn check_parsed(parsed: &Parsed, input_len: usize, state_cap: usize) -> Result<(), String> {
-    Batch::check(
-        &parsed.names,
-        &parsed.attributes,
-        parsed.frames.iter().map(|f| &f.event),
-    )?;
+    parsed.events.columns().check()?;
+    if parsed.events.len() != parsed.frame_lengths.len() {
+        return Err(format!(
+            "{} frames but {} events",
+            parsed.frame_lengths.len(),
+            parsed.events.len()
+        ));
+    }
     let mut consumed: usize = 0;
-    for frame in &parsed.frames {
-        if frame.len == 0 {
+    for &len in &parsed.frame_lengths {
+        if len == 0 {
             return Err("empty frame".into());
         }
-        consumed = consumed.saturating_add(frame.len as usize);
+        consumed = consumed.saturating_add(len as usize);
     }
     if consumed > input_len {
         return Err(format!(
@@ -801,24 +806,11 @@ mod tests {
     use super::*;
 
     fn parsed(lens: &[u32]) -> Parsed {
-        Parsed {
-            frames: lens
-                .iter()
-                .map(|&len| Frame {
-                    len,
-                    event: Event {
-                        kind: 0,
-                        first_attribute: 0,
-                        attribute_count: 0,
-                    },
-                })
-                .collect(),
-            names: vec!["t.x".into()],
-            attributes: vec![],
-            state: vec![],
-            needed: None,
-            malformed: None,
+        let mut parsed = Parsed::new(Vec::new());
+        for &len in lens {
+            parsed.frame(len as usize, "t.x");
         }
+        parsed
     }
 
     #[test]
@@ -830,25 +822,14 @@ mod tests {
     }
 
     #[test]
-    fn name_and_attribute_indices_must_resolve() {
+    fn one_event_per_frame_in_a_batch_that_keeps_its_layout() {
         let mut p = parsed(&[2]);
-        assert!(check_parsed(&p, 5, 16).is_ok());
-        p.frames[0].event.attribute_count = 1;
-        assert!(
-            check_parsed(&p, 5, 16).is_err(),
-            "attribute run past the list"
-        );
-        p.attributes.push(Attribute {
-            name: 1,
-            value: Value::Flag(true),
-        });
-        assert!(
-            check_parsed(&p, 5, 16).is_err(),
-            "attribute name past the table"
-        );
-        p.names.push("flag".into());
-        assert!(check_parsed(&p, 5, 16).is_ok());
-        p.names.clear();
+        p.events.push("t.y");
+        assert!(check_parsed(&p, 5, 16).is_err(), "an event without a frame");
+        let mut p = parsed(&[2]);
+        let mut columns = p.events.clone().into_columns();
+        columns.kinds.clear();
+        p.events = Batch::from_columns(columns);
         assert!(check_parsed(&p, 5, 16).is_err(), "kind past the table");
     }
 

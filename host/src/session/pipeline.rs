@@ -39,7 +39,7 @@ pub struct FrameSpan {
 pub struct Inspected {
     /// Where each complete frame lies, in order.
     pub spans: Vec<FrameSpan>,
-    /// The frames' events: `batch.events[i]` describes `spans[i]`.
+    /// The frames' events: event `i` describes `spans[i]`.
     pub batch: Batch,
     /// Findings, with the name of the detector that raised them; the event
     /// index refers to `batch`.
@@ -127,26 +127,20 @@ impl Pipeline {
             .parser
             .parse(&self.session, direction, &stream.state, &stream.pending)
             .map_err(PipelineError::Parser)?;
-        // The runtime checked that the frames lie inside the input.
-        let consumed: usize = parsed.frames.iter().map(|f| f.len as usize).sum();
-        let mut spans = Vec::with_capacity(parsed.frames.len());
-        let mut events = Vec::with_capacity(parsed.frames.len());
+        // The runtime checked that the frames lie inside the input, one
+        // event each.
+        let consumed = parsed.consumed();
         let mut offset = stream.offset;
-        for frame in parsed.frames {
-            spans.push(FrameSpan {
-                offset,
-                len: frame.len,
-            });
-            events.push(frame.event);
-            offset += u64::from(frame.len);
-        }
+        let spans = (parsed.frame_lengths.iter())
+            .map(|&len| {
+                let span = FrameSpan { offset, len };
+                offset += u64::from(len);
+                span
+            })
+            .collect();
         let mut inspected = Inspected {
             spans,
-            batch: Batch {
-                names: parsed.names,
-                attributes: parsed.attributes,
-                events,
-            },
+            batch: parsed.events,
             findings: Vec::new(),
             actions: Vec::new(),
             malformed: parsed.malformed,
@@ -169,7 +163,7 @@ impl Pipeline {
     }
 
     fn judge(&self, inspected: &mut Inspected) {
-        if inspected.batch.events.is_empty() {
+        if inspected.batch.is_empty() {
             return;
         }
         for detector in &self.detectors {

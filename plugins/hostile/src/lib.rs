@@ -9,7 +9,7 @@
 //! other input is one well-formed frame of kind `hostile.ok`.
 
 use palisade_plugin_sdk::host::{self, Level, kv};
-use palisade_plugin_sdk::{Direction, Event, Parsed, Parser, Session};
+use palisade_plugin_sdk::{Direction, Parsed, Parser, Session, Value};
 use std::hint::black_box;
 
 /// The plugin.
@@ -41,11 +41,13 @@ impl Parser for Hostile {
             }
             b"trap" => panic!("hostile plugin panics on purpose"),
             b"flood" => {
-                let mut event = Event::new("hostile.flood");
-                for i in 0..40_000 {
-                    event = event.with(format!("attribute-name-{i}"), format!("value number {i}"));
+                // 30,000 names and 2 MiB of values: past the output cap
+                // of the sandbox tests, within their memory limit.
+                let mut event = parsed.frame(input.len(), "hostile.flood");
+                let value = "x".repeat(64);
+                for i in 0..30_000 {
+                    event.value(&format!("attribute-name-{i}"), Value::Text(&value));
                 }
-                parsed.push(input.len(), event);
                 return parsed;
             }
             b"kvspam" => {
@@ -62,7 +64,7 @@ impl Parser for Hostile {
             _ => {}
         }
         if !input.is_empty() {
-            parsed.push(input.len(), Event::new("hostile.ok"));
+            parsed.frame(input.len(), "hostile.ok");
         }
         parsed
     }

@@ -10,7 +10,7 @@
 //! 3.1.1, 5 for 5.0; 0 before CONNECT), because MQTT 5 packets carry
 //! properties that 3.1.1 packets lack.
 
-use palisade_plugin_sdk::{Direction, Event, Parsed, Parser, Session};
+use palisade_plugin_sdk::{Direction, Parsed, Parser, Session};
 
 /// The parser as a plugin.
 #[derive(Debug)]
@@ -35,18 +35,12 @@ pub fn parse(state: &[u8], input: &[u8]) -> Parsed {
     while let Some(rest) = input.get(offset..).filter(|r| !r.is_empty()) {
         match frame(rest) {
             Framing::Complete { header_len, len } => {
-                let (header, body) = (
-                    rest.first().copied().unwrap_or(0),
-                    rest.get(header_len..len),
-                );
-                let event = match describe(header, body.unwrap_or_default(), &mut level) {
-                    Ok(event) => event,
-                    Err(reason) => {
-                        parsed = parsed.malformed(offset, reason);
-                        break;
-                    }
-                };
-                parsed.push(len, event);
+                let header = rest.first().copied().unwrap_or(0);
+                let body = rest.get(header_len..len).unwrap_or_default();
+                if let Err(reason) = describe(header, body, &mut level, len, &mut parsed) {
+                    parsed = parsed.malformed(offset, reason);
+                    break;
+                }
                 offset += len;
             }
             Framing::Incomplete(needed) => {
@@ -93,13 +87,20 @@ fn frame(input: &[u8]) -> Framing {
     Framing::Invalid("remaining length longer than 4 bytes")
 }
 
-/// Describe one packet whose first byte is `header` and variable header and
-/// payload are `body`.
-fn describe(header: u8, body: &[u8], level: &mut u8) -> Result<Event, &'static str> {
+/// Describe one packet of `len` bytes, whose first byte is `header` and
+/// variable header and payload are `body`, as a frame of `parsed`. Nothing
+/// is written unless the whole packet reads well.
+fn describe(
+    header: u8,
+    body: &[u8],
+    level: &mut u8,
+    len: usize,
+    parsed: &mut Parsed,
+) -> Result<(), &'static str> {
     let mut r = Reader(body);
     let kind = header >> 4;
     let flags = header & 0x0f;
-    let event = match kind {
+    match kind {
         1 => {
             if *level != 0 {
                 return Err("second CONNECT on a session");
@@ -116,13 +117,14 @@ fn describe(header: u8, body: &[u8], level: &mut u8) -> Result<Event, &'static s
             }
             let client_id = r.string()?;
             *level = version;
-            Event::new("mqtt.connect")
-                .with("protocol-version", version)
-                .with("client-id", client_id)
-                .with("keep-alive", keep_alive)
-                .with("clean-start", connect_flags & 0x02 != 0)
-                .with("has-username", connect_flags & 0x80 != 0)
-                .with("has-password", connect_flags & 0x40 != 0)
+            parsed
+                .frame(len, "mqtt.connect")
+                .int("protocol-version", version)
+                .text("client-id", client_id)
+                .int("keep-alive", keep_alive)
+                .flag("clean-start", connect_flags & 0x02 != 0)
+                .flag("has-username", connect_flags & 0x80 != 0)
+                .flag("has-password", connect_flags & 0x40 != 0);
         }
         3 => {
             let qos = (flags >> 1) & 0x03;
@@ -130,18 +132,20 @@ fn describe(header: u8, body: &[u8], level: &mut u8) -> Result<Event, &'static s
                 return Err("PUBLISH with QoS 3");
             }
             let topic = r.string()?;
-            let mut event = Event::new("mqtt.publish")
-                .with("topic", topic)
-                .with("qos", qos)
-                .with("retain", flags & 0x01 != 0)
-                .with("dup", flags & 0x08 != 0);
-            if qos > 0 {
-                event = event.with("packet-id", r.u16()?);
-            }
+            let packet_id = if qos > 0 { Some(r.u16()?) } else { None };
             if *level == 5 {
                 r.properties()?;
             }
-            event.with("payload-size", i64::try_from(r.0.len()).unwrap_or(i64::MAX))
+            let mut event = parsed.frame(len, "mqtt.publish");
+            event
+                .text("topic", topic)
+                .int("qos", qos)
+                .flag("retain", flags & 0x01 != 0)
+                .flag("dup", flags & 0x08 != 0);
+            if let Some(id) = packet_id {
+                event.int("packet-id", id);
+            }
+            event.size("payload-size", r.0.len());
         }
         8 => {
             if flags != 0x02 {
@@ -151,19 +155,28 @@ fn describe(header: u8, body: &[u8], level: &mut u8) -> Result<Event, &'static s
             if *level == 5 {
                 r.properties()?;
             }
-            let mut event = Event::new("mqtt.subscribe").with("packet-id", packet_id);
+            let filters = r.0;
+            let mut count = 0;
             while !r.0.is_empty() {
-                event = event.with("filter", r.string()?);
+                r.string()?;
                 r.u8()?;
+                count += 1;
             }
-            if event.attributes.len() < 2 {
+            if count == 0 {
                 return Err("SUBSCRIBE without a topic filter");
             }
-            event
+            let mut event = parsed.frame(len, "mqtt.subscribe");
+            event.int("packet-id", packet_id);
+            let mut r = Reader(filters);
+            while let (Ok(filter), Ok(_options)) = (r.string(), r.u8()) {
+                event.text("filter", filter);
+            }
         }
-        _ => Event::new(packet_name(kind)),
-    };
-    Ok(event)
+        _ => {
+            parsed.frame(len, packet_name(kind));
+        }
+    }
+    Ok(())
 }
 
 fn packet_name(kind: u8) -> &'static str {
@@ -282,10 +295,10 @@ mod tests {
             vec![0xc0, 0],
         ]
         .concat();
-        let (events, malformed) =
-            parse_stream::<Mqtt>(&session(), Direction::ToUpstream, &[&stream]);
-        assert!(malformed.is_none());
-        let kinds: Vec<_> = events.iter().map(|e| &*e.kind).collect();
+        let parsed = parse_stream::<Mqtt>(&session(), Direction::ToUpstream, &[&stream]);
+        assert!(parsed.malformed.is_none());
+        let events: Vec<_> = parsed.events.iter().collect();
+        let kinds: Vec<_> = events.iter().map(|e| e.kind()).collect();
         assert_eq!(
             kinds,
             [
@@ -307,9 +320,9 @@ mod tests {
         publish5.extend_from_slice(b"xyz");
         publish5[1] = (publish5.len() - 2) as u8;
         let stream = [connect(5), publish5].concat();
-        let (events, malformed) =
-            parse_stream::<Mqtt>(&session(), Direction::ToUpstream, &[&stream]);
-        assert!(malformed.is_none());
+        let parsed = parse_stream::<Mqtt>(&session(), Direction::ToUpstream, &[&stream]);
+        assert!(parsed.malformed.is_none());
+        let events: Vec<_> = parsed.events.iter().collect();
         assert_eq!(events[1].text("topic"), Some("t"));
         assert_eq!(events[1].int("payload-size"), Some(3));
     }
@@ -322,20 +335,17 @@ mod tests {
             publish("c", &[7; 200]),
         ]
         .concat();
-        let (whole, malformed) =
-            parse_stream::<Mqtt>(&session(), Direction::ToUpstream, &[&stream]);
-        assert!(malformed.is_none());
-        assert_eq!(whole.len(), 3);
+        let whole = parse_stream::<Mqtt>(&session(), Direction::ToUpstream, &[&stream]);
+        assert!(whole.malformed.is_none());
+        assert_eq!(whole.events.len(), 3);
         assert_eq!(
-            whole[2].int("payload-size"),
+            whole.events.get(2).unwrap().int("payload-size"),
             Some(200),
             "two-byte remaining length"
         );
         for cut in 0..stream.len() {
             let (a, b) = stream.split_at(cut);
-            let (split, malformed) =
-                parse_stream::<Mqtt>(&session(), Direction::ToUpstream, &[a, b]);
-            assert!(malformed.is_none());
+            let split = parse_stream::<Mqtt>(&session(), Direction::ToUpstream, &[a, b]);
             assert_eq!(split, whole, "split at {cut}");
         }
     }
@@ -357,7 +367,7 @@ mod tests {
         }
         let twice = [connect(4), connect(4)].concat();
         let parsed = parse(&[], &twice);
-        assert_eq!(parsed.frames.len(), 1);
+        assert_eq!(parsed.frame_lengths.len(), 1);
         assert_eq!(
             parsed.malformed.unwrap().reason,
             "second CONNECT on a session"
@@ -368,7 +378,7 @@ mod tests {
     fn incomplete_input_says_how_much_is_needed() {
         let packet = publish("a/b", b"0123456789");
         let parsed = parse(&[4], &packet[..5]);
-        assert!(parsed.frames.is_empty() && parsed.malformed.is_none());
+        assert!(parsed.frame_lengths.is_empty() && parsed.malformed.is_none());
         assert_eq!(parsed.needed, Some((packet.len() - 5) as u32));
     }
 }

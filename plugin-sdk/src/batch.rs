@@ -1,0 +1,758 @@
+//! Events as plugins write and read them: a [`Batch`] laid out in columns
+//! exactly as the contract carries it (see `batch` in `wit/plugin.wit`).
+//!
+//! A parser writes each event straight into the batch it returns, so an
+//! event costs a few pushes onto vectors and no allocation of its own; the
+//! batch then crosses the boundary as it is. A detector reads the batch it
+//! is given through [`EventRef`]s, which borrow from it.
+//!
+//! The appliance reads and writes batches with these same types: it moves
+//! the [`Columns`] in and out of its own bindings.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::Range;
+
+/// Kinds and fields looked up by a scan before the table gets a hash index:
+/// a parser uses a few dozen, and a scan of short strings is cheaper than
+/// hashing them.
+const SCAN: usize = 32;
+
+/// The events a batch makes room for when its first event is written.
+const FIRST_EVENTS: usize = 32;
+
+/// Events, in order, with their attributes.
+///
+/// Write one with [`Batch::push`], read one with [`Batch::iter`]:
+///
+/// ```
+/// use palisade_plugin_sdk::{Batch, Value};
+///
+/// let mut batch = Batch::new();
+/// batch
+///     .push("mqtt.publish")
+///     .text("topic", "site/cell-1/temp")
+///     .int("qos", 1);
+/// let event = batch.get(0).unwrap();
+/// assert_eq!(event.kind(), "mqtt.publish");
+/// assert_eq!(event.text("topic"), Some("site/cell-1/temp"));
+/// assert_eq!(event.get("qos"), Some(Value::Int(1)));
+/// ```
+#[derive(Clone, Default)]
+pub struct Batch {
+    wire: Columns,
+    /// Where the next attribute's field probably is: parsers write the same
+    /// attributes in the same order, event after event.
+    next_field: usize,
+    /// For each field, the literal last used for its name.
+    field_literals: Vec<Literal>,
+    /// The kind of the last event pushed.
+    last_kind: usize,
+    /// The field of the first attribute of the last event.
+    first_field: usize,
+    kind_index: HashMap<Box<str>, u16>,
+    field_index: HashMap<(Box<str>, u8), u16>,
+}
+
+/// A name written as a string literal, known by where it lies: two
+/// literals at one address with one length are the same string, since
+/// static memory is never reused.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Literal {
+    address: usize,
+    len: usize,
+    ty: ValueType,
+}
+
+impl Literal {
+    const NONE: Literal = Literal {
+        address: 0,
+        len: usize::MAX,
+        ty: ValueType::Int,
+    };
+
+    fn new(name: &str, ty: ValueType) -> Self {
+        Literal {
+            address: name.as_ptr() as usize,
+            len: name.len(),
+            ty,
+        }
+    }
+}
+
+/// A batch's columns, as `batch` in `wit/plugin.wit` lays them out. A
+/// [`Batch`] made from columns that break the layout reads the broken parts
+/// as empty names and values; [`Columns::check`] finds them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Columns {
+    /// Event kinds.
+    pub kinds: Vec<String>,
+    /// Attribute names and types.
+    pub fields: Vec<(String, ValueType)>,
+    /// For each event, an index into `kinds`.
+    pub events: Vec<u16>,
+    /// For each event, where its attributes end.
+    pub attribute_ends: Vec<u32>,
+    /// For each attribute, an index into `fields`.
+    pub attribute_fields: Vec<u16>,
+    /// For each attribute, its value as its field's type says.
+    pub attribute_values: Vec<i64>,
+    /// The contents of text and bytes values.
+    pub data: Vec<u8>,
+}
+
+/// The type of an attribute's values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ValueType {
+    /// UTF-8 text.
+    Text,
+    /// A signed 64-bit integer.
+    Int,
+    /// A flag.
+    Flag,
+    /// Raw bytes.
+    Bytes,
+}
+
+/// The value of one attribute, borrowed from its batch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Value<'a> {
+    /// Text, for example a topic.
+    Text(&'a str),
+    /// An integer, for example a register address.
+    Int(i64),
+    /// A flag.
+    Flag(bool),
+    /// Raw bytes, for example the first bytes of a payload.
+    Bytes(&'a [u8]),
+}
+
+/// Writes the attributes of the event just pushed onto a batch.
+#[derive(Debug)]
+pub struct EventWriter<'b> {
+    batch: &'b mut Batch,
+    /// Whether no attribute is written yet.
+    first: bool,
+}
+
+/// One event of a batch.
+#[derive(Clone, Copy)]
+pub struct EventRef<'a> {
+    batch: &'a Columns,
+    index: usize,
+    attributes: (usize, usize),
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Batch::default()
+    }
+
+    /// Append an event of `kind` (`protocol.what`, for example
+    /// `mqtt.publish`), and write its attributes with the returned writer.
+    ///
+    /// # Panics
+    ///
+    /// When the batch would hold more than 65536 distinct kinds: the
+    /// contract's indices are 16-bit, and a plugin that needs more has a bug.
+    pub fn push(&mut self, kind: &str) -> EventWriter<'_> {
+        let wire = &mut self.wire;
+        if wire.events.capacity() == 0 {
+            // A parser's batch holds dozens of events: grow in a few steps,
+            // not in many small ones (each a copy, and slow in wasm).
+            wire.events.reserve(FIRST_EVENTS);
+            wire.attribute_ends.reserve(FIRST_EVENTS);
+            wire.attribute_fields.reserve(FIRST_EVENTS * 8);
+            wire.attribute_values.reserve(FIRST_EVENTS * 8);
+            wire.data.reserve(FIRST_EVENTS * 64);
+        }
+        let previous = self.last_kind;
+        let kind = self.kind(kind);
+        if usize::from(kind) == previous {
+            // Events of a kind have the same attributes, mostly.
+            self.next_field = self.first_field;
+        }
+        let end = self.wire.attribute_fields.len();
+        self.wire.events.push(kind);
+        self.wire.attribute_ends.push(index32(end));
+        EventWriter {
+            batch: self,
+            first: true,
+        }
+    }
+
+    /// Append copies of `other`'s events.
+    pub fn extend(&mut self, other: &Batch) {
+        for event in other.iter() {
+            let mut writer = self.push(event.kind());
+            for (name, value) in event.attributes() {
+                writer.value(name, value);
+            }
+        }
+    }
+
+    /// How many events the batch holds.
+    pub fn len(&self) -> usize {
+        self.wire.events.len()
+    }
+
+    /// Whether the batch holds no event.
+    pub fn is_empty(&self) -> bool {
+        self.wire.events.is_empty()
+    }
+
+    /// The event at `index`.
+    pub fn get(&self, index: usize) -> Option<EventRef<'_>> {
+        (index < self.len()).then(|| self.event(index))
+    }
+
+    /// The events, in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = EventRef<'_>> {
+        (0..self.len()).map(|i| self.event(i))
+    }
+
+    fn event(&self, index: usize) -> EventRef<'_> {
+        let ends = &self.wire.attribute_ends;
+        let end = ends.get(index).map_or(0, |&e| e as usize);
+        let start = index
+            .checked_sub(1)
+            .and_then(|previous| ends.get(previous))
+            .map_or(0, |&e| e as usize);
+        EventRef {
+            batch: &self.wire,
+            index,
+            attributes: (start, end),
+        }
+    }
+
+    /// The batch's columns.
+    pub fn columns(&self) -> &Columns {
+        &self.wire
+    }
+
+    /// The batch's columns, moved out.
+    pub fn into_columns(self) -> Columns {
+        self.wire
+    }
+
+    /// A batch of `columns` as they are, unchecked: an index out of range
+    /// reads as an empty name or value, never as a panic.
+    pub fn from_columns(columns: Columns) -> Self {
+        Batch {
+            wire: columns,
+            ..Batch::default()
+        }
+    }
+
+    fn kind(&mut self, kind: &str) -> u16 {
+        let kinds = &mut self.wire.kinds;
+        if kinds.get(self.last_kind).is_some_and(|k| same(k, kind)) {
+            return index16(self.last_kind);
+        }
+        let i = self.find_kind(kind);
+        self.last_kind = usize::from(i);
+        i
+    }
+
+    fn find_kind(&mut self, kind: &str) -> u16 {
+        let kinds = &mut self.wire.kinds;
+        if kinds.len() <= SCAN {
+            if let Some(i) = kinds.iter().position(|k| same(k, kind)) {
+                return index16(i);
+            }
+        } else if let Some(&i) = self.kind_index.get(kind) {
+            return i;
+        }
+        let i = table_index(kinds.len(), "kinds");
+        kinds.push(kind.to_owned());
+        if kinds.len() > SCAN {
+            if self.kind_index.is_empty() {
+                self.kind_index = (kinds.iter().enumerate())
+                    .map(|(i, k)| (k.as_str().into(), index16(i)))
+                    .collect();
+            }
+            self.kind_index.insert(kind.into(), i);
+        }
+        i
+    }
+
+    /// The index of field `name` of type `ty`. A name that is a literal
+    /// (`&'static str`) is recognised by its address, without comparing
+    /// its bytes, when it is the field the last attribute's successor had.
+    fn field(&mut self, name: &str, literal: bool, ty: ValueType) -> u16 {
+        let hint = self.next_field;
+        if literal {
+            let key = Literal::new(name, ty);
+            let i = match self.field_literals.get(hint) {
+                Some(known) if *known == key => hint,
+                _ => {
+                    let i = self.find_field(name, ty);
+                    if self.field_literals.len() <= i {
+                        self.field_literals.resize(i + 1, Literal::NONE);
+                    }
+                    if let Some(slot) = self.field_literals.get_mut(i) {
+                        *slot = key;
+                    }
+                    i
+                }
+            };
+            self.next_field = i + 1;
+            return index16(i);
+        }
+        let i = self.find_field(name, ty);
+        self.next_field = i + 1;
+        index16(i)
+    }
+
+    fn find_field(&mut self, name: &str, ty: ValueType) -> usize {
+        let fields = &mut self.wire.fields;
+        let is = |(n, t): &(String, ValueType)| *t == ty && same(n, name);
+        let found = match fields.get(self.next_field) {
+            Some(f) if is(f) => Some(self.next_field),
+            _ if fields.len() <= SCAN => fields.iter().position(is),
+            _ => (self.field_index.get(&(name.into(), ty as u8))).map(|&i| usize::from(i)),
+        };
+        if let Some(i) = found {
+            return i;
+        }
+        let i = table_index(fields.len(), "attribute names");
+        fields.push((name.to_owned(), ty));
+        if fields.len() > SCAN {
+            if self.field_index.is_empty() {
+                self.field_index = (fields.iter().enumerate())
+                    .map(|(i, (n, t))| ((n.as_str().into(), *t as u8), index16(i)))
+                    .collect();
+            }
+            self.field_index.insert((name.into(), ty as u8), i);
+        }
+        usize::from(i)
+    }
+}
+
+impl<'b> EventWriter<'b> {
+    /// Add a text attribute, for example `topic`.
+    pub fn text(&mut self, name: &'static str, value: &str) -> &mut Self {
+        self.data(name, true, ValueType::Text, value.as_bytes())
+    }
+
+    /// Add an integer attribute, for example `packet-id`.
+    pub fn int(&mut self, name: &'static str, value: impl Into<i64>) -> &mut Self {
+        self.attribute(name, true, ValueType::Int, value.into())
+    }
+
+    /// Add an integer attribute from a size or count, saturating at
+    /// `i64::MAX`.
+    pub fn size(&mut self, name: &'static str, value: usize) -> &mut Self {
+        self.int(name, i64::try_from(value).unwrap_or(i64::MAX))
+    }
+
+    /// Add a flag attribute, for example `retain`.
+    pub fn flag(&mut self, name: &'static str, value: bool) -> &mut Self {
+        self.attribute(name, true, ValueType::Flag, i64::from(value))
+    }
+
+    /// Add a bytes attribute, for example the first bytes of a payload.
+    pub fn bytes(&mut self, name: &'static str, value: &[u8]) -> &mut Self {
+        self.data(name, true, ValueType::Bytes, value)
+    }
+
+    /// Add an attribute of any type, under a name that need not be a
+    /// literal (the typed methods take literals, which they look up
+    /// faster).
+    pub fn value(&mut self, name: &str, value: Value<'_>) -> &mut Self {
+        match value {
+            Value::Text(t) => self.data(name, false, ValueType::Text, t.as_bytes()),
+            Value::Int(i) => self.attribute(name, false, ValueType::Int, i),
+            Value::Flag(f) => self.attribute(name, false, ValueType::Flag, i64::from(f)),
+            Value::Bytes(b) => self.data(name, false, ValueType::Bytes, b),
+        }
+    }
+
+    fn data(&mut self, name: &str, literal: bool, ty: ValueType, bytes: &[u8]) -> &mut Self {
+        let data = &mut self.batch.wire.data;
+        let range = (u64::from(index32(data.len())) << 32) | u64::from(index32(bytes.len()));
+        data.extend_from_slice(bytes);
+        self.attribute(name, literal, ty, range.cast_signed())
+    }
+
+    fn attribute(&mut self, name: &str, literal: bool, ty: ValueType, value: i64) -> &mut Self {
+        let field = self.batch.field(name, literal, ty);
+        if self.first {
+            self.first = false;
+            self.batch.first_field = usize::from(field);
+        }
+        let wire = &mut self.batch.wire;
+        wire.attribute_fields.push(field);
+        wire.attribute_values.push(value);
+        if let Some(end) = wire.attribute_ends.last_mut() {
+            *end += 1;
+        }
+        self
+    }
+}
+
+impl<'a> EventRef<'a> {
+    /// The event's position in its batch.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The kind, for example `mqtt.publish`.
+    pub fn kind(&self) -> &'a str {
+        let kind = self
+            .batch
+            .events
+            .get(self.index)
+            .copied()
+            .unwrap_or(u16::MAX);
+        (self.batch.kinds.get(usize::from(kind))).map_or("", String::as_str)
+    }
+
+    /// The protocol: the kind up to its first dot.
+    pub fn protocol(&self) -> &'a str {
+        self.kind().split('.').next().unwrap_or_default()
+    }
+
+    /// The attributes as `(name, value)`, in order.
+    pub fn attributes(&self) -> impl Iterator<Item = (&'a str, Value<'a>)> + 'a {
+        let batch = self.batch;
+        let (start, end) = self.attributes;
+        let fields = batch.attribute_fields.get(start..end).unwrap_or_default();
+        let values = batch.attribute_values.get(start..end).unwrap_or_default();
+        fields.iter().zip(values).map(move |(&field, &value)| {
+            let Some((name, ty)) = batch.fields.get(usize::from(field)) else {
+                return ("", Value::Bytes(&[]));
+            };
+            (name.as_str(), decode(batch, *ty, value))
+        })
+    }
+
+    /// The value of the first attribute called `name`.
+    pub fn get(&self, name: &str) -> Option<Value<'a>> {
+        self.attributes().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    /// The attribute `name` if it is text.
+    pub fn text(&self, name: &str) -> Option<&'a str> {
+        match self.get(name)? {
+            Value::Text(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// The attribute `name` if it is an integer.
+    pub fn int(&self, name: &str) -> Option<i64> {
+        match self.get(name)? {
+            Value::Int(i) => Some(i),
+            _ => None,
+        }
+    }
+
+    /// The attribute `name` if it is a flag.
+    pub fn flag(&self, name: &str) -> Option<bool> {
+        match self.get(name)? {
+            Value::Flag(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// The attribute `name` if it is bytes.
+    pub fn bytes(&self, name: &str) -> Option<&'a [u8]> {
+        match self.get(name)? {
+            Value::Bytes(b) => Some(b),
+            _ => None,
+        }
+    }
+}
+
+/// The value `raw` of an attribute of type `ty`.
+fn decode(batch: &Columns, ty: ValueType, raw: i64) -> Value<'_> {
+    let range = || batch.data.get(data_range(raw)).unwrap_or_default();
+    match ty {
+        ValueType::Int => Value::Int(raw),
+        ValueType::Flag => Value::Flag(raw != 0),
+        ValueType::Text => Value::Text(std::str::from_utf8(range()).unwrap_or_default()),
+        ValueType::Bytes => Value::Bytes(range()),
+    }
+}
+
+/// Whether two names are equal. Names are compared for every attribute a
+/// parser writes, and in WebAssembly `memcmp` goes a byte at a time; this
+/// goes eight.
+fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let word = |w: &[u8]| u64::from_le_bytes(w.try_into().unwrap_or_default());
+    let (mut wa, mut wb) = (a.chunks_exact(8), b.chunks_exact(8));
+    if !wa
+        .by_ref()
+        .zip(wb.by_ref())
+        .all(|(x, y)| word(x) == word(y))
+    {
+        return false;
+    }
+    let tail = |t: &[u8]| {
+        t.iter()
+            .fold(0u64, |acc, &byte| (acc << 8) | u64::from(byte))
+    };
+    tail(wa.remainder()) == tail(wb.remainder())
+}
+
+/// The range of `data` a text or bytes value `raw` refers to.
+fn data_range(raw: i64) -> Range<usize> {
+    let raw = raw.cast_unsigned();
+    let offset = (raw >> 32) as usize;
+    let len = (raw & u64::from(u32::MAX)) as usize;
+    offset..offset.saturating_add(len)
+}
+
+impl Columns {
+    /// Check that the columns keep the layout: every index in range, the
+    /// event runs in order and covering the attributes, every text and bytes
+    /// range inside `data`, every text valid UTF-8. The appliance checks
+    /// each batch a plugin returns with this before anything reads it.
+    pub fn check(&self) -> Result<(), String> {
+        let attributes = self.attribute_fields.len();
+        if self.attribute_values.len() != attributes {
+            return Err(format!(
+                "{attributes} attribute fields but {} values",
+                self.attribute_values.len()
+            ));
+        }
+        if self.attribute_ends.len() != self.events.len() {
+            return Err(format!(
+                "{} events but {} attribute ends",
+                self.events.len(),
+                self.attribute_ends.len()
+            ));
+        }
+        let kinds = self.kinds.len();
+        if let Some(kind) = self.events.iter().find(|&&k| usize::from(k) >= kinds) {
+            return Err(format!("event kind {kind} outside a table of {kinds}"));
+        }
+        let mut previous = 0;
+        for &end in &self.attribute_ends {
+            if end < previous {
+                return Err(format!("attribute ends go back from {previous} to {end}"));
+            }
+            previous = end;
+        }
+        if previous as usize != attributes {
+            return Err(format!(
+                "events cover {previous} attributes of {attributes}"
+            ));
+        }
+        for (&field, &raw) in self.attribute_fields.iter().zip(&self.attribute_values) {
+            let Some((name, ty)) = self.fields.get(usize::from(field)) else {
+                return Err(format!(
+                    "attribute field {field} outside a table of {}",
+                    self.fields.len()
+                ));
+            };
+            match ty {
+                ValueType::Int => {}
+                ValueType::Flag if raw == 0 || raw == 1 => {}
+                ValueType::Flag => return Err(format!("flag {name} is {raw}, not 0 or 1")),
+                ValueType::Text | ValueType::Bytes => {
+                    let range = data_range(raw);
+                    let Some(bytes) = self.data.get(range.clone()) else {
+                        return Err(format!(
+                            "{name} at {range:?} outside {} bytes of data",
+                            self.data.len()
+                        ));
+                    };
+                    if *ty == ValueType::Text && std::str::from_utf8(bytes).is_err() {
+                        return Err(format!("text {name} is not UTF-8"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn index16(i: usize) -> u16 {
+    u16::try_from(i).unwrap_or(u16::MAX)
+}
+
+fn index32(i: usize) -> u32 {
+    // A wasm32 plugin cannot hold 4 GiB; natively this is a plugin's bug.
+    u32::try_from(i).unwrap_or_else(|_| panic!("batch larger than 4 GiB"))
+}
+
+fn table_index(len: usize, what: &str) -> u16 {
+    // The contract's indices are 16-bit; a batch using more distinct names
+    // is a bug in the plugin, and the trap says so.
+    u16::try_from(len).unwrap_or_else(|_| panic!("more than 65536 distinct {what} in one batch"))
+}
+
+impl PartialEq for Batch {
+    /// Batches are equal when their events are: the same kinds with the same
+    /// attributes, in the same order, however the tables are laid out.
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().zip(other.iter()).all(|(a, b)| a == b)
+    }
+}
+
+impl PartialEq for EventRef<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind() == other.kind() && self.attributes().eq(other.attributes())
+    }
+}
+
+impl fmt::Display for Value<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Text(t) => write!(f, "{t:?}"),
+            Value::Int(i) => write!(f, "{i}"),
+            Value::Flag(b) => write!(f, "{b}"),
+            Value::Bytes(b) => {
+                f.write_str("0x")?;
+                b.iter().try_for_each(|byte| write!(f, "{byte:02x}"))
+            }
+        }
+    }
+}
+
+impl fmt::Display for EventRef<'_> {
+    /// `kind name=value ...`, for example `mqtt.publish topic="a/b" qos=1`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.kind())?;
+        self.attributes()
+            .try_for_each(|(name, value)| write!(f, " {name}={value}"))
+    }
+}
+
+impl fmt::Debug for EventRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Debug for Batch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    fn publishes(n: usize) -> Batch {
+        let mut batch = Batch::new();
+        for i in 0..n {
+            batch
+                .push("mqtt.publish")
+                .text("topic", &format!("t/{i}"))
+                .int("qos", 1)
+                .value(&format!("custom-{}", i % 40), Value::Flag(true))
+                .bytes("payload", &[1, 2, 3]);
+        }
+        batch
+    }
+
+    #[test]
+    fn names_cross_once_per_batch() {
+        let batch = publishes(100);
+        assert_eq!(batch.wire.kinds.len(), 1);
+        assert_eq!(batch.wire.fields.len(), 3 + 40);
+        assert_eq!(batch.wire.attribute_values.len(), 400);
+        let event = batch.get(57).unwrap();
+        assert_eq!(
+            event.to_string(),
+            r#"mqtt.publish topic="t/57" qos=1 custom-17=true payload=0x010203"#
+        );
+        assert_eq!(event.bytes("payload"), Some(&[1, 2, 3][..]));
+        assert_eq!(event.flag("custom-17"), Some(true));
+        assert_eq!(event.int("topic"), None, "a text attribute is not an int");
+    }
+
+    #[test]
+    fn a_name_with_two_types_is_two_fields() {
+        let mut batch = Batch::new();
+        batch.push("x.y").int("v", 1);
+        batch.push("x.y").text("v", "one");
+        assert_eq!(batch.wire.fields.len(), 2);
+        assert_eq!(batch.get(0).unwrap().get("v"), Some(Value::Int(1)));
+        assert_eq!(batch.get(1).unwrap().get("v"), Some(Value::Text("one")));
+    }
+
+    #[test]
+    fn extend_copies_events_into_other_tables() {
+        let mut batch = Batch::new();
+        batch.push("coap.request").text("path", "/a");
+        batch.extend(&publishes(3));
+        assert_eq!(batch.len(), 4);
+        assert_eq!(batch.get(3).unwrap().text("topic"), Some("t/2"));
+        let mut expected = Batch::new();
+        expected.push("coap.request").text("path", "/a");
+        for e in publishes(3).iter() {
+            let mut w = expected.push(e.kind());
+            e.attributes().for_each(|(n, v)| {
+                w.value(n, v);
+            });
+        }
+        assert_eq!(batch, expected);
+    }
+
+    #[test]
+    fn events_without_attributes_and_bad_indices_read_as_empty() {
+        let mut batch = Batch::new();
+        batch.push("mqtt.pingreq");
+        batch.push("mqtt.publish").text("topic", "t");
+        assert_eq!(batch.get(0).unwrap().attributes().count(), 0);
+        assert_eq!(batch.get(1).unwrap().text("topic"), Some("t"));
+        assert!(batch.get(2).is_none());
+
+        assert_eq!(batch.columns().check(), Ok(()));
+        let mut wire = batch.into_columns();
+        wire.events[0] = 9;
+        wire.attribute_values[0] = i64::MAX;
+        assert!(wire.check().is_err());
+        let broken = Batch::from_columns(wire);
+        assert_eq!(broken.get(0).unwrap().kind(), "");
+        assert_eq!(broken.get(1).unwrap().text("topic"), Some(""));
+    }
+
+    #[test]
+    fn check_finds_every_break_of_the_layout() {
+        let good = publishes(3).into_columns();
+        assert_eq!(good.check(), Ok(()));
+        type Ruin = fn(&mut Columns);
+        let breaks: [(&str, Ruin); 8] = [
+            ("kind", |c| c.events[1] = 7),
+            ("field", |c| c.attribute_fields[0] = 99),
+            ("ends back", |c| c.attribute_ends[1] = 1),
+            ("ends short", |c| c.attribute_ends[2] = 11),
+            ("values", |c| {
+                c.attribute_values.pop();
+            }),
+            ("data", |c| c.attribute_values[0] = (1000 << 32) | 3),
+            ("utf-8", |c| c.data[0] = 0xff),
+            ("flag", |c| c.attribute_values[2] = 2),
+        ];
+        for (what, ruin) in breaks {
+            let mut bad = good.clone();
+            ruin(&mut bad);
+            assert!(bad.check().is_err(), "{what}");
+        }
+    }
+
+    #[test]
+    fn many_distinct_names_use_the_index() {
+        let mut batch = Batch::new();
+        for i in 0..1000 {
+            batch
+                .push(&format!("k.{}", i % 100))
+                .value(&format!("f{}", i % 500), Value::Int(i));
+        }
+        assert_eq!(batch.wire.kinds.len(), 100);
+        assert_eq!(batch.wire.fields.len(), 500);
+        assert_eq!(batch.get(999).unwrap().to_string(), "k.99 f499=999");
+    }
+}
