@@ -280,6 +280,7 @@ impl Batch {
     /// The index of field `name` of type `ty`. A name that is a literal
     /// (`&'static str`) is recognised by its address, without comparing
     /// its bytes, when it is the field the last attribute's successor had.
+    #[inline]
     fn field(&mut self, name: &str, literal: bool, ty: ValueType) -> u16 {
         let hint = self.next_field;
         if literal {
@@ -305,6 +306,7 @@ impl Batch {
         index16(i)
     }
 
+    #[cold]
     fn find_field(&mut self, name: &str, ty: ValueType) -> usize {
         let fields = &mut self.wire.fields;
         let is = |(n, t): &(String, ValueType)| *t == ty && same(n, name);
@@ -332,27 +334,32 @@ impl Batch {
 
 impl<'b> EventWriter<'b> {
     /// Add a text attribute, for example `topic`.
+    #[inline]
     pub fn text(&mut self, name: &'static str, value: &str) -> &mut Self {
         self.data(name, true, ValueType::Text, value.as_bytes())
     }
 
     /// Add an integer attribute, for example `packet-id`.
+    #[inline]
     pub fn int(&mut self, name: &'static str, value: impl Into<i64>) -> &mut Self {
         self.attribute(name, true, ValueType::Int, value.into())
     }
 
     /// Add an integer attribute from a size or count, saturating at
     /// `i64::MAX`.
+    #[inline]
     pub fn size(&mut self, name: &'static str, value: usize) -> &mut Self {
         self.int(name, i64::try_from(value).unwrap_or(i64::MAX))
     }
 
     /// Add a flag attribute, for example `retain`.
+    #[inline]
     pub fn flag(&mut self, name: &'static str, value: bool) -> &mut Self {
         self.attribute(name, true, ValueType::Flag, i64::from(value))
     }
 
     /// Add a bytes attribute, for example the first bytes of a payload.
+    #[inline]
     pub fn bytes(&mut self, name: &'static str, value: &[u8]) -> &mut Self {
         self.data(name, true, ValueType::Bytes, value)
     }
@@ -369,6 +376,7 @@ impl<'b> EventWriter<'b> {
         }
     }
 
+    #[inline]
     fn data(&mut self, name: &str, literal: bool, ty: ValueType, bytes: &[u8]) -> &mut Self {
         let data = &mut self.batch.wire.data;
         let range = (u64::from(index32(data.len())) << 32) | u64::from(index32(bytes.len()));
@@ -376,6 +384,7 @@ impl<'b> EventWriter<'b> {
         self.attribute(name, literal, ty, range.cast_signed())
     }
 
+    #[inline]
     fn attribute(&mut self, name: &str, literal: bool, ty: ValueType, value: i64) -> &mut Self {
         let field = self.batch.field(name, literal, ty);
         if self.first {
