@@ -35,6 +35,8 @@ pub struct PluginState {
     clock_origin: Instant,
     kv_ops: u32,
     log_lines: u32,
+    /// Set for a shadow's calls: its writes to the store are discarded.
+    kv_read_only: bool,
     wasi: WasiCtx,
     table: ResourceTable,
 }
@@ -55,6 +57,7 @@ impl PluginState {
             clock_origin,
             kv_ops: 0,
             log_lines: 0,
+            kv_read_only: false,
             // The WASI shapes Rust's standard library imports, with nothing
             // granted: no files, no environment, no sockets, output discarded.
             wasi: WasiCtx::builder().build(),
@@ -63,9 +66,13 @@ impl PluginState {
     }
 
     /// Reset the per-call budgets before a call.
-    pub(crate) fn begin_call(&mut self) {
+    /// Reset the per-call budgets. A shadow's call (`read_only`) reads the
+    /// store but its writes are discarded, so it cannot disturb the state of
+    /// the active version, which shares the store.
+    pub(crate) fn begin_call(&mut self, read_only: bool) {
         self.kv_ops = 0;
         self.log_lines = 0;
+        self.kv_read_only = read_only;
     }
 
     fn count_kv_op(&mut self) -> Result<()> {
@@ -166,11 +173,17 @@ impl host::Host for PluginState {
         if key.len() > MAX_KEY_LEN || value.len() > MAX_VALUE_LEN {
             return Ok(Err(KvError::TooLarge));
         }
+        if self.kv_read_only {
+            return Ok(Ok(()));
+        }
         Ok(self.kv.set(&key, &value).map_err(kv_error))
     }
 
     fn kv_delete(&mut self, key: String) -> Result<Result<(), KvError>> {
         self.count_kv_op()?;
+        if self.kv_read_only {
+            return Ok(Ok(()));
+        }
         Ok(self.kv.delete(&key).map_err(kv_error))
     }
 

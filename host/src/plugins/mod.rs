@@ -18,9 +18,10 @@ mod cache;
 pub mod first_party;
 mod host;
 mod limits;
+mod slot;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -37,6 +38,7 @@ pub use host::Counters;
 use host::PluginState;
 pub use limits::{FailMode, Limits};
 pub use palisade_plugin_sdk::{Batch, Columns, EventRef, Malformed, Parsed, Value, ValueType};
+pub use slot::{ShadowReport, Slot, SwapError};
 
 use crate::store::{Store, StoreError};
 
@@ -422,6 +424,8 @@ impl Runtime {
                 counters: Counters::default(),
                 idle: Mutex::new(Vec::new()),
                 strikes: AtomicU32::new(0),
+                calls: AtomicU64::new(0),
+                shadowing: AtomicBool::new(false),
                 lifecycle: Mutex::new(Lifecycle::Active),
                 runtime: self.clone(),
             }),
@@ -483,6 +487,9 @@ struct PluginShared {
     counters: Counters,
     idle: Mutex<Vec<Instance>>,
     strikes: AtomicU32,
+    calls: AtomicU64,
+    /// Set while the plugin runs as a shadow (see [`Slot`]).
+    shadowing: AtomicBool,
     lifecycle: Mutex<Lifecycle>,
     runtime: Runtime,
 }
@@ -516,6 +523,21 @@ impl Plugin {
     /// Strikes received so far.
     pub fn strikes(&self) -> u32 {
         self.shared.strikes.load(Ordering::Relaxed)
+    }
+
+    /// Whether the plugin runs as a shadow, its writes to the key-value
+    /// store discarded.
+    pub fn is_shadow(&self) -> bool {
+        self.shared.shadowing.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_shadowing(&self, shadowing: bool) {
+        self.shared.shadowing.store(shadowing, Ordering::Relaxed);
+    }
+
+    /// Calls made to the plugin so far, failed ones included.
+    pub fn calls(&self) -> u64 {
+        self.shared.calls.load(Ordering::Relaxed)
     }
 
     /// Where the plugin is in its life.
@@ -642,13 +664,16 @@ impl Plugin {
                 fail_mode: shared.limits.fail_mode,
             });
         }
+        shared.calls.fetch_add(1, Ordering::Relaxed);
         let idle = shared.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut instance = match idle {
             Some(i) => i,
             None => self.instantiate()?,
         };
         let store = &mut instance.store;
-        store.data_mut().begin_call();
+        store
+            .data_mut()
+            .begin_call(shared.shadowing.load(Ordering::Relaxed));
         store.set_epoch_deadline(deadline_ticks(&shared.limits));
         store.set_hostcall_fuel(shared.limits.output_bytes);
         match f(store, &instance.bound) {

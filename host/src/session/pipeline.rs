@@ -5,9 +5,14 @@
 //! the parser's state. A chunk of bytes goes to the parser in one call; the
 //! events of its complete frames go to every detector in one batch; the
 //! findings go to every responder. Nothing here touches a socket.
+//!
+//! Each plugin is read from its [`Slot`] at every chunk, so a version an
+//! operator activates takes over at the next frame boundary; a shadow in a
+//! slot gets the same input and its results are only compared.
 
 use crate::plugins::{
-    Action, Batch, CallError, Direction, EventRef, FailMode, Finding, Malformed, Plugin, Session,
+    Action, Batch, CallError, Direction, EventRef, FailMode, Finding, Malformed, Parsed, Plugin,
+    Session, Slot,
 };
 
 /// Why the pipeline cannot go on with a session. The session must close;
@@ -75,21 +80,41 @@ struct Stream {
 #[derive(Debug)]
 pub struct Pipeline {
     session: Session,
-    parser: Plugin,
-    detectors: Vec<Plugin>,
-    responders: Vec<Plugin>,
+    parser: Slot,
+    detectors: Vec<Slot>,
+    responders: Vec<Slot>,
     max_frame: usize,
     streams: [Stream; 2],
 }
 
 impl Pipeline {
     /// A pipeline for `session` that buffers at most `max_frame` bytes of an
-    /// incomplete frame.
+    /// incomplete frame, with plugins of its own (each in a slot of its own;
+    /// see [`Pipeline::with_slots`] for plugins an operator swaps).
     pub fn new(
         session: Session,
         parser: Plugin,
         detectors: Vec<Plugin>,
         responders: Vec<Plugin>,
+        max_frame: usize,
+    ) -> Self {
+        let slots = |plugins: Vec<Plugin>| plugins.into_iter().map(Slot::new).collect();
+        Pipeline::with_slots(
+            session,
+            Slot::new(parser),
+            slots(detectors),
+            slots(responders),
+            max_frame,
+        )
+    }
+
+    /// A pipeline that reads its plugins from `slots` at every chunk, so
+    /// versions activated in them serve it from the next frame boundary.
+    pub fn with_slots(
+        session: Session,
+        parser: Slot,
+        detectors: Vec<Slot>,
+        responders: Vec<Slot>,
         max_frame: usize,
     ) -> Self {
         Pipeline {
@@ -125,8 +150,13 @@ impl Pipeline {
         stream.pending.extend_from_slice(bytes);
         let parsed = self
             .parser
+            .active()
             .parse(&self.session, direction, &stream.state, &stream.pending)
             .map_err(PipelineError::Parser)?;
+        if let Some(shadow) = self.parser.shadow() {
+            let theirs = shadow.parse(&self.session, direction, &stream.state, &stream.pending);
+            compare_parsed(&self.parser, &parsed, theirs);
+        }
         // The runtime checked that the frames lie inside the input, one
         // event each.
         let consumed = parsed.consumed();
@@ -166,26 +196,42 @@ impl Pipeline {
         if inspected.batch.is_empty() {
             return;
         }
-        for detector in &self.detectors {
-            match detector.detect(&self.session, &inspected.batch) {
+        for slot in &self.detectors {
+            // A shadow goes first, so both read the store as it was.
+            let theirs = slot
+                .shadow()
+                .map(|s| s.detect(&self.session, &inspected.batch));
+            let detector = slot.active();
+            let ours = detector.detect(&self.session, &inspected.batch);
+            if let (Some(theirs), Ok(ours)) = (theirs, &ours) {
+                compare(slot, ours, theirs, |f| (f.event, f.severity as u8));
+            }
+            match ours {
                 Ok(found) => inspected
                     .findings
                     .extend(found.into_iter().map(|f| (detector.name().to_owned(), f))),
-                Err(e) => inspected.fail(detector, e),
+                Err(e) => inspected.fail(&detector, e),
             }
         }
         if inspected.findings.is_empty() {
             return;
         }
         let findings: Vec<Finding> = inspected.findings.iter().map(|(_, f)| f.clone()).collect();
-        for responder in &self.responders {
-            match responder.respond(&self.session, &inspected.batch, &findings) {
+        for slot in &self.responders {
+            let theirs =
+                (slot.shadow()).map(|s| s.respond(&self.session, &inspected.batch, &findings));
+            let responder = slot.active();
+            let ours = responder.respond(&self.session, &inspected.batch, &findings);
+            if let (Some(theirs), Ok(ours)) = (theirs, &ours) {
+                compare(slot, ours, theirs, |a| format!("{a:?}"));
+            }
+            match ours {
                 Ok(actions) => inspected.actions.extend(
                     actions
                         .into_iter()
                         .map(|a| (responder.name().to_owned(), a)),
                 ),
-                Err(e) => inspected.fail(responder, e),
+                Err(e) => inspected.fail(&responder, e),
             }
         }
     }
@@ -198,4 +244,41 @@ impl Inspected {
         }
         self.errors.push(error);
     }
+}
+
+/// Compare a shadow parser's result with the active one's.
+fn compare_parsed(slot: &Slot, ours: &Parsed, theirs: Result<Parsed, CallError>) {
+    let difference = match &theirs {
+        Err(_) => None,
+        Ok(t) if t.frame_lengths != ours.frame_lengths => Some(format!(
+            "frames of {:?} bytes, not {:?}",
+            t.frame_lengths, ours.frame_lengths
+        )),
+        Ok(t) => (t.events.iter().zip(ours.events.iter()))
+            .find(|(t, o)| t != o)
+            .map(|(t, o)| format!("event {} is `{t}`, not `{o}`", o.index()))
+            .or_else(|| {
+                (t.malformed != ours.malformed)
+                    .then(|| format!("malformed {:?}, not {:?}", t.malformed, ours.malformed))
+            }),
+    };
+    slot.record_shadow(difference, theirs.is_err());
+}
+
+/// Compare a shadow's results with the active plugin's, item by item as
+/// `key` sees them.
+fn compare<T, K: PartialEq + std::fmt::Debug>(
+    slot: &Slot,
+    ours: &[T],
+    theirs: Result<Vec<T>, CallError>,
+    key: impl Fn(&T) -> K,
+) {
+    let difference = theirs.as_ref().ok().and_then(|theirs| {
+        let (o, t): (Vec<K>, Vec<K>) = (
+            ours.iter().map(&key).collect(),
+            theirs.iter().map(&key).collect(),
+        );
+        (o != t).then(|| format!("{t:?}, not {o:?}"))
+    });
+    slot.record_shadow(difference, theirs.is_err());
 }
