@@ -5,6 +5,7 @@
 //! stage. This far it holds the plugin runtime, the state store and the
 //! command line.
 
+pub mod audit;
 pub mod cli;
 pub mod plugins;
 pub mod session;

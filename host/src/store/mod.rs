@@ -57,6 +57,17 @@ impl Store {
         })
     }
 
+    /// The tree (namespace) `name` of the database, for the appliance's
+    /// own records.
+    pub(crate) fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree(name)?)
+    }
+
+    /// A new identifier, increasing over the database's life.
+    pub(crate) fn next_id(&self) -> Result<u64, StoreError> {
+        Ok(self.db.generate_id()?)
+    }
+
     /// The key-value store of plugin `name`, holding at most `quota` bytes of
     /// keys and values. Every instance of the plugin shares it.
     pub fn plugin_kv(&self, name: &str, quota: u64) -> Result<PluginKv, StoreError> {

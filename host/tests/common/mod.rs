@@ -84,3 +84,54 @@ pub fn mqtt_connect(client_id: &str) -> Vec<u8> {
 pub fn mqtt_publish(topic: &str, payload: &[u8]) -> Vec<u8> {
     packet(0x30, &[string(topic), payload.to_vec()].concat())
 }
+
+/// The path of external program `name`, which the test command installs.
+/// Missing under `CI=true` is a failure; elsewhere the test says so and is
+/// skipped (`None`).
+pub fn program(name: &str) -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{name} is missing: scripts/install-peers installs it"
+        );
+        eprintln!("SKIPPED: {name} is not installed (scripts/install-peers installs it)");
+    }
+    found
+}
+
+/// A TCP port on loopback that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed when dropped.
+pub struct Child(pub std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Wait until `done` holds, checking every 50 ms, for at most `seconds`.
+pub fn wait_for(seconds: u64, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while std::time::Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    done()
+}

@@ -1,0 +1,449 @@
+//! The audit trail: every finding and every action, recorded durably with
+//! the device's identity, the event, and the plugin that produced it, then
+//! exported to the site's SIEM.
+//!
+//! Records go to a sled tree under increasing identifiers. Each export sink
+//! keeps a cursor, the last identifier it delivered, in the same database;
+//! an exporter sends what lies after its cursor and moves the cursor only
+//! once the sink has accepted it. So a SIEM that is down loses nothing: the
+//! records wait on disk, and the exporter retries with backoff until the
+//! SIEM takes them, in order, each once. The log is the exporters' buffer;
+//! [`AuditLog::backlog`] says how far each sink is behind, and
+//! [`AuditLog::prune`] removes only records every sink has delivered.
+
+pub mod export;
+pub mod format;
+
+use serde::{Deserialize, Serialize};
+
+use crate::plugins::{Action, EventRef, Finding, Session, Severity, Value};
+use crate::store::{Store, StoreError};
+
+const RECORDS: &str = "audit/records";
+const CURSORS: &str = "audit/cursors";
+
+/// Why the audit trail failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// The state database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The state database failed.
+    #[error("audit trail: {0}")]
+    Sled(#[from] sled::Error),
+    /// A stored record could not be read back.
+    #[error("audit record {id} is damaged: {reason}")]
+    Damaged {
+        /// The record's identifier.
+        id: u64,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The device a record is about, as its certificate proved it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceRef {
+    /// Device identifier.
+    pub id: String,
+    /// Device class.
+    pub class: String,
+    /// Network zone.
+    pub zone: String,
+}
+
+/// The plugin that produced a record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PluginRef {
+    /// Plugin name.
+    pub name: String,
+    /// Plugin version, where known.
+    pub version: Option<String>,
+}
+
+/// The event a record is about.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// The event's kind, for example `mqtt.publish`.
+    pub kind: String,
+    /// Its attributes, as JSON values (bytes as hex).
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "type")]
+pub enum What {
+    /// A detector's finding.
+    Finding {
+        /// How serious.
+        severity: String,
+        /// Score between 0 and 1.
+        score: f32,
+        /// Why, for a person.
+        reason: String,
+    },
+    /// An action a responder asked for, and what the host did.
+    Action {
+        /// The action, for example `quarantine-device`.
+        action: String,
+        /// Its detail (an alert's message, a frame index), if any.
+        detail: Option<String>,
+    },
+}
+
+/// One audit record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Identifier, increasing in the order records were written.
+    pub id: u64,
+    /// When, in RFC 3339, UTC.
+    pub time: String,
+    /// The device.
+    pub device: DeviceRef,
+    /// The session, unique while the appliance runs.
+    pub session: u64,
+    /// The route's name.
+    pub route: String,
+    /// The plugin that raised it.
+    pub plugin: PluginRef,
+    /// The event, where there is one.
+    pub event: Option<EventRecord>,
+    /// The finding or action.
+    pub what: What,
+}
+
+impl Record {
+    /// The severity the record carries for a SIEM: a finding's own; for an
+    /// action, by how much it changes.
+    pub fn severity(&self) -> Severity {
+        match &self.what {
+            What::Finding { severity, .. } => match severity.as_str() {
+                "critical" => Severity::Critical,
+                "high" => Severity::High,
+                "medium" => Severity::Medium,
+                "low" => Severity::Low,
+                _ => Severity::Info,
+            },
+            What::Action { action, .. } => match action.as_str() {
+                "quarantine-device" => Severity::Critical,
+                "close-session" | "drop-frame" => Severity::High,
+                "alert" => Severity::Medium,
+                _ => Severity::Info,
+            },
+        }
+    }
+}
+
+/// A finding or action about to be recorded, before it has an identifier
+/// and a time.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The device, session and route.
+    pub session: Session,
+    /// The plugin.
+    pub plugin: PluginRef,
+    /// The event.
+    pub event: Option<EventRecord>,
+    /// The finding or action.
+    pub what: What,
+}
+
+impl Entry {
+    /// The entry for `finding`, raised by `plugin` on `event` of `session`.
+    pub fn finding(
+        session: &Session,
+        plugin: PluginRef,
+        event: Option<EventRef<'_>>,
+        finding: &Finding,
+    ) -> Self {
+        Entry {
+            session: session.clone(),
+            plugin,
+            event: event.map(event_record),
+            what: What::Finding {
+                severity: severity_name(finding.severity).to_owned(),
+                score: finding.score,
+                reason: finding.reason.clone(),
+            },
+        }
+    }
+
+    /// The entry for `action`, asked for by `plugin` on `session`.
+    pub fn action(
+        session: &Session,
+        plugin: PluginRef,
+        event: Option<EventRef<'_>>,
+        action: &Action,
+    ) -> Self {
+        let (action, detail) = match action {
+            Action::Allow => ("allow", None),
+            Action::Alert(message) => ("alert", Some(message.clone())),
+            Action::DropFrame(i) => ("drop-frame", Some(i.to_string())),
+            Action::CloseSession => ("close-session", None),
+            Action::QuarantineDevice => ("quarantine-device", None),
+        };
+        Entry {
+            session: session.clone(),
+            plugin,
+            event: event.map(event_record),
+            what: What::Action {
+                action: action.to_owned(),
+                detail,
+            },
+        }
+    }
+}
+
+/// The name of a severity, as records and exports spell it.
+pub fn severity_name(severity: Severity) -> &'static str {
+    match severity {
+        Severity::Info => "info",
+        Severity::Low => "low",
+        Severity::Medium => "medium",
+        Severity::High => "high",
+        Severity::Critical => "critical",
+    }
+}
+
+/// An event as a record holds it.
+pub fn event_record(event: EventRef<'_>) -> EventRecord {
+    let attributes = event
+        .attributes()
+        .map(|(name, value)| {
+            let value = match value {
+                Value::Text(t) => serde_json::Value::from(t),
+                Value::Int(i) => serde_json::Value::from(i),
+                Value::Flag(f) => serde_json::Value::from(f),
+                Value::Bytes(b) => serde_json::Value::from(
+                    b.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+                ),
+            };
+            (name.to_owned(), value)
+        })
+        .collect();
+    EventRecord {
+        kind: event.kind().to_owned(),
+        attributes,
+    }
+}
+
+/// The audit trail in the state database.
+#[derive(Debug, Clone)]
+pub struct AuditLog {
+    store: Store,
+    records: sled::Tree,
+    cursors: sled::Tree,
+    appended: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl AuditLog {
+    /// The audit trail of `store`.
+    pub fn open(store: &Store) -> Result<Self, AuditError> {
+        Ok(AuditLog {
+            store: store.clone(),
+            records: store.tree(RECORDS)?,
+            cursors: store.tree(CURSORS)?,
+            appended: Default::default(),
+        })
+    }
+
+    /// Record `entries`, in order, and wait until they are on disk. Returns
+    /// the records as written.
+    pub fn append(&self, entries: Vec<Entry>) -> Result<Vec<Record>, AuditError> {
+        // Microseconds: the finest RFC 5424 timestamps carry.
+        let time = jiff::Timestamp::now()
+            .round(jiff::Unit::Microsecond)
+            .unwrap_or_else(|_| jiff::Timestamp::now())
+            .to_string();
+        let mut records = Vec::with_capacity(entries.len());
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            let record = Record {
+                // From 1: a cursor of 0 means nothing delivered yet.
+                id: self.store.next_id()?.saturating_add(1),
+                time: time.clone(),
+                device: DeviceRef {
+                    id: entry.session.device.id,
+                    class: entry.session.device.class,
+                    zone: entry.session.device.zone,
+                },
+                session: entry.session.id,
+                route: entry.session.route,
+                plugin: entry.plugin,
+                event: entry.event,
+                what: entry.what,
+            };
+            let bytes = serde_json::to_vec(&record).map_err(|e| AuditError::Damaged {
+                id: record.id,
+                reason: e.to_string(),
+            })?;
+            batch.insert(&record.id.to_be_bytes(), bytes);
+            records.push(record);
+        }
+        if records.is_empty() {
+            return Ok(records);
+        }
+        self.records.apply_batch(batch)?;
+        self.records.flush()?;
+        self.appended.notify_waiters();
+        Ok(records)
+    }
+
+    /// Resolves when records are next appended through this log or a
+    /// clone of it.
+    pub fn appended(&self) -> tokio::sync::futures::Notified<'_> {
+        self.appended.notified()
+    }
+
+    /// Up to `limit` records after identifier `after` (0 for the first), in
+    /// order.
+    pub fn after(&self, after: u64, limit: usize) -> Result<Vec<Record>, AuditError> {
+        let start = after.saturating_add(1).to_be_bytes();
+        let mut records = Vec::new();
+        for entry in self.records.range(start..).take(limit) {
+            let (key, value) = entry?;
+            let id = key
+                .as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .unwrap_or_default();
+            let record = serde_json::from_slice(&value).map_err(|e| AuditError::Damaged {
+                id,
+                reason: e.to_string(),
+            })?;
+            records.push(record);
+        }
+        Ok(records)
+    }
+
+    /// The last identifier `sink` delivered (0 before the first).
+    pub fn cursor(&self, sink: &str) -> Result<u64, AuditError> {
+        Ok(self
+            .cursors
+            .get(sink)?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0))
+    }
+
+    /// Record that `sink` has delivered everything up to `id`.
+    pub fn advance(&self, sink: &str, id: u64) -> Result<(), AuditError> {
+        self.cursors.insert(sink, &id.to_be_bytes())?;
+        self.cursors.flush()?;
+        Ok(())
+    }
+
+    /// How many records `sink` has still to deliver.
+    pub fn backlog(&self, sink: &str) -> Result<usize, AuditError> {
+        let start = self.cursor(sink)?.saturating_add(1).to_be_bytes();
+        Ok(self.records.range(start..).count())
+    }
+
+    /// Remove the records every one of `sinks` has delivered, keeping the
+    /// newest `keep` of them. Returns how many were removed.
+    pub fn prune(&self, sinks: &[&str], keep: usize) -> Result<usize, AuditError> {
+        let mut delivered = u64::MAX;
+        for sink in sinks {
+            delivered = delivered.min(self.cursor(sink)?);
+        }
+        let upto = delivered.saturating_add(1).to_be_bytes();
+        let ids: Vec<sled::IVec> = (self.records.range(..upto).keys()).collect::<Result<_, _>>()?;
+        let removable = ids.len().saturating_sub(keep);
+        for key in ids.iter().take(removable) {
+            self.records.remove(key)?;
+        }
+        Ok(removable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+    use crate::plugins::{Batch, Device};
+
+    pub(crate) fn session() -> Session {
+        Session {
+            id: 7,
+            device: Device {
+                id: "plc-4".into(),
+                class: "plc".into(),
+                zone: "cell-3".into(),
+            },
+            route: "modbus".into(),
+        }
+    }
+
+    pub(crate) fn entries(n: usize) -> Vec<Entry> {
+        let mut batch = Batch::new();
+        batch
+            .push("modbus.write")
+            .int("unit", 1)
+            .int("address", 40_001)
+            .bytes("values", &[0, 1]);
+        let plugin = PluginRef {
+            name: "baseline".into(),
+            version: Some("1.2.0".into()),
+        };
+        (0..n)
+            .map(|i| {
+                let finding = Finding {
+                    event: 0,
+                    severity: Severity::High,
+                    score: 0.9,
+                    reason: format!("write {i} to a register only ever read"),
+                };
+                Entry::finding(&session(), plugin.clone(), batch.get(0), &finding)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn records_are_kept_in_order_and_read_after_a_cursor() {
+        let store = Store::temporary().unwrap();
+        let log = AuditLog::open(&store).unwrap();
+        let written = log.append(entries(5)).unwrap();
+        assert!(written.windows(2).all(|w| w[0].id < w[1].id));
+        let event = written[0].event.as_ref().unwrap();
+        assert_eq!(event.kind, "modbus.write");
+        assert_eq!(event.attributes["values"], "0001");
+        assert_eq!(written[0].device.id, "plc-4");
+
+        assert_eq!(log.after(0, 100).unwrap(), written);
+        assert_eq!(log.after(written[1].id, 2).unwrap(), written[2..4]);
+        assert_eq!(log.backlog("siem").unwrap(), 5);
+        log.advance("siem", written[2].id).unwrap();
+        assert_eq!(log.backlog("siem").unwrap(), 2);
+    }
+
+    #[test]
+    fn pruning_keeps_what_any_sink_has_not_delivered() {
+        let store = Store::temporary().unwrap();
+        let log = AuditLog::open(&store).unwrap();
+        let written = log.append(entries(10)).unwrap();
+        log.advance("file", written[9].id).unwrap();
+        log.advance("syslog", written[3].id).unwrap();
+        assert_eq!(log.prune(&["file", "syslog"], 1).unwrap(), 3);
+        assert_eq!(log.after(0, 100).unwrap(), written[3..]);
+        assert_eq!(log.prune(&["file", "syslog"], 0).unwrap(), 1);
+        assert_eq!(log.backlog("syslog").unwrap(), 6);
+    }
+
+    #[test]
+    fn records_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<u64> = {
+            let store = Store::open(dir.path()).unwrap();
+            let log = AuditLog::open(&store).unwrap();
+            let written = log.append(entries(3)).unwrap();
+            log.advance("siem", written[0].id).unwrap();
+            written.iter().map(|r| r.id).collect()
+        };
+        let store = Store::open(dir.path()).unwrap();
+        let log = AuditLog::open(&store).unwrap();
+        let after = log.after(log.cursor("siem").unwrap(), 10).unwrap();
+        assert_eq!(after.iter().map(|r| r.id).collect::<Vec<_>>(), ids[1..]);
+        let more = log.append(entries(1)).unwrap();
+        assert!(more[0].id > ids[2], "identifiers keep increasing");
+    }
+}
