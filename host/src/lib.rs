@@ -8,5 +8,6 @@
 pub mod audit;
 pub mod cli;
 pub mod plugins;
+pub mod policy;
 pub mod session;
 pub mod store;

@@ -208,24 +208,33 @@ pub fn severity_name(severity: Severity) -> &'static str {
 
 /// An event as a record holds it.
 pub fn event_record(event: EventRef<'_>) -> EventRecord {
-    let attributes = event
-        .attributes()
-        .map(|(name, value)| {
-            let value = match value {
-                Value::Text(t) => serde_json::Value::from(t),
-                Value::Int(i) => serde_json::Value::from(i),
-                Value::Flag(f) => serde_json::Value::from(f),
-                Value::Bytes(b) => serde_json::Value::from(
-                    b.iter().map(|b| format!("{b:02x}")).collect::<String>(),
-                ),
-            };
-            (name.to_owned(), value)
-        })
-        .collect();
     EventRecord {
         kind: event.kind().to_owned(),
-        attributes,
+        attributes: attributes_json(event),
     }
+}
+
+/// An event's attributes as a JSON object: bytes in hex, and a name that
+/// repeats (several SUBSCRIBE filters) as an array.
+pub fn attributes_json(event: EventRef<'_>) -> serde_json::Map<String, serde_json::Value> {
+    use serde_json::Value as Json;
+    let mut attributes = serde_json::Map::new();
+    for (name, value) in event.attributes() {
+        let value = match value {
+            Value::Text(t) => Json::from(t),
+            Value::Int(i) => Json::from(i),
+            Value::Flag(f) => Json::from(f),
+            Value::Bytes(b) => Json::from(b.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+        };
+        match attributes.get_mut(name) {
+            Some(Json::Array(values)) => values.push(value),
+            Some(first) => *first = Json::Array(vec![first.take(), value]),
+            None => {
+                attributes.insert(name.to_owned(), value);
+            }
+        }
+    }
+    attributes
 }
 
 /// The audit trail in the state database.

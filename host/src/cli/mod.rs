@@ -2,6 +2,7 @@
 //! entry point.
 
 mod plugin_run;
+mod policy;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,6 +25,9 @@ enum Command {
     /// Work with plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// The zero-trust policy: show, check, test.
+    #[command(subcommand)]
+    Policy(policy::Command),
 }
 
 #[derive(Debug, Subcommand)]
@@ -45,6 +49,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Plugin(PluginCommand::Run(args)) => plugin_run::run(&cli.data, &args),
+        Command::Policy(command) => policy::run(&cli.data, &command),
     };
     match result {
         Ok(code) => code,

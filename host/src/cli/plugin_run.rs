@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use serde_json::{Map, Value as Json, json};
+use serde_json::{Value as Json, json};
 
 use crate::plugins::{
-    Action, Direction, EventRef, Limits, Plugin, Runtime, RuntimeConfig, Session, Severity, Value,
+    Action, Direction, EventRef, Limits, Plugin, Runtime, RuntimeConfig, Session, Severity,
     first_party,
 };
 use crate::session::{Inspected, Pipeline};
@@ -192,22 +192,7 @@ fn line(out: &mut impl Write, value: Json) -> anyhow::Result<()> {
 /// An event as JSON: attributes become an object; a name that repeats
 /// (several SUBSCRIBE filters) becomes an array.
 pub(crate) fn event_json(event: EventRef<'_>) -> Json {
-    let mut attributes = Map::new();
-    for (name, value) in event.attributes() {
-        let value = match value {
-            Value::Text(t) => json!(t),
-            Value::Int(i) => json!(i),
-            Value::Flag(f) => json!(f),
-            Value::Bytes(b) => json!(b.iter().map(|b| format!("{b:02x}")).collect::<String>()),
-        };
-        match attributes.get_mut(name) {
-            Some(Json::Array(values)) => values.push(value),
-            Some(first) => *first = json!([first.take(), value]),
-            None => {
-                attributes.insert(name.to_owned(), value);
-            }
-        }
-    }
+    let attributes = crate::audit::attributes_json(event);
     json!({"protocol": event.protocol(), "kind": event.kind(), "attributes": attributes})
 }
 

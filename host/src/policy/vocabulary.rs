@@ -1,0 +1,218 @@
+//! The event vocabulary as the policy sees it: for each event kind, the
+//! attributes a policy may test and their types. The Cedar schema is
+//! generated from this table, so a policy that names an attribute a kind
+//! does not have, or compares it with the wrong type, is refused when it is
+//! checked, not silently never matched.
+
+/// The type of an attribute in a policy's `context`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Type {
+    /// Text, a Cedar `String`.
+    Text,
+    /// An integer, a Cedar `Long`.
+    Int,
+    /// A flag, a Cedar `Bool`.
+    Flag,
+    /// Bytes, given to Cedar as lowercase hex in a `String`.
+    Bytes,
+    /// Text that may occur several times in one event (MQTT's subscription
+    /// filters), a Cedar `Set<String>`.
+    TextSet,
+}
+
+/// One attribute.
+pub type Attribute = (&'static str, Type);
+
+use Type::{Bytes, Flag, Int, Text, TextSet};
+
+/// Attributes the host adds to every event's context: which way the frame
+/// travels (`to-upstream` or `to-device`).
+pub const HOST_ATTRIBUTES: &[Attribute] = &[("direction", Text)];
+
+/// One event kind: the attributes it always has, and those it may have. A
+/// policy tests the second with `context has ...` first; the validator
+/// says so when it forgets.
+#[derive(Debug, Clone, Copy)]
+pub struct Kind {
+    /// The kind, for example `mqtt.publish`.
+    pub name: &'static str,
+    /// Attributes every event of the kind has.
+    pub always: &'static [Attribute],
+    /// Attributes it may have.
+    pub optional: &'static [Attribute],
+}
+
+const fn kind(
+    name: &'static str,
+    always: &'static [Attribute],
+    optional: &'static [Attribute],
+) -> Kind {
+    Kind {
+        name,
+        always,
+        optional,
+    }
+}
+
+const MQTT_OPTIONAL: &[Attribute] = &[
+    ("protocol-version", Int),
+    ("packet-id", Int),
+    ("reason-code", Int),
+];
+
+const MQTT_CONNECT: &[Attribute] = &[
+    ("client-id", Text),
+    ("has-username", Flag),
+    ("has-password", Flag),
+    ("keep-alive", Int),
+    ("clean-start", Flag),
+    ("protocol-version", Int),
+];
+
+const MQTT_CONNECT_OPTIONAL: &[Attribute] = &[
+    ("username", Text),
+    ("will-topic", Text),
+    ("will-qos", Int),
+    ("will-retain", Flag),
+    ("reason-code", Int),
+];
+
+const MQTT_PUBLISH: &[Attribute] = &[
+    ("topic", Text),
+    // The number of `/`-separated levels of the topic, added by the host,
+    // so that a policy can say what MQTT's `site/+/telemetry` says:
+    // `context.topic like "site/*/telemetry" && context["topic-levels"] == 3`.
+    ("topic-levels", Int),
+    ("qos", Int),
+    ("retain", Flag),
+    ("dup", Flag),
+    ("payload-size", Int),
+];
+
+const MQTT_PUBLISH_OPTIONAL: &[Attribute] = &[
+    ("protocol-version", Int),
+    ("packet-id", Int),
+    ("payload", Bytes),
+];
+
+const MQTT_SUBSCRIBE: &[Attribute] = &[("packet-id", Int), ("filter", TextSet)];
+
+const COAP_OPTIONAL: &[Attribute] = &[
+    ("type", Text),
+    ("message-id", Int),
+    ("query", Text),
+    ("content-format", Int),
+    ("accept", Int),
+    ("observe", Int),
+    ("block1", Int),
+    ("block2", Int),
+];
+
+const COAP_REQUEST: &[Attribute] = &[
+    ("method", Text),
+    ("path", Text),
+    ("token", Bytes),
+    ("payload-size", Int),
+];
+
+const COAP_RESPONSE: &[Attribute] = &[("code", Text), ("token", Bytes), ("payload-size", Int)];
+
+const COAP_SIGNAL: &[Attribute] = &[("code", Text)];
+
+const MODBUS: &[Attribute] = &[("transaction", Int), ("unit", Int), ("function", Int)];
+
+const MODBUS_ACCESS: &[Attribute] = &[
+    ("transaction", Int),
+    ("unit", Int),
+    ("function", Int),
+    ("access", Text),
+    ("register-type", Text),
+    ("address", Int),
+    ("count", Int),
+];
+
+const MODBUS_OPTIONAL: &[Attribute] = &[
+    ("access", Text),
+    ("register-type", Text),
+    ("address", Int),
+    ("count", Int),
+    ("write-address", Int),
+    ("write-count", Int),
+    ("exception-code", Int),
+    ("user-defined", Flag),
+];
+
+const MODBUS_ACCESS_OPTIONAL: &[Attribute] = &[
+    ("write-address", Int),
+    ("write-count", Int),
+    ("user-defined", Flag),
+];
+
+/// Every protocol, with its event kinds.
+pub const PROTOCOLS: &[(&str, &[Kind])] = &[
+    (
+        "mqtt",
+        &[
+            kind("mqtt.connect", MQTT_CONNECT, MQTT_CONNECT_OPTIONAL),
+            kind(
+                "mqtt.connack",
+                &[],
+                &[("session-present", Flag), ("reason-code", Int)],
+            ),
+            kind("mqtt.publish", MQTT_PUBLISH, MQTT_PUBLISH_OPTIONAL),
+            kind("mqtt.puback", &[], MQTT_OPTIONAL),
+            kind("mqtt.pubrec", &[], MQTT_OPTIONAL),
+            kind("mqtt.pubrel", &[], MQTT_OPTIONAL),
+            kind("mqtt.pubcomp", &[], MQTT_OPTIONAL),
+            kind("mqtt.subscribe", MQTT_SUBSCRIBE, MQTT_OPTIONAL),
+            kind("mqtt.suback", &[], MQTT_OPTIONAL),
+            kind("mqtt.unsubscribe", MQTT_SUBSCRIBE, MQTT_OPTIONAL),
+            kind("mqtt.unsuback", &[], MQTT_OPTIONAL),
+            kind("mqtt.pingreq", &[], MQTT_OPTIONAL),
+            kind("mqtt.pingresp", &[], MQTT_OPTIONAL),
+            kind("mqtt.disconnect", &[], MQTT_OPTIONAL),
+            kind("mqtt.auth", &[], MQTT_OPTIONAL),
+        ],
+    ),
+    (
+        "coap",
+        &[
+            kind("coap.request", COAP_REQUEST, COAP_OPTIONAL),
+            kind("coap.response", COAP_RESPONSE, COAP_OPTIONAL),
+            kind("coap.signal", COAP_SIGNAL, COAP_OPTIONAL),
+            kind("coap.empty", &[], COAP_OPTIONAL),
+        ],
+    ),
+    (
+        "modbus",
+        &[
+            kind("modbus.read", MODBUS_ACCESS, MODBUS_ACCESS_OPTIONAL),
+            kind("modbus.write", MODBUS_ACCESS, MODBUS_ACCESS_OPTIONAL),
+            kind("modbus.read-write", MODBUS_ACCESS, MODBUS_ACCESS_OPTIONAL),
+            kind("modbus.diagnostics", MODBUS, MODBUS_OPTIONAL),
+            kind("modbus.device-identification", MODBUS, MODBUS_OPTIONAL),
+            kind("modbus.other", MODBUS, MODBUS_OPTIONAL),
+            kind("modbus.response", MODBUS, MODBUS_OPTIONAL),
+            kind("modbus.exception", MODBUS, MODBUS_OPTIONAL),
+        ],
+    ),
+];
+
+/// Event kind `name`, or `None` for a kind the vocabulary does not know.
+pub fn find(name: &str) -> Option<&'static Kind> {
+    let protocol = name.split('.').next()?;
+    let (_, kinds) = PROTOCOLS.iter().find(|(p, _)| *p == protocol)?;
+    kinds.iter().find(|k| k.name == name)
+}
+
+impl Kind {
+    /// Every attribute of the kind, the host's included, each once, with
+    /// whether it is always there.
+    pub fn attributes(&self) -> impl Iterator<Item = (Attribute, bool)> + '_ {
+        let always = (self.always.iter().chain(HOST_ATTRIBUTES)).map(|a| (*a, true));
+        let optional = (self.optional.iter())
+            .filter(|(name, _)| !self.always.iter().any(|(n, _)| n == name))
+            .map(|a| (*a, false));
+        always.chain(optional)
+    }
+}
