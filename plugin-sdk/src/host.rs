@@ -1,4 +1,4 @@
-//! What the appliance offers every plugin: logging, a monotonic clock, a
+//! What the appliance offers every plugin: logging, clocks, a
 //! small persistent key-value store of the plugin's own, and counters.
 //!
 //! Inside the appliance these call the host. In native builds (unit tests)
@@ -30,6 +30,13 @@ pub fn log(level: Level, message: &str) {
 /// Nanoseconds from a monotonic clock with an unspecified origin.
 pub fn monotonic_now() -> u64 {
     imports::monotonic_now()
+}
+
+/// Milliseconds since 1970-01-01 00:00 UTC from the appliance's wall clock,
+/// for what depends on the time of day. It may jump when the clock is set;
+/// measure durations with [`monotonic_now`].
+pub fn wall_clock() -> u64 {
+    imports::wall_clock()
 }
 
 /// Add `delta` to the counter `name`, shown to operators in metrics.

@@ -36,6 +36,7 @@ pub struct Host {
     kv: BTreeMap<String, Vec<u8>>,
     kv_quota: usize,
     clock: u64,
+    wall_clock: u64,
 }
 
 impl Default for Host {
@@ -46,6 +47,8 @@ impl Default for Host {
             kv: BTreeMap::new(),
             kv_quota: DEFAULT_KV_QUOTA,
             clock: 0,
+            // 2026-01-05 00:00 UTC, a Monday.
+            wall_clock: 1_767_571_200_000,
         }
     }
 }
@@ -70,9 +73,18 @@ impl Host {
         with(|h| h.kv_quota = bytes);
     }
 
-    /// Move the monotonic clock forward by `nanos`.
+    /// Move both clocks forward by `nanos`.
     pub fn advance_clock(nanos: u64) {
-        with(|h| h.clock = h.clock.saturating_add(nanos));
+        with(|h| {
+            h.clock = h.clock.saturating_add(nanos);
+            h.wall_clock = h.wall_clock.saturating_add(nanos / 1_000_000);
+        });
+    }
+
+    /// Set the wall clock, in milliseconds since the Unix epoch (it starts
+    /// at 2026-01-05 00:00 UTC, a Monday).
+    pub fn set_wall_clock(millis: u64) {
+        with(|h| h.wall_clock = millis);
     }
 
     /// The log lines written so far.
@@ -105,6 +117,10 @@ pub(crate) mod native {
 
     pub(crate) fn monotonic_now() -> u64 {
         with(|h| h.clock)
+    }
+
+    pub(crate) fn wall_clock() -> u64 {
+        with(|h| h.wall_clock)
     }
 
     pub(crate) fn counter_add(name: &str, delta: u64) {

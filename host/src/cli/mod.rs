@@ -1,6 +1,7 @@
 //! The `palisade` command line: the operator's and the plugin author's
 //! entry point.
 
+mod baseline;
 mod plugin_run;
 mod policy;
 
@@ -25,6 +26,10 @@ enum Command {
     /// Work with plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// The baseline detector's profiles: show, export as policy, accept a
+    /// finding as normal.
+    #[command(subcommand)]
+    Baseline(baseline::Command),
     /// The zero-trust policy: show, check, test.
     #[command(subcommand)]
     Policy(policy::Command),
@@ -50,6 +55,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Plugin(PluginCommand::Run(args)) => plugin_run::run(&cli.data, &args),
         Command::Policy(command) => policy::run(&cli.data, &command),
+        Command::Baseline(command) => baseline::run(&cli.data, &command),
     };
     match result {
         Ok(code) => code,

@@ -172,7 +172,7 @@ fn test(args: &TestArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
 
 /// One event from its JSON (`{"kind": ..., "attributes": {...}}`), typed by
 /// the vocabulary where it knows the attribute.
-fn batch_of(event: &Json) -> anyhow::Result<Batch> {
+pub(crate) fn batch_of(event: &Json) -> anyhow::Result<Batch> {
     let kind = event["kind"].as_str().context("no kind")?;
     let known = vocabulary::find(kind);
     let type_of = |name: &str| {

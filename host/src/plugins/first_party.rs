@@ -12,6 +12,10 @@ const EMBEDDED: &[(&str, &[u8])] = &[
         "new-topic",
         include_bytes!(concat!(env!("PALISADE_PLUGIN_DIR"), "/new_topic.wasm")),
     ),
+    (
+        "baseline",
+        include_bytes!(concat!(env!("PALISADE_PLUGIN_DIR"), "/baseline.wasm")),
+    ),
 ];
 
 /// The component of the first-party plugin `name`.

@@ -157,6 +157,13 @@ impl host::Host for PluginState {
         Ok(u64::try_from(self.clock_origin.elapsed().as_nanos()).unwrap_or(u64::MAX))
     }
 
+    fn wall_clock(&mut self) -> Result<u64> {
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Ok(u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX))
+    }
+
     fn kv_get(&mut self, key: String) -> Result<Option<Vec<u8>>> {
         self.count_kv_op()?;
         if key.len() > MAX_KEY_LEN {

@@ -1,0 +1,152 @@
+//! The behavioural baseline detector: it learns what each device, and each
+//! class of devices, normally does (routes, event kinds, MQTT topics and
+//! subscriptions, Modbus function codes and registers with their access,
+//! CoAP resources, hours of the day, events per minute, payload sizes),
+//! then flags what departs from it, with a score and a reason a person can
+//! read: a thermostat on a route it never used, a controller writing a
+//! register it only ever read, a burst ten times its normal rate.
+//!
+//! Each profile learns for [`LEARNING_HOURS`] hours of wall-clock time and
+//! at least [`LEARNING_EVENTS`] events (an operator changes them with the
+//! store keys `config/learning-hours` and `config/learning-events`), then
+//! enforces. A device still learning is judged against its class's
+//! profile once the class enforces, so a new device of a known class is
+//! watched from its first frame. Profiles live in the plugin's key-value
+//! store, under `device/ID` and `class/CLASS`, so they survive restarts and
+//! upgrades of the plugin; the appliance exports them as reviewable policy
+//! and adds a finding to them when an operator accepts it as normal.
+
+pub mod profile;
+
+use palisade_plugin_sdk::host::{self, Level, kv};
+use palisade_plugin_sdk::{Batch, Detector, Finding, Session};
+
+pub use profile::{Novelty, Profile};
+
+/// Events a profile learns from, at least, before it enforces.
+pub const LEARNING_EVENTS: u64 = 100;
+
+/// Hours a profile learns for, at least, before it enforces: a day, so that
+/// it knows the site's daily cycle.
+pub const LEARNING_HOURS: u64 = 24;
+
+/// The store key of a device's profile.
+pub fn device_key(id: &str) -> String {
+    format!("device/{id}")
+}
+
+/// The store key of a class's profile.
+pub fn class_key(class: &str) -> String {
+    format!("class/{class}")
+}
+
+/// The store key of the least events learnt from (decimal text).
+pub const LEARNING_KEY: &str = "config/learning-events";
+
+/// The store key of the least hours learnt for (decimal text).
+pub const LEARNING_HOURS_KEY: &str = "config/learning-hours";
+
+/// How long a profile learns.
+#[derive(Debug, Clone, Copy)]
+struct Learning {
+    events: u64,
+    millis: u64,
+}
+
+impl Learning {
+    fn configured() -> Self {
+        let number = |key: &str, default: u64| {
+            kv::get(key)
+                .and_then(|v| String::from_utf8(v).ok())
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(default)
+        };
+        Learning {
+            events: number(LEARNING_KEY, LEARNING_EVENTS),
+            millis: number(LEARNING_HOURS_KEY, LEARNING_HOURS).saturating_mul(3_600_000),
+        }
+    }
+
+    fn done(&self, profile: &Profile) -> bool {
+        let (first, last) = profile.learnt_span;
+        profile.events >= self.events.max(1) && last.saturating_sub(first) >= self.millis
+    }
+}
+
+/// The detector as a plugin.
+#[derive(Debug)]
+pub struct Baseline;
+
+fn load(key: &str) -> Profile {
+    kv::get(key)
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default()
+}
+
+fn store(key: &str, profile: &Profile) {
+    let saved = serde_json::to_vec(profile)
+        .map_err(|e| format!("{e}"))
+        .and_then(|bytes| kv::set(key, &bytes).map_err(|e| format!("{e:?}")));
+    if let Err(e) = saved {
+        host::log(Level::Warn, &format!("cannot store profile {key}: {e}"));
+    }
+}
+
+impl Detector for Baseline {
+    fn detect(session: &Session, events: &Batch) -> Vec<Finding> {
+        let learning = Learning::configured();
+        let device = &session.device;
+        let (device_key, class_key) = (device_key(&device.id), class_key(&device.class));
+        let mut mine = load(&device_key);
+        let mut class = load(&class_key);
+        let now = host::wall_clock();
+        let who = format!("{} ({})", device.id, device.class);
+        let mut findings = Vec::new();
+        for event in events.iter() {
+            let novelties = if !learning.done(&mine) {
+                mine.learn(&session.route, &event, now);
+                if !learning.done(&class) {
+                    class.learn(&session.route, &event, now);
+                    Vec::new()
+                } else {
+                    class.check(&who, &session.route, &event, now, false)
+                }
+            } else {
+                mine.count(now, false);
+                let found = mine.check(&who, &session.route, &event, now, true);
+                if found
+                    .iter()
+                    .any(|n| n.reason.contains("events this minute"))
+                {
+                    mine.rate.reported = mine.rate.minute;
+                }
+                found
+            };
+            // One finding per event: the most serious departure, with the
+            // others named.
+            let mut novelties = novelties;
+            novelties.sort_by(|a, b| b.score.total_cmp(&a.score));
+            if let Some(first) = novelties.first() {
+                let mut reason = first.reason.clone();
+                for other in novelties.iter().skip(1) {
+                    reason.push_str("; ");
+                    reason.push_str(&other.reason);
+                }
+                findings.push(Finding::new(
+                    event.index(),
+                    first.severity,
+                    first.score,
+                    reason,
+                ));
+            }
+        }
+        store(&device_key, &mine);
+        store(&class_key, &class);
+        findings
+    }
+}
+
+palisade_plugin_sdk::export!(detector: Baseline);
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,460 @@
+//! What a device, or a class of devices, normally does: a profile learnt
+//! from its events, and the ways a new event can depart from it.
+//!
+//! A profile is kept as JSON in the plugin's key-value store (the appliance
+//! reads it too, to export it as policy and to accept a finding as normal),
+//! so every set in it is capped: a profile stays well inside one stored
+//! value.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use palisade_plugin_sdk::{EventRef, Severity};
+use serde::{Deserialize, Serialize};
+
+/// Items kept per set: beyond it, a profile learns no more of that kind.
+pub const MAX_ITEMS: usize = 256;
+
+/// A rate this many times the normal one is a burst.
+pub const BURST_FACTOR: f64 = 10.0;
+
+/// Fewer events than this in a minute are never a burst.
+pub const BURST_FLOOR: u64 = 20;
+
+/// Active minutes a profile must have learnt before it judges rates.
+pub const RATE_MINUTES: u64 = 10;
+
+/// What a device or class was seen doing.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// Events learnt from.
+    pub events: u64,
+    /// Routes used.
+    pub routes: BTreeSet<String>,
+    /// Event kinds sent.
+    pub kinds: BTreeSet<String>,
+    /// MQTT topics published to.
+    pub topics: BTreeSet<String>,
+    /// MQTT filters subscribed to.
+    pub filters: BTreeSet<String>,
+    /// Modbus function codes used.
+    pub functions: BTreeSet<i64>,
+    /// Modbus registers accessed, by `unit/register-type/access`, as merged
+    /// ranges `[start, end)`.
+    pub registers: BTreeMap<String, Vec<(i64, i64)>>,
+    /// CoAP requests made, `METHOD path`.
+    pub resources: BTreeSet<String>,
+    /// Hours of the day (UTC) with activity, one bit each.
+    pub hours: u32,
+    /// Events per minute.
+    pub rate: Rate,
+    /// The largest payload seen, in bytes.
+    pub max_payload: i64,
+    /// Wall-clock milliseconds of the first and last event learnt.
+    pub learnt_span: (u64, u64),
+}
+
+/// The learning must span this long before hours of the day are judged.
+pub const HOURS_SPAN_MILLIS: u64 = 20 * 3_600_000;
+
+/// Events per minute.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    /// The current minute (minutes since the epoch).
+    pub minute: u64,
+    /// Events in it so far.
+    pub count: u64,
+    /// Mean events per active minute, over the minutes learnt.
+    pub mean: f64,
+    /// Active minutes learnt.
+    pub minutes: u64,
+    /// The last minute a burst was reported in.
+    pub reported: u64,
+}
+
+/// How an event departs from a profile.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Novelty {
+    /// How serious.
+    pub severity: Severity,
+    /// How sure, 0 to 1.
+    pub score: f32,
+    /// Why, for a person.
+    pub reason: String,
+}
+
+fn novelty(severity: Severity, score: f32, reason: String) -> Novelty {
+    Novelty {
+        severity,
+        score,
+        reason,
+    }
+}
+
+fn insert<T: Ord>(set: &mut BTreeSet<T>, item: T) {
+    if set.len() < MAX_ITEMS {
+        set.insert(item);
+    }
+}
+
+/// The register access of a Modbus event: `(unit/type/access, start, end)`.
+fn register_access(event: &EventRef<'_>) -> Option<(String, i64, i64)> {
+    let unit = event.int("unit")?;
+    let register_type = event.text("register-type")?;
+    let access = event.text("access")?;
+    let address = event.int("address")?;
+    let count = event.int("count")?.max(1);
+    Some((
+        format!("{unit}/{register_type}/{access}"),
+        address,
+        address.saturating_add(count),
+    ))
+}
+
+/// `holding-registers 40-49 on unit 1`, for a person.
+fn span(event: &EventRef<'_>, start: i64, end: i64) -> String {
+    let what = event.text("register-type").unwrap_or("register");
+    let unit = event.int("unit").unwrap_or_default();
+    if end - start > 1 {
+        format!("{what} {start}-{} on unit {unit}", end - 1)
+    } else {
+        format!("{what} {start} on unit {unit}")
+    }
+}
+
+/// Whether `[start, end)` lies within `ranges`.
+fn covered(ranges: &[(i64, i64)], start: i64, end: i64) -> bool {
+    ranges.iter().any(|&(s, e)| s <= start && end <= e)
+}
+
+/// Add `[start, end)` to `ranges`, merging what touches.
+fn add_range(ranges: &mut Vec<(i64, i64)>, start: i64, end: i64) {
+    ranges.push((start, end));
+    ranges.sort_unstable();
+    let mut merged: Vec<(i64, i64)> = Vec::with_capacity(ranges.len());
+    for &(s, e) in ranges.iter() {
+        match merged.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    merged.truncate(MAX_ITEMS);
+    *ranges = merged;
+}
+
+fn resource(event: &EventRef<'_>) -> Option<String> {
+    Some(format!("{} {}", event.text("method")?, event.text("path")?))
+}
+
+impl Profile {
+    /// Learn `event`, sent on `route` at wall-clock `millis`.
+    pub fn learn(&mut self, route: &str, event: &EventRef<'_>, millis: u64) {
+        if self.events == 0 {
+            self.learnt_span.0 = millis;
+        }
+        self.learnt_span.1 = self.learnt_span.1.max(millis);
+        self.events += 1;
+        insert(&mut self.routes, route.to_owned());
+        insert(&mut self.kinds, event.kind().to_owned());
+        if let Some(topic) = event
+            .text("topic")
+            .filter(|_| event.kind() == "mqtt.publish")
+        {
+            insert(&mut self.topics, topic.to_owned());
+        }
+        if event.kind() == "mqtt.subscribe" {
+            for (name, value) in event.attributes() {
+                if let (true, palisade_plugin_sdk::Value::Text(f)) = (name == "filter", value) {
+                    insert(&mut self.filters, f.to_owned());
+                }
+            }
+        }
+        if let Some(function) = event
+            .int("function")
+            .filter(|_| event.protocol() == "modbus")
+        {
+            insert(&mut self.functions, function);
+        }
+        if let Some((key, start, end)) = register_access(event)
+            && (self.registers.len() < MAX_ITEMS || self.registers.contains_key(&key))
+        {
+            add_range(self.registers.entry(key).or_default(), start, end);
+        }
+        if let Some(r) = resource(event).filter(|_| event.kind() == "coap.request") {
+            insert(&mut self.resources, r);
+        }
+        self.hours |= 1 << hour(millis);
+        if let Some(size) = event.int("payload-size") {
+            self.max_payload = self.max_payload.max(size);
+        }
+        self.count(millis, true);
+    }
+
+    /// Count an event at `millis` in the per-minute rate; a finished minute
+    /// joins the mean when `learning`. Returns the current minute's count.
+    pub fn count(&mut self, millis: u64, learning: bool) -> u64 {
+        let minute = millis / 60_000;
+        let rate = &mut self.rate;
+        if minute != rate.minute {
+            if learning && rate.count > 0 {
+                let n = rate.minutes as f64;
+                rate.mean = (rate.mean * n + rate.count as f64) / (n + 1.0);
+                rate.minutes += 1;
+            }
+            rate.minute = minute;
+            rate.count = 0;
+        }
+        rate.count += 1;
+        rate.count
+    }
+
+    /// How `event`, sent by `who` on `route` at `millis`, departs from this
+    /// profile. `own` says the profile is the device's own: it is then held
+    /// to everything, its rate included (the caller counts the event
+    /// first). A class's profile judges a device of the class only on what
+    /// the class shares: routes, kinds, Modbus functions, and whether it
+    /// ever writes a kind of register; not on each device's own topics,
+    /// ranges or hours.
+    pub fn check(
+        &self,
+        who: &str,
+        route: &str,
+        event: &EventRef<'_>,
+        millis: u64,
+        own: bool,
+    ) -> Vec<Novelty> {
+        let mut found = Vec::new();
+        let n = self.events;
+        let kind = event.kind();
+        if !self.routes.contains(route) {
+            found.push(novelty(
+                Severity::High,
+                0.85,
+                format!("{who} used route {route}, never seen in {n} events"),
+            ));
+        } else if !self.kinds.contains(kind) {
+            found.push(novelty(
+                Severity::Medium,
+                0.7,
+                format!("{who} sent {kind}, never seen in {n} events"),
+            ));
+        }
+        if !own {
+            if let Some((key, start, end)) = register_access(event)
+                && key.ends_with("write")
+                && !self.registers.contains_key(&key)
+            {
+                found.push(novelty(
+                    Severity::High,
+                    0.85,
+                    format!(
+                        "{who} wrote {}, which its class never writes",
+                        span(event, start, end)
+                    ),
+                ));
+            }
+            return found;
+        }
+        if let Some(topic) = event.text("topic").filter(|_| kind == "mqtt.publish")
+            && !self.topics.contains(topic)
+            && self.topics.len() < MAX_ITEMS
+        {
+            found.push(novelty(
+                Severity::Medium,
+                0.7,
+                format!("{who} published to {topic}, a topic it never used"),
+            ));
+        }
+        if let Some(function) = event
+            .int("function")
+            .filter(|_| event.protocol() == "modbus")
+            && !self.functions.contains(&function)
+        {
+            found.push(novelty(
+                Severity::High,
+                0.8,
+                format!("{who} used Modbus function {function}, never seen in {n} events"),
+            ));
+        }
+        if let Some((key, start, end)) = register_access(event) {
+            let known = self
+                .registers
+                .get(&key)
+                .is_some_and(|r| covered(r, start, end));
+            if !known {
+                let read_key = key
+                    .replace("/write", "/read")
+                    .replace("/read-write", "/read");
+                let only_read = key.ends_with("/write")
+                    && self
+                        .registers
+                        .get(&read_key)
+                        .is_some_and(|r| covered(r, start, end));
+                let span = span(event, start, end);
+                found.push(if only_read {
+                    novelty(
+                        Severity::High,
+                        0.9,
+                        format!("{who} wrote {span}, which it only ever read"),
+                    )
+                } else if key.ends_with("/write") || key.ends_with("/read-write") {
+                    novelty(
+                        Severity::High,
+                        0.85,
+                        format!("{who} wrote {span}, which it never accessed"),
+                    )
+                } else {
+                    novelty(
+                        Severity::Medium,
+                        0.6,
+                        format!("{who} read {span}, outside what it reads"),
+                    )
+                });
+            }
+        }
+        if let Some(r) = resource(event).filter(|_| kind == "coap.request")
+            && !self.resources.contains(&r)
+        {
+            found.push(novelty(
+                Severity::Medium,
+                0.7,
+                format!("{who} requested {r}, never seen in {n} events"),
+            ));
+        }
+        let h = hour(millis);
+        let daylong = self.learnt_span.1.saturating_sub(self.learnt_span.0) >= HOURS_SPAN_MILLIS;
+        if daylong && self.hours & (1 << h) == 0 {
+            found.push(novelty(
+                Severity::Low,
+                0.5,
+                format!("{who} active at {h:02}h UTC, an hour it never was"),
+            ));
+        }
+        if let Some(size) = event.int("payload-size")
+            && size > 1024
+            && size > self.max_payload.saturating_mul(10)
+        {
+            found.push(novelty(
+                Severity::Medium,
+                0.6,
+                format!(
+                    "{who} sent a {size}-byte payload, over ten times its largest ({})",
+                    self.max_payload
+                ),
+            ));
+        }
+        if own {
+            let count = self.rate.count;
+            let normal = self.rate.mean.max(1.0);
+            if self.rate.reported != self.rate.minute
+                && self.rate.minutes >= RATE_MINUTES
+                && count >= BURST_FLOOR
+                && count as f64 > BURST_FACTOR * normal
+            {
+                found.push(novelty(
+                    Severity::High,
+                    0.8,
+                    format!(
+                        "{who} sent {count} events this minute, {:.0} times its normal {normal:.1}",
+                        count as f64 / normal
+                    ),
+                ));
+            }
+        }
+        found
+    }
+
+    /// The profile as Cedar policy that permits what it holds for the
+    /// principals of `scope` (for example `principal == Device::"plc-4"` or
+    /// `principal in Class::"plc"`), for a person to review and adopt.
+    pub fn to_policy(&self, scope: &str, label: &str) -> String {
+        let mut out = format!(
+            "// What {label} did in {} events, as learnt by the baseline detector.\n",
+            self.events
+        );
+        let quoted = |s: &str| format!("{s:?}");
+        let mut permit = |id: String, action: &str, when: Option<String>| {
+            let _ = write!(
+                out,
+                "\n@id({})\npermit({scope}, action == Action::{}, resource)",
+                quoted(&id),
+                quoted(action)
+            );
+            match when {
+                Some(w) => {
+                    let _ = writeln!(out, "\nwhen {{ {w} }};");
+                }
+                None => out.push_str(";\n"),
+            }
+        };
+        let covered_kinds = [
+            "mqtt.publish",
+            "modbus.read",
+            "modbus.write",
+            "modbus.read-write",
+            "coap.request",
+        ];
+        for kind in self
+            .kinds
+            .iter()
+            .filter(|k| !covered_kinds.contains(&k.as_str()))
+        {
+            permit(format!("{label}: {kind}"), kind, None);
+        }
+        for topic in &self.topics {
+            permit(
+                format!("{label}: publish to {topic}"),
+                "mqtt.publish",
+                Some(format!("context.topic == {}", quoted(topic))),
+            );
+        }
+        for (key, ranges) in &self.registers {
+            let mut parts = key.splitn(3, '/');
+            let (Some(unit), Some(register_type), Some(access)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let action = match access {
+                "write" => "modbus.write",
+                "read-write" => "modbus.read-write",
+                _ => "modbus.read",
+            };
+            for &(start, end) in ranges {
+                permit(
+                    format!(
+                        "{label}: {access} {register_type} {start}-{} on unit {unit}",
+                        end - 1
+                    ),
+                    action,
+                    Some(format!(
+                        "context.unit == {unit} && context[\"register-type\"] == {} && context.address >= {start} && context.address + context.count <= {end}",
+                        quoted(register_type)
+                    )),
+                );
+            }
+        }
+        for r in &self.resources {
+            let Some((method, path)) = r.split_once(' ') else {
+                continue;
+            };
+            permit(
+                format!("{label}: {r}"),
+                "coap.request",
+                Some(format!(
+                    "context.method == {} && context.path == {}",
+                    quoted(method),
+                    quoted(path)
+                )),
+            );
+        }
+        out
+    }
+}
+
+/// The hour of the day, UTC, of wall-clock `millis`.
+pub fn hour(millis: u64) -> u32 {
+    ((millis / 3_600_000) % 24) as u32
+}

@@ -1,0 +1,363 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use super::*;
+use palisade_plugin_sdk::testing::Host;
+use palisade_plugin_sdk::{Severity, Value};
+
+const MINUTE: u64 = 60_000;
+/// 2026-01-05 00:00 UTC.
+const DAY0: u64 = 1_767_571_200_000;
+
+/// One event of a simulated device.
+#[derive(Clone, Debug)]
+enum Ev {
+    Publish(String, i64),
+    Read(&'static str, i64, i64),
+    Write(&'static str, i64, i64),
+    Function(i64),
+    Get(&'static str, &'static str),
+}
+
+fn write_event(batch: &mut Batch, ev: &Ev) {
+    match ev {
+        Ev::Publish(topic, size) => {
+            batch
+                .push("mqtt.publish")
+                .text("topic", topic)
+                .int("qos", 0)
+                .flag("retain", false)
+                .flag("dup", false)
+                .int("payload-size", *size);
+        }
+        Ev::Read(register_type, address, count) | Ev::Write(register_type, address, count) => {
+            let (kind, access, function) = match (ev, *register_type) {
+                (Ev::Write(..), _) => ("modbus.write", "write", 16),
+                (_, "input-registers") => ("modbus.read", "read", 4),
+                _ => ("modbus.read", "read", 3),
+            };
+            batch
+                .push(kind)
+                .int("transaction", 1)
+                .int("unit", 1)
+                .int("function", function)
+                .text("access", access)
+                .text("register-type", register_type)
+                .int("address", *address)
+                .int("count", *count);
+        }
+        Ev::Function(function) => {
+            batch
+                .push("modbus.diagnostics")
+                .int("transaction", 1)
+                .int("unit", 1)
+                .int("function", *function);
+        }
+        Ev::Get(method, path) => {
+            batch
+                .push("coap.request")
+                .text("method", method)
+                .text("path", path)
+                .bytes("token", &[1, 2])
+                .int("payload-size", 0);
+        }
+    }
+}
+
+struct Device {
+    session: Session,
+    /// What it normally does in minute `m` (minutes since DAY0).
+    normal: fn(usize, u64) -> Vec<Ev>,
+    index: usize,
+}
+
+fn thermostat(i: usize, _m: u64) -> Vec<Ev> {
+    vec![Ev::Publish(
+        format!("site/floor-{}/th-{i}/temp", i % 2),
+        4 + (i as i64 % 3),
+    )]
+}
+
+fn plc(_i: usize, m: u64) -> Vec<Ev> {
+    // Polls holding registers 0-99 in chunks and input registers 0-9.
+    let chunk = (m % 10) as i64 * 10;
+    vec![
+        Ev::Read("holding-registers", chunk, 10),
+        Ev::Read("input-registers", 0, 10),
+    ]
+}
+
+fn meter(_i: usize, m: u64) -> Vec<Ev> {
+    // A meter read between 06h and 22h only.
+    let hour = (m / 60) % 24;
+    if (6..22).contains(&hour) && m.is_multiple_of(5) {
+        vec![Ev::Get("GET", "/energy/total")]
+    } else {
+        Vec::new()
+    }
+}
+
+fn fleet() -> Vec<Device> {
+    let mut devices = Vec::new();
+    for i in 0..4 {
+        devices.push(Device {
+            session: Session::new(i as u64, &format!("th-{i}"), "thermostat", "floor", "mqtt"),
+            normal: thermostat,
+            index: i,
+        });
+    }
+    for i in 0..2 {
+        devices.push(Device {
+            session: Session::new(
+                10 + i as u64,
+                &format!("plc-{i}"),
+                "plc",
+                "cell-3",
+                "modbus",
+            ),
+            normal: plc,
+            index: i,
+        });
+    }
+    devices.push(Device {
+        session: Session::new(20, "meter-0", "meter", "plant", "coap"),
+        normal: meter,
+        index: 0,
+    });
+    devices
+}
+
+/// Run `device`'s events for minute `m`, plus `extra`; return the findings.
+fn minute(device: &Device, m: u64, extra: &[Ev], route: Option<&str>) -> Vec<Finding> {
+    Host::set_wall_clock(DAY0 + m * MINUTE + 1_000);
+    let mut batch = Batch::new();
+    for ev in (device.normal)(device.index, m).iter().chain(extra) {
+        write_event(&mut batch, ev);
+    }
+    if batch.is_empty() {
+        return Vec::new();
+    }
+    let mut session = device.session.clone();
+    if let Some(route) = route {
+        session.route = route.into();
+    }
+    Baseline::detect(&session, &batch)
+}
+
+/// The findings of a normal run of `devices` from minute `from` to `to`.
+fn normal_run(devices: &[Device], from: u64, to: u64) -> Vec<(String, Finding)> {
+    let mut found = Vec::new();
+    for m in from..to {
+        for d in devices {
+            for f in minute(d, m, &[], None) {
+                found.push((d.session.device.id.clone(), f));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn detection_rate_and_false_positives_on_a_simulated_site() {
+    Host::reset();
+    // The defaults: a day, and at least 100 events.
+    let devices = fleet();
+    let learnt = normal_run(&devices, 0, 25 * 60);
+    assert!(
+        learnt.is_empty(),
+        "nothing is flagged while learning: {learnt:?}"
+    );
+
+    // Two more days of normal traffic.
+    let day = 25 * 60;
+    let false_positives = normal_run(&devices, day, day + 48 * 60);
+
+    // Injected anomalies, each in a minute of its own, at 12h on day 4.
+    let at = 3 * 24 * 60 + 12 * 60;
+    let th = &devices[0];
+    let controller = &devices[4];
+    let meter = &devices[6];
+    /// What, by whom, in which minute, the injected events, on which route.
+    type Anomaly<'a> = (&'a str, &'a Device, u64, Vec<Ev>, Option<&'a str>);
+    let anomalies: Vec<Anomaly> = vec![
+        (
+            "new topic",
+            th,
+            at,
+            vec![Ev::Publish("site/floor-0/th-0/cmd".into(), 4)],
+            None,
+        ),
+        (
+            "new route",
+            th,
+            at + 1,
+            vec![Ev::Read("holding-registers", 0, 1)],
+            Some("modbus"),
+        ),
+        (
+            "write to a read register",
+            controller,
+            at + 2,
+            vec![Ev::Write("holding-registers", 0, 10)],
+            None,
+        ),
+        (
+            "read outside",
+            controller,
+            at + 3,
+            vec![Ev::Read("input-registers", 500, 10)],
+            None,
+        ),
+        (
+            "new function",
+            controller,
+            at + 4,
+            vec![Ev::Function(8)],
+            None,
+        ),
+        (
+            "burst",
+            th,
+            at + 5,
+            vec![Ev::Publish("site/floor-0/th-0/temp".into(), 4); 300],
+            None,
+        ),
+        (
+            "new resource",
+            meter,
+            at + 10,
+            vec![Ev::Get("POST", "/firmware")],
+            None,
+        ),
+        (
+            "huge payload",
+            th,
+            at + 6,
+            vec![Ev::Publish("site/floor-0/th-0/temp".into(), 100_000)],
+            None,
+        ),
+    ];
+    let mut detected = Vec::new();
+    let mut missed = Vec::new();
+    for (name, device, m, extra, route) in &anomalies {
+        let normal_events = (device.normal)(device.index, *m).len() as u32;
+        let findings = minute(device, *m, extra, *route);
+        // A finding on an injected event (the normal ones come first).
+        let hit = findings.iter().find(|f| f.event >= normal_events);
+        match hit {
+            Some(f) => detected.push((*name, f.reason.clone())),
+            None => missed.push((*name, findings)),
+        }
+    }
+    // Off hours: the meter at 03h, which it never is.
+    Host::set_wall_clock(DAY0 + (at - 9 * 60) * MINUTE);
+    let mut batch = Batch::new();
+    write_event(&mut batch, &Ev::Get("GET", "/energy/total"));
+    match Baseline::detect(&meter.session, &batch).first() {
+        Some(f) => detected.push(("off hours", f.reason.clone())),
+        None => missed.push(("off hours", Vec::new())),
+    }
+    // A new device of a known class, still learning, writes a register.
+    let newcomer = Device {
+        session: Session::new(30, "plc-9", "plc", "cell-3", "modbus"),
+        normal: plc,
+        index: 9,
+    };
+    let findings = minute(
+        &newcomer,
+        at + 20,
+        &[Ev::Write("holding-registers", 7, 1)],
+        None,
+    );
+    match findings.iter().find(|f| f.event >= 2) {
+        Some(f) => detected.push(("newcomer writes", f.reason.clone())),
+        None => missed.push(("newcomer writes", findings)),
+    }
+
+    let total = detected.len() + missed.len();
+    let normal_events: usize = (day..day + 48 * 60)
+        .map(|m| {
+            devices
+                .iter()
+                .map(|d| (d.normal)(d.index, m).len())
+                .sum::<usize>()
+        })
+        .sum();
+    eprintln!(
+        "baseline: {} of {total} injected anomalies detected; {} false positives in {normal_events} normal events over 48 h",
+        detected.len(),
+        false_positives.len()
+    );
+    for (name, reason) in &detected {
+        eprintln!("  {name}: {reason}");
+    }
+    assert!(missed.is_empty(), "missed: {missed:?}");
+    assert!(false_positives.is_empty(), "{false_positives:?}");
+}
+
+#[test]
+fn a_controller_writing_what_it_only_read_is_flagged_with_a_reason() {
+    Host::reset();
+    kv::set(LEARNING_KEY, b"10").unwrap();
+    kv::set(LEARNING_HOURS_KEY, b"0").unwrap();
+    let plc = Session::new(1, "plc-1", "plc", "cell-1", "modbus");
+    for _ in 0..10 {
+        let mut batch = Batch::new();
+        write_event(&mut batch, &Ev::Read("holding-registers", 0, 100));
+        assert!(Baseline::detect(&plc, &batch).is_empty());
+    }
+    let mut batch = Batch::new();
+    write_event(&mut batch, &Ev::Read("holding-registers", 10, 5));
+    write_event(&mut batch, &Ev::Write("holding-registers", 40, 1));
+    let findings = Baseline::detect(&plc, &batch);
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    let f = &findings[0];
+    assert_eq!((f.event, f.severity), (1, Severity::High));
+    assert!(
+        f.reason
+            .contains("plc-1 (plc) wrote holding-registers 40 on unit 1, which it only ever read"),
+        "{}",
+        f.reason
+    );
+}
+
+#[test]
+fn profiles_persist_and_export_as_policy() {
+    Host::reset();
+    kv::set(LEARNING_KEY, b"3").unwrap();
+    kv::set(LEARNING_HOURS_KEY, b"0").unwrap();
+    let th = Session::new(1, "th-1", "thermostat", "floor", "mqtt");
+    let mut batch = Batch::new();
+    write_event(&mut batch, &Ev::Publish("site/a/temp".into(), 4));
+    write_event(&mut batch, &Ev::Publish("site/a/humidity".into(), 4));
+    write_event(&mut batch, &Ev::Publish("site/a/temp".into(), 4));
+    assert!(Baseline::detect(&th, &batch).is_empty());
+
+    let stored = Host::kv();
+    let profile: Profile = serde_json::from_slice(&stored[&device_key("th-1")]).unwrap();
+    assert_eq!(profile.events, 3);
+    assert!(profile.topics.contains("site/a/humidity"));
+    let policy = profile.to_policy("principal == Device::\"th-1\"", "th-1");
+    assert!(policy.contains("permit(principal == Device::\"th-1\", action == Action::\"mqtt.publish\", resource)\nwhen { context.topic == \"site/a/humidity\" };"), "{policy}");
+
+    // Accepting a finding is learning its event.
+    let mut odd = Batch::new();
+    write_event(&mut odd, &Ev::Publish("site/a/cmd".into(), 4));
+    assert_eq!(Baseline::detect(&th, &odd).len(), 1);
+    let mut profile = profile;
+    profile.learn("mqtt", &odd.get(0).unwrap(), DAY0);
+    kv::set(&device_key("th-1"), &serde_json::to_vec(&profile).unwrap()).unwrap();
+    assert!(Baseline::detect(&th, &odd).is_empty(), "accepted as normal");
+    let _ = Value::Int(0);
+}
+
+#[test]
+fn a_damaged_profile_is_relearnt_not_a_panic() {
+    Host::reset();
+    kv::set(&device_key("x"), b"{not json").unwrap();
+    let s = Session::new(1, "x", "c", "z", "mqtt");
+    let mut batch = Batch::new();
+    write_event(&mut batch, &Ev::Publish("t".into(), 1));
+    assert!(Baseline::detect(&s, &batch).is_empty());
+    let profile: Profile = serde_json::from_slice(&Host::kv()[&device_key("x")]).unwrap();
+    assert_eq!(profile.events, 1);
+}
