@@ -11,7 +11,14 @@ use std::env;
 use std::path::PathBuf;
 use std::process::Command;
 
-const PLUGINS: &[&str] = &["mqtt", "new-topic", "baseline", "hostile"];
+const PLUGINS: &[&str] = &[
+    "mqtt",
+    "new-topic",
+    "baseline",
+    "hygiene",
+    "escalate",
+    "hostile",
+];
 const TARGET: &str = "wasm32-wasip2";
 const PROFILE: &str = "plugin";
 

@@ -74,3 +74,28 @@ pub mod kv {
         imports::kv_delete(key)
     }
 }
+
+/// The plugin's settings, which an operator sets with
+/// `palisade plugin config NAME KEY VALUE`: text kept in the plugin's store
+/// under `config/KEY`.
+///
+/// ```
+/// use palisade_plugin_sdk::host::{config, kv};
+///
+/// assert_eq!(config::get::<u32>("burst-factor"), None);
+/// kv::set("config/burst-factor", b"10").unwrap();
+/// assert_eq!(config::get::<u32>("burst-factor"), Some(10));
+/// ```
+pub mod config {
+    use std::str::FromStr;
+
+    /// Where settings live in the plugin's store.
+    pub const PREFIX: &str = "config/";
+
+    /// The setting `key`, parsed; `None` when it is unset or does not parse.
+    pub fn get<T: FromStr>(key: &str) -> Option<T> {
+        super::kv::get(&format!("{PREFIX}{key}"))
+            .and_then(|v| String::from_utf8(v).ok())
+            .and_then(|v| v.trim().parse().ok())
+    }
+}

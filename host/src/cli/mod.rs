@@ -2,6 +2,7 @@
 //! entry point.
 
 mod baseline;
+mod plugin_config;
 mod plugin_run;
 mod policy;
 
@@ -40,6 +41,9 @@ enum PluginCommand {
     /// Feed a recorded byte stream through a parser and detectors, and print
     /// every event, finding and action as a JSON line.
     Run(plugin_run::Args),
+    /// Show or change a plugin's settings (for example the escalate
+    /// responder's `quarantine-at`).
+    Config(plugin_config::Args),
 }
 
 /// Run the command line with the process's arguments.
@@ -54,6 +58,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Plugin(PluginCommand::Run(args)) => plugin_run::run(&cli.data, &args),
+        Command::Plugin(PluginCommand::Config(args)) => plugin_config::run(&cli.data, &args),
         Command::Policy(command) => policy::run(&cli.data, &command),
         Command::Baseline(command) => baseline::run(&cli.data, &command),
     };

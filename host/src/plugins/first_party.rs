@@ -16,6 +16,14 @@ const EMBEDDED: &[(&str, &[u8])] = &[
         "baseline",
         include_bytes!(concat!(env!("PALISADE_PLUGIN_DIR"), "/baseline.wasm")),
     ),
+    (
+        "hygiene",
+        include_bytes!(concat!(env!("PALISADE_PLUGIN_DIR"), "/hygiene.wasm")),
+    ),
+    (
+        "escalate",
+        include_bytes!(concat!(env!("PALISADE_PLUGIN_DIR"), "/escalate.wasm")),
+    ),
 ];
 
 /// The component of the first-party plugin `name`.

@@ -44,7 +44,10 @@ pub struct FrameSpan {
 pub struct Inspected {
     /// Where each complete frame lies, in order.
     pub spans: Vec<FrameSpan>,
-    /// The frames' events: event `i` describes `spans[i]`.
+    /// The frames' events: event `i` describes `spans[i]`. When the parser
+    /// reported the stream malformed, one more event follows them, of kind
+    /// `PROTOCOL.malformed` with the `offset` (in this direction's stream)
+    /// and `reason`, so detectors judge it too; it describes no frame.
     pub batch: Batch,
     /// Findings, with the name of the detector that raised them; the event
     /// index refers to `batch`.
@@ -177,6 +180,17 @@ impl Pipeline {
             errors: Vec::new(),
             blocked: false,
         };
+        if let Some(m) = &inspected.malformed {
+            let protocol = (self.parser.active().protocol()).unwrap_or_else(|_| "unknown".into());
+            inspected
+                .batch
+                .push(&format!("{protocol}.malformed"))
+                .int(
+                    "offset",
+                    i64::try_from(stream.offset + u64::from(m.offset)).unwrap_or(i64::MAX),
+                )
+                .text("reason", &m.reason);
+        }
         stream.pending.drain(..consumed);
         stream.offset = offset;
         stream.state = parsed.state;

@@ -131,6 +131,16 @@ impl PluginKv {
         Ok(())
     }
 
+    /// The keys starting with `prefix`, with their values, in key order.
+    pub fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut entries = Vec::new();
+        for entry in self.tree.scan_prefix(prefix) {
+            let (k, v) = entry?;
+            entries.push((String::from_utf8_lossy(&k).into_owned(), v.to_vec()));
+        }
+        Ok(entries)
+    }
+
     /// Bytes of keys and values stored.
     pub fn used(&self) -> u64 {
         *self.used.lock().unwrap_or_else(|p| p.into_inner())

@@ -18,7 +18,7 @@
 
 pub mod profile;
 
-use palisade_plugin_sdk::host::{self, Level, kv};
+use palisade_plugin_sdk::host::{self, Level, config, kv};
 use palisade_plugin_sdk::{Batch, Detector, Finding, Session};
 
 pub use profile::{Novelty, Profile};
@@ -55,15 +55,11 @@ struct Learning {
 
 impl Learning {
     fn configured() -> Self {
-        let number = |key: &str, default: u64| {
-            kv::get(key)
-                .and_then(|v| String::from_utf8(v).ok())
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(default)
-        };
         Learning {
-            events: number(LEARNING_KEY, LEARNING_EVENTS),
-            millis: number(LEARNING_HOURS_KEY, LEARNING_HOURS).saturating_mul(3_600_000),
+            events: config::get("learning-events").unwrap_or(LEARNING_EVENTS),
+            millis: config::get("learning-hours")
+                .unwrap_or(LEARNING_HOURS)
+                .saturating_mul(3_600_000),
         }
     }
 

@@ -1,0 +1,203 @@
+//! The protocol-hygiene detector: what no healthy device does, whatever
+//! its baseline.
+//!
+//! - a malformed frame (the parser's `PROTOCOL.malformed` report);
+//! - a CONNECT flood: more MQTT CONNECTs from one device in a minute than
+//!   `config/connects-per-minute` (default 10), across its sessions;
+//! - a Modbus function code outside the public set (user-defined or
+//!   unassigned);
+//! - a write (Modbus write, CoAP PUT, POST or DELETE, MQTT publish to a
+//!   topic ending in `/cmd` or `/set`) inside the read-only window
+//!   `config/read-only-hours`, for example `22-6` (UTC, end excluded).
+
+use palisade_plugin_sdk::host::{self, config, kv};
+use palisade_plugin_sdk::{Batch, Detector, EventRef, Finding, Session, Severity};
+
+/// CONNECTs per device and minute above which it is a flood.
+pub const CONNECTS_PER_MINUTE: u64 = 10;
+
+/// The detector as a plugin.
+#[derive(Debug)]
+pub struct Hygiene;
+
+/// Modbus function codes of the public set (Modbus Application Protocol
+/// V1.1b3, section 5.1).
+pub const PUBLIC_FUNCTIONS: &[i64] = &[
+    1, 2, 3, 4, 5, 6, 7, 8, 11, 12, 15, 16, 17, 20, 21, 22, 23, 24, 43,
+];
+
+/// Whether `hour` falls in the window `from-to` (wrapping past midnight).
+pub fn in_window(window: &str, hour: u64) -> bool {
+    let Some((from, to)) = window.split_once('-') else {
+        return false;
+    };
+    let (Ok(from), Ok(to)) = (from.trim().parse::<u64>(), to.trim().parse::<u64>()) else {
+        return false;
+    };
+    if from <= to {
+        (from..to).contains(&hour)
+    } else {
+        hour >= from || hour < to
+    }
+}
+
+fn is_write(event: &EventRef<'_>) -> bool {
+    match event.kind() {
+        "modbus.write" | "modbus.read-write" => true,
+        "coap.request" => matches!(
+            event.text("method"),
+            Some("PUT" | "POST" | "DELETE" | "PATCH" | "iPATCH")
+        ),
+        "mqtt.publish" => event
+            .text("topic")
+            .is_some_and(|t| t.ends_with("/cmd") || t.ends_with("/set")),
+        _ => false,
+    }
+}
+
+impl Detector for Hygiene {
+    fn detect(session: &Session, events: &Batch) -> Vec<Finding> {
+        let device = &session.device.id;
+        let now = host::wall_clock();
+        let hour = (now / 3_600_000) % 24;
+        let window: Option<String> = config::get("read-only-hours");
+        let flood_at: u64 = config::get("connects-per-minute").unwrap_or(CONNECTS_PER_MINUTE);
+        let mut findings = Vec::new();
+        for event in events.iter() {
+            let i = event.index();
+            let kind = event.kind();
+            if kind.ends_with(".malformed") {
+                let reason = event.text("reason").unwrap_or("no reason given");
+                findings.push(Finding::new(
+                    i,
+                    Severity::High,
+                    0.9,
+                    format!(
+                        "{device} sent a malformed {} frame: {reason}",
+                        event.protocol()
+                    ),
+                ));
+                continue;
+            }
+            if kind == "mqtt.connect" {
+                let key = format!("connects/{device}/{}", now / 60_000);
+                let count = kv::get(&key)
+                    .and_then(|v| v.try_into().ok())
+                    .map_or(0, u64::from_le_bytes)
+                    + 1;
+                let _ = kv::set(&key, &count.to_le_bytes());
+                let _ = kv::delete(&format!("connects/{device}/{}", now / 60_000 - 1));
+                if count == flood_at + 1 {
+                    findings.push(Finding::new(
+                        i,
+                        Severity::High,
+                        0.85,
+                        format!("{device} sent {count} MQTT CONNECTs this minute, over {flood_at}: a CONNECT flood"),
+                    ));
+                }
+            }
+            if event.protocol() == "modbus"
+                && let Some(function) = event.int("function")
+            {
+                let code = function & 0x7f;
+                if !PUBLIC_FUNCTIONS.contains(&code) {
+                    let what = if (65..=72).contains(&code) || (100..=110).contains(&code) {
+                        "user-defined"
+                    } else {
+                        "unassigned"
+                    };
+                    findings.push(Finding::new(
+                        i,
+                        Severity::Medium,
+                        0.7,
+                        format!(
+                            "{device} used Modbus function {code}, {what}: outside the public set"
+                        ),
+                    ));
+                }
+            }
+            if let Some(window) = window.as_deref().filter(|w| in_window(w, hour))
+                && is_write(&event)
+            {
+                findings.push(Finding::new(
+                        i,
+                        Severity::High,
+                        0.9,
+                        format!("{device} wrote ({kind}) at {hour:02}h UTC, inside the read-only window {window}"),
+                    ));
+            }
+        }
+        findings
+    }
+}
+
+palisade_plugin_sdk::export!(detector: Hygiene);
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+    use palisade_plugin_sdk::testing::Host;
+
+    fn session() -> Session {
+        Session::new(1, "plc-2", "plc", "cell-1", "modbus")
+    }
+
+    #[test]
+    fn malformed_frames_and_non_public_functions_are_flagged() {
+        Host::reset();
+        let mut batch = Batch::new();
+        batch.push("modbus.read").int("function", 3);
+        batch.push("modbus.other").int("function", 66);
+        batch.push("modbus.other").int("function", 90);
+        batch.push("modbus.exception").int("function", 0x83);
+        batch
+            .push("modbus.malformed")
+            .text("reason", "length field 300 over 253");
+        let findings = Hygiene::detect(&session(), &batch);
+        let flagged: Vec<u32> = findings.iter().map(|f| f.event).collect();
+        assert_eq!(flagged, [1, 2, 4]);
+        assert!(findings[0].reason.contains("function 66, user-defined"));
+        assert!(findings[1].reason.contains("function 90, unassigned"));
+        assert!(
+            findings[2]
+                .reason
+                .contains("malformed modbus frame: length field 300 over 253")
+        );
+    }
+
+    #[test]
+    fn a_connect_flood_is_flagged_once_a_minute() {
+        Host::reset();
+        let s = Session::new(1, "cam-1", "camera", "lobby", "mqtt");
+        let mut batch = Batch::new();
+        for _ in 0..25 {
+            batch.push("mqtt.connect").text("client-id", "x");
+        }
+        let findings = Hygiene::detect(&s, &batch);
+        assert_eq!(findings.len(), 1);
+        assert_eq!(findings[0].event, 10);
+        Host::advance_clock(60_000_000_000);
+        let mut calm = Batch::new();
+        calm.push("mqtt.connect").text("client-id", "x");
+        assert!(Hygiene::detect(&s, &calm).is_empty());
+    }
+
+    #[test]
+    fn writes_in_the_read_only_window_are_flagged() {
+        Host::reset();
+        kv::set("config/read-only-hours", b"22-6").unwrap();
+        let mut batch = Batch::new();
+        batch.push("modbus.write").int("function", 16);
+        batch.push("modbus.read").int("function", 3);
+        // The testing clock starts at 00:00 UTC: inside the window.
+        assert_eq!(Hygiene::detect(&session(), &batch).len(), 1);
+        Host::advance_clock(12 * 3_600_000_000_000);
+        assert!(
+            Hygiene::detect(&session(), &batch).is_empty(),
+            "12h is outside"
+        );
+        assert!(in_window("22-6", 23) && in_window("22-6", 5) && !in_window("22-6", 6));
+        assert!(in_window("9-17", 9) && !in_window("9-17", 17) && !in_window("bad", 1));
+    }
+}
