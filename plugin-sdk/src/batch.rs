@@ -280,7 +280,7 @@ impl Batch {
     /// The index of field `name` of type `ty`. A name that is a literal
     /// (`&'static str`) is recognised by its address, without comparing
     /// its bytes, when it is the field the last attribute's successor had.
-    #[inline]
+    #[inline(always)]
     fn field(&mut self, name: &str, literal: bool, ty: ValueType) -> u16 {
         let hint = self.next_field;
         if literal {
@@ -376,7 +376,7 @@ impl<'b> EventWriter<'b> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn data(&mut self, name: &str, literal: bool, ty: ValueType, bytes: &[u8]) -> &mut Self {
         let data = &mut self.batch.wire.data;
         let range = (u64::from(index32(data.len())) << 32) | u64::from(index32(bytes.len()));
@@ -384,7 +384,7 @@ impl<'b> EventWriter<'b> {
         self.attribute(name, literal, ty, range.cast_signed())
     }
 
-    #[inline]
+    #[inline(always)]
     fn attribute(&mut self, name: &str, literal: bool, ty: ValueType, value: i64) -> &mut Self {
         let field = self.batch.field(name, literal, ty);
         if self.first {
