@@ -1,7 +1,10 @@
 //! The `palisade` command line: the operator's and the plugin author's
 //! entry point.
 
+mod device;
+mod pki;
 mod plugin_run;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,6 +24,15 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the appliance: terminate devices' TLS and QUIC, check who they
+    /// are, relay their traffic through the parsers to the upstreams.
+    Serve(serve::Args),
+    /// The site CA and device certificates.
+    #[command(subcommand)]
+    Pki(pki::Command),
+    /// The device registry.
+    #[command(subcommand)]
+    Device(device::Command),
     /// Work with plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -38,13 +50,19 @@ pub fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "palisade=info,warn".into()),
+                .unwrap_or_else(|_| "palisade=info,rustls=error,warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal; logs read by tools
+        // (journald, tests) get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Plugin(PluginCommand::Run(args)) => plugin_run::run(&cli.data, &args),
+        Command::Serve(args) => serve::run(&cli.data, &args),
+        Command::Pki(command) => pki::run(&cli.data, &command),
+        Command::Device(command) => device::run(&cli.data, &command),
     };
     match result {
         Ok(code) => code,
@@ -59,5 +77,19 @@ pub fn main() -> ExitCode {
             eprintln!("palisade: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Execute an admin request against the state in `data`: through the
+/// running appliance's admin socket if there is one, else directly.
+/// Returns the answer and whether a running appliance gave it.
+fn console(
+    data: &std::path::Path,
+    request: &crate::admin::Request,
+) -> anyhow::Result<(serde_json::Value, bool)> {
+    let console = crate::admin::Console::open(data).map_err(anyhow::Error::msg)?;
+    match console.execute(request).map_err(anyhow::Error::msg)? {
+        crate::admin::Response::Ok(value) => Ok((value, console.is_remote())),
+        crate::admin::Response::Error(e) => Err(anyhow::Error::msg(e)),
     }
 }
