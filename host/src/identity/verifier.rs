@@ -21,7 +21,7 @@ use super::claims::Claims;
 use super::{Pki, Registry};
 
 /// Why a device was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}: {reason}", device.as_ref().map_or_else(|| "unknown device".to_owned(), |d| format!("device {d}")))]
 pub struct Refusal {
     /// The device, as its certificate names it, when known. A certificate
@@ -50,8 +50,34 @@ impl Refusal {
         }
     }
 
+    /// The refusal in the text of a handshake error: QUIC stacks hand the
+    /// TLS error over as text only (quinn's reason string). The inverse of
+    /// this type's `Display`, which its `Debug` also is so that it survives
+    /// rustls's formatting.
+    pub fn from_text(text: &str) -> Option<Refusal> {
+        let start = text.find(MARK)? + MARK.len();
+        let inner = text.get(start..)?;
+        let inner = inner.get(..inner.rfind("))")?)?;
+        if let Some(rest) = inner.strip_prefix("device ") {
+            let (device, reason) = rest.split_once(": ")?;
+            Some(Refusal::new(Some(device), reason))
+        } else {
+            let reason = inner.strip_prefix("unknown device: ")?;
+            Some(Refusal::new(None, reason))
+        }
+    }
+
     fn into_rustls(self) -> rustls::Error {
         rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(self))))
+    }
+}
+
+/// How rustls writes an `OtherError` certificate error in its text.
+const MARK: &str = "Other(OtherError(";
+
+impl std::fmt::Debug for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
     }
 }
 
@@ -178,5 +204,23 @@ impl ClientCertVerifier for DeviceVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.chain.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_survives_the_text_of_a_handshake_error() {
+        for refusal in [
+            Refusal::new(Some("plc-1"), "revoked"),
+            Refusal::new(None, "certificate names no device"),
+            Refusal::new(Some("s"), "certificate says class a, the registry says b"),
+        ] {
+            let text = refusal.clone().into_rustls().to_string();
+            assert_eq!(Refusal::from_text(&text), Some(refusal), "{text}");
+        }
+        assert_eq!(Refusal::from_text("handshake failed"), None);
     }
 }

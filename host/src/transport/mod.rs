@@ -408,8 +408,8 @@ async fn expiry(claims: &Claims) {
 fn refused(peer: SocketAddr, route: &str, refusal: &Refusal) {
     warn!(
         %peer,
-        route,
-        device = refusal.device.as_deref().unwrap_or("-"),
+        route = %route,
+        device = %refusal.device.as_deref().unwrap_or("-"),
         reason = %refusal.reason,
         "refused"
     );

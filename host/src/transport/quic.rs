@@ -10,7 +10,7 @@ use std::time::Duration;
 use quinn::VarInt;
 use rustls::pki_types::CertificateDer;
 use tokio::sync::OwnedSemaphorePermit;
-use tracing::{info, warn};
+use tracing::info;
 
 use super::certs::{ServerCertResolver, server_config};
 use super::{Admitted, Route, Shared, TransportError, expiry, refused};
@@ -139,7 +139,7 @@ async fn connection(
             return;
         }
         Ok(Err(e)) => {
-            refused(peer, "quic", &Refusal::new(None, describe(&e)));
+            refused(peer, "quic", &describe(&e));
             return;
         }
         Ok(Ok(c)) => c,
@@ -175,7 +175,7 @@ async fn connection(
             return;
         }
     };
-    info!(%peer, route = name, device = %device.id, "quic connection open");
+    info!(%peer, route = %name, device = %device.id, "quic connection open");
     let device = Arc::new(device);
     let ended = loop {
         tokio::select! {
@@ -204,24 +204,16 @@ async fn connection(
             }
         }
     };
-    info!(%peer, route = name, device = %device.id, reason = %ended, "quic connection closed");
+    info!(%peer, route = %name, device = %device.id, reason = %ended, "quic connection closed");
 }
 
 /// A failed QUIC handshake in an operator's words. The verifier's refusal
-/// reaches here as the text of the TLS alert's reason.
-fn describe(e: &quinn::ConnectionError) -> String {
+/// reaches here only as the text of the TLS error.
+fn describe(e: &quinn::ConnectionError) -> Refusal {
     match e {
-        quinn::ConnectionError::TransportError(t) => {
-            if t.reason.is_empty() {
-                format!("handshake failed: {t}")
-            } else {
-                t.reason.clone()
-            }
-        }
-        quinn::ConnectionError::TimedOut => "handshake timed out".into(),
-        other => {
-            warn!(error = %other, "quic handshake failed");
-            format!("handshake failed: {other}")
-        }
+        quinn::ConnectionError::TransportError(t) => Refusal::from_text(&t.reason)
+            .unwrap_or_else(|| Refusal::new(None, format!("handshake failed: {t}"))),
+        quinn::ConnectionError::TimedOut => Refusal::new(None, "handshake timed out"),
+        other => Refusal::new(None, format!("handshake failed: {other}")),
     }
 }

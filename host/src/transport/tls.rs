@@ -193,7 +193,7 @@ async fn connection(
             }
         }
     };
-    info!(session = id, %peer, route = name, device = %device.id, reason = %ended, "session closed");
+    info!(session = id, %peer, route = %name, device = %device.id, reason = %ended, "session closed");
 }
 
 /// What a failed handshake says about why.

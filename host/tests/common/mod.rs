@@ -6,6 +6,8 @@
     clippy::indexing_slicing
 )]
 
+pub mod appliance;
+
 use palisade::plugins::{Limits, Plugin, Runtime, RuntimeConfig, Session};
 use palisade::store::Store;
 
