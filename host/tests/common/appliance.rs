@@ -356,6 +356,14 @@ impl Appliance {
         out
     }
 
+    /// Start the appliance again on the same data directory, with the
+    /// configuration file `config`, after [`Appliance::terminate`].
+    pub fn restart(&mut self, config: &Path) {
+        self.log.lock().unwrap().clear();
+        self.addrs.clear();
+        self.spawn(config);
+    }
+
     /// Send SIGTERM and wait for the appliance to exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().unwrap();
