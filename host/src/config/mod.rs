@@ -216,6 +216,25 @@ pub struct RouteConfig {
     pub upstream: String,
     /// TLS to the upstream. `None`: plain TCP.
     pub upstream_tls: Option<UpstreamTls>,
+    /// When a session's upstream connection opens: `first-bytes` (the
+    /// default), when the device sends its first bytes, so that a device
+    /// that connects and says nothing costs the upstream nothing; or
+    /// `at-once`, as soon as the device is admitted, for protocols whose
+    /// server speaks first.
+    #[serde(default)]
+    pub upstream_connect: UpstreamConnect,
+}
+
+/// When a session's upstream connection opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamConnect {
+    /// When the device sends its first bytes. MQTT, CoAP over TCP and
+    /// Modbus clients all speak first.
+    #[default]
+    FirstBytes,
+    /// As soon as the device is admitted.
+    AtOnce,
 }
 
 impl RouteConfig {
@@ -291,6 +310,7 @@ impl Default for Config {
                 parser,
                 upstream: format!("127.0.0.1:{upstream}"),
                 upstream_tls: None,
+                upstream_connect: UpstreamConnect::default(),
             };
         let mut coap = route("coap-tls", "coap", Transport::Tls, 5684, None, 5683);
         // RFC 8323 §4.1: CoAP over TLS is negotiated with ALPN "coap".

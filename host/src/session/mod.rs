@@ -9,4 +9,4 @@ mod relay;
 
 pub use live::{LiveSessions, Membership};
 pub use pipeline::{FrameSpan, Inspected, Pipeline, PipelineError};
-pub use relay::{Forwarded, RelayError, RelaySettings, Side, relay};
+pub use relay::{Forwarded, RelayError, RelaySettings, Side, first_bytes, relay};

@@ -33,12 +33,12 @@ use rustls::pki_types::CertificateDer;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use certs::ServerCertResolver;
 pub use upstream::{Duplex, Upstream};
 
-use crate::config::{Config, Limits, PkiConfig, RouteConfig, Transport};
+use crate::config::{Config, Limits, PkiConfig, RouteConfig, Transport, UpstreamConnect};
 use crate::identity::{Claims, Device, DeviceState, DeviceVerifier, Pki, Refusal, Registry};
 use crate::plugins::Plugin;
 use crate::policy::ConnectionPolicy;
@@ -106,6 +106,9 @@ pub struct Listening {
     /// The bound address.
     pub addr: SocketAddr,
 }
+
+/// How stale a device's last-seen time may get, in seconds.
+const SEEN_RESOLUTION_SECS: i64 = 60;
 
 pub(crate) struct Shared {
     stages: Stages,
@@ -325,7 +328,14 @@ impl Shared {
                 .check(&device, claims.role.as_deref(), route)
                 .map_err(refuse)?;
         }
-        if let Err(e) = self.stages.registry.seen(&device.id) {
+        // Last-seen times are kept to the minute: a device reconnecting in
+        // a loop must not turn every handshake into a database write.
+        let now = crate::identity::now_unix();
+        if device
+            .last_seen
+            .is_none_or(|t| now.saturating_sub(t) >= SEEN_RESOLUTION_SECS)
+            && let Err(e) = self.stages.registry.seen(&device.id)
+        {
             warn!(device = %device.id, error = %e, "cannot record when the device was seen");
         }
         Ok(Admitted {
@@ -368,9 +378,25 @@ impl Shared {
         route: &Route,
         device: &Device,
         peer: SocketAddr,
-        device_stream: impl Duplex,
+        mut device_stream: impl Duplex,
     ) -> String {
         let name = &route.config.name;
+        let settings = self.relay_settings();
+        let lazy = route.config.upstream_connect == UpstreamConnect::FirstBytes;
+        info!(session = id, %peer, route = %name, device = %device.id, class = %device.class, zone = %device.zone, upstream = %route.upstream.addr(), inspected = route.parser.is_some(), "session open");
+        let closed = |reason: String| {
+            info!(session = id, route = %name, device = %device.id, reason = %reason, "session closed");
+            reason
+        };
+        let first = if lazy {
+            match crate::session::first_bytes(&mut device_stream, settings).await {
+                Ok(Some(first)) => first,
+                Ok(None) => return closed("the device closed before sending anything".into()),
+                Err(e) => return closed(e.to_string()),
+            }
+        } else {
+            Vec::new()
+        };
         let upstream = match route
             .upstream
             .connect(Duration::from_secs(self.limits.connect_timeout_secs))
@@ -382,19 +408,16 @@ impl Shared {
                 return format!("upstream {} unreachable: {e}", route.upstream.addr());
             }
         };
-        info!(session = id, %peer, route = %name, device = %device.id, class = %device.class, zone = %device.zone, upstream = %route.upstream.addr(), inspected = route.parser.is_some(), "session open");
+        debug!(session = id, upstream = %route.upstream.addr(), "upstream connected");
         let pipeline = self.pipeline(id, device, route);
         let result =
-            crate::session::relay(device_stream, upstream, pipeline, self.relay_settings()).await;
+            crate::session::relay(device_stream, upstream, first, pipeline, settings).await;
         match result {
             Ok(f) => {
                 info!(session = id, route = %name, device = %device.id, to_upstream = f.to_upstream, to_device = f.to_device, "session closed: both sides closed");
                 "both sides closed".into()
             }
-            Err(e) => {
-                info!(session = id, route = %name, device = %device.id, reason = %e, "session closed");
-                e.to_string()
-            }
+            Err(e) => closed(e.to_string()),
         }
     }
 }
