@@ -39,6 +39,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+// The integration tests' helpers: MQTT packets, mosquitto, child processes.
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::appliance::{Child, Mosquitto};
+
 const ROLE: &str = "PALISADE_BENCH_ROLE";
 const ROUNDS: usize = 5;
 const HANDSHAKES: usize = 1000;
@@ -48,6 +54,7 @@ const PINGS: usize = 1000;
 const IDLE_SESSIONS: usize = 10_000;
 const CONNECTED_SESSIONS: usize = 9_000;
 const PAYLOAD: [u8; 100] = [b'x'; 100];
+const TOPIC: &str = "bench/telemetry";
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -139,16 +146,6 @@ fn bare_acceptor(data: &Path) -> TlsAcceptor {
         .with_single_cert(chain, key)
         .unwrap();
     TlsAcceptor::from(Arc::new(config))
-}
-
-/// A child process, killed when dropped.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Start this binary in `role`; its child and port. The lines it prints
@@ -267,8 +264,8 @@ async fn bench() {
     let work = tempfile::tempdir().unwrap();
     let data = work.path().join("data");
     let echo = echo_server().await;
-    let mosquitto = start_mosquitto(work.path());
-    let mqtt_upstream = mosquitto.as_ref().map_or(echo, |(_, port)| *port);
+    let mosquitto = start_mosquitto();
+    let mqtt_upstream = mosquitto.as_ref().map_or(echo, |m| m.port);
     let palisade = Palisade::start(
         &data,
         &format!(
@@ -341,7 +338,7 @@ async fn bench() {
         None => {
             println!("\n== MQTT: skipped, mosquitto is not installed (apt-get install mosquitto)")
         }
-        Some((_, broker)) => {
+        Some(Mosquitto { port: broker, .. }) => {
             let env = [
                 ("BENCH_DATA", data.display().to_string()),
                 ("BENCH_UPSTREAM", format!("127.0.0.1:{broker}")),
@@ -446,74 +443,14 @@ async fn handshakes(tls: &TlsConnector, port: u16, echo: bool) -> f64 {
 
 // ------------------------------------------------------------------- MQTT
 
-fn start_mosquitto(dir: &Path) -> Option<(Child, u16)> {
+/// mosquitto on a free port, if it is installed.
+fn start_mosquitto() -> Option<Mosquitto> {
     let found = Command::new("sh")
         .args(["-c", "command -v mosquitto"])
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if !found {
-        return None;
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let conf = dir.join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
-    )
-    .unwrap();
-    let child = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "mosquitto did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Some((Child(child), port))
-}
-
-fn packet(header: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![header];
-    let mut n = body.len();
-    loop {
-        let digit = (n % 128) as u8;
-        n /= 128;
-        out.push(if n > 0 { digit | 0x80 } else { digit });
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(body);
-    out
-}
-
-fn string(s: &str) -> Vec<u8> {
-    [(s.len() as u16).to_be_bytes().as_slice(), s.as_bytes()].concat()
-}
-
-fn publish(packet_id: Option<u16>) -> Vec<u8> {
-    let mut body = string("bench/telemetry");
-    let header = match packet_id {
-        Some(id) => {
-            body.extend_from_slice(&id.to_be_bytes());
-            0x32
-        }
-        None => 0x30,
-    };
-    body.extend_from_slice(&PAYLOAD);
-    packet(header, &body)
+    found.then(Mosquitto::start)
 }
 
 /// Read one MQTT packet; its first byte.
@@ -534,8 +471,7 @@ async fn read_packet<S: AsyncRead + Unpin>(s: &mut S) -> u8 {
 }
 
 async fn mqtt_connect<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, client: &str) {
-    let body = [string("MQTT"), vec![4, 2, 0, 60], string(client)].concat();
-    s.write_all(&packet(0x10, &body)).await.unwrap();
+    s.write_all(&common::mqtt_connect(client)).await.unwrap();
     assert_eq!(read_packet(s).await, 0x20, "CONNACK");
 }
 
@@ -543,7 +479,7 @@ async fn mqtt_connect<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, client: &str
 /// the PINGRESP that the broker sends only after handling all of them.
 async fn burst<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> f64 {
     mqtt_connect(&mut s, "bench-burst").await;
-    let batch = publish(None).repeat(100);
+    let batch = common::mqtt_publish(TOPIC, &PAYLOAD).repeat(100);
     let start = Instant::now();
     for _ in 0..BURST / 100 {
         s.write_all(&batch).await.unwrap();
@@ -562,7 +498,9 @@ async fn round_trips<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, out: &mut Vec<
     for i in 0..(PINGS + 100) {
         let id = (i % 60_000 + 1) as u16;
         let start = Instant::now();
-        s.write_all(&publish(Some(id))).await.unwrap();
+        s.write_all(&common::mqtt_publish_qos1(TOPIC, id, &PAYLOAD))
+            .await
+            .unwrap();
         assert_eq!(read_packet(&mut s).await, 0x40, "PUBACK");
         if i >= 100 {
             out.push(start.elapsed().as_secs_f64() * 1e6);
@@ -720,8 +658,7 @@ async fn idle_sessions(data: &Path, tls: &TlsConnector) {
 
 /// Send an MQTT CONNECT and nothing more; the broker behind is a sink.
 async fn mqtt_connect_only<S: AsyncWrite + Unpin>(s: &mut S) {
-    let body = [string("MQTT"), vec![4, 2, 0, 60], string("idle")].concat();
-    s.write_all(&packet(0x10, &body)).await.unwrap();
+    s.write_all(&common::mqtt_connect("idle")).await.unwrap();
     s.flush().await.unwrap();
 }
 

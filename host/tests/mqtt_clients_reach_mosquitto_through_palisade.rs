@@ -8,8 +8,8 @@ mod common;
 use std::process::Command;
 
 use common::appliance::{
-    Appliance, Mosquitto, mosquitto_pub, mosquitto_sub, peer_script, require, require_python,
-    route, tls_args,
+    Appliance, Mosquitto, aioquic_publish, mosquitto_pub, mosquitto_sub, peer_script, require,
+    require_python, route, tls_args,
 };
 
 fn appliance(broker: &Mosquitto) -> Appliance {
@@ -111,13 +111,7 @@ fn aioquic_mqtt_over_quic_reaches_the_broker() {
     let broker = Mosquitto::start();
     let palisade = appliance(&broker);
     let device = palisade.issue("quic-1", "meter", "roof");
-    let out = Command::new("python3")
-        .arg(peer_script("aioquic_mqtt.py"))
-        .args(["127.0.0.1", &palisade.port("mqtt-quic").to_string()])
-        .arg(&device)
-        .args(["roof/meter/kwh", "1234"])
-        .output()
-        .unwrap();
+    let out = aioquic_publish(&palisade, "mqtt-quic", &device, "roof/meter/kwh", "1234");
     assert!(
         out.status.success(),
         "aioquic failed: {}\n{}",

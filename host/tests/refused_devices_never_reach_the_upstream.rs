@@ -8,10 +8,9 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::appliance::{
-    Appliance, CountingUpstream, mosquitto_pub, peer_script, require, require_python, route,
+    Appliance, CountingUpstream, aioquic_publish, mosquitto_pub, require, require_python, route,
     tls_args,
 };
 use rcgen::{
@@ -184,13 +183,7 @@ fn revoked_device_over_quic() {
     let (palisade, upstream) = setup();
     let device = palisade.issue("therm-q", "thermostat", "hall");
     palisade.cli_ok(&["pki", "revoke", "therm-q"]);
-    let out = Command::new("python3")
-        .arg(peer_script("aioquic_mqtt.py"))
-        .args(["127.0.0.1", &palisade.port("mqtt-quic").to_string()])
-        .arg(&device)
-        .args(["t", "m"])
-        .output()
-        .unwrap();
+    let out = aioquic_publish(&palisade, "mqtt-quic", &device, "t", "m");
     assert!(!out.status.success());
     palisade.wait_refused(&["route=quic", "device=therm-q", "reason=revoked"]);
     nothing_forwarded(&upstream);

@@ -10,7 +10,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 
-use common::appliance::{Appliance, Child, Mosquitto, PATIENCE, require, route, tls_args};
+use common::appliance::{
+    Appliance, Child, Mosquitto, PATIENCE, peer_script, require, require_python, route, tls_args,
+};
 
 /// A mosquitto_sub through Palisade, and its output lines as they come.
 struct Subscriber {
@@ -162,4 +164,40 @@ fn quarantine_closes_sessions_until_release_even_across_a_restart() {
     let sub = Subscriber::start(palisade.port("mqtt-tls"), &device, "cell/#");
     assert_eq!(sub.next(), "cell/state running");
     drop(sub.stop());
+}
+
+#[test]
+fn quarantine_closes_a_live_quic_connection() {
+    let Some((broker, _)) = setup() else {
+        return;
+    };
+    if !require_python("aioquic") {
+        return;
+    }
+    let upstream = format!("127.0.0.1:{}", broker.port);
+    let palisade = Appliance::start(&route("mqtt-quic", "mqtt", "quic", Some("mqtt"), &upstream));
+    let device = palisade.issue("quic-q", "meter", "roof");
+    let mut peer = Command::new("python3")
+        .arg(peer_script("aioquic_mqtt.py"))
+        .args(["127.0.0.1", &palisade.port("mqtt-quic").to_string()])
+        .arg(&device)
+        .args(["roof/q", "1", "hold"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(peer.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "puback");
+    let peer = Child(peer);
+
+    let out = palisade.cli_ok(&["device", "quarantine", "quic-q"]);
+    assert_eq!(out, "quarantined quic-q; 1 live session(s) closed\n");
+    palisade.wait_log(|l| {
+        l.contains("quic connection closed")
+            && l.contains("device=quic-q")
+            && l.contains("reason=device quarantined")
+    });
+    assert_eq!(lines.next().unwrap().unwrap(), "closed");
+    let (status, _, _) = peer.output();
+    assert!(status.success());
 }

@@ -7,10 +7,9 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::process::Command;
 
 use common::appliance::{
-    Appliance, CountingUpstream, peer_script, require_python, route, tls_client, wait_until,
+    Appliance, CountingUpstream, aioquic_publish, require_python, route, tls_client, wait_until,
 };
 use common::{mqtt_connect, mqtt_publish};
 
@@ -120,13 +119,7 @@ fn quic_devices_past_the_connection_limit_are_refused() {
     let _held = tls_client(palisade.addr("mqtt-tls"), &device);
     palisade.wait_log(|l| l.contains("session open") && l.contains("device=busy-1"));
     // ...so a QUIC device is refused at once.
-    let out = Command::new("python3")
-        .arg(peer_script("aioquic_mqtt.py"))
-        .args(["127.0.0.1", &palisade.port("mqtt-quic").to_string()])
-        .arg(&device)
-        .args(["t", "m"])
-        .output()
-        .unwrap();
+    let out = aioquic_publish(&palisade, "mqtt-quic", &device, "t", "m");
     assert!(!out.status.success());
     palisade.wait_refused(&["route=quic", "reason=connection limit reached"]);
     assert_eq!(upstream.connections(), 0);

@@ -1,9 +1,11 @@
 """MQTT over QUIC with aioquic, a QUIC stack that is not quinn: one
 bidirectional stream with ALPN "mqtt" (as EMQX uses) carrying MQTT 3.1.1
 CONNECT, a retained QoS 1 PUBLISH and DISCONNECT. Prints `puback` once the
-broker acknowledged the message, and exits 0; exits 1 otherwise.
+broker acknowledged the message, and exits 0; exits 1 otherwise. With
+`hold`, it stays connected after the PUBACK instead, until the connection
+closes, and then prints `closed`.
 
-usage: aioquic_mqtt.py HOST PORT CERT_DIR TOPIC PAYLOAD
+usage: aioquic_mqtt.py HOST PORT CERT_DIR TOPIC PAYLOAD [hold]
 """
 
 import asyncio
@@ -30,7 +32,7 @@ def string(s: str) -> bytes:
     return struct.pack(">H", len(b)) + b
 
 
-async def main(host, port, certs, topic, payload):
+async def main(host, port, certs, topic, payload, hold):
     config = QuicConfiguration(is_client=True, alpn_protocols=["mqtt"])
     config.load_verify_locations(f"{certs}/ca.pem")
     config.load_cert_chain(f"{certs}/cert.pem", f"{certs}/key.pem")
@@ -48,10 +50,16 @@ async def main(host, port, certs, topic, payload):
         if puback != bytes([0x40, 2, 0, 1]):
             raise SystemExit(f"bad PUBACK {puback.hex()}")
         print("puback", flush=True)
+        if hold:
+            while await reader.read(4096):
+                pass
+            print("closed", flush=True)
+            return
         writer.write(packet(0xE0, b""))
         writer.write_eof()
         await asyncio.sleep(0.1)
 
 
 host, port, certs, topic, payload = sys.argv[1:6]
-asyncio.run(main(host, int(port), certs, topic, payload))
+hold = sys.argv[6:7] == ["hold"]
+asyncio.run(main(host, int(port), certs, topic, payload, hold))

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use crate::admin::{ADMIN_SOCKET, Admin, bind_socket, serve_socket};
 use crate::config::Config;
 use crate::identity::{DeviceVerifier, Pki, Registry};
-use crate::plugins::{Limits, Plugin, Runtime, RuntimeConfig, World, first_party};
+use crate::plugins::{Plugin, Runtime, RuntimeConfig, World};
 use crate::policy::ConnectionPolicy;
 use crate::session::LiveSessions;
 use crate::store::Store;
@@ -164,22 +164,11 @@ async fn signals(shutdown: CancellationToken) {
 /// Load the parser `name`: a first-party plugin's name, or a path to a
 /// component.
 fn load_parser(runtime: &Runtime, name: &str) -> anyhow::Result<Plugin> {
-    let (plugin_name, bytes) = match first_party::component(name) {
-        Some(bytes) if !Path::new(name).exists() => (name.to_owned(), bytes.to_vec()),
-        _ => {
-            let path = Path::new(name);
-            let bytes = std::fs::read(path).with_context(|| {
-                let names: Vec<_> = first_party::names().collect();
-                format!("not a file, nor one of {}", names.join(", "))
-            })?;
-            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or(name);
-            (stem.replace('_', "-"), bytes)
-        }
-    };
-    let plugin = runtime.load(&plugin_name, &bytes, Limits::default())?;
+    let plugin = super::plugin_run::load(runtime, name)?;
     anyhow::ensure!(
         plugin.world() == World::Parser,
-        "{plugin_name} is a {}, not a parser",
+        "{} is a {}, not a parser",
+        plugin.name(),
         plugin.world()
     );
     Ok(plugin)

@@ -411,6 +411,24 @@ pub fn mosquitto_sub(args: &[String]) -> Child {
     )
 }
 
+/// Publish `payload` to `topic` with the aioquic MQTT-over-QUIC peer, as
+/// the device in `dir`, on QUIC route `route`.
+pub fn aioquic_publish(
+    palisade: &Appliance,
+    route: &str,
+    dir: &Path,
+    topic: &str,
+    payload: &str,
+) -> Output {
+    Command::new("python3")
+        .arg(peer_script("aioquic_mqtt.py"))
+        .args(["127.0.0.1", &palisade.port(route).to_string()])
+        .arg(dir)
+        .args([topic, payload])
+        .output()
+        .unwrap()
+}
+
 /// The path of a peer script in `tests/peers/`.
 pub fn peer_script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

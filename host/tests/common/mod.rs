@@ -86,3 +86,11 @@ pub fn mqtt_connect(client_id: &str) -> Vec<u8> {
 pub fn mqtt_publish(topic: &str, payload: &[u8]) -> Vec<u8> {
     packet(0x30, &[string(topic), payload.to_vec()].concat())
 }
+
+/// An MQTT QoS 1 PUBLISH with packet id `id`.
+pub fn mqtt_publish_qos1(topic: &str, id: u16, payload: &[u8]) -> Vec<u8> {
+    packet(
+        0x32,
+        &[string(topic), id.to_be_bytes().to_vec(), payload.to_vec()].concat(),
+    )
+}
