@@ -7,9 +7,13 @@ mod common;
 
 use std::process::Command;
 
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+};
+
 use common::appliance::{
-    Appliance, Mosquitto, aioquic_publish, mosquitto_pub, mosquitto_sub, peer_script, require,
-    require_python, route, tls_args,
+    Appliance, Mosquitto, aioquic_publish, free_port, mosquitto_pub, mosquitto_sub, peer_script,
+    require, require_python, route, tls_args, wait_for_port,
 };
 
 fn appliance(broker: &Mosquitto) -> Appliance {
@@ -126,4 +130,67 @@ fn aioquic_mqtt_over_quic_reaches_the_broker() {
     palisade.wait_log(|l| {
         l.contains("session open") && l.contains("route=mqtt-quic") && l.contains("device=quic-1")
     });
+}
+
+#[test]
+fn upstream_over_tls_with_a_client_certificate() {
+    if !(require("mosquitto") && require("mosquitto_pub") && require("mosquitto_sub")) {
+        return;
+    }
+    // The broker's own CA: it issues the broker's server certificate and
+    // the certificate Palisade presents to the broker.
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::default();
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Broker CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let ca_file = write("broker-ca.pem", &ca.pem());
+    let leaf = |name: &str, eku| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![eku];
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        (
+            write(&format!("{name}.pem"), &cert.pem()),
+            write(&format!("{name}.key"), &key.serialize_pem()),
+        )
+    };
+    let (broker_cert, broker_key) = leaf("broker.plant", ExtendedKeyUsagePurpose::ServerAuth);
+    let (client_cert, client_key) = leaf("palisade", ExtendedKeyUsagePurpose::ClientAuth);
+    let tls_port = free_port();
+    let broker = Mosquitto::start_with(&format!(
+        "listener {tls_port} 127.0.0.1\ncafile {ca_file}\ncertfile {broker_cert}\nkeyfile {broker_key}\nrequire_certificate true\n"
+    ));
+    wait_for_port(tls_port);
+    let mut config = route(
+        "mqtt-tls",
+        "mqtt",
+        "tls",
+        Some("mqtt"),
+        &format!("127.0.0.1:{tls_port}"),
+    );
+    config.push_str(&format!(
+        "upstream-tls = {{ ca = \"{ca_file}\", server-name = \"broker.plant\", client-cert = \"{client_cert}\", client-key = \"{client_key}\" }}\n"
+    ));
+    let palisade = Appliance::start(&config);
+    let device = palisade.issue("therm-9", "thermostat", "hall");
+    let mut publish = tls_args(palisade.port("mqtt-tls"), &device);
+    publish.extend(["-t", "plant/t", "-m", "19.0", "-r", "-q", "1"].map(String::from));
+    let (ok, err) = mosquitto_pub(&publish);
+    assert!(
+        ok,
+        "mosquitto_pub failed: {err}\n{}",
+        palisade.log().join("\n")
+    );
+    assert_eq!(direct_sub(&broker, "plant/t"), "plant/t 19.0\n");
 }

@@ -118,12 +118,17 @@ pub struct Mosquitto {
 
 impl Mosquitto {
     pub fn start() -> Mosquitto {
+        Mosquitto::start_with("")
+    }
+
+    /// A broker whose configuration also has `extra` (more listeners).
+    pub fn start_with(extra: &str) -> Mosquitto {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(
             &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+            format!("allow_anonymous true\npersistence false\nlistener {port} 127.0.0.1\n{extra}"),
         )
         .unwrap();
         let child = Command::new("mosquitto")
