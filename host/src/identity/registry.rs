@@ -168,7 +168,7 @@ impl Registry {
         request: &DeviceCertRequest,
         claims: &Claims,
     ) -> Result<Device, RegistryError> {
-        self.change(&request.device, true, |existing| {
+        self.change(&request.device, |existing| {
             let now = now_unix();
             let mut device = match existing {
                 Some(d) if d.authority == Authority::External => {
@@ -210,7 +210,7 @@ impl Registry {
         check_name("device id", id)?;
         check_name("class", class)?;
         check_name("zone", zone)?;
-        self.change(id, true, |existing| match existing {
+        self.change(id, |existing| match existing {
             Some(d) if d.authority == Authority::Site => Err(RegistryError::SiteDevice(d.id)),
             Some(mut d) => {
                 d.class = class.to_owned();
@@ -234,7 +234,7 @@ impl Registry {
 
     /// Quarantine device `id`.
     pub fn quarantine(&self, id: &str) -> Result<Device, RegistryError> {
-        self.change(id, true, |existing| {
+        self.change(id, |existing| {
             let mut d = existing.ok_or_else(|| RegistryError::Unknown(id.to_owned()))?;
             if d.state == DeviceState::Revoked {
                 return Err(RegistryError::Revoked(d.id));
@@ -246,7 +246,7 @@ impl Registry {
 
     /// Release device `id` from quarantine.
     pub fn release(&self, id: &str) -> Result<Device, RegistryError> {
-        self.change(id, true, |existing| {
+        self.change(id, |existing| {
             let mut d = existing.ok_or_else(|| RegistryError::Unknown(id.to_owned()))?;
             if d.state == DeviceState::Revoked {
                 return Err(RegistryError::Revoked(d.id));
@@ -258,7 +258,7 @@ impl Registry {
 
     /// Revoke device `id` and every certificate issued to it.
     pub fn revoke(&self, id: &str) -> Result<Device, RegistryError> {
-        self.change(id, true, |existing| {
+        self.change(id, |existing| {
             let mut d = existing.ok_or_else(|| RegistryError::Unknown(id.to_owned()))?;
             d.state = DeviceState::Revoked;
             for c in &mut d.certificates {
@@ -268,17 +268,23 @@ impl Registry {
         })
     }
 
-    /// Record an admitted connection of device `id`. Not flushed at once:
-    /// a crash loses at most sled's flush interval of these times.
-    pub fn seen(&self, id: &str) -> Result<(), RegistryError> {
-        self.change(id, false, |existing| {
-            let mut d = existing.ok_or_else(|| RegistryError::Unknown(id.to_owned()))?;
-            let now = now_unix();
-            d.first_seen.get_or_insert(now);
-            d.last_seen = Some(now);
-            Ok(d)
-        })
-        .map(|_| ())
+    /// Record an admitted connection of device `id`, best effort: not
+    /// flushed at once (a crash loses at most sled's flush interval of
+    /// these times), and skipped while another change is being written, so
+    /// that a handshake never waits for an operator's change to reach the
+    /// disk. Says whether it was recorded.
+    pub fn seen(&self, id: &str) -> Result<bool, RegistryError> {
+        let Ok(_guard) = self.write.try_lock() else {
+            return Ok(false);
+        };
+        let mut d = self
+            .device(id)?
+            .ok_or_else(|| RegistryError::Unknown(id.to_owned()))?;
+        let now = now_unix();
+        d.first_seen.get_or_insert(now);
+        d.last_seen = Some(now);
+        self.store_record(&d)?;
+        Ok(true)
     }
 
     /// Decide whether the holder of a certificate with `claims`, which
@@ -339,24 +345,27 @@ impl Registry {
     }
 
     /// Apply `f` to the record of `id` (or to its absence) and store what
-    /// it returns, flushed to disk first when `durable`.
+    /// it returns, flushed to disk before this returns: an acknowledged
+    /// change survives a crash.
     fn change(
         &self,
         id: &str,
-        durable: bool,
         f: impl FnOnce(Option<Device>) -> Result<Device, RegistryError>,
     ) -> Result<Device, RegistryError> {
         let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let device = f(self.device(id)?)?;
-        let bytes = serde_json::to_vec(&device).map_err(|e| RegistryError::Corrupt {
-            device: id.to_owned(),
+        self.store_record(&device)?;
+        self.store.flush()?;
+        Ok(device)
+    }
+
+    fn store_record(&self, device: &Device) -> Result<(), RegistryError> {
+        let bytes = serde_json::to_vec(device).map_err(|e| RegistryError::Corrupt {
+            device: device.id.clone(),
             reason: e.to_string(),
         })?;
-        self.devices.insert(id, bytes)?;
-        if durable {
-            self.store.flush()?;
-        }
-        Ok(device)
+        self.devices.insert(device.id.as_str(), bytes)?;
+        Ok(())
     }
 }
 
