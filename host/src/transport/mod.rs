@@ -239,6 +239,8 @@ impl Server {
     /// sessions the grace period to close.
     pub async fn run(self) {
         let shared = self.shared;
+        // Each TLS accept loop holds one permit while it waits.
+        let waiting = self.tls.len();
         for listener in self.tls {
             shared.tasks.spawn(listener.run(shared.clone()));
         }
@@ -255,7 +257,11 @@ impl Server {
             shared.shutdown.clone(),
         ));
         shared.shutdown.cancelled().await;
-        let open = shared.limits.max_connections - shared.connections.available_permits();
+        let open = shared
+            .limits
+            .max_connections
+            .saturating_sub(shared.connections.available_permits())
+            .saturating_sub(waiting);
         info!(connections = open, "shutting down");
         for endpoint in &endpoints {
             endpoint.close(quinn::VarInt::from_u32(0), b"shutting down");
