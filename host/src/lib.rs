@@ -2,12 +2,20 @@
 //! traffic.
 //!
 //! The crate follows the path of a frame (see `DESIGN.md`): one module per
-//! stage. This far it holds the plugin runtime, the state store and the
-//! command line.
+//! stage. `transport` accepts devices over TLS and QUIC, `identity` proves
+//! who they are, `policy` decides which routes they may use and which
+//! events they may send, `session` relays their bytes through the
+//! `plugins`, `store` keeps the state, `audit` records findings and actions
+//! and exports them to SIEMs, `admin` carries the operator's commands to a
+//! running appliance, and `config` and `cli` tie it together.
 
+pub mod admin;
 pub mod audit;
 pub mod cli;
+pub mod config;
+pub mod identity;
 pub mod plugins;
 pub mod policy;
 pub mod session;
 pub mod store;
+pub mod transport;

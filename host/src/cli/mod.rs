@@ -2,9 +2,12 @@
 //! entry point.
 
 mod baseline;
+mod device;
+mod pki;
 mod plugin_config;
 mod plugin_run;
 mod policy;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,6 +27,15 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the appliance: terminate devices' TLS and QUIC, check who they
+    /// are, relay their traffic through the parsers to the upstreams.
+    Serve(serve::Args),
+    /// The site CA and device certificates.
+    #[command(subcommand)]
+    Pki(pki::Command),
+    /// The device registry.
+    #[command(subcommand)]
+    Device(device::Command),
     /// Work with plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -51,9 +63,12 @@ pub fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "palisade=info,warn".into()),
+                .unwrap_or_else(|_| "palisade=info,rustls=error,warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal; logs read by tools
+        // (journald, tests) get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -61,6 +76,9 @@ pub fn main() -> ExitCode {
         Command::Plugin(PluginCommand::Config(args)) => plugin_config::run(&cli.data, &args),
         Command::Policy(command) => policy::run(&cli.data, &command),
         Command::Baseline(command) => baseline::run(&cli.data, &command),
+        Command::Serve(args) => serve::run(&cli.data, &args),
+        Command::Pki(command) => pki::run(&cli.data, &command),
+        Command::Device(command) => device::run(&cli.data, &command),
     };
     match result {
         Ok(code) => code,
@@ -75,5 +93,19 @@ pub fn main() -> ExitCode {
             eprintln!("palisade: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Execute an admin request against the state in `data`: through the
+/// running appliance's admin socket if there is one, else directly.
+/// Returns the answer and whether a running appliance gave it.
+fn console(
+    data: &std::path::Path,
+    request: &crate::admin::Request,
+) -> anyhow::Result<(serde_json::Value, bool)> {
+    let console = crate::admin::Console::open(data).map_err(anyhow::Error::msg)?;
+    match console.execute(request).map_err(anyhow::Error::msg)? {
+        crate::admin::Response::Ok(value) => Ok((value, console.is_remote())),
+        crate::admin::Response::Error(e) => Err(anyhow::Error::msg(e)),
     }
 }

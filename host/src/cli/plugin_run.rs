@@ -128,7 +128,7 @@ pub(crate) fn run(data: &Path, args: &Args) -> anyhow::Result<ExitCode> {
 }
 
 /// Load `plugin`, a path to a component or a first-party plugin's name.
-fn load(runtime: &Runtime, plugin: &str) -> anyhow::Result<Plugin> {
+pub(crate) fn load(runtime: &Runtime, plugin: &str) -> anyhow::Result<Plugin> {
     let (name, bytes) = match first_party::component(plugin) {
         Some(bytes) if !Path::new(plugin).exists() => (plugin.to_owned(), bytes.to_vec()),
         _ => {

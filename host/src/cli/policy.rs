@@ -10,11 +10,7 @@ use serde_json::Value as Json;
 
 use crate::plugins::{Batch, Device, Direction, Value};
 use crate::policy::vocabulary::{self, Type};
-use crate::policy::{EMBEDDED_DEFAULT, Policy, schema_source};
-
-/// The file in the data directory that holds the site's policy; without it
-/// the embedded default is active.
-pub const POLICY_FILE: &str = "policy.cedar";
+use crate::policy::{EMBEDDED_DEFAULT, POLICY_FILE, Policy, schema_source};
 
 /// `palisade policy` commands.
 #[derive(Debug, clap::Subcommand)]
@@ -51,6 +47,9 @@ pub struct TestArgs {
     /// The device's zone.
     #[arg(long, default_value = "default")]
     zone: String,
+    /// The Modbus/TCP Security role the device's certificate carries.
+    #[arg(long)]
+    role: Option<String>,
     /// The route the events travel on (default: their protocol).
     #[arg(long)]
     route: Option<String>,
@@ -157,7 +156,7 @@ fn test(args: &TestArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
         let route = args.route.clone().unwrap_or_else(|| protocol.clone());
         let subject = subjects
             .entry((route.clone(), protocol.clone()))
-            .or_insert_with(|| policy.subject(&device, &route, &protocol));
+            .or_insert_with(|| policy.subject(&device, args.role.as_deref(), &route, &protocol));
         let decision = policy.event(subject, direction, event);
         let verdict = serde_json::json!({
             "line": number + 1,

@@ -1,7 +1,12 @@
-//! Sessions: one device on one route. This far, the inspection pipeline
-//! that every session runs its bytes through; the transport issue connects
-//! it to sockets.
+//! Sessions: one device on one route. The inspection pipeline that every
+//! session runs its bytes through, the relay that connects it to the
+//! device's and the upstream's sockets, and the registry of live sessions
+//! that revocation and quarantine close.
 
+mod live;
 mod pipeline;
+mod relay;
 
+pub use live::{LiveSessions, Membership};
 pub use pipeline::{FrameSpan, Inspected, Pipeline, PipelineError};
+pub use relay::{Forwarded, RelayError, RelaySettings, Side, first_bytes, relay};

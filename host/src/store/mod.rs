@@ -1,6 +1,7 @@
 //! Where the appliance keeps its state: one sled database in the data
-//! directory. This part of it is the plugins' key-value stores, one
-//! tree (namespace) per plugin, each with a quota.
+//! directory: the plugins' key-value stores, one tree (namespace) per
+//! plugin, each with a quota, and trees other stages open for their records
+//! (the device registry).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -57,12 +58,6 @@ impl Store {
         })
     }
 
-    /// The tree (namespace) `name` of the database, for the appliance's
-    /// own records.
-    pub(crate) fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
-        Ok(self.db.open_tree(name)?)
-    }
-
     /// A new identifier, increasing over the database's life.
     pub(crate) fn next_id(&self) -> Result<u64, StoreError> {
         Ok(self.db.generate_id()?)
@@ -82,6 +77,12 @@ impl Store {
             quota,
             used: Arc::new(Mutex::new(used)),
         })
+    }
+
+    /// The tree (namespace) `name`, for a stage that keeps records of its
+    /// own (the device registry, for one).
+    pub fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree(name)?)
     }
 
     /// Write everything to disk.

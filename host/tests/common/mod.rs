@@ -6,6 +6,8 @@
     clippy::indexing_slicing
 )]
 
+pub mod appliance;
+
 use palisade::plugins::{Limits, Plugin, Runtime, RuntimeConfig, Session};
 use palisade::store::Store;
 
@@ -85,6 +87,9 @@ pub fn mqtt_publish(topic: &str, payload: &[u8]) -> Vec<u8> {
     packet(0x30, &[string(topic), payload.to_vec()].concat())
 }
 
+#[allow(unused_imports)]
+pub use appliance::{Child, free_port};
+
 /// The path of external program `name`, which the test command installs.
 /// Missing under `CI=true` is a failure; elsewhere the test says so and is
 /// skipped (`None`).
@@ -95,33 +100,8 @@ pub fn program(name: &str) -> Option<std::path::PathBuf> {
         .chain(["/usr/sbin".into(), "/sbin".into()])
         .map(|dir| dir.join(name))
         .find(|path| path.is_file());
-    if found.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{name} is missing: scripts/install-peers installs it"
-        );
-        eprintln!("SKIPPED: {name} is not installed (scripts/install-peers installs it)");
-    }
+    appliance::missing_is_fatal(found.is_some(), name);
     found
-}
-
-/// A TCP port on loopback that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A child process killed when dropped.
-pub struct Child(pub std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Wait until `done` holds, checking every 50 ms, for at most `seconds`.
@@ -134,4 +114,12 @@ pub fn wait_for(seconds: u64, mut done: impl FnMut() -> bool) -> bool {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     done()
+}
+
+/// An MQTT QoS 1 PUBLISH with packet id `id`.
+pub fn mqtt_publish_qos1(topic: &str, id: u16, payload: &[u8]) -> Vec<u8> {
+    packet(
+        0x32,
+        &[string(topic), id.to_be_bytes().to_vec(), payload.to_vec()].concat(),
+    )
 }

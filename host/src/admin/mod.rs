@@ -1,0 +1,213 @@
+//! Administration: the operator's commands (`palisade pki ...`,
+//! `palisade device ...`) as requests against the appliance's state.
+//!
+//! The state database is sled, which one process opens at a time. While
+//! `palisade serve` runs it owns the database, so the command line sends
+//! its [`Request`] over a Unix socket in the data directory
+//! (`<data>/admin.sock`, reachable only by the appliance's user: the data
+//! directory is mode 0700), and the running appliance executes it, closing
+//! live sessions at once on a revocation or quarantine. When no appliance
+//! runs, the command line opens the database itself and executes the same
+//! request the same way ([`Admin::execute`]).
+//!
+//! The protocol is one JSON request line, one JSON response line.
+
+mod socket;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tracing::info;
+
+pub use socket::{ADMIN_SOCKET, Console, bind_socket, serve_socket};
+
+use crate::identity::{DeviceCertRequest, Pki, Registry, format_time};
+use crate::session::LiveSessions;
+
+/// One operator command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Request {
+    /// Issue a site certificate for a device, enrolling it if new.
+    Issue {
+        /// The device id.
+        device: String,
+        /// Its class.
+        class: String,
+        /// Its zone.
+        zone: String,
+        /// The Modbus/TCP Security role to carry.
+        role: Option<String>,
+        /// Lifetime in hours.
+        hours: u64,
+        /// The device's public key: SubjectPublicKeyInfo, DER, base64. The
+        /// private key never leaves the command line.
+        public_key: String,
+    },
+    /// Revoke a device and all its certificates; close its sessions.
+    Revoke {
+        /// The device id.
+        device: String,
+    },
+    /// Every device's certificates.
+    PkiList,
+    /// Every device.
+    DeviceList,
+    /// One device.
+    DeviceShow {
+        /// The device id.
+        device: String,
+    },
+    /// Quarantine a device; close its sessions.
+    Quarantine {
+        /// The device id.
+        device: String,
+    },
+    /// Release a device from quarantine.
+    Release {
+        /// The device id.
+        device: String,
+    },
+    /// Enroll a device whose certificates an external CA issues.
+    DeviceAdd {
+        /// The device id.
+        device: String,
+        /// Its class.
+        class: String,
+        /// Its zone.
+        zone: String,
+    },
+}
+
+/// The answer to a [`Request`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Response {
+    /// Done; what the command shows.
+    Ok(Value),
+    /// Refused or failed; why.
+    Error(String),
+}
+
+/// Executes requests against the appliance's state.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pki: Arc<Pki>,
+    registry: Registry,
+    /// The running appliance's live sessions; `None` in the command line.
+    live: Option<LiveSessions>,
+}
+
+impl Admin {
+    /// An executor over `pki` and `registry`, closing sessions in `live`.
+    pub fn new(pki: Arc<Pki>, registry: Registry, live: Option<LiveSessions>) -> Admin {
+        Admin {
+            pki,
+            registry,
+            live,
+        }
+    }
+
+    /// Execute `request`.
+    pub fn execute(&self, request: Request) -> Response {
+        match self.run(request) {
+            Ok(v) => Response::Ok(v),
+            Err(e) => Response::Error(e),
+        }
+    }
+
+    fn close(&self, device: &str, reason: &str) -> usize {
+        self.live
+            .as_ref()
+            .map_or(0, |live| live.close_device(device, reason))
+    }
+
+    fn run(&self, request: Request) -> Result<Value, String> {
+        let text = |e: &dyn std::fmt::Display| e.to_string();
+        match request {
+            Request::Issue {
+                device,
+                class,
+                zone,
+                role,
+                hours,
+                public_key,
+            } => {
+                let der = STANDARD
+                    .decode(public_key.as_bytes())
+                    .map_err(|e| format!("public key is not base64: {e}"))?;
+                let key = rcgen::SubjectPublicKeyInfo::from_der(&der)
+                    .map_err(|e| format!("unusable public key: {e}"))?;
+                let request = DeviceCertRequest {
+                    device,
+                    class,
+                    zone,
+                    role,
+                    lifetime: Duration::from_secs(hours.saturating_mul(3600)),
+                };
+                let issued = self
+                    .pki
+                    .issue_device(&request, &key)
+                    .map_err(|e| text(&e))?;
+                let record = self
+                    .registry
+                    .record_issued(&request, &issued.claims)
+                    .map_err(|e| text(&e))?;
+                info!(device = %record.id, class = %record.class, zone = %record.zone, serial = %issued.claims.serial, "certificate issued");
+                Ok(json!({
+                    "device": record,
+                    "serial": issued.claims.serial,
+                    "not-after": format_time(issued.claims.not_after),
+                    "certificate": issued.pem,
+                    "ca": self.pki.ca_pem(),
+                }))
+            }
+            Request::Revoke { device } => {
+                let record = self.registry.revoke(&device).map_err(|e| text(&e))?;
+                let closed = self.close(&device, "device revoked");
+                info!(device = %device, closed, "device revoked");
+                Ok(json!({"device": record, "sessions-closed": closed}))
+            }
+            Request::Quarantine { device } => {
+                let record = self.registry.quarantine(&device).map_err(|e| text(&e))?;
+                let closed = self.close(&device, "device quarantined");
+                info!(device = %device, closed, "device quarantined");
+                Ok(json!({"device": record, "sessions-closed": closed}))
+            }
+            Request::Release { device } => {
+                let record = self.registry.release(&device).map_err(|e| text(&e))?;
+                info!(device = %device, "device released");
+                Ok(json!({"device": record}))
+            }
+            Request::DeviceAdd {
+                device,
+                class,
+                zone,
+            } => {
+                let record = self
+                    .registry
+                    .add_external(&device, &class, &zone)
+                    .map_err(|e| text(&e))?;
+                info!(device = %device, class = %class, zone = %zone, "external device enrolled");
+                Ok(json!({"device": record}))
+            }
+            Request::PkiList | Request::DeviceList => {
+                let devices = self.registry.devices().map_err(|e| text(&e))?;
+                Ok(json!({"devices": devices}))
+            }
+            Request::DeviceShow { device } => {
+                let record = self
+                    .registry
+                    .device(&device)
+                    .map_err(|e| text(&e))?
+                    .ok_or_else(|| format!("no device {device} in the registry"))?;
+                let live = self.live.as_ref().map(|l| l.count(&device));
+                Ok(json!({"device": record, "live-sessions": live}))
+            }
+        }
+    }
+}

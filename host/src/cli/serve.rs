@@ -1,0 +1,202 @@
+//! `palisade serve`: run the appliance.
+//!
+//! The configuration is read and checked before anything else happens; the
+//! data directory and the site CA are created on the first start; then the
+//! listeners are bound, the admin socket opened, and the appliance serves
+//! until SIGINT (ctrl-c) or SIGTERM, after which open sessions get the
+//! configured grace period.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::admin::{ADMIN_SOCKET, Admin, bind_socket, serve_socket};
+use crate::config::Config;
+use crate::identity::{DeviceVerifier, Pki, Registry};
+use crate::plugins::{Plugin, Runtime, RuntimeConfig, World};
+use crate::policy::PolicyEngine;
+use crate::session::LiveSessions;
+use crate::store::Store;
+use crate::transport::{Route, Server, Stages, Upstream};
+
+/// Arguments of `palisade serve`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The configuration file (TOML); without it, the embedded defaults.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Print the configuration in force, defaults filled in, and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+pub(crate) fn run(data: &Path, args: &Args) -> anyhow::Result<ExitCode> {
+    let config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if args.print_config {
+        print!("{}", config.to_toml());
+        return Ok(ExitCode::SUCCESS);
+    }
+    raise_fd_limit();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("palisade")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(data, config, args.config.is_none()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(data: &Path, config: Config, embedded: bool) -> anyhow::Result<()> {
+    crate::store::create_data_dir(data)
+        .with_context(|| format!("creating the data directory {}", data.display()))?;
+    let (pki, created) = Pki::init(data).context("opening the site CA")?;
+    if created {
+        info!(dir = %data.join("pki").display(), "created the site CA");
+    }
+    let pki = Arc::new(pki);
+    let store = Store::open(&data.join("state")).with_context(|| {
+        format!(
+            "opening the state database in {} (is another palisade using it?)",
+            data.display()
+        )
+    })?;
+    let registry = Registry::open(&store).context("opening the device registry")?;
+    let mut external = Vec::new();
+    for path in &config.pki.external_ca {
+        let pem = std::fs::read_to_string(path)
+            .with_context(|| format!("reading external CA {}", path.display()))?;
+        let certs = crate::identity::pem_certificates(&pem)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("external CA {}", path.display()))?;
+        anyhow::ensure!(
+            !certs.is_empty(),
+            "external CA {} holds no certificate",
+            path.display()
+        );
+        info!(file = %path.display(), "trusting an external CA beside the site CA");
+        external.extend(certs);
+    }
+    let verifier = DeviceVerifier::new(&pki, &external, registry.clone())?;
+    let plugins = Runtime::new(
+        &RuntimeConfig {
+            cache_dir: Some(data.join("plugin-cache")),
+            ..RuntimeConfig::default()
+        },
+        store.clone(),
+    )?;
+    let mut routes = Vec::new();
+    for route in &config.routes {
+        let parser = match &route.parser {
+            Some(name) => Some(
+                load_parser(&plugins, name)
+                    .with_context(|| format!("loading parser {name} for route {}", route.name))?,
+            ),
+            None => {
+                warn!(route = %route.name, protocol = %route.protocol, "no parser: frames are relayed uninspected");
+                None
+            }
+        };
+        routes.push(Route {
+            config: route.clone(),
+            parser,
+            upstream: Upstream::new(route)?,
+        });
+    }
+    let live = LiveSessions::default();
+    let policy = PolicyEngine::new(crate::policy::load(data)?);
+    match crate::policy::source(data)?.1 {
+        Some(file) => info!(policy = %file.display(), "policy in force"),
+        None => info!(
+            policy = "embedded default",
+            "policy in force: any enrolled device may use the routes of its protocol (palisade policy show)"
+        ),
+    }
+    let shutdown = CancellationToken::new();
+    tokio::spawn(crate::policy::watch(
+        policy.clone(),
+        data.to_owned(),
+        shutdown.clone(),
+    ));
+    let stages = Stages {
+        pki: pki.clone(),
+        registry: registry.clone(),
+        live: live.clone(),
+        policy,
+        verifier,
+    };
+    let server = Server::bind(&config, routes, stages, shutdown.clone()).await?;
+    let admin_socket = bind_socket(data)
+        .with_context(|| format!("binding {}", data.join(ADMIN_SOCKET).display()))?;
+    let admin = Admin::new(pki, registry, Some(live));
+    let admin_task = tokio::spawn(serve_socket(admin_socket, admin, shutdown.clone()));
+    for l in server.listening() {
+        info!(route = %l.name, transport = %l.transport, addr = %l.addr, "listening");
+    }
+    info!(
+        data = %data.display(),
+        config = if embedded { "embedded defaults" } else { "file" },
+        "ready"
+    );
+    tokio::spawn(signals(shutdown.clone()));
+    server.run().await;
+    let _ = admin_task.await;
+    let _ = std::fs::remove_file(data.join(ADMIN_SOCKET));
+    store.flush().context("saving state")?;
+    info!("stopped");
+    Ok(())
+}
+
+/// Cancel `shutdown` on SIGINT or SIGTERM.
+async fn signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot watch SIGTERM; only ctrl-c stops the appliance");
+            let _ = tokio::signal::ctrl_c().await;
+            shutdown.cancel();
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+    }
+    shutdown.cancel();
+}
+
+/// Load the parser `name`: a first-party plugin's name, or a path to a
+/// component.
+fn load_parser(runtime: &Runtime, name: &str) -> anyhow::Result<Plugin> {
+    let plugin = super::plugin_run::load(runtime, name)?;
+    anyhow::ensure!(
+        plugin.world() == World::Parser,
+        "{} is a {}, not a parser",
+        plugin.name(),
+        plugin.world()
+    );
+    Ok(plugin)
+}
+
+/// Raise the soft limit on open files to the hard one: every session is
+/// two sockets, and thousands of devices are the point.
+fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            warn!(error = %e, "cannot raise the open-file limit");
+        }
+    }
+}

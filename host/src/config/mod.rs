@@ -1,0 +1,504 @@
+//! The appliance's configuration: a TOML file, every key optional.
+//!
+//! `palisade serve` without `--config` runs on [`Config::default`], the
+//! embedded defaults: loopback listeners for MQTT over TLS and QUIC, CoAP
+//! over TLS and Modbus/TCP Security, relaying to the usual local upstream
+//! ports. A file sets what it names and keeps the defaults for the rest; a
+//! file with `[[route]]` tables replaces the default routes. Unknown keys
+//! are an error, and the whole file is checked before any port is bound.
+//!
+//! Which devices may use which routes, and what they may do on them, is the
+//! policy's business, not the configuration's: `policy.cedar` in the data
+//! directory (see [`crate::policy`]), reloaded live when it changes.
+//!
+//! ```toml
+//! server-names = ["gateway.site.example", "10.0.0.5"]
+//!
+//! [limits]
+//! idle-timeout-secs = 600
+//!
+//! [[route]]
+//! name = "mqtt-tls"
+//! protocol = "mqtt"
+//! transport = "tls"
+//! listen = "0.0.0.0:8883"
+//! parser = "mqtt"
+//! upstream = "10.0.0.20:1883"
+//! ```
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::identity::check_name;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this configuration (an unknown key, a
+    /// wrong type); the message says where.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said, with the line.
+        message: String,
+    },
+    /// The values do not make a working appliance.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    /// DNS names and IP addresses the appliance's server certificate is
+    /// valid for. Default `["localhost", "127.0.0.1", "::1"]`. The address
+    /// of every listener that is not a wildcard is added.
+    pub server_names: Vec<String>,
+    /// Bounds on connections and sessions.
+    pub limits: Limits,
+    /// Certificate lifetimes and trusted external CAs.
+    pub pki: PkiConfig,
+    /// Certificate renewal over the device's own mTLS connection.
+    pub renewal: RenewalConfig,
+    /// The routes: one listener (or QUIC ALPN) each, to one upstream.
+    /// Default: the four loopback routes of [`Config::default`].
+    #[serde(rename = "route")]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// Bounds on connections and sessions. Every one has a default that suits
+/// a small appliance with thousands of devices.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Limits {
+    /// Device connections (TLS connections and QUIC connections) open at
+    /// once, all listeners together; more are refused, with a log line.
+    /// Default 20000.
+    pub max_connections: usize,
+    /// Seconds a device has to finish its handshake. Default 10.
+    pub handshake_timeout_secs: u64,
+    /// Seconds a session may stay silent both ways, or a write may stay
+    /// blocked, before it is closed. Default 300.
+    pub idle_timeout_secs: u64,
+    /// Seconds to connect to an upstream. Default 10.
+    pub connect_timeout_secs: u64,
+    /// Largest frame held while incomplete, per direction, in bytes.
+    /// Default 256 KiB: more than any MQTT, CoAP or Modbus frame a device
+    /// sends, and bounded memory for thousands of sessions.
+    pub max_frame_bytes: usize,
+    /// Bytes read from a socket at once, and handed to the parser in one
+    /// call. Default 16 KiB.
+    pub read_chunk_bytes: usize,
+    /// Bidirectional streams a QUIC connection may have open at once, each
+    /// relayed to its own upstream connection. Default 16.
+    pub quic_streams_per_connection: u32,
+    /// Seconds sessions get to close at shutdown. Default 5.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 20_000,
+            handshake_timeout_secs: 10,
+            idle_timeout_secs: 300,
+            connect_timeout_secs: 10,
+            max_frame_bytes: 256 << 10,
+            read_chunk_bytes: 16 << 10,
+            quic_streams_per_connection: 16,
+            shutdown_grace_secs: 5,
+        }
+    }
+}
+
+/// Certificate lifetimes and trust.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PkiConfig {
+    /// Lifetime of a renewed device certificate, in hours. Default 168
+    /// (seven days); devices renew at about two thirds of it.
+    pub device_cert_hours: u64,
+    /// Lifetime of the appliance's server certificate, in days. Default 90;
+    /// it is replaced two thirds through, at start or while running.
+    pub server_cert_days: u64,
+    /// PEM files of external (enterprise) CAs trusted beside the site CA.
+    /// Their devices must be enrolled with `palisade device add`. Default
+    /// none.
+    pub external_ca: Vec<PathBuf>,
+}
+
+impl Default for PkiConfig {
+    fn default() -> Self {
+        PkiConfig {
+            device_cert_hours: 168,
+            server_cert_days: 90,
+            external_ca: Vec::new(),
+        }
+    }
+}
+
+/// The renewal listener: EST `simplereenroll` (RFC 7030 §4.2.2) over mTLS.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RenewalConfig {
+    /// Where devices renew their certificates. `None` turns renewal off.
+    /// Default `127.0.0.1:8443`.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for RenewalConfig {
+    fn default() -> Self {
+        RenewalConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 8443))),
+        }
+    }
+}
+
+/// How devices reach a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// TLS over TCP; the listening port picks the route.
+    Tls,
+    /// QUIC over UDP; the ALPN picks the route among those on one port.
+    Quic,
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transport::Tls => "tls",
+            Transport::Quic => "quic",
+        })
+    }
+}
+
+/// One route: devices connecting here are relayed to one upstream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RouteConfig {
+    /// The route's name, in logs and policy rules. Required.
+    pub name: String,
+    /// The protocol spoken on it (`mqtt`, `coap`, `modbus`, ...). Required.
+    pub protocol: String,
+    /// `tls` or `quic`. Required.
+    pub transport: Transport,
+    /// Address and port to listen on; port 0 picks a free one (logged).
+    /// Required.
+    pub listen: SocketAddr,
+    /// The ALPN protocol id. On QUIC it picks the route; default: the
+    /// protocol. On TLS it is offered to clients that ask for one; default
+    /// none (any client ALPN, or none, is accepted).
+    pub alpn: Option<String>,
+    /// The parser plugin that cuts the traffic into frames: a first-party
+    /// plugin's name or a path to a component. `None`: frames are relayed
+    /// uninspected, and the log says so at start.
+    pub parser: Option<String>,
+    /// The upstream's `host:port`. Required.
+    pub upstream: String,
+    /// TLS to the upstream. `None`: plain TCP.
+    pub upstream_tls: Option<UpstreamTls>,
+    /// When a session's upstream connection opens: `first-bytes` (the
+    /// default), when the device sends its first bytes, so that a device
+    /// that connects and says nothing costs the upstream nothing; or
+    /// `at-once`, as soon as the device is admitted, for protocols whose
+    /// server speaks first.
+    #[serde(default)]
+    pub upstream_connect: UpstreamConnect,
+}
+
+/// When a session's upstream connection opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamConnect {
+    /// When the device sends its first bytes. MQTT, CoAP over TCP and
+    /// Modbus clients all speak first.
+    #[default]
+    FirstBytes,
+    /// As soon as the device is admitted.
+    AtOnce,
+}
+
+impl RouteConfig {
+    /// The ALPN protocol id the route uses, if any.
+    pub fn alpn(&self) -> Option<&str> {
+        match (self.transport, &self.alpn) {
+            (_, Some(a)) => Some(a),
+            (Transport::Quic, None) => Some(&self.protocol),
+            (Transport::Tls, None) => None,
+        }
+    }
+}
+
+/// TLS from the appliance to an upstream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct UpstreamTls {
+    /// PEM file of the CA that issued the upstream's certificate. Required.
+    pub ca: PathBuf,
+    /// The name the upstream's certificate must carry. Default: the host of
+    /// `upstream`.
+    pub server_name: Option<String>,
+    /// PEM certificate the appliance presents to the upstream (a
+    /// Modbus/TCP Security server wants one). Default none.
+    pub client_cert: Option<PathBuf>,
+    /// The key of `client-cert`. Required with it.
+    pub client_key: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let route =
+            |name: &str, protocol: &str, transport, port: u16, parser, upstream: u16| RouteConfig {
+                name: name.into(),
+                protocol: protocol.into(),
+                transport,
+                listen: SocketAddr::from(([127, 0, 0, 1], port)),
+                alpn: None,
+                parser,
+                upstream: format!("127.0.0.1:{upstream}"),
+                upstream_tls: None,
+                upstream_connect: UpstreamConnect::default(),
+            };
+        let mut coap = route("coap-tls", "coap", Transport::Tls, 5684, None, 5683);
+        // RFC 8323 §4.1: CoAP over TLS is negotiated with ALPN "coap".
+        coap.alpn = Some("coap".into());
+        Config {
+            server_names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            limits: Limits::default(),
+            pki: PkiConfig::default(),
+            renewal: RenewalConfig::default(),
+            routes: vec![
+                route(
+                    "mqtt-tls",
+                    "mqtt",
+                    Transport::Tls,
+                    8883,
+                    Some("mqtt".into()),
+                    1883,
+                ),
+                route(
+                    "mqtt-quic",
+                    "mqtt",
+                    Transport::Quic,
+                    14567,
+                    Some("mqtt".into()),
+                    1883,
+                ),
+                coap,
+                route("modbus-tls", "modbus", Transport::Tls, 8802, None, 502),
+            ],
+        }
+    }
+}
+
+impl Config {
+    /// Read and check the configuration in `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parse and check a configuration from TOML text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<config>"),
+            message: e.to_string(),
+        })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// The configuration as TOML, as `palisade serve --print-config` shows
+    /// it.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
+    }
+
+    /// Names for the server certificate: the configured ones and every
+    /// non-wildcard listener address.
+    pub fn certificate_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.server_names.clone();
+        let listeners = self
+            .routes
+            .iter()
+            .map(|r| r.listen)
+            .chain(self.renewal.listen);
+        for addr in listeners {
+            let ip = addr.ip();
+            if !ip.is_unspecified() && !names.contains(&ip.to_string()) {
+                names.push(ip.to_string());
+            }
+        }
+        names
+    }
+
+    /// Check that the values make a working appliance.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let l = &self.limits;
+        for (key, value) in [
+            ("max-connections", l.max_connections as u64),
+            ("handshake-timeout-secs", l.handshake_timeout_secs),
+            ("idle-timeout-secs", l.idle_timeout_secs),
+            ("connect-timeout-secs", l.connect_timeout_secs),
+            ("max-frame-bytes", l.max_frame_bytes as u64),
+            ("read-chunk-bytes", l.read_chunk_bytes as u64),
+            (
+                "quic-streams-per-connection",
+                u64::from(l.quic_streams_per_connection),
+            ),
+            ("device-cert-hours", self.pki.device_cert_hours),
+            ("server-cert-days", self.pki.server_cert_days),
+        ] {
+            if value == 0 {
+                return invalid(format!("{key} must be more than 0"));
+            }
+        }
+        if l.read_chunk_bytes > 1 << 20 {
+            return invalid("read-chunk-bytes must be at most 1 MiB".into());
+        }
+        if self.pki.device_cert_hours > 24 * 3650 || self.pki.server_cert_days > 3650 {
+            return invalid("certificate lifetimes must be at most 10 years".into());
+        }
+        if self.server_names.is_empty() {
+            return invalid("server-names must name at least one name or address".into());
+        }
+        if self.routes.is_empty() {
+            return invalid("at least one [[route]] is needed".into());
+        }
+        let mut names = HashSet::new();
+        let mut tls_ports = HashSet::new();
+        let mut quic_alpns = HashSet::new();
+        for r in &self.routes {
+            check_name("route name", &r.name).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            check_name("protocol", &r.protocol)
+                .map_err(|e| ConfigError::Invalid(format!("route {}: {e}", r.name)))?;
+            if !names.insert(r.name.as_str()) {
+                return invalid(format!("two routes are named {}", r.name));
+            }
+            if r.upstream
+                .rsplit_once(':')
+                .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+            {
+                return invalid(format!(
+                    "route {}: upstream {:?} is not host:port",
+                    r.name, r.upstream
+                ));
+            }
+            if r.parser.as_deref() == Some("") {
+                return invalid(format!(
+                    "route {}: parser is empty (leave it out to relay uninspected)",
+                    r.name
+                ));
+            }
+            if let Some(tls) = &r.upstream_tls
+                && tls.client_cert.is_some() != tls.client_key.is_some()
+            {
+                return invalid(format!(
+                    "route {}: upstream-tls needs both client-cert and client-key, or neither",
+                    r.name
+                ));
+            }
+            if let Some(alpn) = r.alpn()
+                && (alpn.is_empty() || alpn.len() > 255)
+            {
+                return invalid(format!("route {}: alpn must be 1 to 255 bytes", r.name));
+            }
+            let fresh = match r.transport {
+                Transport::Tls => r.listen.port() == 0 || tls_ports.insert(r.listen),
+                Transport::Quic => quic_alpns.insert((r.listen, r.alpn().map(str::to_owned))),
+            };
+            if !fresh {
+                return invalid(format!(
+                    "route {} listens where another route does ({} {}); TLS routes need a port each, QUIC routes on one port an ALPN each",
+                    r.name, r.transport, r.listen
+                ));
+            }
+        }
+        if let Some(renewal) = self.renewal.listen
+            && renewal.port() != 0
+            && tls_ports.contains(&renewal)
+        {
+            return invalid(format!(
+                "renewal listens on {renewal}, where a TLS route does"
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_round_trip() {
+        let config = Config::default();
+        config.check().unwrap();
+        assert_eq!(Config::parse(&config.to_toml()).unwrap(), config);
+        assert_eq!(Config::parse("").unwrap(), config);
+    }
+
+    #[test]
+    fn a_file_overrides_what_it_names() {
+        let config = Config::parse("[limits]\nidle-timeout-secs = 7\n").unwrap();
+        assert_eq!(config.limits.idle_timeout_secs, 7);
+        assert_eq!(config.limits.max_connections, 20_000);
+        assert_eq!(config.routes.len(), 4);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_line() {
+        let err = Config::parse("[limits]\nidle-timeout = 7\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("idle-timeout"), "{msg}");
+        assert!(msg.contains("line 2") || msg.contains("2:"), "{msg}");
+    }
+
+    fn route(name: &str, port: u16, upstream: &str) -> String {
+        format!(
+            "[[route]]\nname = \"{name}\"\nprotocol = \"mqtt\"\ntransport = \"tls\"\nlisten = \"127.0.0.1:{port}\"\nupstream = \"{upstream}\"\n"
+        )
+    }
+
+    #[test]
+    fn inconsistent_routes_are_refused() {
+        let one = route("a", 9000, "127.0.0.1:1883");
+        assert!(Config::parse(&one).is_ok());
+        let same_port = one.clone() + &route("b", 9000, "127.0.0.1:1883");
+        let err = Config::parse(&same_port).unwrap_err().to_string();
+        assert!(err.contains("listens where"), "{err}");
+        let same_name = one.clone() + &route("a", 9001, "127.0.0.1:1883");
+        assert!(Config::parse(&same_name).is_err());
+        let bad_upstream = route("a", 9000, "nowhere");
+        assert!(Config::parse(&bad_upstream).is_err());
+        // The policy lives in its own file, in Cedar.
+        let policy = one + "[[policy.allow]]\nclass = \"x\"\nroutes = [\"a\"]\n";
+        let err = Config::parse(&policy).unwrap_err().to_string();
+        assert!(err.contains("policy"), "{err}");
+    }
+}

@@ -1,0 +1,483 @@
+//! The device registry: every device the site knows, in the state store.
+//!
+//! One record per device in the `devices` tree, keyed by device id, as
+//! JSON: class, zone, state, when it was enrolled, first and last seen, and
+//! the certificates issued to it that have not expired yet. State changes
+//! are flushed to disk before they are acknowledged, so a quarantine
+//! survives a crash or a power cut.
+
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use super::claims::Claims;
+use super::verifier::Refusal;
+use super::{BadName, DeviceCertRequest, check_name, now_unix};
+use crate::store::{Store, StoreError};
+
+/// Unexpired certificates kept per device. A device that renews more often
+/// than this in one certificate lifetime loses its oldest certificates
+/// (they stop being accepted): the registry stays bounded whatever a device
+/// does.
+pub const MAX_CERTIFICATES: usize = 16;
+
+/// Why a registry operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The state database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The database failed (an operation outside [`Store`]'s own).
+    #[error("state database: {0}")]
+    Sled(#[from] sled::Error),
+    /// A record could not be read.
+    #[error("device record {device:?} is unreadable: {reason}")]
+    Corrupt {
+        /// The device.
+        device: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No such device.
+    #[error("no device {0} in the registry")]
+    Unknown(String),
+    /// The device is revoked, which only a new certificate undoes.
+    #[error("device {0} is revoked: issue it a new certificate to enroll it again")]
+    Revoked(String),
+    /// A device already enrolled under the other authority.
+    #[error("device {0} already holds certificates from the site CA")]
+    SiteDevice(String),
+    /// A name is not usable.
+    #[error(transparent)]
+    BadName(#[from] BadName),
+}
+
+/// Where a device is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceState {
+    /// May connect.
+    Active,
+    /// Refused until released; its sessions were closed.
+    Quarantined,
+    /// Refused for good; every certificate issued to it is revoked.
+    Revoked,
+}
+
+impl std::fmt::Display for DeviceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DeviceState::Active => "active",
+            DeviceState::Quarantined => "quarantined",
+            DeviceState::Revoked => "revoked",
+        })
+    }
+}
+
+/// Who issues a device's certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Authority {
+    /// The site CA: only serials it issued, and recorded here, are accepted.
+    Site,
+    /// A trusted external CA: any unexpired certificate it issued that names
+    /// the device is accepted.
+    External,
+}
+
+/// A certificate issued to a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertRecord {
+    /// Serial number, lowercase hex.
+    pub serial: String,
+    /// Start of validity, Unix seconds.
+    pub not_before: i64,
+    /// End of validity, Unix seconds.
+    pub not_after: i64,
+    /// Whether it was revoked.
+    pub revoked: bool,
+}
+
+/// A device the site knows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    /// The device id.
+    pub id: String,
+    /// Its class.
+    pub class: String,
+    /// Its zone.
+    pub zone: String,
+    /// Active, quarantined or revoked.
+    pub state: DeviceState,
+    /// Who issues its certificates.
+    pub authority: Authority,
+    /// When it was enrolled, Unix seconds.
+    pub enrolled: i64,
+    /// Its first admitted connection, Unix seconds.
+    pub first_seen: Option<i64>,
+    /// Its latest admitted connection, Unix seconds.
+    pub last_seen: Option<i64>,
+    /// Its certificates that have not expired (site devices).
+    pub certificates: Vec<CertRecord>,
+}
+
+impl Device {
+    /// The device as plugins and the policy see it: who it is, not its
+    /// records.
+    pub fn plugin_view(&self) -> crate::plugins::Device {
+        crate::plugins::Device {
+            id: self.id.clone(),
+            class: self.class.clone(),
+            zone: self.zone.clone(),
+        }
+    }
+}
+
+/// The device registry. Clones share it.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    store: Store,
+    devices: sled::Tree,
+    /// Makes each read-modify-write of a record one step.
+    write: Arc<Mutex<()>>,
+}
+
+impl Registry {
+    /// The registry in `store`.
+    pub fn open(store: &Store) -> Result<Registry, RegistryError> {
+        Ok(Registry {
+            store: store.clone(),
+            devices: store.tree("devices")?,
+            write: Arc::default(),
+        })
+    }
+
+    /// The device `id`.
+    pub fn device(&self, id: &str) -> Result<Option<Device>, RegistryError> {
+        match self.devices.get(id)? {
+            None => Ok(None),
+            Some(bytes) => decode(id, &bytes).map(Some),
+        }
+    }
+
+    /// Every device, by id.
+    pub fn devices(&self) -> Result<Vec<Device>, RegistryError> {
+        self.devices
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry?;
+                decode(&String::from_utf8_lossy(&key), &value)
+            })
+            .collect()
+    }
+
+    /// Record that the site CA issued `claims`' certificate for `request`.
+    /// A new device is enrolled active; a revoked one becomes active again
+    /// with this certificate only (its old ones stay revoked); a quarantined
+    /// one stays quarantined.
+    pub fn record_issued(
+        &self,
+        request: &DeviceCertRequest,
+        claims: &Claims,
+    ) -> Result<Device, RegistryError> {
+        self.change(&request.device, |existing| {
+            let now = now_unix();
+            let mut device = match existing {
+                Some(d) if d.authority == Authority::External => {
+                    return Err(RegistryError::SiteDevice(d.id));
+                }
+                Some(d) => d,
+                None => Device {
+                    id: request.device.clone(),
+                    class: request.class.clone(),
+                    zone: request.zone.clone(),
+                    state: DeviceState::Active,
+                    authority: Authority::Site,
+                    enrolled: now,
+                    first_seen: None,
+                    last_seen: None,
+                    certificates: Vec::new(),
+                },
+            };
+            device.class.clone_from(&request.class);
+            device.zone.clone_from(&request.zone);
+            if device.state == DeviceState::Revoked {
+                device.state = DeviceState::Active;
+            }
+            device.certificates.retain(|c| c.not_after > now);
+            device.certificates.push(CertRecord {
+                serial: claims.serial.clone(),
+                not_before: claims.not_before,
+                not_after: claims.not_after,
+                revoked: false,
+            });
+            let excess = device.certificates.len().saturating_sub(MAX_CERTIFICATES);
+            device.certificates.drain(..excess);
+            Ok(device)
+        })
+    }
+
+    /// Enroll device `id`, whose certificates an external CA issues.
+    pub fn add_external(&self, id: &str, class: &str, zone: &str) -> Result<Device, RegistryError> {
+        check_name("device id", id)?;
+        check_name("class", class)?;
+        check_name("zone", zone)?;
+        self.change(id, |existing| match existing {
+            Some(d) if d.authority == Authority::Site => Err(RegistryError::SiteDevice(d.id)),
+            Some(mut d) => {
+                d.class = class.to_owned();
+                d.zone = zone.to_owned();
+                d.state = DeviceState::Active;
+                Ok(d)
+            }
+            None => Ok(Device {
+                id: id.to_owned(),
+                class: class.to_owned(),
+                zone: zone.to_owned(),
+                state: DeviceState::Active,
+                authority: Authority::External,
+                enrolled: now_unix(),
+                first_seen: None,
+                last_seen: None,
+                certificates: Vec::new(),
+            }),
+        })
+    }
+
+    /// Quarantine device `id`.
+    pub fn quarantine(&self, id: &str) -> Result<Device, RegistryError> {
+        self.change(id, |existing| {
+            let mut d = existing.ok_or_else(|| RegistryError::Unknown(id.to_owned()))?;
+            if d.state == DeviceState::Revoked {
+                return Err(RegistryError::Revoked(d.id));
+            }
+            d.state = DeviceState::Quarantined;
+            Ok(d)
+        })
+    }
+
+    /// Release device `id` from quarantine.
+    pub fn release(&self, id: &str) -> Result<Device, RegistryError> {
+        self.change(id, |existing| {
+            let mut d = existing.ok_or_else(|| RegistryError::Unknown(id.to_owned()))?;
+            if d.state == DeviceState::Revoked {
+                return Err(RegistryError::Revoked(d.id));
+            }
+            d.state = DeviceState::Active;
+            Ok(d)
+        })
+    }
+
+    /// Revoke device `id` and every certificate issued to it.
+    pub fn revoke(&self, id: &str) -> Result<Device, RegistryError> {
+        self.change(id, |existing| {
+            let mut d = existing.ok_or_else(|| RegistryError::Unknown(id.to_owned()))?;
+            d.state = DeviceState::Revoked;
+            for c in &mut d.certificates {
+                c.revoked = true;
+            }
+            Ok(d)
+        })
+    }
+
+    /// Record an admitted connection of device `id`, best effort: not
+    /// flushed at once (a crash loses at most sled's flush interval of
+    /// these times), and skipped while another change is being written, so
+    /// that a handshake never waits for an operator's change to reach the
+    /// disk. Says whether it was recorded.
+    pub fn seen(&self, id: &str) -> Result<bool, RegistryError> {
+        let Ok(_guard) = self.write.try_lock() else {
+            return Ok(false);
+        };
+        let mut d = self
+            .device(id)?
+            .ok_or_else(|| RegistryError::Unknown(id.to_owned()))?;
+        let now = now_unix();
+        d.first_seen.get_or_insert(now);
+        d.last_seen = Some(now);
+        self.store_record(&d)?;
+        Ok(true)
+    }
+
+    /// Decide whether the holder of a certificate with `claims`, which
+    /// chains to a trusted CA (the site CA when `site_issued`), is an
+    /// enrolled device that may connect.
+    pub fn admit(&self, claims: &Claims, site_issued: bool) -> Result<Device, Refusal> {
+        let refuse = |reason: String| Refusal::new(Some(&claims.device), reason);
+        let device = self
+            .device(&claims.device)
+            .map_err(|e| refuse(format!("registry unavailable: {e}")))?
+            .ok_or_else(|| refuse("not enrolled".into()))?;
+        match device.state {
+            DeviceState::Active => {}
+            DeviceState::Quarantined => return Err(refuse("quarantined".into())),
+            DeviceState::Revoked => return Err(refuse("revoked".into())),
+        }
+        match (device.authority, site_issued) {
+            (Authority::Site, true) => {
+                let cert = device
+                    .certificates
+                    .iter()
+                    .find(|c| c.serial == claims.serial)
+                    .ok_or_else(|| {
+                        refuse(format!(
+                            "certificate {} is not one the registry holds for it",
+                            claims.serial
+                        ))
+                    })?;
+                if cert.revoked {
+                    return Err(refuse(format!("certificate {} revoked", claims.serial)));
+                }
+            }
+            (Authority::External, false) => {}
+            (Authority::Site, false) => {
+                return Err(refuse(
+                    "enrolled with the site CA but presented a certificate from another CA".into(),
+                ));
+            }
+            (Authority::External, true) => {
+                return Err(refuse(
+                    "enrolled with an external CA but presented a site certificate".into(),
+                ));
+            }
+        }
+        for (kind, claimed, recorded) in [
+            ("class", &claims.class, &device.class),
+            ("zone", &claims.zone, &device.zone),
+        ] {
+            if let Some(claimed) = claimed
+                && claimed != recorded
+            {
+                return Err(refuse(format!(
+                    "certificate says {kind} {claimed}, the registry says {recorded}"
+                )));
+            }
+        }
+        Ok(device)
+    }
+
+    /// Apply `f` to the record of `id` (or to its absence) and store what
+    /// it returns, flushed to disk before this returns: an acknowledged
+    /// change survives a crash.
+    fn change(
+        &self,
+        id: &str,
+        f: impl FnOnce(Option<Device>) -> Result<Device, RegistryError>,
+    ) -> Result<Device, RegistryError> {
+        let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let device = f(self.device(id)?)?;
+        self.store_record(&device)?;
+        self.store.flush()?;
+        Ok(device)
+    }
+
+    fn store_record(&self, device: &Device) -> Result<(), RegistryError> {
+        let bytes = serde_json::to_vec(device).map_err(|e| RegistryError::Corrupt {
+            device: device.id.clone(),
+            reason: e.to_string(),
+        })?;
+        self.devices.insert(device.id.as_str(), bytes)?;
+        Ok(())
+    }
+}
+
+fn decode(id: &str, bytes: &[u8]) -> Result<Device, RegistryError> {
+    serde_json::from_slice(bytes).map_err(|e| RegistryError::Corrupt {
+        device: id.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::time::Duration;
+
+    use super::*;
+
+    fn request(id: &str) -> DeviceCertRequest {
+        DeviceCertRequest {
+            device: id.into(),
+            class: "sensor".into(),
+            zone: "hall".into(),
+            role: None,
+            lifetime: Duration::from_secs(3600),
+        }
+    }
+
+    fn claims(id: &str, serial: &str) -> Claims {
+        let now = now_unix();
+        Claims {
+            device: id.into(),
+            class: Some("sensor".into()),
+            zone: Some("hall".into()),
+            role: None,
+            serial: serial.into(),
+            not_before: now - 10,
+            not_after: now + 3600,
+            issuer: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn lifecycle_decides_admission() {
+        let registry = Registry::open(&Store::temporary().unwrap()).unwrap();
+        let c = claims("s1", "aa");
+        assert_eq!(registry.admit(&c, true).unwrap_err().reason, "not enrolled");
+        registry.record_issued(&request("s1"), &c).unwrap();
+        assert_eq!(registry.admit(&c, true).unwrap().state, DeviceState::Active);
+        assert!(registry.admit(&claims("s1", "bb"), true).is_err());
+        assert!(registry.admit(&c, false).is_err());
+
+        registry.quarantine("s1").unwrap();
+        assert_eq!(registry.admit(&c, true).unwrap_err().reason, "quarantined");
+        registry.release("s1").unwrap();
+        assert!(registry.admit(&c, true).is_ok());
+
+        registry.revoke("s1").unwrap();
+        assert_eq!(registry.admit(&c, true).unwrap_err().reason, "revoked");
+        assert!(matches!(
+            registry.release("s1"),
+            Err(RegistryError::Revoked(_))
+        ));
+        // A new certificate enrolls it again; the old one stays revoked.
+        let fresh = claims("s1", "cc");
+        registry.record_issued(&request("s1"), &fresh).unwrap();
+        assert!(registry.admit(&fresh, true).is_ok());
+        assert!(
+            registry
+                .admit(&c, true)
+                .unwrap_err()
+                .reason
+                .contains("revoked")
+        );
+    }
+
+    #[test]
+    fn class_in_certificate_must_match() {
+        let registry = Registry::open(&Store::temporary().unwrap()).unwrap();
+        let mut c = claims("s1", "aa");
+        registry.record_issued(&request("s1"), &c).unwrap();
+        c.class = Some("plc".into());
+        assert!(
+            registry
+                .admit(&c, true)
+                .unwrap_err()
+                .reason
+                .contains("class")
+        );
+    }
+
+    #[test]
+    fn certificates_per_device_are_bounded() {
+        let registry = Registry::open(&Store::temporary().unwrap()).unwrap();
+        for i in 0..(MAX_CERTIFICATES + 5) {
+            registry
+                .record_issued(&request("s1"), &claims("s1", &format!("{i:02x}")))
+                .unwrap();
+        }
+        let d = registry.device("s1").unwrap().unwrap();
+        assert_eq!(d.certificates.len(), MAX_CERTIFICATES);
+        assert!(registry.admit(&claims("s1", "00"), true).is_err());
+    }
+}

@@ -1,0 +1,285 @@
+//! Certificate renewal over the device's own mTLS connection: the EST
+//! `simplereenroll` operation (RFC 7030 §4.2.2), and `cacerts` (§4.1).
+//!
+//! A device whose certificate is still valid connects to the renewal
+//! listener with it, as on any route, and posts a PKCS #10 request for its
+//! new key (base64 DER, `Content-Type: application/pkcs10`):
+//!
+//! ```text
+//! POST /.well-known/est/simplereenroll HTTP/1.1
+//! ```
+//!
+//! The answer is its new certificate as a certs-only PKCS #7 (base64 DER,
+//! `application/pkcs7-mime`), valid for the configured device lifetime.
+//! What the new certificate says comes from the registry and the current
+//! certificate, never from the request: a device renews only itself, with
+//! its own class, zone and Modbus role. Revoked, quarantined and expired
+//! devices never get this far (the handshake refuses them). Devices renew
+//! at about two thirds of their certificate's lifetime; the old certificate
+//! stays valid until it expires.
+//!
+//! With curl and openssl:
+//!
+//! ```sh
+//! openssl req -new -key new-key.pem -subj /CN=x -outform DER | base64 > req.b64
+//! curl --cert cert.pem --key key.pem --cacert ca.pem \
+//!      -H 'Content-Type: application/pkcs10' --data-binary @req.b64 \
+//!      https://127.0.0.1:8443/.well-known/est/simplereenroll \
+//!   | base64 -d | openssl pkcs7 -inform DER -print_certs > new-cert.pem
+//! ```
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use rustls::pki_types::CertificateSigningRequestDer;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::{Claims, Device, DeviceCertRequest, Pki, Registry};
+
+/// Largest request head (request line and headers).
+const MAX_HEAD: usize = 8 << 10;
+/// Largest request body: a PKCS #10 request for any usable key, base64,
+/// fits in a few KiB.
+const MAX_BODY: usize = 16 << 10;
+/// Headers read at most.
+const MAX_HEADERS: usize = 32;
+
+/// Why a renewal request failed. The device got an HTTP error saying so.
+#[derive(Debug, thiserror::Error)]
+pub enum RenewalError {
+    /// The connection failed or went quiet.
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    /// The request is not one this endpoint serves.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Issuing or recording the certificate failed.
+    #[error("issuing: {0}")]
+    Issue(String),
+}
+
+/// What a renewal connection did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Served {
+    /// Handed out the CA certificate.
+    CaCerts,
+    /// Issued a certificate with this serial.
+    Renewed(String),
+}
+
+impl std::fmt::Display for Served {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Served::CaCerts => f.write_str("cacerts"),
+            Served::Renewed(serial) => f.write_str(serial),
+        }
+    }
+}
+
+/// Serve one EST request from `device`, which connected with the
+/// certificate of `claims`; each read and write must finish within
+/// `idle`.
+pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    device: &Device,
+    claims: &Claims,
+    pki: &Pki,
+    registry: &Registry,
+    lifetime: Duration,
+    idle: Duration,
+) -> Result<Served, RenewalError> {
+    let result = tokio::time::timeout(
+        idle,
+        handle(&mut stream, device, claims, pki, registry, lifetime),
+    )
+    .await
+    .unwrap_or_else(|_| Err(RenewalError::BadRequest("request too slow".into())));
+    let (status, content_type, body, outcome) = match result {
+        Ok((body, served)) => (
+            "200 OK",
+            "application/pkcs7-mime; smime-type=certs-only",
+            body,
+            Ok(served),
+        ),
+        Err(RenewalError::Io(e)) => return Err(RenewalError::Io(e)),
+        Err(e @ RenewalError::BadRequest(_)) => {
+            ("400 Bad Request", "text/plain", format!("{e}\n"), Err(e))
+        }
+        Err(e) => (
+            "500 Internal Server Error",
+            "text/plain",
+            format!("{e}\n"),
+            Err(e),
+        ),
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Transfer-Encoding: base64\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let respond = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body.as_bytes()).await?;
+        stream.shutdown().await
+    };
+    tokio::time::timeout(idle, respond)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "response not read"))??;
+    outcome
+}
+
+async fn handle<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    device: &Device,
+    claims: &Claims,
+    pki: &Pki,
+    registry: &Registry,
+    lifetime: Duration,
+) -> Result<(String, Served), RenewalError> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    let (method, path, length, head_len) = loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(RenewalError::BadRequest(
+                "connection closed mid-request".into(),
+            ));
+        }
+        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut headers);
+        match request.parse(&buf) {
+            Ok(httparse::Status::Complete(head_len)) => {
+                let length = request
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .map(|h| {
+                        std::str::from_utf8(h.value)
+                            .ok()
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .ok_or_else(|| RenewalError::BadRequest("bad Content-Length".into()))
+                    })
+                    .transpose()?
+                    .unwrap_or(0);
+                break (
+                    request.method.unwrap_or_default().to_owned(),
+                    request.path.unwrap_or_default().to_owned(),
+                    length,
+                    head_len,
+                );
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
+            Ok(httparse::Status::Partial) => {
+                return Err(RenewalError::BadRequest("request head too large".into()));
+            }
+            Err(e) => return Err(RenewalError::BadRequest(format!("not HTTP: {e}"))),
+        }
+    };
+    match (method.as_str(), path.as_str()) {
+        ("GET", "/.well-known/est/cacerts") => Ok((
+            STANDARD.encode(certs_only(&[pki.ca_der()])),
+            Served::CaCerts,
+        )),
+        ("POST", "/.well-known/est/simplereenroll") => {
+            if length > MAX_BODY {
+                return Err(RenewalError::BadRequest(format!(
+                    "request body over {MAX_BODY} bytes"
+                )));
+            }
+            let mut body = buf.split_off(head_len.min(buf.len()));
+            while body.len() < length {
+                let n = stream.read(&mut chunk).await?;
+                if n == 0 {
+                    return Err(RenewalError::BadRequest("body cut short".into()));
+                }
+                body.extend_from_slice(chunk.get(..n).unwrap_or_default());
+            }
+            body.truncate(length);
+            let text: Vec<u8> = body
+                .into_iter()
+                .filter(|b| !b.is_ascii_whitespace())
+                .collect();
+            let der = STANDARD
+                .decode(&text)
+                .map_err(|e| RenewalError::BadRequest(format!("body is not base64: {e}")))?;
+            let csr = rcgen::CertificateSigningRequestParams::from_der(
+                &CertificateSigningRequestDer::from(der),
+            )
+            .map_err(|e| RenewalError::BadRequest(format!("not a valid PKCS #10 request: {e}")))?;
+            let request = DeviceCertRequest {
+                device: device.id.clone(),
+                class: device.class.clone(),
+                zone: device.zone.clone(),
+                role: claims.role.clone(),
+                lifetime,
+            };
+            let issued = pki
+                .issue_device(&request, &csr.public_key)
+                .map_err(|e| RenewalError::Issue(e.to_string()))?;
+            registry
+                .record_issued(&request, &issued.claims)
+                .map_err(|e| RenewalError::Issue(e.to_string()))?;
+            Ok((
+                STANDARD.encode(certs_only(&[&issued.der, pki.ca_der()])),
+                Served::Renewed(issued.claims.serial),
+            ))
+        }
+        _ => Err(RenewalError::BadRequest(format!(
+            "{method} {path}: this endpoint serves GET /.well-known/est/cacerts and POST /.well-known/est/simplereenroll"
+        ))),
+    }
+}
+
+/// A DER tag-length-value.
+fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = content.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = (len as u64).to_be_bytes();
+        let skip = bytes.iter().take_while(|b| **b == 0).count();
+        let significant = bytes.get(skip..).unwrap_or_default();
+        out.push(0x80 | significant.len() as u8);
+        out.extend_from_slice(significant);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// A certs-only ("degenerate") PKCS #7 SignedData holding `certs`
+/// (RFC 5652 §5; RFC 7030 §4.1.3).
+fn certs_only(certs: &[&rustls::pki_types::CertificateDer<'_>]) -> Vec<u8> {
+    const SIGNED_DATA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x02];
+    const DATA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01];
+    let all: Vec<u8> = certs
+        .iter()
+        .flat_map(|c| c.as_ref().iter().copied())
+        .collect();
+    let signed_data = [
+        tlv(0x02, &[1]),             // version 1
+        tlv(0x31, &[]),              // digestAlgorithms: none
+        tlv(0x30, &tlv(0x06, DATA)), // encapContentInfo: data, absent
+        tlv(0xa0, &all),             // [0] IMPLICIT certificates
+        tlv(0x31, &[]),              // signerInfos: none
+    ]
+    .concat();
+    tlv(
+        0x30,
+        &[tlv(0x06, SIGNED_DATA), tlv(0xa0, &tlv(0x30, &signed_data))].concat(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn der_lengths() {
+        assert_eq!(tlv(0x04, &[1, 2]), vec![0x04, 2, 1, 2]);
+        let long = tlv(0x04, &[0; 300]);
+        assert_eq!(long.get(..4), Some(&[0x04, 0x82, 0x01, 0x2c][..]));
+        assert_eq!(long.len(), 304);
+    }
+}

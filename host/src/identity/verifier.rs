@@ -1,0 +1,226 @@
+//! The handshake's client-certificate check: chain, then registry.
+//!
+//! rustls calls [`DeviceVerifier`] while the device's handshake is under
+//! way, on TLS over TCP and on QUIC alike. A refused certificate fails the
+//! handshake (the device receives an alert), so a refused device never gets
+//! a session, whatever route it asked for. The error carries a [`Refusal`]
+//! that names the device (when its certificate could be read) and the
+//! reason, for the transport's log line.
+
+use std::sync::Arc;
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore,
+};
+
+use super::claims::Claims;
+use super::{Pki, Registry};
+
+/// Why a device was refused.
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {reason}", device.as_ref().map_or_else(|| "unknown device".to_owned(), |d| format!("device {d}")))]
+pub struct Refusal {
+    /// The device, as its certificate names it, when known. A certificate
+    /// that did not verify only claims this name.
+    pub device: Option<String>,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+impl Refusal {
+    /// A refusal of `device` for `reason`.
+    pub fn new(device: Option<&str>, reason: impl Into<String>) -> Refusal {
+        Refusal {
+            device: device.map(str::to_owned),
+            reason: reason.into(),
+        }
+    }
+
+    /// The refusal inside a handshake error, if the verifier made it.
+    pub fn of(error: &rustls::Error) -> Option<&Refusal> {
+        match error {
+            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(e))) => {
+                e.downcast_ref::<Refusal>()
+            }
+            _ => None,
+        }
+    }
+
+    /// The refusal in the text of a handshake error: QUIC stacks hand the
+    /// TLS error over as text only (quinn's reason string). The inverse of
+    /// this type's `Display`, which its `Debug` also is so that it survives
+    /// rustls's formatting.
+    pub fn from_text(text: &str) -> Option<Refusal> {
+        let start = text.find(MARK)? + MARK.len();
+        let inner = text.get(start..)?;
+        let inner = inner.get(..inner.rfind("))")?)?;
+        if let Some(rest) = inner.strip_prefix("device ") {
+            let (device, reason) = rest.split_once(": ")?;
+            Some(Refusal::new(Some(device), reason))
+        } else {
+            let reason = inner.strip_prefix("unknown device: ")?;
+            Some(Refusal::new(None, reason))
+        }
+    }
+
+    fn into_rustls(self) -> rustls::Error {
+        rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(self))))
+    }
+}
+
+/// How rustls writes an `OtherError` certificate error in its text.
+const MARK: &str = "Other(OtherError(";
+
+impl std::fmt::Debug for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+/// The verifier could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifierError {
+    /// A CA certificate was refused as a trust anchor.
+    #[error("CA certificate unusable as a trust anchor: {0}")]
+    Anchor(rustls::Error),
+    /// The webpki verifier could not be built.
+    #[error("client verifier: {0}")]
+    Build(rustls::server::VerifierBuilderError),
+}
+
+/// Checks device certificates against the site CA, the trusted external
+/// CAs and the registry.
+#[derive(Debug)]
+pub struct DeviceVerifier {
+    chain: Arc<dyn ClientCertVerifier>,
+    registry: Registry,
+    site_subject: Vec<u8>,
+}
+
+impl DeviceVerifier {
+    /// A verifier trusting the site CA of `pki` and the `external` CAs, that
+    /// admits devices enrolled in `registry`.
+    pub fn new(
+        pki: &Pki,
+        external: &[CertificateDer<'static>],
+        registry: Registry,
+    ) -> Result<Arc<DeviceVerifier>, VerifierError> {
+        let mut roots = RootCertStore::empty();
+        for ca in std::iter::once(pki.ca_der()).chain(external) {
+            roots.add(ca.clone()).map_err(VerifierError::Anchor)?;
+        }
+        let chain = WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .map_err(VerifierError::Build)?;
+        Ok(Arc::new(DeviceVerifier {
+            chain,
+            registry,
+            site_subject: pki.subject().to_vec(),
+        }))
+    }
+
+    fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<(), Refusal> {
+        let claims = Claims::from_der(end_entity).map_err(|e| Refusal::new(None, e.to_string()))?;
+        self.chain
+            .verify_client_cert(end_entity, intermediates, now)
+            .map_err(|e| Refusal::new(Some(&claims.device), describe(&e)))?;
+        let site_issued = claims.issuer == self.site_subject;
+        self.registry.admit(&claims, site_issued).map(|_| ())
+    }
+}
+
+/// A chain error in words an operator reads in a log.
+fn describe(error: &rustls::Error) -> String {
+    match error {
+        rustls::Error::InvalidCertificate(e) => match e {
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                "certificate expired".into()
+            }
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "certificate not valid yet".into()
+            }
+            CertificateError::UnknownIssuer => "certificate from an untrusted CA".into(),
+            CertificateError::BadSignature => "certificate signature invalid".into(),
+            CertificateError::Revoked => "certificate revoked".into(),
+            other => format!("certificate refused: {other:?}"),
+        },
+        other => other.to_string(),
+    }
+}
+
+impl ClientCertVerifier for DeviceVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.chain.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.check(end_entity, intermediates, now)
+            .map_err(Refusal::into_rustls)?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.chain.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_survives_the_text_of_a_handshake_error() {
+        for refusal in [
+            Refusal::new(Some("plc-1"), "revoked"),
+            Refusal::new(None, "certificate names no device"),
+            Refusal::new(Some("s"), "certificate says class a, the registry says b"),
+        ] {
+            let text = refusal.clone().into_rustls().to_string();
+            assert_eq!(Refusal::from_text(&text), Some(refusal), "{text}");
+        }
+        assert_eq!(Refusal::from_text("handshake failed"), None);
+    }
+}

@@ -1,0 +1,223 @@
+//! QUIC listeners: one endpoint per UDP address; the ALPN a client offers
+//! picks among the routes on it. Each bidirectional stream of an admitted
+//! connection is a session of its own, relayed to its own upstream
+//! connection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::VarInt;
+use rustls::pki_types::CertificateDer;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::info;
+
+use super::certs::{ServerCertResolver, server_config};
+use super::{Admitted, Route, Shared, TransportError, expiry, refused};
+use crate::identity::Refusal;
+
+/// Application close code: the device was refused (policy, registry).
+const REFUSED: u32 = 0x100;
+/// Application close code: the device was revoked or quarantined, or its
+/// certificate expired, while connected.
+const CLOSED: u32 = 0x101;
+/// Application close code: the appliance is shutting down.
+const SHUTDOWN: u32 = 0;
+
+/// A bound QUIC endpoint and its routes.
+pub(crate) struct Listener {
+    endpoint: quinn::Endpoint,
+    routes: Arc<Vec<Arc<Route>>>,
+}
+
+impl Listener {
+    pub(crate) fn bind(
+        addr: SocketAddr,
+        routes: Vec<Arc<Route>>,
+        shared: &Shared,
+        resolver: &Arc<ServerCertResolver>,
+    ) -> Result<Listener, TransportError> {
+        let names: Vec<&str> = routes.iter().map(|r| r.config.name.as_str()).collect();
+        let route_error = |reason: String| TransportError::Route {
+            route: names.join(","),
+            reason,
+        };
+        let alpn = routes
+            .iter()
+            .filter_map(|r| r.config.alpn().map(|a| a.as_bytes().to_vec()))
+            .collect();
+        let tls = server_config(shared.stages.verifier.clone(), resolver.clone(), alpn, true)?;
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+            .map_err(|e| route_error(format!("QUIC TLS settings: {e}")))?;
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        let idle = Duration::from_secs(shared.limits.idle_timeout_secs);
+        transport
+            .max_concurrent_bidi_streams(VarInt::from_u32(
+                shared.limits.quic_streams_per_connection,
+            ))
+            .max_concurrent_uni_streams(VarInt::from_u32(0))
+            .max_idle_timeout(Some(
+                quinn::IdleTimeout::try_from(idle)
+                    .map_err(|e| route_error(format!("idle timeout: {e}")))?,
+            ));
+        config.transport_config(Arc::new(transport));
+        let endpoint =
+            quinn::Endpoint::server(config, addr).map_err(|source| TransportError::Bind {
+                what: names.join(","),
+                addr,
+                source,
+            })?;
+        Ok(Listener {
+            endpoint,
+            routes: Arc::new(routes),
+        })
+    }
+
+    pub(crate) fn endpoint(&self) -> quinn::Endpoint {
+        self.endpoint.clone()
+    }
+
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.endpoint
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    pub(crate) fn route_names(&self) -> Vec<String> {
+        self.routes.iter().map(|r| r.config.name.clone()).collect()
+    }
+
+    /// Accept connections until shutdown.
+    pub(crate) async fn run(self, shared: Arc<Shared>) {
+        loop {
+            let incoming = tokio::select! {
+                () = shared.shutdown.cancelled() => return,
+                i = self.endpoint.accept() => i,
+            };
+            let Some(incoming) = incoming else { return };
+            let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
+                refused(
+                    incoming.remote_address(),
+                    "quic",
+                    &Refusal::new(None, "connection limit reached"),
+                );
+                incoming.refuse();
+                continue;
+            };
+            shared.tasks.spawn(connection(
+                shared.clone(),
+                self.routes.clone(),
+                incoming,
+                permit,
+            ));
+        }
+    }
+}
+
+async fn connection(
+    shared: Arc<Shared>,
+    routes: Arc<Vec<Arc<Route>>>,
+    incoming: quinn::Incoming,
+    _permit: OwnedSemaphorePermit,
+) {
+    let peer = incoming.remote_address();
+    let connecting = match incoming.accept() {
+        Ok(c) => c,
+        Err(e) => {
+            refused(peer, "quic", &Refusal::new(None, e.to_string()));
+            return;
+        }
+    };
+    let conn = match tokio::time::timeout(shared.handshake_timeout(), connecting).await {
+        Err(_) => {
+            let reason = format!(
+                "handshake did not finish within {}s",
+                shared.limits.handshake_timeout_secs
+            );
+            refused(peer, "quic", &Refusal::new(None, reason));
+            return;
+        }
+        Ok(Err(e)) => {
+            refused(peer, "quic", &describe(&e));
+            return;
+        }
+        Ok(Ok(c)) => c,
+    };
+    let alpn = conn
+        .handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|h| h.protocol);
+    let Some(route) = routes
+        .iter()
+        .find(|r| r.config.alpn().map(str::as_bytes) == alpn.as_deref())
+        .cloned()
+    else {
+        let refusal = Refusal::new(None, "no route for the negotiated ALPN");
+        refused(peer, "quic", &refusal);
+        conn.close(VarInt::from_u32(REFUSED), refusal.reason.as_bytes());
+        return;
+    };
+    let name = route.config.name.as_str();
+    let certs = conn
+        .peer_identity()
+        .and_then(|i| i.downcast::<Vec<CertificateDer<'static>>>().ok());
+    let admitted = shared.admit(
+        certs.as_deref().map(Vec::as_slice),
+        Some(&route.config),
+        peer,
+    );
+    let Admitted {
+        device,
+        claims,
+        mut membership,
+    } = match admitted {
+        Ok(a) => a,
+        Err(r) => {
+            refused(peer, name, &r);
+            conn.close(VarInt::from_u32(REFUSED), r.reason.as_bytes());
+            return;
+        }
+    };
+    info!(%peer, route = %name, device = %device.id, "quic connection open");
+    let device = Arc::new(device);
+    let ended = loop {
+        tokio::select! {
+            stream = conn.accept_bi() => match stream {
+                Ok((send, recv)) => {
+                    let (shared2, route, device) = (shared.clone(), route.clone(), device.clone());
+                    let id = shared.session_id();
+                    shared.tasks.spawn(async move {
+                        let stream = tokio::io::join(recv, send);
+                        shared2.session(id, &route, &device, peer, stream).await;
+                    });
+                }
+                Err(e) => break format!("connection closed: {e}"),
+            },
+            reason = membership.closed() => {
+                conn.close(VarInt::from_u32(CLOSED), reason.as_bytes());
+                break reason;
+            }
+            () = shared.shutdown.cancelled() => {
+                conn.close(VarInt::from_u32(SHUTDOWN), b"shutting down");
+                break "appliance shutting down".to_owned();
+            }
+            () = expiry(&claims) => {
+                conn.close(VarInt::from_u32(CLOSED), b"certificate expired");
+                break "certificate expired".to_owned();
+            }
+        }
+    };
+    info!(%peer, route = %name, device = %device.id, reason = %ended, "quic connection closed");
+}
+
+/// A failed QUIC handshake in an operator's words. The verifier's refusal
+/// reaches here only as the text of the TLS error.
+fn describe(e: &quinn::ConnectionError) -> Refusal {
+    match e {
+        quinn::ConnectionError::TransportError(t) => Refusal::from_text(&t.reason)
+            .unwrap_or_else(|| Refusal::new(None, format!("handshake failed: {t}"))),
+        quinn::ConnectionError::TimedOut => Refusal::new(None, "handshake timed out"),
+        other => Refusal::new(None, format!("handshake failed: {other}")),
+    }
+}

@@ -1,0 +1,196 @@
+//! Real MQTT clients with issued device certificates reach a real
+//! mosquitto broker through Palisade: mosquitto_pub and mosquitto_sub
+//! (OpenSSL), paho-mqtt (Python's ssl), and aioquic over QUIC.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use std::process::Command;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+};
+
+use common::appliance::{
+    Appliance, Mosquitto, aioquic_publish, free_port, mosquitto_pub, mosquitto_sub, peer_script,
+    require, require_python, route, tls_args, wait_for_port,
+};
+
+fn appliance(broker: &Mosquitto) -> Appliance {
+    let upstream = format!("127.0.0.1:{}", broker.port);
+    Appliance::start(
+        &[
+            route("mqtt-tls", "mqtt", "tls", Some("mqtt"), &upstream),
+            route("mqtt-quic", "mqtt", "quic", Some("mqtt"), &upstream),
+        ]
+        .concat(),
+    )
+}
+
+fn direct_sub(broker: &Mosquitto, topic: &str) -> String {
+    let out = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
+        .args(["-t", topic, "-C", "1", "-W", "30", "-v"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn mosquitto_clients_publish_and_receive_through_palisade() {
+    if !(require("mosquitto") && require("mosquitto_pub") && require("mosquitto_sub")) {
+        return;
+    }
+    let broker = Mosquitto::start();
+    let mut palisade = appliance(&broker);
+    let port = palisade.port("mqtt-tls");
+    let sensor = palisade.issue("therm-1", "thermostat", "hall");
+    let display = palisade.issue("display-1", "display", "hall");
+
+    let mut publish = tls_args(port, &sensor);
+    publish.extend(["-t", "site/hall/temp", "-m", "21.5", "-r", "-q", "1"].map(String::from));
+    let (ok, err) = mosquitto_pub(&publish);
+    assert!(
+        ok,
+        "mosquitto_pub failed: {err}\n{}",
+        palisade.log().join("\n")
+    );
+
+    // The retained message reached the broker...
+    assert_eq!(
+        direct_sub(&broker, "site/hall/temp"),
+        "site/hall/temp 21.5\n"
+    );
+    // ...and comes back to a subscriber through Palisade.
+    let mut subscribe = tls_args(port, &display);
+    subscribe.extend(["-t", "site/hall/#", "-C", "1", "-W", "30"].map(String::from));
+    let (status, out, err) = mosquitto_sub(&subscribe).output();
+    assert!(status.success(), "mosquitto_sub failed: {err}");
+    assert_eq!(out, "site/hall/temp 21.5\n");
+
+    palisade.wait_log(|l| {
+        l.contains("session open") && l.contains("device=therm-1") && l.contains("inspected=true")
+    });
+    palisade.wait_log(|l| l.contains("session closed") && l.contains("device=display-1"));
+
+    // SIGTERM: the appliance stops cleanly.
+    let status = palisade.terminate();
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn paho_mqtt_round_trips_through_palisade() {
+    if !(require("mosquitto") && require_python("paho.mqtt.client")) {
+        return;
+    }
+    let broker = Mosquitto::start();
+    let palisade = appliance(&broker);
+    let device = palisade.issue("paho-1", "gateway", "yard");
+    let out = Command::new("python3")
+        .arg(peer_script("paho_roundtrip.py"))
+        .args(["127.0.0.1", &palisade.port("mqtt-tls").to_string()])
+        .arg(&device)
+        .args(["yard/paho/status", "online"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "paho failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        palisade.log().join("\n")
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "received online\n");
+}
+
+#[test]
+fn aioquic_mqtt_over_quic_reaches_the_broker() {
+    if !(require("mosquitto") && require("mosquitto_sub") && require_python("aioquic")) {
+        return;
+    }
+    let broker = Mosquitto::start();
+    let palisade = appliance(&broker);
+    let device = palisade.issue("quic-1", "meter", "roof");
+    let out = aioquic_publish(&palisade, "mqtt-quic", &device, "roof/meter/kwh", "1234");
+    assert!(
+        out.status.success(),
+        "aioquic failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        palisade.log().join("\n")
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "puback\n");
+    assert_eq!(
+        direct_sub(&broker, "roof/meter/kwh"),
+        "roof/meter/kwh 1234\n"
+    );
+    palisade.wait_log(|l| {
+        l.contains("session open") && l.contains("route=mqtt-quic") && l.contains("device=quic-1")
+    });
+}
+
+#[test]
+fn upstream_over_tls_with_a_client_certificate() {
+    if !(require("mosquitto") && require("mosquitto_pub") && require("mosquitto_sub")) {
+        return;
+    }
+    // The broker's own CA: it issues the broker's server certificate and
+    // the certificate Palisade presents to the broker.
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::default();
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Broker CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let ca_file = write("broker-ca.pem", &ca.pem());
+    let leaf = |name: &str, eku| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![eku];
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        (
+            write(&format!("{name}.pem"), &cert.pem()),
+            write(&format!("{name}.key"), &key.serialize_pem()),
+        )
+    };
+    let (broker_cert, broker_key) = leaf("broker.plant", ExtendedKeyUsagePurpose::ServerAuth);
+    let (client_cert, client_key) = leaf("palisade", ExtendedKeyUsagePurpose::ClientAuth);
+    let tls_port = free_port();
+    let broker = Mosquitto::start_with(&format!(
+        "listener {tls_port} 127.0.0.1\ncafile {ca_file}\ncertfile {broker_cert}\nkeyfile {broker_key}\nrequire_certificate true\n"
+    ));
+    wait_for_port(tls_port);
+    let mut config = route(
+        "mqtt-tls",
+        "mqtt",
+        "tls",
+        Some("mqtt"),
+        &format!("127.0.0.1:{tls_port}"),
+    );
+    config.push_str(&format!(
+        "upstream-tls = {{ ca = \"{ca_file}\", server-name = \"broker.plant\", client-cert = \"{client_cert}\", client-key = \"{client_key}\" }}\n"
+    ));
+    let palisade = Appliance::start(&config);
+    let device = palisade.issue("therm-9", "thermostat", "hall");
+    let mut publish = tls_args(palisade.port("mqtt-tls"), &device);
+    publish.extend(["-t", "plant/t", "-m", "19.0", "-r", "-q", "1"].map(String::from));
+    let (ok, err) = mosquitto_pub(&publish);
+    assert!(
+        ok,
+        "mosquitto_pub failed: {err}\n{}",
+        palisade.log().join("\n")
+    );
+    assert_eq!(direct_sub(&broker, "plant/t"), "plant/t 19.0\n");
+}

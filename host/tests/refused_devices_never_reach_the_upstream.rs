@@ -1,0 +1,255 @@
+//! Every kind of device Palisade must refuse is refused, with one log line
+//! naming the device (where its certificate names one) and the reason, and
+//! nothing reaches the upstream: not a connection, not a byte.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+
+use common::appliance::{
+    Appliance, CountingUpstream, aioquic_publish, mosquitto_pub, require, require_python, route,
+    tls_args,
+};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    SanType,
+};
+
+/// An appliance whose policy lets thermostats use the MQTT routes only,
+/// relaying to an upstream that counts what reaches it.
+fn setup() -> (Appliance, CountingUpstream) {
+    let upstream = CountingUpstream::start();
+    let addr = format!("127.0.0.1:{}", upstream.port);
+    let config = [
+        "[limits]\nhandshake-timeout-secs = 1\n".to_owned(),
+        route("mqtt-tls", "mqtt", "tls", Some("mqtt"), &addr),
+        route("mqtt-quic", "mqtt", "quic", Some("mqtt"), &addr),
+    ]
+    .concat();
+    let policy = r#"
+        permit(principal in Class::"thermostat", action == Action::"connect", resource)
+        when { resource.protocol == "mqtt" };
+        permit(principal in Class::"thermostat", action in Action::"mqtt", resource);
+    "#;
+    (
+        Appliance::start_with_policy(&config, Some(policy)),
+        upstream,
+    )
+}
+
+fn publish(port: u16, device: &Path) -> (bool, String) {
+    let mut args = tls_args(port, device);
+    args.extend(["-t", "t", "-m", "m"].map(String::from));
+    mosquitto_pub(&args)
+}
+
+fn nothing_forwarded(upstream: &CountingUpstream) {
+    assert_eq!(
+        upstream.connections(),
+        0,
+        "a connection reached the upstream"
+    );
+    assert_eq!(upstream.bytes(), 0, "bytes reached the upstream");
+}
+
+/// Write a certificate for `device` signed by `issuer`, valid from
+/// `from_days` to `to_days` from now, with the key and `ca_pem`, to `dir`.
+fn craft(
+    dir: &Path,
+    device: &str,
+    class: &str,
+    issuer: &Issuer<'_, KeyPair>,
+    ca_pem: &str,
+    (from_days, to_days): (i64, i64),
+) -> PathBuf {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, device);
+    params.subject_alt_names = vec![
+        SanType::URI(format!("urn:palisade:device:{device}").try_into().unwrap()),
+        SanType::URI(format!("urn:palisade:class:{class}").try_into().unwrap()),
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now + time::Duration::days(from_days);
+    params.not_after = now + time::Duration::days(to_days);
+    let cert = params.signed_by(&key, issuer).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca_pem).unwrap();
+    dir.to_owned()
+}
+
+#[test]
+fn no_client_certificate() {
+    if !require("mosquitto_pub") {
+        return;
+    }
+    let (palisade, upstream) = setup();
+    let device = palisade.issue("therm-1", "thermostat", "hall");
+    let args: Vec<String> = tls_args(palisade.port("mqtt-tls"), &device)
+        .into_iter()
+        .take(6) // host, port and CA only
+        .chain(["-t", "t", "-m", "m"].map(String::from))
+        .collect();
+    let (ok, _) = mosquitto_pub(&args);
+    assert!(!ok);
+    palisade.wait_refused(&["route=mqtt-tls", "device=-", "reason=no client certificate"]);
+    nothing_forwarded(&upstream);
+}
+
+#[test]
+fn certificate_from_another_ca() {
+    if !require("mosquitto_pub") {
+        return;
+    }
+    let (palisade, upstream) = setup();
+    let genuine = palisade.issue("therm-1", "thermostat", "hall");
+    // An impostor CA issues a certificate in the name of an enrolled device.
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::default();
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Impostor CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let site_ca = std::fs::read_to_string(genuine.join("ca.pem")).unwrap();
+    let dir = craft(
+        &palisade.dir.path().join("impostor"),
+        "therm-1",
+        "thermostat",
+        &issuer,
+        &site_ca,
+        (-1, 1),
+    );
+    drop(ca);
+    let (ok, _) = publish(palisade.port("mqtt-tls"), &dir);
+    assert!(!ok);
+    palisade.wait_refused(&["device=therm-1", "certificate from an untrusted CA"]);
+    nothing_forwarded(&upstream);
+}
+
+#[test]
+fn expired_certificate() {
+    if !require("mosquitto_pub") {
+        return;
+    }
+    let (palisade, upstream) = setup();
+    palisade.issue("therm-old", "thermostat", "hall");
+    // A certificate the site CA itself signed, expired yesterday.
+    let pki = palisade.data.join("pki");
+    let ca_pem = std::fs::read_to_string(pki.join("ca.pem")).unwrap();
+    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(pki.join("ca.key")).unwrap()).unwrap();
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap();
+    let dir = craft(
+        &palisade.dir.path().join("expired"),
+        "therm-old",
+        "thermostat",
+        &issuer,
+        &ca_pem,
+        (-3, -1),
+    );
+    let (ok, _) = publish(palisade.port("mqtt-tls"), &dir);
+    assert!(!ok);
+    palisade.wait_refused(&["device=therm-old", "reason=certificate expired"]);
+    nothing_forwarded(&upstream);
+}
+
+#[test]
+fn revoked_device() {
+    if !require("mosquitto_pub") {
+        return;
+    }
+    let (palisade, upstream) = setup();
+    let device = palisade.issue("therm-rev", "thermostat", "hall");
+    let out = palisade.cli_ok(&["pki", "revoke", "therm-rev"]);
+    assert!(out.contains("revoked therm-rev"), "{out}");
+    let (ok, _) = publish(palisade.port("mqtt-tls"), &device);
+    assert!(!ok);
+    palisade.wait_refused(&["route=mqtt-tls", "device=therm-rev", "reason=revoked"]);
+    nothing_forwarded(&upstream);
+    let list = palisade.cli_ok(&["pki", "list"]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("therm-rev") && l.ends_with("revoked")),
+        "{list}"
+    );
+}
+
+#[test]
+fn revoked_device_over_quic() {
+    if !require_python("aioquic") {
+        return;
+    }
+    let (palisade, upstream) = setup();
+    let device = palisade.issue("therm-q", "thermostat", "hall");
+    palisade.cli_ok(&["pki", "revoke", "therm-q"]);
+    let out = aioquic_publish(&palisade, "mqtt-quic", &device, "t", "m");
+    assert!(!out.status.success());
+    palisade.wait_refused(&["route=quic", "device=therm-q", "reason=revoked"]);
+    nothing_forwarded(&upstream);
+}
+
+#[test]
+fn quarantined_device() {
+    if !require("mosquitto_pub") {
+        return;
+    }
+    let (palisade, upstream) = setup();
+    let device = palisade.issue("therm-qt", "thermostat", "hall");
+    palisade.cli_ok(&["device", "quarantine", "therm-qt"]);
+    let (ok, _) = publish(palisade.port("mqtt-tls"), &device);
+    assert!(!ok);
+    palisade.wait_refused(&["device=therm-qt", "reason=quarantined"]);
+    nothing_forwarded(&upstream);
+    let show = palisade.cli_ok(&["device", "show", "therm-qt"]);
+    assert!(show.contains("\"state\": \"quarantined\""), "{show}");
+}
+
+#[test]
+fn class_not_allowed_on_the_route() {
+    if !require("mosquitto_pub") {
+        return;
+    }
+    let (palisade, upstream) = setup();
+    let device = palisade.issue("cam-1", "camera", "gate");
+    let (ok, _) = publish(palisade.port("mqtt-tls"), &device);
+    assert!(!ok);
+    palisade.wait_refused(&[
+        "device=cam-1",
+        "reason=policy denies class camera in zone gate on route mqtt-tls",
+        "default deny",
+    ]);
+    nothing_forwarded(&upstream);
+}
+
+#[test]
+fn bytes_that_are_not_a_client_hello() {
+    let (palisade, upstream) = setup();
+    let mut tcp = TcpStream::connect(palisade.addr("mqtt-tls")).unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: palisade\r\n\r\n")
+        .unwrap();
+    // The appliance closes the connection (after a TLS alert, at most).
+    let mut rest = Vec::new();
+    let _ = tcp.read_to_end(&mut rest);
+    assert!(rest.len() < 16, "{rest:?}");
+    palisade.wait_refused(&["route=mqtt-tls", "device=-", "reason=not a TLS ClientHello"]);
+    nothing_forwarded(&upstream);
+}
+
+#[test]
+fn handshake_that_never_finishes() {
+    let (palisade, upstream) = setup();
+    // Half a ClientHello record header, then silence.
+    let mut tcp = TcpStream::connect(palisade.addr("mqtt-tls")).unwrap();
+    tcp.write_all(&[0x16, 0x03, 0x01]).unwrap();
+    palisade.wait_refused(&["route=mqtt-tls", "handshake did not finish within 1s"]);
+    let mut rest = Vec::new();
+    assert_eq!(tcp.read_to_end(&mut rest).unwrap_or(0), 0, "{rest:?}");
+    nothing_forwarded(&upstream);
+}

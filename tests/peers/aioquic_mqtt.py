@@ -1,0 +1,65 @@
+"""MQTT over QUIC with aioquic, a QUIC stack that is not quinn: one
+bidirectional stream with ALPN "mqtt" (as EMQX uses) carrying MQTT 3.1.1
+CONNECT, a retained QoS 1 PUBLISH and DISCONNECT. Prints `puback` once the
+broker acknowledged the message, and exits 0; exits 1 otherwise. With
+`hold`, it stays connected after the PUBACK instead, until the connection
+closes, and then prints `closed`.
+
+usage: aioquic_mqtt.py HOST PORT CERT_DIR TOPIC PAYLOAD [hold]
+"""
+
+import asyncio
+import struct
+import sys
+
+from aioquic.asyncio.client import connect
+from aioquic.quic.configuration import QuicConfiguration
+
+
+def packet(header: int, body: bytes) -> bytes:
+    out = bytearray([header])
+    n = len(body)
+    while True:
+        digit, n = n % 128, n // 128
+        out.append(digit | (0x80 if n else 0))
+        if not n:
+            break
+    return bytes(out) + body
+
+
+def string(s: str) -> bytes:
+    b = s.encode()
+    return struct.pack(">H", len(b)) + b
+
+
+async def main(host, port, certs, topic, payload, hold):
+    config = QuicConfiguration(is_client=True, alpn_protocols=["mqtt"])
+    config.load_verify_locations(f"{certs}/ca.pem")
+    config.load_cert_chain(f"{certs}/cert.pem", f"{certs}/key.pem")
+    config.server_name = "localhost"
+    async with connect(host, port, configuration=config) as client:
+        reader, writer = await client.create_stream()
+        # CONNECT: protocol MQTT level 4, clean session, keep-alive 60 s.
+        writer.write(packet(0x10, string("MQTT") + bytes([4, 2, 0, 60]) + string("quic-peer")))
+        connack = await asyncio.wait_for(reader.readexactly(4), 30)
+        if connack[0] != 0x20 or connack[3] != 0:
+            raise SystemExit(f"bad CONNACK {connack.hex()}")
+        # PUBLISH, QoS 1, retained, packet id 1.
+        writer.write(packet(0x33, string(topic) + struct.pack(">H", 1) + payload.encode()))
+        puback = await asyncio.wait_for(reader.readexactly(4), 30)
+        if puback != bytes([0x40, 2, 0, 1]):
+            raise SystemExit(f"bad PUBACK {puback.hex()}")
+        print("puback", flush=True)
+        if hold:
+            while await reader.read(4096):
+                pass
+            print("closed", flush=True)
+            return
+        writer.write(packet(0xE0, b""))
+        writer.write_eof()
+        await asyncio.sleep(0.1)
+
+
+host, port, certs, topic, payload = sys.argv[1:6]
+hold = sys.argv[6:7] == ["hold"]
+asyncio.run(main(host, int(port), certs, topic, payload, hold))
