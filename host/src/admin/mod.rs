@@ -26,6 +26,7 @@ use tracing::info;
 pub use socket::{ADMIN_SOCKET, Console, bind_socket, serve_socket};
 
 use crate::identity::{DeviceCertRequest, Pki, Registry, format_time};
+use crate::plugins::{Installed, Runtime};
 use crate::session::LiveSessions;
 
 /// One operator command.
@@ -100,6 +101,9 @@ pub struct Admin {
     registry: Registry,
     /// The running appliance's live sessions; `None` in the command line.
     live: Option<LiveSessions>,
+    /// The running appliance's plugin runtime and served plugins; `None`
+    /// in the command line.
+    plugins: Option<(Runtime, Installed)>,
 }
 
 impl Admin {
@@ -109,7 +113,15 @@ impl Admin {
             pki,
             registry,
             live,
+            plugins: None,
         }
+    }
+
+    /// The executor of a running appliance, which serves the plugins in
+    /// `installed` with `runtime`.
+    pub fn serving(mut self, runtime: Runtime, installed: Installed) -> Admin {
+        self.plugins = Some((runtime, installed));
+        self
     }
 
     /// Execute `request`.

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use crate::admin::{ADMIN_SOCKET, Admin, bind_socket, serve_socket};
 use crate::config::Config;
 use crate::identity::{DeviceVerifier, Pki, Registry};
-use crate::plugins::{Plugin, Runtime, RuntimeConfig, World};
+use crate::plugins::{Installed, Plugin, Runtime, RuntimeConfig, World};
 use crate::policy::PolicyEngine;
 use crate::session::LiveSessions;
 use crate::store::Store;
@@ -91,21 +91,32 @@ async fn serve(data: &Path, config: Config, embedded: bool) -> anyhow::Result<()
         },
         store.clone(),
     )?;
+    let installed = Installed::default();
     let mut routes = Vec::new();
     for route in &config.routes {
+        let slot = |name: &String, world| {
+            installed
+                .slot_for(name, world, &route.name, || load(&plugins, name, world))
+                .with_context(|| format!("loading {world} {name} for route {}", route.name))
+        };
         let parser = match &route.parser {
-            Some(name) => Some(
-                load_parser(&plugins, name)
-                    .with_context(|| format!("loading parser {name} for route {}", route.name))?,
-            ),
+            Some(name) => Some(slot(name, World::Parser)?),
             None => {
                 warn!(route = %route.name, protocol = %route.protocol, "no parser: frames are relayed uninspected");
                 None
             }
         };
+        let detectors = (route.detectors.iter())
+            .map(|name| slot(name, World::Detector))
+            .collect::<anyhow::Result<_>>()?;
+        let responders = (route.responders.iter())
+            .map(|name| slot(name, World::Responder))
+            .collect::<anyhow::Result<_>>()?;
         routes.push(Route {
             config: route.clone(),
             parser,
+            detectors,
+            responders,
             upstream: Upstream::new(route)?,
         });
     }
@@ -134,7 +145,7 @@ async fn serve(data: &Path, config: Config, embedded: bool) -> anyhow::Result<()
     let server = Server::bind(&config, routes, stages, shutdown.clone()).await?;
     let admin_socket = bind_socket(data)
         .with_context(|| format!("binding {}", data.join(ADMIN_SOCKET).display()))?;
-    let admin = Admin::new(pki, registry, Some(live));
+    let admin = Admin::new(pki, registry, Some(live)).serving(plugins, installed);
     let admin_task = tokio::spawn(serve_socket(admin_socket, admin, shutdown.clone()));
     for l in server.listening() {
         info!(route = %l.name, transport = %l.transport, addr = %l.addr, "listening");
@@ -172,13 +183,13 @@ async fn signals(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-/// Load the parser `name`: a first-party plugin's name, or a path to a
-/// component.
-fn load_parser(runtime: &Runtime, name: &str) -> anyhow::Result<Plugin> {
+/// Load plugin `name` (a first-party plugin's name, or a path to a
+/// component), which must implement `world`.
+fn load(runtime: &Runtime, name: &str, world: World) -> anyhow::Result<Plugin> {
     let plugin = super::plugin_run::load(runtime, name)?;
     anyhow::ensure!(
-        plugin.world() == World::Parser,
-        "{} is a {}, not a parser",
+        plugin.world() == world,
+        "{} is a {}, not a {world}",
         plugin.name(),
         plugin.world()
     );

@@ -207,6 +207,14 @@ pub struct RouteConfig {
     /// plugin's name or a path to a component. `None`: frames are relayed
     /// uninspected, and the log says so at start.
     pub parser: Option<String>,
+    /// Detector plugins that judge the parser's events, in order (names or
+    /// paths, as `parser`). Default none.
+    #[serde(default)]
+    pub detectors: Vec<String>,
+    /// Responder plugins that turn findings into actions, in order.
+    /// Default none: the policy's own verdicts still apply.
+    #[serde(default)]
+    pub responders: Vec<String>,
     /// The upstream's `host:port`. Required.
     pub upstream: String,
     /// TLS to the upstream. `None`: plain TCP.
@@ -261,18 +269,40 @@ pub struct UpstreamTls {
 
 impl Default for Config {
     fn default() -> Self {
-        let route =
-            |name: &str, protocol: &str, transport, port: u16, parser, upstream: u16| RouteConfig {
+        // Inspected routes run the first-party detectors and responder:
+        // the baseline only learns in its first day, hygiene flags what no
+        // device should send, and escalate acts on high and critical
+        // findings only.
+        let route = |name: &str,
+                     protocol: &str,
+                     transport,
+                     port: u16,
+                     parser: Option<String>,
+                     upstream: u16| {
+            let inspected = parser.is_some();
+            let names = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect();
+            RouteConfig {
                 name: name.into(),
                 protocol: protocol.into(),
                 transport,
                 listen: SocketAddr::from(([127, 0, 0, 1], port)),
                 alpn: None,
                 parser,
+                detectors: if inspected {
+                    names(&["hygiene", "baseline"])
+                } else {
+                    Vec::new()
+                },
+                responders: if inspected {
+                    names(&["escalate"])
+                } else {
+                    Vec::new()
+                },
                 upstream: format!("127.0.0.1:{upstream}"),
                 upstream_tls: None,
                 upstream_connect: UpstreamConnect::default(),
-            };
+            }
+        };
         let mut coap = route("coap-tls", "coap", Transport::Tls, 5684, None, 5683);
         // RFC 8323 §4.1: CoAP over TLS is negotiated with ALPN "coap".
         coap.alpn = Some("coap".into());
@@ -411,6 +441,12 @@ impl Config {
             if r.parser.as_deref() == Some("") {
                 return invalid(format!(
                     "route {}: parser is empty (leave it out to relay uninspected)",
+                    r.name
+                ));
+            }
+            if r.parser.is_none() && !(r.detectors.is_empty() && r.responders.is_empty()) {
+                return invalid(format!(
+                    "route {}: detectors and responders judge a parser's events; give it a parser",
                     r.name
                 ));
             }

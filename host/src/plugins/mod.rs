@@ -17,6 +17,7 @@ pub mod bindings;
 mod cache;
 pub mod first_party;
 mod host;
+mod installed;
 mod limits;
 mod slot;
 
@@ -36,6 +37,7 @@ pub use bindings::{Action, Device, Direction, Finding, Session, Severity};
 pub use cache::Cache;
 pub use host::Counters;
 use host::PluginState;
+pub use installed::{Installed, Served};
 pub use limits::{FailMode, Limits};
 pub use palisade_plugin_sdk::{Batch, Columns, EventRef, Malformed, Parsed, Value, ValueType};
 pub use slot::{ShadowReport, Slot, SwapError};

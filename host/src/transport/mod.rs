@@ -40,7 +40,7 @@ pub use upstream::{Duplex, Upstream};
 
 use crate::config::{Config, Limits, PkiConfig, RouteConfig, Transport, UpstreamConnect};
 use crate::identity::{Claims, Device, DeviceState, DeviceVerifier, Pki, Refusal, Registry};
-use crate::plugins::Plugin;
+use crate::plugins::Slot;
 use crate::policy::PolicyEngine;
 use crate::session::{LiveSessions, Membership, Pipeline, RelaySettings};
 
@@ -76,7 +76,11 @@ pub struct Route {
     /// Its configuration.
     pub config: RouteConfig,
     /// Its parser; `None` relays uninspected.
-    pub parser: Option<Plugin>,
+    pub parser: Option<Slot>,
+    /// Its detectors, in order.
+    pub detectors: Vec<Slot>,
+    /// Its responders, in order.
+    pub responders: Vec<Slot>,
     /// Where its sessions go.
     pub upstream: Upstream,
 }
@@ -371,11 +375,11 @@ impl Shared {
             device: device.plugin_view(),
             route: route.config.name.clone(),
         };
-        Some(Pipeline::new(
+        Some(Pipeline::with_slots(
             session,
             parser,
-            Vec::new(),
-            Vec::new(),
+            route.detectors.clone(),
+            route.responders.clone(),
             self.limits.max_frame_bytes,
         ))
     }
