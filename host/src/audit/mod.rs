@@ -13,6 +13,9 @@
 
 pub mod export;
 pub mod format;
+mod queue;
+
+pub use queue::AuditQueue;
 
 use serde::{Deserialize, Serialize};
 

@@ -15,6 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::admin::{ADMIN_SOCKET, Admin, bind_socket, serve_socket};
+use crate::audit::export::Exporter;
+use crate::audit::{AuditLog, AuditQueue};
 use crate::config::Config;
 use crate::identity::{DeviceVerifier, Pki, Registry};
 use crate::plugins::{Installed, Plugin, Runtime, RuntimeConfig, World};
@@ -135,12 +137,23 @@ async fn serve(data: &Path, config: Config, embedded: bool) -> anyhow::Result<()
         data.to_owned(),
         shutdown.clone(),
     ));
+    let audit = AuditLog::open(&store).context("opening the audit trail")?;
+    let (stop_exporters, exporters_stop) = tokio::sync::watch::channel(false);
+    let mut exporters = Vec::new();
+    for sink in &config.sinks {
+        info!(siem = %sink.name(), "exporting findings and actions");
+        let exporter = Exporter::new(audit.clone(), sink.clone());
+        exporters.push(tokio::spawn(exporter.run(exporters_stop.clone())));
+    }
+    let recorder = AuditQueue::start(audit).context("starting the audit writer")?;
     let stages = Stages {
         pki: pki.clone(),
         registry: registry.clone(),
         live: live.clone(),
         policy,
         verifier,
+        audit: Some(recorder.clone()),
+        installed: installed.clone(),
     };
     let server = Server::bind(&config, routes, stages, shutdown.clone()).await?;
     let admin_socket = bind_socket(data)
@@ -158,6 +171,11 @@ async fn serve(data: &Path, config: Config, embedded: bool) -> anyhow::Result<()
     tokio::spawn(signals(shutdown.clone()));
     server.run().await;
     let _ = admin_task.await;
+    tokio::task::block_in_place(|| recorder.drain(std::time::Duration::from_secs(5)));
+    let _ = stop_exporters.send(true);
+    for exporter in exporters {
+        let _ = exporter.await;
+    }
     let _ = std::fs::remove_file(data.join(ADMIN_SOCKET));
     store.flush().context("saving state")?;
     info!("stopped");

@@ -77,6 +77,13 @@ pub struct Config {
     /// Default: the four loopback routes of [`Config::default`].
     #[serde(rename = "route")]
     pub routes: Vec<RouteConfig>,
+    /// Where findings and actions are exported, besides the audit trail in
+    /// the data directory: `kind = "file"` (`path`), `"webhook"` (`url`,
+    /// `http://` only) or `"syslog"` (`address`, `transport` `tcp` or
+    /// `udp`, RFC 5424 with a CEF body), each with a `name` under which its
+    /// delivery cursor is kept. Default none.
+    #[serde(rename = "siem")]
+    pub sinks: Vec<crate::audit::export::SinkConfig>,
 }
 
 /// Bounds on connections and sessions. Every one has a default that suits
@@ -331,6 +338,7 @@ impl Default for Config {
                 coap,
                 route("modbus-tls", "modbus", Transport::Tls, 8802, None, 502),
             ],
+            sinks: Vec::new(),
         }
     }
 }
@@ -472,6 +480,14 @@ impl Config {
                     "route {} listens where another route does ({} {}); TLS routes need a port each, QUIC routes on one port an ALPN each",
                     r.name, r.transport, r.listen
                 ));
+            }
+        }
+        let mut sinks = HashSet::new();
+        for sink in &self.sinks {
+            check_name("siem name", sink.name())
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            if !sinks.insert(sink.name()) {
+                return invalid(format!("two [[siem]] sinks are named {}", sink.name()));
             }
         }
         if let Some(renewal) = self.renewal.listen

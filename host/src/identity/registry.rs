@@ -246,14 +246,32 @@ impl Registry {
 
     /// Quarantine device `id`.
     pub fn quarantine(&self, id: &str) -> Result<Device, RegistryError> {
-        self.change(id, |existing| {
-            let mut d = existing.ok_or_else(|| RegistryError::Unknown(id.to_owned()))?;
-            if d.state == DeviceState::Revoked {
-                return Err(RegistryError::Revoked(d.id));
-            }
-            d.state = DeviceState::Quarantined;
-            Ok(d)
-        })
+        let device = self.quarantine_unflushed(id)?;
+        self.flush()?;
+        Ok(device)
+    }
+
+    /// Quarantine device `id` at once, for the inline path: every later
+    /// handshake sees it, but it reaches the disk only with the next
+    /// [`Registry::flush`] (which the caller starts right after, off the
+    /// frame's path) or sled's own flush within half a second.
+    pub fn quarantine_unflushed(&self, id: &str) -> Result<Device, RegistryError> {
+        let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let mut d = self
+            .device(id)?
+            .ok_or_else(|| RegistryError::Unknown(id.to_owned()))?;
+        if d.state == DeviceState::Revoked {
+            return Err(RegistryError::Revoked(d.id));
+        }
+        d.state = DeviceState::Quarantined;
+        self.store_record(&d)?;
+        Ok(d)
+    }
+
+    /// Write every change to disk.
+    pub fn flush(&self) -> Result<(), RegistryError> {
+        self.store.flush()?;
+        Ok(())
     }
 
     /// Release device `id` from quarantine.

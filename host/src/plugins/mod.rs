@@ -357,7 +357,14 @@ impl Runtime {
             plugin: name.to_owned(),
             reason: format!("{e:#}"),
         })?;
-        Ok((self.prepare(name, &compiled, limits)?, hit))
+        let mut plugin = self.prepare(name, &compiled, limits)?;
+        // Until a bundle's manifest says otherwise, a plugin's version is
+        // its content: records name exactly the code that judged.
+        let hash = blake3::hash(component).to_hex();
+        if let Some(shared) = Arc::get_mut(&mut plugin.shared) {
+            shared.version = format!("b3:{}", hash.get(..12).unwrap_or_default()).into();
+        }
+        Ok((plugin, hit))
     }
 
     fn prepare(
@@ -419,6 +426,7 @@ impl Runtime {
         Ok(Plugin {
             shared: Arc::new(PluginShared {
                 name: name.into(),
+                version: "unknown".into(),
                 world,
                 limits: Arc::new(limits),
                 pre,
@@ -482,6 +490,7 @@ pub struct Plugin {
 
 struct PluginShared {
     name: Arc<str>,
+    version: Arc<str>,
     world: World,
     limits: Arc<Limits>,
     pre: WorldPre,
@@ -510,6 +519,12 @@ impl Plugin {
     /// The plugin's name.
     pub fn name(&self) -> &str {
         &self.shared.name
+    }
+
+    /// The plugin's version: its content hash, `b3:` and the first 12 hex
+    /// digits of its BLAKE3.
+    pub fn version(&self) -> &str {
+        &self.shared.version
     }
 
     /// Which world the plugin implements.

@@ -42,7 +42,7 @@ use cedar_policy::{
     PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
 };
 
-use crate::plugins::{Device, Direction, EventRef, Value};
+use crate::plugins::{Device, Direction, EventRef, Severity, Value};
 use vocabulary::Type;
 
 /// The policy a new appliance runs until the site installs its own.
@@ -104,6 +104,47 @@ pub struct Decision {
     /// Why: the policies that decided (their `@id`, or Cedar's id), or the
     /// default deny.
     pub reason: String,
+    /// For a denied event, how grave it is: the highest `@severity` of the
+    /// `forbid` policies that denied it; `high` for the default deny.
+    pub severity: Severity,
+    /// For a denied event, what the host does beyond dropping the frame:
+    /// the strongest `@response` of the `forbid` policies that denied it.
+    pub response: Response,
+}
+
+/// What a denied event costs its session, as a `forbid` policy's
+/// `@response` annotation says. A denied frame is always dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Response {
+    /// Drop the frame; the session goes on. The default.
+    DropFrame,
+    /// Drop the frame and close the session.
+    CloseSession,
+    /// Drop the frame, quarantine the device: all its sessions close and
+    /// it is refused until an operator releases it.
+    QuarantineDevice,
+}
+
+impl Response {
+    fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "drop-frame" => Response::DropFrame,
+            "close-session" => Response::CloseSession,
+            "quarantine-device" => Response::QuarantineDevice,
+            _ => return None,
+        })
+    }
+}
+
+fn parse_severity(text: &str) -> Option<Severity> {
+    Some(match text {
+        "info" => Severity::Info,
+        "low" => Severity::Low,
+        "medium" => Severity::Medium,
+        "high" => Severity::High,
+        "critical" => Severity::Critical,
+        _ => return None,
+    })
 }
 
 /// A checked policy.
@@ -179,6 +220,36 @@ impl Policy {
                     .flat_map(|e| located(source, e))
                     .collect(),
             });
+        }
+        let mut problems = Vec::new();
+        for policy in set.policies() {
+            let mut bad = |key: &str, value: &str, allowed: &str| {
+                // Where the annotation's value is written.
+                let (line, column) = (source.find(&format!("\"{value}\"")))
+                    .map_or((0, 0), |at| line_column(source, at));
+                problems.push(Problem {
+                    line,
+                    column,
+                    reason: format!("@{key}(\"{value}\") is not one of {allowed}"),
+                });
+            };
+            if let Some(value) = policy.annotation("severity")
+                && parse_severity(value).is_none()
+            {
+                bad("severity", value, "info, low, medium, high, critical");
+            }
+            if let Some(value) = policy.annotation("response")
+                && Response::parse(value).is_none()
+            {
+                bad(
+                    "response",
+                    value,
+                    "drop-frame, close-session, quarantine-device",
+                );
+            }
+        }
+        if !problems.is_empty() {
+            return Err(PolicyError { problems });
         }
         Ok(Policy {
             source: source.to_owned(),
@@ -278,6 +349,8 @@ impl Policy {
             return Decision {
                 allowed: false,
                 reason: format!("{kind} is not in the event vocabulary (default deny)"),
+                severity: Severity::High,
+                response: Response::DropFrame,
             };
         };
         let mut context: Vec<(String, RestrictedExpression)> = Vec::new();
@@ -334,6 +407,8 @@ impl Policy {
         let deny = |reason: String| Decision {
             allowed: false,
             reason,
+            severity: Severity::High,
+            response: Response::DropFrame,
         };
         let context = match Context::from_pairs(context) {
             Ok(c) => c,
@@ -367,7 +442,27 @@ impl Policy {
             (false, true) if errors.is_empty() => "no policy permits it (default deny)".into(),
             (false, true) => format!("denied: {}", errors.join("; ")),
         };
-        Decision { allowed, reason }
+        let mut decision = Decision {
+            allowed,
+            reason,
+            severity: Severity::High,
+            response: Response::DropFrame,
+        };
+        if !allowed {
+            let annotation = |key| {
+                (response.diagnostics().reason()).filter_map(move |id| self.set.annotation(id, key))
+            };
+            if let Some(severity) = annotation("severity")
+                .filter_map(parse_severity)
+                .max_by_key(|s| *s as u8)
+            {
+                decision.severity = severity;
+            }
+            if let Some(r) = annotation("response").filter_map(Response::parse).max() {
+                decision.response = r;
+            }
+        }
+        decision
     }
 
     fn name(&self, id: &PolicyId) -> String {
@@ -631,5 +726,63 @@ when { context has qos && context.qos == 2 };
                 .event(&subject, Direction::ToUpstream, batch.get(0).unwrap())
                 .allowed
         );
+    }
+
+    #[test]
+    fn a_forbid_says_how_grave_and_what_to_do() {
+        let policy = Policy::parse(
+            r#"permit(principal, action in Action::"mqtt", resource);
+@id("firmware") @severity("critical") @response("quarantine-device")
+forbid(principal, action == Action::"mqtt.publish", resource) when { context.topic like "*/firmware" };
+@id("commands") @response("close-session")
+forbid(principal, action == Action::"mqtt.publish", resource) when { context.topic like "*/cmd" };
+"#,
+        )
+        .unwrap();
+        let subject = policy.subject(&device("x"), None, "mqtt", "mqtt");
+        let decide = |topic: &str| {
+            let batch = publish(topic);
+            policy.event(&subject, Direction::ToUpstream, batch.get(0).unwrap())
+        };
+        let firmware = decide("a/firmware");
+        assert!(!firmware.allowed);
+        assert_eq!(firmware.severity as u8, Severity::Critical as u8);
+        assert_eq!(firmware.response, Response::QuarantineDevice);
+        let cmd = decide("a/cmd");
+        assert_eq!(cmd.severity as u8, Severity::High as u8, "the default");
+        assert_eq!(cmd.response, Response::CloseSession);
+        assert!(decide("a/telemetry").allowed);
+        // Denied by default: the frame is dropped, nothing more.
+        let none =
+            Policy::parse("permit(principal, action == Action::\"connect\", resource);").unwrap();
+        let subject = none.subject(&device("x"), None, "mqtt", "mqtt");
+        let batch = publish("a/b");
+        let d = none.event(&subject, Direction::ToUpstream, batch.get(0).unwrap());
+        assert_eq!((d.allowed, d.response), (false, Response::DropFrame));
+    }
+
+    #[test]
+    fn an_unknown_response_is_refused_where_it_is_written() {
+        let err = Policy::parse(
+            "permit(principal, action == Action::\"connect\", resource);\n@response(\"explode\")\nforbid(principal, action, resource);",
+        )
+        .unwrap_err();
+        let problem = &err.problems[0];
+        assert_eq!(problem.line, 2, "{err}");
+        assert!(problem.reason.contains("explode"), "{err}");
+    }
+
+    #[test]
+    fn a_role_is_a_device_attribute() {
+        let policy = Policy::parse(
+            r#"permit(principal, action == Action::"connect", resource) when { principal has role && principal.role == "operator" };"#,
+        )
+        .unwrap();
+        let operator = policy.subject(&device("hmi"), Some("operator"), "modbus", "modbus");
+        assert!(policy.connect(&operator, None).allowed);
+        let viewer = policy.subject(&device("hmi"), Some("viewer"), "modbus", "modbus");
+        assert!(!policy.connect(&viewer, None).allowed);
+        let none = policy.subject(&device("hmi"), None, "modbus", "modbus");
+        assert!(!policy.connect(&none, None).allowed);
     }
 }

@@ -8,5 +8,7 @@ mod pipeline;
 mod relay;
 
 pub use live::{LiveSessions, Membership};
-pub use pipeline::{FrameSpan, Inspected, Pipeline, PipelineError};
-pub use relay::{Forwarded, RelayError, RelaySettings, Side, first_bytes, relay};
+pub use pipeline::{FrameSpan, Inspected, POLICY, Pipeline, PipelineError, Verdict};
+pub use relay::{
+    Enforcer, Forwarded, NoEnforcer, RelayError, RelaySettings, Side, first_bytes, relay,
+};

@@ -10,10 +10,17 @@
 //! operator activates takes over at the next frame boundary; a shadow in a
 //! slot gets the same input and its results are only compared.
 
+use std::sync::Arc;
+
 use crate::plugins::{
     Action, Batch, CallError, Direction, EventRef, FailMode, Finding, Malformed, Parsed, Plugin,
     Session, Slot,
 };
+use crate::policy::{Policy, PolicyEngine, Response, Subject};
+
+/// The name findings and actions of the policy carry, where a plugin's
+/// name would be.
+pub const POLICY: &str = "policy";
 
 /// Why the pipeline cannot go on with a session. The session must close;
 /// no further frame of it is forwarded.
@@ -65,10 +72,58 @@ pub struct Inspected {
     pub blocked: bool,
 }
 
+/// What the host does with one chunk's frames, from the actions asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Verdict {
+    /// Per frame, whether it is forwarded.
+    pub forward: Vec<bool>,
+    /// Set when the session must close after the forwarded frames before
+    /// `cut` (no frame from `cut` on is forwarded), with why.
+    pub close: Option<(usize, String)>,
+    /// Whether the device is to be quarantined.
+    pub quarantine: bool,
+}
+
 impl Inspected {
     /// The frames with their events.
     pub fn frames(&self) -> impl Iterator<Item = (FrameSpan, EventRef<'_>)> {
         self.spans.iter().copied().zip(self.batch.iter())
+    }
+
+    /// What to do with the frames. A dropped frame is not forwarded and the
+    /// session goes on. A close or a quarantine forwards nothing from the
+    /// first frame any finding is about: the offending frame never lands,
+    /// and what came before it in the chunk still does.
+    pub fn verdict(&self) -> Verdict {
+        let mut forward = vec![true; self.spans.len()];
+        let mut close = false;
+        let mut quarantine = false;
+        for (_, action) in &self.actions {
+            match action {
+                Action::DropFrame(i) => {
+                    if let Some(f) = forward.get_mut(*i as usize) {
+                        *f = false;
+                    }
+                }
+                Action::CloseSession => close = true,
+                Action::QuarantineDevice => (close, quarantine) = (true, true),
+                Action::Allow | Action::Alert(_) => {}
+            }
+        }
+        let close = close.then(|| {
+            let first = self.findings.iter().min_by_key(|(_, f)| f.event);
+            let cut = first.map_or(0, |(_, f)| f.event as usize);
+            let reason = first.map_or_else(
+                || "a responder closed it".to_owned(),
+                |(by, f)| format!("{by}: {}", f.reason),
+            );
+            (cut.min(forward.len()), reason)
+        });
+        Verdict {
+            forward,
+            close,
+            quarantine,
+        }
     }
 }
 
@@ -88,6 +143,34 @@ pub struct Pipeline {
     responders: Vec<Slot>,
     max_frame: usize,
     streams: [Stream; 2],
+    gate: Option<Gate>,
+}
+
+/// The policy as one session sees it: the subject is made once per policy
+/// version, and made again when a reload replaced the policy.
+#[derive(Debug)]
+struct Gate {
+    engine: PolicyEngine,
+    role: Option<String>,
+    protocol: String,
+    current: Option<(Arc<Policy>, Subject)>,
+}
+
+impl Gate {
+    fn policy(&mut self, session: &Session) -> Option<&(Arc<Policy>, Subject)> {
+        let active = self.engine.active();
+        let stale = (self.current.as_ref()).is_none_or(|(p, _)| !Arc::ptr_eq(p, &active));
+        if stale {
+            let subject = active.subject(
+                &session.device,
+                self.role.as_deref(),
+                &session.route,
+                &self.protocol,
+            );
+            self.current = Some((active, subject));
+        }
+        self.current.as_ref()
+    }
 }
 
 impl Pipeline {
@@ -127,7 +210,32 @@ impl Pipeline {
             responders,
             max_frame,
             streams: Default::default(),
+            gate: None,
         }
+    }
+
+    /// Judge every event with the policy of `engine` first: a denied
+    /// event's frame is dropped, and the policy's `@response` may close the
+    /// session or quarantine the device. `role` is the Modbus/TCP Security
+    /// role of the device's certificate, `protocol` the route's.
+    pub fn with_policy(
+        mut self,
+        engine: PolicyEngine,
+        role: Option<String>,
+        protocol: &str,
+    ) -> Self {
+        self.gate = Some(Gate {
+            engine,
+            role,
+            protocol: protocol.to_owned(),
+            current: None,
+        });
+        self
+    }
+
+    /// The session the pipeline inspects.
+    pub fn session(&self) -> &Session {
+        &self.session
     }
 
     /// Bytes of `direction` received but not yet cut into frames.
@@ -202,8 +310,51 @@ impl Pipeline {
                 });
             }
         }
+        self.enforce_policy(direction, &mut inspected);
         self.judge(&mut inspected);
         Ok(inspected)
+    }
+
+    /// Decide each frame's event with the policy.
+    fn enforce_policy(&mut self, direction: Direction, inspected: &mut Inspected) {
+        let Some((policy, subject)) = (self.gate.as_mut()).and_then(|g| g.policy(&self.session))
+        else {
+            return;
+        };
+        // The malformed event that may follow the frames describes none.
+        for event in inspected.batch.iter().take(inspected.spans.len()) {
+            let decision = policy.event(subject, direction, event);
+            if decision.allowed {
+                continue;
+            }
+            let index = event.index() as u32;
+            let reason = format!("{} denied: {}", event.kind(), decision.reason);
+            inspected.findings.push((
+                POLICY.to_owned(),
+                Finding {
+                    event: index,
+                    severity: decision.severity,
+                    score: 1.0,
+                    reason,
+                },
+            ));
+            inspected
+                .actions
+                .push((POLICY.to_owned(), Action::DropFrame(index)));
+            match decision.response {
+                Response::DropFrame => {}
+                Response::CloseSession => {
+                    inspected
+                        .actions
+                        .push((POLICY.to_owned(), Action::CloseSession));
+                }
+                Response::QuarantineDevice => {
+                    inspected
+                        .actions
+                        .push((POLICY.to_owned(), Action::QuarantineDevice));
+                }
+            }
+        }
     }
 
     fn judge(&self, inspected: &mut Inspected) {
@@ -295,4 +446,59 @@ fn compare<T, K: PartialEq + std::fmt::Debug>(
         (o != t).then(|| format!("{t:?}, not {o:?}"))
     });
     slot.record_shadow(difference, theirs.is_err());
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+    use crate::plugins::Severity;
+
+    fn inspected(frames: usize, findings: &[u32], actions: Vec<Action>) -> Inspected {
+        let mut batch = Batch::new();
+        for _ in 0..frames {
+            batch.push("mqtt.publish");
+        }
+        let finding = |event| Finding {
+            event,
+            severity: Severity::High,
+            score: 1.0,
+            reason: format!("frame {event}"),
+        };
+        Inspected {
+            spans: (0..frames)
+                .map(|i| FrameSpan {
+                    offset: i as u64 * 10,
+                    len: 10,
+                })
+                .collect(),
+            batch,
+            findings: findings.iter().map(|&e| ("d".into(), finding(e))).collect(),
+            actions: actions.into_iter().map(|a| ("r".to_owned(), a)).collect(),
+            malformed: None,
+            errors: Vec::new(),
+            blocked: false,
+        }
+    }
+
+    #[test]
+    fn dropped_frames_are_skipped_and_the_session_goes_on() {
+        let v = inspected(4, &[1], vec![Action::DropFrame(1), Action::DropFrame(9)]).verdict();
+        assert_eq!(v.forward, [true, false, true, true]);
+        assert_eq!(v.close, None);
+        assert!(!v.quarantine);
+    }
+
+    #[test]
+    fn a_close_forwards_only_what_came_before_the_first_offence() {
+        let v = inspected(4, &[2, 3], vec![Action::CloseSession]).verdict();
+        assert_eq!(v.close, Some((2, "d: frame 2".into())));
+        assert!(!v.quarantine);
+        let v = inspected(3, &[0], vec![Action::QuarantineDevice]).verdict();
+        assert_eq!(v.close.map(|c| c.0), Some(0));
+        assert!(v.quarantine);
+        // Alerts and allows change nothing.
+        let v = inspected(2, &[0], vec![Action::Alert("x".into()), Action::Allow]).verdict();
+        assert_eq!((v.forward, v.close), (vec![true, true], None));
+    }
 }

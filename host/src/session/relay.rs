@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{Inspected, Pipeline, PipelineError};
-use crate::plugins::Direction;
+use crate::plugins::{Direction, Session};
 
 /// Bounds of one relayed session.
 #[derive(Debug, Clone, Copy)]
@@ -91,12 +91,41 @@ pub enum RelayError {
         /// The failures.
         reason: String,
     },
+    /// The policy or a responder closed the session (or quarantined the
+    /// device) on a frame, which was not forwarded.
+    #[error("closed on a {direction} frame: {reason}")]
+    Enforced {
+        /// The direction.
+        direction: &'static str,
+        /// Why.
+        reason: String,
+    },
     /// Nothing moved either way for the idle timeout.
     #[error("idle for {0:?}")]
     Idle(Duration),
     /// A write to one side stayed blocked for the idle timeout.
     #[error("{0} stopped reading for {1:?}")]
     Stalled(Side, Duration),
+}
+
+/// What the relay asks of the rest of the appliance when the policy or a
+/// responder acted on a chunk.
+pub trait Enforcer: Send + Sync {
+    /// Record the chunk's findings and actions (the audit trail).
+    fn record(&self, session: &Session, inspected: &Inspected);
+    /// Quarantine the session's device: close all its sessions and refuse
+    /// it from now on, saying `reason`.
+    fn quarantine(&self, session: &Session, reason: &str);
+}
+
+/// An enforcer with nobody to tell: nothing recorded, and a quarantine only
+/// closes the session that asked for it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoEnforcer;
+
+impl Enforcer for NoEnforcer {
+    fn record(&self, _: &Session, _: &Inspected) {}
+    fn quarantine(&self, _: &Session, _: &str) {}
 }
 
 /// How many bytes of frames a session forwarded.
@@ -138,6 +167,7 @@ pub async fn relay<D, U>(
     first: Vec<u8>,
     pipeline: Option<Pipeline>,
     settings: RelaySettings,
+    enforcer: Arc<dyn Enforcer>,
 ) -> Result<Forwarded, RelayError>
 where
     D: AsyncRead + AsyncWrite + Send + Unpin,
@@ -153,6 +183,7 @@ where
     let up = Pump {
         direction: Direction::ToUpstream,
         pipeline: pipeline.clone(),
+        enforcer: enforcer.clone(),
         held: Vec::new(),
         forwarded: 0,
     }
@@ -160,6 +191,7 @@ where
     let down = Pump {
         direction: Direction::ToDevice,
         pipeline,
+        enforcer,
         held: Vec::new(),
         forwarded: 0,
     }
@@ -212,6 +244,7 @@ fn name(direction: Direction) -> &'static str {
 struct Pump {
     direction: Direction,
     pipeline: Option<Arc<Mutex<Pipeline>>>,
+    enforcer: Arc<dyn Enforcer>,
     /// Bytes read but not yet forwarded: the start of an incomplete frame.
     /// The pipeline bounds it by refusing frames over its limit.
     held: Vec<u8>,
@@ -307,40 +340,76 @@ impl Pump {
                 reason: reason.join("; "),
             });
         }
+        let verdict = inspected.verdict();
+        if !(inspected.findings.is_empty() && inspected.actions.is_empty()) {
+            let session = lock(pipeline).session().clone();
+            if let Some((_, reason)) = verdict.close.as_ref().filter(|_| verdict.quarantine) {
+                // First, before anything is written or recorded: the
+                // device's other sessions close now.
+                self.enforcer.quarantine(&session, reason);
+            }
+            self.enforcer.record(&session, &inspected);
+        }
         // The frames are consecutive and start at the first held byte: the
         // pipeline cuts them from the front of what it was given, which is
-        // what `held` holds followed by `bytes`.
+        // what `held` holds followed by `bytes`. In the common case nothing
+        // was held and the frames lie in `bytes` itself.
         let frames: usize = inspected.spans.iter().map(|s| s.len as usize).sum();
-        if self.held.is_empty() {
-            // The common case: nothing was waiting, the frames are in
-            // `bytes` itself, and only an incomplete tail is kept.
-            let frames = frames.min(bytes.len());
-            if frames > 0 {
+        let held = !self.held.is_empty();
+        if held {
+            self.held.extend_from_slice(bytes);
+        }
+        let data: &[u8] = if held { &self.held } else { bytes };
+        let frames = frames.min(data.len());
+        let last = verdict
+            .close
+            .as_ref()
+            .map_or(verdict.forward.len(), |(cut, _)| *cut);
+        // Write each run of consecutive forwarded frames at once.
+        let mut start = 0usize;
+        let mut run = 0..0;
+        for (span, forward) in inspected.spans.iter().zip(&verdict.forward).take(last) {
+            let end = start + span.len as usize;
+            if *forward {
+                run = if run.is_empty() {
+                    start..end
+                } else {
+                    run.start..end
+                };
+            } else if !run.is_empty() {
                 write(
                     to,
-                    bytes.get(..frames).unwrap_or_default(),
+                    data.get(run.clone()).unwrap_or_default(),
                     writer,
                     settings.idle,
                 )
                 .await?;
-                self.forwarded += frames as u64;
+                self.forwarded += run.len() as u64;
+                run = 0..0;
             }
+            start = end;
+        }
+        if !run.is_empty() {
+            write(
+                to,
+                data.get(run.clone()).unwrap_or_default(),
+                writer,
+                settings.idle,
+            )
+            .await?;
+            self.forwarded += run.len() as u64;
+        }
+        if let Some((_, reason)) = verdict.close {
+            return Err(RelayError::Enforced {
+                direction: name(direction),
+                reason,
+            });
+        }
+        if held {
+            self.held.drain(..frames);
+        } else {
             self.held
                 .extend_from_slice(bytes.get(frames..).unwrap_or_default());
-        } else {
-            self.held.extend_from_slice(bytes);
-            let frames = frames.min(self.held.len());
-            if frames > 0 {
-                write(
-                    to,
-                    self.held.get(..frames).unwrap_or_default(),
-                    writer,
-                    settings.idle,
-                )
-                .await?;
-                self.held.drain(..frames);
-                self.forwarded += frames as u64;
-            }
         }
         if let Some(m) = inspected.malformed {
             return Err(RelayError::Malformed {
@@ -369,6 +438,10 @@ async fn write<W: AsyncWrite + Unpin>(
     }
 }
 
+fn lock(pipeline: &Mutex<Pipeline>) -> std::sync::MutexGuard<'_, Pipeline> {
+    pipeline.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Inputs up to this size are parsed in place on the async worker; larger
 /// ones inside [`tokio::task::block_in_place`]. A parser call on a few
 /// frames takes microseconds, less than handing the worker's other tasks to
@@ -386,7 +459,7 @@ fn inspect(
     direction: Direction,
     bytes: &[u8],
 ) -> Result<Inspected, PipelineError> {
-    let mut pipeline = pipeline.lock().unwrap_or_else(|p| p.into_inner());
+    let mut pipeline = lock(pipeline);
     let input = pipeline.pending(direction).saturating_add(bytes.len());
     let multi_thread = tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);

@@ -20,6 +20,7 @@
 //! period at shutdown.
 
 mod certs;
+mod enforce;
 mod quic;
 mod tls;
 mod upstream;
@@ -36,13 +37,15 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 pub use certs::ServerCertResolver;
+pub use enforce::Enforcement;
 pub use upstream::{Duplex, Upstream};
 
+use crate::audit::AuditQueue;
 use crate::config::{Config, Limits, PkiConfig, RouteConfig, Transport, UpstreamConnect};
 use crate::identity::{Claims, Device, DeviceState, DeviceVerifier, Pki, Refusal, Registry};
-use crate::plugins::Slot;
+use crate::plugins::{Installed, Slot};
 use crate::policy::PolicyEngine;
-use crate::session::{LiveSessions, Membership, Pipeline, RelaySettings};
+use crate::session::{Enforcer, LiveSessions, Membership, Pipeline, RelaySettings};
 
 /// Why the transport could not start.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +101,10 @@ pub struct Stages {
     pub policy: PolicyEngine,
     /// The handshake's client-certificate check.
     pub verifier: Arc<DeviceVerifier>,
+    /// Where findings and actions are recorded; `None`: nowhere.
+    pub audit: Option<AuditQueue>,
+    /// The served plugins.
+    pub installed: Installed,
 }
 
 /// A listener and what it serves.
@@ -116,6 +123,7 @@ const SEEN_RESOLUTION_SECS: i64 = 60;
 
 pub(crate) struct Shared {
     stages: Stages,
+    enforcer: Arc<dyn Enforcer>,
     limits: Limits,
     pki: PkiConfig,
     connections: Arc<Semaphore>,
@@ -162,8 +170,15 @@ impl Server {
                 }
             })?,
         );
+        let enforcer = Arc::new(Enforcement {
+            registry: stages.registry.clone(),
+            live: stages.live.clone(),
+            audit: stages.audit.clone(),
+            installed: stages.installed.clone(),
+        });
         let shared = Arc::new(Shared {
             stages,
+            enforcer,
             limits: config.limits.clone(),
             pki: config.pki.clone(),
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
@@ -368,19 +383,30 @@ impl Shared {
     }
 
     /// The pipeline of a new session of `device` on `route`.
-    fn pipeline(&self, id: u64, device: &Device, route: &Route) -> Option<Pipeline> {
+    fn pipeline(
+        &self,
+        id: u64,
+        device: &Device,
+        role: Option<&str>,
+        route: &Route,
+    ) -> Option<Pipeline> {
         let parser = route.parser.clone()?;
         let session = crate::plugins::Session {
             id,
             device: device.plugin_view(),
             route: route.config.name.clone(),
         };
-        Some(Pipeline::with_slots(
+        let pipeline = Pipeline::with_slots(
             session,
             parser,
             route.detectors.clone(),
             route.responders.clone(),
             self.limits.max_frame_bytes,
+        );
+        Some(pipeline.with_policy(
+            self.stages.policy.clone(),
+            role.map(str::to_owned),
+            &route.config.protocol,
         ))
     }
 
@@ -391,6 +417,7 @@ impl Shared {
         id: u64,
         route: &Route,
         device: &Device,
+        role: Option<&str>,
         peer: SocketAddr,
         mut device_stream: impl Duplex,
     ) -> String {
@@ -423,9 +450,16 @@ impl Shared {
             }
         };
         debug!(session = id, upstream = %route.upstream.addr(), "upstream connected");
-        let pipeline = self.pipeline(id, device, route);
-        let result =
-            crate::session::relay(device_stream, upstream, first, pipeline, settings).await;
+        let pipeline = self.pipeline(id, device, role, route);
+        let result = crate::session::relay(
+            device_stream,
+            upstream,
+            first,
+            pipeline,
+            settings,
+            self.enforcer.clone(),
+        )
+        .await;
         match result {
             Ok(f) => {
                 info!(session = id, route = %name, device = %device.id, to_upstream = f.to_upstream, to_device = f.to_device, "session closed: both sides closed");

@@ -181,15 +181,17 @@ async fn connection(
     };
     info!(%peer, route = %name, device = %device.id, "quic connection open");
     let device = Arc::new(device);
+    let role: Option<Arc<str>> = claims.role.as_deref().map(Arc::from);
     let ended = loop {
         tokio::select! {
             stream = conn.accept_bi() => match stream {
                 Ok((send, recv)) => {
-                    let (shared2, route, device) = (shared.clone(), route.clone(), device.clone());
+                    let (shared2, route, device, role) =
+                        (shared.clone(), route.clone(), device.clone(), role.clone());
                     let id = shared.session_id();
                     shared.tasks.spawn(async move {
                         let stream = tokio::io::join(recv, send);
-                        shared2.session(id, &route, &device, peer, stream).await;
+                        shared2.session(id, &route, &device, role.as_deref(), peer, stream).await;
                     });
                 }
                 Err(e) => break format!("connection closed: {e}"),

@@ -168,7 +168,7 @@ async fn connection(
     let id = shared.session_id();
     let ended = match &serves {
         Serves::Route(route) => tokio::select! {
-            _ = shared.session(id, route, &device, peer, stream) => return,
+            _ = shared.session(id, route, &device, claims.role.as_deref(), peer, stream) => return,
             reason = membership.closed() => reason,
             () = shared.shutdown.cancelled() => "appliance shutting down".to_owned(),
             () = expiry(&claims) => "certificate expired".to_owned(),

@@ -1,0 +1,195 @@
+//! The policy judges every frame of live traffic before it is forwarded,
+//! with real MQTT clients (mosquitto_pub and mosquitto_sub over mTLS) and a
+//! real broker: a denied publish never reaches the broker and is recorded
+//! and exported; a `forbid` with `@response("quarantine-device")`
+//! quarantines the device: its other sessions close, it is refused until an
+//! operator releases it, and that survives a restart.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use common::appliance::{
+    Appliance, Child, Mosquitto, mosquitto_pub, mosquitto_sub, require, route, tls_args, wait_until,
+};
+
+/// Sensors publish telemetry under `site/<area>/telemetry` and nothing
+/// else; publishing firmware is grounds for quarantine.
+const POLICY: &str = r#"
+@id("sensors connect over MQTT")
+permit(principal in Class::"sensor", action == Action::"connect", resource)
+when { resource.protocol == "mqtt" };
+
+@id("the broker may answer")
+permit(principal in Class::"sensor", action in Action::"mqtt", resource)
+when { context.direction == "to-device" };
+
+@id("sensors open and close sessions")
+permit(
+    principal in Class::"sensor",
+    action in [Action::"mqtt.connect", Action::"mqtt.disconnect", Action::"mqtt.pingreq",
+               Action::"mqtt.subscribe"],
+    resource
+);
+
+@id("sensors publish telemetry")
+permit(principal in Class::"sensor", action == Action::"mqtt.publish", resource)
+when { context.topic like "site/*/telemetry" && context["topic-levels"] == 3 };
+
+@id("nobody pushes firmware")
+@severity("critical")
+@response("quarantine-device")
+forbid(principal, action == Action::"mqtt.publish", resource)
+when { context.topic like "*/firmware" };
+"#;
+
+/// Lines a child prints, collected as they come.
+fn lines(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let stdout = child.0.stdout.take().unwrap();
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            sink.lock().unwrap().push(line);
+        }
+    });
+    seen
+}
+
+fn publish(palisade: &Appliance, device: &Path, topic: &str, message: &str) -> bool {
+    let mut args = tls_args(palisade.port("mqtt-tls"), device);
+    args.extend(["-t", topic, "-m", message].map(String::from));
+    mosquitto_pub(&args).0
+}
+
+fn setup(broker: &Mosquitto) -> (Appliance, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let alerts = dir.join("alerts.jsonl");
+    let config = format!(
+        "{}[[siem]]\nkind = \"file\"\nname = \"alerts\"\npath = \"{}\"\n",
+        route(
+            "mqtt-tls",
+            "mqtt",
+            "tls",
+            Some("mqtt"),
+            &format!("127.0.0.1:{}", broker.port)
+        ),
+        alerts.display()
+    );
+    (Appliance::start_with_policy(&config, Some(POLICY)), alerts)
+}
+
+#[test]
+fn a_denied_publish_never_reaches_the_broker_and_is_exported() {
+    if !require("mosquitto") || !require("mosquitto_pub") || !require("mosquitto_sub") {
+        return;
+    }
+    let broker = Mosquitto::start();
+    let (palisade, alerts) = setup(&broker);
+    // A subscriber on the broker itself sees whatever Palisade forwards.
+    let mut watcher = mosquitto_sub(
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port.to_string(),
+            "-t",
+            "site/#",
+        ]
+        .map(String::from),
+    );
+    let seen = lines(&mut watcher);
+    let sensor = palisade.issue("sensor-1", "sensor", "hall-a");
+    wait_until("the watcher subscribed", || {
+        assert!(publish(&palisade, &sensor, "site/a/telemetry", "21.5"));
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|l| l == "site/a/telemetry 21.5")
+    });
+    assert!(publish(&palisade, &sensor, "site/x/cmd", "open-valve"));
+    // A later allowed publish arrives; the denied one, sent before it,
+    // never does.
+    assert!(publish(&palisade, &sensor, "site/a/telemetry", "after"));
+    wait_until("the later publish arrived", || {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|l| l == "site/a/telemetry after")
+    });
+    let arrived = seen.lock().unwrap().clone();
+    assert!(
+        !arrived.iter().any(|l| l.contains("site/x/cmd")),
+        "the denied publish reached the broker: {arrived:?}"
+    );
+    // The alert is in the exported file, with who, what and why.
+    wait_until("the alert was exported", || {
+        std::fs::read_to_string(&alerts).is_ok_and(|t| t.contains("site/x/cmd"))
+    });
+    let text = std::fs::read_to_string(&alerts).unwrap();
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let finding = records
+        .iter()
+        .find(|r| r["what"]["type"] == "finding")
+        .unwrap_or_else(|| panic!("no finding in {text}"));
+    assert_eq!(finding["device"]["id"], "sensor-1");
+    assert_eq!(finding["device"]["class"], "sensor");
+    assert_eq!(finding["plugin"]["name"], "policy");
+    assert_eq!(finding["event"]["kind"], "mqtt.publish");
+    assert_eq!(finding["event"]["attributes"]["topic"], "site/x/cmd");
+    let reason = finding["what"]["reason"].as_str().unwrap();
+    assert!(reason.contains("default deny"), "{reason}");
+    assert!(
+        records
+            .iter()
+            .any(|r| r["what"]["type"] == "action" && r["what"]["action"] == "drop-frame"),
+        "{text}"
+    );
+    // The session went on: the device is not quarantined.
+    let show = palisade.cli_ok(&["device", "show", "sensor-1"]);
+    assert!(show.contains("\"state\": \"active\""), "{show}");
+}
+
+#[test]
+fn a_forbidden_publish_quarantines_the_device_until_released() {
+    if !require("mosquitto") || !require("mosquitto_pub") || !require("mosquitto_sub") {
+        return;
+    }
+    let broker = Mosquitto::start();
+    let (mut palisade, _) = setup(&broker);
+    let rogue = palisade.issue("sensor-9", "sensor", "hall-b");
+    // The device holds another session open: a subscription.
+    let mut args = tls_args(palisade.port("mqtt-tls"), &rogue);
+    args.extend(["-t", "site/b/telemetry"].map(String::from));
+    let mut open = mosquitto_sub(&args);
+    palisade.wait_log(|l| l.contains("session open") && l.contains("device=sensor-9"));
+    assert!(publish(&palisade, &rogue, "site/b/firmware", "evil"));
+    palisade.wait_log(|l| l.contains("device quarantined") && l.contains("device=sensor-9"));
+    // Its other session closed: mosquitto_sub saw the connection go.
+    let status = open.wait();
+    assert!(!status.success(), "mosquitto_sub ended well: {status}");
+    // It cannot come back.
+    assert!(!publish(&palisade, &rogue, "site/b/telemetry", "again"));
+    palisade.wait_refused(&["device=sensor-9", "reason=quarantined"]);
+    // Not even after a restart.
+    palisade.terminate();
+    let config = palisade.dir.path().join("palisade.toml");
+    palisade.restart(&config);
+    assert!(!publish(&palisade, &rogue, "site/b/telemetry", "again"));
+    palisade.wait_refused(&["device=sensor-9", "reason=quarantined"]);
+    // Until an operator releases it.
+    palisade.cli_ok(&["device", "release", "sensor-9"]);
+    assert!(publish(
+        &palisade,
+        &rogue,
+        "site/b/telemetry",
+        "welcome back"
+    ));
+}
