@@ -26,7 +26,6 @@
 )]
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -44,6 +43,13 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 mod common;
 
 use common::appliance::{Child, Mosquitto};
+
+mod support;
+
+use support::{
+    Palisade, burst, client_config, median, mqtt_connect, percentile, read_packet, route,
+    start_mosquitto, tls_connect,
+};
 
 const ROLE: &str = "PALISADE_BENCH_ROLE";
 const ROUNDS: usize = 5;
@@ -174,90 +180,6 @@ fn start_role(role: &str, env: &[(&str, String)]) -> (Child, u16, Arc<AtomicUsiz
     (Child(child), port, lines)
 }
 
-/// The appliance under test, with its log drained and counted.
-struct Palisade {
-    child: Child,
-    addrs: std::collections::HashMap<String, SocketAddr>,
-    sessions: Arc<AtomicUsize>,
-}
-
-impl Palisade {
-    fn start(data: &Path, config: &str) -> Palisade {
-        let path = data.with_extension("toml");
-        std::fs::write(
-            &path,
-            format!("[renewal]\nlisten = \"127.0.0.1:0\"\n{config}"),
-        )
-        .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
-            .arg("--data")
-            .arg(data)
-            .arg("serve")
-            .arg("--config")
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let mut addrs = std::collections::HashMap::new();
-        for line in lines.by_ref() {
-            let line = line.unwrap();
-            if line.contains(" listening ") {
-                let field = |name: &str| {
-                    line.split_whitespace()
-                        .find_map(|w| w.strip_prefix(&format!("{name}=")))
-                        .unwrap()
-                        .to_owned()
-                };
-                addrs.insert(field("route"), field("addr").parse().unwrap());
-            }
-            if line.contains(" ready ") {
-                break;
-            }
-            assert!(!line.contains("ERROR"), "{line}");
-        }
-        let sessions = Arc::new(AtomicUsize::new(0));
-        let counted = sessions.clone();
-        std::thread::spawn(move || {
-            for line in lines {
-                let Ok(line) = line else { return };
-                if line.contains("session open") {
-                    counted.fetch_add(1, Ordering::Relaxed);
-                } else if line.contains(" WARN ") || line.contains(" ERROR ") {
-                    eprintln!("palisade: {line}");
-                }
-            }
-        });
-        Palisade {
-            child: Child(child),
-            addrs,
-            sessions,
-        }
-    }
-
-    fn port(&self, route: &str) -> u16 {
-        self.addrs[route].port()
-    }
-
-    /// Resident memory, KiB.
-    fn rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.child.0.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
-    }
-
-    fn stop(mut self) {
-        let pid = rustix::process::Pid::from_raw(self.child.0.id() as i32).unwrap();
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-        let _ = self.child.0.wait();
-    }
-}
-
 // ------------------------------------------------------------------ bench
 
 async fn bench() {
@@ -352,45 +274,6 @@ async fn bench() {
     idle_sessions(&data, &tls).await;
 }
 
-fn route(name: &str, parser: Option<&str>, upstream: u16) -> String {
-    let parser = parser.map_or(String::new(), |p| format!("parser = \"{p}\"\n"));
-    format!(
-        "[[route]]\nname = \"{name}\"\nprotocol = \"mqtt\"\ntransport = \"tls\"\nlisten = \"127.0.0.1:0\"\n{parser}upstream = \"127.0.0.1:{upstream}\"\n"
-    )
-}
-
-fn client_config(device: &Path) -> TlsConnector {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in CertificateDer::pem_file_iter(device.join("ca.pem")).unwrap() {
-        roots.add(ca.unwrap()).unwrap();
-    }
-    let chain: Vec<_> = CertificateDer::pem_file_iter(device.join("cert.pem"))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    let key = PrivateKeyDer::from_pem_file(device.join("key.pem")).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .unwrap();
-    // Every handshake a full one, on both sides.
-    config.resumption = rustls::client::Resumption::disabled();
-    TlsConnector::from(Arc::new(config))
-}
-
-async fn tls_connect(
-    tls: &TlsConnector,
-    port: u16,
-) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
-    tcp.set_nodelay(true)?;
-    tls.connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-}
-
 async fn echo_server() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -443,55 +326,6 @@ async fn handshakes(tls: &TlsConnector, port: u16, echo: bool) -> f64 {
 
 // ------------------------------------------------------------------- MQTT
 
-/// mosquitto on a free port, if it is installed.
-fn start_mosquitto() -> Option<Mosquitto> {
-    let found = Command::new("sh")
-        .args(["-c", "command -v mosquitto"])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    found.then(Mosquitto::start)
-}
-
-/// Read one MQTT packet; its first byte.
-async fn read_packet<S: AsyncRead + Unpin>(s: &mut S) -> u8 {
-    let first = s.read_u8().await.unwrap();
-    let (mut len, mut shift) = (0usize, 0);
-    loop {
-        let b = s.read_u8().await.unwrap();
-        len |= usize::from(b & 0x7f) << shift;
-        shift += 7;
-        if b & 0x80 == 0 {
-            break;
-        }
-    }
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body).await.unwrap();
-    first
-}
-
-async fn mqtt_connect<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, client: &str) {
-    s.write_all(&common::mqtt_connect(client)).await.unwrap();
-    assert_eq!(read_packet(s).await, 0x20, "CONNACK");
-}
-
-/// Messages per second of a pipelined burst of QoS 0 PUBLISHes, timed to
-/// the PINGRESP that the broker sends only after handling all of them.
-async fn burst<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> f64 {
-    mqtt_connect(&mut s, "bench-burst").await;
-    let batch = common::mqtt_publish(TOPIC, &PAYLOAD).repeat(100);
-    let start = Instant::now();
-    for _ in 0..BURST / 100 {
-        s.write_all(&batch).await.unwrap();
-    }
-    s.write_all(&[0xc0, 0]).await.unwrap();
-    s.flush().await.unwrap();
-    while read_packet(&mut s).await != 0xd0 {}
-    let rate = BURST as f64 / start.elapsed().as_secs_f64();
-    let _ = s.write_all(&[0xe0, 0]).await;
-    rate
-}
-
 /// Round trips of QoS 1 PUBLISH to PUBACK, one at a time, in microseconds.
 async fn round_trips<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, out: &mut Vec<f64>) {
     mqtt_connect(&mut s, "bench-latency").await;
@@ -519,9 +353,9 @@ async fn mqtt(tls: &TlsConnector, broker: u16, relay: u16, palisade: u16) {
     println!("\n== MQTT PUBLISH, 100-byte payload, to mosquitto");
     let (mut d, mut r, mut p) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
-        d.push(burst(direct(broker).await).await);
-        r.push(burst(tls_connect(tls, relay).await.unwrap()).await);
-        p.push(burst(tls_connect(tls, palisade).await.unwrap()).await);
+        d.push(burst(direct(broker).await, BURST).await);
+        r.push(burst(tls_connect(tls, relay).await.unwrap(), BURST).await);
+        p.push(burst(tls_connect(tls, palisade).await.unwrap(), BURST).await);
     }
     let (d, r, p) = (median(&mut d), median(&mut r), median(&mut p));
     println!("pipelined QoS 0 bursts of {BURST}, messages per second:");
@@ -675,17 +509,6 @@ async fn wait_for(counter: &AtomicUsize, n: usize) {
 }
 
 // ------------------------------------------------------------------ utils
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let i = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
-    v[i]
-}
 
 /// Room for 10,000 sessions: each is two sockets in the appliance and one
 /// in this process (and one in the sink). As root the hard limit is raised

@@ -154,6 +154,10 @@ pub struct Policy {
     set: PolicySet,
     schema: Arc<Schema>,
     types: Types,
+    /// The event attributes the policy's text names anywhere (a safe
+    /// over-approximation of those it tests): only these are put in a
+    /// request's context, and only these can change a decision.
+    referenced: HashSet<&'static str>,
 }
 
 /// The Cedar schema the policies are checked against, generated from the
@@ -251,11 +255,18 @@ impl Policy {
         if !problems.is_empty() {
             return Err(PolicyError { problems });
         }
+        let referenced = (vocabulary::PROTOCOLS.iter())
+            .flat_map(|(_, kinds)| kinds.iter())
+            .flat_map(|kind| kind.attributes())
+            .map(|((name, _), _)| name)
+            .filter(|name| source.contains(name))
+            .collect();
         Ok(Policy {
             source: source.to_owned(),
             set,
             schema,
             types: Types::new()?,
+            referenced,
         })
     }
 
@@ -355,6 +366,9 @@ impl Policy {
         };
         let mut context: Vec<(String, RestrictedExpression)> = Vec::new();
         for ((name, ty), _) in known.attributes() {
+            if !self.referenced.contains(name) {
+                continue;
+            }
             let value = match (name, ty) {
                 ("direction", _) => Some(RestrictedExpression::new_string(
                     match direction {
@@ -396,6 +410,41 @@ impl Policy {
             }
         }
         self.decide(subject, kind, context)
+    }
+
+    /// Everything [`Policy::event`]'s decision on `event` depends on for
+    /// one subject, written to `key`: two events with the same key get the
+    /// same decision, so a session may keep decisions by key.
+    pub fn event_key(&self, direction: Direction, event: EventRef<'_>, key: &mut Vec<u8>) {
+        key.clear();
+        key.extend_from_slice(event.kind().as_bytes());
+        key.push(match direction {
+            Direction::ToUpstream => 0,
+            Direction::ToDevice => 1,
+        });
+        for (name, value) in event.attributes() {
+            if !self.referenced.contains(name) {
+                continue;
+            }
+            key.extend_from_slice(name.as_bytes());
+            match value {
+                Value::Text(t) => {
+                    key.push(b't');
+                    key.extend_from_slice(&(t.len() as u64).to_le_bytes());
+                    key.extend_from_slice(t.as_bytes());
+                }
+                Value::Bytes(b) => {
+                    key.push(b'b');
+                    key.extend_from_slice(&(b.len() as u64).to_le_bytes());
+                    key.extend_from_slice(b);
+                }
+                Value::Int(i) => {
+                    key.push(b'i');
+                    key.extend_from_slice(&i.to_le_bytes());
+                }
+                Value::Flag(f) => key.extend_from_slice(&[b'f', u8::from(f)]),
+            }
+        }
     }
 
     fn decide(

@@ -10,13 +10,14 @@
 //! operator activates takes over at the next frame boundary; a shadow in a
 //! slot gets the same input and its results are only compared.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::plugins::{
     Action, Batch, CallError, Direction, EventRef, FailMode, Finding, Malformed, Parsed, Plugin,
     Session, Slot,
 };
-use crate::policy::{Policy, PolicyEngine, Response, Subject};
+use crate::policy::{Decision, Policy, PolicyEngine, Response, Subject};
 
 /// The name findings and actions of the policy carry, where a plugin's
 /// name would be.
@@ -154,13 +155,22 @@ struct Gate {
     role: Option<String>,
     protocol: String,
     current: Option<(Arc<Policy>, Subject)>,
+    /// Decisions of the current policy by [`Policy::event_key`]: a device
+    /// repeats itself (the same topics, the same registers), and a repeated
+    /// event costs a lookup instead of an evaluation.
+    decisions: HashMap<Vec<u8>, Decision>,
+    key: Vec<u8>,
 }
 
+/// Decisions a session keeps; past this many the cache starts afresh.
+const DECISIONS: usize = 256;
+
 impl Gate {
-    fn policy(&mut self, session: &Session) -> Option<&(Arc<Policy>, Subject)> {
+    fn policy(&mut self, session: &Session) {
         let active = self.engine.active();
         let stale = (self.current.as_ref()).is_none_or(|(p, _)| !Arc::ptr_eq(p, &active));
         if stale {
+            self.decisions.clear();
             let subject = active.subject(
                 &session.device,
                 self.role.as_deref(),
@@ -169,7 +179,6 @@ impl Gate {
             );
             self.current = Some((active, subject));
         }
-        self.current.as_ref()
     }
 }
 
@@ -229,6 +238,8 @@ impl Pipeline {
             role,
             protocol: protocol.to_owned(),
             current: None,
+            decisions: HashMap::new(),
+            key: Vec::new(),
         });
         self
     }
@@ -317,13 +328,33 @@ impl Pipeline {
 
     /// Decide each frame's event with the policy.
     fn enforce_policy(&mut self, direction: Direction, inspected: &mut Inspected) {
-        let Some((policy, subject)) = (self.gate.as_mut()).and_then(|g| g.policy(&self.session))
+        let Some(gate) = self.gate.as_mut() else {
+            return;
+        };
+        gate.policy(&self.session);
+        let Gate {
+            current: Some((policy, subject)),
+            decisions,
+            key,
+            ..
+        } = gate
         else {
             return;
         };
         // The malformed event that may follow the frames describes none.
         for event in inspected.batch.iter().take(inspected.spans.len()) {
-            let decision = policy.event(subject, direction, event);
+            policy.event_key(direction, event, key);
+            let decision = match decisions.get(key.as_slice()) {
+                Some(d) => d.clone(),
+                None => {
+                    let d = policy.event(subject, direction, event);
+                    if decisions.len() >= DECISIONS {
+                        decisions.clear();
+                    }
+                    decisions.insert(key.clone(), d.clone());
+                    d
+                }
+            };
             if decision.allowed {
                 continue;
             }
@@ -338,21 +369,12 @@ impl Pipeline {
                     reason,
                 },
             ));
-            inspected
-                .actions
-                .push((POLICY.to_owned(), Action::DropFrame(index)));
+            let mut act = |a| inspected.actions.push((POLICY.to_owned(), a));
+            act(Action::DropFrame(index));
             match decision.response {
                 Response::DropFrame => {}
-                Response::CloseSession => {
-                    inspected
-                        .actions
-                        .push((POLICY.to_owned(), Action::CloseSession));
-                }
-                Response::QuarantineDevice => {
-                    inspected
-                        .actions
-                        .push((POLICY.to_owned(), Action::QuarantineDevice));
-                }
+                Response::CloseSession => act(Action::CloseSession),
+                Response::QuarantineDevice => act(Action::QuarantineDevice),
             }
         }
     }

@@ -99,6 +99,14 @@ fn insert<T: Ord>(set: &mut BTreeSet<T>, item: T) {
     }
 }
 
+/// As [`insert`], allocating only for text not yet in the set: a device
+/// mostly repeats itself.
+fn insert_text(set: &mut BTreeSet<String>, text: &str) {
+    if !set.contains(text) {
+        insert(set, text.to_owned());
+    }
+}
+
 /// The register access of a Modbus event: `(unit/type/access, start, end)`.
 fn register_access(event: &EventRef<'_>) -> Option<(String, i64, i64)> {
     let unit = event.int("unit")?;
@@ -156,18 +164,18 @@ impl Profile {
         }
         self.learnt_span.1 = self.learnt_span.1.max(millis);
         self.events += 1;
-        insert(&mut self.routes, route.to_owned());
-        insert(&mut self.kinds, event.kind().to_owned());
+        insert_text(&mut self.routes, route);
+        insert_text(&mut self.kinds, event.kind());
         if let Some(topic) = event
             .text("topic")
             .filter(|_| event.kind() == "mqtt.publish")
         {
-            insert(&mut self.topics, topic.to_owned());
+            insert_text(&mut self.topics, topic);
         }
         if event.kind() == "mqtt.subscribe" {
             for (name, value) in event.attributes() {
                 if let (true, palisade_plugin_sdk::Value::Text(f)) = (name == "filter", value) {
-                    insert(&mut self.filters, f.to_owned());
+                    insert_text(&mut self.filters, f);
                 }
             }
         }
