@@ -2,6 +2,7 @@
 //! entry point.
 
 mod baseline;
+mod demo;
 mod device;
 mod pki;
 mod plugin_config;
@@ -30,6 +31,9 @@ enum Command {
     /// Run the appliance: terminate devices' TLS and QUIC, check who they
     /// are, relay their traffic through the parsers to the upstreams.
     Serve(serve::Args),
+    /// See Palisade work: simulated sensors on loopback, one turns rogue
+    /// and is stopped. Uses a fresh data directory of its own.
+    Demo(demo::Args),
     /// The site CA and device certificates.
     #[command(subcommand)]
     Pki(pki::Command),
@@ -60,23 +64,30 @@ enum PluginCommand {
 
 /// Run the command line with the process's arguments.
 pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The demo prints its own story on stdout; the log says only what goes
+    // wrong.
+    let default = match cli.command {
+        Command::Demo(_) => "palisade=warn,rustls=error,warn",
+        _ => "palisade=info,rustls=error,warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "palisade=info,rustls=error,warn".into()),
+                .unwrap_or_else(|_| default.into()),
         )
         .with_writer(std::io::stderr)
         // Colours only for a person at a terminal; logs read by tools
         // (journald, tests) get plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Plugin(PluginCommand::Run(args)) => plugin_run::run(&cli.data, &args),
         Command::Plugin(PluginCommand::Config(args)) => plugin_config::run(&cli.data, &args),
         Command::Policy(command) => policy::run(&cli.data, &command),
         Command::Baseline(command) => baseline::run(&cli.data, &command),
         Command::Serve(args) => serve::run(&cli.data, &args),
+        Command::Demo(args) => demo::run(&args),
         Command::Pki(command) => pki::run(&cli.data, &command),
         Command::Device(command) => device::run(&cli.data, &command),
     };

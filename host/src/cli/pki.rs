@@ -35,23 +35,23 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 pub struct IssueArgs {
     /// The device id: 1 to 64 of A-Z a-z 0-9 . _ -
-    device: String,
+    pub(crate) device: String,
     /// The device class, which the connection policy matches.
     #[arg(long)]
-    class: String,
+    pub(crate) class: String,
     /// The zone the device sits in.
     #[arg(long, default_value = "default")]
-    zone: String,
+    pub(crate) zone: String,
     /// Lifetime in hours; the device renews at about two thirds of it.
     #[arg(long, default_value_t = 168)]
-    hours: u64,
+    pub(crate) hours: u64,
     /// A Modbus/TCP Security role for the certificate to carry (extension
     /// 1.3.6.1.4.1.50316.802.1).
     #[arg(long)]
-    role: Option<String>,
+    pub(crate) role: Option<String>,
     /// Directory to write cert.pem, key.pem (mode 0600) and ca.pem to.
     #[arg(long)]
-    out: PathBuf,
+    pub(crate) out: PathBuf,
 }
 
 pub(crate) fn run(data: &Path, command: &Command) -> anyhow::Result<ExitCode> {
@@ -109,6 +109,21 @@ pub(crate) fn run(data: &Path, command: &Command) -> anyhow::Result<ExitCode> {
 }
 
 fn issue(data: &Path, args: &IssueArgs) -> anyhow::Result<ExitCode> {
+    let (serial, not_after) = issue_to(data, args)?;
+    println!(
+        "issued certificate {serial} to {} (class {}, zone {}), valid until {not_after}",
+        args.device, args.class, args.zone
+    );
+    println!(
+        "wrote {0}/cert.pem, {0}/key.pem, {0}/ca.pem",
+        args.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Issue what `args` asks for and write the device's files; the serial
+/// and the end of validity.
+pub(crate) fn issue_to(data: &Path, args: &IssueArgs) -> anyhow::Result<(String, String)> {
     // The key is made here and only its public half travels: the appliance
     // never holds a device's private key.
     let key = rcgen::KeyPair::generate().context("generating the device key")?;
@@ -139,13 +154,5 @@ fn issue(data: &Path, args: &IssueArgs) -> anyhow::Result<ExitCode> {
     crate::identity::write_pem(&args.out.join("key.pem"), &key.serialize_pem(), 0o600)?;
     crate::identity::write_pem(&args.out.join("cert.pem"), &cert, 0o644)?;
     crate::identity::write_pem(&args.out.join("ca.pem"), &ca, 0o644)?;
-    println!(
-        "issued certificate {serial} to {} (class {}, zone {}), valid until {not_after}",
-        args.device, args.class, args.zone
-    );
-    println!(
-        "wrote {0}/cert.pem, {0}/key.pem, {0}/ca.pem",
-        args.out.display()
-    );
-    Ok(ExitCode::SUCCESS)
+    Ok((serial, not_after))
 }

@@ -51,11 +51,35 @@ pub(crate) fn run(data: &Path, args: &Args) -> anyhow::Result<ExitCode> {
         .thread_name("palisade")
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(data, config, args.config.is_none()))?;
+    let shutdown = CancellationToken::new();
+    runtime.block_on(async {
+        tokio::spawn(signals(shutdown.clone()));
+        serve(data, config, args.config.is_none(), shutdown, |_| {}).await
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(data: &Path, config: Config, embedded: bool) -> anyhow::Result<()> {
+/// What a running appliance tells whoever started it in-process (the
+/// demo): where it listens, and its audit trail.
+#[derive(Debug)]
+pub(crate) struct Ready<'a> {
+    /// The listeners, with their bound addresses.
+    pub listening: &'a [crate::transport::Listening],
+    /// The audit trail.
+    pub audit: &'a AuditLog,
+    /// The device registry.
+    pub registry: &'a Registry,
+}
+
+/// Run the appliance on `data` with `config` until `shutdown`; `ready` is
+/// called once it listens.
+pub(crate) async fn serve(
+    data: &Path,
+    config: Config,
+    embedded: bool,
+    shutdown: CancellationToken,
+    ready: impl FnOnce(Ready<'_>),
+) -> anyhow::Result<()> {
     crate::store::create_data_dir(data)
         .with_context(|| format!("creating the data directory {}", data.display()))?;
     let (pki, created) = Pki::init(data).context("opening the site CA")?;
@@ -131,7 +155,6 @@ async fn serve(data: &Path, config: Config, embedded: bool) -> anyhow::Result<()
             "policy in force: any enrolled device may use the routes of its protocol (palisade policy show)"
         ),
     }
-    let shutdown = CancellationToken::new();
     tokio::spawn(crate::policy::watch(
         policy.clone(),
         data.to_owned(),
@@ -145,7 +168,7 @@ async fn serve(data: &Path, config: Config, embedded: bool) -> anyhow::Result<()
         let exporter = Exporter::new(audit.clone(), sink.clone());
         exporters.push(tokio::spawn(exporter.run(exporters_stop.clone())));
     }
-    let recorder = AuditQueue::start(audit).context("starting the audit writer")?;
+    let recorder = AuditQueue::start(audit.clone()).context("starting the audit writer")?;
     let stages = Stages {
         pki: pki.clone(),
         registry: registry.clone(),
@@ -158,7 +181,7 @@ async fn serve(data: &Path, config: Config, embedded: bool) -> anyhow::Result<()
     let server = Server::bind(&config, routes, stages, shutdown.clone()).await?;
     let admin_socket = bind_socket(data)
         .with_context(|| format!("binding {}", data.join(ADMIN_SOCKET).display()))?;
-    let admin = Admin::new(pki, registry, Some(live)).serving(plugins, installed);
+    let admin = Admin::new(pki, registry.clone(), Some(live)).serving(plugins, installed);
     let admin_task = tokio::spawn(serve_socket(admin_socket, admin, shutdown.clone()));
     for l in server.listening() {
         info!(route = %l.name, transport = %l.transport, addr = %l.addr, "listening");
@@ -168,7 +191,11 @@ async fn serve(data: &Path, config: Config, embedded: bool) -> anyhow::Result<()
         config = if embedded { "embedded defaults" } else { "file" },
         "ready"
     );
-    tokio::spawn(signals(shutdown.clone()));
+    ready(Ready {
+        listening: server.listening(),
+        audit: &audit,
+        registry: &registry,
+    });
     server.run().await;
     let _ = admin_task.await;
     tokio::task::block_in_place(|| recorder.drain(std::time::Duration::from_secs(5)));
