@@ -292,7 +292,7 @@ async fn sensor_loop(
             return say(sensor, &format!("session ended after {sent} readings: {e}"));
         }
         sent += 1;
-        if sent % 8 == 0 {
+        if sent.is_multiple_of(8) {
             say(sensor, &format!("{sent} readings published to {topic}"));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
