@@ -13,6 +13,7 @@ use std::process::Command;
 
 const PLUGINS: &[&str] = &[
     "mqtt",
+    "modbus",
     "new-topic",
     "baseline",
     "hygiene",

@@ -336,7 +336,14 @@ impl Default for Config {
                     1883,
                 ),
                 coap,
-                route("modbus-tls", "modbus", Transport::Tls, 8802, None, 502),
+                route(
+                    "modbus-tls",
+                    "modbus",
+                    Transport::Tls,
+                    8802,
+                    Some("modbus".into()),
+                    502,
+                ),
             ],
             sinks: Vec::new(),
         }

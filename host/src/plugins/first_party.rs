@@ -9,6 +9,10 @@ const EMBEDDED: &[(&str, &[u8])] = &[
         include_bytes!(concat!(env!("PALISADE_PLUGIN_DIR"), "/mqtt.wasm")),
     ),
     (
+        "modbus",
+        include_bytes!(concat!(env!("PALISADE_PLUGIN_DIR"), "/modbus.wasm")),
+    ),
+    (
         "new-topic",
         include_bytes!(concat!(env!("PALISADE_PLUGIN_DIR"), "/new_topic.wasm")),
     ),

@@ -1,0 +1,432 @@
+//! A Modbus/TCP parser plugin: it cuts the stream into MBAP frames (the
+//! 7-byte header, then the PDU) and describes each request and response
+//! with what a policy judges: the function, read or write access, the
+//! register type and the address range.
+//!
+//! Requests travel to the upstream (the PLC), responses to the device. A
+//! response does not repeat what its request asked for, so the session
+//! state remembers the outstanding requests by transaction id (a bounded
+//! number, oldest forgotten first): a response's event names the same
+//! register range as its request's.
+
+use palisade_plugin_sdk::{Direction, EventWriter, Parsed, Parser, Session};
+
+/// The parser as a plugin.
+#[derive(Debug)]
+pub struct Modbus;
+
+impl Parser for Modbus {
+    const PROTOCOL: &'static str = "modbus";
+
+    fn parse(_session: &Session, direction: Direction, state: &[u8], input: &[u8]) -> Parsed {
+        parse(direction, state, input)
+    }
+}
+
+palisade_plugin_sdk::export!(parser: Modbus);
+
+/// The MBAP header's length; its length field counts from the unit id.
+const MBAP: usize = 7;
+/// The largest MBAP length field: the unit id and a PDU of 253 bytes.
+const MAX_LENGTH: usize = 254;
+/// Outstanding requests remembered per session.
+const OUTSTANDING: usize = 32;
+/// Bytes one remembered request takes in the state.
+const ENTRY: usize = 7;
+
+/// A request, as its response needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Pending {
+    transaction: u16,
+    function: u8,
+    address: u16,
+    count: u16,
+}
+
+fn load(state: &[u8]) -> Vec<Pending> {
+    state
+        .chunks_exact(ENTRY)
+        .map(|e| {
+            let u16_at = |i: usize| {
+                u16::from_be_bytes([
+                    e.get(i).copied().unwrap_or(0),
+                    e.get(i + 1).copied().unwrap_or(0),
+                ])
+            };
+            Pending {
+                transaction: u16_at(0),
+                function: e.get(2).copied().unwrap_or(0),
+                address: u16_at(3),
+                count: u16_at(5),
+            }
+        })
+        .collect()
+}
+
+fn save(pending: &[Pending]) -> Vec<u8> {
+    let mut state = Vec::with_capacity(pending.len() * ENTRY);
+    for p in pending {
+        state.extend_from_slice(&p.transaction.to_be_bytes());
+        state.push(p.function);
+        state.extend_from_slice(&p.address.to_be_bytes());
+        state.extend_from_slice(&p.count.to_be_bytes());
+    }
+    state
+}
+
+/// Parse the complete frames at the start of `input`, travelling in
+/// `direction`, given the session `state` the previous call returned.
+pub fn parse(direction: Direction, state: &[u8], input: &[u8]) -> Parsed {
+    let mut pending = load(state);
+    let mut parsed = Parsed::new(Vec::new());
+    let mut offset = 0;
+    while let Some(rest) = input.get(offset..).filter(|r| !r.is_empty()) {
+        let Some(header) = rest.get(..MBAP) else {
+            parsed = parsed.needing(MBAP - rest.len());
+            break;
+        };
+        let u16_at = |i: usize| {
+            u16::from_be_bytes([
+                header.get(i).copied().unwrap_or(0),
+                header.get(i + 1).copied().unwrap_or(0),
+            ])
+        };
+        let (transaction, protocol, length) = (u16_at(0), u16_at(2), usize::from(u16_at(4)));
+        if protocol != 0 {
+            parsed = parsed.malformed(offset, "MBAP protocol id is not 0 (not Modbus)");
+            break;
+        }
+        if !(2..=MAX_LENGTH).contains(&length) {
+            parsed = parsed.malformed(offset, "MBAP length outside 2..=254");
+            break;
+        }
+        let len = 6 + length;
+        let Some(frame) = rest.get(..len) else {
+            parsed = parsed.needing(len - rest.len());
+            break;
+        };
+        let unit = header.get(6).copied().unwrap_or(0);
+        let pdu = frame.get(MBAP..).unwrap_or_default();
+        let frame = Frame {
+            transaction,
+            unit,
+            pdu,
+            len,
+        };
+        let described = match direction {
+            Direction::ToUpstream => request(&frame, &mut pending, &mut parsed),
+            Direction::ToDevice => response(&frame, &mut pending, &mut parsed),
+        };
+        if let Err(reason) = described {
+            parsed = parsed.malformed(offset, reason);
+            break;
+        }
+        offset += len;
+    }
+    parsed.state = save(&pending);
+    parsed
+}
+
+struct Frame<'a> {
+    transaction: u16,
+    unit: u8,
+    pdu: &'a [u8],
+    len: usize,
+}
+
+impl Frame<'_> {
+    fn function(&self) -> u8 {
+        self.pdu.first().copied().unwrap_or(0)
+    }
+
+    fn u8_at(&self, i: usize) -> Result<u8, &'static str> {
+        self.pdu.get(i).copied().ok_or("PDU too short")
+    }
+
+    fn u16_at(&self, i: usize) -> Result<u16, &'static str> {
+        Ok(u16::from_be_bytes([self.u8_at(i)?, self.u8_at(i + 1)?]))
+    }
+
+    /// The event of kind `kind` with the header's fields.
+    fn event<'p>(&self, parsed: &'p mut Parsed, kind: &str) -> EventWriter<'p> {
+        let mut event = parsed.frame(self.len, kind);
+        event
+            .int("transaction", self.transaction)
+            .int("unit", self.unit)
+            .int("function", self.function() & 0x7f);
+        event
+    }
+}
+
+/// What a data-access function touches.
+fn register_type(function: u8) -> Option<&'static str> {
+    Some(match function {
+        1 | 5 | 15 => "coil",
+        2 => "discrete-input",
+        3 | 6 | 16 | 22 | 23 => "holding-register",
+        4 => "input-register",
+        _ => return None,
+    })
+}
+
+/// Function codes the specification reserves for users.
+fn user_defined(function: u8) -> bool {
+    matches!(function, 65..=72 | 100..=110)
+}
+
+fn request(
+    frame: &Frame<'_>,
+    pending: &mut Vec<Pending>,
+    parsed: &mut Parsed,
+) -> Result<(), &'static str> {
+    let function = frame.function();
+    if frame.pdu.is_empty() {
+        return Err("empty PDU");
+    }
+    let mut remember = |address: u16, count: u16| {
+        if pending.len() >= OUTSTANDING {
+            pending.remove(0);
+        }
+        pending.retain(|p| p.transaction != frame.transaction);
+        pending.push(Pending {
+            transaction: frame.transaction,
+            function,
+            address,
+            count,
+        });
+    };
+    let access = |parsed: &mut Parsed, kind, access, address: u16, count: u16| {
+        let mut event = frame.event(parsed, kind);
+        event
+            .text("access", access)
+            .text(
+                "register-type",
+                register_type(function).unwrap_or("unknown"),
+            )
+            .int("address", address)
+            .int("count", count);
+    };
+    match function {
+        1..=4 => {
+            let (address, count) = (frame.u16_at(1)?, frame.u16_at(3)?);
+            let max = if function <= 2 { 2000 } else { 125 };
+            if count == 0 || count > max {
+                return Err("read quantity out of range");
+            }
+            if frame.pdu.len() != 5 {
+                return Err("read request of the wrong length");
+            }
+            remember(address, count);
+            access(parsed, "modbus.read", "read", address, count);
+        }
+        5 | 6 => {
+            let (address, value) = (frame.u16_at(1)?, frame.u16_at(3)?);
+            if function == 5 && value != 0 && value != 0xff00 {
+                return Err("write single coil with a value other than ON or OFF");
+            }
+            if frame.pdu.len() != 5 {
+                return Err("write request of the wrong length");
+            }
+            remember(address, 1);
+            access(parsed, "modbus.write", "write", address, 1);
+        }
+        15 | 16 => {
+            let (address, count, bytes) = (frame.u16_at(1)?, frame.u16_at(3)?, frame.u8_at(5)?);
+            let (max, expected) = if function == 15 {
+                (1968, count.div_ceil(8))
+            } else {
+                (123, count.saturating_mul(2))
+            };
+            if count == 0 || count > max {
+                return Err("write quantity out of range");
+            }
+            if u16::from(bytes) != expected || frame.pdu.len() != 6 + usize::from(bytes) {
+                return Err("write byte count does not match the quantity");
+            }
+            remember(address, count);
+            access(parsed, "modbus.write", "write", address, count);
+        }
+        22 => {
+            let address = frame.u16_at(1)?;
+            if frame.pdu.len() != 7 {
+                return Err("mask write request of the wrong length");
+            }
+            remember(address, 1);
+            access(parsed, "modbus.write", "write", address, 1);
+        }
+        23 => {
+            let (address, count) = (frame.u16_at(1)?, frame.u16_at(3)?);
+            let (write_address, write_count, bytes) =
+                (frame.u16_at(5)?, frame.u16_at(7)?, frame.u8_at(9)?);
+            if count == 0 || count > 125 || write_count == 0 || write_count > 121 {
+                return Err("read/write quantity out of range");
+            }
+            if u16::from(bytes) != write_count * 2 || frame.pdu.len() != 10 + usize::from(bytes) {
+                return Err("write byte count does not match the quantity");
+            }
+            remember(address, count);
+            let mut event = frame.event(parsed, "modbus.read-write");
+            event
+                .text("access", "read-write")
+                .text("register-type", "holding-register")
+                .int("address", address)
+                .int("count", count)
+                .int("write-address", write_address)
+                .int("write-count", write_count);
+        }
+        7 | 8 | 11 | 12 | 17 => {
+            remember(0, 0);
+            frame.event(parsed, "modbus.diagnostics");
+        }
+        43 if frame.pdu.get(1) == Some(&14) => {
+            remember(0, 0);
+            frame.event(parsed, "modbus.device-identification");
+        }
+        0 | 0x80.. => return Err("function code not valid in a request"),
+        _ => {
+            remember(0, 0);
+            let mut event = frame.event(parsed, "modbus.other");
+            if user_defined(function) {
+                event.flag("user-defined", true);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn response(
+    frame: &Frame<'_>,
+    pending: &mut Vec<Pending>,
+    parsed: &mut Parsed,
+) -> Result<(), &'static str> {
+    let function = frame.function();
+    let asked = pending
+        .iter()
+        .position(|p| p.transaction == frame.transaction)
+        .map(|i| pending.remove(i));
+    if function & 0x80 != 0 {
+        let code = frame.u8_at(1)?;
+        let mut event = frame.event(parsed, "modbus.exception");
+        event.int("exception-code", code);
+        return Ok(());
+    }
+    if frame.pdu.is_empty() {
+        return Err("empty PDU");
+    }
+    let mut event = frame.event(parsed, "modbus.response");
+    if let Some(p) = asked.filter(|p| p.function == function)
+        && let Some(register_type) = register_type(function)
+    {
+        let access = match function {
+            1..=4 => "read",
+            23 => "read-write",
+            _ => "write",
+        };
+        event
+            .text("access", access)
+            .text("register-type", register_type)
+            .int("address", p.address)
+            .int("count", p.count);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    fn mbap(transaction: u16, pdu: &[u8]) -> Vec<u8> {
+        let mut f = transaction.to_be_bytes().to_vec();
+        f.extend_from_slice(&[0, 0]);
+        f.extend_from_slice(&(pdu.len() as u16 + 1).to_be_bytes());
+        f.push(1);
+        f.extend_from_slice(pdu);
+        f
+    }
+
+    #[test]
+    fn a_read_and_its_response_name_the_same_registers() {
+        let request = mbap(7, &[3, 0, 10, 0, 4]);
+        let up = parse(Direction::ToUpstream, &[], &request);
+        assert_eq!(up.frame_lengths, [request.len() as u32]);
+        let e = up.events.get(0).unwrap();
+        assert_eq!(e.kind(), "modbus.read");
+        assert_eq!(e.text("register-type"), Some("holding-register"));
+        assert_eq!((e.int("address"), e.int("count")), (Some(10), Some(4)));
+        let response = mbap(7, &[3, 8, 0, 1, 0, 2, 0, 3, 0, 4]);
+        let down = parse(Direction::ToDevice, &up.state, &response);
+        let e = down.events.get(0).unwrap();
+        assert_eq!(e.kind(), "modbus.response");
+        assert_eq!((e.int("address"), e.int("count")), (Some(10), Some(4)));
+        assert!(down.state.is_empty(), "answered requests are forgotten");
+    }
+
+    #[test]
+    fn writes_exceptions_and_user_codes() {
+        let stream = [
+            mbap(1, &[6, 0, 5, 0, 99]),
+            mbap(2, &[16, 0, 0, 0, 2, 4, 0, 1, 0, 2]),
+            mbap(3, &[23, 0, 0, 0, 1, 0, 9, 0, 1, 2, 0, 7]),
+            mbap(4, &[43, 14, 1, 0]),
+            mbap(5, &[100, 1, 2]),
+        ]
+        .concat();
+        let p = parse(Direction::ToUpstream, &[], &stream);
+        let kinds: Vec<_> = p.events.iter().map(|e| e.kind().to_owned()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "modbus.write",
+                "modbus.write",
+                "modbus.read-write",
+                "modbus.device-identification",
+                "modbus.other"
+            ]
+        );
+        assert_eq!(p.events.get(2).unwrap().int("write-address"), Some(9));
+        assert_eq!(p.events.get(4).unwrap().flag("user-defined"), Some(true));
+        let exception = parse(Direction::ToDevice, &p.state, &mbap(1, &[0x86, 2]));
+        let e = exception.events.get(0).unwrap();
+        assert_eq!(
+            (e.kind(), e.int("exception-code")),
+            ("modbus.exception", Some(2))
+        );
+    }
+
+    #[test]
+    fn split_anywhere_the_events_are_the_same() {
+        let stream = [mbap(1, &[3, 0, 0, 0, 2]), mbap(2, &[6, 0, 1, 0, 3])].concat();
+        let whole = parse(Direction::ToUpstream, &[], &stream);
+        for cut in 1..stream.len() {
+            let first = parse(Direction::ToUpstream, &[], &stream[..cut]);
+            let used = first.consumed();
+            let second = parse(Direction::ToUpstream, &first.state, &stream[used..]);
+            let events: Vec<String> = (first.events.iter().chain(second.events.iter()))
+                .map(|e| e.to_string())
+                .collect();
+            let expected: Vec<String> = whole.events.iter().map(|e| e.to_string()).collect();
+            assert_eq!(events, expected, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn malformed_frames_are_reported_after_the_good_ones() {
+        let good = mbap(1, &[3, 0, 0, 0, 2]);
+        let mut bad = mbap(2, &[3, 0, 0, 0, 0]);
+        let stream = [good.clone(), bad.clone()].concat();
+        let p = parse(Direction::ToUpstream, &[], &stream);
+        assert_eq!(p.frame_lengths.len(), 1);
+        let m = p.malformed.unwrap();
+        assert_eq!(m.offset as usize, good.len());
+        assert!(m.reason.contains("quantity"), "{}", m.reason);
+        bad[2] = 1;
+        assert!(parse(Direction::ToUpstream, &[], &bad).malformed.is_some());
+        // Requests stay bounded however many go unanswered.
+        let many: Vec<u8> = (0..100u16)
+            .flat_map(|t| mbap(t, &[3, 0, 0, 0, 1]))
+            .collect();
+        let p = parse(Direction::ToUpstream, &[], &many);
+        assert_eq!(p.state.len(), OUTSTANDING * ENTRY);
+    }
+}
