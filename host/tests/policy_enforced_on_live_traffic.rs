@@ -13,7 +13,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use common::appliance::{
-    Appliance, Child, Mosquitto, mosquitto_pub, mosquitto_sub, require, route, tls_args, wait_until,
+    Appliance, Child, Mosquitto, free_port, mosquitto_pub, mosquitto_sub, require, route, tls_args,
+    wait_until,
 };
 
 /// Sensors publish telemetry under `site/<area>/telemetry` and nothing
@@ -192,4 +193,140 @@ fn a_forbidden_publish_quarantines_the_device_until_released() {
         "site/b/telemetry",
         "welcome back"
     ));
+}
+
+/// rsyslog listening on `port` (TCP), writing each message's raw text as a
+/// line of `out`.
+fn rsyslog(dir: &Path, port: u16, out: &Path) -> Child {
+    let config = dir.join("rsyslog.conf");
+    std::fs::write(
+        &config,
+        format!(
+            r#"global(workDirectory="{work}" maxMessageSize="64k")
+module(load="imtcp")
+template(name="raw" type="string" string="%rawmsg%\n")
+ruleset(name="siem") {{ action(type="omfile" file="{out}" template="raw") }}
+input(type="imtcp" port="{port}" ruleset="siem")
+"#,
+            work = dir.display(),
+            out = out.display(),
+        ),
+    )
+    .unwrap();
+    Child(
+        std::process::Command::new("rsyslogd")
+            .args(["-n", "-f"])
+            .arg(&config)
+            .arg("-i")
+            .arg(dir.join("rsyslog.pid"))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn alerts_raised_while_the_siem_is_down_for_a_minute_all_arrive_once() {
+    if !require("mosquitto") || !require("mosquitto_pub") || !require("rsyslogd") {
+        return;
+    }
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let siem_port = free_port();
+    let config = format!(
+        "{}[[siem]]\nkind = \"syslog\"\nname = \"soc\"\naddress = \"127.0.0.1:{siem_port}\"\n",
+        route(
+            "mqtt-tls",
+            "mqtt",
+            "tls",
+            Some("mqtt"),
+            &format!("127.0.0.1:{}", broker.port)
+        ),
+    );
+    let palisade = Appliance::start_with_policy(&config, Some(POLICY));
+    let sensor = palisade.issue("sensor-3", "sensor", "hall-c");
+    // For a minute nothing listens where the SIEM should be; a denied
+    // publish every five seconds raises a finding and an action each.
+    let down = std::time::Instant::now();
+    let mut sent = 0;
+    while down.elapsed() < std::time::Duration::from_secs(60) {
+        assert!(publish(
+            &palisade,
+            &sensor,
+            &format!("site/x/cmd-{sent}"),
+            "x"
+        ));
+        sent += 1;
+        std::thread::sleep(std::time::Duration::from_secs(5));
+    }
+    // The SIEM comes back.
+    let out = dir.path().join("soc.log");
+    let _siem = rsyslog(dir.path(), siem_port, &out);
+    let lines = || {
+        std::fs::read_to_string(&out)
+            .map(|t| t.lines().map(str::to_owned).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    // The exporter retries with a backoff of at most 30 s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while lines().iter().filter(|l| l.contains("cmd-")).count() < 2 * sent
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let received = lines();
+    for i in 0..sent {
+        // The event's attributes are JSON in the CEF body.
+        let topic = format!("site/x/cmd-{i}\"");
+        let about: Vec<_> = received.iter().filter(|l| l.contains(&topic)).collect();
+        // Its finding and its drop-frame action, each once.
+        assert_eq!(about.len(), 2, "alert {i}: {about:?}\nall: {received:?}");
+    }
+}
+
+#[test]
+fn the_policy_reloads_live_and_a_broken_one_is_refused() {
+    if !require("mosquitto") || !require("mosquitto_pub") || !require("mosquitto_sub") {
+        return;
+    }
+    let broker = Mosquitto::start();
+    let (palisade, _) = setup(&broker);
+    let mut watcher = mosquitto_sub(
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port.to_string(),
+            "-t",
+            "site/#",
+        ]
+        .map(String::from),
+    );
+    let seen = lines(&mut watcher);
+    let sensor = palisade.issue("sensor-5", "sensor", "hall-a");
+    let arrived = |line: &str| seen.lock().unwrap().iter().any(|l| l == line);
+    wait_until("the watcher subscribed", || {
+        assert!(publish(&palisade, &sensor, "site/a/telemetry", "1"));
+        arrived("site/a/telemetry 1")
+    });
+    let file = palisade.data.join("policy.cedar");
+    // A broken policy is refused, with its line, and the one in force stays.
+    std::fs::write(&file, "permit(principal, action, resource) when {").unwrap();
+    palisade.wait_log(|l| {
+        l.contains("policy refused; the active policy stays") && l.contains("line 1")
+    });
+    assert!(publish(&palisade, &sensor, "site/a/telemetry", "2"));
+    wait_until("telemetry still passes", || arrived("site/a/telemetry 2"));
+    // A policy that also allows command topics takes over at once.
+    std::fs::write(
+        &file,
+        format!(
+            "{POLICY}\npermit(principal in Class::\"sensor\", action == Action::\"mqtt.publish\", resource)\nwhen {{ context.topic like \"site/*/cmd\" }};\n"
+        ),
+    )
+    .unwrap();
+    palisade.wait_log(|l| l.contains("policy reloaded") && l.contains("policy.cedar"));
+    assert!(publish(&palisade, &sensor, "site/x/cmd", "now-allowed"));
+    wait_until("the command arrived", || arrived("site/x/cmd now-allowed"));
 }

@@ -87,7 +87,7 @@ pub async fn watch(engine: PolicyEngine, data: PathBuf, stop: CancellationToken)
             Ok((text, file)) => match engine.reload(&text) {
                 Ok(()) => info!(
                     policy = %file.as_deref().map_or("embedded default".into(), |p| p.display().to_string()),
-                    "policy in force"
+                    "policy reloaded"
                 ),
                 Err(problems) => error!(
                     file = %path.display(),
