@@ -77,16 +77,21 @@ fn a_frame_over_the_limit_closes_the_session() {
     wait_until("the CONNECT reaching the upstream", || {
         upstream.bytes() >= connect.len()
     });
-    // A PUBLISH announcing 4000 bytes: the session closes without holding
-    // more than the limit, and none of it goes on.
+    // A small PUBLISH, then in the same write the start of one announcing
+    // 4000 bytes: the small one goes on; the session closes without holding
+    // more than the limit, and none of the big one goes on.
+    let small = mqtt_publish("lab/ok", b"fine");
     let big = mqtt_publish("lab/blob", &[7u8; 4000]);
-    tls.write_all(&big[..600]).unwrap();
+    tls.write_all(&[&small[..], &big[..600]].concat()).unwrap();
     tls.flush().unwrap();
     palisade
         .wait_log(|l| l.contains("session closed") && l.contains("frame larger than 1024 bytes"));
     let mut rest = Vec::new();
     let _ = tls.read_to_end(&mut rest);
-    assert_eq!(upstream.bytes(), connect.len());
+    wait_until("the small PUBLISH reaching the upstream", || {
+        upstream.bytes() >= connect.len() + small.len()
+    });
+    assert_eq!(upstream.bytes(), connect.len() + small.len());
 }
 
 #[test]

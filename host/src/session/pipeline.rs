@@ -71,6 +71,10 @@ pub struct Inspected {
     /// Set when a fail-closed detector or responder failed: the frames must
     /// not be forwarded.
     pub blocked: bool,
+    /// Set (to the limit) when what follows the frames starts a frame
+    /// larger than the pipeline buffers: the session must close after the
+    /// frames, which are whole and judged.
+    pub oversize: Option<usize>,
 }
 
 /// What the host does with one chunk's frames, from the actions asked for.
@@ -298,6 +302,7 @@ impl Pipeline {
             malformed: parsed.malformed,
             errors: Vec::new(),
             blocked: false,
+            oversize: None,
         };
         if let Some(m) = &inspected.malformed {
             let protocol = (self.parser.active().protocol()).unwrap_or_else(|_| "unknown".into());
@@ -316,9 +321,12 @@ impl Pipeline {
         if inspected.malformed.is_none() {
             let needed = parsed.needed.map_or(0, |n| n as usize);
             if stream.pending.len().saturating_add(needed) > self.max_frame {
-                return Err(PipelineError::FrameTooLarge {
-                    limit: self.max_frame,
-                });
+                if inspected.spans.is_empty() {
+                    return Err(PipelineError::FrameTooLarge {
+                        limit: self.max_frame,
+                    });
+                }
+                inspected.oversize = Some(self.max_frame);
             }
         }
         self.enforce_policy(direction, &mut inspected);
@@ -500,6 +508,7 @@ mod tests {
             malformed: None,
             errors: Vec::new(),
             blocked: false,
+            oversize: None,
         }
     }
 

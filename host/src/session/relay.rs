@@ -411,6 +411,12 @@ impl Pump {
             self.held
                 .extend_from_slice(bytes.get(frames..).unwrap_or_default());
         }
+        if let Some(limit) = inspected.oversize {
+            return Err(RelayError::Pipeline {
+                direction: name(direction),
+                source: PipelineError::FrameTooLarge { limit },
+            });
+        }
         if let Some(m) = inspected.malformed {
             return Err(RelayError::Malformed {
                 direction: name(direction),
