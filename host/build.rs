@@ -14,6 +14,7 @@ use std::process::Command;
 const PLUGINS: &[&str] = &[
     "mqtt",
     "modbus",
+    "coap",
     "new-topic",
     "baseline",
     "hygiene",

@@ -108,7 +108,7 @@ fn unknown_plugin_is_a_clear_error() {
     ]);
     assert!(!ok);
     assert!(
-        stderr.contains("reading plugin nope (not a file, nor one of mqtt, modbus, new-topic, baseline, hygiene, escalate)"),
+        stderr.contains("reading plugin nope (not a file, nor one of mqtt, modbus, coap, new-topic, baseline, hygiene, escalate)"),
         "{stderr}"
     );
 }

@@ -310,7 +310,14 @@ impl Default for Config {
                 upstream_connect: UpstreamConnect::default(),
             }
         };
-        let mut coap = route("coap-tls", "coap", Transport::Tls, 5684, None, 5683);
+        let mut coap = route(
+            "coap-tls",
+            "coap",
+            Transport::Tls,
+            5684,
+            Some("coap".into()),
+            5683,
+        );
         // RFC 8323 §4.1: CoAP over TLS is negotiated with ALPN "coap".
         coap.alpn = Some("coap".into());
         Config {

@@ -13,6 +13,10 @@ const EMBEDDED: &[(&str, &[u8])] = &[
         include_bytes!(concat!(env!("PALISADE_PLUGIN_DIR"), "/modbus.wasm")),
     ),
     (
+        "coap",
+        include_bytes!(concat!(env!("PALISADE_PLUGIN_DIR"), "/coap.wasm")),
+    ),
+    (
         "new-topic",
         include_bytes!(concat!(env!("PALISADE_PLUGIN_DIR"), "/new_topic.wasm")),
     ),

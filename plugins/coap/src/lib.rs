@@ -1,0 +1,379 @@
+//! A CoAP parser plugin for CoAP over TCP and TLS (RFC 8323): it cuts the
+//! stream into messages and describes each request (method, path, query,
+//! token, the options a policy or detector judges), response (code) and
+//! signalling message (CSM, Ping, Pong, Release, Abort).
+//!
+//! RFC 8323 §3.2 frames a message as `Len|TKL`, an extended length of 0,
+//! 1, 2 or 4 bytes, the code, the token, then the options and payload,
+//! whose size `Len` gives. Messages are independent: the parser keeps no
+//! session state.
+
+use palisade_plugin_sdk::{Direction, Parsed, Parser, Session};
+
+/// The parser as a plugin.
+#[derive(Debug)]
+pub struct Coap;
+
+impl Parser for Coap {
+    const PROTOCOL: &'static str = "coap";
+
+    fn parse(_session: &Session, _direction: Direction, _state: &[u8], input: &[u8]) -> Parsed {
+        parse(input)
+    }
+}
+
+palisade_plugin_sdk::export!(parser: Coap);
+
+/// The largest message accepted: far more than a constrained device sends
+/// (RFC 8323's default Max-Message-Size is 1152 bytes), far less than the
+/// 4-byte length field allows.
+pub const MAX_MESSAGE: usize = 1 << 20;
+
+/// Parse the complete messages at the start of `input`.
+pub fn parse(input: &[u8]) -> Parsed {
+    let mut parsed = Parsed::new(Vec::new());
+    let mut offset = 0;
+    while let Some(rest) = input.get(offset..).filter(|r| !r.is_empty()) {
+        match frame(rest) {
+            Framing::Complete {
+                header_len,
+                token_len,
+                len,
+            } => {
+                let code = rest.get(header_len - 1).copied().unwrap_or(0);
+                let token = rest
+                    .get(header_len..header_len + token_len)
+                    .unwrap_or_default();
+                let body = rest.get(header_len + token_len..len).unwrap_or_default();
+                if let Err(reason) = describe(code, token, body, len, &mut parsed) {
+                    parsed = parsed.malformed(offset, reason);
+                    break;
+                }
+                offset += len;
+            }
+            Framing::Incomplete(needed) => {
+                parsed = parsed.needing(needed);
+                break;
+            }
+            Framing::Invalid(reason) => {
+                parsed = parsed.malformed(offset, reason);
+                break;
+            }
+        }
+    }
+    parsed
+}
+
+enum Framing {
+    /// A whole message: `header_len` bytes up to and with the code, then a
+    /// token of `token_len`, `len` bytes in all.
+    Complete {
+        header_len: usize,
+        token_len: usize,
+        len: usize,
+    },
+    /// At least this many more bytes are needed.
+    Incomplete(usize),
+    /// Not a CoAP over TCP message.
+    Invalid(&'static str),
+}
+
+fn frame(input: &[u8]) -> Framing {
+    let Some(&first) = input.first() else {
+        return Framing::Incomplete(1);
+    };
+    let (len_nibble, token_len) = (usize::from(first >> 4), usize::from(first & 0x0f));
+    if token_len > 8 {
+        return Framing::Invalid("token length over 8 (reserved)");
+    }
+    let extended = match len_nibble {
+        13 => 1,
+        14 => 2,
+        15 => 4,
+        _ => 0,
+    };
+    let Some(ext) = input.get(1..1 + extended) else {
+        return Framing::Incomplete(1 + extended - input.len());
+    };
+    let value = ext.iter().fold(0usize, |v, b| (v << 8) | usize::from(*b));
+    let body_len = match len_nibble {
+        13 => value + 13,
+        14 => value + 269,
+        15 => value.saturating_add(65805),
+        n => n,
+    };
+    if body_len > MAX_MESSAGE {
+        return Framing::Invalid("message larger than 1 MiB");
+    }
+    let header_len = 1 + extended + 1;
+    let len = header_len + token_len + body_len;
+    if input.len() < len {
+        return Framing::Incomplete(len - input.len());
+    }
+    Framing::Complete {
+        header_len,
+        token_len,
+        len,
+    }
+}
+
+/// The method of a request code (class 0).
+fn method(detail: u8) -> Option<&'static str> {
+    Some(match detail {
+        1 => "GET",
+        2 => "POST",
+        3 => "PUT",
+        4 => "DELETE",
+        5 => "FETCH",
+        6 => "PATCH",
+        7 => "iPATCH",
+        _ => return None,
+    })
+}
+
+/// The signalling message of a 7.xx code.
+fn signal(detail: u8) -> Option<&'static str> {
+    Some(match detail {
+        1 => "CSM",
+        2 => "Ping",
+        3 => "Pong",
+        4 => "Release",
+        5 => "Abort",
+        _ => return None,
+    })
+}
+
+/// The options and payload of a message, as far as the events need them.
+#[derive(Default)]
+struct Options<'a> {
+    path: Vec<&'a [u8]>,
+    query: Vec<&'a [u8]>,
+    content_format: Option<u64>,
+    accept: Option<u64>,
+    observe: Option<u64>,
+    block1: Option<u64>,
+    block2: Option<u64>,
+    payload: usize,
+}
+
+fn uint(value: &[u8]) -> Result<u64, &'static str> {
+    if value.len() > 4 {
+        return Err("uint option longer than 4 bytes");
+    }
+    Ok(value.iter().fold(0, |v, b| (v << 8) | u64::from(*b)))
+}
+
+fn options(body: &[u8]) -> Result<Options<'_>, &'static str> {
+    let mut found = Options::default();
+    let mut number = 0u32;
+    let mut rest = body;
+    while let Some((&first, after)) = rest.split_first() {
+        if first == 0xff {
+            if after.is_empty() {
+                return Err("payload marker without a payload");
+            }
+            found.payload = after.len();
+            return Ok(found);
+        }
+        let mut after = after;
+        let mut extend = |nibble: u8| -> Result<u32, &'static str> {
+            Ok(match nibble {
+                13 => {
+                    let (&b, r) = after.split_first().ok_or("option header cut short")?;
+                    after = r;
+                    u32::from(b) + 13
+                }
+                14 => {
+                    let (v, r) = after
+                        .split_first_chunk::<2>()
+                        .ok_or("option header cut short")?;
+                    after = r;
+                    u32::from(u16::from_be_bytes(*v)) + 269
+                }
+                15 => return Err("option nibble 15 (reserved)"),
+                n => u32::from(n),
+            })
+        };
+        let delta = extend(first >> 4)?;
+        let len = extend(first & 0x0f)? as usize;
+        let (value, r) = after
+            .split_at_checked(len)
+            .ok_or("option value cut short")?;
+        rest = r;
+        number += delta;
+        match number {
+            11 => found.path.push(value),
+            15 => found.query.push(value),
+            12 => found.content_format = Some(uint(value)?),
+            17 => found.accept = Some(uint(value)?),
+            6 => found.observe = Some(uint(value)?),
+            27 => found.block1 = Some(uint(value)?),
+            23 => found.block2 = Some(uint(value)?),
+            _ => {}
+        }
+    }
+    Ok(found)
+}
+
+fn joined(parts: &[&[u8]], lead: &str, separator: char) -> Result<String, &'static str> {
+    let mut out = String::from(lead);
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push(separator);
+        }
+        out.push_str(std::str::from_utf8(part).map_err(|_| "option text not UTF-8")?);
+    }
+    Ok(out)
+}
+
+fn describe(
+    code: u8,
+    token: &[u8],
+    body: &[u8],
+    len: usize,
+    parsed: &mut Parsed,
+) -> Result<(), &'static str> {
+    let (class, detail) = (code >> 5, code & 0x1f);
+    let code_text = format!("{class}.{detail:02}");
+    let found = options(body)?;
+    let mut event = match (class, detail) {
+        (0, 0) => {
+            parsed.frame(len, "coap.empty");
+            return Ok(());
+        }
+        (0, _) => {
+            let method = method(detail).ok_or("unknown request method")?;
+            let path = if found.path.is_empty() {
+                "/".to_owned()
+            } else {
+                joined(&found.path, "/", '/')?
+            };
+            let mut event = parsed.frame(len, "coap.request");
+            event
+                .text("method", method)
+                .text("path", &path)
+                .bytes("token", token)
+                .size("payload-size", found.payload);
+            if !found.query.is_empty() {
+                event.text("query", &joined(&found.query, "", '&')?);
+            }
+            event
+        }
+        (2..=5, _) => {
+            let mut event = parsed.frame(len, "coap.response");
+            event
+                .text("code", &code_text)
+                .bytes("token", token)
+                .size("payload-size", found.payload);
+            event
+        }
+        (7, _) => {
+            let name = signal(detail).ok_or("unknown signalling code")?;
+            let mut event = parsed.frame(len, "coap.signal");
+            event.text("code", name);
+            event
+        }
+        _ => return Err("reserved code class"),
+    };
+    for (name, value) in [
+        ("content-format", found.content_format),
+        ("accept", found.accept),
+        ("observe", found.observe),
+        ("block1", found.block1),
+        ("block2", found.block2),
+    ] {
+        if let Some(v) = value {
+            event.int(name, i64::try_from(v).unwrap_or(i64::MAX));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    /// A message: Len|TKL, code, token, then `body` (options and payload).
+    fn message(code: u8, token: &[u8], body: &[u8]) -> Vec<u8> {
+        let mut m = Vec::new();
+        let tkl = token.len() as u8;
+        match body.len() {
+            n @ 0..=12 => m.push(((n as u8) << 4) | tkl),
+            n @ 13..=268 => m.extend_from_slice(&[(13 << 4) | tkl, (n - 13) as u8]),
+            n => {
+                m.push((14 << 4) | tkl);
+                m.extend_from_slice(&((n - 269) as u16).to_be_bytes());
+            }
+        }
+        m.push(code);
+        m.extend_from_slice(token);
+        m.extend_from_slice(body);
+        m
+    }
+
+    #[test]
+    fn a_get_with_path_query_and_its_response() {
+        // Uri-Path "sensors" (11), Uri-Path "temp", Uri-Query "unit=c" (15),
+        // Accept 50 (17).
+        let mut body = vec![0xb7];
+        body.extend_from_slice(b"sensors");
+        body.push(0x04);
+        body.extend_from_slice(b"temp");
+        body.push(0x46);
+        body.extend_from_slice(b"unit=c");
+        body.extend_from_slice(&[0x21, 50]);
+        let get = message(0x01, &[0xab, 0xcd], &body);
+        let content = message(0x45, &[0xab, 0xcd], &[0xc1, 0, 0xff, b'2', b'1']);
+        let p = parse(&[get.clone(), content.clone()].concat());
+        assert_eq!(p.frame_lengths, [get.len() as u32, content.len() as u32]);
+        let e = p.events.get(0).unwrap();
+        assert_eq!(e.kind(), "coap.request");
+        assert_eq!(e.text("method"), Some("GET"));
+        assert_eq!(e.text("path"), Some("/sensors/temp"));
+        assert_eq!(e.text("query"), Some("unit=c"));
+        assert_eq!(e.int("accept"), Some(50));
+        assert_eq!(e.bytes("token"), Some(&[0xab, 0xcd][..]));
+        let r = p.events.get(1).unwrap();
+        assert_eq!((r.kind(), r.text("code")), ("coap.response", Some("2.05")));
+        assert_eq!(
+            (r.int("content-format"), r.int("payload-size")),
+            (Some(0), Some(2))
+        );
+    }
+
+    #[test]
+    fn signals_and_long_messages_split_anywhere() {
+        let csm = message(0xe1, &[], &[]);
+        let post = message(0x02, &[1], &[[0xff].as_slice(), &[9u8; 400]].concat());
+        let stream = [csm, post.clone()].concat();
+        let whole = parse(&stream);
+        assert_eq!(whole.events.get(0).unwrap().text("code"), Some("CSM"));
+        assert_eq!(whole.events.get(1).unwrap().int("payload-size"), Some(400));
+        for cut in 1..stream.len() {
+            let first = parse(&stream[..cut]);
+            let second = parse(&stream[first.consumed()..]);
+            let events: Vec<String> = (first.events.iter().chain(second.events.iter()))
+                .map(|e| e.to_string())
+                .collect();
+            let expected: Vec<String> = whole.events.iter().map(|e| e.to_string()).collect();
+            assert_eq!(events, expected, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn malformed_messages_are_reported_with_a_reason() {
+        for (bytes, reason) in [
+            (vec![0x09, 0x01], "token length"),
+            (message(0x01, &[], &[0xf0]), "reserved"),
+            (message(0x01, &[], &[0xff]), "payload marker"),
+            (message(0x08, &[], &[]), "unknown request method"),
+            (message(0x20, &[], &[]), "reserved code class"),
+            (vec![0xf0, 0xff, 0xff, 0xff, 0xff], "larger than"),
+        ] {
+            let p = parse(&bytes);
+            let m = p.malformed.unwrap_or_else(|| panic!("{bytes:?} accepted"));
+            assert!(m.reason.contains(reason), "{bytes:?}: {}", m.reason);
+        }
+    }
+}
