@@ -97,7 +97,13 @@ fn huge_output_is_refused_at_the_output_limit() {
 
 #[test]
 fn key_value_abuse_stays_within_quota_and_is_stopped() {
-    let plugin = load(&runtime(), "hostile", tight_limits());
+    // The limit under test is the number of operations; a deadline that a
+    // loaded machine could reach first would test the clock instead.
+    let limits = palisade::plugins::Limits {
+        deadline_ms: 10_000,
+        ..tight_limits()
+    };
+    let plugin = load(&runtime(), "hostile", limits);
     let (fault, _) = provoke(&plugin, "kvspam");
     assert_eq!(fault, Fault::KvOps(Limits::default().kv_ops_per_call));
     let used = plugin.kv_used();

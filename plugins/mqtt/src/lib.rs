@@ -1,14 +1,22 @@
-//! A minimal MQTT parser plugin: it cuts an MQTT 3.1.1 or 5.0 byte stream
-//! into control packets, describes CONNECT, PUBLISH and SUBSCRIBE in detail,
-//! and every other packet by its type.
+//! An MQTT 3.1.1 and 5.0 parser plugin: it cuts the byte stream into
+//! control packets and describes each, both ways: CONNECT (client id,
+//! keep-alive, will, whether a username and password are present, never
+//! the password), CONNACK, PUBLISH (topic, QoS, flags, packet id, payload
+//! size), the acknowledgements with their reason codes, SUBSCRIBE and
+//! UNSUBSCRIBE with their filters, SUBACK, UNSUBACK, PINGREQ, PINGRESP,
+//! DISCONNECT and AUTH. MQTT 5 properties are checked, every one, and
+//! skipped. Protocol violations (reserved flags, a second CONNECT, a
+//! wildcard in a PUBLISH topic, invalid UTF-8, an unknown property) end
+//! the stream as malformed, with the reason.
 //!
 //! It sits at the start of the detection path: the host hands it the bytes a
 //! device sent, it returns one event per packet, and the host forwards each
 //! packet only after the detectors have judged its event.
 //!
-//! The session state is one byte, the protocol level agreed by CONNECT (4 for
-//! 3.1.1, 5 for 5.0; 0 before CONNECT), because MQTT 5 packets carry
-//! properties that 3.1.1 packets lack.
+//! The session state, per direction, is one byte: the protocol level (4
+//! for 3.1.1, 5 for 5.0; 0 before it is known), because MQTT 5 packets carry
+//! properties that 3.1.1 packets lack. The device's direction learns it
+//! from CONNECT, the broker's from CONNACK, whose MQTT 5 form is longer.
 
 use palisade_plugin_sdk::{Direction, Parsed, Parser, Session};
 
@@ -19,16 +27,22 @@ pub struct Mqtt;
 impl Parser for Mqtt {
     const PROTOCOL: &'static str = "mqtt";
 
-    fn parse(_session: &Session, _direction: Direction, state: &[u8], input: &[u8]) -> Parsed {
-        parse(state, input)
+    fn parse(_session: &Session, direction: Direction, state: &[u8], input: &[u8]) -> Parsed {
+        parse_from(direction, state, input)
     }
 }
 
 palisade_plugin_sdk::export!(parser: Mqtt);
 
-/// Parse the complete packets at the start of `input`, given the session
-/// `state` returned by the previous call.
+/// Parse the complete packets a device sent at the start of `input`, given
+/// the session `state` returned by the previous call.
 pub fn parse(state: &[u8], input: &[u8]) -> Parsed {
+    parse_from(Direction::ToUpstream, state, input)
+}
+
+/// Parse the complete packets at the start of `input`, travelling in
+/// `direction`, given the session `state` returned by the previous call.
+pub fn parse_from(direction: Direction, state: &[u8], input: &[u8]) -> Parsed {
     let mut level = state.first().copied().unwrap_or(0);
     let mut parsed = Parsed::new(Vec::new());
     let mut offset = 0;
@@ -37,7 +51,13 @@ pub fn parse(state: &[u8], input: &[u8]) -> Parsed {
             Framing::Complete { header_len, len } => {
                 let header = rest.first().copied().unwrap_or(0);
                 let body = rest.get(header_len..len).unwrap_or_default();
-                if let Err(reason) = describe(header, body, &mut level, len, &mut parsed) {
+                let packet = Packet {
+                    header,
+                    body,
+                    len,
+                    direction,
+                };
+                if let Err(reason) = describe(&packet, &mut level, &mut parsed) {
                     parsed = parsed.malformed(offset, reason);
                     break;
                 }
@@ -87,53 +107,168 @@ fn frame(input: &[u8]) -> Framing {
     Framing::Invalid("remaining length longer than 4 bytes")
 }
 
-/// Describe one packet of `len` bytes, whose first byte is `header` and
-/// variable header and payload are `body`, as a frame of `parsed`. Nothing
-/// is written unless the whole packet reads well.
-fn describe(
+/// One whole packet.
+struct Packet<'a> {
+    /// The fixed header's first byte: type and flags.
     header: u8,
-    body: &[u8],
-    level: &mut u8,
+    /// The variable header and payload.
+    body: &'a [u8],
+    /// The whole packet's length.
     len: usize,
-    parsed: &mut Parsed,
-) -> Result<(), &'static str> {
-    let mut r = Reader(body);
-    let kind = header >> 4;
-    let flags = header & 0x0f;
+    direction: Direction,
+}
+
+impl Packet<'_> {
+    fn kind(&self) -> u8 {
+        self.header >> 4
+    }
+
+    fn flags(&self) -> u8 {
+        self.header & 0x0f
+    }
+}
+
+/// Which way each packet type may travel: `Some(true)` from the client,
+/// `Some(false)` from the server, `None` both.
+fn from_client(kind: u8) -> Option<bool> {
     match kind {
+        1 | 8 | 10 | 12 => Some(true),
+        2 | 9 | 11 | 13 => Some(false),
+        _ => None,
+    }
+}
+
+/// Describe `packet` as a frame of `parsed`. Nothing is written unless the
+/// whole packet reads well.
+fn describe(packet: &Packet<'_>, level: &mut u8, parsed: &mut Parsed) -> Result<(), &'static str> {
+    let mut r = Reader(packet.body);
+    let (kind, flags, len) = (packet.kind(), packet.flags(), packet.len);
+    let upstream = packet.direction == Direction::ToUpstream;
+    if from_client(kind).is_some_and(|c| c != upstream) {
+        return Err(if upstream {
+            "a server's packet sent by the client"
+        } else {
+            "a client's packet sent by the server"
+        });
+    }
+    let fixed_flags = match kind {
+        3 => None,
+        6 | 8 | 10 => Some(0x02),
+        _ => Some(0),
+    };
+    if fixed_flags.is_some_and(|f| f != flags) {
+        return Err("reserved flags in the fixed header");
+    }
+    let v5 = *level == 5;
+    match kind {
+        0 => return Err("packet type 0 (reserved)"),
         1 => {
             if *level != 0 {
                 return Err("second CONNECT on a session");
             }
             let name = r.string()?;
-            if name != "MQTT" && name != "MQIsdp" {
-                return Err("unknown protocol name");
-            }
             let version = r.u8()?;
+            match (name, version) {
+                ("MQTT", 4 | 5) | ("MQIsdp", 3) => {}
+                _ => return Err("unsupported protocol name or level"),
+            }
             let connect_flags = r.u8()?;
             let keep_alive = r.u16()?;
+            if connect_flags & 0x01 != 0 {
+                return Err("CONNECT reserved flag set");
+            }
+            let (will, will_qos, will_retain) = (
+                connect_flags & 0x04 != 0,
+                (connect_flags >> 3) & 0x03,
+                connect_flags & 0x20 != 0,
+            );
+            if will_qos == 3 || (!will && (will_qos != 0 || will_retain)) {
+                return Err("CONNECT will flags inconsistent");
+            }
+            let (has_username, has_password) =
+                (connect_flags & 0x80 != 0, connect_flags & 0x40 != 0);
+            if version < 5 && has_password && !has_username {
+                return Err("CONNECT password without a username");
+            }
             if version == 5 {
                 r.properties()?;
             }
             let client_id = r.string()?;
+            let will_topic = if will {
+                if version == 5 {
+                    r.properties()?;
+                }
+                let topic = r.string()?;
+                r.binary()?;
+                Some(topic)
+            } else {
+                None
+            };
+            let username = if has_username {
+                Some(r.string()?)
+            } else {
+                None
+            };
+            if has_password {
+                r.binary()?;
+            }
+            r.end()?;
             *level = version;
-            parsed
-                .frame(len, "mqtt.connect")
+            let mut event = parsed.frame(len, "mqtt.connect");
+            event
                 .int("protocol-version", version)
                 .text("client-id", client_id)
                 .int("keep-alive", keep_alive)
                 .flag("clean-start", connect_flags & 0x02 != 0)
-                .flag("has-username", connect_flags & 0x80 != 0)
-                .flag("has-password", connect_flags & 0x40 != 0);
+                .flag("has-username", has_username)
+                .flag("has-password", has_password);
+            if let Some(topic) = will_topic {
+                event
+                    .text("will-topic", topic)
+                    .int("will-qos", will_qos)
+                    .flag("will-retain", will_retain);
+            }
+            if let Some(name) = username {
+                event.text("username", name);
+            }
+        }
+        2 => {
+            let ack = r.u8()?;
+            if ack & 0xfe != 0 {
+                return Err("CONNACK reserved flags set");
+            }
+            let code = r.u8()?;
+            // The broker's side learns the level here: MQTT 5's CONNACK
+            // has properties after the reason code.
+            if !r.0.is_empty() {
+                r.properties()?;
+                *level = 5;
+            } else if *level == 0 {
+                *level = 4;
+            }
+            r.end()?;
+            parsed
+                .frame(len, "mqtt.connack")
+                .flag("session-present", ack & 0x01 != 0)
+                .int("reason-code", code);
         }
         3 => {
             let qos = (flags >> 1) & 0x03;
             if qos == 3 {
                 return Err("PUBLISH with QoS 3");
             }
+            if qos == 0 && flags & 0x08 != 0 {
+                return Err("PUBLISH with DUP set at QoS 0");
+            }
             let topic = r.string()?;
+            if topic.contains(['+', '#']) {
+                return Err("wildcard in a PUBLISH topic");
+            }
+            if topic.is_empty() && !v5 {
+                return Err("empty PUBLISH topic");
+            }
             let packet_id = if qos > 0 { Some(r.u16()?) } else { None };
-            if *level == 5 {
+            if v5 {
                 r.properties()?;
             }
             let mut event = parsed.frame(len, "mqtt.publish");
@@ -146,35 +281,88 @@ fn describe(
                 event.int("packet-id", id);
             }
             event.size("payload-size", r.0.len());
-        }
-        8 => {
-            if flags != 0x02 {
-                return Err("SUBSCRIBE with reserved flags not 0010");
+            if *level != 0 {
+                event.int("protocol-version", *level);
             }
+        }
+        4..=7 => {
             let packet_id = r.u16()?;
-            if *level == 5 {
+            let code = if r.0.is_empty() { None } else { Some(r.u8()?) };
+            if !r.0.is_empty() {
+                r.properties()?;
+            }
+            r.end()?;
+            let mut event = parsed.frame(len, packet_name(kind));
+            event.int("packet-id", packet_id);
+            if let Some(code) = code {
+                event.int("reason-code", code);
+            }
+        }
+        8 | 10 => {
+            let packet_id = r.u16()?;
+            if v5 {
                 r.properties()?;
             }
             let filters = r.0;
             let mut count = 0;
             while !r.0.is_empty() {
                 r.string()?;
-                r.u8()?;
+                if kind == 8 {
+                    let options = r.u8()?;
+                    let reserved = if v5 { 0xc0 } else { 0xfc };
+                    if options & reserved != 0 || options & 0x03 == 3 {
+                        return Err("SUBSCRIBE options invalid");
+                    }
+                }
                 count += 1;
             }
             if count == 0 {
-                return Err("SUBSCRIBE without a topic filter");
+                return Err("SUBSCRIBE or UNSUBSCRIBE without a topic filter");
             }
-            let mut event = parsed.frame(len, "mqtt.subscribe");
+            let mut event = parsed.frame(len, packet_name(kind));
             event.int("packet-id", packet_id);
             let mut r = Reader(filters);
-            while let (Ok(filter), Ok(_options)) = (r.string(), r.u8()) {
+            while let Ok(filter) = r.string() {
                 event.text("filter", filter);
+                if kind == 8 {
+                    let _ = r.u8();
+                }
             }
         }
-        _ => {
+        9 | 11 => {
+            let packet_id = r.u16()?;
+            if v5 {
+                r.properties()?;
+            }
+            if kind == 9 && r.0.is_empty() {
+                return Err("SUBACK without a reason code");
+            }
+            let codes = r.0;
+            let mut event = parsed.frame(len, packet_name(kind));
+            event.int("packet-id", packet_id);
+            for &code in codes {
+                event.int("reason-code", code);
+            }
+        }
+        12 | 13 => {
+            r.end()?;
             parsed.frame(len, packet_name(kind));
         }
+        14 | 15 => {
+            if kind == 15 && !v5 {
+                return Err("AUTH before an MQTT 5 CONNECT");
+            }
+            let code = if r.0.is_empty() { None } else { Some(r.u8()?) };
+            if !r.0.is_empty() {
+                r.properties()?;
+            }
+            r.end()?;
+            let mut event = parsed.frame(len, packet_name(kind));
+            if let Some(code) = code {
+                event.int("reason-code", code);
+            }
+        }
+        _ => return Err("unknown packet type"),
     }
     Ok(())
 }
@@ -186,14 +374,14 @@ fn packet_name(kind: u8) -> &'static str {
         5 => "mqtt.pubrec",
         6 => "mqtt.pubrel",
         7 => "mqtt.pubcomp",
+        8 => "mqtt.subscribe",
         9 => "mqtt.suback",
         10 => "mqtt.unsubscribe",
         11 => "mqtt.unsuback",
         12 => "mqtt.pingreq",
         13 => "mqtt.pingresp",
         14 => "mqtt.disconnect",
-        15 => "mqtt.auth",
-        _ => "mqtt.reserved",
+        _ => "mqtt.auth",
     }
 }
 
@@ -227,18 +415,67 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(self.take(usize::from(len))?).map_err(|_| "string is not UTF-8")
     }
 
-    /// Skip an MQTT 5 property block.
-    fn properties(&mut self) -> Result<(), &'static str> {
-        let mut len: usize = 0;
+    /// Binary data: a two-byte length, then the bytes.
+    fn binary(&mut self) -> Result<&'a [u8], &'static str> {
+        let len = self.u16()?;
+        self.take(usize::from(len))
+    }
+
+    /// A variable byte integer.
+    fn varint(&mut self) -> Result<usize, &'static str> {
+        let mut value = 0;
         for i in 0..4 {
             let byte = self.u8()?;
-            len |= usize::from(byte & 0x7f) << (7 * i);
+            value |= usize::from(byte & 0x7f) << (7 * i);
             if byte & 0x80 == 0 {
-                self.take(len)?;
-                return Ok(());
+                return Ok(value);
             }
         }
-        Err("property length longer than 4 bytes")
+        Err("variable byte integer longer than 4 bytes")
+    }
+
+    /// Nothing may follow.
+    fn end(&self) -> Result<(), &'static str> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err("bytes after the packet's last field")
+        }
+    }
+
+    /// Check an MQTT 5 property block, every property by its type, and
+    /// skip it.
+    fn properties(&mut self) -> Result<(), &'static str> {
+        let len = self.varint()?;
+        let mut block = Reader(self.take(len)?);
+        while !block.0.is_empty() {
+            match block.varint()? {
+                0x01 | 0x17 | 0x19 | 0x24 | 0x25 | 0x28 | 0x29 | 0x2a => {
+                    block.u8()?;
+                }
+                0x13 | 0x21 | 0x22 | 0x23 => {
+                    block.u16()?;
+                }
+                0x02 | 0x11 | 0x18 | 0x27 => {
+                    block.take(4)?;
+                }
+                0x0b => {
+                    block.varint()?;
+                }
+                0x03 | 0x08 | 0x12 | 0x15 | 0x1a | 0x1c | 0x1f => {
+                    block.string()?;
+                }
+                0x09 | 0x16 => {
+                    block.binary()?;
+                }
+                0x26 => {
+                    block.string()?;
+                    block.string()?;
+                }
+                _ => return Err("unknown MQTT 5 property"),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -380,5 +617,102 @@ mod tests {
         let parsed = parse(&[4], &packet[..5]);
         assert!(parsed.frame_lengths.is_empty() && parsed.malformed.is_none());
         assert_eq!(parsed.needed, Some((packet.len() - 5) as u32));
+    }
+
+    #[test]
+    fn the_brokers_side_learns_the_level_from_connack() {
+        // MQTT 5 CONNACK: flags, reason code, properties (Receive Maximum).
+        let connack5 = packet(0x20, &[0, 0, 3, 0x21, 0, 10]);
+        let suback = packet(0x90, &[0, 7, 0, 1, 0x80]);
+        let puback = packet(0x40, &[0, 9, 0x10, 0]);
+        let stream = [connack5, suback, puback].concat();
+        let parsed = parse_from(Direction::ToDevice, &[], &stream);
+        assert!(parsed.malformed.is_none(), "{:?}", parsed.malformed);
+        assert_eq!(parsed.state, [5]);
+        let events: Vec<_> = parsed.events.iter().collect();
+        assert_eq!(events[0].kind(), "mqtt.connack");
+        assert_eq!(events[0].int("reason-code"), Some(0));
+        let codes: Vec<_> = (events[1].attributes())
+            .filter(|(n, _)| *n == "reason-code")
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(codes.len(), 2, "one reason code per filter");
+        assert_eq!(events[2].int("reason-code"), Some(0x10));
+        // MQTT 3.1.1: a two-byte CONNACK.
+        let parsed = parse_from(Direction::ToDevice, &[], &packet(0x20, &[1, 0]));
+        assert_eq!(parsed.state, [4]);
+        assert_eq!(
+            parsed.events.get(0).unwrap().flag("session-present"),
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn connect_names_will_and_username_never_the_password() {
+        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0xee, 0, 30];
+        for field in [&b"dev-1"[..], b"dev/1/status", b"gone", b"alice", b"s3cret"] {
+            body.extend_from_slice(&(field.len() as u16).to_be_bytes());
+            body.extend_from_slice(field);
+        }
+        let parsed = parse(&[], &packet(0x10, &body));
+        assert!(parsed.malformed.is_none(), "{:?}", parsed.malformed);
+        let e = parsed.events.get(0).unwrap();
+        assert_eq!(e.text("will-topic"), Some("dev/1/status"));
+        assert_eq!(
+            (e.int("will-qos"), e.flag("will-retain")),
+            (Some(1), Some(true))
+        );
+        assert_eq!(e.text("username"), Some("alice"));
+        assert_eq!(e.flag("has-password"), Some(true));
+        assert!(!e.to_string().contains("s3cret"));
+    }
+
+    #[test]
+    fn protocol_violations_are_malformed_with_their_reason() {
+        let cases: [(Direction, &[u8], Vec<u8>, &str); 6] = [
+            (
+                Direction::ToUpstream,
+                &[4],
+                packet(0x31, &[0, 1, b'#']),
+                "wildcard",
+            ),
+            (
+                Direction::ToUpstream,
+                &[4],
+                packet(0x38, &[0, 1, b't']),
+                "DUP set at QoS 0",
+            ),
+            (
+                Direction::ToUpstream,
+                &[4],
+                packet(0xc1, &[]),
+                "reserved flags",
+            ),
+            (
+                Direction::ToUpstream,
+                &[4],
+                packet(0xf0, &[0]),
+                "AUTH before",
+            ),
+            (
+                Direction::ToDevice,
+                &[4],
+                packet(0xc0, &[]),
+                "client's packet sent by the server",
+            ),
+            (
+                Direction::ToUpstream,
+                &[5],
+                packet(0xe0, &[0, 2, 0x7f, 0]),
+                "unknown MQTT 5 property",
+            ),
+        ];
+        for (direction, state, bytes, reason) in cases {
+            let parsed = parse_from(direction, state, &bytes);
+            let m = parsed
+                .malformed
+                .unwrap_or_else(|| panic!("{bytes:?} accepted"));
+            assert!(m.reason.contains(reason), "{bytes:?}: {}", m.reason);
+        }
     }
 }
