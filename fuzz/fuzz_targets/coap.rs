@@ -1,0 +1,13 @@
+#![no_main]
+//! The CoAP over TCP parser.
+
+#[path = "common.rs"]
+mod common;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let Some((&control, data)) = data.split_first() else {
+        return;
+    };
+    let cut = usize::from(control) * data.len() / 256;
+    common::check(|_, bytes| coap::parse(bytes), data, cut);
+});

@@ -1,0 +1,150 @@
+//! The parsers on real traffic: the recordings `scripts/record-traffic`
+//! made of real clients and servers (mosquitto_pub and mosquitto_sub with
+//! MQTT 3.1.1 and 5 options against mosquitto, libcoap's coap-client and
+//! coap-server over TCP, pymodbus client and server), both directions.
+//! Every stream parses whole, with no malformed frame; gives the same
+//! events in one chunk, split at every byte boundary, and a byte at a time;
+//! gives the same events from the component as from the native code; and
+//! speaks the event vocabulary the policy is checked against.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use palisade::plugins::{Direction, Limits, Parsed, Runtime, RuntimeConfig, Value, first_party};
+use palisade::policy::vocabulary::{self, Type};
+use palisade::store::Store;
+use palisade_plugin_sdk::testing::parse_stream;
+use palisade_plugin_sdk::{Direction as SdkDirection, Parser};
+
+/// The recordings of `protocol`, each with whether it travelled from the
+/// client.
+fn recordings(protocol: &str) -> Vec<(PathBuf, bool)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/recordings")
+        .join(protocol);
+    let mut found: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .map(|path| {
+            let up = path.extension().and_then(|e| e.to_str()) == Some("up");
+            (path, up)
+        })
+        .collect();
+    found.sort();
+    assert!(!found.is_empty(), "no recordings in {}", dir.display());
+    found
+}
+
+fn events(parsed: &Parsed) -> Vec<String> {
+    parsed.events.iter().map(|e| e.to_string()).collect()
+}
+
+/// Every event of `parsed` is a kind of the vocabulary, with only its
+/// attributes, of their types, and all those it always has.
+fn speaks_the_vocabulary(parsed: &Parsed, what: &str) {
+    for event in parsed.events.iter() {
+        let kind = vocabulary::find(event.kind())
+            .unwrap_or_else(|| panic!("{what}: {} is not in the vocabulary", event.kind()));
+        let attributes: Vec<_> = kind.attributes().collect();
+        for (name, value) in event.attributes() {
+            let ((_, ty), _) = attributes
+                .iter()
+                .find(|((n, _), _)| *n == name)
+                .unwrap_or_else(|| panic!("{what}: {} has no attribute {name}", event.kind()));
+            let fits = matches!(
+                (ty, value),
+                (Type::Text | Type::TextSet, Value::Text(_))
+                    | (Type::Int, Value::Int(_))
+                    | (Type::Flag, Value::Flag(_))
+                    | (Type::Bytes, Value::Bytes(_))
+            );
+            assert!(
+                fits,
+                "{what}: {}'s {name} is {value:?}, not {ty:?}",
+                event.kind()
+            );
+        }
+        for ((name, _), always) in attributes {
+            // The host adds these.
+            if always
+                && !vocabulary::HOST_ATTRIBUTES.iter().any(|(n, _)| *n == name)
+                && name != "topic-levels"
+            {
+                assert!(
+                    event.attributes().any(|(n, _)| n == name),
+                    "{what}: {} lacks {name}: {event}",
+                    event.kind()
+                );
+            }
+        }
+    }
+}
+
+fn check<P: Parser>(protocol: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state")).unwrap();
+    let runtime = Runtime::new(&RuntimeConfig::default(), store).unwrap();
+    let plugin = runtime
+        .load(
+            protocol,
+            first_party::component(protocol).unwrap(),
+            Limits::default(),
+        )
+        .unwrap();
+    let session = palisade_plugin_sdk::Session::new(1, "device-1", "sensor", "lab", protocol);
+    let mut total = 0;
+    for (path, up) in recordings(protocol) {
+        let (direction, host_direction) = if up {
+            (SdkDirection::ToUpstream, Direction::ToUpstream)
+        } else {
+            (SdkDirection::ToDevice, Direction::ToDevice)
+        };
+        let what = path.display().to_string();
+        let stream = std::fs::read(&path).unwrap();
+        let whole = parse_stream::<P>(&session, direction, &[&stream]);
+        assert!(whole.malformed.is_none(), "{what}: {:?}", whole.malformed);
+        let framed: u32 = whole.frame_lengths.iter().sum();
+        assert_eq!(
+            framed as usize,
+            stream.len(),
+            "{what}: not all of it framed"
+        );
+        speaks_the_vocabulary(&whole, &what);
+        for cut in 1..stream.len() {
+            let (a, b) = stream.split_at(cut);
+            let split = parse_stream::<P>(&session, direction, &[a, b]);
+            assert_eq!(events(&split), events(&whole), "{what}: split at {cut}");
+        }
+        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+        let trickle = parse_stream::<P>(&session, direction, &bytes);
+        assert_eq!(events(&trickle), events(&whole), "{what}: a byte at a time");
+        let host_session = common::session(1, "device-1");
+        let wasm = plugin
+            .parse(&host_session, host_direction, &[], &stream)
+            .unwrap();
+        assert_eq!(
+            events(&wasm),
+            events(&whole),
+            "{what}: component and native differ"
+        );
+        total += whole.events.len();
+    }
+    assert!(total > 0);
+}
+
+#[test]
+fn mqtt_recordings() {
+    check::<mqtt::Mqtt>("mqtt");
+}
+
+#[test]
+fn coap_recordings() {
+    check::<coap::Coap>("coap");
+}
+
+#[test]
+fn modbus_recordings() {
+    check::<modbus::Modbus>("modbus");
+}
