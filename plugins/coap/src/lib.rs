@@ -248,14 +248,21 @@ fn describe(
             } else {
                 joined(&found.path, "/", '/')?
             };
+            // Everything that can fail is read before the frame is written:
+            // a malformed message leaves no event behind.
+            let query = if found.query.is_empty() {
+                None
+            } else {
+                Some(joined(&found.query, "", '&')?)
+            };
             let mut event = parsed.frame(len, "coap.request");
             event
                 .text("method", method)
                 .text("path", &path)
                 .bytes("token", token)
                 .size("payload-size", found.payload);
-            if !found.query.is_empty() {
-                event.text("query", &joined(&found.query, "", '&')?);
+            if let Some(query) = &query {
+                event.text("query", query);
             }
             event
         }
@@ -369,9 +376,13 @@ mod tests {
             (message(0x01, &[], &[0xff]), "payload marker"),
             (message(0x08, &[], &[]), "unknown request method"),
             (message(0x20, &[], &[]), "reserved code class"),
+            // Found by fuzzing: a query that is not UTF-8 left its
+            // message's event behind.
+            (message(0x01, &[], &[0xd1, 0x02, 0xff]), "not UTF-8"),
             (vec![0xf0, 0xff, 0xff, 0xff, 0xff], "larger than"),
         ] {
             let p = parse(&bytes);
+            assert!(p.events.is_empty(), "{bytes:?} left an event");
             let m = p.malformed.unwrap_or_else(|| panic!("{bytes:?} accepted"));
             assert!(m.reason.contains(reason), "{bytes:?}: {}", m.reason);
         }
