@@ -216,3 +216,73 @@ impl Kind {
         always.chain(optional)
     }
 }
+
+/// The vocabulary as Markdown: `wit/VOCABULARY.md`, beside the contract,
+/// for plugin and policy authors. A test keeps the file equal to this.
+pub fn markdown() -> String {
+    use std::fmt::Write as _;
+    let mut out = String::from(
+        "# The event vocabulary\n\n\
+         Generated from `host/src/policy/vocabulary.rs` (a test keeps the two \
+         equal). Parsers emit these kinds with these attributes; detectors \
+         read them; the policy's schema is made from them, so a policy that \
+         names an attribute a kind does not have is refused.\n\n\
+         Types: text, int (64-bit), flag, bytes, text-set (an attribute that \
+         may repeat, a `Set<String>` to the policy). Every event also has \
+         `direction` (`to-upstream` or `to-device`), added by the host; \
+         `mqtt.publish` also has `topic-levels`.\n",
+    );
+    let name = |ty: Type| match ty {
+        Type::Text => "text",
+        Type::Int => "int",
+        Type::Flag => "flag",
+        Type::Bytes => "bytes",
+        Type::TextSet => "text-set",
+    };
+    for (protocol, kinds) in PROTOCOLS {
+        let _ = write!(
+            out,
+            "\n## {protocol}\n\n| kind | always | may have |\n| --- | --- | --- |\n"
+        );
+        for kind in *kinds {
+            let list = |attrs: &mut dyn Iterator<Item = &Attribute>| {
+                let items: Vec<String> =
+                    attrs.map(|(n, t)| format!("`{n}` {}", name(*t))).collect();
+                items.join(", ")
+            };
+            let optional = list(
+                &mut kind
+                    .optional
+                    .iter()
+                    .filter(|(n, _)| !kind.always.iter().any(|(a, _)| a == n)),
+            );
+            let _ = writeln!(
+                out,
+                "| `{}` | {} | {} |",
+                kind.name,
+                list(&mut kind.always.iter()),
+                optional
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    #[test]
+    fn the_documented_vocabulary_is_the_one_in_force() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../wit/VOCABULARY.md");
+        let generated = super::markdown();
+        if std::env::var_os("PALISADE_WRITE_VOCABULARY").is_some() {
+            std::fs::write(path, &generated).unwrap();
+        }
+        let written = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            written == generated,
+            "wit/VOCABULARY.md is out of date: run PALISADE_WRITE_VOCABULARY=1 cargo test -p palisade --lib vocabulary"
+        );
+    }
+}
