@@ -1,0 +1,211 @@
+//! Parse throughput per protocol, on streams of real traffic's shape: each
+//! parser natively and as a WebAssembly component through the host's
+//! plugin runtime, on the same 4 KiB chunks of whole frames; for MQTT also
+//! mqttbytes, the fastest existing Rust MQTT parser, on the same bytes.
+//! Medians of many calls, MB/s and frames/s, and the wasm/native ratio
+//! (target: within 2x of native).
+//!
+//! The inputs: MQTT 3.1.1 PUBLISH frames of telemetry (100-byte JSON
+//! payloads, QoS 0 and 1); the CoAP over TCP and Modbus/TCP request streams
+//! recorded from libcoap's coap-client and pymodbus (`tests/recordings`),
+//! repeated to fill the chunk.
+//!
+//! Run it with `cargo bench -p palisade --bench parsers`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::hint::black_box;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use palisade::plugins::{
+    Device, Direction, Limits, Parsed, Runtime, RuntimeConfig, Session, first_party,
+};
+use palisade::store::Store;
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+const CHUNK: usize = 4096;
+const CALLS: usize = 3000;
+
+/// Whole frames from `frames`, repeated up to `CHUNK` bytes.
+fn fill(frames: &[Vec<u8>]) -> Vec<u8> {
+    let mut chunk = Vec::new();
+    'fill: loop {
+        for f in frames {
+            if chunk.len() + f.len() > CHUNK {
+                break 'fill;
+            }
+            chunk.extend_from_slice(f);
+        }
+    }
+    chunk
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+/// Median time of `f`, alternating with `g` so both see the same machine.
+fn race(mut f: impl FnMut(), mut g: impl FnMut()) -> (Duration, Duration) {
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..CALLS {
+        let t = Instant::now();
+        f();
+        a.push(t.elapsed());
+        let t = Instant::now();
+        g();
+        b.push(t.elapsed());
+    }
+    (median(a), median(b))
+}
+
+/// Frames cut from a recorded stream, by the native parser.
+fn frames_of(stream: &[u8], parsed: &palisade_plugin_sdk::Parsed) -> Vec<Vec<u8>> {
+    let mut at = 0;
+    parsed
+        .frame_lengths
+        .iter()
+        .map(|&l| {
+            let f = stream[at..at + l as usize].to_vec();
+            at += l as usize;
+            f
+        })
+        .collect()
+}
+
+fn recording(name: &str) -> Vec<u8> {
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/recordings")
+            .join(name),
+    )
+    .unwrap()
+}
+
+fn report(name: &str, chunk: &[u8], frames: usize, wasm: Duration, native: Duration) {
+    let mbs = |d: Duration| chunk.len() as f64 / d.as_secs_f64() / 1e6;
+    let fps = |d: Duration| frames as f64 / d.as_secs_f64();
+    println!(
+        "{name:<7} {frames:>3} frames/chunk  native {:>7.1} MB/s {:>10.0} frames/s   wasm {:>7.1} MB/s {:>10.0} frames/s   wasm/native {:.2}",
+        mbs(native),
+        fps(native),
+        mbs(wasm),
+        fps(wasm),
+        native.as_secs_f64() / wasm.as_secs_f64()
+    );
+}
+
+fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state")).unwrap();
+    let runtime = Runtime::new(&RuntimeConfig::default(), store).unwrap();
+    let load = |name: &str| {
+        runtime
+            .load(
+                name,
+                first_party::component(name).unwrap(),
+                Limits::default(),
+            )
+            .unwrap()
+    };
+    let session = Session {
+        id: 1,
+        device: Device {
+            id: "d".into(),
+            class: "c".into(),
+            zone: "z".into(),
+        },
+        route: "r".into(),
+    };
+    let check = |wasm: &Parsed, native: &palisade_plugin_sdk::Parsed| {
+        assert_eq!(wasm.frame_lengths, native.frame_lengths);
+        assert_eq!(wasm.events, native.events);
+        assert!(native.malformed.is_none() && native.needed.is_none());
+    };
+    println!("parse throughput, 4 KiB chunks of whole frames, medians of {CALLS} calls:");
+
+    // MQTT: telemetry, QoS 0 and 1, after a CONNECT (state: level 4).
+    let payload = br#"{"sensor":"t-17","temp":21.5,"humidity":40.2,"ts":1764000000000,"ok":true}"#;
+    let mqtt_frames = vec![
+        common::mqtt_publish("site/hall-a/telemetry", &payload[..]),
+        common::mqtt_publish_qos1("site/hall-b/telemetry", 7, &payload[..]),
+    ];
+    let chunk = fill(&mqtt_frames);
+    let plugin = load("mqtt");
+    let native = mqtt::parse(&[4], &chunk);
+    check(
+        &plugin
+            .parse(&session, Direction::ToUpstream, &[4], &chunk)
+            .unwrap(),
+        &native,
+    );
+    let frames = native.frame_lengths.len();
+    let (wasm_t, native_t) = race(
+        || {
+            drop(black_box(
+                plugin
+                    .parse(&session, Direction::ToUpstream, &[4], &chunk)
+                    .unwrap(),
+            ))
+        },
+        || drop(black_box(mqtt::parse(&[4], &chunk))),
+    );
+    report("mqtt", &chunk, frames, wasm_t, native_t);
+    let (bytes_t, _) = race(
+        || {
+            let mut buf = bytes::BytesMut::from(&chunk[..]);
+            let mut n = 0;
+            while !buf.is_empty() {
+                black_box(mqttbytes::v4::read(&mut buf, CHUNK).unwrap());
+                n += 1;
+            }
+            assert_eq!(n, frames);
+        },
+        || {},
+    );
+    println!(
+        "        mqttbytes 0.6 (v4::read, natively) {:>7.1} MB/s {:>10.0} frames/s   palisade native / mqttbytes {:.2}",
+        chunk.len() as f64 / bytes_t.as_secs_f64() / 1e6,
+        frames as f64 / bytes_t.as_secs_f64(),
+        bytes_t.as_secs_f64() / native_t.as_secs_f64()
+    );
+
+    // CoAP over TCP: coap-client's requests (CSM, then a request).
+    for (name, recorded, up) in [("coap", "coap/3.up", true), ("modbus", "modbus/1.up", true)] {
+        let stream = recording(recorded);
+        let sdk_direction = if up {
+            palisade_plugin_sdk::Direction::ToUpstream
+        } else {
+            palisade_plugin_sdk::Direction::ToDevice
+        };
+        let parse = |bytes: &[u8]| match name {
+            "coap" => coap::parse(bytes),
+            _ => modbus::parse(sdk_direction, &[], bytes),
+        };
+        let chunk = fill(&frames_of(&stream, &parse(&stream)));
+        let plugin = load(name);
+        let native = parse(&chunk);
+        check(
+            &plugin
+                .parse(&session, Direction::ToUpstream, &[], &chunk)
+                .unwrap(),
+            &native,
+        );
+        let (wasm_t, native_t) = race(
+            || {
+                drop(black_box(
+                    plugin
+                        .parse(&session, Direction::ToUpstream, &[], &chunk)
+                        .unwrap(),
+                ))
+            },
+            || drop(black_box(parse(&chunk))),
+        );
+        report(name, &chunk, native.frame_lengths.len(), wasm_t, native_t);
+    }
+    println!(
+        "(CoAP and Modbus are compared with their native code only: no existing parser is wired in as a baseline yet)"
+    );
+}
