@@ -16,6 +16,7 @@ pub mod config;
 pub mod identity;
 pub mod plugins;
 pub mod policy;
+pub mod registry;
 pub mod session;
 pub mod store;
 pub mod transport;

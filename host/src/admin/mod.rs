@@ -12,6 +12,7 @@
 //!
 //! The protocol is one JSON request line, one JSON response line.
 
+mod plugins;
 mod socket;
 
 use std::sync::Arc;
@@ -23,10 +24,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tracing::info;
 
+pub use plugins::{RegistrySource, self_check};
 pub use socket::{ADMIN_SOCKET, Console, bind_socket, serve_socket};
 
 use crate::identity::{DeviceCertRequest, Pki, Registry, format_time};
-use crate::plugins::{Installed, Runtime};
+use crate::plugins::{Installed, Runtime, RuntimeConfig};
+use crate::registry::Library;
 use crate::session::LiveSessions;
 
 /// One operator command.
@@ -82,6 +85,49 @@ pub enum Request {
         /// Its zone.
         zone: String,
     },
+    /// Every plugin: versions, publisher, world, state, strikes, routes.
+    PluginList,
+    /// Fetch a plugin from the signed registry, verify, precompile and
+    /// self-check it, then make it active (or its slot's shadow).
+    PluginInstall {
+        /// The plugin's name.
+        name: String,
+        /// The version; the newest when absent.
+        version: Option<String>,
+        /// Run it as a shadow beside the active version instead.
+        shadow: bool,
+    },
+    /// Make an installed version (or `first-party`) the active one.
+    PluginActivate {
+        /// The plugin's name.
+        name: String,
+        /// The version.
+        version: String,
+    },
+    /// Make the previously active version active again.
+    PluginRollback {
+        /// The plugin's name.
+        name: String,
+    },
+    /// Delete an installed version that is not active.
+    PluginRemove {
+        /// The plugin's name.
+        name: String,
+        /// The version.
+        version: String,
+    },
+    /// Shadow the active version with an installed one, or stop (`None`).
+    PluginShadow {
+        /// The plugin's name.
+        name: String,
+        /// The version.
+        version: Option<String>,
+    },
+    /// Make the shadow the active version.
+    PluginPromote {
+        /// The plugin's name.
+        name: String,
+    },
 }
 
 /// The answer to a [`Request`].
@@ -92,6 +138,8 @@ pub enum Response {
     Ok(Value),
     /// Refused or failed; why.
     Error(String),
+    /// A step of a long request (an install), before its answer.
+    Progress(String),
 }
 
 /// Executes requests against the appliance's state.
@@ -104,6 +152,8 @@ pub struct Admin {
     /// The running appliance's plugin runtime and served plugins; `None`
     /// in the command line.
     plugins: Option<(Runtime, Installed)>,
+    /// The data directory and the installed plugin bundles.
+    library: Option<(std::path::PathBuf, Library)>,
 }
 
 impl Admin {
@@ -114,7 +164,15 @@ impl Admin {
             registry,
             live,
             plugins: None,
+            library: None,
         }
+    }
+
+    /// Manage the plugin bundles of the appliance whose data directory is
+    /// `data`.
+    pub fn with_library(mut self, data: &std::path::Path, library: Library) -> Admin {
+        self.library = Some((data.to_owned(), library));
+        self
     }
 
     /// The executor of a running appliance, which serves the plugins in
@@ -126,9 +184,73 @@ impl Admin {
 
     /// Execute `request`.
     pub fn execute(&self, request: Request) -> Response {
-        match self.run(request) {
+        self.execute_with(request, &mut |_| {})
+    }
+
+    /// Execute `request`, telling `progress` each step of a long one.
+    pub fn execute_with(&self, request: Request, progress: &mut dyn FnMut(String)) -> Response {
+        let result = match request {
+            Request::PluginList
+            | Request::PluginInstall { .. }
+            | Request::PluginActivate { .. }
+            | Request::PluginRollback { .. }
+            | Request::PluginRemove { .. }
+            | Request::PluginShadow { .. }
+            | Request::PluginPromote { .. } => self.run_plugin(request, progress),
+            request => self.run(request),
+        };
+        match result {
             Ok(v) => Response::Ok(v),
             Err(e) => Response::Error(e),
+        }
+    }
+
+    fn run_plugin(
+        &self,
+        request: Request,
+        progress: &mut dyn FnMut(String),
+    ) -> Result<Value, String> {
+        let Some((data, library)) = &self.library else {
+            return Err("plugin commands need the appliance's data directory".into());
+        };
+        // From the command line, a runtime of its own precompiles into the
+        // same cache the appliance loads from at its next start.
+        let own;
+        let (runtime, installed) = match &self.plugins {
+            Some((runtime, installed)) => (runtime, Some(installed)),
+            None => {
+                own = Runtime::new(
+                    &RuntimeConfig {
+                        cache_dir: Some(data.join("plugin-cache")),
+                        ..RuntimeConfig::default()
+                    },
+                    crate::store::Store::temporary().map_err(|e| e.to_string())?,
+                )
+                .map_err(|e| e.to_string())?;
+                (&own, None)
+            }
+        };
+        let admin = plugins::PluginAdmin {
+            data,
+            library,
+            runtime,
+            installed,
+        };
+        match request {
+            Request::PluginList => admin.list(),
+            Request::PluginInstall {
+                name,
+                version,
+                shadow,
+            } => admin.install(&name, version.as_deref(), shadow, progress),
+            Request::PluginActivate { name, version } => admin.activate(&name, &version, progress),
+            Request::PluginRollback { name } => admin.rollback(&name, progress),
+            Request::PluginRemove { name, version } => admin.remove(&name, &version),
+            Request::PluginShadow { name, version } => {
+                admin.shadow(&name, version.as_deref(), progress)
+            }
+            Request::PluginPromote { name } => admin.promote(&name),
+            _ => Err("not a plugin command".into()),
         }
     }
 
@@ -211,6 +333,13 @@ impl Admin {
                 let devices = self.registry.devices().map_err(|e| text(&e))?;
                 Ok(json!({"devices": devices}))
             }
+            Request::PluginList
+            | Request::PluginInstall { .. }
+            | Request::PluginActivate { .. }
+            | Request::PluginRollback { .. }
+            | Request::PluginRemove { .. }
+            | Request::PluginShadow { .. }
+            | Request::PluginPromote { .. } => Err("a plugin command, run elsewhere".into()),
             Request::DeviceShow { device } => {
                 let record = self
                     .registry

@@ -12,6 +12,7 @@ use tracing::warn;
 
 use super::{Admin, Request, Response};
 use crate::identity::{Pki, Registry};
+use crate::registry::Library;
 use crate::store::Store;
 
 /// The socket's name in the data directory.
@@ -45,10 +46,26 @@ pub async fn serve_socket(listener: UnixListener, admin: Admin, shutdown: Cancel
             }
             let response = match serde_json::from_str::<Request>(&line) {
                 // Registry changes are flushed to disk before they are
-                // acknowledged: that is blocking file I/O.
-                Ok(request) => tokio::task::spawn_blocking(move || admin.execute(request))
-                    .await
-                    .unwrap_or_else(|e| Response::Error(format!("admin request failed: {e}"))),
+                // acknowledged, and installs compile: blocking work. Its
+                // progress lines are sent while it runs.
+                Ok(request) => {
+                    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+                    let mut job = tokio::task::spawn_blocking(move || {
+                        admin.execute_with(request, &mut |step| {
+                            let _ = tx.send(step);
+                        })
+                    });
+                    loop {
+                        tokio::select! {
+                            done = &mut job => break done.unwrap_or_else(|e| Response::Error(format!("admin request failed: {e}"))),
+                            Some(step) = rx.recv() => {
+                                let mut out = serde_json::to_vec(&Response::Progress(step)).unwrap_or_default();
+                                out.push(b'\n');
+                                let _ = write.write_all(&out).await;
+                            }
+                        }
+                    }
+                }
                 Err(e) => Response::Error(format!("not an admin request: {e}")),
             };
             let mut out = serde_json::to_vec(&response).unwrap_or_default();
@@ -101,8 +118,9 @@ impl Console {
             )
         })?;
         let registry = Registry::open(&store).map_err(|e| e.to_string())?;
+        let library = Library::open(data, &store).map_err(|e| format!("{e:#}"))?;
         Ok(Console::Local {
-            admin: Admin::new(Arc::new(pki), registry, None),
+            admin: Admin::new(Arc::new(pki), registry, None).with_library(data, library),
             store,
         })
     }
@@ -114,9 +132,19 @@ impl Console {
 
     /// Execute `request`.
     pub fn execute(&self, request: &Request) -> Result<Response, String> {
+        self.execute_with(request, &mut |_| {})
+    }
+
+    /// Execute `request`, passing each progress line of a long one to
+    /// `progress`.
+    pub fn execute_with(
+        &self,
+        request: &Request,
+        progress: &mut dyn FnMut(String),
+    ) -> Result<Response, String> {
         match self {
             Console::Local { admin, store } => {
-                let response = admin.execute(request.clone());
+                let response = admin.execute_with(request.clone(), progress);
                 store.flush().map_err(|e| e.to_string())?;
                 Ok(response)
             }
@@ -126,12 +154,18 @@ impl Console {
                 let mut line = serde_json::to_vec(request).map_err(|e| e.to_string())?;
                 line.push(b'\n');
                 stream.write_all(&line).map_err(io)?;
-                let mut answer = String::new();
-                BufReader::new(stream.take(MAX_LINE))
-                    .read_line(&mut answer)
-                    .map_err(io)?;
-                serde_json::from_str(&answer)
-                    .map_err(|e| format!("admin socket {}: unreadable answer: {e}", path.display()))
+                let mut reader = BufReader::new(stream.take(MAX_LINE));
+                loop {
+                    let mut answer = String::new();
+                    reader.read_line(&mut answer).map_err(io)?;
+                    let response: Response = serde_json::from_str(&answer).map_err(|e| {
+                        format!("admin socket {}: unreadable answer: {e}", path.display())
+                    })?;
+                    match response {
+                        Response::Progress(step) => progress(step),
+                        done => return Ok(done),
+                    }
+                }
             }
         }
     }

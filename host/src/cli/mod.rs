@@ -6,8 +6,11 @@ mod demo;
 mod device;
 mod pki;
 mod plugin_config;
+mod plugin_manage;
+mod plugin_new;
 mod plugin_run;
 mod policy;
+mod registry;
 mod serve;
 
 use std::path::PathBuf;
@@ -50,16 +53,49 @@ enum Command {
     /// The zero-trust policy: show, check, test.
     #[command(subcommand)]
     Policy(policy::Command),
+    /// The signed plugin registry: keys, delegations, packaging and
+    /// publishing, and which registry this appliance trusts.
+    #[command(subcommand)]
+    Registry(registry::Command),
 }
 
 #[derive(Debug, Subcommand)]
-enum PluginCommand {
+pub(crate) enum PluginCommand {
     /// Feed a recorded byte stream through a parser and detectors, and print
     /// every event, finding and action as a JSON line.
     Run(plugin_run::Args),
     /// Show or change a plugin's settings (for example the escalate
     /// responder's `quarantine-at`).
     Config(plugin_config::Args),
+    /// Scaffold a new plugin crate that builds as it is.
+    New(plugin_new::Args),
+    /// Every plugin: versions, publisher, world, state, strikes, routes.
+    List,
+    /// Install NAME[@VERSION] from the signed registry and make it active.
+    Install(plugin_manage::Install),
+    /// Make an installed version (or `first-party`) active: NAME@VERSION.
+    Activate {
+        /// NAME@VERSION.
+        plugin: String,
+    },
+    /// Make the previously active version active again.
+    Rollback {
+        /// The plugin's name.
+        name: String,
+    },
+    /// Delete an installed version that is not active: NAME@VERSION.
+    Remove {
+        /// NAME@VERSION.
+        plugin: String,
+    },
+    /// Run an installed version as a shadow beside the active one and
+    /// compare their results: NAME@VERSION; `--stop` ends it.
+    Shadow(plugin_manage::Shadow),
+    /// Make the shadow the active version.
+    Promote {
+        /// The plugin's name.
+        name: String,
+    },
 }
 
 /// Run the command line with the process's arguments.
@@ -84,6 +120,9 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Plugin(PluginCommand::Run(args)) => plugin_run::run(&cli.data, &args),
         Command::Plugin(PluginCommand::Config(args)) => plugin_config::run(&cli.data, &args),
+        Command::Plugin(PluginCommand::New(args)) => plugin_new::run(&args),
+        Command::Plugin(command) => plugin_manage::run(&cli.data, command),
+        Command::Registry(command) => registry::run(&cli.data, &command),
         Command::Policy(command) => policy::run(&cli.data, &command),
         Command::Baseline(command) => baseline::run(&cli.data, &command),
         Command::Serve(args) => serve::run(&cli.data, &args),
@@ -115,8 +154,11 @@ fn console(
     request: &crate::admin::Request,
 ) -> anyhow::Result<(serde_json::Value, bool)> {
     let console = crate::admin::Console::open(data).map_err(anyhow::Error::msg)?;
-    match console.execute(request).map_err(anyhow::Error::msg)? {
+    let progress = &mut |step: String| eprintln!("  {step}");
+    match (console.execute_with(request, progress)).map_err(anyhow::Error::msg)? {
         crate::admin::Response::Ok(value) => Ok((value, console.is_remote())),
-        crate::admin::Response::Error(e) => Err(anyhow::Error::msg(e)),
+        crate::admin::Response::Error(e) | crate::admin::Response::Progress(e) => {
+            Err(anyhow::Error::msg(e))
+        }
     }
 }

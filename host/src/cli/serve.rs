@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::identity::{DeviceVerifier, Pki, Registry};
 use crate::plugins::{Installed, Plugin, Runtime, RuntimeConfig, World};
 use crate::policy::PolicyEngine;
+use crate::registry::Library;
 use crate::session::LiveSessions;
 use crate::store::Store;
 use crate::transport::{Route, Server, Stages, Upstream};
@@ -118,11 +119,14 @@ pub(crate) async fn serve(
         store.clone(),
     )?;
     let installed = Installed::default();
+    let library = Library::open(data, &store).context("opening the plugin library")?;
     let mut routes = Vec::new();
     for route in &config.routes {
         let slot = |name: &String, world| {
             installed
-                .slot_for(name, world, &route.name, || load(&plugins, name, world))
+                .slot_for(name, world, &route.name, || {
+                    load(&plugins, &library, name, world)
+                })
                 .with_context(|| format!("loading {world} {name} for route {}", route.name))
         };
         let parser = match &route.parser {
@@ -181,7 +185,9 @@ pub(crate) async fn serve(
     let server = Server::bind(&config, routes, stages, shutdown.clone()).await?;
     let admin_socket = bind_socket(data)
         .with_context(|| format!("binding {}", data.join(ADMIN_SOCKET).display()))?;
-    let admin = Admin::new(pki, registry.clone(), Some(live)).serving(plugins, installed);
+    let admin = Admin::new(pki, registry.clone(), Some(live))
+        .serving(plugins, installed)
+        .with_library(data, library);
     let admin_task = tokio::spawn(serve_socket(admin_socket, admin, shutdown.clone()));
     for l in server.listening() {
         info!(route = %l.name, transport = %l.transport, addr = %l.addr, "listening");
@@ -230,8 +236,25 @@ async fn signals(shutdown: CancellationToken) {
 
 /// Load plugin `name` (a first-party plugin's name, or a path to a
 /// component), which must implement `world`.
-fn load(runtime: &Runtime, name: &str, world: World) -> anyhow::Result<Plugin> {
-    let plugin = super::plugin_run::load(runtime, name)?;
+/// The plugin a route names: its active installed version if the operator
+/// installed one, else the first-party plugin or the component file.
+fn load(runtime: &Runtime, library: &Library, name: &str, world: World) -> anyhow::Result<Plugin> {
+    let active = library.entry(name)?.active;
+    let plugin = match active {
+        Some(version) => {
+            let bundle = library.bundle(name, &version)?;
+            let m = &bundle.manifest;
+            let (plugin, _) = runtime.load_as(
+                name,
+                &m.version.to_string(),
+                &bundle.component,
+                m.granted_limits(),
+            )?;
+            info!(plugin = name, version = %m.version, "serving the installed version");
+            plugin
+        }
+        None => super::plugin_run::load(runtime, name)?,
+    };
     anyhow::ensure!(
         plugin.world() == world,
         "{} is a {}, not a {world}",

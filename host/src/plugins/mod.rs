@@ -50,7 +50,7 @@ const TICK: Duration = Duration::from_millis(1);
 pub const CONTRACT: &str = "palisade:plugin@0.1.0";
 
 /// The kinds of plugin, one per world of the contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum World {
     /// Exports `palisade:plugin/parser`.
@@ -358,11 +358,27 @@ impl Runtime {
             reason: format!("{e:#}"),
         })?;
         let mut plugin = self.prepare(name, &compiled, limits)?;
-        // Until a bundle's manifest says otherwise, a plugin's version is
-        // its content: records name exactly the code that judged.
+        // Without a bundle's manifest, a plugin's version is its content:
+        // records name exactly the code that judged.
         let hash = blake3::hash(component).to_hex();
         if let Some(shared) = Arc::get_mut(&mut plugin.shared) {
             shared.version = format!("b3:{}", hash.get(..12).unwrap_or_default()).into();
+        }
+        Ok((plugin, hit))
+    }
+
+    /// Like [`Runtime::load_cached`], for a plugin whose manifest gives its
+    /// `version`.
+    pub fn load_as(
+        &self,
+        name: &str,
+        version: &str,
+        component: &[u8],
+        limits: Limits,
+    ) -> Result<(Plugin, bool), LoadError> {
+        let (mut plugin, hit) = self.load_cached(name, component, limits)?;
+        if let Some(shared) = Arc::get_mut(&mut plugin.shared) {
+            shared.version = version.into();
         }
         Ok((plugin, hit))
     }
@@ -521,8 +537,9 @@ impl Plugin {
         &self.shared.name
     }
 
-    /// The plugin's version: its content hash, `b3:` and the first 12 hex
-    /// digits of its BLAKE3.
+    /// The plugin's version: its manifest's, or for a component loaded
+    /// without one its content hash, `b3:` and the first 12 hex digits of
+    /// its BLAKE3.
     pub fn version(&self) -> &str {
         &self.shared.version
     }

@@ -1,0 +1,441 @@
+//! The operator's plugin commands: list, install from the signed registry,
+//! activate, roll back, remove, shadow and promote.
+//!
+//! Installing verifies everything (TUF metadata, the delegation, the
+//! component's hash, the manifest against its world), precompiles, runs the
+//! plugin's self-checks, stores the bundle, and only then swaps it into its
+//! slot: any failure before the swap leaves the running version in place
+//! and the library as it was. On an appliance that is not running, the same
+//! commands prepare the library (and the precompiled cache) for the next
+//! start.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tracing::info;
+
+use crate::plugins::{
+    Batch, Device, Direction, Installed, Limits, Plugin, Runtime, Session, World, first_party,
+};
+use crate::registry::{Bundle, Library, Manifest, RegistryClient};
+
+/// Where the appliance's registry is: `<data>/registry/source.json`,
+/// written by `palisade registry trust`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RegistrySource {
+    /// A directory path or an `http(s)://` URL.
+    pub location: String,
+    /// CA certificates for an `https://` registry; the system's when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl RegistrySource {
+    fn path(data: &Path) -> PathBuf {
+        data.join("registry").join("source.json")
+    }
+
+    /// The source recorded in `data`.
+    pub fn read(data: &Path) -> Result<RegistrySource, String> {
+        let path = Self::path(data);
+        let text = std::fs::read(&path).map_err(|_| {
+            "no registry configured: palisade registry trust ROOT.json --registry LOCATION"
+                .to_owned()
+        })?;
+        serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Record `self` in `data`.
+    pub fn write(&self, data: &Path) -> anyhow::Result<()> {
+        let path = Self::path(data);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        crate::registry::bundle::write_atomic(&path, &serde_json::to_vec_pretty(self)?)
+    }
+
+    fn client(&self, data: &Path) -> Result<RegistryClient, String> {
+        let url =
+            crate::registry::publish::location(&self.location).map_err(|e| format!("{e:#}"))?;
+        Ok(RegistryClient::new(url, data, self.ca_file.clone()))
+    }
+}
+
+/// What the plugin commands work on.
+pub(super) struct PluginAdmin<'a> {
+    pub data: &'a Path,
+    pub library: &'a Library,
+    pub runtime: &'a Runtime,
+    /// The running appliance's slots; `None` from the command line.
+    pub installed: Option<&'a Installed>,
+}
+
+type Progress<'a> = &'a mut dyn FnMut(String);
+
+fn text(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+fn chain(e: &anyhow::Error) -> String {
+    format!("{e:#}")
+}
+
+/// Run `future` to completion from synchronous code: on the runtime the
+/// caller runs in (admin requests run on its blocking threads), or on a
+/// small one of its own from the command line.
+fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, String> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => Ok(handle.block_on(future)),
+        Err(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map(|rt| rt.block_on(future))
+            .map_err(text),
+    }
+}
+
+fn parse_version(name: &str, version: &str) -> Result<semver::Version, String> {
+    semver::Version::parse(version).map_err(|e| format!("{name}@{version}: not a version: {e}"))
+}
+
+impl PluginAdmin<'_> {
+    /// Load `bundle` as a plugin and check it: its world, then its
+    /// self-checks.
+    fn prepare(&self, bundle: &Bundle, progress: Progress<'_>) -> Result<Plugin, String> {
+        let m = &bundle.manifest;
+        progress(format!("precompiling {} {}", m.name, m.version));
+        let started = Instant::now();
+        let (plugin, cached) = self
+            .runtime
+            .load_as(
+                &m.name,
+                &m.version.to_string(),
+                &bundle.component,
+                m.granted_limits(),
+            )
+            .map_err(text)?;
+        progress(format!(
+            "{} in {} ms",
+            if cached {
+                "loaded precompiled"
+            } else {
+                "compiled"
+            },
+            started.elapsed().as_millis()
+        ));
+        if plugin.world() != m.world {
+            return Err(format!(
+                "{} {}: the manifest declares a {} but the component is a {}",
+                m.name,
+                m.version,
+                m.world,
+                plugin.world()
+            ));
+        }
+        progress("running self-checks".into());
+        self_check(&plugin, m)?;
+        Ok(plugin)
+    }
+
+    /// The slot of `name` in the running appliance, if a route uses it.
+    fn slot(&self, name: &str) -> Option<crate::plugins::Slot> {
+        self.installed.and_then(|i| i.get(name))
+    }
+
+    pub fn install(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        shadow: bool,
+        progress: Progress<'_>,
+    ) -> Result<Value, String> {
+        let source = RegistrySource::read(self.data)?;
+        let client = source.client(self.data)?;
+        let version = version.map(|v| parse_version(name, v)).transpose()?;
+        progress(format!("fetching {name} from {}", client.url()));
+        let fetched = block_on(client.fetch(name, version.as_ref()))?.map_err(|e| chain(&e))?;
+        let bundle = fetched.bundle;
+        let m = &bundle.manifest;
+        progress(format!(
+            "verified {} {}, signed by {}",
+            m.name, m.version, fetched.publisher
+        ));
+        self.library.check_newer(&bundle).map_err(|e| chain(&e))?;
+        let plugin = self.prepare(&bundle, progress)?;
+        let slot = self.slot(name);
+        if let Some(slot) = &slot {
+            let world = slot.active().world();
+            if world != plugin.world() {
+                return Err(format!(
+                    "{name} is served as a {world}; {} {} is a {}",
+                    m.name,
+                    m.version,
+                    plugin.world()
+                ));
+            }
+        }
+        self.library
+            .add(&bundle, &fetched.publisher)
+            .map_err(|e| chain(&e))?;
+        info!(plugin = name, version = %m.version, publisher = %fetched.publisher, "plugin installed");
+        let state = match (slot, shadow) {
+            (Some(slot), true) => {
+                slot.set_shadow(Some(plugin)).map_err(text)?;
+                "shadowing"
+            }
+            (_, true) => {
+                return Err(format!(
+                    "{name} is installed, but no route uses it to shadow"
+                ));
+            }
+            (slot, false) => {
+                self.library
+                    .set_active(name, Some(&m.version))
+                    .map_err(|e| chain(&e))?;
+                match slot {
+                    Some(slot) => {
+                        drop(slot.activate(plugin).map_err(text)?);
+                        "active"
+                    }
+                    None => "active from the next start (no running route uses it)",
+                }
+            }
+        };
+        Ok(json!({
+            "plugin": name,
+            "version": m.version.to_string(),
+            "publisher": fetched.publisher,
+            "state": state,
+        }))
+    }
+
+    /// Load the installed `version` of `name` (`None`: the first-party one).
+    fn load_installed(
+        &self,
+        name: &str,
+        version: Option<&semver::Version>,
+        progress: Progress<'_>,
+    ) -> Result<Plugin, String> {
+        match version {
+            Some(v) => {
+                let bundle = self.library.bundle(name, v).map_err(|e| chain(&e))?;
+                self.prepare(&bundle, progress)
+            }
+            None => {
+                let component = first_party::component(name)
+                    .ok_or_else(|| format!("{name} has no first-party version"))?;
+                self.runtime
+                    .load(name, component, Limits::default())
+                    .map_err(text)
+            }
+        }
+    }
+
+    /// Make `version` (`None`: the first-party one) the active version of
+    /// `name`, recording the change unless `record` is false.
+    fn switch(
+        &self,
+        name: &str,
+        version: Option<&semver::Version>,
+        progress: Progress<'_>,
+    ) -> Result<Value, String> {
+        let started = Instant::now();
+        let plugin = self.load_installed(name, version, progress)?;
+        let serving = match self.slot(name) {
+            Some(slot) => {
+                drop(slot.activate(plugin).map_err(text)?);
+                Some(started.elapsed().as_secs_f64() * 1e3)
+            }
+            None => None,
+        };
+        let shown = version.map_or_else(|| "first-party".to_owned(), ToString::to_string);
+        info!(plugin = name, version = %shown, "plugin activated");
+        Ok(json!({"plugin": name, "version": shown, "serving-after-ms": serving}))
+    }
+
+    pub fn activate(
+        &self,
+        name: &str,
+        version: &str,
+        progress: Progress<'_>,
+    ) -> Result<Value, String> {
+        let version = match version {
+            "first-party" => None,
+            v => Some(parse_version(name, v)?),
+        };
+        let answer = self.switch(name, version.as_ref(), progress)?;
+        self.library
+            .set_active(name, version.as_ref())
+            .map_err(|e| chain(&e))?;
+        Ok(answer)
+    }
+
+    pub fn rollback(&self, name: &str, progress: Progress<'_>) -> Result<Value, String> {
+        let entry = self.library.entry(name).map_err(|e| chain(&e))?;
+        let Some(previous) = entry.previous.last() else {
+            return Err(format!("{name} has no earlier version to roll back to"));
+        };
+        let answer = self.switch(name, previous.as_ref(), progress)?;
+        self.library.pop_previous(name).map_err(|e| chain(&e))?;
+        Ok(answer)
+    }
+
+    pub fn remove(&self, name: &str, version: &str) -> Result<Value, String> {
+        let version = parse_version(name, version)?;
+        let shadow = self.slot(name).and_then(|s| s.shadow());
+        if shadow.is_some_and(|s| s.version() == version.to_string()) {
+            return Err(format!(
+                "{name} {version} is shadowing: stop the shadow first"
+            ));
+        }
+        self.library.remove(name, &version).map_err(|e| chain(&e))?;
+        info!(plugin = name, %version, "plugin version removed");
+        Ok(json!({"plugin": name, "removed": version.to_string()}))
+    }
+
+    pub fn shadow(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        progress: Progress<'_>,
+    ) -> Result<Value, String> {
+        let slot = self
+            .slot(name)
+            .ok_or_else(|| format!("no route of the running appliance uses {name}"))?;
+        match version {
+            None => {
+                slot.set_shadow(None).map_err(text)?;
+                Ok(json!({"plugin": name, "shadow": null}))
+            }
+            Some(v) => {
+                let v = parse_version(name, v)?;
+                let plugin = self.load_installed(name, Some(&v), progress)?;
+                slot.set_shadow(Some(plugin)).map_err(text)?;
+                Ok(json!({"plugin": name, "shadow": v.to_string()}))
+            }
+        }
+    }
+
+    pub fn promote(&self, name: &str) -> Result<Value, String> {
+        let slot = self
+            .slot(name)
+            .ok_or_else(|| format!("no route of the running appliance uses {name}"))?;
+        let report = slot.shadow_report();
+        let shadow = slot
+            .shadow()
+            .ok_or_else(|| format!("{name} has no shadow"))?;
+        let version = parse_version(name, shadow.version())?;
+        drop(slot.promote().map_err(text)?);
+        self.library
+            .set_active(name, Some(&version))
+            .map_err(|e| chain(&e))?;
+        Ok(json!({"plugin": name, "version": version.to_string(), "shadow-report": report}))
+    }
+
+    pub fn list(&self) -> Result<Value, String> {
+        let mut names: Vec<String> = self
+            .library
+            .entries()
+            .map_err(|e| chain(&e))?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        let served = self.installed.map(Installed::list).unwrap_or_default();
+        names.extend(served.iter().map(|s| s.name.clone()));
+        names.sort();
+        names.dedup();
+        let mut plugins = Vec::new();
+        for name in names {
+            let entry = self.library.entry(&name).map_err(|e| chain(&e))?;
+            let served = served.iter().find(|s| s.name == name);
+            let publisher = match &entry.active {
+                Some(v) => (entry.versions.iter().find(|i| &i.version == v))
+                    .map_or("unknown".to_owned(), |i| i.publisher.clone()),
+                None => "first-party".to_owned(),
+            };
+            let Value::Object(mut item) = json!({
+                "name": name,
+                "active": entry.active.as_ref().map_or("first-party".to_owned(), ToString::to_string),
+                "publisher": publisher,
+                "installed": entry.versions.iter().map(|v| json!({
+                    "version": v.version.to_string(),
+                    "publisher": v.publisher,
+                    "installed-at": v.installed_at,
+                })).collect::<Vec<_>>(),
+                "routes": served.map(|s| s.routes.clone()).unwrap_or_default(),
+            }) else {
+                continue;
+            };
+            if let Some(served) = served {
+                let active = served.slot.active();
+                item.insert("world".into(), json!(active.world()));
+                item.insert("serving".into(), json!(active.version()));
+                item.insert("state".into(), json!(active.lifecycle()));
+                item.insert("strikes".into(), json!(active.strikes()));
+                if let Some(shadow) = served.slot.shadow() {
+                    item.insert(
+                        "shadow".into(),
+                        json!({
+                            "version": shadow.version(),
+                            "report": served.slot.shadow_report(),
+                        }),
+                    );
+                }
+            } else if let Some(v) = &entry.active {
+                if let Ok(bundle) = self.library.bundle(&name, v) {
+                    item.insert("world".into(), json!(bundle.manifest.world));
+                }
+                item.insert("state".into(), json!("not served (no route uses it)"));
+            }
+            plugins.push(Value::Object(item));
+        }
+        Ok(json!({"plugins": plugins}))
+    }
+}
+
+/// The self-checks every plugin passes before it serves: it answers its
+/// world's calls on empty input without a fault, and a parser speaks a
+/// protocol its manifest names.
+pub fn self_check(plugin: &Plugin, manifest: &Manifest) -> Result<(), String> {
+    let fail = |e: &dyn std::fmt::Display| format!("self-check of {}: {e}", plugin.name());
+    let session = Session {
+        id: 0,
+        device: Device {
+            id: "self-check".into(),
+            class: "self-check".into(),
+            zone: "self-check".into(),
+        },
+        route: "self-check".into(),
+    };
+    match plugin.world() {
+        World::Parser => {
+            let protocol = plugin.protocol().map_err(|e| fail(&e))?;
+            if !manifest.protocols.is_empty() && !manifest.protocols.contains(&protocol) {
+                return Err(fail(&format!(
+                    "it parses {protocol}, but its manifest says {:?}",
+                    manifest.protocols
+                )));
+            }
+            for direction in [Direction::ToUpstream, Direction::ToDevice] {
+                let parsed = (plugin.parse(&session, direction, &[], &[])).map_err(|e| fail(&e))?;
+                if !parsed.frame_lengths.is_empty() {
+                    return Err(fail(&"it cut frames out of an empty input"));
+                }
+            }
+        }
+        World::Detector => {
+            plugin
+                .detect(&session, &Batch::new())
+                .map_err(|e| fail(&e))?;
+        }
+        World::Responder => {
+            plugin
+                .respond(&session, &Batch::new(), &[])
+                .map_err(|e| fail(&e))?;
+        }
+    }
+    Ok(())
+}

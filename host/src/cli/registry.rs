@@ -1,0 +1,282 @@
+//! `palisade registry`: the signed plugin registry, from the registry
+//! owner's, the publisher's and the appliance's side.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::admin::RegistrySource;
+use crate::registry::bundle::{self, Bundle};
+use crate::registry::{publish, trusted_root};
+
+/// `palisade registry` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Owner: create an empty registry in DIR, with new owner keys.
+    Init {
+        /// The registry directory (served as is, or copied to a stick).
+        dir: PathBuf,
+        /// Where the owner's keys are kept (offline).
+        #[arg(long)]
+        keys: PathBuf,
+        /// Days until the metadata expires.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+    /// Publisher: create a signing key and a card to send the registry
+    /// owner.
+    Keygen {
+        /// The publisher's name (its role in the registry).
+        publisher: String,
+        /// The new private key (PEM, mode 0600).
+        #[arg(long)]
+        key: PathBuf,
+        /// The card: name, public key, first signed role.
+        #[arg(long)]
+        card: PathBuf,
+        /// Days until the publisher's role expires.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+    /// Owner: let the publisher of CARD sign plugins whose names match the
+    /// patterns (`acme-*`), and nothing else.
+    Delegate {
+        /// The registry directory.
+        dir: PathBuf,
+        /// The owner's keys.
+        #[arg(long)]
+        keys: PathBuf,
+        /// The publisher's card.
+        #[arg(long)]
+        card: PathBuf,
+        /// Plugin name patterns.
+        #[arg(long = "names", required = true, num_args = 1..)]
+        names: Vec<String>,
+        /// Days until the metadata expires.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+    /// Publisher: make a bundle of a built component and its
+    /// palisade-plugin.toml, with its hashes and the SBOM of Cargo.lock.
+    Package {
+        /// The plugin crate's palisade-plugin.toml.
+        #[arg(long, default_value = bundle::MANIFEST_SOURCE)]
+        manifest: PathBuf,
+        /// The built component (.wasm).
+        #[arg(long)]
+        component: PathBuf,
+        /// The Cargo.lock the component was built with.
+        #[arg(long)]
+        lock: Option<PathBuf>,
+        /// The bundle directory to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Publisher: sign a bundle into an outbox for the registry owner.
+    Publish {
+        /// The bundle directory.
+        bundle: PathBuf,
+        /// The registry (a directory or an http(s):// URL).
+        #[arg(long)]
+        registry: String,
+        /// The registry's root.json the publisher trusts.
+        #[arg(long)]
+        root: PathBuf,
+        /// The publisher's name.
+        #[arg(long)]
+        publisher: String,
+        /// The publisher's key.
+        #[arg(long)]
+        key: PathBuf,
+        /// Where to write the signed role and the bundle's files.
+        #[arg(long)]
+        outbox: PathBuf,
+        /// Days until the publisher's role expires.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+    /// Owner: accept a publisher's outbox into the registry, checking its
+    /// signature and that it names only what was delegated.
+    Accept {
+        /// The outbox.
+        outbox: PathBuf,
+        /// The registry directory.
+        #[arg(long)]
+        registry: PathBuf,
+        /// The owner's keys.
+        #[arg(long)]
+        keys: PathBuf,
+        /// Days until the metadata expires.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+    /// Owner: re-sign the metadata with fresh expiries.
+    Refresh {
+        /// The registry directory.
+        dir: PathBuf,
+        /// The owner's keys.
+        #[arg(long)]
+        keys: PathBuf,
+        /// Days until the metadata expires.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+    /// Owner: replace the root key; the new root is signed by the old key
+    /// too, so appliances follow.
+    RotateRoot {
+        /// The registry directory.
+        dir: PathBuf,
+        /// The owner's keys.
+        #[arg(long)]
+        keys: PathBuf,
+        /// Days until the metadata expires.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+    /// Appliance: trust the registry whose root is ROOT, found at LOCATION.
+    Trust {
+        /// The registry's root.json, obtained out of band.
+        root: PathBuf,
+        /// The registry: a directory or an http(s):// URL.
+        #[arg(long)]
+        registry: String,
+        /// CA certificates for an https:// registry.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+    },
+}
+
+pub(crate) fn run(data: &Path, command: &Command) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match command {
+        Command::Init { dir, keys, days } => {
+            rt.block_on(publish::init(dir, keys, *days))?;
+            println!(
+                "registry created in {}; its root of trust is {}",
+                dir.display(),
+                dir.join("metadata/root.json").display()
+            );
+        }
+        Command::Keygen {
+            publisher,
+            key,
+            card,
+            days,
+        } => {
+            let made = rt.block_on(publish::keygen(publisher, key, card, *days))?;
+            println!(
+                "key {} (id {}); send {} to the registry owner",
+                key.display(),
+                publish::card_key_id(&made)?,
+                card.display()
+            );
+        }
+        Command::Delegate {
+            dir,
+            keys,
+            card,
+            names,
+            days,
+        } => {
+            rt.block_on(publish::delegate(dir, keys, card, names, *days))?;
+            println!(
+                "delegated {} to the publisher of {}",
+                names.join(" "),
+                card.display()
+            );
+        }
+        Command::Package {
+            manifest,
+            component,
+            lock,
+            out,
+        } => {
+            let bundle = bundle::package(manifest, component, lock.as_deref())?;
+            bundle.write(out)?;
+            println!("bundle {} in {}", bundle.id(), out.display());
+        }
+        Command::Publish {
+            bundle,
+            registry,
+            root,
+            publisher,
+            key,
+            outbox,
+            days,
+        } => {
+            let bundle = Bundle::read(bundle)?;
+            let url = publish::location(registry)?;
+            let names = rt.block_on(publish::publish(
+                &url, root, publisher, key, &bundle, outbox, *days,
+            ))?;
+            for name in names {
+                println!("signed {name}");
+            }
+            println!(
+                "outbox {} ready for the registry owner (palisade registry accept)",
+                outbox.display()
+            );
+        }
+        Command::Accept {
+            outbox,
+            registry,
+            keys,
+            days,
+        } => {
+            rt.block_on(publish::accept(registry, keys, outbox, *days))?;
+            println!("accepted {} into {}", outbox.display(), registry.display());
+        }
+        Command::Refresh { dir, keys, days } => {
+            rt.block_on(publish::refresh(dir, keys, *days))?;
+            println!("re-signed {}", dir.display());
+        }
+        Command::RotateRoot { dir, keys, days } => {
+            let id = rt.block_on(publish::rotate_root(dir, keys, *days))?;
+            println!("new root key {id}; appliances follow on their next fetch");
+        }
+        Command::Trust {
+            root,
+            registry,
+            ca_file,
+        } => {
+            crate::store::create_data_dir(data)?;
+            let text = bundle::read_capped(root, 1 << 20)?;
+            let parsed: serde_json::Value = serde_json::from_slice(&text)
+                .with_context(|| format!("{} is not a TUF root", root.display()))?;
+            anyhow::ensure!(
+                parsed.pointer("/signed/_type").and_then(|t| t.as_str()) == Some("root"),
+                "{} is not a TUF root",
+                root.display()
+            );
+            let dest = trusted_root(data);
+            if let Some(dir) = dest.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let same = std::fs::read(&dest).is_ok_and(|old| old == text);
+            if !same {
+                // A new root of trust starts a new history.
+                let _ = std::fs::remove_dir_all(data.join("registry").join("tuf"));
+            }
+            bundle::write_atomic(&dest, &text)?;
+            // A directory is recorded absolute: the appliance runs from
+            // anywhere.
+            let location = publish::location(registry)?;
+            let location = match location.scheme() {
+                "file" => location
+                    .to_file_path()
+                    .map_or_else(|()| registry.clone(), |p| p.display().to_string()),
+                _ => registry.clone(),
+            };
+            RegistrySource {
+                location,
+                ca_file: ca_file.clone(),
+            }
+            .write(data)?;
+            println!("trusting the registry at {registry}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,219 @@
+//! How the appliance reaches a registry: a local directory (an air-gapped
+//! site, a USB stick) through `file://` URLs, or a web server over HTTP or
+//! HTTPS. Everything fetched is verified by TUF afterwards, so the
+//! transport only has to be bounded: a size cap, a deadline, and a clear
+//! "not found" for the root-rotation probe.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tough::async_trait;
+use tough::{
+    Bytes, FilesystemTransport, Transport, TransportError, TransportErrorKind, TransportStream,
+};
+use url::Url;
+
+/// The largest file fetched: the largest component, with room for headers.
+const MAX_FILE: usize = (super::bundle::MAX_COMPONENT as usize) + (64 << 10);
+/// How long one fetch may take.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// `file://`, `http://` and `https://`.
+#[derive(Debug, Clone)]
+pub struct RegistryTransport {
+    /// Certificates trusted for `https://` registries.
+    ca_file: Option<PathBuf>,
+}
+
+impl RegistryTransport {
+    /// A transport trusting the system's CAs for HTTPS, or `ca_file` when
+    /// given.
+    pub fn new(ca_file: Option<PathBuf>) -> Self {
+        RegistryTransport { ca_file }
+    }
+}
+
+#[async_trait]
+impl Transport for RegistryTransport {
+    async fn fetch(&self, url: Url) -> Result<TransportStream, TransportError> {
+        match url.scheme() {
+            "file" => FilesystemTransport.fetch(url).await,
+            "http" | "https" => {
+                let body = tokio::time::timeout(DEADLINE, self.get(&url))
+                    .await
+                    .map_err(|_| other(&url, "timed out"))??;
+                let once = futures_util::stream::once(async move { Ok(Bytes::from(body)) });
+                Ok(Box::pin(once))
+            }
+            _ => Err(TransportError::new(
+                TransportErrorKind::UnsupportedUrlScheme,
+                url,
+            )),
+        }
+    }
+}
+
+impl RegistryTransport {
+    async fn get(&self, url: &Url) -> Result<Vec<u8>, TransportError> {
+        let host = url.host_str().ok_or_else(|| other(url, "no host"))?;
+        let port = url
+            .port_or_known_default()
+            .ok_or_else(|| other(url, "no port"))?;
+        let tcp = TcpStream::connect((host, port))
+            .await
+            .map_err(|e| other(url, e))?;
+        let mut path = url.path().to_owned();
+        if let Some(q) = url.query() {
+            path = format!("{path}?{q}");
+        }
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: palisade\r\nConnection: close\r\n\r\n"
+        );
+        let answer = if url.scheme() == "https" {
+            let connector = tokio_rustls::TlsConnector::from(self.tls(url)?);
+            let name = ServerName::try_from(host.to_owned()).map_err(|e| other(url, e))?;
+            let mut tls = connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| other(url, e))?;
+            exchange(&mut tls, request.as_bytes(), url).await?
+        } else {
+            let mut tcp = tcp;
+            exchange(&mut tcp, request.as_bytes(), url).await?
+        };
+        response_body(answer, url)
+    }
+
+    fn tls(&self, url: &Url) -> Result<Arc<rustls::ClientConfig>, TransportError> {
+        let file = (self.ca_file.clone())
+            .unwrap_or_else(|| PathBuf::from("/etc/ssl/certs/ca-certificates.crt"));
+        let mut roots = rustls::RootCertStore::empty();
+        let certs = CertificateDer::pem_file_iter(&file)
+            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| other(url, format!("CA file {}: {e}", file.display())))?;
+        roots.add_parsable_certificates(certs);
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| other(url, e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(Arc::new(config))
+    }
+}
+
+async fn exchange<S>(stream: &mut S, request: &[u8], url: &Url) -> Result<Vec<u8>, TransportError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    stream.write_all(request).await.map_err(|e| other(url, e))?;
+    let mut answer = Vec::new();
+    let mut limited = stream.take(MAX_FILE as u64 + 1);
+    limited
+        .read_to_end(&mut answer)
+        .await
+        .map_err(|e| other(url, e))?;
+    if answer.len() > MAX_FILE {
+        return Err(other(url, format!("larger than {MAX_FILE} bytes")));
+    }
+    Ok(answer)
+}
+
+/// The body of a complete HTTP/1.1 response read to the end of the
+/// connection. Only 200 is a success; 404 says the file does not exist.
+fn response_body(answer: Vec<u8>, url: &Url) -> Result<Vec<u8>, TransportError> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut response = httparse::Response::new(&mut headers);
+    let head = match response.parse(&answer) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Err(other(url, "incomplete HTTP response")),
+        Err(e) => return Err(other(url, format!("bad HTTP response: {e}"))),
+    };
+    match response.code {
+        Some(200) => {}
+        Some(404) => {
+            return Err(TransportError::new(
+                TransportErrorKind::FileNotFound,
+                url.as_str(),
+            ));
+        }
+        code => return Err(other(url, format!("HTTP status {code:?}"))),
+    }
+    let chunked = response.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("transfer-encoding")
+            && String::from_utf8_lossy(h.value).contains("chunked")
+    });
+    let length = response
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| {
+            std::str::from_utf8(h.value)
+                .ok()?
+                .trim()
+                .parse::<usize>()
+                .ok()
+        });
+    let body = answer.get(head..).unwrap_or_default();
+    if chunked {
+        return dechunk(body).ok_or_else(|| other(url, "bad chunked body"));
+    }
+    match length {
+        Some(n) if body.len() < n => Err(other(url, "connection closed before the body ended")),
+        Some(n) => Ok(body.get(..n).unwrap_or_default().to_vec()),
+        None => Ok(body.to_vec()),
+    }
+}
+
+fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = body.windows(2).position(|w| w == b"\r\n")?;
+        let size = std::str::from_utf8(body.get(..line_end)?).ok()?;
+        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+        body = body.get(line_end + 2..)?;
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(body.get(..size)?);
+        body = body.get(size + 2..)?;
+    }
+}
+
+fn other(url: &Url, cause: impl std::fmt::Display) -> TransportError {
+    TransportError::new_with_cause(
+        TransportErrorKind::Other,
+        url.as_str(),
+        std::io::Error::other(cause.to_string()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn bodies_are_read_by_length_or_chunks_and_404_is_not_found() {
+        let url = Url::parse("http://registry.example/x").unwrap();
+        let plain = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello".to_vec();
+        assert_eq!(response_body(plain, &url).unwrap(), b"hello");
+        let chunked =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n"
+                .to_vec();
+        assert_eq!(response_body(chunked, &url).unwrap(), b"hello");
+        let missing = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec();
+        assert_eq!(
+            response_body(missing, &url).unwrap_err().kind(),
+            TransportErrorKind::FileNotFound
+        );
+        let short = b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nhello".to_vec();
+        assert!(response_body(short, &url).is_err());
+    }
+}

@@ -1,0 +1,365 @@
+//! The appliance's side of the registry: fetching verified bundles, and
+//! the library of installed versions on disk.
+//!
+//! The appliance holds the registry's root of trust in
+//! `<data>/registry/root.json` (put there by `palisade registry trust`),
+//! and TUF's record of the newest metadata it has seen in
+//! `<data>/registry/tuf/`, so metadata older than what it already saw (a
+//! replay, a rollback, a freeze) is refused across restarts. Installed
+//! bundles live in `<data>/plugins/NAME/VERSION/`; which version of each
+//! name is active, and which were active before, is kept in sled.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use tough::{ExpirationEnforcement, IntoVec, Repository, RepositoryLoader, TargetName};
+use url::Url;
+
+use super::bundle::{Bundle, COMPONENT, MANIFEST, MAX_COMPONENT, MAX_MANIFEST};
+use super::fetch::RegistryTransport;
+use super::manifest::{Manifest, valid_name};
+use super::publish::{registry_urls, target_name};
+use crate::store::Store;
+
+/// Where the registry's root of trust lives in the data directory.
+pub fn trusted_root(data: &Path) -> PathBuf {
+    data.join("registry").join("root.json")
+}
+
+/// A registry as the appliance sees it.
+#[derive(Debug, Clone)]
+pub struct RegistryClient {
+    url: Url,
+    data: PathBuf,
+    ca_file: Option<PathBuf>,
+}
+
+/// A bundle fetched and verified, and who signed it.
+#[derive(Debug)]
+pub struct Fetched {
+    /// The bundle.
+    pub bundle: Bundle,
+    /// The delegated role that signed it (`targets` for the registry owner).
+    pub publisher: String,
+}
+
+impl RegistryClient {
+    /// The registry at `url`, trusted through the root in `data`.
+    pub fn new(url: Url, data: &Path, ca_file: Option<PathBuf>) -> Self {
+        RegistryClient {
+            url,
+            data: data.to_owned(),
+            ca_file,
+        }
+    }
+
+    /// The registry's URL.
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    async fn load(&self) -> anyhow::Result<Repository> {
+        let root_path = trusted_root(&self.data);
+        let root = std::fs::read(&root_path).with_context(|| {
+            format!(
+                "no trusted registry root at {} (palisade registry trust ROOT.json)",
+                root_path.display()
+            )
+        })?;
+        let (metadata, targets) = registry_urls(&self.url)?;
+        let datastore = self.data.join("registry").join("tuf");
+        std::fs::create_dir_all(&datastore)?;
+        let repo = RepositoryLoader::new(&root, metadata, targets)
+            .transport(RegistryTransport::new(self.ca_file.clone()))
+            .expiration_enforcement(ExpirationEnforcement::Safe)
+            .datastore(&datastore)
+            .load()
+            .await
+            .map_err(|e| anyhow::anyhow!("registry {} refused: {}", self.url, chain(&e)))?;
+        // A rotated root becomes the one trusted from now on.
+        if repo.root().signed.version.get() > root_version(&root) {
+            let text = serde_json::to_vec(repo.root())?;
+            super::bundle::write_atomic(&root_path, &text)?;
+        }
+        Ok(repo)
+    }
+
+    /// The versions of `name` the registry offers, oldest first.
+    pub async fn versions(&self, name: &str) -> anyhow::Result<Vec<semver::Version>> {
+        let repo = self.load().await?;
+        Ok(versions_in(&repo, name))
+    }
+
+    /// Fetch `name` at `version` (the newest when `None`), verified by TUF
+    /// and against its manifest.
+    pub async fn fetch(
+        &self,
+        name: &str,
+        version: Option<&semver::Version>,
+    ) -> anyhow::Result<Fetched> {
+        anyhow::ensure!(valid_name(name), "{name:?} is not a plugin name");
+        let repo = self.load().await?;
+        let version = match version {
+            Some(v) => v.clone(),
+            None => (versions_in(&repo, name).pop())
+                .with_context(|| format!("registry {} has no plugin {name}", self.url))?,
+        };
+        let manifest_name = target_name(name, &version, MANIFEST);
+        let manifest = read(&repo, &manifest_name, MAX_MANIFEST).await?;
+        let manifest = Manifest::from_json(&manifest)?;
+        anyhow::ensure!(
+            manifest.name == name && manifest.version == version,
+            "{manifest_name} describes {} {}, not {name} {version}",
+            manifest.name,
+            manifest.version
+        );
+        let component = read(
+            &repo,
+            &target_name(name, &version, COMPONENT),
+            MAX_COMPONENT,
+        )
+        .await?;
+        let publisher = signer(&repo, &manifest_name);
+        let bundle = Bundle::new(manifest, component)?;
+        Ok(Fetched { bundle, publisher })
+    }
+}
+
+fn root_version(root: &[u8]) -> u64 {
+    serde_json::from_slice::<serde_json::Value>(root)
+        .ok()
+        .and_then(|v| v.pointer("/signed/version")?.as_u64())
+        .unwrap_or(0)
+}
+
+/// An error and its causes on one line: tough's errors say what failed at
+/// the top and why underneath.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn versions_in(repo: &Repository, name: &str) -> Vec<semver::Version> {
+    let prefix = format!("plugins/{name}/");
+    let mut versions: Vec<semver::Version> = repo
+        .all_targets()
+        .filter_map(|(target, _)| {
+            let rest = target.resolved().strip_prefix(&prefix)?;
+            let version = rest.strip_suffix(&format!("/{MANIFEST}"))?;
+            semver::Version::parse(version).ok()
+        })
+        .collect();
+    versions.sort();
+    versions.dedup();
+    versions
+}
+
+async fn read(repo: &Repository, name: &str, cap: u64) -> anyhow::Result<Vec<u8>> {
+    let target = TargetName::new(name)?;
+    let length = repo
+        .targets()
+        .signed
+        .find_target(&target, false)
+        .map(|t| t.length)
+        .map_err(|_| anyhow::anyhow!("the registry has no signed {name}"))?;
+    anyhow::ensure!(length <= cap, "{name} is {length} bytes, more than {cap}");
+    let stream = repo
+        .read_target(&target)
+        .await
+        .map_err(|e| anyhow::anyhow!("{name}: {}", chain(&e)))?
+        .with_context(|| format!("the registry has no signed {name}"))?;
+    stream
+        .into_vec()
+        .await
+        .map_err(|e| anyhow::anyhow!("{name} refused: {}", chain(&e)))
+}
+
+/// The role whose metadata lists `name`.
+fn signer(repo: &Repository, name: &str) -> String {
+    let Ok(target) = TargetName::new(name) else {
+        return "unknown".into();
+    };
+    if repo.targets().signed.targets.contains_key(&target) {
+        return "targets".into();
+    }
+    let roles = repo
+        .targets()
+        .signed
+        .delegations
+        .iter()
+        .flat_map(|d| &d.roles);
+    for role in roles {
+        if (role.targets.as_ref()).is_some_and(|t| t.signed.targets.contains_key(&target)) {
+            return role.name.clone();
+        }
+    }
+    "unknown".into()
+}
+
+/// One installed version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct InstalledVersion {
+    /// The version.
+    pub version: semver::Version,
+    /// Who signed it.
+    pub publisher: String,
+    /// When it was installed, RFC 3339.
+    pub installed_at: String,
+}
+
+/// What the appliance holds of one plugin name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Entry {
+    /// Installed versions, oldest first.
+    pub versions: Vec<InstalledVersion>,
+    /// The active version; `None` serves the first-party plugin of the
+    /// name (if there is one).
+    pub active: Option<semver::Version>,
+    /// Versions active before, most recent last, for rollback.
+    pub previous: Vec<Option<semver::Version>>,
+    /// The newest version ever installed: versions only grow.
+    pub highest: Option<semver::Version>,
+}
+
+/// The installed bundles and which are active.
+#[derive(Debug, Clone)]
+pub struct Library {
+    dir: PathBuf,
+    tree: sled::Tree,
+}
+
+impl Library {
+    /// The library of the appliance whose data directory is `data`.
+    pub fn open(data: &Path, store: &Store) -> anyhow::Result<Library> {
+        Ok(Library {
+            dir: data.join("plugins"),
+            tree: store.tree("plugin-library")?,
+        })
+    }
+
+    /// What is installed of `name`.
+    pub fn entry(&self, name: &str) -> anyhow::Result<Entry> {
+        Ok(match self.tree.get(name.as_bytes())? {
+            Some(bytes) => serde_json::from_slice(&bytes)?,
+            None => Entry::default(),
+        })
+    }
+
+    /// Every name with something installed.
+    pub fn entries(&self) -> anyhow::Result<Vec<(String, Entry)>> {
+        let mut all = Vec::new();
+        for item in self.tree.iter() {
+            let (key, value) = item?;
+            all.push((
+                String::from_utf8_lossy(&key).into_owned(),
+                serde_json::from_slice(&value)?,
+            ));
+        }
+        Ok(all)
+    }
+
+    fn put(&self, name: &str, entry: &Entry) -> anyhow::Result<()> {
+        self.tree
+            .insert(name.as_bytes(), serde_json::to_vec(entry)?)?;
+        self.tree.flush()?;
+        Ok(())
+    }
+
+    /// Refuse `bundle` unless it is newer than every version of its name
+    /// this appliance ever installed.
+    pub fn check_newer(&self, bundle: &Bundle) -> anyhow::Result<()> {
+        let m = &bundle.manifest;
+        let entry = self.entry(&m.name)?;
+        if let Some(highest) = &entry.highest {
+            anyhow::ensure!(
+                m.version > *highest,
+                "{} {} is not newer than {highest}, already installed here: versions only grow",
+                m.name,
+                m.version
+            );
+        }
+        Ok(())
+    }
+
+    /// Store `bundle`, signed by `publisher`.
+    pub fn add(&self, bundle: &Bundle, publisher: &str) -> anyhow::Result<()> {
+        self.check_newer(bundle)?;
+        let m = &bundle.manifest;
+        bundle.write(&self.bundle_dir(&m.name, &m.version))?;
+        let mut entry = self.entry(&m.name)?;
+        entry.versions.push(InstalledVersion {
+            version: m.version.clone(),
+            publisher: publisher.to_owned(),
+            installed_at: jiff::Timestamp::now().to_string(),
+        });
+        entry.highest = Some(m.version.clone());
+        self.put(&m.name, &entry)
+    }
+
+    /// The installed bundle of `name` at `version`, read back and checked.
+    pub fn bundle(&self, name: &str, version: &semver::Version) -> anyhow::Result<Bundle> {
+        let dir = self.bundle_dir(name, version);
+        anyhow::ensure!(dir.exists(), "{name} {version} is not installed");
+        Bundle::read(&dir)
+    }
+
+    /// Record `version` (or the first-party plugin, `None`) as the active
+    /// one of `name`.
+    pub fn set_active(&self, name: &str, version: Option<&semver::Version>) -> anyhow::Result<()> {
+        let mut entry = self.entry(name)?;
+        if entry.active.as_ref() != version {
+            let before = std::mem::replace(&mut entry.active, version.cloned());
+            entry.previous.push(before);
+            // Enough history for any operator; bounded all the same.
+            if entry.previous.len() > 32 {
+                entry.previous.remove(0);
+            }
+        }
+        self.put(name, &entry)
+    }
+
+    /// The version that was active before the current one, taken off the
+    /// history.
+    pub fn pop_previous(&self, name: &str) -> anyhow::Result<Option<semver::Version>> {
+        let mut entry = self.entry(name)?;
+        let previous = entry
+            .previous
+            .pop()
+            .with_context(|| format!("{name} has no earlier version to roll back to"))?;
+        entry.active = previous.clone();
+        self.put(name, &entry)?;
+        Ok(previous)
+    }
+
+    /// Delete an installed version that is not active.
+    pub fn remove(&self, name: &str, version: &semver::Version) -> anyhow::Result<()> {
+        let mut entry = self.entry(name)?;
+        anyhow::ensure!(
+            entry.active.as_ref() != Some(version),
+            "{name} {version} is active: activate another version first"
+        );
+        let before = entry.versions.len();
+        entry.versions.retain(|v| v.version != *version);
+        anyhow::ensure!(
+            entry.versions.len() < before,
+            "{name} {version} is not installed"
+        );
+        entry.previous.retain(|v| v.as_ref() != Some(version));
+        let dir = self.bundle_dir(name, version);
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        self.put(name, &entry)
+    }
+
+    fn bundle_dir(&self, name: &str, version: &semver::Version) -> PathBuf {
+        self.dir.join(name).join(version.to_string())
+    }
+}

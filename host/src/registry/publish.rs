@@ -1,0 +1,550 @@
+//! The registry owner's and the publishers' side: creating a registry,
+//! delegating plugin names to a publisher, publishing bundles, and keeping
+//! the metadata fresh.
+//!
+//! A registry is a directory of static files: `metadata/` (the TUF roles)
+//! and `targets/` (bundles, as `plugins/NAME/VERSION/{manifest.json,
+//! component.wasm}`), served as they are by any web server or copied to a
+//! USB stick. The owner keeps four keys offline in a key directory
+//! (`root.pem`, `targets.pem`, `snapshot.pem`, `timestamp.pem`). A
+//! publisher holds one key; the owner's delegation lets it sign only the
+//! names `plugins/PATTERN/*`. Publishing writes the publisher's signed role
+//! and its bundle into an outbox; the owner accepts the outbox into the
+//! registry, which checks the signature and the names and re-signs the
+//! snapshot and timestamp.
+
+use std::collections::HashMap;
+use std::num::NonZeroU64;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use aws_lc_rs::rand::SystemRandom;
+use serde::{Deserialize, Serialize};
+use tough::editor::RepositoryEditor;
+use tough::editor::signed::SignedRole;
+use tough::editor::targets::TargetsEditor;
+use tough::key_source::KeySource;
+use tough::schema::decoded::{Decoded, Hex};
+use tough::schema::key::Key;
+use tough::schema::{
+    KeyHolder, PathPattern, PathSet, RoleKeys, RoleType, Root, Signed, Target, Targets,
+};
+use tough::{ExpirationEnforcement, Repository, RepositoryLoader, TargetName};
+use url::Url;
+
+use super::bundle::{Bundle, COMPONENT, MANIFEST, sha256_hex};
+use super::fetch::RegistryTransport;
+use super::keys::{PemKey, hex, key_id};
+
+const SPEC_VERSION: &str = "1.0.0";
+/// The top-level roles, each with its key file in the owner's key directory.
+const ROLES: [RoleType; 4] = [
+    RoleType::Root,
+    RoleType::Targets,
+    RoleType::Snapshot,
+    RoleType::Timestamp,
+];
+
+/// The target name of a bundle's file.
+pub fn target_name(name: &str, version: &semver::Version, file: &str) -> String {
+    format!("plugins/{name}/{version}/{file}")
+}
+
+/// A `file://` URL for a directory, ending in `/` as URL joining needs.
+pub fn dir_url(dir: &Path) -> anyhow::Result<Url> {
+    let dir = std::fs::canonicalize(dir).with_context(|| format!("{}", dir.display()))?;
+    Url::from_directory_path(&dir).map_err(|()| anyhow::anyhow!("{} is not a path", dir.display()))
+}
+
+fn key_file(keys: &Path, role: RoleType) -> PathBuf {
+    keys.join(format!("{role}.pem"))
+}
+
+fn owner_keys(keys: &Path) -> anyhow::Result<Vec<Box<dyn KeySource>>> {
+    ROLES
+        .iter()
+        .map(|role| {
+            let path = key_file(keys, *role);
+            anyhow::ensure!(path.exists(), "no {role} key {}", path.display());
+            Ok(PemKey { path }.source())
+        })
+        .collect()
+}
+
+fn expiry(days: u32) -> jiff::Timestamp {
+    let now = jiff::Timestamp::now();
+    now.checked_add(jiff::SignedDuration::from_hours(i64::from(days) * 24))
+        .unwrap_or(now)
+}
+
+fn next(version: NonZeroU64) -> NonZeroU64 {
+    version.saturating_add(1)
+}
+
+/// Create an empty registry in `registry`, with new owner keys in `keys`
+/// (existing keys there are used as they are). Metadata expires in `days`.
+pub async fn init(registry: &Path, keys: &Path, days: u32) -> anyhow::Result<()> {
+    let metadata = registry.join("metadata");
+    anyhow::ensure!(
+        !metadata.join("root.json").exists(),
+        "{} is already a registry",
+        registry.display()
+    );
+    std::fs::create_dir_all(&metadata)?;
+    std::fs::create_dir_all(registry.join("targets"))?;
+    let mut root = Root {
+        spec_version: SPEC_VERSION.into(),
+        consistent_snapshot: false,
+        version: NonZeroU64::MIN,
+        expires: expiry(days),
+        keys: HashMap::new(),
+        roles: HashMap::new(),
+        _extra: HashMap::new(),
+    };
+    for role in ROLES {
+        let path = key_file(keys, role);
+        let key = if path.exists() {
+            PemKey { path }
+        } else {
+            PemKey::generate(&path)?
+        };
+        let public = key.public()?;
+        let id = public.key_id()?;
+        root.keys.insert(id.clone(), public);
+        root.roles.insert(
+            role,
+            RoleKeys {
+                keyids: vec![id],
+                threshold: NonZeroU64::MIN,
+                _extra: HashMap::new(),
+            },
+        );
+    }
+    let signed = sign_root(&root, &root, keys).await?;
+    write_root(&metadata, &signed).await?;
+    let mut editor = RepositoryEditor::new(metadata.join("root.json")).await?;
+    let one = NonZeroU64::MIN;
+    editor
+        .targets_version(one)?
+        .targets_expires(expiry(days))?
+        .snapshot_version(one)
+        .snapshot_expires(expiry(days))
+        .timestamp_version(one)
+        .timestamp_expires(expiry(days));
+    editor
+        .sign(&owner_keys(keys)?)
+        .await?
+        .write(&metadata)
+        .await?;
+    Ok(())
+}
+
+async fn sign_root(
+    root: &Root,
+    signer_root: &Root,
+    keys: &Path,
+) -> anyhow::Result<SignedRole<Root>> {
+    let source = PemKey {
+        path: key_file(keys, RoleType::Root),
+    }
+    .source();
+    Ok(SignedRole::new(
+        root.clone(),
+        &KeyHolder::Root(signer_root.clone()),
+        &[source],
+        &SystemRandom::new(),
+    )
+    .await?)
+}
+
+async fn write_root(metadata: &Path, root: &SignedRole<Root>) -> anyhow::Result<()> {
+    let version = root.signed().signed.version;
+    tokio::fs::write(metadata.join(format!("{version}.root.json")), root.buffer()).await?;
+    tokio::fs::write(metadata.join("root.json"), root.buffer()).await?;
+    Ok(())
+}
+
+/// Load `registry` (a directory) the way its owner sees it: trusting its
+/// own first root, and accepting expired metadata so it can be refreshed.
+async fn load_own(registry: &Path) -> anyhow::Result<Repository> {
+    let metadata = registry.join("metadata");
+    let first = std::fs::read(metadata.join("1.root.json"))
+        .with_context(|| format!("{} is not a registry", registry.display()))?;
+    let datastore = tempfile::tempdir()?;
+    let repo = RepositoryLoader::new(
+        &first,
+        dir_url(&metadata)?,
+        dir_url(&registry.join("targets"))?,
+    )
+    .transport(RegistryTransport::new(None))
+    .expiration_enforcement(ExpirationEnforcement::Unsafe)
+    .datastore(datastore.path())
+    .load()
+    .await
+    .with_context(|| format!("loading registry {}", registry.display()))?;
+    Ok(repo)
+}
+
+/// An editor over the owner's registry with every version bumped and every
+/// expiry set `days` ahead; the caller changes what it needs and signs.
+async fn edit_own(registry: &Path, days: u32) -> anyhow::Result<RepositoryEditor> {
+    let repo = load_own(registry).await?;
+    let versions = (
+        repo.targets().signed.version,
+        repo.snapshot().signed.version,
+        repo.timestamp().signed.version,
+    );
+    let root = registry.join("metadata").join("root.json");
+    let mut editor = RepositoryEditor::from_repo(&root, repo).await?;
+    editor
+        .targets_version(next(versions.0))?
+        .targets_expires(expiry(days))?
+        .snapshot_version(next(versions.1))
+        .snapshot_expires(expiry(days))
+        .timestamp_version(next(versions.2))
+        .timestamp_expires(expiry(days));
+    Ok(editor)
+}
+
+/// A publisher's public card: its name, its key, and its first (empty)
+/// signed role, which the owner adds to the registry when delegating.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Card {
+    /// The publisher's role name.
+    pub publisher: String,
+    /// Its public key.
+    pub key: Key,
+    /// Its empty role, signed with the key.
+    pub role: Signed<Targets>,
+}
+
+/// Create a publisher's key in `key` and its card in `card`.
+pub async fn keygen(publisher: &str, key: &Path, card: &Path, days: u32) -> anyhow::Result<Card> {
+    anyhow::ensure!(
+        super::manifest::valid_name(publisher),
+        "a publisher name is 1 to 64 lowercase letters, digits and dashes"
+    );
+    let pem = PemKey::generate(key)?;
+    let public = pem.public()?;
+    let mut editor = TargetsEditor::new(publisher);
+    editor.version(NonZeroU64::MIN).expires(expiry(days));
+    // The role is signed by its own key here; the owner's delegation is
+    // what makes the key count.
+    let (_, role) = editor.create_signed(&[pem.source()]).await?.targets();
+    let card_value = Card {
+        publisher: publisher.into(),
+        key: public,
+        role,
+    };
+    let text = serde_json::to_vec_pretty(&card_value)?;
+    std::fs::write(card, text).with_context(|| format!("writing {}", card.display()))?;
+    Ok(card_value)
+}
+
+/// Delegate the plugin names matching `patterns` (`acme-*`) to the
+/// publisher of `card`, signed with the owner's keys.
+pub async fn delegate(
+    registry: &Path,
+    keys: &Path,
+    card: &Path,
+    patterns: &[String],
+    days: u32,
+) -> anyhow::Result<()> {
+    let card: Card = serde_json::from_slice(
+        &std::fs::read(card).with_context(|| format!("reading {}", card.display()))?,
+    )
+    .with_context(|| format!("{} is not a publisher card", card.display()))?;
+    anyhow::ensure!(!patterns.is_empty(), "delegate at least one name pattern");
+    let mut paths = Vec::new();
+    for p in patterns {
+        anyhow::ensure!(
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '*'),
+            "name pattern {p:?}: lowercase letters, digits, dashes and `*` only"
+        );
+        paths.push(PathPattern::new(format!("plugins/{p}/*"))?);
+    }
+    // The card's role is handed to tough through a file URL, as a
+    // publisher's role normally is.
+    let staging = tempfile::tempdir()?;
+    let file = staging.path().join(format!("{}.json", card.publisher));
+    std::fs::write(&file, serde_json::to_vec(&card.role)?)?;
+    let mut editor = edit_own(registry, days).await?;
+    let keyid = card.key.key_id()?;
+    editor
+        .add_role(
+            &card.publisher,
+            dir_url(staging.path())?.as_str(),
+            PathSet::Paths(paths),
+            true,
+            NonZeroU64::MIN,
+            Some(HashMap::from([(keyid, card.key.clone())])),
+        )
+        .await
+        .with_context(|| format!("delegating to {}", card.publisher))?;
+    editor
+        .sign(&owner_keys(keys)?)
+        .await?
+        .write(registry.join("metadata"))
+        .await?;
+    Ok(())
+}
+
+/// Publish `bundle` as `publisher`, signed with `key`: write the
+/// publisher's new role and the bundle's files into `outbox`, for the
+/// registry owner to accept. `registry` is where the registry is read
+/// (a directory or a URL), `root` the registry's root to trust.
+pub async fn publish(
+    registry: &Url,
+    root: &Path,
+    publisher: &str,
+    key: &Path,
+    bundle: &Bundle,
+    outbox: &Path,
+    days: u32,
+) -> anyhow::Result<Vec<String>> {
+    let m = &bundle.manifest;
+    let manifest = serde_json::to_vec_pretty(m)?;
+    let files = [
+        (MANIFEST, manifest.as_slice()),
+        (COMPONENT, &bundle.component[..]),
+    ];
+    let signer = Signer {
+        publisher,
+        key,
+        days,
+    };
+    publish_files(registry, root, &signer, &m.name, &m.version, &files, outbox).await
+}
+
+/// Who signs a publication, and for how long.
+#[derive(Debug)]
+pub struct Signer<'a> {
+    /// The publisher's role name.
+    pub publisher: &'a str,
+    /// Its key.
+    pub key: &'a Path,
+    /// Days until its role expires.
+    pub days: u32,
+}
+
+/// Sign `files` as the targets `plugins/NAME/VERSION/FILE` into `outbox`.
+/// [`publish`] checks the bundle first; this does not, so tests can put
+/// what a careless or hostile publisher would in front of the appliance.
+pub async fn publish_files(
+    registry: &Url,
+    root: &Path,
+    signer: &Signer<'_>,
+    name: &str,
+    version: &semver::Version,
+    files: &[(&str, &[u8])],
+    outbox: &Path,
+) -> anyhow::Result<Vec<String>> {
+    let publisher = signer.publisher;
+    let repo = load_remote(registry, root).await?;
+    let role = repo.delegated_role(publisher).with_context(|| {
+        format!("the registry delegates nothing to {publisher}: ask its owner for a delegation")
+    })?;
+    let role_version = role
+        .targets
+        .as_ref()
+        .map_or(NonZeroU64::MIN, |t| next(t.signed.version));
+    let targets_dir = outbox.join("targets");
+    let mut editor = TargetsEditor::from_repo(repo, publisher)?;
+    let mut names = Vec::new();
+    for (file, bytes) in files {
+        let target = target_name(name, version, file);
+        let dest = targets_dir.join(&target);
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&dest, bytes)?;
+        editor.add_target(TargetName::new(&target)?, Target::from_path(&dest).await?)?;
+        names.push(target);
+    }
+    editor.version(role_version).expires(expiry(signer.days));
+    let key = PemKey {
+        path: signer.key.to_owned(),
+    };
+    let signed = editor.sign(&[key.source()]).await.with_context(|| {
+        format!(
+            "signing as {publisher} (is {} its key?)",
+            signer.key.display()
+        )
+    })?;
+    signed.write(outbox.join("metadata"), false).await?;
+    Ok(names)
+}
+
+/// Accept a publisher's `outbox` into the registry: its role must be signed
+/// by the key delegated to it, name only what it was delegated, and list
+/// exactly the files the outbox holds. The snapshot and timestamp are
+/// re-signed.
+pub async fn accept(registry: &Path, keys: &Path, outbox: &Path, days: u32) -> anyhow::Result<()> {
+    let mut roles = Vec::new();
+    for entry in std::fs::read_dir(outbox.join("metadata"))
+        .with_context(|| format!("{} is not an outbox", outbox.display()))?
+    {
+        let path = entry?.path();
+        if let Some(name) = path.file_stem().and_then(|s| s.to_str()) {
+            roles.push((name.to_owned(), path.clone()));
+        }
+    }
+    anyhow::ensure!(!roles.is_empty(), "{} holds no role", outbox.display());
+    let mut editor = edit_own(registry, days).await?;
+    let mut copies = Vec::new();
+    for (role, file) in &roles {
+        let signed: Signed<Targets> = serde_json::from_slice(&std::fs::read(file)?)
+            .with_context(|| format!("{} is not a role", file.display()))?;
+        editor
+            .update_delegated_targets(role, dir_url(&outbox.join("metadata"))?.as_str())
+            .await
+            .with_context(|| format!("role {role} from {}", outbox.display()))?;
+        for (name, target) in &signed.signed.targets {
+            let source = outbox.join("targets").join(name.resolved());
+            if !source.exists() {
+                // Published earlier; already in the registry.
+                continue;
+            }
+            let bytes = std::fs::read(&source)?;
+            anyhow::ensure!(
+                sha256_hex(&bytes) == hex(&target.hashes.sha256),
+                "{} does not match what {role} signed",
+                source.display()
+            );
+            copies.push((source, registry.join("targets").join(name.resolved())));
+        }
+    }
+    // Signing checks every target against its delegation's names.
+    let signed = editor
+        .sign(&owner_keys(keys)?)
+        .await
+        .context("a publisher named a plugin it was not delegated")?;
+    for (from, to) in copies {
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::copy(&from, &to)?;
+    }
+    signed.write(registry.join("metadata")).await?;
+    Ok(())
+}
+
+/// Re-sign the registry's metadata with fresh expiries (the timestamp is
+/// short-lived by design; run this from a timer).
+pub async fn refresh(registry: &Path, keys: &Path, days: u32) -> anyhow::Result<()> {
+    let editor = edit_own(registry, days).await?;
+    editor
+        .sign(&owner_keys(keys)?)
+        .await?
+        .write(registry.join("metadata"))
+        .await?;
+    Ok(())
+}
+
+/// Replace the root key: the new root is signed by the new key and by the
+/// old one, so appliances trusting the old root accept it. The old key is
+/// kept as `root.VERSION.pem`.
+pub async fn rotate_root(registry: &Path, keys: &Path, days: u32) -> anyhow::Result<String> {
+    let metadata = registry.join("metadata");
+    let old: Signed<Root> = serde_json::from_slice(&std::fs::read(metadata.join("root.json"))?)?;
+    let old_root = old.signed;
+    let old_key = key_file(keys, RoleType::Root);
+    let new_path = keys.join("root.new.pem");
+    let _ = std::fs::remove_file(&new_path);
+    let new_key = PemKey::generate(&new_path)?;
+    let public = new_key.public()?;
+    let new_id = public.key_id()?;
+    let mut root = old_root.clone();
+    root.version = next(old_root.version);
+    root.expires = expiry(days);
+    let old_ids: Vec<Decoded<Hex>> = root
+        .roles
+        .get(&RoleType::Root)
+        .map(|r| r.keyids.clone())
+        .unwrap_or_default();
+    for id in &old_ids {
+        let used_elsewhere = root
+            .roles
+            .iter()
+            .any(|(role, keys)| *role != RoleType::Root && keys.keyids.contains(id));
+        if !used_elsewhere {
+            root.keys.remove(id);
+        }
+    }
+    root.keys.insert(new_id.clone(), public);
+    root.roles.insert(
+        RoleType::Root,
+        RoleKeys {
+            keyids: vec![new_id.clone()],
+            threshold: NonZeroU64::MIN,
+            _extra: HashMap::new(),
+        },
+    );
+    let rng = SystemRandom::new();
+    let by_new = SignedRole::new(
+        root.clone(),
+        &KeyHolder::Root(root.clone()),
+        &[new_key.source()],
+        &rng,
+    )
+    .await?;
+    let by_old = SignedRole::new(
+        root.clone(),
+        &KeyHolder::Root(old_root.clone()),
+        &[PemKey {
+            path: old_key.clone(),
+        }
+        .source()],
+        &rng,
+    )
+    .await?;
+    let signed = by_new.add_old_signatures(by_old.signed().signatures.clone())?;
+    write_root(&metadata, &signed).await?;
+    std::fs::rename(
+        &old_key,
+        keys.join(format!("root.{}.pem", old_root.version)),
+    )?;
+    std::fs::rename(&new_path, &old_key)?;
+    refresh(registry, keys, days).await?;
+    Ok(hex(&new_id))
+}
+
+/// Load a registry as a client, trusting `root`.
+pub async fn load_remote(registry: &Url, root: &Path) -> anyhow::Result<Repository> {
+    let root_bytes =
+        std::fs::read(root).with_context(|| format!("reading trusted root {}", root.display()))?;
+    let (metadata, targets) = registry_urls(registry)?;
+    let datastore = tempfile::tempdir()?;
+    RepositoryLoader::new(&root_bytes, metadata, targets)
+        .transport(RegistryTransport::new(None))
+        .datastore(datastore.path())
+        .load()
+        .await
+        .with_context(|| format!("loading registry {registry}"))
+}
+
+/// The metadata and targets URLs of the registry at `base`.
+pub fn registry_urls(base: &Url) -> anyhow::Result<(Url, Url)> {
+    let mut base = base.clone();
+    if !base.path().ends_with('/') {
+        base.set_path(&format!("{}/", base.path()));
+    }
+    Ok((base.join("metadata/")?, base.join("targets/")?))
+}
+
+/// A registry location as the command line takes it: a URL, or a path.
+pub fn location(text: &str) -> anyhow::Result<Url> {
+    if text.contains("://") {
+        return Ok(Url::parse(text)?);
+    }
+    dir_url(Path::new(text))
+}
+
+/// Describe the key IDs of a card, for the owner to compare with what the
+/// publisher says out of band.
+pub fn card_key_id(card: &Card) -> anyhow::Result<String> {
+    key_id(&card.key)
+}
