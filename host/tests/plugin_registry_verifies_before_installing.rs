@@ -1,0 +1,473 @@
+//! The signed registry from both sides: a publisher packages and signs, the
+//! registry owner delegates and accepts, the appliance installs. Every
+//! way a bundle can be wrong is refused with a clear message and nothing
+//! changed on the appliance.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::appliance::palisade;
+use common::component;
+use palisade::registry::keys::PemKey;
+use palisade::registry::publish::{self, Signer};
+use tough::editor::signed::SignedRole;
+use tough::schema::{KeyHolder, Root, Signed, Snapshot, Timestamp};
+
+struct Site {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    reg: PathBuf,
+    keys: PathBuf,
+    acme_key: PathBuf,
+    data: PathBuf,
+}
+
+fn run(args: &[&str]) -> (bool, String) {
+    let out = palisade().args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn ok(args: &[&str]) -> String {
+    let (success, text) = run(args);
+    assert!(success, "palisade {args:?} failed: {text}");
+    text
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A registry with publisher acme delegated `acme-*`, and an appliance
+/// trusting it.
+fn site() -> Site {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_owned();
+    let (reg, keys) = (root.join("reg"), root.join("owner-keys"));
+    let (acme_key, card) = (root.join("acme.pem"), root.join("acme.card.json"));
+    let data = root.join("data");
+    ok(&["registry", "init", s(&reg), "--keys", s(&keys)]);
+    ok(&[
+        "registry",
+        "keygen",
+        "acme",
+        "--key",
+        s(&acme_key),
+        "--card",
+        s(&card),
+    ]);
+    ok(&[
+        "registry",
+        "delegate",
+        s(&reg),
+        "--keys",
+        s(&keys),
+        "--card",
+        s(&card),
+        "--names",
+        "acme-*",
+    ]);
+    ok(&["--data", s(&data), "pki", "init"]);
+    ok(&[
+        "--data",
+        s(&data),
+        "registry",
+        "trust",
+        s(&reg.join("metadata/1.root.json")),
+        "--registry",
+        s(&reg),
+    ]);
+    Site {
+        _dir: dir,
+        root,
+        reg,
+        keys,
+        acme_key,
+        data,
+    }
+}
+
+impl Site {
+    /// Package `component` as `name` `version` of `world`, publish it as
+    /// acme and accept it into the registry.
+    fn publish(&self, name: &str, version: &str, world: &str, component: &str) {
+        let out = self.package(name, version, world, component);
+        self.sign_and_accept(&out);
+    }
+
+    fn package(&self, name: &str, version: &str, world: &str, plugin: &str) -> PathBuf {
+        let work = self.root.join(format!("{name}-{version}"));
+        std::fs::create_dir_all(&work).unwrap();
+        let manifest = work.join("palisade-plugin.toml");
+        std::fs::write(
+            &manifest,
+            format!(
+                "name = \"{name}\"\nversion = \"{version}\"\nworld = \"{world}\"\n\
+                 contract = \"palisade:plugin@0.1.0\"\ncapabilities = [\"log\"]\n"
+            ),
+        )
+        .unwrap();
+        let wasm = work.join("plugin.wasm");
+        std::fs::write(&wasm, component(plugin)).unwrap();
+        let bundle = work.join("bundle");
+        ok(&[
+            "registry",
+            "package",
+            "--manifest",
+            s(&manifest),
+            "--component",
+            s(&wasm),
+            "--out",
+            s(&bundle),
+        ]);
+        bundle
+    }
+
+    fn sign_and_accept(&self, bundle: &Path) {
+        let outbox = bundle.with_file_name("outbox");
+        ok(&[
+            "registry",
+            "publish",
+            s(bundle),
+            "--registry",
+            s(&self.reg),
+            "--root",
+            s(&self.reg.join("metadata/root.json")),
+            "--publisher",
+            "acme",
+            "--key",
+            s(&self.acme_key),
+            "--outbox",
+            s(&outbox),
+        ]);
+        self.accept(&outbox);
+    }
+
+    fn accept(&self, outbox: &Path) -> (bool, String) {
+        run(&[
+            "registry",
+            "accept",
+            s(outbox),
+            "--registry",
+            s(&self.reg),
+            "--keys",
+            s(&self.keys),
+        ])
+    }
+
+    fn install(&self, plugin: &str) -> (bool, String) {
+        run(&["--data", s(&self.data), "plugin", "install", plugin])
+    }
+
+    fn list(&self) -> String {
+        ok(&["--data", s(&self.data), "plugin", "list"])
+    }
+
+    /// Install `plugin` and expect a refusal saying `why`, with the
+    /// appliance's plugins as they were.
+    fn refused(&self, plugin: &str, why: &str) {
+        let before = self.list();
+        let (success, text) = self.install(plugin);
+        assert!(!success, "{plugin} was installed: {text}");
+        assert!(
+            text.to_lowercase().contains(&why.to_lowercase()),
+            "refusal of {plugin} does not say {why:?}: {text}"
+        );
+        assert_eq!(
+            self.list(),
+            before,
+            "refusing {plugin} changed the appliance"
+        );
+    }
+
+    fn target(&self, name: &str, version: &str, file: &str) -> PathBuf {
+        self.reg
+            .join("targets/plugins")
+            .join(name)
+            .join(version)
+            .join(file)
+    }
+
+    /// Re-sign the snapshot and timestamp over whatever the metadata
+    /// directory holds, checking nothing: what an attacker with the online
+    /// keys (or a broken owner tool) could serve.
+    fn forge_snapshot(&self) {
+        let metadata = self.reg.join("metadata");
+        let root: Signed<Root> =
+            serde_json::from_slice(&std::fs::read(metadata.join("root.json")).unwrap()).unwrap();
+        let old: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(metadata.join("snapshot.json")).unwrap())
+                .unwrap();
+        let version = old["signed"]["version"].as_u64().unwrap() + 1;
+        let expires = old["signed"]["expires"].clone();
+        let mut meta = serde_json::Map::new();
+        for entry in std::fs::read_dir(&metadata).unwrap() {
+            let path = entry.unwrap().path();
+            let file = path.file_name().unwrap().to_str().unwrap().to_owned();
+            if ["root.json", "snapshot.json", "timestamp.json"].contains(&file.as_str())
+                || file.starts_with(|c: char| c.is_ascii_digit())
+            {
+                continue;
+            }
+            let bytes = std::fs::read(&path).unwrap();
+            let role: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            meta.insert(
+                file,
+                serde_json::json!({
+                    "version": role["signed"]["version"],
+                    "length": bytes.len(),
+                    "hashes": {"sha256": palisade::registry::bundle::sha256_hex(&bytes)},
+                }),
+            );
+        }
+        let snapshot: Snapshot = serde_json::from_value(serde_json::json!({
+            "_type": "snapshot", "spec_version": "1.0.0", "version": version,
+            "expires": expires, "meta": meta,
+        }))
+        .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let keys = |role: &str| {
+            vec![
+                PemKey {
+                    path: self.keys.join(format!("{role}.pem")),
+                }
+                .source(),
+            ]
+        };
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let holder = KeyHolder::Root(root.signed.clone());
+        let snapshot = rt
+            .block_on(SignedRole::new(snapshot, &holder, &keys("snapshot"), &rng))
+            .unwrap();
+        std::fs::write(metadata.join("snapshot.json"), snapshot.buffer()).unwrap();
+        let timestamp: Timestamp = serde_json::from_value(serde_json::json!({
+            "_type": "timestamp", "spec_version": "1.0.0", "version": version,
+            "expires": expires,
+            "meta": {"snapshot.json": {
+                "version": version,
+                "length": snapshot.buffer().len(),
+                "hashes": {"sha256": palisade::registry::bundle::sha256_hex(snapshot.buffer())},
+            }},
+        }))
+        .unwrap();
+        let timestamp = rt
+            .block_on(SignedRole::new(
+                timestamp,
+                &holder,
+                &keys("timestamp"),
+                &rng,
+            ))
+            .unwrap();
+        std::fs::write(metadata.join("timestamp.json"), timestamp.buffer()).unwrap();
+    }
+}
+
+#[test]
+fn a_published_plugin_installs_and_older_versions_never_do() {
+    let site = site();
+    site.publish("acme-topics", "1.0.0", "detector", "new-topic");
+    let (success, text) = site.install("acme-topics");
+    assert!(success, "{text}");
+    for step in ["verified acme-topics 1.0.0, signed by acme", "self-checks"] {
+        assert!(text.contains(step), "no progress line {step:?}: {text}");
+    }
+    let list = site.list();
+    assert!(
+        list.contains("acme-topics") && list.contains("1.0.0") && list.contains("acme"),
+        "{list}"
+    );
+
+    site.publish("acme-topics", "0.9.0", "detector", "new-topic");
+    site.refused("acme-topics@0.9.0", "not newer than 1.0.0");
+    site.refused("acme-topics@1.0.0", "not newer than 1.0.0");
+}
+
+#[test]
+fn tampered_unsigned_and_mismatched_bundles_are_refused() {
+    let site = site();
+    // A component changed after signing.
+    site.publish("acme-topics", "1.1.0", "detector", "new-topic");
+    let wasm = site.target("acme-topics", "1.1.0", "component.wasm");
+    let mut bytes = std::fs::read(&wasm).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&wasm, bytes).unwrap();
+    site.refused("acme-topics@1.1.0", "hash");
+
+    // A bundle copied into the registry that no one signed.
+    let unsigned = site.package("acme-topics", "1.2.0", "detector", "new-topic");
+    let dest = site.target("acme-topics", "1.2.0", "");
+    std::fs::create_dir_all(&dest).unwrap();
+    for file in ["manifest.json", "component.wasm"] {
+        std::fs::copy(unsigned.join(file), dest.join(file)).unwrap();
+    }
+    site.refused("acme-topics@1.2.0", "no signed");
+
+    // A component that is not of the world its manifest declares.
+    site.publish("acme-liar", "1.0.0", "parser", "new-topic");
+    site.refused(
+        "acme-liar",
+        "declares a parser but the component is a detector",
+    );
+
+    // A manifest asking for what its world may not have: a parser that
+    // keeps state of its own. The publisher's tool refuses to package it,
+    // so it is signed by hand.
+    let manifest = serde_json::json!({
+        "name": "acme-greedy", "version": "1.0.0", "world": "parser",
+        "contract": "palisade:plugin@0.1.0", "capabilities": ["store"],
+    });
+    let component = component("mqtt");
+    let mut manifest = manifest;
+    manifest["component"] = serde_json::json!({
+        "file": "component.wasm", "size": component.len(),
+        "sha256": palisade::registry::bundle::sha256_hex(&component),
+    });
+    let manifest = serde_json::to_vec(&manifest).unwrap();
+    let outbox = site.root.join("greedy-outbox");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(publish::publish_files(
+        &publish::location(s(&site.reg)).unwrap(),
+        &site.reg.join("metadata/root.json"),
+        &Signer {
+            publisher: "acme",
+            key: &site.acme_key,
+            days: 30,
+        },
+        "acme-greedy",
+        &semver::Version::new(1, 0, 0),
+        &[("manifest.json", &manifest), ("component.wasm", &component)],
+        &outbox,
+    ))
+    .unwrap();
+    assert!(site.accept(&outbox).0);
+    site.refused("acme-greedy", "capability store");
+}
+
+#[test]
+fn a_publisher_signs_only_its_own_names_and_only_with_its_key() {
+    let site = site();
+    // acme was delegated acme-*; it signs an `mqtt`. The owner's accept
+    // refuses it...
+    let bundle = site.package("mqtt", "9.0.0", "parser", "mqtt");
+    let outbox = bundle.with_file_name("outbox");
+    ok(&[
+        "registry",
+        "publish",
+        s(&bundle),
+        "--registry",
+        s(&site.reg),
+        "--root",
+        s(&site.reg.join("metadata/root.json")),
+        "--publisher",
+        "acme",
+        "--key",
+        s(&site.acme_key),
+        "--outbox",
+        s(&outbox),
+    ]);
+    let (accepted, text) = site.accept(&outbox);
+    assert!(!accepted, "{text}");
+    assert!(text.contains("not delegated"), "{text}");
+    // ...and served anyway (the role copied in, the snapshot re-signed),
+    // the appliance refuses a target its signer was not delegated.
+    std::fs::copy(
+        outbox.join("metadata/acme.json"),
+        site.reg.join("metadata/acme.json"),
+    )
+    .unwrap();
+    let dest = site.target("mqtt", "9.0.0", "");
+    std::fs::create_dir_all(&dest).unwrap();
+    for file in ["manifest.json", "component.wasm"] {
+        std::fs::copy(bundle.join(file), dest.join(file)).unwrap();
+    }
+    site.forge_snapshot();
+    site.refused("mqtt@9.0.0", "not delegated: plugins/mqtt/9.0.0");
+
+    // A role whose signature is not acme's.
+    let site = site_with("acme-topics");
+    let role = site.reg.join("metadata/acme.json");
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&role).unwrap()).unwrap();
+    let sig = value["signatures"][0]["sig"].as_str().unwrap().to_owned();
+    let flipped = if sig.starts_with('0') { "1" } else { "0" };
+    value["signatures"][0]["sig"] = format!("{flipped}{}", &sig[1..]).into();
+    std::fs::write(&role, serde_json::to_vec(&value).unwrap()).unwrap();
+    site.forge_snapshot();
+    site.refused("acme-topics", "signature");
+}
+
+/// A site where acme published `name` 1.0.0 (a detector).
+fn site_with(name: &str) -> Site {
+    let site = site();
+    site.publish(name, "1.0.0", "detector", "new-topic");
+    site
+}
+
+#[test]
+fn expired_and_replayed_metadata_are_refused() {
+    let site = site_with("acme-topics");
+    let old = site.root.join("old-metadata");
+    copy_dir(&site.reg.join("metadata"), &old);
+    site.publish("acme-topics", "1.1.0", "detector", "new-topic");
+    let (success, text) = site.install("acme-topics");
+    assert!(success && text.contains("1.1.0"), "{text}");
+
+    // The registry served as it was before 1.1.0: the appliance has seen
+    // newer metadata and will not go back.
+    let current = site.root.join("current-metadata");
+    copy_dir(&site.reg.join("metadata"), &current);
+    copy_dir(&old, &site.reg.join("metadata"));
+    site.refused("acme-topics", "version");
+
+    // Metadata past its expiry.
+    copy_dir(&current, &site.reg.join("metadata"));
+    ok(&[
+        "registry",
+        "refresh",
+        s(&site.reg),
+        "--keys",
+        s(&site.keys),
+        "--days",
+        "0",
+    ]);
+    site.refused("acme-topics", "expired");
+}
+
+#[test]
+fn appliances_follow_a_rotated_root() {
+    let site = site_with("acme-topics");
+    ok(&[
+        "registry",
+        "rotate-root",
+        s(&site.reg),
+        "--keys",
+        s(&site.keys),
+    ]);
+    // The appliance still holds root 1; it accepts root 2 because root 1's
+    // key signed it too.
+    let (success, text) = site.install("acme-topics");
+    assert!(success, "{text}");
+    let trusted: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(site.data.join("registry/root.json")).unwrap())
+            .unwrap();
+    assert_eq!(trusted["signed"]["version"], 2);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let _ = std::fs::remove_dir_all(to);
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+    }
+}
