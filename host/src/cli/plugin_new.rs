@@ -150,6 +150,12 @@ memory-bytes = 16777216
 "#
     );
     vec![
+        // The toolchain this appliance's SDK is built with, which brings
+        // the wasm32-wasip2 target.
+        (
+            "rust-toolchain.toml",
+            include_str!("../../../rust-toolchain.toml").to_owned(),
+        ),
         ("Cargo.toml", cargo),
         ("palisade-plugin.toml", manifest),
         ("src/lib.rs", code),

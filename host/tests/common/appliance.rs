@@ -235,12 +235,20 @@ impl Appliance {
     /// As [`Appliance::start`], with the site policy `policy` (Cedar) in
     /// the data directory; `None`: the embedded default.
     pub fn start_with_policy(config: &str, policy: Option<&str>) -> Appliance {
+        Appliance::start_prepared(config, |data| {
+            if let Some(policy) = policy {
+                std::fs::create_dir_all(data).unwrap();
+                std::fs::write(data.join("policy.cedar"), policy).unwrap();
+            }
+        })
+    }
+
+    /// As [`Appliance::start`], after `prepare` has had the data directory
+    /// (not yet created) to set up as an operator would before a start.
+    pub fn start_prepared(config: &str, prepare: impl FnOnce(&Path)) -> Appliance {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
-        if let Some(policy) = policy {
-            std::fs::create_dir_all(&data).unwrap();
-            std::fs::write(data.join("policy.cedar"), policy).unwrap();
-        }
+        prepare(&data);
         let mut config = config.to_owned();
         if !config.contains("[renewal]") {
             config.insert_str(0, "[renewal]\nlisten = \"127.0.0.1:0\"\n");
