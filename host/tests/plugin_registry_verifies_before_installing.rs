@@ -471,3 +471,40 @@ fn copy_dir(from: &Path, to: &Path) {
         std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
     }
 }
+
+#[test]
+fn a_registry_served_over_http_installs_the_same() {
+    if !common::appliance::require("python3") {
+        return;
+    }
+    let site = site_with("acme-topics");
+    let port = common::appliance::free_port();
+    let _server = common::appliance::Child(
+        std::process::Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1"])
+            .arg(port.to_string())
+            .current_dir(&site.reg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    common::appliance::wait_for_port(port);
+    ok(&[
+        "--data",
+        s(&site.data),
+        "registry",
+        "trust",
+        s(&site.reg.join("metadata/1.root.json")),
+        "--registry",
+        &format!("http://127.0.0.1:{port}"),
+    ]);
+    let (success, text) = site.install("acme-topics");
+    assert!(success, "{text}");
+    assert!(
+        text.contains(&format!(
+            "fetching acme-topics from http://127.0.0.1:{port}"
+        )),
+        "{text}"
+    );
+}
