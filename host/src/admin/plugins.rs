@@ -54,7 +54,8 @@ impl RegistrySource {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        crate::registry::bundle::write_atomic(&path, &serde_json::to_vec_pretty(self)?)
+        crate::store::write_atomic(&path, &serde_json::to_vec_pretty(self)?, 0o644)
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
     }
 
     fn client(&self, data: &Path) -> Result<RegistryClient, String> {

@@ -260,7 +260,8 @@ pub(crate) fn run(data: &Path, command: &Command) -> anyhow::Result<ExitCode> {
                 // A new root of trust starts a new history.
                 let _ = std::fs::remove_dir_all(data.join("registry").join("tuf"));
             }
-            bundle::write_atomic(&dest, &text)?;
+            crate::store::write_atomic(&dest, &text, 0o644)
+                .with_context(|| format!("writing {}", dest.display()))?;
             // A directory is recorded absolute: the appliance runs from
             // anywhere.
             let location = publish::location(registry)?;

@@ -29,6 +29,7 @@
 //! class and zone.
 
 mod claims;
+pub(crate) use claims::hex;
 mod pki;
 mod registry;
 pub mod renewal;

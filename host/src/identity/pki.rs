@@ -6,7 +6,6 @@
 //! `server.key`. Private keys are ECDSA P-256, written mode 0600 through a
 //! temporary file and a rename, so a crash never leaves half a key.
 
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -382,18 +381,7 @@ pub fn pem_certificates(pem: &str) -> Result<Vec<CertificateDer<'static>>, Strin
 /// Write `contents` to `path` with permission `mode`, atomically: a reader
 /// (or a crash) sees the old file or the new one, never half of one.
 pub(crate) fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    file.write_all(contents).map_err(io(&tmp))?;
-    file.sync_all().map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    crate::store::write_atomic(path, contents, mode).map_err(io(path))
 }
 
 fn random_bytes<const N: usize>() -> [u8; N] {

@@ -7,7 +7,6 @@
 
 use std::fs;
 use std::hash::{Hash, Hasher};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use wasmtime::Engine;
@@ -71,13 +70,9 @@ impl Cache {
     }
 }
 
-/// Write `bytes` to `path` atomically: a crash leaves the old file or the new
-/// one, never a torn one.
+/// Write `bytes` to `path` in `dir` atomically: a crash leaves the old file
+/// or the new one, never a torn one.
 fn store(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     fs::create_dir_all(dir)?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut file = fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    fs::rename(&tmp, path)
+    crate::store::write_atomic(path, bytes, 0o644)
 }

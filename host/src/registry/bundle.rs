@@ -72,8 +72,11 @@ impl Bundle {
     pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let manifest = serde_json::to_vec_pretty(&self.manifest)?;
-        write_atomic(&dir.join(COMPONENT), &self.component)?;
-        write_atomic(&dir.join(MANIFEST), &manifest)?;
+        for (file, bytes) in [(COMPONENT, &self.component), (MANIFEST, &manifest)] {
+            let path = dir.join(file);
+            crate::store::write_atomic(&path, bytes, 0o644)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
         Ok(())
     }
 
@@ -146,11 +149,7 @@ fn sbom(lock: &Path) -> anyhow::Result<Vec<SbomEntry>> {
 
 /// SHA-256 of `bytes`, hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    digest(&SHA256, bytes)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::identity::hex(digest(&SHA256, bytes).as_ref())
 }
 
 /// Read at most `cap` bytes of `path`; a longer file is an error, not a
@@ -168,17 +167,4 @@ pub fn read_capped(path: &Path, cap: u64) -> anyhow::Result<Vec<u8>> {
         path.display()
     );
     Ok(bytes)
-}
-
-/// Write `bytes` to `path` so that a crash leaves the old file or the new
-/// one.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut file =
-        std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
 }

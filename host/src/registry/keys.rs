@@ -8,6 +8,8 @@ use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::Ed25519KeyPair;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use rustls::pki_types::PrivatePkcs8KeyDer;
+use rustls::pki_types::pem::PemObject;
 use tough::async_trait;
 use tough::key_source::KeySource;
 use tough::schema::key::Key;
@@ -61,27 +63,20 @@ impl PemKey {
     fn signer(&self) -> anyhow::Result<impl Sign + use<>> {
         let text = std::fs::read_to_string(&self.path)
             .with_context(|| format!("reading key {}", self.path.display()))?;
-        let der = pem_body(&text)
-            .with_context(|| format!("{} is not a PEM private key", self.path.display()))?;
-        parse_keypair(&der).map_err(|e| anyhow::anyhow!("key {}: {e}", self.path.display()))
+        let der = PrivatePkcs8KeyDer::from_pem_slice(text.as_bytes()).map_err(|e| {
+            anyhow::anyhow!(
+                "{} is not a PKCS#8 PEM private key: {e}",
+                self.path.display()
+            )
+        })?;
+        parse_keypair(der.secret_pkcs8_der())
+            .map_err(|e| anyhow::anyhow!("key {}: {e}", self.path.display()))
     }
 
     /// The key as tough signs with it.
     pub fn source(&self) -> Box<dyn KeySource> {
         Box::new(self.clone())
     }
-}
-
-fn pem_body(text: &str) -> anyhow::Result<Vec<u8>> {
-    let begin = format!("-----BEGIN {PEM_LABEL}-----");
-    let end = format!("-----END {PEM_LABEL}-----");
-    let start = text.find(&begin).context("no BEGIN line")? + begin.len();
-    let stop = text.find(&end).context("no END line")?;
-    let body: String = (text.get(start..stop).context("END before BEGIN")?)
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .collect();
-    Ok(STANDARD.decode(body)?)
 }
 
 #[async_trait]
@@ -104,10 +99,5 @@ impl KeySource for PemKey {
 
 /// The key ID TUF derives from a public key, hex.
 pub fn key_id(key: &Key) -> anyhow::Result<String> {
-    Ok(hex(&key.key_id()?))
-}
-
-/// `bytes` in lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    Ok(crate::identity::hex(&key.key_id()?))
 }

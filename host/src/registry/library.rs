@@ -80,7 +80,8 @@ impl RegistryClient {
         // A rotated root becomes the one trusted from now on.
         if repo.root().signed.version.get() > root_version(&root) {
             let text = serde_json::to_vec(repo.root())?;
-            super::bundle::write_atomic(&root_path, &text)?;
+            crate::store::write_atomic(&root_path, &text, 0o644)
+                .with_context(|| format!("writing {}", root_path.display()))?;
         }
         Ok(repo)
     }

@@ -34,7 +34,8 @@ use url::Url;
 
 use super::bundle::{Bundle, COMPONENT, MANIFEST, sha256_hex};
 use super::fetch::RegistryTransport;
-use super::keys::{PemKey, hex, key_id};
+use super::keys::{PemKey, key_id};
+use crate::identity::hex;
 
 const SPEC_VERSION: &str = "1.0.0";
 /// The top-level roles, each with its key file in the owner's key directory.
