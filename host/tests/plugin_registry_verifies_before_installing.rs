@@ -130,6 +130,12 @@ impl Site {
     }
 
     fn sign_and_accept(&self, bundle: &Path) {
+        let outbox = self.sign(bundle);
+        self.accept(&outbox);
+    }
+
+    /// Sign `bundle` as acme into an outbox beside it.
+    fn sign(&self, bundle: &Path) -> PathBuf {
         let outbox = bundle.with_file_name("outbox");
         ok(&[
             "registry",
@@ -146,7 +152,7 @@ impl Site {
             "--outbox",
             s(&outbox),
         ]);
-        self.accept(&outbox);
+        outbox
     }
 
     fn accept(&self, outbox: &Path) -> (bool, String) {
@@ -359,22 +365,7 @@ fn a_publisher_signs_only_its_own_names_and_only_with_its_key() {
     // acme was delegated acme-*; it signs an `mqtt`. The owner's accept
     // refuses it...
     let bundle = site.package("mqtt", "9.0.0", "parser", "mqtt");
-    let outbox = bundle.with_file_name("outbox");
-    ok(&[
-        "registry",
-        "publish",
-        s(&bundle),
-        "--registry",
-        s(&site.reg),
-        "--root",
-        s(&site.reg.join("metadata/root.json")),
-        "--publisher",
-        "acme",
-        "--key",
-        s(&site.acme_key),
-        "--outbox",
-        s(&outbox),
-    ]);
+    let outbox = site.sign(&bundle);
     let (accepted, text) = site.accept(&outbox);
     assert!(!accepted, "{text}");
     assert!(text.contains("not delegated"), "{text}");

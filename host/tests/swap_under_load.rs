@@ -20,29 +20,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::appliance::{
-    Appliance, Child, Mosquitto, mosquitto_sub, palisade, require, route, tls_args, wait_until,
+    Appliance, Child, Mosquitto, install_before_start, mosquitto_sub, palisade_in, require, route,
+    tls_args, wait_until,
 };
 use common::component;
 
 const DEVICES: usize = 20;
 const SWAPS: usize = 100;
 
-fn ok_in(dir: &Path, args: &[&str]) -> String {
-    let out = palisade().current_dir(dir).args(args).output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "palisade {args:?}: {text}");
-    text
-}
-
 /// A registry where publisher `site` signed version 1.0.0 of the
 /// first-party `mqtt` parser and `hygiene` detector.
 fn registry(w: &Path) {
-    ok_in(w, &["registry", "init", "reg", "--keys", "keys"]);
-    ok_in(
+    palisade_in(w, &["registry", "init", "reg", "--keys", "keys"]);
+    palisade_in(
         w,
         &[
             "registry",
@@ -54,7 +44,7 @@ fn registry(w: &Path) {
             "site.json",
         ],
     );
-    ok_in(
+    palisade_in(
         w,
         &[
             "registry",
@@ -84,7 +74,7 @@ fn registry(w: &Path) {
         )
         .unwrap();
         std::fs::write(dir.join("plugin.wasm"), component(name)).unwrap();
-        ok_in(
+        palisade_in(
             &dir,
             &[
                 "registry",
@@ -95,7 +85,7 @@ fn registry(w: &Path) {
                 "bundle",
             ],
         );
-        ok_in(
+        palisade_in(
             &dir,
             &[
                 "registry",
@@ -113,7 +103,7 @@ fn registry(w: &Path) {
                 "outbox",
             ],
         );
-        ok_in(
+        palisade_in(
             w,
             &[
                 "registry",
@@ -147,24 +137,8 @@ fn swapping_parser_and_detector_under_load_loses_and_resets_nothing() {
             &format!("127.0.0.1:{}", broker.port)
         ),
     );
-    let reg = w.join("reg");
     let appliance = Appliance::start_prepared(&config, |data| {
-        let d = data.to_str().unwrap();
-        ok_in(w, &["--data", d, "pki", "init"]);
-        ok_in(
-            w,
-            &[
-                "--data",
-                d,
-                "registry",
-                "trust",
-                "reg/metadata/1.root.json",
-                "--registry",
-                reg.to_str().unwrap(),
-            ],
-        );
-        ok_in(w, &["--data", d, "plugin", "install", "mqtt"]);
-        ok_in(w, &["--data", d, "plugin", "install", "hygiene"]);
+        install_before_start(w, data, &["mqtt", "hygiene"])
     });
 
     // What reaches the broker, per device.
@@ -265,7 +239,7 @@ fn swapping_parser_and_detector_under_load_loses_and_resets_nothing() {
     for i in 0..SWAPS {
         let version = if i % 2 == 0 { "first-party" } else { "1.0.0" };
         for plugin in ["mqtt", "hygiene"] {
-            let answer = ok_in(
+            let answer = palisade_in(
                 w,
                 &[
                     "--data",

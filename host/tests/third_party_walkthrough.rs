@@ -11,19 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::appliance::{
-    Appliance, Mosquitto, mosquitto_pub, palisade, require, route, tls_args, wait_until,
+    Appliance, Mosquitto, install_before_start, mosquitto_pub, palisade_in, require, route,
+    tls_args, wait_until,
 };
-
-fn ok_in(dir: &Path, args: &[&str]) -> String {
-    let out = palisade().current_dir(dir).args(args).output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "palisade {args:?}: {text}");
-    text
-}
 
 fn cargo(dir: &Path, args: &[&str]) {
     let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/walkthrough");
@@ -53,9 +43,9 @@ fn a_new_publisher_goes_from_plugin_new_to_a_live_appliance() {
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
     // The registry owner.
-    ok_in(w, &["registry", "init", "reg", "--keys", "owner-keys"]);
+    palisade_in(w, &["registry", "init", "reg", "--keys", "owner-keys"]);
     // The publisher makes a key; the owner delegates it acme-*.
-    ok_in(
+    palisade_in(
         w,
         &[
             "registry",
@@ -67,7 +57,7 @@ fn a_new_publisher_goes_from_plugin_new_to_a_live_appliance() {
             "acme.card.json",
         ],
     );
-    ok_in(
+    palisade_in(
         w,
         &[
             "registry",
@@ -82,7 +72,7 @@ fn a_new_publisher_goes_from_plugin_new_to_a_live_appliance() {
         ],
     );
     // The publisher scaffolds, tests and builds a detector.
-    ok_in(
+    palisade_in(
         w,
         &["plugin", "new", "acme-cmd-watch", "--world", "detector"],
     );
@@ -97,7 +87,7 @@ fn a_new_publisher_goes_from_plugin_new_to_a_live_appliance() {
         std::fs::write(krate.join("palisade-plugin.toml"), manifest).unwrap();
         let bundle = format!("bundle-{version}");
         let outbox = format!("outbox-{version}");
-        ok_in(
+        palisade_in(
             &krate,
             &[
                 "registry",
@@ -110,7 +100,7 @@ fn a_new_publisher_goes_from_plugin_new_to_a_live_appliance() {
                 &bundle,
             ],
         );
-        ok_in(
+        palisade_in(
             &krate,
             &[
                 "registry",
@@ -128,7 +118,7 @@ fn a_new_publisher_goes_from_plugin_new_to_a_live_appliance() {
                 &outbox,
             ],
         );
-        ok_in(
+        palisade_in(
             w,
             &[
                 "registry",
@@ -165,23 +155,8 @@ fn a_new_publisher_goes_from_plugin_new_to_a_live_appliance() {
         ),
         alerts.display()
     );
-    let reg = w.join("reg");
     let appliance = Appliance::start_prepared(&config, |data| {
-        let d = data.to_str().unwrap();
-        ok_in(w, &["--data", d, "pki", "init"]);
-        ok_in(
-            w,
-            &[
-                "--data",
-                d,
-                "registry",
-                "trust",
-                "reg/metadata/1.root.json",
-                "--registry",
-                reg.to_str().unwrap(),
-            ],
-        );
-        ok_in(w, &["--data", d, "plugin", "install", "acme-cmd-watch"]);
+        install_before_start(w, data, &["acme-cmd-watch"])
     });
     let device = appliance.issue("door-1", "door", "hall");
     let send = |topic: &str| {
@@ -202,10 +177,10 @@ fn a_new_publisher_goes_from_plugin_new_to_a_live_appliance() {
     // An upgrade, installed on the running appliance, serves at once...
     publish("0.2.0");
     let data = appliance.data.to_str().unwrap();
-    let installed = ok_in(w, &["--data", data, "plugin", "install", "acme-cmd-watch"]);
+    let installed = palisade_in(w, &["--data", data, "plugin", "install", "acme-cmd-watch"]);
     assert!(installed.contains("\"state\": \"active\""), "{installed}");
     judged_by("0.2.0", "site/door-2/cmd");
-    let list = ok_in(w, &["--data", data, "plugin", "list"]);
+    let list = palisade_in(w, &["--data", data, "plugin", "list"]);
     let line = list
         .lines()
         .find(|l| l.starts_with("acme-cmd-watch"))
@@ -214,6 +189,6 @@ fn a_new_publisher_goes_from_plugin_new_to_a_live_appliance() {
         assert!(line.contains(field), "{field} not in {line}");
     }
     // ...and a rollback brings the earlier version back.
-    ok_in(w, &["--data", data, "plugin", "rollback", "acme-cmd-watch"]);
+    palisade_in(w, &["--data", data, "plugin", "rollback", "acme-cmd-watch"]);
     judged_by("0.1.0", "site/door-3/cmd");
 }

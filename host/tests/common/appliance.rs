@@ -224,6 +224,42 @@ pub fn palisade() -> Command {
     Command::new(env!("CARGO_BIN_EXE_palisade"))
 }
 
+/// Run `palisade ARGS` in `dir`; its output, or a panic saying why it
+/// failed.
+pub fn palisade_in(dir: &Path, args: &[&str]) -> String {
+    let out = palisade().current_dir(dir).args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "palisade {args:?}: {text}");
+    text
+}
+
+/// What an operator does before an appliance's first start: create its
+/// CA in `data`, trust the registry `work/reg`, and install `plugins`.
+pub fn install_before_start(work: &Path, data: &Path, plugins: &[&str]) {
+    let d = data.to_str().unwrap();
+    let reg = work.join("reg");
+    palisade_in(work, &["--data", d, "pki", "init"]);
+    palisade_in(
+        work,
+        &[
+            "--data",
+            d,
+            "registry",
+            "trust",
+            "reg/metadata/1.root.json",
+            "--registry",
+            reg.to_str().unwrap(),
+        ],
+    );
+    for plugin in plugins {
+        palisade_in(work, &["--data", d, "plugin", "install", plugin]);
+    }
+}
+
 impl Appliance {
     /// Start `palisade serve` with the configuration `config` (TOML; a
     /// renewal listener on a free port is added unless it sets one), and
