@@ -13,13 +13,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use tough::{ExpirationEnforcement, IntoVec, Repository, RepositoryLoader, TargetName};
+use tough::{ExpirationEnforcement, IntoVec, Repository, TargetName};
 use url::Url;
 
 use super::bundle::{Bundle, COMPONENT, MANIFEST, MAX_COMPONENT, MAX_MANIFEST};
-use super::fetch::RegistryTransport;
 use super::manifest::{Manifest, valid_name};
-use super::publish::{registry_urls, target_name};
+use super::publish::{load, target_name};
 use crate::store::Store;
 
 /// Where the registry's root of trust lives in the data directory.
@@ -67,16 +66,12 @@ impl RegistryClient {
                 root_path.display()
             )
         })?;
-        let (metadata, targets) = registry_urls(&self.url)?;
         let datastore = self.data.join("registry").join("tuf");
         std::fs::create_dir_all(&datastore)?;
-        let repo = RepositoryLoader::new(&root, metadata, targets)
-            .transport(RegistryTransport::new(self.ca_file.clone()))
-            .expiration_enforcement(ExpirationEnforcement::Safe)
-            .datastore(&datastore)
-            .load()
+        let (ca_file, safe) = (self.ca_file.clone(), ExpirationEnforcement::Safe);
+        let repo = load(&self.url, &root, &datastore, ca_file, safe)
             .await
-            .map_err(|e| anyhow::anyhow!("registry {} refused: {}", self.url, chain(&e)))?;
+            .map_err(|e| anyhow::anyhow!("registry {} refused: {e:#}", self.url))?;
         // A rotated root becomes the one trusted from now on.
         if repo.root().signed.version.get() > root_version(&root) {
             let text = serde_json::to_vec(repo.root())?;

@@ -172,15 +172,13 @@ async fn load_own(registry: &Path) -> anyhow::Result<Repository> {
     let first = std::fs::read(metadata.join("1.root.json"))
         .with_context(|| format!("{} is not a registry", registry.display()))?;
     let datastore = tempfile::tempdir()?;
-    let repo = RepositoryLoader::new(
+    let repo = load(
+        &dir_url(registry)?,
         &first,
-        dir_url(&metadata)?,
-        dir_url(&registry.join("targets"))?,
+        datastore.path(),
+        None,
+        ExpirationEnforcement::Unsafe,
     )
-    .transport(RegistryTransport::new(None))
-    .expiration_enforcement(ExpirationEnforcement::Unsafe)
-    .datastore(datastore.path())
-    .load()
     .await
     .with_context(|| format!("loading registry {}", registry.display()))?;
     Ok(repo)
@@ -517,14 +515,30 @@ pub async fn rotate_root(registry: &Path, keys: &Path, days: u32) -> anyhow::Res
 pub async fn load_remote(registry: &Url, root: &Path) -> anyhow::Result<Repository> {
     let root_bytes =
         std::fs::read(root).with_context(|| format!("reading trusted root {}", root.display()))?;
-    let (metadata, targets) = registry_urls(registry)?;
     let datastore = tempfile::tempdir()?;
-    RepositoryLoader::new(&root_bytes, metadata, targets)
-        .transport(RegistryTransport::new(None))
-        .datastore(datastore.path())
-        .load()
+    let safe = ExpirationEnforcement::Safe;
+    load(registry, &root_bytes, datastore.path(), None, safe)
         .await
         .with_context(|| format!("loading registry {registry}"))
+}
+
+/// Load and verify the registry at `registry`, trusting `root`, with TUF's
+/// record of what it saw kept in `datastore`; `ca_file` for HTTPS.
+pub(super) async fn load(
+    registry: &Url,
+    root: &[u8],
+    datastore: &Path,
+    ca_file: Option<PathBuf>,
+    expiration: ExpirationEnforcement,
+) -> anyhow::Result<Repository> {
+    let (metadata, targets) = registry_urls(registry)?;
+    let repo = RepositoryLoader::new(&root, metadata, targets)
+        .transport(RegistryTransport::new(ca_file))
+        .expiration_enforcement(expiration)
+        .datastore(datastore)
+        .load()
+        .await?;
+    Ok(repo)
 }
 
 /// The metadata and targets URLs of the registry at `base`.
