@@ -3,7 +3,25 @@
 //! event per frame, at most one malformed report after them, a bounded
 //! state, and the same events when the input arrives in two pieces.
 
-use palisade_plugin_sdk::Parsed;
+use palisade_plugin_sdk::{Direction, Parsed};
+
+/// The checks for a parser of both directions, `parse` of (direction,
+/// state, bytes). The first byte of `data` chooses the direction (its low
+/// bit) and where the rest is cut in two (its other bits).
+// The CoAP target parses one direction and does not use it.
+#[allow(dead_code)]
+pub fn check_both_directions(parse: impl Fn(Direction, &[u8], &[u8]) -> Parsed, data: &[u8]) {
+    let Some((&control, data)) = data.split_first() else {
+        return;
+    };
+    let direction = if control & 1 == 0 {
+        Direction::ToUpstream
+    } else {
+        Direction::ToDevice
+    };
+    let cut = usize::from(control >> 1) * data.len() / 128;
+    check(|state, bytes| parse(direction, state, bytes), data, cut);
+}
 
 /// The checks, for `parse` of (state, bytes), on `data` cut at `cut`.
 pub fn check(parse: impl Fn(&[u8], &[u8]) -> Parsed, data: &[u8], cut: usize) {
