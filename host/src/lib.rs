@@ -13,6 +13,7 @@ pub mod admin;
 pub mod audit;
 pub mod cli;
 pub mod config;
+mod http;
 pub mod identity;
 pub mod plugins;
 pub mod policy;

@@ -33,17 +33,13 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use rustls::pki_types::CertificateSigningRequestDer;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::{Claims, Device, DeviceCertRequest, Pki, Registry};
 
-/// Largest request head (request line and headers).
-const MAX_HEAD: usize = 8 << 10;
 /// Largest request body: a PKCS #10 request for any usable key, base64,
 /// fits in a few KiB.
 const MAX_BODY: usize = 16 << 10;
-/// Headers read at most.
-const MAX_HEADERS: usize = 32;
 
 /// Why a renewal request failed. The device got an HTTP error saying so.
 #[derive(Debug, thiserror::Error)]
@@ -113,9 +109,13 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             Err(e),
         ),
     };
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Transfer-Encoding: base64\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
+    let head = crate::http::head(
+        status,
+        &[
+            ("Content-Type", content_type),
+            ("Content-Transfer-Encoding", "base64"),
+        ],
+        Some(body.len()),
     );
     let respond = async {
         stream.write_all(head.as_bytes()).await?;
@@ -136,66 +136,18 @@ async fn handle<S: AsyncRead + Unpin>(
     registry: &Registry,
     lifetime: Duration,
 ) -> Result<(String, Served), RenewalError> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    let (method, path, length, head_len) = loop {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(RenewalError::BadRequest(
-                "connection closed mid-request".into(),
-            ));
-        }
-        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut request = httparse::Request::new(&mut headers);
-        match request.parse(&buf) {
-            Ok(httparse::Status::Complete(head_len)) => {
-                let length = request
-                    .headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                    .map(|h| {
-                        std::str::from_utf8(h.value)
-                            .ok()
-                            .and_then(|v| v.trim().parse::<usize>().ok())
-                            .ok_or_else(|| RenewalError::BadRequest("bad Content-Length".into()))
-                    })
-                    .transpose()?
-                    .unwrap_or(0);
-                break (
-                    request.method.unwrap_or_default().to_owned(),
-                    request.path.unwrap_or_default().to_owned(),
-                    length,
-                    head_len,
-                );
-            }
-            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
-            Ok(httparse::Status::Partial) => {
-                return Err(RenewalError::BadRequest("request head too large".into()));
-            }
-            Err(e) => return Err(RenewalError::BadRequest(format!("not HTTP: {e}"))),
-        }
-    };
+    let crate::http::Request { method, path, body } = crate::http::read_request(stream, MAX_BODY)
+        .await
+        .map_err(|e| match e {
+            crate::http::HttpError::Io(e) => RenewalError::Io(e),
+            bad => RenewalError::BadRequest(bad.to_string()),
+        })?;
     match (method.as_str(), path.as_str()) {
         ("GET", "/.well-known/est/cacerts") => Ok((
             STANDARD.encode(certs_only(&[pki.ca_der()])),
             Served::CaCerts,
         )),
         ("POST", "/.well-known/est/simplereenroll") => {
-            if length > MAX_BODY {
-                return Err(RenewalError::BadRequest(format!(
-                    "request body over {MAX_BODY} bytes"
-                )));
-            }
-            let mut body = buf.split_off(head_len.min(buf.len()));
-            while body.len() < length {
-                let n = stream.read(&mut chunk).await?;
-                if n == 0 {
-                    return Err(RenewalError::BadRequest("body cut short".into()));
-                }
-                body.extend_from_slice(chunk.get(..n).unwrap_or_default());
-            }
-            body.truncate(length);
             let text: Vec<u8> = body
                 .into_iter()
                 .filter(|b| !b.is_ascii_whitespace())
