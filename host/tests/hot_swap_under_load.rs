@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use palisade::config::Config;
-use palisade::identity::{DeviceCertRequest, DeviceVerifier, Pki, Registry};
+use palisade::identity::{ClientVerifier, DeviceCertRequest, Pki, Registry};
 use palisade::plugins::{Installed, Limits, Plugin, Runtime, RuntimeConfig, Slot, World};
 use palisade::policy::PolicyEngine;
 use palisade::session::LiveSessions;
@@ -151,7 +151,7 @@ impl Appliance {
             registry: registry.clone(),
             live: LiveSessions::default(),
             policy: PolicyEngine::new(palisade::policy::load(&data).unwrap()),
-            verifier: DeviceVerifier::new(&pki, &[], registry).unwrap(),
+            verifier: ClientVerifier::devices(&pki, &[], registry).unwrap(),
             audit: None,
             installed: appliance.installed.clone(),
         };

@@ -14,109 +14,17 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::appliance::{
-    Appliance, Child, Mosquitto, install_before_start, mosquitto_sub, palisade_in, require, route,
-    tls_args, wait_until,
+    Appliance, Child, Mosquitto, first_party_registry, install_before_start, mosquitto_sub,
+    palisade_in, require, route, tls_args, wait_until,
 };
-use common::component;
 
 const DEVICES: usize = 20;
 const SWAPS: usize = 100;
-
-/// A registry where publisher `site` signed version 1.0.0 of the
-/// first-party `mqtt` parser and `hygiene` detector.
-fn registry(w: &Path) {
-    palisade_in(w, &["registry", "init", "reg", "--keys", "keys"]);
-    palisade_in(
-        w,
-        &[
-            "registry",
-            "keygen",
-            "site",
-            "--key",
-            "site.pem",
-            "--card",
-            "site.json",
-        ],
-    );
-    palisade_in(
-        w,
-        &[
-            "registry",
-            "delegate",
-            "reg",
-            "--keys",
-            "keys",
-            "--card",
-            "site.json",
-            "--names",
-            "mqtt",
-            "hygiene",
-        ],
-    );
-    for (name, world, capabilities) in [
-        ("mqtt", "parser", "[\"log\"]"),
-        ("hygiene", "detector", "[\"log\", \"store\"]"),
-    ] {
-        let dir = w.join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join("palisade-plugin.toml"),
-            format!(
-                "name = \"{name}\"\nversion = \"1.0.0\"\nworld = \"{world}\"\n\
-                 contract = \"palisade:plugin@0.1.0\"\ncapabilities = {capabilities}\n"
-            ),
-        )
-        .unwrap();
-        std::fs::write(dir.join("plugin.wasm"), component(name)).unwrap();
-        palisade_in(
-            &dir,
-            &[
-                "registry",
-                "package",
-                "--component",
-                "plugin.wasm",
-                "--out",
-                "bundle",
-            ],
-        );
-        palisade_in(
-            &dir,
-            &[
-                "registry",
-                "publish",
-                "bundle",
-                "--registry",
-                "../reg",
-                "--root",
-                "../reg/metadata/root.json",
-                "--publisher",
-                "site",
-                "--key",
-                "../site.pem",
-                "--outbox",
-                "outbox",
-            ],
-        );
-        palisade_in(
-            w,
-            &[
-                "registry",
-                "accept",
-                &format!("{name}/outbox"),
-                "--registry",
-                "reg",
-                "--keys",
-                "keys",
-            ],
-        );
-    }
-}
 
 #[test]
 fn swapping_parser_and_detector_under_load_loses_and_resets_nothing() {
@@ -125,7 +33,7 @@ fn swapping_parser_and_detector_under_load_loses_and_resets_nothing() {
     }
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    registry(w);
+    first_party_registry(w);
     let broker = Mosquitto::start();
     let config = format!(
         "{}detectors = [\"hygiene\"]\n",

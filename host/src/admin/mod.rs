@@ -10,8 +10,14 @@
 //! runs, the command line opens the database itself and executes the same
 //! request the same way ([`Admin::execute`]).
 //!
-//! The protocol is one JSON request line, one JSON response line.
+//! The protocol is one JSON request line, then JSON response lines: progress
+//! lines while a long request runs, then the answer.
+//!
+//! Operators on other machines reach the same requests through the HTTPS
+//! admin API ([`serve_https`]) with a certificate from the site CA that
+//! carries their role.
 
+mod https;
 mod plugins;
 mod socket;
 
@@ -24,10 +30,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tracing::info;
 
+pub use https::{API_PATH, RemoteAdmin, serve_https};
 pub use plugins::{RegistrySource, self_check};
 pub use socket::{ADMIN_SOCKET, Console, bind_socket, serve_socket};
 
-use crate::identity::{DeviceCertRequest, Pki, Registry, format_time};
+use crate::identity::{DeviceCertRequest, Operators, Pki, Registry, Role, format_time};
 use crate::plugins::{Installed, Runtime, RuntimeConfig};
 use crate::registry::Library;
 use crate::session::LiveSessions;
@@ -128,6 +135,61 @@ pub enum Request {
         /// The plugin's name.
         name: String,
     },
+    /// Issue an operator a certificate for the HTTPS admin API.
+    OperatorIssue {
+        /// The operator's name.
+        name: String,
+        /// What they may do.
+        role: Role,
+        /// Lifetime in hours.
+        hours: u64,
+        /// Their public key: SubjectPublicKeyInfo, DER, base64.
+        public_key: String,
+    },
+    /// Revoke an operator and every certificate issued to them.
+    OperatorRevoke {
+        /// The operator's name.
+        name: String,
+    },
+    /// Every operator.
+    OperatorList,
+}
+
+impl Request {
+    /// The least role an operator needs to make this request over the
+    /// HTTPS admin API; `None` for requests made only on the appliance
+    /// itself (through the admin socket), which are the ones that decide
+    /// who the operators are.
+    pub fn role(&self) -> Option<Role> {
+        match self {
+            Request::PkiList
+            | Request::DeviceList
+            | Request::DeviceShow { .. }
+            | Request::PluginList => Some(Role::Viewer),
+            Request::Quarantine { .. }
+            | Request::Release { .. }
+            | Request::PluginInstall { .. }
+            | Request::PluginActivate { .. }
+            | Request::PluginRollback { .. }
+            | Request::PluginRemove { .. }
+            | Request::PluginShadow { .. }
+            | Request::PluginPromote { .. } => Some(Role::Operator),
+            Request::Issue { .. } | Request::Revoke { .. } | Request::DeviceAdd { .. } => {
+                Some(Role::Admin)
+            }
+            Request::OperatorIssue { .. }
+            | Request::OperatorRevoke { .. }
+            | Request::OperatorList => None,
+        }
+    }
+
+    /// The request's name, as its JSON `op` says.
+    pub fn op(&self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.get("op").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or_default()
+    }
 }
 
 /// The answer to a [`Request`].
@@ -142,11 +204,52 @@ pub enum Response {
     Progress(String),
 }
 
+/// A request executing on a blocking thread (registry changes are
+/// flushed to disk before they are acknowledged, and installs compile),
+/// whose progress lines are read while it runs.
+#[derive(Debug)]
+pub(crate) struct Running {
+    steps: tokio::sync::mpsc::UnboundedReceiver<String>,
+    job: Option<tokio::task::JoinHandle<Response>>,
+}
+
+impl Running {
+    /// Start executing `request` with `admin`.
+    pub(crate) fn start(admin: Admin, request: Request) -> Running {
+        let (tx, steps) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let job = tokio::task::spawn_blocking(move || {
+            admin.execute_with(request, &mut |step| {
+                let _ = tx.send(step);
+            })
+        });
+        Running {
+            steps,
+            job: Some(job),
+        }
+    }
+
+    /// The next progress line, or the answer. Every progress line comes
+    /// before the answer; after it, only the answer again.
+    pub(crate) async fn next(&mut self) -> Response {
+        if let Some(step) = self.steps.recv().await {
+            return Response::Progress(step);
+        }
+        // The channel closed: the job returned and dropped its sender.
+        match self.job.take() {
+            Some(job) => job
+                .await
+                .unwrap_or_else(|e| Response::Error(format!("admin request failed: {e}"))),
+            None => Response::Error("the request has already been answered".into()),
+        }
+    }
+}
+
 /// Executes requests against the appliance's state.
 #[derive(Debug, Clone)]
 pub struct Admin {
     pki: Arc<Pki>,
     registry: Registry,
+    operators: Operators,
     /// The running appliance's live sessions; `None` in the command line.
     live: Option<LiveSessions>,
     /// The running appliance's plugin runtime and served plugins; `None`
@@ -157,11 +260,18 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// An executor over `pki` and `registry`, closing sessions in `live`.
-    pub fn new(pki: Arc<Pki>, registry: Registry, live: Option<LiveSessions>) -> Admin {
+    /// An executor over `pki`, `registry` and `operators`, closing
+    /// sessions in `live`.
+    pub fn new(
+        pki: Arc<Pki>,
+        registry: Registry,
+        operators: Operators,
+        live: Option<LiveSessions>,
+    ) -> Admin {
         Admin {
             pki,
             registry,
+            operators,
             live,
             plugins: None,
             library: None,
@@ -271,11 +381,7 @@ impl Admin {
                 hours,
                 public_key,
             } => {
-                let der = STANDARD
-                    .decode(public_key.as_bytes())
-                    .map_err(|e| format!("public key is not base64: {e}"))?;
-                let key = rcgen::SubjectPublicKeyInfo::from_der(&der)
-                    .map_err(|e| format!("unusable public key: {e}"))?;
+                let key = public_key_of(&public_key)?;
                 let request = DeviceCertRequest {
                     device,
                     class,
@@ -340,6 +446,40 @@ impl Admin {
             | Request::PluginRemove { .. }
             | Request::PluginShadow { .. }
             | Request::PluginPromote { .. } => Err("a plugin command, run elsewhere".into()),
+            Request::OperatorIssue {
+                name,
+                role,
+                hours,
+                public_key,
+            } => {
+                let key = public_key_of(&public_key)?;
+                let lifetime = Duration::from_secs(hours.saturating_mul(3600));
+                let (pem, claims) = self
+                    .pki
+                    .issue_operator(&name, role, lifetime, &key)
+                    .map_err(|e| text(&e))?;
+                let record = self
+                    .operators
+                    .record_issued(&claims, role)
+                    .map_err(|e| text(&e))?;
+                info!(operator = %name, role = %role, serial = %claims.serial, "operator certificate issued");
+                Ok(json!({
+                    "operator": record,
+                    "serial": claims.serial,
+                    "not-after": format_time(claims.not_after),
+                    "certificate": pem,
+                    "ca": self.pki.ca_pem(),
+                }))
+            }
+            Request::OperatorRevoke { name } => {
+                let record = self.operators.revoke(&name).map_err(|e| text(&e))?;
+                info!(operator = %name, "operator revoked");
+                Ok(json!({"operator": record}))
+            }
+            Request::OperatorList => {
+                let operators = self.operators.list().map_err(|e| text(&e))?;
+                Ok(json!({"operators": operators}))
+            }
             Request::DeviceShow { device } => {
                 let record = self
                     .registry
@@ -351,4 +491,12 @@ impl Admin {
             }
         }
     }
+}
+
+/// The public key in a request: SubjectPublicKeyInfo, DER, base64.
+fn public_key_of(base64: &str) -> Result<rcgen::SubjectPublicKeyInfo, String> {
+    let der = STANDARD
+        .decode(base64.as_bytes())
+        .map_err(|e| format!("public key is not base64: {e}"))?;
+    rcgen::SubjectPublicKeyInfo::from_der(&der).map_err(|e| format!("unusable public key: {e}"))
 }

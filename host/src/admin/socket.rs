@@ -10,8 +10,8 @@ use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::{Admin, Request, Response};
-use crate::identity::{Pki, Registry};
+use super::{Admin, Request, Response, Running};
+use crate::identity::{Operators, Pki, Registry};
 use crate::registry::Library;
 use crate::store::Store;
 
@@ -45,24 +45,17 @@ pub async fn serve_socket(listener: UnixListener, admin: Admin, shutdown: Cancel
                 return;
             }
             let response = match serde_json::from_str::<Request>(&line) {
-                // Registry changes are flushed to disk before they are
-                // acknowledged, and installs compile: blocking work. Its
-                // progress lines are sent while it runs.
                 Ok(request) => {
-                    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-                    let mut job = tokio::task::spawn_blocking(move || {
-                        admin.execute_with(request, &mut |step| {
-                            let _ = tx.send(step);
-                        })
-                    });
+                    let mut running = Running::start(admin, request);
                     loop {
-                        tokio::select! {
-                            done = &mut job => break done.unwrap_or_else(|e| Response::Error(format!("admin request failed: {e}"))),
-                            Some(step) = rx.recv() => {
-                                let mut out = serde_json::to_vec(&Response::Progress(step)).unwrap_or_default();
+                        match running.next().await {
+                            Response::Progress(step) => {
+                                let mut out = serde_json::to_vec(&Response::Progress(step))
+                                    .unwrap_or_default();
                                 out.push(b'\n');
                                 let _ = write.write_all(&out).await;
                             }
+                            done => break done,
                         }
                     }
                 }
@@ -93,6 +86,8 @@ pub fn bind_socket(data: &Path) -> std::io::Result<UnixListener> {
 pub enum Console {
     /// A running appliance, through its admin socket.
     Remote(PathBuf),
+    /// A running appliance elsewhere, through its HTTPS admin API.
+    Https(super::RemoteAdmin),
     /// The state opened by the command line itself.
     Local {
         /// The executor.
@@ -118,16 +113,17 @@ impl Console {
             )
         })?;
         let registry = Registry::open(&store).map_err(|e| e.to_string())?;
+        let operators = Operators::open(&store).map_err(|e| e.to_string())?;
         let library = Library::open(data, &store).map_err(|e| format!("{e:#}"))?;
         Ok(Console::Local {
-            admin: Admin::new(Arc::new(pki), registry, None).with_library(data, library),
+            admin: Admin::new(Arc::new(pki), registry, operators, None).with_library(data, library),
             store,
         })
     }
 
     /// Whether requests go to a running appliance.
     pub fn is_remote(&self) -> bool {
-        matches!(self, Console::Remote(_))
+        matches!(self, Console::Remote(_) | Console::Https(_))
     }
 
     /// Execute `request`.
@@ -143,6 +139,7 @@ impl Console {
         progress: &mut dyn FnMut(String),
     ) -> Result<Response, String> {
         match self {
+            Console::Https(remote) => remote.execute_with(request, progress),
             Console::Local { admin, store } => {
                 let response = admin.execute_with(request.clone(), progress);
                 store.flush().map_err(|e| e.to_string())?;

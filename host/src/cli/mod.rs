@@ -4,6 +4,7 @@
 mod baseline;
 mod demo;
 mod device;
+mod operator;
 mod pki;
 mod plugin_config;
 mod plugin_manage;
@@ -25,6 +26,16 @@ pub struct Cli {
     /// Where the appliance keeps its state (created if missing).
     #[arg(long, global = true, default_value = "./palisade-data")]
     data: PathBuf,
+    /// Send the command to the HTTPS admin API of an appliance elsewhere,
+    /// `https://HOST:PORT`, instead of the one on this machine (pki
+    /// issue|revoke|list, device, plugin list|install|activate|rollback|
+    /// remove|shadow|promote).
+    #[arg(long, global = true, value_name = "URL", requires = "credentials")]
+    remote: Option<String>,
+    /// The operator's credentials for `--remote`: a directory with
+    /// cert.pem, key.pem and ca.pem, as `palisade operator issue` writes.
+    #[arg(long, global = true, value_name = "DIR")]
+    credentials: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -57,7 +68,30 @@ enum Command {
     /// publishing, and which registry this appliance trusts.
     #[command(subcommand)]
     Registry(registry::Command),
+    /// Operators of the HTTPS admin API and their roles.
+    #[command(subcommand)]
+    Operator(operator::Command),
 }
+
+impl Command {
+    /// Whether the command is an admin request that a remote appliance's
+    /// admin API can take.
+    fn is_admin_request(&self) -> bool {
+        match self {
+            Command::Pki(command) => !matches!(command, pki::Command::Init),
+            Command::Device(_) | Command::Operator(_) => true,
+            Command::Plugin(command) => !matches!(
+                command,
+                PluginCommand::Run(_) | PluginCommand::Config(_) | PluginCommand::New(_)
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// Where admin requests go when `--remote` is given: the URL and the
+/// operator's credentials.
+static REMOTE: std::sync::OnceLock<(String, PathBuf)> = std::sync::OnceLock::new();
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum PluginCommand {
@@ -117,6 +151,15 @@ pub fn main() -> ExitCode {
         // (journald, tests) get plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let (Some(url), Some(credentials)) = (&cli.remote, &cli.credentials) {
+        if !cli.command.is_admin_request() {
+            eprintln!(
+                "palisade: --remote applies to the admin commands (pki, device, operator, plugin list|install|...); this one runs here"
+            );
+            return ExitCode::FAILURE;
+        }
+        let _ = REMOTE.set((url.clone(), credentials.clone()));
+    }
     let result = match cli.command {
         Command::Plugin(PluginCommand::Run(args)) => plugin_run::run(&cli.data, &args),
         Command::Plugin(PluginCommand::Config(args)) => plugin_config::run(&cli.data, &args),
@@ -129,6 +172,7 @@ pub fn main() -> ExitCode {
         Command::Demo(args) => demo::run(&args),
         Command::Pki(command) => pki::run(&cli.data, &command),
         Command::Device(command) => device::run(&cli.data, &command),
+        Command::Operator(command) => operator::run(&cli.data, &command),
     };
     match result {
         Ok(code) => code,
@@ -146,14 +190,21 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Execute an admin request against the state in `data`: through the
-/// running appliance's admin socket if there is one, else directly.
-/// Returns the answer and whether a running appliance gave it.
+/// Execute an admin request: on the remote appliance of `--remote`, else
+/// against the state in `data`, through the running appliance's admin
+/// socket if there is one, else directly. Returns the answer and whether a
+/// running appliance gave it.
 fn console(
     data: &std::path::Path,
     request: &crate::admin::Request,
 ) -> anyhow::Result<(serde_json::Value, bool)> {
-    let console = crate::admin::Console::open(data).map_err(anyhow::Error::msg)?;
+    let console = match REMOTE.get() {
+        Some((url, credentials)) => {
+            crate::admin::RemoteAdmin::new(url, credentials).map(crate::admin::Console::Https)
+        }
+        None => crate::admin::Console::open(data),
+    }
+    .map_err(anyhow::Error::msg)?;
     let progress = &mut |step: String| eprintln!("  {step}");
     match (console.execute_with(request, progress)).map_err(anyhow::Error::msg)? {
         crate::admin::Response::Ok(value) => Ok((value, console.is_remote())),

@@ -124,18 +124,31 @@ fn issue(data: &Path, args: &IssueArgs) -> anyhow::Result<ExitCode> {
 /// Issue what `args` asks for and write the device's files; the serial
 /// and the end of validity.
 pub(crate) fn issue_to(data: &Path, args: &IssueArgs) -> anyhow::Result<(String, String)> {
-    // The key is made here and only its public half travels: the appliance
-    // never holds a device's private key.
-    let key = rcgen::KeyPair::generate().context("generating the device key")?;
-    let request = Request::Issue {
+    request_certificate(data, &args.out, |public_key| Request::Issue {
         device: args.device.clone(),
         class: args.class.clone(),
         zone: args.zone.clone(),
         role: args.role.clone(),
         hours: args.hours,
-        public_key: STANDARD.encode(key.subject_public_key_info()),
-    };
-    let (answer, _) = console(data, &request)?;
+        public_key,
+    })
+}
+
+/// Make a key, send the request `for_key` makes of its public half, and
+/// write the issued `cert.pem`, the key (`key.pem`, mode 0600) and the CA's
+/// `ca.pem` to `out`; the serial and the end of validity.
+pub(crate) fn request_certificate(
+    data: &Path,
+    out: &Path,
+    for_key: impl FnOnce(String) -> Request,
+) -> anyhow::Result<(String, String)> {
+    // The key is made here and only its public half travels: the appliance
+    // never holds a device's or an operator's private key.
+    let key = rcgen::KeyPair::generate().context("generating the key")?;
+    let (answer, _) = console(
+        data,
+        &for_key(STANDARD.encode(key.subject_public_key_info())),
+    )?;
     let text = |field: &str| {
         answer
             .get(field)
@@ -149,10 +162,9 @@ pub(crate) fn issue_to(data: &Path, args: &IssueArgs) -> anyhow::Result<(String,
         text("serial")?,
         text("not-after")?,
     );
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    crate::identity::write_pem(&args.out.join("key.pem"), &key.serialize_pem(), 0o600)?;
-    crate::identity::write_pem(&args.out.join("cert.pem"), &cert, 0o644)?;
-    crate::identity::write_pem(&args.out.join("ca.pem"), &ca, 0o644)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    crate::identity::write_pem(&out.join("key.pem"), &key.serialize_pem(), 0o600)?;
+    crate::identity::write_pem(&out.join("cert.pem"), &cert, 0o644)?;
+    crate::identity::write_pem(&out.join("ca.pem"), &ca, 0o644)?;
     Ok((serial, not_after))
 }

@@ -14,11 +14,11 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::admin::{ADMIN_SOCKET, Admin, bind_socket, serve_socket};
+use crate::admin::{ADMIN_SOCKET, Admin, bind_socket, serve_https, serve_socket};
 use crate::audit::export::Exporter;
 use crate::audit::{AuditLog, AuditQueue};
 use crate::config::Config;
-use crate::identity::{DeviceVerifier, Pki, Registry};
+use crate::identity::{ClientVerifier, Operators, Pki, Registry};
 use crate::plugins::{Installed, Plugin, Runtime, RuntimeConfig, World};
 use crate::policy::PolicyEngine;
 use crate::registry::Library;
@@ -95,6 +95,7 @@ pub(crate) async fn serve(
         )
     })?;
     let registry = Registry::open(&store).context("opening the device registry")?;
+    let operators = Operators::open(&store).context("opening the operator records")?;
     let mut external = Vec::new();
     for path in &config.pki.external_ca {
         let pem = std::fs::read_to_string(path)
@@ -110,7 +111,7 @@ pub(crate) async fn serve(
         info!(file = %path.display(), "trusting an external CA beside the site CA");
         external.extend(certs);
     }
-    let verifier = DeviceVerifier::new(&pki, &external, registry.clone())?;
+    let verifier = ClientVerifier::devices(&pki, &external, registry.clone())?;
     let plugins = Runtime::new(
         &RuntimeConfig {
             cache_dir: Some(data.join("plugin-cache")),
@@ -185,13 +186,29 @@ pub(crate) async fn serve(
     let server = Server::bind(&config, routes, stages, shutdown.clone()).await?;
     let admin_socket = bind_socket(data)
         .with_context(|| format!("binding {}", data.join(ADMIN_SOCKET).display()))?;
-    let admin = Admin::new(pki, registry.clone(), Some(live))
+    let https = match config.admin.listen {
+        Some(addr) => {
+            let verifier = ClientVerifier::operators(&pki, operators.clone())?;
+            let tls = server.https_config(verifier)?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the admin API to {addr}"))?;
+            Some((listener, tls))
+        }
+        None => None,
+    };
+    let admin = Admin::new(pki, registry.clone(), operators, Some(live))
         .serving(plugins, installed)
         .with_library(data, library);
-    let admin_task = tokio::spawn(serve_socket(admin_socket, admin, shutdown.clone()));
     for l in server.listening() {
         info!(route = %l.name, transport = %l.transport, addr = %l.addr, "listening");
     }
+    if let Some((listener, tls)) = https {
+        let addr = listener.local_addr()?;
+        info!(route = %"admin", transport = %"https", %addr, "listening");
+        tokio::spawn(serve_https(listener, tls, admin.clone(), shutdown.clone()));
+    }
+    let admin_task = tokio::spawn(serve_socket(admin_socket, admin, shutdown.clone()));
     info!(
         data = %data.display(),
         config = if embedded { "embedded defaults" } else { "file" },

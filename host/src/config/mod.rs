@@ -73,6 +73,9 @@ pub struct Config {
     pub pki: PkiConfig,
     /// Certificate renewal over the device's own mTLS connection.
     pub renewal: RenewalConfig,
+    /// The HTTPS admin API, for operators with certificates from the site
+    /// CA.
+    pub admin: AdminConfig,
     /// The routes: one listener (or QUIC ALPN) each, to one upstream.
     /// Default: the four loopback routes of [`Config::default`].
     #[serde(rename = "route")]
@@ -172,6 +175,16 @@ impl Default for RenewalConfig {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 8443))),
         }
     }
+}
+
+/// The HTTPS admin API: the admin socket's requests, for operators on
+/// other machines (see [`crate::admin`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AdminConfig {
+    /// Where the API listens, for example `0.0.0.0:9443`. Default `None`:
+    /// off, the local admin socket only.
+    pub listen: Option<SocketAddr>,
 }
 
 /// How devices reach a route.
@@ -325,6 +338,7 @@ impl Default for Config {
             limits: Limits::default(),
             pki: PkiConfig::default(),
             renewal: RenewalConfig::default(),
+            admin: AdminConfig::default(),
             routes: vec![
                 route(
                     "mqtt-tls",
@@ -397,7 +411,8 @@ impl Config {
             .routes
             .iter()
             .map(|r| r.listen)
-            .chain(self.renewal.listen);
+            .chain(self.renewal.listen)
+            .chain(self.admin.listen);
         for addr in listeners {
             let ip = addr.ip();
             if !ip.is_unspecified() && !names.contains(&ip.to_string()) {
@@ -510,6 +525,14 @@ impl Config {
         {
             return invalid(format!(
                 "renewal listens on {renewal}, where a TLS route does"
+            ));
+        }
+        if let Some(admin) = self.admin.listen
+            && admin.port() != 0
+            && (tls_ports.contains(&admin) || self.renewal.listen == Some(admin))
+        {
+            return invalid(format!(
+                "the admin API listens on {admin}, where a TLS route or renewal does"
             ));
         }
         Ok(())

@@ -17,6 +17,8 @@ const ROLE_OID_TEXT: &str = "1.3.6.1.4.1.50316.802.1";
 const DEVICE_URN: &str = "urn:palisade:device:";
 const CLASS_URN: &str = "urn:palisade:class:";
 const ZONE_URN: &str = "urn:palisade:zone:";
+const OPERATOR_URN: &str = "urn:palisade:operator:";
+const ROLE_URN: &str = "urn:palisade:role:";
 
 /// Why a certificate's claims could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,6 +33,10 @@ pub enum ClaimsError {
     /// usable name, or names one twice.
     #[error("certificate has an unusable {0}")]
     BadClaim(&'static str),
+    /// An operator's certificate offered as a device's, or the other way
+    /// round: the two kinds are never interchangeable.
+    #[error("certificate is {0}")]
+    WrongKind(&'static str),
 }
 
 /// What a certificate says about the device holding it.
@@ -62,28 +68,21 @@ impl Claims {
         let mut class = None;
         let mut zone = None;
         let mut role = None;
+        for uri in san_uris(&cert) {
+            if let Some(v) = uri.strip_prefix(DEVICE_URN) {
+                claim(&mut device, "device id", v)?;
+            } else if let Some(v) = uri.strip_prefix(CLASS_URN) {
+                claim(&mut class, "class", v)?;
+            } else if let Some(v) = uri.strip_prefix(ZONE_URN) {
+                claim(&mut zone, "zone", v)?;
+            } else if uri.starts_with(OPERATOR_URN) {
+                return Err(ClaimsError::WrongKind("an operator's, not a device's"));
+            }
+        }
         for ext in cert.extensions() {
-            match ext.parsed_extension() {
-                ParsedExtension::SubjectAlternativeName(san) => {
-                    for name in &san.general_names {
-                        let GeneralName::URI(uri) = name else {
-                            continue;
-                        };
-                        if let Some(v) = uri.strip_prefix(DEVICE_URN) {
-                            claim(&mut device, "device id", v)?;
-                        } else if let Some(v) = uri.strip_prefix(CLASS_URN) {
-                            claim(&mut class, "class", v)?;
-                        } else if let Some(v) = uri.strip_prefix(ZONE_URN) {
-                            claim(&mut zone, "zone", v)?;
-                        }
-                    }
-                }
-                _ if ext.oid.to_id_string() == ROLE_OID_TEXT => {
-                    let value =
-                        utf8_string(ext.value).ok_or(ClaimsError::BadClaim("Modbus role"))?;
-                    claim(&mut role, "Modbus role", value)?;
-                }
-                _ => {}
+            if ext.oid.to_id_string() == ROLE_OID_TEXT {
+                let value = utf8_string(ext.value).ok_or(ClaimsError::BadClaim("Modbus role"))?;
+                claim(&mut role, "Modbus role", value)?;
             }
         }
         let device = match device {
@@ -111,6 +110,74 @@ impl Claims {
             issuer: cert.issuer().as_raw().to_vec(),
         })
     }
+}
+
+/// What an operator's certificate says: who, and with which role on the
+/// admin API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorClaims {
+    /// The operator's name.
+    pub name: String,
+    /// The role, as written in the certificate.
+    pub role: String,
+    /// The serial number, as lowercase hex of its DER content bytes.
+    pub serial: String,
+    /// The start of the validity period, in Unix seconds.
+    pub not_before: i64,
+    /// The end of the validity period, in Unix seconds.
+    pub not_after: i64,
+}
+
+impl OperatorClaims {
+    /// Read the claims of the DER operator certificate `der`. It names
+    /// exactly one operator and one role, and nothing a device certificate
+    /// carries.
+    pub fn from_der(der: &[u8]) -> Result<OperatorClaims, ClaimsError> {
+        let (_, cert) = X509Certificate::from_der(der).map_err(|_| ClaimsError::NotCertificate)?;
+        let mut name = None;
+        let mut role = None;
+        for uri in san_uris(&cert) {
+            if let Some(v) = uri.strip_prefix(OPERATOR_URN) {
+                claim(&mut name, "operator name", v)?;
+            } else if let Some(v) = uri.strip_prefix(ROLE_URN) {
+                claim(&mut role, "operator role", v)?;
+            } else if [DEVICE_URN, CLASS_URN, ZONE_URN]
+                .iter()
+                .any(|urn| uri.starts_with(urn))
+            {
+                return Err(ClaimsError::WrongKind("a device's, not an operator's"));
+            }
+        }
+        let (Some(name), Some(role)) = (name, role) else {
+            return Err(ClaimsError::WrongKind(
+                "not an operator's: it names no operator and role",
+            ));
+        };
+        let validity = cert.validity();
+        Ok(OperatorClaims {
+            name,
+            role,
+            serial: hex(cert.raw_serial()),
+            not_before: validity.not_before.timestamp(),
+            not_after: validity.not_after.timestamp(),
+        })
+    }
+}
+
+/// The URIs among the subject alternative names of `cert`.
+fn san_uris<'a>(cert: &'a X509Certificate<'_>) -> Vec<&'a str> {
+    cert.extensions()
+        .iter()
+        .filter_map(|ext| match ext.parsed_extension() {
+            ParsedExtension::SubjectAlternativeName(san) => Some(&san.general_names),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|name| match name {
+            GeneralName::URI(uri) => Some(*uri),
+            _ => None,
+        })
+        .collect()
 }
 
 fn claim(slot: &mut Option<String>, kind: &'static str, value: &str) -> Result<(), ClaimsError> {
@@ -162,6 +229,14 @@ pub(crate) fn class_uri(class: &str) -> String {
 
 pub(crate) fn zone_uri(zone: &str) -> String {
     format!("{ZONE_URN}{zone}")
+}
+
+pub(crate) fn operator_uri(name: &str) -> String {
+    format!("{OPERATOR_URN}{name}")
+}
+
+pub(crate) fn role_uri(role: &str) -> String {
+    format!("{ROLE_URN}{role}")
 }
 
 #[cfg(test)]

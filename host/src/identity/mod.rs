@@ -5,7 +5,7 @@
 //! QUIC handshake and the connection policy. The site's certificate
 //! authority ([`Pki`]) issues each device a short-lived certificate that
 //! names it; the [`Registry`] in the state store records every device's
-//! class, zone, state and certificates; the [`DeviceVerifier`] checks, during
+//! class, zone, state and certificates; the [`ClientVerifier`] checks, during
 //! the handshake, that a presented certificate chains to a trusted CA and
 //! belongs to an enrolled device that is neither revoked nor quarantined.
 //!
@@ -30,15 +30,17 @@
 
 mod claims;
 pub(crate) use claims::hex;
+mod operators;
 mod pki;
 mod registry;
 pub mod renewal;
 mod verifier;
 
-pub use claims::{Claims, ClaimsError, ROLE_OID};
+pub use claims::{Claims, ClaimsError, OperatorClaims, ROLE_OID};
+pub use operators::{Operator, OperatorCert, OperatorError, Operators, Role};
 pub use pki::{DeviceCertRequest, IssuedCert, Pki, PkiError, ServerCertificate, pem_certificates};
 pub use registry::{Authority, CertRecord, Device, DeviceState, Registry, RegistryError};
-pub use verifier::{DeviceVerifier, Refusal, VerifierError};
+pub use verifier::{ClientVerifier, Refusal, VerifierError, operator_refusal};
 
 /// Longest id, class, zone or role, in characters.
 pub const MAX_NAME: usize = 64;

@@ -19,8 +19,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use super::claims::{self, Claims};
-use super::{BadName, check_name, now_unix};
+use super::claims::{self, Claims, ClaimsError, OperatorClaims};
+use super::{BadName, Role, check_name, now_unix};
 
 /// How long the site CA is valid: ten years. It never leaves the appliance.
 const CA_LIFETIME: time::Duration = time::Duration::days(3650);
@@ -92,11 +92,16 @@ impl DeviceCertRequest {
         if let Some(role) = &self.role {
             check_name("Modbus role", role)?;
         }
-        let hours = self.lifetime.as_secs() / 3600;
-        if !(1..=24 * 3650).contains(&hours) {
-            return Err(PkiError::Lifetime(self.lifetime));
-        }
+        check_lifetime(self.lifetime)
+    }
+}
+
+fn check_lifetime(lifetime: Duration) -> Result<(), PkiError> {
+    let hours = lifetime.as_secs() / 3600;
+    if (1..=24 * 3650).contains(&hours) {
         Ok(())
+    } else {
+        Err(PkiError::Lifetime(lifetime))
     }
 }
 
@@ -242,18 +247,15 @@ impl Pki {
         public_key: &impl PublicKeyData,
     ) -> Result<IssuedCert, PkiError> {
         request.check()?;
-        let mut params = CertificateParams::default();
-        let mut name = DistinguishedName::new();
-        name.push(DnType::CommonName, request.device.as_str());
-        params.distinguished_name = name;
-        params.subject_alt_names = vec![
-            SanType::URI(claims::device_uri(&request.device).try_into()?),
-            SanType::URI(claims::class_uri(&request.class).try_into()?),
-            SanType::URI(claims::zone_uri(&request.zone).try_into()?),
-        ];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.use_authority_key_identifier_extension = true;
+        let mut params = client_params(
+            &request.device,
+            [
+                claims::device_uri(&request.device),
+                claims::class_uri(&request.class),
+                claims::zone_uri(&request.zone),
+            ],
+            request.lifetime,
+        )?;
         if let Some(role) = &request.role {
             params
                 .custom_extensions
@@ -262,21 +264,44 @@ impl Pki {
                     claims::der_utf8_string(role),
                 ));
         }
-        let now = time::OffsetDateTime::now_utc();
-        params.not_before = now - CLOCK_SKEW;
-        params.not_after = now + request.lifetime;
-        params.serial_number = Some(random_serial());
         let cert = params.signed_by(public_key, &self.issuer)?;
         let der = cert.der().clone();
-        let claims = Claims::from_der(&der).map_err(|e| PkiError::BadFile {
-            path: self.dir.join("ca.pem"),
-            reason: format!("the CA issued a certificate it cannot read: {e}"),
-        })?;
+        let claims = Claims::from_der(&der).map_err(|e| self.unreadable(&e))?;
         Ok(IssuedCert {
             pem: cert.pem(),
             der,
             claims,
         })
+    }
+
+    /// Issue operator `name` a certificate with `role` for the admin API,
+    /// for the key `public_key`.
+    pub fn issue_operator(
+        &self,
+        name: &str,
+        role: Role,
+        lifetime: Duration,
+        public_key: &impl PublicKeyData,
+    ) -> Result<(String, OperatorClaims), PkiError> {
+        check_name("operator name", name)?;
+        check_lifetime(lifetime)?;
+        let params = client_params(
+            // Not a usable device id: an operator's certificate never names
+            // a device, even by its CN.
+            &format!("operator {name}"),
+            [claims::operator_uri(name), claims::role_uri(role.as_str())],
+            lifetime,
+        )?;
+        let cert = params.signed_by(public_key, &self.issuer)?;
+        let claims = OperatorClaims::from_der(cert.der()).map_err(|e| self.unreadable(&e))?;
+        Ok((cert.pem(), claims))
+    }
+
+    fn unreadable(&self, e: &ClaimsError) -> PkiError {
+        PkiError::BadFile {
+            path: self.dir.join("ca.pem"),
+            reason: format!("the CA issued a certificate it cannot read: {e}"),
+        }
     }
 
     /// The appliance's server certificate for `names` (DNS names and IP
@@ -368,6 +393,31 @@ impl Pki {
             renew_at,
         })
     }
+}
+
+/// The settings of a client certificate with subject CN `common_name` and
+/// the subject alternative name URIs `uris`, valid from now for `lifetime`.
+fn client_params(
+    common_name: &str,
+    uris: impl IntoIterator<Item = String>,
+    lifetime: Duration,
+) -> Result<CertificateParams, rcgen::Error> {
+    let mut params = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, common_name);
+    params.distinguished_name = name;
+    params.subject_alt_names = uris
+        .into_iter()
+        .map(|uri| Ok(SanType::URI(uri.try_into()?)))
+        .collect::<Result<_, rcgen::Error>>()?;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - CLOCK_SKEW;
+    params.not_after = now + lifetime;
+    params.serial_number = Some(random_serial());
+    Ok(params)
 }
 
 /// The certificates in PEM text `pem`.

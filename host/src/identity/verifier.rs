@@ -1,6 +1,7 @@
-//! The handshake's client-certificate check: chain, then registry.
+//! The handshake's client-certificate check: chain, then registry (or, on
+//! the admin API, the operators).
 //!
-//! rustls calls [`DeviceVerifier`] while the device's handshake is under
+//! rustls calls [`ClientVerifier`] while the device's handshake is under
 //! way, on TLS over TCP and on QUIC alike. A refused certificate fails the
 //! handshake (the device receives an alert), so a refused device never gets
 //! a session, whatever route it asked for. The error carries a [`Refusal`]
@@ -17,8 +18,8 @@ use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore,
 };
 
-use super::claims::Claims;
-use super::{Pki, Registry};
+use super::claims::{Claims, OperatorClaims};
+use super::{Operators, Pki, Registry};
 
 /// Why a device was refused.
 #[derive(Clone, PartialEq, Eq, thiserror::Error)]
@@ -92,23 +93,73 @@ pub enum VerifierError {
     Build(rustls::server::VerifierBuilderError),
 }
 
-/// Checks device certificates against the site CA, the trusted external
-/// CAs and the registry.
+/// Checks client certificates during the handshake: devices' on the
+/// routes, operators' on the admin API.
 #[derive(Debug)]
-pub struct DeviceVerifier {
+pub struct ClientVerifier {
     chain: Arc<dyn ClientCertVerifier>,
-    registry: Registry,
+    admits: Admits,
     site_subject: Vec<u8>,
 }
 
-impl DeviceVerifier {
+/// Whom a [`ClientVerifier`] lets in.
+#[derive(Debug)]
+enum Admits {
+    /// Enrolled devices, with certificates from the site CA or a trusted
+    /// external CA.
+    Devices(Registry),
+    /// Operators, with certificates from the site CA only.
+    Operators(Operators),
+}
+
+/// An operator refused on the admin API.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct OperatorRefusal(String);
+
+/// Why a handshake on the admin API failed, in an operator's words: the
+/// verifier's reason when it refused the certificate.
+pub fn operator_refusal(error: &std::io::Error) -> String {
+    let reason = error
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+        .and_then(|e| match e {
+            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(e))) => {
+                e.downcast_ref::<OperatorRefusal>()
+            }
+            _ => None,
+        });
+    match reason {
+        Some(refusal) => refusal.to_string(),
+        None => error.to_string(),
+    }
+}
+
+impl ClientVerifier {
     /// A verifier trusting the site CA of `pki` and the `external` CAs, that
     /// admits devices enrolled in `registry`.
-    pub fn new(
+    pub fn devices(
         pki: &Pki,
         external: &[CertificateDer<'static>],
         registry: Registry,
-    ) -> Result<Arc<DeviceVerifier>, VerifierError> {
+    ) -> Result<Arc<ClientVerifier>, VerifierError> {
+        ClientVerifier::build(pki, external, Admits::Devices(registry))
+    }
+
+    /// A verifier trusting only the site CA of `pki`, that admits the
+    /// unrevoked operators of `operators`.
+    pub fn operators(
+        pki: &Pki,
+        operators: Operators,
+    ) -> Result<Arc<ClientVerifier>, VerifierError> {
+        ClientVerifier::build(pki, &[], Admits::Operators(operators))
+    }
+
+    fn build(
+        pki: &Pki,
+        external: &[CertificateDer<'static>],
+        admits: Admits,
+    ) -> Result<Arc<ClientVerifier>, VerifierError> {
         let mut roots = RootCertStore::empty();
         for ca in std::iter::once(pki.ca_der()).chain(external) {
             roots.add(ca.clone()).map_err(VerifierError::Anchor)?;
@@ -119,9 +170,9 @@ impl DeviceVerifier {
         )
         .build()
         .map_err(VerifierError::Build)?;
-        Ok(Arc::new(DeviceVerifier {
+        Ok(Arc::new(ClientVerifier {
             chain,
-            registry,
+            admits,
             site_subject: pki.subject().to_vec(),
         }))
     }
@@ -131,13 +182,34 @@ impl DeviceVerifier {
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
-    ) -> Result<(), Refusal> {
-        let claims = Claims::from_der(end_entity).map_err(|e| Refusal::new(None, e.to_string()))?;
-        self.chain
-            .verify_client_cert(end_entity, intermediates, now)
-            .map_err(|e| Refusal::new(Some(&claims.device), describe(&e)))?;
-        let site_issued = claims.issuer == self.site_subject;
-        self.registry.admit(&claims, site_issued).map(|_| ())
+    ) -> Result<(), rustls::Error> {
+        match &self.admits {
+            Admits::Devices(registry) => {
+                let claims = Claims::from_der(end_entity)
+                    .map_err(|e| Refusal::new(None, e.to_string()).into_rustls())?;
+                self.chain
+                    .verify_client_cert(end_entity, intermediates, now)
+                    .map_err(|e| Refusal::new(Some(&claims.device), describe(&e)).into_rustls())?;
+                let site_issued = claims.issuer == self.site_subject;
+                registry
+                    .admit(&claims, site_issued)
+                    .map(|_| ())
+                    .map_err(Refusal::into_rustls)
+            }
+            Admits::Operators(operators) => {
+                let refuse = |reason: String| {
+                    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(
+                        Arc::new(OperatorRefusal(reason)),
+                    )))
+                };
+                let claims =
+                    OperatorClaims::from_der(end_entity).map_err(|e| refuse(e.to_string()))?;
+                self.chain
+                    .verify_client_cert(end_entity, intermediates, now)
+                    .map_err(|e| refuse(format!("operator {}: {}", claims.name, describe(&e))))?;
+                operators.admit(&claims).map(|_| ()).map_err(refuse)
+            }
+        }
     }
 }
 
@@ -160,7 +232,7 @@ fn describe(error: &rustls::Error) -> String {
     }
 }
 
-impl ClientCertVerifier for DeviceVerifier {
+impl ClientCertVerifier for ClientVerifier {
     fn offer_client_auth(&self) -> bool {
         true
     }
@@ -179,8 +251,7 @@ impl ClientCertVerifier for DeviceVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.check(end_entity, intermediates, now)
-            .map_err(Refusal::into_rustls)?;
+        self.check(end_entity, intermediates, now)?;
         Ok(ClientCertVerified::assertion())
     }
 

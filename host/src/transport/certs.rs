@@ -99,7 +99,7 @@ pub(crate) async fn keep_fresh(
 /// `alpn`. QUIC needs TLS 1.3 only; TLS listeners also speak TLS 1.2,
 /// which Modbus/TCP Security devices may need.
 pub(crate) fn server_config(
-    verifier: Arc<crate::identity::DeviceVerifier>,
+    verifier: Arc<crate::identity::ClientVerifier>,
     resolver: Arc<ServerCertResolver>,
     alpn: Vec<Vec<u8>>,
     tls13_only: bool,

@@ -3,7 +3,7 @@
 //!
 //! On the path of a frame this is the first stage. A listener's port (TLS)
 //! or the ALPN a QUIC client offers picks the route. The handshake runs the
-//! identity stage's [`DeviceVerifier`](crate::identity::DeviceVerifier):
+//! identity stage's [`ClientVerifier`](crate::identity::ClientVerifier):
 //! unknown, expired, revoked and quarantined devices never finish it. Then
 //! the connection policy decides whether the device may use the route, and
 //! only then does a session open: a connection to the upstream, and the
@@ -42,7 +42,7 @@ pub use upstream::{Duplex, Upstream};
 
 use crate::audit::AuditQueue;
 use crate::config::{Config, Limits, PkiConfig, RouteConfig, Transport, UpstreamConnect};
-use crate::identity::{Claims, Device, DeviceState, DeviceVerifier, Pki, Refusal, Registry};
+use crate::identity::{Claims, ClientVerifier, Device, DeviceState, Pki, Refusal, Registry};
 use crate::plugins::{Installed, Slot};
 use crate::policy::PolicyEngine;
 use crate::session::{Enforcer, LiveSessions, Membership, Pipeline, RelaySettings};
@@ -100,7 +100,7 @@ pub struct Stages {
     /// The policy, for connections and events; reloaded live.
     pub policy: PolicyEngine,
     /// The handshake's client-certificate check.
-    pub verifier: Arc<DeviceVerifier>,
+    pub verifier: Arc<ClientVerifier>,
     /// Where findings and actions are recorded; `None`: nowhere.
     pub audit: Option<AuditQueue>,
     /// The served plugins.
@@ -247,6 +247,21 @@ impl Server {
             server.tls.push(listener);
         }
         Ok(server)
+    }
+
+    /// The rustls settings of another HTTPS endpoint of the appliance (the
+    /// admin API): its clients checked by `verifier`, the routes' server
+    /// certificate, renewed with theirs.
+    pub fn https_config(
+        &self,
+        verifier: Arc<ClientVerifier>,
+    ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+        certs::server_config(
+            verifier,
+            self.resolver.clone(),
+            vec![b"http/1.1".to_vec()],
+            false,
+        )
     }
 
     /// Where each route listens.

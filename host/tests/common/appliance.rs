@@ -237,6 +237,96 @@ pub fn palisade_in(dir: &Path, args: &[&str]) -> String {
     text
 }
 
+/// A registry in `w/reg` where publisher `site` signed version 1.0.0 of
+/// the first-party `mqtt` parser and `hygiene` detector.
+pub fn first_party_registry(w: &Path) {
+    palisade_in(w, &["registry", "init", "reg", "--keys", "keys"]);
+    palisade_in(
+        w,
+        &[
+            "registry",
+            "keygen",
+            "site",
+            "--key",
+            "site.pem",
+            "--card",
+            "site.json",
+        ],
+    );
+    palisade_in(
+        w,
+        &[
+            "registry",
+            "delegate",
+            "reg",
+            "--keys",
+            "keys",
+            "--card",
+            "site.json",
+            "--names",
+            "mqtt",
+            "hygiene",
+        ],
+    );
+    for (name, world, capabilities) in [
+        ("mqtt", "parser", "[\"log\"]"),
+        ("hygiene", "detector", "[\"log\", \"store\"]"),
+    ] {
+        let dir = w.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("palisade-plugin.toml"),
+            format!(
+                "name = \"{name}\"\nversion = \"1.0.0\"\nworld = \"{world}\"\n\
+                 contract = \"palisade:plugin@0.1.0\"\ncapabilities = {capabilities}\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(dir.join("plugin.wasm"), super::component(name)).unwrap();
+        palisade_in(
+            &dir,
+            &[
+                "registry",
+                "package",
+                "--component",
+                "plugin.wasm",
+                "--out",
+                "bundle",
+            ],
+        );
+        palisade_in(
+            &dir,
+            &[
+                "registry",
+                "publish",
+                "bundle",
+                "--registry",
+                "../reg",
+                "--root",
+                "../reg/metadata/root.json",
+                "--publisher",
+                "site",
+                "--key",
+                "../site.pem",
+                "--outbox",
+                "outbox",
+            ],
+        );
+        palisade_in(
+            w,
+            &[
+                "registry",
+                "accept",
+                &format!("{name}/outbox"),
+                "--registry",
+                "reg",
+                "--keys",
+                "keys",
+            ],
+        );
+    }
+}
+
 /// What an operator does before an appliance's first start: create its
 /// CA in `data`, trust the registry `work/reg`, and install `plugins`.
 pub fn install_before_start(work: &Path, data: &Path, plugins: &[&str]) {

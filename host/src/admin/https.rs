@@ -1,0 +1,360 @@
+//! The HTTPS admin API: the admin socket's requests, for operators on other
+//! machines.
+//!
+//! It listens where `[admin] listen` says (off by default) with the
+//! appliance's server certificate, and admits only operators: a client
+//! certificate from the site CA that names an operator and a role
+//! (`palisade operator issue`), recorded and unrevoked. Device certificates
+//! are refused in the handshake, and operator certificates on the routes.
+//!
+//! One request per connection: `POST /v1/admin` with the same JSON request
+//! the admin socket takes, for example `{"op":"plugin-list"}`. The answer
+//! is JSON lines (`application/x-ndjson`), the socket's too: progress lines
+//! (`{"progress":"..."}`) while a long request runs, then the answer,
+//! `{"ok":...}` or `{"error":"..."}`. The status is 200 when the answer is
+//! ok or when progress came before it (then the last line decides), 422
+//! when the request was executed and refused, 403 when the operator's role
+//! does not allow it, 400, 404 or 413 when it is not a request at all.
+//!
+//! ```sh
+//! curl --cert ann/cert.pem --key ann/key.pem --cacert ann/ca.pem \
+//!      --data '{"op":"plugin-list"}' https://gateway.site.example:9443/v1/admin
+//! ```
+//!
+//! The roles ([`Role`]): `viewer` lists; `operator` also installs,
+//! activates, rolls back and removes plugins and quarantines and releases
+//! devices; `admin` also issues and revokes device certificates and enrolls
+//! devices. Who the operators are is decided only on the appliance itself.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{Admin, Request, Response, Running};
+use crate::identity::{OperatorClaims, Role};
+
+/// The API's one path.
+pub const API_PATH: &str = "/v1/admin";
+/// Largest request body: a request with a public key fits many times.
+const MAX_BODY: usize = 64 << 10;
+/// Connections served at once; more wait to be accepted.
+const MAX_CONNECTIONS: usize = 16;
+/// Longest wait for a handshake, for a request, and for each write of the
+/// answer.
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest answer line the command line reads (a listing of thousands of
+/// devices fits).
+const MAX_LINE: u64 = 64 << 20;
+
+/// Serve the API on `listener` with `tls` until `shutdown`.
+pub async fn serve_https(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    admin: Admin,
+    shutdown: CancellationToken,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "admin API accept failed");
+                    continue;
+                }
+            },
+        };
+        let (acceptor, admin) = (acceptor.clone(), admin.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            connection(stream, peer, &acceptor, admin).await;
+        });
+    }
+}
+
+async fn connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: &tokio_rustls::TlsAcceptor,
+    admin: Admin,
+) {
+    let mut tls = match tokio::time::timeout(IO_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            let reason = crate::identity::operator_refusal(&e);
+            warn!(%peer, reason = %reason, "admin API: handshake refused");
+            return;
+        }
+        Err(_) => {
+            warn!(%peer, "admin API: handshake too slow");
+            return;
+        }
+    };
+    // The verifier admitted the certificate; read who it names, and check
+    // the operator again now, so that a revocation made while the
+    // connection was opening is seen.
+    let operator = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or_else(|| "no client certificate".to_owned())
+        .and_then(|cert| OperatorClaims::from_der(cert).map_err(|e| e.to_string()))
+        .and_then(|claims| Ok((admin.operators.admit(&claims)?, claims.name)));
+    let (role, name) = match operator {
+        Ok(o) => o,
+        Err(e) => {
+            warn!(%peer, reason = %e, "admin API: refused");
+            let _ = reply(&mut tls, "403 Forbidden", &Response::Error(e)).await;
+            return;
+        }
+    };
+    let request =
+        match tokio::time::timeout(IO_TIMEOUT, crate::http::read_request(&mut tls, MAX_BODY)).await
+        {
+            Ok(Ok(r)) => r,
+            Ok(Err(crate::http::HttpError::Bad { status, reason })) => {
+                let _ = reply(&mut tls, status, &Response::Error(reason)).await;
+                return;
+            }
+            Ok(Err(crate::http::HttpError::Io(_))) => return,
+            Err(_) => {
+                let error = Response::Error("request too slow".into());
+                let _ = reply(&mut tls, "408 Request Timeout", &error).await;
+                return;
+            }
+        };
+    let request = match decide(&request, role, &name) {
+        Ok(r) => r,
+        Err((status, reason)) => {
+            warn!(%peer, operator = %name, %role, reason = %reason, "admin API: request refused");
+            let _ = reply(&mut tls, status, &Response::Error(reason)).await;
+            return;
+        }
+    };
+    info!(%peer, operator = %name, %role, op = %request.op(), "admin API request");
+    let mut running = Running::start(admin, request);
+    let first = running.next().await;
+    let status = match first {
+        Response::Error(_) => "422 Unprocessable Content",
+        _ => "200 OK",
+    };
+    let mut next = Some(first);
+    let mut head = Some(status);
+    while let Some(line) = next.take() {
+        let last = !matches!(line, Response::Progress(_));
+        let written = match head.take() {
+            Some(status) => reply_head(&mut tls, status, &line).await,
+            None => write_line(&mut tls, &line).await,
+        };
+        if written.is_err() {
+            // The operator went away; the request still completes.
+            return;
+        }
+        if !last {
+            next = Some(running.next().await);
+        }
+    }
+    let _ = tokio::time::timeout(IO_TIMEOUT, tls.shutdown()).await;
+}
+
+/// The request in `http`, if an operator with `role` may make it.
+fn decide(
+    http: &crate::http::Request,
+    role: Role,
+    name: &str,
+) -> Result<Request, (&'static str, String)> {
+    if http.path != API_PATH {
+        return Err((
+            "404 Not Found",
+            format!(
+                "no {}: this API serves POST {API_PATH} with one JSON request",
+                http.path
+            ),
+        ));
+    }
+    if http.method != "POST" {
+        return Err((
+            "405 Method Not Allowed",
+            format!("{} {API_PATH}: send the request with POST", http.method),
+        ));
+    }
+    let request: Request = serde_json::from_slice(&http.body)
+        .map_err(|e| ("400 Bad Request", format!("not an admin request: {e}")))?;
+    match request.role() {
+        None => Err((
+            "403 Forbidden",
+            format!(
+                "{} is done only on the appliance itself, through its admin socket",
+                request.op()
+            ),
+        )),
+        Some(needed) if role < needed => Err((
+            "403 Forbidden",
+            format!(
+                "operator {name} has the {role} role; {} needs {needed}",
+                request.op()
+            ),
+        )),
+        Some(_) => Ok(request),
+    }
+}
+
+async fn reply<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    status: &str,
+    line: &Response,
+) -> std::io::Result<()> {
+    reply_head(stream, status, line).await?;
+    tokio::time::timeout(IO_TIMEOUT, stream.shutdown())
+        .await
+        .unwrap_or(Ok(()))
+}
+
+async fn reply_head<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    status: &str,
+    first: &Response,
+) -> std::io::Result<()> {
+    let head = crate::http::head(status, &[("Content-Type", "application/x-ndjson")], None);
+    timed(stream.write_all(head.as_bytes())).await?;
+    write_line(stream, first).await
+}
+
+async fn write_line<S: AsyncWrite + Unpin>(stream: &mut S, line: &Response) -> std::io::Result<()> {
+    let mut bytes = serde_json::to_vec(line).map_err(std::io::Error::other)?;
+    bytes.push(b'\n');
+    timed(stream.write_all(&bytes)).await?;
+    timed(stream.flush()).await
+}
+
+async fn timed(io: impl std::future::Future<Output = std::io::Result<()>>) -> std::io::Result<()> {
+    tokio::time::timeout(IO_TIMEOUT, io)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "answer not read"))?
+}
+
+/// The command line's way to a remote appliance's admin API.
+#[derive(Debug)]
+pub struct RemoteAdmin {
+    url: url::Url,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl RemoteAdmin {
+    /// The API at `url` (`https://HOST:PORT`), reached with the operator
+    /// credentials in `dir`: `cert.pem`, `key.pem` and the site CA's
+    /// `ca.pem`, as `palisade operator issue --out DIR` writes them.
+    pub fn new(url: &str, dir: &Path) -> Result<RemoteAdmin, String> {
+        let url = url::Url::parse(url).map_err(|e| format!("admin URL {url}: {e}"))?;
+        if url.scheme() != "https" || url.host_str().is_none() {
+            return Err(format!("admin URL {url}: must be https://HOST:PORT"));
+        }
+        let read = |file: &str| {
+            let path = dir.join(file);
+            std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))
+        };
+        let bad =
+            |file: &str, e: &dyn std::fmt::Display| format!("{}: {e}", dir.join(file).display());
+        let certs = CertificateDer::pem_slice_iter(&read("cert.pem")?)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad("cert.pem", &e))?;
+        let key =
+            PrivateKeyDer::from_pem_slice(&read("key.pem")?).map_err(|e| bad("key.pem", &e))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_slice_iter(&read("ca.pem")?) {
+            roots
+                .add(ca.map_err(|e| bad("ca.pem", &e))?)
+                .map_err(|e| bad("ca.pem", &e))?;
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| bad("cert.pem", &e))?;
+        Ok(RemoteAdmin {
+            url,
+            tls: Arc::new(tls),
+        })
+    }
+
+    /// Execute `request`, passing each progress line to `progress`.
+    pub fn execute_with(
+        &self,
+        request: &Request,
+        progress: &mut dyn FnMut(String),
+    ) -> Result<Response, String> {
+        let failed = |e: &dyn std::fmt::Display| format!("admin API {}: {e}", self.url);
+        let host = self
+            .url
+            .host_str()
+            .unwrap_or_default()
+            .trim_matches(['[', ']']);
+        let port = self.url.port_or_known_default().unwrap_or(443);
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+            .map_err(|e| failed(&e))?
+            .next()
+            .ok_or_else(|| failed(&"no address"))?;
+        let tcp = TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(|e| failed(&e))?;
+        // An install precompiles, which takes a while; progress lines come
+        // meanwhile.
+        tcp.set_read_timeout(Some(Duration::from_secs(600)))
+            .map_err(|e| failed(&e))?;
+        tcp.set_write_timeout(Some(IO_TIMEOUT))
+            .map_err(|e| failed(&e))?;
+        let name = ServerName::try_from(host.to_owned()).map_err(|e| failed(&e))?;
+        let session =
+            rustls::ClientConnection::new(self.tls.clone(), name).map_err(|e| failed(&e))?;
+        let mut stream = rustls::StreamOwned::new(session, tcp);
+        let body = serde_json::to_vec(request).map_err(|e| failed(&e))?;
+        let head = format!(
+            "POST {API_PATH} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        stream
+            .write_all(&[head.as_bytes(), &body].concat())
+            .map_err(|e| failed(&e))?;
+        let mut reader = BufReader::new(stream.take(MAX_LINE));
+        // The status says nothing the lines do not: skip the head.
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).map_err(|e| failed(&e))? == 0 {
+                return Err(failed(&"closed before answering"));
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).map_err(|e| failed(&e))? == 0 {
+                return Err(failed(&"closed before answering"));
+            }
+            match serde_json::from_str::<Response>(&line)
+                .map_err(|e| failed(&format!("unreadable answer: {e}")))?
+            {
+                Response::Progress(step) => progress(step),
+                done => return Ok(done),
+            }
+        }
+    }
+}

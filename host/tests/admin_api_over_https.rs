@@ -1,0 +1,239 @@
+//! The HTTPS admin API, used as a remote operator would: curl and the
+//! `palisade --remote` command line, with operator certificates from the
+//! site CA whose roles decide what each may do. Device certificates never
+//! open the API, and operator certificates never open a route.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::appliance::{
+    Appliance, CountingUpstream, first_party_registry, install_before_start, palisade, require,
+    route,
+};
+
+/// `curl` posting `body` to the API at `port` with the credentials in
+/// `dir` (none: no client certificate); the HTTP status (0 when no
+/// response came) and the body.
+fn curl(port: u16, dir: Option<&Path>, body: &str) -> (u16, String) {
+    let mut command = Command::new("curl");
+    command.args(["--silent", "--show-error", "--write-out", "\n%{http_code}"]);
+    if let Some(dir) = dir {
+        command
+            .arg("--cert")
+            .arg(dir.join("cert.pem"))
+            .arg("--key")
+            .arg(dir.join("key.pem"))
+            .arg("--cacert")
+            .arg(dir.join("ca.pem"));
+    } else {
+        command.arg("--insecure");
+    }
+    let out = command
+        .args(["--data", body])
+        .arg(format!("https://127.0.0.1:{port}/v1/admin"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (status.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// `palisade --remote ... args` with the credentials in `dir`: whether it
+/// succeeded, stdout, stderr.
+fn remote(port: u16, dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = palisade()
+        .args(["--remote", &format!("https://127.0.0.1:{port}")])
+        .arg("--credentials")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn operators_administer_by_role_over_https() {
+    if !require("curl") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    first_party_registry(w);
+    let upstream = CountingUpstream::start();
+    let config = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n{}",
+        route(
+            "mqtt-tls",
+            "mqtt",
+            "tls",
+            Some("mqtt"),
+            &format!("127.0.0.1:{}", upstream.port)
+        )
+    );
+    let appliance = Appliance::start_prepared(&config, |data| install_before_start(w, data, &[]));
+    let port = appliance.port("admin");
+    let operator = |name: &str, role: &str| {
+        let out = w.join("operators").join(name);
+        let said = appliance.cli_ok(&[
+            "operator",
+            "issue",
+            name,
+            "--role",
+            role,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(said.contains(&format!("to {name} ({role})")), "{said}");
+        out
+    };
+    let (val, ann, root) = (
+        operator("val", "viewer"),
+        operator("ann", "operator"),
+        operator("root", "admin"),
+    );
+    let plc = appliance.issue("plc-1", "plc", "cell-1");
+
+    // A viewer lists: the plugins with the routes that use them.
+    let (status, body) = curl(port, Some(&val), r#"{"op":"plugin-list"}"#);
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(body.trim()).unwrap();
+    assert!(answer["ok"].to_string().contains("mqtt-tls"), "{body}");
+    let (status, body) = curl(port, Some(&val), r#"{"op":"device-show","device":"plc-1"}"#);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""state":"active""#), "{body}");
+
+    // ... and may do nothing more.
+    let (status, body) = curl(port, Some(&val), r#"{"op":"quarantine","device":"plc-1"}"#);
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("operator val has the viewer role; quarantine needs operator"),
+        "{body}"
+    );
+
+    // An operator quarantines, through the command line; an admin's role
+    // covers an operator's.
+    let (ok, out, err) = remote(port, &ann, &["device", "quarantine", "plc-1"]);
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = remote(port, &root, &["device", "release", "plc-1"]);
+    assert!(ok, "{out}{err}");
+    // An operator may not enroll devices or issue certificates.
+    let (ok, _, err) = remote(
+        port,
+        &ann,
+        &["pki", "issue", "plc-2", "--class", "plc", "--out", "x"],
+    );
+    assert!(
+        !ok && err.contains("operator ann has the operator role; issue needs admin"),
+        "{err}"
+    );
+    // An admin issues a device certificate from afar: the key is made on
+    // the admin's machine, and the device then connects.
+    let far = w.join("far-plc");
+    let (ok, out, err) = remote(
+        port,
+        &root,
+        &[
+            "pki",
+            "issue",
+            "plc-2",
+            "--class",
+            "plc",
+            "--out",
+            far.to_str().unwrap(),
+        ],
+    );
+    assert!(ok && out.contains("issued certificate"), "{out}{err}");
+    assert!(far.join("key.pem").exists());
+    let list = appliance.cli_ok(&["pki", "list"]);
+    assert!(list.contains("plc-2"), "{list}");
+
+    // A plugin install from the signed registry, with its progress shown
+    // as it happens, and the new version serving the route.
+    let (ok, out, err) = remote(port, &ann, &["plugin", "install", "mqtt"]);
+    assert!(ok, "{out}{err}");
+    for step in [
+        "fetching mqtt",
+        "verified mqtt 1.0.0",
+        "precompiling",
+        "self-checks",
+    ] {
+        assert!(err.contains(step), "no progress line {step:?}: {err}");
+    }
+    let (status, body) = curl(port, Some(&val), r#"{"op":"plugin-list"}"#);
+    assert_eq!(status, 200);
+    assert!(body.contains("1.0.0"), "{body}");
+
+    // Who the operators are is decided on the appliance only, whatever
+    // the role.
+    let (status, body) = curl(port, Some(&root), r#"{"op":"operator-list"}"#);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("only on the appliance itself"), "{body}");
+    let (ok, _, err) = remote(port, &root, &["operator", "revoke", "ann"]);
+    assert!(!ok && err.contains("only on the appliance itself"), "{err}");
+
+    // Not requests: refused with a reason, nothing executed.
+    let (status, body) = curl(port, Some(&ann), "{not json");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("not an admin request"), "{body}");
+    // A refusal by the appliance comes back as 422 with its reason.
+    let (status, body) = curl(port, Some(&ann), r#"{"op":"quarantine","device":"nobody"}"#);
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("no device nobody"), "{body}");
+
+    // No certificate, or a device's: no handshake, no request.
+    let (status, _) = curl(port, None, r#"{"op":"plugin-list"}"#);
+    assert_eq!(status, 0);
+    let (status, _) = curl(port, Some(&plc), r#"{"op":"plugin-list"}"#);
+    assert_eq!(status, 0);
+    appliance.wait_log(|l| {
+        l.contains("admin API: handshake refused") && l.contains("a device's, not an operator's")
+    });
+    // An operator's certificate opens no route.
+    let (status, _) = curl_route(appliance.port("mqtt-tls"), &ann);
+    assert_eq!(status, 0);
+    appliance.wait_refused(&["an operator's, not a device's"]);
+
+    // A revoked operator is refused at the next request.
+    appliance.cli_ok(&["operator", "revoke", "ann"]);
+    let (status, _) = curl(port, Some(&ann), r#"{"op":"plugin-list"}"#);
+    assert_eq!(status, 0);
+    appliance.wait_log(|l| {
+        l.contains("admin API: handshake refused") && l.contains("operator ann: revoked")
+    });
+    let list = appliance.cli_ok(&["operator", "list"]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("ann") && l.ends_with("revoked")),
+        "{list}"
+    );
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("val") && l.contains("viewer") && l.ends_with("valid")),
+        "{list}"
+    );
+}
+
+/// curl's TLS handshake with a route's listener, with the credentials in
+/// `dir`.
+fn curl_route(port: u16, dir: &Path) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["--silent", "--write-out", "%{http_code}"])
+        .arg("--cert")
+        .arg(dir.join("cert.pem"))
+        .arg("--key")
+        .arg(dir.join("key.pem"))
+        .arg("--cacert")
+        .arg(dir.join("ca.pem"))
+        .arg(format!("https://127.0.0.1:{port}/"))
+        .output()
+        .unwrap();
+    let code = String::from_utf8_lossy(&out.stdout);
+    (code.trim().parse().unwrap_or(0), code.into_owned())
+}
