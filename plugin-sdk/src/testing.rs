@@ -172,7 +172,24 @@ pub fn parse_stream<P: Parser>(
     direction: Direction,
     chunks: &[&[u8]],
 ) -> Parsed {
+    parse_stream_after::<P>(session, direction, &[], chunks)
+}
+
+/// As [`parse_stream`], starting from the session state `state` that
+/// earlier calls returned: the state is one per session, so a response
+/// stream starts from what its requests left.
+///
+/// # Panics
+///
+/// As [`parse_stream`].
+pub fn parse_stream_after<P: Parser>(
+    session: &Session,
+    direction: Direction,
+    state: &[u8],
+    chunks: &[&[u8]],
+) -> Parsed {
     let mut all = Parsed::new(Vec::new());
+    all.state = state.to_vec();
     let mut pending = Vec::new();
     for chunk in chunks {
         pending.extend_from_slice(chunk);

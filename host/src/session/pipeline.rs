@@ -135,7 +135,6 @@ impl Inspected {
 #[derive(Debug, Default)]
 struct Stream {
     pending: Vec<u8>,
-    state: Vec<u8>,
     offset: u64,
 }
 
@@ -148,6 +147,9 @@ pub struct Pipeline {
     responders: Vec<Slot>,
     max_frame: usize,
     streams: [Stream; 2],
+    /// The parser's state, one for both directions: a response is matched
+    /// with its request.
+    state: Vec<u8>,
     gate: Option<Gate>,
 }
 
@@ -223,6 +225,7 @@ impl Pipeline {
             responders,
             max_frame,
             streams: Default::default(),
+            state: Vec::new(),
             gate: None,
         }
     }
@@ -277,10 +280,10 @@ impl Pipeline {
         let parsed = self
             .parser
             .active()
-            .parse(&self.session, direction, &stream.state, &stream.pending)
+            .parse(&self.session, direction, &self.state, &stream.pending)
             .map_err(PipelineError::Parser)?;
         if let Some(shadow) = self.parser.shadow() {
-            let theirs = shadow.parse(&self.session, direction, &stream.state, &stream.pending);
+            let theirs = shadow.parse(&self.session, direction, &self.state, &stream.pending);
             compare_parsed(&self.parser, &parsed, theirs);
         }
         // The runtime checked that the frames lie inside the input, one
@@ -317,7 +320,7 @@ impl Pipeline {
         }
         stream.pending.drain(..consumed);
         stream.offset = offset;
-        stream.state = parsed.state;
+        self.state = parsed.state;
         if inspected.malformed.is_none() {
             let needed = parsed.needed.map_or(0, |n| n as usize);
             if stream.pending.len().saturating_add(needed) > self.max_frame {

@@ -13,10 +13,11 @@
 //! device sent, it returns one event per packet, and the host forwards each
 //! packet only after the detectors have judged its event.
 //!
-//! The session state, per direction, is one byte: the protocol level (4
-//! for 3.1.1, 5 for 5.0; 0 before it is known), because MQTT 5 packets carry
-//! properties that 3.1.1 packets lack. The device's direction learns it
-//! from CONNECT, the broker's from CONNACK, whose MQTT 5 form is longer.
+//! The session state is one byte per direction (the device's, then the
+//! broker's): the protocol level each has seen (4 for 3.1.1, 5 for 5.0; 0
+//! before it is known), because MQTT 5 packets carry properties that 3.1.1
+//! packets lack. The device's direction learns it from CONNECT, the
+//! broker's from CONNACK, whose MQTT 5 form is longer.
 
 use palisade_plugin_sdk::{Direction, Parsed, Parser, Session};
 
@@ -43,7 +44,14 @@ pub fn parse(state: &[u8], input: &[u8]) -> Parsed {
 /// Parse the complete packets at the start of `input`, travelling in
 /// `direction`, given the session `state` returned by the previous call.
 pub fn parse_from(direction: Direction, state: &[u8], input: &[u8]) -> Parsed {
-    let mut level = state.first().copied().unwrap_or(0);
+    let (up, down) = (
+        state.first().copied().unwrap_or(0),
+        state.get(1).copied().unwrap_or(0),
+    );
+    let mut level = match direction {
+        Direction::ToUpstream => up,
+        Direction::ToDevice => down,
+    };
     let mut parsed = Parsed::new(Vec::new());
     let mut offset = 0;
     while let Some(rest) = input.get(offset..).filter(|r| !r.is_empty()) {
@@ -73,7 +81,10 @@ pub fn parse_from(direction: Direction, state: &[u8], input: &[u8]) -> Parsed {
             }
         }
     }
-    parsed.state = vec![level];
+    parsed.state = match direction {
+        Direction::ToUpstream => vec![level, down],
+        Direction::ToDevice => vec![up, level],
+    };
     parsed
 }
 
@@ -628,7 +639,7 @@ mod tests {
         let stream = [connack5, suback, puback].concat();
         let parsed = parse_from(Direction::ToDevice, &[], &stream);
         assert!(parsed.malformed.is_none(), "{:?}", parsed.malformed);
-        assert_eq!(parsed.state, [5]);
+        assert_eq!(parsed.state, [0, 5], "the device side still unknown");
         let events: Vec<_> = parsed.events.iter().collect();
         assert_eq!(events[0].kind(), "mqtt.connack");
         assert_eq!(events[0].int("reason-code"), Some(0));
@@ -640,7 +651,7 @@ mod tests {
         assert_eq!(events[2].int("reason-code"), Some(0x10));
         // MQTT 3.1.1: a two-byte CONNACK.
         let parsed = parse_from(Direction::ToDevice, &[], &packet(0x20, &[1, 0]));
-        assert_eq!(parsed.state, [4]);
+        assert_eq!(parsed.state, [0, 4]);
         assert_eq!(
             parsed.events.get(0).unwrap().flag("session-present"),
             Some(true)
