@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use palisade_plugin_sdk::testing::parse_stream;
+use palisade_plugin_sdk::testing::{parse_stream, parse_stream_after};
 use palisade_plugin_sdk::{Direction, EventRef, Parsed, Parser, Session};
 
 fn recordings() -> PathBuf {
@@ -45,6 +45,11 @@ fn tshark(tshark: &Path, protocol: &str, dissector: &str, fields: &[&str]) -> Fi
         .args(["-Y", dissector, "-T", "fields", "-E", "separator=|"])
         .args(["-E", "occurrence=a", "-E", "aggregator=^"])
         .args(["-e", "tcp.stream", "-e", "tcp.srcport"]);
+    if protocol == "modbus" {
+        // Which side is the server, so that requests and responses are told
+        // apart and decoded field by field.
+        command.args(["-o", &format!("mbtcp.tcp.port:{port}")]);
+    }
     for f in fields {
         command.args(["-e", f]);
     }
@@ -91,25 +96,32 @@ fn tshark(tshark: &Path, protocol: &str, dissector: &str, fields: &[&str]) -> Fi
 }
 
 /// The parser's events on each recording, by (connection number, from the
-/// client).
+/// client). A connection's device side is parsed first, and its server side
+/// from the state the device side left, as when every request precedes its
+/// response.
 fn parsed<P: Parser>(protocol: &str) -> BTreeMap<(usize, bool), Parsed> {
     let session = Session::new(1, "device-1", "sensor", "lab", protocol);
-    let mut all = BTreeMap::new();
+    let mut streams = BTreeMap::new();
     for entry in std::fs::read_dir(recordings().join(protocol)).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_str().unwrap();
         let (n, dir) = name.split_once('.').unwrap();
-        let up = dir == "up";
-        let direction = if up {
-            Direction::ToUpstream
-        } else {
-            Direction::ToDevice
-        };
-        let stream = std::fs::read(&path).unwrap();
-        all.insert(
-            (n.parse().unwrap(), up),
-            parse_stream::<P>(&session, direction, &[&stream]),
-        );
+        let key: (usize, bool) = (n.parse().unwrap(), dir == "up");
+        streams.insert(key, std::fs::read(&path).unwrap());
+    }
+    let mut all = BTreeMap::new();
+    for (&(n, up), stream) in &streams {
+        if !up {
+            continue;
+        }
+        let requests = parse_stream::<P>(&session, Direction::ToUpstream, &[stream]);
+        if let Some(responses) = streams.get(&(n, false)) {
+            let state = requests.state.clone();
+            let parsed =
+                parse_stream_after::<P>(&session, Direction::ToDevice, &state, &[responses]);
+            all.insert((n, false), parsed);
+        }
+        all.insert((n, true), requests);
     }
     all
 }
@@ -162,7 +174,17 @@ fn mqtt_agrees_with_wireshark() {
     agree::<mqtt::Mqtt>(
         "mqtt",
         "mqtt",
-        &["mqtt.msgtype", "mqtt.topic", "mqtt.msgid"],
+        &[
+            "mqtt.msgtype",
+            "mqtt.topic",
+            "mqtt.msgid",
+            "mqtt.qos",
+            "mqtt.retain",
+            "mqtt.dupflag",
+            "mqtt.ver",
+            "mqtt.username",
+            "mqtt.willtopic",
+        ],
         |e| {
             let kind = match e.kind() {
                 "mqtt.connect" => 1,
@@ -189,7 +211,19 @@ fn mqtt_agrees_with_wireshark() {
                     _ => None,
                 })
                 .collect();
-            vec![vec![kind.to_string()], topics, text(e.int("packet-id"))]
+            let flag = |name| text(e.flag(name).map(u8::from));
+            let connect = e.kind() == "mqtt.connect";
+            vec![
+                vec![kind.to_string()],
+                topics,
+                text(e.int("packet-id")),
+                text(e.int("qos")),
+                flag("retain"),
+                flag("dup"),
+                text(e.int("protocol-version").filter(|_| connect)),
+                text(e.text("username")),
+                text(e.text("will-topic")),
+            ]
         },
     );
 }
@@ -199,12 +233,50 @@ fn modbus_agrees_with_wireshark() {
     agree::<modbus::Modbus>(
         "modbus",
         "mbtcp",
-        &["mbtcp.trans_id", "mbtcp.unit_id", "modbus.func_code"],
+        &[
+            "mbtcp.trans_id",
+            "mbtcp.unit_id",
+            "modbus.func_code",
+            "modbus.reference_num",
+            "modbus.word_cnt",
+            "modbus.bit_cnt",
+            "modbus.regval_uint16",
+            "modbus.data",
+        ],
         |e| {
+            let function = e.int("function").unwrap();
+            let response = e.kind() == "modbus.response";
+            // What Wireshark shows of each message: a request's address and
+            // quantity; a response's only where the message carries them
+            // (the echo of a write), not where they come from the request.
+            let echoes = !response || matches!(function, 5 | 6 | 15 | 16);
+            let address = e.int("address").filter(|_| echoes);
+            let count = e
+                .int("count")
+                .filter(|_| echoes && !matches!(function, 5 | 6));
+            let is_bits = matches!(function, 1 | 2 | 15);
+            let registers: Vec<String> = match (response, function) {
+                (false, 16 | 23) | (true, 3 | 4 | 23) => e
+                    .bytes("values")
+                    .unwrap_or_default()
+                    .chunks_exact(2)
+                    .map(|r| u16::from_be_bytes([r[0], r[1]]).to_string())
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let data = e
+                .int("value")
+                .filter(|_| function == 6)
+                .map(|v| format!("{v:04x}"));
             vec![
                 text(e.int("transaction")),
                 text(e.int("unit")),
-                text(e.int("function")),
+                text(Some(function)),
+                text(address),
+                text(count.filter(|_| !is_bits)),
+                text(count.filter(|_| is_bits)),
+                registers,
+                text(data),
             ]
         },
     );

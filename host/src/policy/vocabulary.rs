@@ -140,12 +140,36 @@ const MODBUS_OPTIONAL: &[Attribute] = &[
     ("write-count", Int),
     ("exception-code", Int),
     ("user-defined", Flag),
+    // A read response's data; the value a single write's response echoes.
+    ("value", Int),
+    ("values", Bytes),
+    ("value-min", Int),
+    ("value-max", Int),
+    // Diagnostics (function 8).
+    ("sub-function", Int),
+    // Read device identification (function 43/14).
+    ("mei-type", Int),
+    ("read-device-id-code", Int),
+    ("object-id", Int),
+    ("vendor-name", Text),
+    ("product-code", Text),
+    ("revision", Text),
 ];
 
 const MODBUS_ACCESS_OPTIONAL: &[Attribute] = &[
     ("write-address", Int),
     ("write-count", Int),
     ("user-defined", Flag),
+    // What a write writes: a single coil (0 or 1) or register's `value`;
+    // the data of a multiple write as `values`, and for registers their
+    // lowest and highest, which a policy can bound.
+    ("value", Int),
+    ("values", Bytes),
+    ("value-min", Int),
+    ("value-max", Int),
+    // A mask write (function 22).
+    ("and-mask", Int),
+    ("or-mask", Int),
 ];
 
 /// Every protocol, with its event kinds.

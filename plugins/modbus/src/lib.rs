@@ -174,10 +174,10 @@ fn user_defined(function: u8) -> bool {
     matches!(function, 65..=72 | 100..=110)
 }
 
-fn request(
+fn request<'p>(
     frame: &Frame<'_>,
     pending: &mut Vec<Pending>,
-    parsed: &mut Parsed,
+    parsed: &'p mut Parsed,
 ) -> Result<(), &'static str> {
     let function = frame.function();
     if frame.pdu.is_empty() {
@@ -195,7 +195,7 @@ fn request(
             count,
         });
     };
-    let access = |parsed: &mut Parsed, kind, access, address: u16, count: u16| {
+    let access = |parsed: &'p mut Parsed, kind, access, address: u16, count: u16| {
         let mut event = frame.event(parsed, kind);
         event
             .text("access", access)
@@ -205,6 +205,7 @@ fn request(
             )
             .int("address", address)
             .int("count", count);
+        event
     };
     match function {
         1..=4 => {
@@ -228,7 +229,15 @@ fn request(
                 return Err("write request of the wrong length");
             }
             remember(address, 1);
-            access(parsed, "modbus.write", "write", address, 1);
+            let mut event = access(parsed, "modbus.write", "write", address, 1);
+            if function == 5 {
+                event.int("value", u16::from(value == 0xff00));
+            } else {
+                event
+                    .int("value", value)
+                    .int("value-min", value)
+                    .int("value-max", value);
+            }
         }
         15 | 16 => {
             let (address, count, bytes) = (frame.u16_at(1)?, frame.u16_at(3)?, frame.u8_at(5)?);
@@ -244,7 +253,12 @@ fn request(
                 return Err("write byte count does not match the quantity");
             }
             remember(address, count);
-            access(parsed, "modbus.write", "write", address, count);
+            let values = frame.pdu.get(6..).unwrap_or_default();
+            let mut event = access(parsed, "modbus.write", "write", address, count);
+            event.bytes("values", values);
+            if function == 16 {
+                registers(&mut event, values);
+            }
         }
         22 => {
             let address = frame.u16_at(1)?;
@@ -252,7 +266,9 @@ fn request(
                 return Err("mask write request of the wrong length");
             }
             remember(address, 1);
-            access(parsed, "modbus.write", "write", address, 1);
+            let (and, or) = (frame.u16_at(3)?, frame.u16_at(5)?);
+            let mut event = access(parsed, "modbus.write", "write", address, 1);
+            event.int("and-mask", and).int("or-mask", or);
         }
         23 => {
             let (address, count) = (frame.u16_at(1)?, frame.u16_at(3)?);
@@ -273,14 +289,31 @@ fn request(
                 .int("count", count)
                 .int("write-address", write_address)
                 .int("write-count", write_count);
+            let values = frame.pdu.get(10..).unwrap_or_default();
+            event.bytes("values", values);
+            registers(&mut event, values);
         }
-        7 | 8 | 11 | 12 | 17 => {
+        8 => {
+            let sub_function = frame.u16_at(1)?;
+            remember(0, 0);
+            let mut event = frame.event(parsed, "modbus.diagnostics");
+            event.int("sub-function", sub_function);
+        }
+        7 | 11 | 12 | 17 => {
             remember(0, 0);
             frame.event(parsed, "modbus.diagnostics");
         }
         43 if frame.pdu.get(1) == Some(&14) => {
+            let (code, object) = (frame.u8_at(2)?, frame.u8_at(3)?);
+            if !(1..=4).contains(&code) || frame.pdu.len() != 4 {
+                return Err("read device identification request malformed");
+            }
             remember(0, 0);
-            frame.event(parsed, "modbus.device-identification");
+            let mut event = frame.event(parsed, "modbus.device-identification");
+            event
+                .int("mei-type", 14)
+                .int("read-device-id-code", code)
+                .int("object-id", object);
         }
         0 | 0x80.. => return Err("function code not valid in a request"),
         _ => {
@@ -313,7 +346,54 @@ fn response(
     if frame.pdu.is_empty() {
         return Err("empty PDU");
     }
+    // Everything that can fail is read before the event is written: a
+    // malformed frame leaves no event behind.
+    let values = match function {
+        // A read's data: a byte count, then the bits or registers.
+        1..=4 | 23 => {
+            let count = usize::from(frame.u8_at(1)?);
+            if frame.pdu.len() != 2 + count {
+                return Err("read response byte count does not match its length");
+            }
+            frame.pdu.get(2..)
+        }
+        _ => None,
+    };
+    // A single write's response echoes what it wrote.
+    let echoed = match function {
+        5 => Some(u16::from(frame.u16_at(3)? == 0xff00)),
+        6 => Some(frame.u16_at(3)?),
+        _ => None,
+    };
+    let sub_function = if function == 8 {
+        Some(frame.u16_at(1)?)
+    } else {
+        None
+    };
+    let identified = if function == 43 && frame.pdu.get(1) == Some(&14) {
+        Some(identification(frame.pdu)?)
+    } else {
+        None
+    };
     let mut event = frame.event(parsed, "modbus.response");
+    if let Some(values) = values {
+        event.bytes("values", values);
+        if function >= 3 {
+            registers(&mut event, values);
+        }
+    }
+    if let Some(value) = echoed {
+        event.int("value", value);
+    }
+    if let Some(sub_function) = sub_function {
+        event.int("sub-function", sub_function);
+    }
+    if let Some((code, objects)) = identified {
+        event.int("mei-type", 14).int("read-device-id-code", code);
+        for (name, text) in objects {
+            event.text(name, text);
+        }
+    }
     if let Some(p) = asked.filter(|p| p.function == function)
         && let Some(register_type) = register_type(function)
     {
@@ -329,6 +409,51 @@ fn response(
             .int("count", p.count);
     }
     Ok(())
+}
+
+/// The lowest and highest of the big-endian registers in `values`, which a
+/// policy can bound (`context["value-max"] <= 200`).
+fn registers(event: &mut EventWriter<'_>, values: &[u8]) {
+    let mut registers = values.chunks_exact(2).map(|r| {
+        u16::from_be_bytes([
+            r.first().copied().unwrap_or(0),
+            r.get(1).copied().unwrap_or(0),
+        ])
+    });
+    if let Some(first) = registers.next() {
+        let (min, max) = registers.fold((first, first), |(lo, hi), r| (lo.min(r), hi.max(r)));
+        event.int("value-min", min).int("value-max", max);
+    }
+}
+
+/// A read device id code and the objects named with their attribute.
+type Identification<'a> = (u8, Vec<(&'static str, &'a str)>);
+
+/// The read device id code and the basic objects (vendor name, product
+/// code, revision) of a read device identification response (FC 43/14).
+fn identification(pdu: &[u8]) -> Result<Identification<'_>, &'static str> {
+    let short = "device identification response too short";
+    let (&code, &count) = (pdu.get(2).ok_or(short)?, pdu.get(6).ok_or(short)?);
+    let mut objects = Vec::new();
+    let mut at = 7;
+    for _ in 0..count {
+        let (&id, &len) = (pdu.get(at).ok_or(short)?, pdu.get(at + 1).ok_or(short)?);
+        let value = pdu.get(at + 2..at + 2 + usize::from(len)).ok_or(short)?;
+        at += 2 + usize::from(len);
+        let name = match id {
+            0 => "vendor-name",
+            1 => "product-code",
+            2 => "revision",
+            _ => continue,
+        };
+        let text =
+            std::str::from_utf8(value).map_err(|_| "device identification object is not text")?;
+        objects.push((name, text));
+    }
+    if at != pdu.len() {
+        return Err("device identification response longer than its objects");
+    }
+    Ok((code, objects))
 }
 
 #[cfg(test)]
@@ -392,6 +517,74 @@ mod tests {
             (e.kind(), e.int("exception-code")),
             ("modbus.exception", Some(2))
         );
+    }
+
+    #[test]
+    fn values_masks_and_identification_are_read() {
+        let requests = [
+            mbap(1, &[5, 0, 3, 0xff, 0]),
+            mbap(2, &[6, 0, 5, 0, 99]),
+            mbap(3, &[16, 0, 0, 0, 3, 6, 0, 7, 1, 0, 0, 2]),
+            mbap(4, &[22, 0, 4, 0, 0xf2, 0, 0x25]),
+            mbap(5, &[8, 0, 1, 0, 0]),
+            mbap(6, &[43, 14, 1, 0]),
+            mbap(7, &[4, 0, 0, 0, 2]),
+        ]
+        .concat();
+        let up = parse(Direction::ToUpstream, &[], &requests);
+        assert!(up.malformed.is_none(), "{:?}", up.malformed);
+        let e = |i: usize| up.events.get(i).unwrap();
+        assert_eq!(e(0).int("value"), Some(1), "a coil switched ON");
+        assert_eq!(e(1).int("value"), Some(99));
+        assert_eq!(e(2).bytes("values"), Some(&[0, 7, 1, 0, 0, 2][..]));
+        assert_eq!(
+            (e(2).int("value-min"), e(2).int("value-max")),
+            (Some(2), Some(256))
+        );
+        assert_eq!(
+            (e(3).int("and-mask"), e(3).int("or-mask")),
+            (Some(0xf2), Some(0x25))
+        );
+        assert_eq!(e(4).int("sub-function"), Some(1));
+        assert_eq!(
+            (e(5).int("read-device-id-code"), e(5).int("object-id")),
+            (Some(1), Some(0))
+        );
+
+        let identity = [
+            &[43, 14, 1, 1, 0, 0, 3][..],
+            &[0, 4],
+            b"Acme",
+            &[1, 3],
+            b"PLC",
+            &[2, 4],
+            b"v1.2",
+        ]
+        .concat();
+        let responses = [mbap(6, &identity), mbap(7, &[4, 4, 0, 10, 0, 3])].concat();
+        let down = parse(Direction::ToDevice, &up.state, &responses);
+        assert!(down.malformed.is_none(), "{:?}", down.malformed);
+        let id = down.events.get(0).unwrap();
+        assert_eq!(id.text("vendor-name"), Some("Acme"));
+        assert_eq!(id.text("product-code"), Some("PLC"));
+        assert_eq!(id.text("revision"), Some("v1.2"));
+        let echo = parse(Direction::ToDevice, &[], &mbap(2, &[6, 0, 5, 0, 99]));
+        assert_eq!(echo.events.get(0).unwrap().int("value"), Some(99));
+        let read = down.events.get(1).unwrap();
+        assert_eq!(read.bytes("values"), Some(&[0, 10, 0, 3][..]));
+        assert_eq!(
+            (read.int("value-min"), read.int("value-max")),
+            (Some(3), Some(10))
+        );
+        assert_eq!((read.int("address"), read.int("count")), (Some(0), Some(2)));
+
+        // A response that lies about its objects leaves no event behind.
+        let mut lying = identity.clone();
+        lying[6] = 4;
+        let bad = parse(Direction::ToDevice, &up.state, &mbap(6, &lying));
+        assert!(bad.events.is_empty() && bad.malformed.is_some());
+        let short = parse(Direction::ToDevice, &[], &mbap(9, &[3, 4, 0, 1]));
+        assert!(short.events.is_empty() && short.malformed.is_some());
     }
 
     #[test]
