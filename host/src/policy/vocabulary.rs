@@ -40,6 +40,9 @@ pub struct Kind {
     pub always: &'static [Attribute],
     /// Attributes it may have.
     pub optional: &'static [Attribute],
+    /// Attributes every kind of its protocol may have (MQTT 5's
+    /// properties).
+    pub shared: &'static [Attribute],
 }
 
 const fn kind(
@@ -51,8 +54,53 @@ const fn kind(
         name,
         always,
         optional,
+        shared: &[],
     }
 }
+
+const fn mqtt(
+    name: &'static str,
+    always: &'static [Attribute],
+    optional: &'static [Attribute],
+) -> Kind {
+    Kind {
+        shared: MQTT5_PROPERTIES,
+        ..kind(name, always, optional)
+    }
+}
+
+/// The MQTT 5 properties, as the packet that carries one describes it.
+/// `user-property` is `name=value`, once per property; of the
+/// authentication data only its presence.
+const MQTT5_PROPERTIES: &[Attribute] = &[
+    ("payload-format", Int),
+    ("message-expiry", Int),
+    ("content-type", Text),
+    ("response-topic", Text),
+    ("correlation-data", Bytes),
+    ("subscription-id", Int),
+    ("session-expiry", Int),
+    ("assigned-client-id", Text),
+    ("server-keep-alive", Int),
+    ("authentication-method", Text),
+    ("has-authentication-data", Flag),
+    ("request-problem-info", Int),
+    ("will-delay", Int),
+    ("request-response-info", Int),
+    ("response-info", Text),
+    ("server-reference", Text),
+    ("reason-string", Text),
+    ("receive-maximum", Int),
+    ("topic-alias-maximum", Int),
+    ("topic-alias", Int),
+    ("maximum-qos", Int),
+    ("retain-available", Int),
+    ("user-property", TextSet),
+    ("maximum-packet-size", Int),
+    ("wildcard-subscription-available", Int),
+    ("subscription-id-available", Int),
+    ("shared-subscription-available", Int),
+];
 
 const MQTT_OPTIONAL: &[Attribute] = &[
     ("protocol-version", Int),
@@ -96,6 +144,16 @@ const MQTT_PUBLISH_OPTIONAL: &[Attribute] = &[
 ];
 
 const MQTT_SUBSCRIBE: &[Attribute] = &[("packet-id", Int), ("filter", TextSet)];
+
+/// A subscription's options, once per filter in the filters' order.
+const MQTT_SUBSCRIBE_OPTIONAL: &[Attribute] = &[
+    ("protocol-version", Int),
+    ("reason-code", Int),
+    ("subscribe-qos", Int),
+    ("no-local", Flag),
+    ("retain-as-published", Flag),
+    ("retain-handling", Int),
+];
 
 const COAP_OPTIONAL: &[Attribute] = &[
     ("type", Text),
@@ -177,25 +235,25 @@ pub const PROTOCOLS: &[(&str, &[Kind])] = &[
     (
         "mqtt",
         &[
-            kind("mqtt.connect", MQTT_CONNECT, MQTT_CONNECT_OPTIONAL),
-            kind(
+            mqtt("mqtt.connect", MQTT_CONNECT, MQTT_CONNECT_OPTIONAL),
+            mqtt(
                 "mqtt.connack",
                 &[],
                 &[("session-present", Flag), ("reason-code", Int)],
             ),
-            kind("mqtt.publish", MQTT_PUBLISH, MQTT_PUBLISH_OPTIONAL),
-            kind("mqtt.puback", &[], MQTT_OPTIONAL),
-            kind("mqtt.pubrec", &[], MQTT_OPTIONAL),
-            kind("mqtt.pubrel", &[], MQTT_OPTIONAL),
-            kind("mqtt.pubcomp", &[], MQTT_OPTIONAL),
-            kind("mqtt.subscribe", MQTT_SUBSCRIBE, MQTT_OPTIONAL),
-            kind("mqtt.suback", &[], MQTT_OPTIONAL),
-            kind("mqtt.unsubscribe", MQTT_SUBSCRIBE, MQTT_OPTIONAL),
-            kind("mqtt.unsuback", &[], MQTT_OPTIONAL),
-            kind("mqtt.pingreq", &[], MQTT_OPTIONAL),
-            kind("mqtt.pingresp", &[], MQTT_OPTIONAL),
-            kind("mqtt.disconnect", &[], MQTT_OPTIONAL),
-            kind("mqtt.auth", &[], MQTT_OPTIONAL),
+            mqtt("mqtt.publish", MQTT_PUBLISH, MQTT_PUBLISH_OPTIONAL),
+            mqtt("mqtt.puback", &[], MQTT_OPTIONAL),
+            mqtt("mqtt.pubrec", &[], MQTT_OPTIONAL),
+            mqtt("mqtt.pubrel", &[], MQTT_OPTIONAL),
+            mqtt("mqtt.pubcomp", &[], MQTT_OPTIONAL),
+            mqtt("mqtt.subscribe", MQTT_SUBSCRIBE, MQTT_SUBSCRIBE_OPTIONAL),
+            mqtt("mqtt.suback", &[], MQTT_OPTIONAL),
+            mqtt("mqtt.unsubscribe", MQTT_SUBSCRIBE, MQTT_OPTIONAL),
+            mqtt("mqtt.unsuback", &[], MQTT_OPTIONAL),
+            mqtt("mqtt.pingreq", &[], MQTT_OPTIONAL),
+            mqtt("mqtt.pingresp", &[], MQTT_OPTIONAL),
+            mqtt("mqtt.disconnect", &[], MQTT_OPTIONAL),
+            mqtt("mqtt.auth", &[], MQTT_OPTIONAL),
         ],
     ),
     (
@@ -234,7 +292,7 @@ impl Kind {
     /// whether it is always there.
     pub fn attributes(&self) -> impl Iterator<Item = (Attribute, bool)> + '_ {
         let always = (self.always.iter().chain(HOST_ATTRIBUTES)).map(|a| (*a, true));
-        let optional = (self.optional.iter())
+        let optional = (self.optional.iter().chain(self.shared))
             .filter(|(name, _)| !self.always.iter().any(|(n, _)| n == name))
             .map(|a| (*a, false));
         always.chain(optional)
@@ -286,6 +344,16 @@ pub fn markdown() -> String {
                 kind.name,
                 list(&mut kind.always.iter()),
                 optional
+            );
+        }
+        if let Some(shared) = kinds.first().map(|k| k.shared).filter(|s| !s.is_empty()) {
+            let items: Vec<String> = (shared.iter())
+                .map(|(n, t)| format!("`{n}` {}", name(*t)))
+                .collect();
+            let _ = writeln!(
+                out,
+                "\nEvery {protocol} kind may also have the MQTT 5 properties its packet carries: {}.",
+                items.join(", ")
             );
         }
     }

@@ -19,7 +19,12 @@
 //! packets lack. The device's direction learns it from CONNECT, the
 //! broker's from CONNACK, whose MQTT 5 form is longer.
 
-use palisade_plugin_sdk::{Direction, Parsed, Parser, Session};
+use palisade_plugin_sdk::host::config;
+use palisade_plugin_sdk::{Direction, EventWriter, Parsed, Parser, Session};
+
+/// The most payload bytes a PUBLISH event carries, whatever the
+/// `payload-bytes` setting says.
+pub const MAX_PAYLOAD_BYTES: usize = 4096;
 
 /// The parser as a plugin.
 #[derive(Debug)]
@@ -53,6 +58,8 @@ pub fn parse_from(direction: Direction, state: &[u8], input: &[u8]) -> Parsed {
         Direction::ToDevice => down,
     };
     let mut parsed = Parsed::new(Vec::new());
+    // Read from the settings at the first PUBLISH, once per call.
+    let mut payload_cap = None;
     let mut offset = 0;
     while let Some(rest) = input.get(offset..).filter(|r| !r.is_empty()) {
         match frame(rest) {
@@ -65,7 +72,7 @@ pub fn parse_from(direction: Direction, state: &[u8], input: &[u8]) -> Parsed {
                     len,
                     direction,
                 };
-                if let Err(reason) = describe(&packet, &mut level, &mut parsed) {
+                if let Err(reason) = describe(&packet, &mut level, &mut payload_cap, &mut parsed) {
                     parsed = parsed.malformed(offset, reason);
                     break;
                 }
@@ -151,7 +158,12 @@ fn from_client(kind: u8) -> Option<bool> {
 
 /// Describe `packet` as a frame of `parsed`. Nothing is written unless the
 /// whole packet reads well.
-fn describe(packet: &Packet<'_>, level: &mut u8, parsed: &mut Parsed) -> Result<(), &'static str> {
+fn describe(
+    packet: &Packet<'_>,
+    level: &mut u8,
+    payload_cap: &mut Option<usize>,
+    parsed: &mut Parsed,
+) -> Result<(), &'static str> {
     let mut r = Reader(packet.body);
     let (kind, flags, len) = (packet.kind(), packet.flags(), packet.len);
     let upstream = packet.direction == Direction::ToUpstream;
@@ -201,11 +213,14 @@ fn describe(packet: &Packet<'_>, level: &mut u8, parsed: &mut Parsed) -> Result<
             if version < 5 && has_password && !has_username {
                 return Err("CONNECT password without a username");
             }
-            if version == 5 {
-                r.properties()?;
-            }
+            let properties = if version == 5 {
+                r.properties()?
+            } else {
+                Properties::default()
+            };
             let client_id = r.string()?;
             let will_topic = if will {
+                // The will's own properties are checked, not described.
                 if version == 5 {
                     r.properties()?;
                 }
@@ -242,6 +257,7 @@ fn describe(packet: &Packet<'_>, level: &mut u8, parsed: &mut Parsed) -> Result<
             if let Some(name) = username {
                 event.text("username", name);
             }
+            properties.write(&mut event);
         }
         2 => {
             let ack = r.u8()?;
@@ -251,17 +267,23 @@ fn describe(packet: &Packet<'_>, level: &mut u8, parsed: &mut Parsed) -> Result<
             let code = r.u8()?;
             // The broker's side learns the level here: MQTT 5's CONNACK
             // has properties after the reason code.
-            if !r.0.is_empty() {
-                r.properties()?;
+            let v5_form = !r.0.is_empty();
+            let properties = if v5_form {
+                r.properties()?
+            } else {
+                Properties::default()
+            };
+            r.end()?;
+            if v5_form {
                 *level = 5;
             } else if *level == 0 {
                 *level = 4;
             }
-            r.end()?;
-            parsed
-                .frame(len, "mqtt.connack")
+            let mut event = parsed.frame(len, "mqtt.connack");
+            event
                 .flag("session-present", ack & 0x01 != 0)
                 .int("reason-code", code);
+            properties.write(&mut event);
         }
         3 => {
             let qos = (flags >> 1) & 0x03;
@@ -279,9 +301,16 @@ fn describe(packet: &Packet<'_>, level: &mut u8, parsed: &mut Parsed) -> Result<
                 return Err("empty PUBLISH topic");
             }
             let packet_id = if qos > 0 { Some(r.u16()?) } else { None };
-            if v5 {
-                r.properties()?;
-            }
+            let properties = if v5 {
+                r.properties()?
+            } else {
+                Properties::default()
+            };
+            let cap = *payload_cap.get_or_insert_with(|| {
+                config::get::<usize>("payload-bytes")
+                    .unwrap_or(0)
+                    .min(MAX_PAYLOAD_BYTES)
+            });
             let mut event = parsed.frame(len, "mqtt.publish");
             event
                 .text("topic", topic)
@@ -292,28 +321,37 @@ fn describe(packet: &Packet<'_>, level: &mut u8, parsed: &mut Parsed) -> Result<
                 event.int("packet-id", id);
             }
             event.size("payload-size", r.0.len());
+            if cap > 0 {
+                event.bytes("payload", r.0.get(..cap).unwrap_or(r.0));
+            }
             if *level != 0 {
                 event.int("protocol-version", *level);
             }
+            properties.write(&mut event);
         }
         4..=7 => {
             let packet_id = r.u16()?;
             let code = if r.0.is_empty() { None } else { Some(r.u8()?) };
-            if !r.0.is_empty() {
-                r.properties()?;
-            }
+            let properties = if r.0.is_empty() {
+                Properties::default()
+            } else {
+                r.properties()?
+            };
             r.end()?;
             let mut event = parsed.frame(len, packet_name(kind));
             event.int("packet-id", packet_id);
             if let Some(code) = code {
                 event.int("reason-code", code);
             }
+            properties.write(&mut event);
         }
         8 | 10 => {
             let packet_id = r.u16()?;
-            if v5 {
-                r.properties()?;
-            }
+            let properties = if v5 {
+                r.properties()?
+            } else {
+                Properties::default()
+            };
             let filters = r.0;
             let mut count = 0;
             while !r.0.is_empty() {
@@ -332,19 +370,31 @@ fn describe(packet: &Packet<'_>, level: &mut u8, parsed: &mut Parsed) -> Result<
             }
             let mut event = parsed.frame(len, packet_name(kind));
             event.int("packet-id", packet_id);
+            // Each filter, and a subscription's options, in order: the
+            // options repeat once per filter.
             let mut r = Reader(filters);
             while let Ok(filter) = r.string() {
                 event.text("filter", filter);
                 if kind == 8 {
-                    let _ = r.u8();
+                    let options = r.u8().unwrap_or(0);
+                    event.int("subscribe-qos", options & 0x03);
+                    if v5 {
+                        event
+                            .flag("no-local", options & 0x04 != 0)
+                            .flag("retain-as-published", options & 0x08 != 0)
+                            .int("retain-handling", (options >> 4) & 0x03);
+                    }
                 }
             }
+            properties.write(&mut event);
         }
         9 | 11 => {
             let packet_id = r.u16()?;
-            if v5 {
-                r.properties()?;
-            }
+            let properties = if v5 {
+                r.properties()?
+            } else {
+                Properties::default()
+            };
             if kind == 9 && r.0.is_empty() {
                 return Err("SUBACK without a reason code");
             }
@@ -354,6 +404,7 @@ fn describe(packet: &Packet<'_>, level: &mut u8, parsed: &mut Parsed) -> Result<
             for &code in codes {
                 event.int("reason-code", code);
             }
+            properties.write(&mut event);
         }
         12 | 13 => {
             r.end()?;
@@ -364,14 +415,17 @@ fn describe(packet: &Packet<'_>, level: &mut u8, parsed: &mut Parsed) -> Result<
                 return Err("AUTH before an MQTT 5 CONNECT");
             }
             let code = if r.0.is_empty() { None } else { Some(r.u8()?) };
-            if !r.0.is_empty() {
-                r.properties()?;
-            }
+            let properties = if r.0.is_empty() {
+                Properties::default()
+            } else {
+                r.properties()?
+            };
             r.end()?;
             let mut event = parsed.frame(len, packet_name(kind));
             if let Some(code) = code {
                 event.int("reason-code", code);
             }
+            properties.write(&mut event);
         }
         _ => return Err("unknown packet type"),
     }
@@ -456,37 +510,102 @@ impl<'a> Reader<'a> {
 
     /// Check an MQTT 5 property block, every property by its type, and
     /// skip it.
-    fn properties(&mut self) -> Result<(), &'static str> {
+    /// An MQTT 5 property block, each property checked for its type and
+    /// for repeats the specification forbids.
+    fn properties(&mut self) -> Result<Properties<'a>, &'static str> {
         let len = self.varint()?;
         let mut block = Reader(self.take(len)?);
+        let mut found = Vec::new();
+        let mut seen = 0u64;
         while !block.0.is_empty() {
-            match block.varint()? {
-                0x01 | 0x17 | 0x19 | 0x24 | 0x25 | 0x28 | 0x29 | 0x2a => {
-                    block.u8()?;
+            let id = block.varint()?;
+            // User properties and subscription identifiers may repeat.
+            if id != 0x26 && id != 0x0b && id < 64 {
+                if seen & (1 << id) != 0 {
+                    return Err("MQTT 5 property repeated");
                 }
-                0x13 | 0x21 | 0x22 | 0x23 => {
-                    block.u16()?;
-                }
-                0x02 | 0x11 | 0x18 | 0x27 => {
-                    block.take(4)?;
-                }
-                0x0b => {
-                    block.varint()?;
-                }
-                0x03 | 0x08 | 0x12 | 0x15 | 0x1a | 0x1c | 0x1f => {
-                    block.string()?;
-                }
-                0x09 | 0x16 => {
-                    block.binary()?;
-                }
-                0x26 => {
-                    block.string()?;
-                    block.string()?;
-                }
-                _ => return Err("unknown MQTT 5 property"),
+                seen |= 1 << id;
             }
+            let int = |name, v: u64| (name, Property::Int(i64::try_from(v).unwrap_or(i64::MAX)));
+            let property = match id {
+                0x01 => int("payload-format", block.u8()?.into()),
+                0x17 => int("request-problem-info", block.u8()?.into()),
+                0x19 => int("request-response-info", block.u8()?.into()),
+                0x24 => int("maximum-qos", block.u8()?.into()),
+                0x25 => int("retain-available", block.u8()?.into()),
+                0x28 => int("wildcard-subscription-available", block.u8()?.into()),
+                0x29 => int("subscription-id-available", block.u8()?.into()),
+                0x2a => int("shared-subscription-available", block.u8()?.into()),
+                0x13 => int("server-keep-alive", block.u16()?.into()),
+                0x21 => int("receive-maximum", block.u16()?.into()),
+                0x22 => int("topic-alias-maximum", block.u16()?.into()),
+                0x23 => int("topic-alias", block.u16()?.into()),
+                0x02 => int("message-expiry", block.u32()?.into()),
+                0x11 => int("session-expiry", block.u32()?.into()),
+                0x18 => int("will-delay", block.u32()?.into()),
+                0x27 => int("maximum-packet-size", block.u32()?.into()),
+                0x0b => int("subscription-id", block.varint()? as u64),
+                0x03 => ("content-type", Property::Text(block.string()?)),
+                0x08 => ("response-topic", Property::Text(block.string()?)),
+                0x12 => ("assigned-client-id", Property::Text(block.string()?)),
+                0x15 => ("authentication-method", Property::Text(block.string()?)),
+                0x1a => ("response-info", Property::Text(block.string()?)),
+                0x1c => ("server-reference", Property::Text(block.string()?)),
+                0x1f => ("reason-string", Property::Text(block.string()?)),
+                0x09 => ("correlation-data", Property::Bytes(block.binary()?)),
+                // Like a password, only its presence.
+                0x16 => {
+                    block.binary()?;
+                    ("has-authentication-data", Property::Present)
+                }
+                0x26 => (
+                    "user-property",
+                    Property::Pair(block.string()?, block.string()?),
+                ),
+                _ => return Err("unknown MQTT 5 property"),
+            };
+            found.push(property);
         }
-        Ok(())
+        Ok(Properties(found))
+    }
+
+    fn u32(&mut self) -> Result<u32, &'static str> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([
+            b.first().copied().unwrap_or(0),
+            b.get(1).copied().unwrap_or(0),
+            b.get(2).copied().unwrap_or(0),
+            b.get(3).copied().unwrap_or(0),
+        ]))
+    }
+}
+
+/// A property's value.
+enum Property<'a> {
+    Int(i64),
+    Text(&'a str),
+    Bytes(&'a [u8]),
+    /// A user property: a name and a value.
+    Pair(&'a str, &'a str),
+    Present,
+}
+
+/// The properties of an MQTT 5 packet, by their attribute names: written
+/// to its event once the whole packet read well.
+#[derive(Default)]
+struct Properties<'a>(Vec<(&'static str, Property<'a>)>);
+
+impl Properties<'_> {
+    fn write(&self, event: &mut EventWriter<'_>) {
+        for (name, value) in &self.0 {
+            match value {
+                Property::Int(v) => event.int(name, *v),
+                Property::Text(t) => event.text(name, t),
+                Property::Bytes(b) => event.bytes(name, b),
+                Property::Pair(k, v) => event.text(name, &format!("{k}={v}")),
+                Property::Present => event.flag(name, true),
+            };
+        }
     }
 }
 
@@ -656,6 +775,92 @@ mod tests {
             parsed.events.get(0).unwrap().flag("session-present"),
             Some(true)
         );
+    }
+
+    #[test]
+    fn mqtt5_properties_and_subscription_options_are_described() {
+        // PUBLISH at QoS 0 with: content type, message expiry, topic alias
+        // and two user properties.
+        let mut props = vec![0x03, 0, 4];
+        props.extend_from_slice(b"json");
+        props.extend_from_slice(&[0x02, 0, 0, 0, 60, 0x23, 0, 7]);
+        for (k, v) in [("unit", "C"), ("src", "s1")] {
+            props.push(0x26);
+            for text in [k, v] {
+                props.extend_from_slice(&(text.len() as u16).to_be_bytes());
+                props.extend_from_slice(text.as_bytes());
+            }
+        }
+        let mut body = vec![0, 3, b'a', b'/', b'b', props.len() as u8];
+        body.extend_from_slice(&props);
+        body.extend_from_slice(b"21.5");
+        // SUBSCRIBE with one filter: QoS 1, no-local, retain handling 2.
+        let subscribe = packet(0x82, &[0, 9, 0, 0, 1, b'x', 0x25]);
+        // AUTH with a method and data: the data's presence only.
+        let auth = packet(
+            0xf0,
+            &[
+                0x18, 14, 0x15, 0, 5, b'S', b'C', b'R', b'A', b'M', 0x16, 0, 3, 1, 2, 3,
+            ],
+        );
+        let stream = [connect(5), packet(0x30, &body), subscribe, auth].concat();
+        let parsed = parse(&[], &stream);
+        assert!(parsed.malformed.is_none(), "{:?}", parsed.malformed);
+        let e = parsed.events.get(1).unwrap();
+        assert_eq!(e.text("content-type"), Some("json"));
+        assert_eq!(
+            (e.int("message-expiry"), e.int("topic-alias")),
+            (Some(60), Some(7))
+        );
+        let users: Vec<_> = (e.attributes())
+            .filter(|(n, _)| *n == "user-property")
+            .map(|(_, v)| v.to_string())
+            .collect();
+        assert_eq!(users.len(), 2, "{users:?}");
+        assert!(users[0].contains("unit=C") && users[1].contains("src=s1"));
+        assert_eq!(e.int("payload-size"), Some(4));
+        assert_eq!(
+            e.bytes("payload"),
+            None,
+            "payloads are off unless configured"
+        );
+        let s = parsed.events.get(2).unwrap();
+        assert_eq!(s.int("subscribe-qos"), Some(1));
+        assert_eq!(
+            (s.flag("no-local"), s.int("retain-handling")),
+            (Some(true), Some(2))
+        );
+        let a = parsed.events.get(3).unwrap();
+        assert_eq!(a.text("authentication-method"), Some("SCRAM"));
+        assert_eq!(a.flag("has-authentication-data"), Some(true));
+        assert!(
+            a.attributes()
+                .all(|(_, v)| !matches!(v, palisade_plugin_sdk::Value::Bytes(_))),
+            "the authentication data never appears: {a}"
+        );
+
+        // A property the specification allows once, twice: malformed.
+        let twice = [connect(5), packet(0x30, &[0, 1, b'a', 4, 0x01, 0, 0x01, 1])].concat();
+        let bad = parse(&[], &twice);
+        assert_eq!(bad.malformed.unwrap().reason, "MQTT 5 property repeated");
+        assert_eq!(bad.events.len(), 1, "only the CONNECT");
+    }
+
+    #[test]
+    fn payload_bytes_reach_detectors_up_to_the_setting() {
+        palisade_plugin_sdk::testing::Host::reset();
+        palisade_plugin_sdk::host::kv::set("config/payload-bytes", b"4").unwrap();
+        let stream = [connect(4), publish("a/b", b"21.5 C"), publish("a/c", b"1")].concat();
+        let parsed = parse(&[], &stream);
+        assert_eq!(
+            parsed.events.get(1).unwrap().bytes("payload"),
+            Some(&b"21.5"[..])
+        );
+        assert_eq!(
+            parsed.events.get(2).unwrap().bytes("payload"),
+            Some(&b"1"[..])
+        );
+        palisade_plugin_sdk::testing::Host::reset();
     }
 
     #[test]
