@@ -437,9 +437,19 @@ impl<'a> EventRef<'a> {
         })
     }
 
-    /// The value of the first attribute called `name`.
+    /// The value of the first attribute called `name`. Only that value is
+    /// decoded: a detector looks up a few attributes of every event, and
+    /// decoding (UTF-8 checking) the ones before them would cost more than
+    /// the lookup.
     pub fn get(&self, name: &str) -> Option<Value<'a>> {
-        self.attributes().find(|(n, _)| *n == name).map(|(_, v)| v)
+        let batch = self.batch;
+        let (start, end) = self.attributes;
+        let fields = batch.attribute_fields.get(start..end).unwrap_or_default();
+        let values = batch.attribute_values.get(start..end).unwrap_or_default();
+        fields.iter().zip(values).find_map(|(&field, &value)| {
+            let (n, ty) = batch.fields.get(usize::from(field))?;
+            same(n, name).then(|| decode(batch, *ty, value))
+        })
     }
 
     /// The attribute `name` if it is text.

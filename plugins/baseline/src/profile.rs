@@ -165,36 +165,43 @@ impl Profile {
         self.learnt_span.1 = self.learnt_span.1.max(millis);
         self.events += 1;
         insert_text(&mut self.routes, route);
-        insert_text(&mut self.kinds, event.kind());
-        if let Some(topic) = event
-            .text("topic")
-            .filter(|_| event.kind() == "mqtt.publish")
-        {
-            insert_text(&mut self.topics, topic);
-        }
-        if event.kind() == "mqtt.subscribe" {
-            for (name, value) in event.attributes() {
-                if let (true, palisade_plugin_sdk::Value::Text(f)) = (name == "filter", value) {
-                    insert_text(&mut self.filters, f);
+        // Only the attributes this kind has are looked up.
+        let kind = event.kind();
+        insert_text(&mut self.kinds, kind);
+        match kind {
+            "mqtt.publish" => {
+                if let Some(topic) = event.text("topic") {
+                    insert_text(&mut self.topics, topic);
                 }
             }
-        }
-        if let Some(function) = event
-            .int("function")
-            .filter(|_| event.protocol() == "modbus")
-        {
-            insert(&mut self.functions, function);
-        }
-        if let Some((key, start, end)) = register_access(event)
-            && (self.registers.len() < MAX_ITEMS || self.registers.contains_key(&key))
-        {
-            add_range(self.registers.entry(key).or_default(), start, end);
-        }
-        if let Some(r) = resource(event).filter(|_| event.kind() == "coap.request") {
-            insert(&mut self.resources, r);
+            "mqtt.subscribe" => {
+                for (name, value) in event.attributes() {
+                    if let (true, palisade_plugin_sdk::Value::Text(f)) = (name == "filter", value) {
+                        insert_text(&mut self.filters, f);
+                    }
+                }
+            }
+            "coap.request" => {
+                if let Some(r) = resource(event) {
+                    insert(&mut self.resources, r);
+                }
+            }
+            _ if kind.starts_with("modbus.") => {
+                if let Some(function) = event.int("function") {
+                    insert(&mut self.functions, function);
+                }
+                if let Some((key, start, end)) = register_access(event)
+                    && (self.registers.len() < MAX_ITEMS || self.registers.contains_key(&key))
+                {
+                    add_range(self.registers.entry(key).or_default(), start, end);
+                }
+            }
+            _ => {}
         }
         self.hours |= 1 << hour(millis);
-        if let Some(size) = event.int("payload-size") {
+        if matches!(kind, "mqtt.publish" | "coap.request" | "coap.response")
+            && let Some(size) = event.int("payload-size")
+        {
             self.max_payload = self.max_payload.max(size);
         }
         self.count(millis, true);
