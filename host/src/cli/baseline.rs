@@ -65,7 +65,7 @@ fn load(kv: &PluginKv, key: &str) -> anyhow::Result<Option<Profile>> {
         return Ok(None);
     };
     Ok(Some(
-        serde_json::from_slice(&bytes).with_context(|| format!("profile {key} is damaged"))?,
+        Profile::decode(&bytes).with_context(|| format!("profile {key} is damaged"))?,
     ))
 }
 
@@ -127,7 +127,7 @@ pub(crate) fn run(data: &Path, command: &Command) -> anyhow::Result<ExitCode> {
             ] {
                 let mut profile = load(&kv, &key)?.unwrap_or_default();
                 profile.learn(&record.route, &event, when);
-                kv.set(&key, &serde_json::to_vec(&profile)?)
+                kv.set(&key, &profile.encode())
                     .map_err(|e| anyhow::anyhow!("storing {key}: {e}"))?;
             }
             store.flush()?;

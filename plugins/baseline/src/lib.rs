@@ -75,16 +75,13 @@ pub struct Baseline;
 
 fn load(key: &str) -> Profile {
     kv::get(key)
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .and_then(|bytes| Profile::decode(&bytes))
         .unwrap_or_default()
 }
 
 fn store(key: &str, profile: &Profile) {
-    let saved = serde_json::to_vec(profile)
-        .map_err(|e| format!("{e}"))
-        .and_then(|bytes| kv::set(key, &bytes).map_err(|e| format!("{e:?}")));
-    if let Err(e) = saved {
-        host::log(Level::Warn, &format!("cannot store profile {key}: {e}"));
+    if let Err(e) = kv::set(key, &profile.encode()) {
+        host::log(Level::Warn, &format!("cannot store profile {key}: {e:?}"));
     }
 }
 

@@ -1,10 +1,11 @@
 //! What a device, or a class of devices, normally does: a profile learnt
 //! from its events, and the ways a new event can depart from it.
 //!
-//! A profile is kept as JSON in the plugin's key-value store (the appliance
-//! reads it too, to export it as policy and to accept a finding as normal),
-//! so every set in it is capped: a profile stays well inside one stored
-//! value.
+//! A profile is kept in the plugin's key-value store in postcard's compact
+//! binary form, read and written on every batch (the appliance reads it
+//! too, with [`Profile::decode`], to show it as JSON, export it as policy
+//! and accept a finding as normal). Every set in it is capped: a profile
+//! stays well inside one stored value.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -157,6 +158,17 @@ fn resource(event: &EventRef<'_>) -> Option<String> {
 }
 
 impl Profile {
+    /// The profile stored as `bytes`; `None` when they are not one (a
+    /// damaged value, or one a different version of the profile wrote).
+    pub fn decode(bytes: &[u8]) -> Option<Profile> {
+        postcard::from_bytes(bytes).ok()
+    }
+
+    /// The profile as it is stored.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
     /// Learn `event`, sent on `route` at wall-clock `millis`.
     pub fn learn(&mut self, route: &str, event: &EventRef<'_>, millis: u64) {
         if self.events == 0 {

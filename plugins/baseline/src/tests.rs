@@ -333,7 +333,7 @@ fn profiles_persist_and_export_as_policy() {
     assert!(Baseline::detect(&th, &batch).is_empty());
 
     let stored = Host::kv();
-    let profile: Profile = serde_json::from_slice(&stored[&device_key("th-1")]).unwrap();
+    let profile: Profile = Profile::decode(&stored[&device_key("th-1")]).unwrap();
     assert_eq!(profile.events, 3);
     assert!(profile.topics.contains("site/a/humidity"));
     let policy = profile.to_policy("principal == Device::\"th-1\"", "th-1");
@@ -345,7 +345,7 @@ fn profiles_persist_and_export_as_policy() {
     assert_eq!(Baseline::detect(&th, &odd).len(), 1);
     let mut profile = profile;
     profile.learn("mqtt", &odd.get(0).unwrap(), DAY0);
-    kv::set(&device_key("th-1"), &serde_json::to_vec(&profile).unwrap()).unwrap();
+    kv::set(&device_key("th-1"), &profile.encode()).unwrap();
     assert!(Baseline::detect(&th, &odd).is_empty(), "accepted as normal");
     let _ = Value::Int(0);
 }
@@ -358,6 +358,6 @@ fn a_damaged_profile_is_relearnt_not_a_panic() {
     let mut batch = Batch::new();
     write_event(&mut batch, &Ev::Publish("t".into(), 1));
     assert!(Baseline::detect(&s, &batch).is_empty());
-    let profile: Profile = serde_json::from_slice(&Host::kv()[&device_key("x")]).unwrap();
+    let profile: Profile = Profile::decode(&Host::kv()[&device_key("x")]).unwrap();
     assert_eq!(profile.events, 1);
 }
