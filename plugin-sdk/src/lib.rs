@@ -61,10 +61,12 @@ pub trait Parser {
 
     /// Parse the complete frames at the start of `input`.
     ///
-    /// `state` is what the previous call returned in [`Parsed::state`] (empty
-    /// at the start of a session). `input` begins at a frame boundary; the
-    /// bytes after the last complete frame are given again, with more, on the
-    /// next call.
+    /// `state` is what the previous call on the session returned in
+    /// [`Parsed::state`], in either direction (empty at the start of a
+    /// session): one state per session, so that a response can be matched
+    /// with its request. `input` is this direction's bytes and begins at a
+    /// frame boundary; the bytes after the last complete frame are given
+    /// again, with more, on the next call.
     fn parse(session: &Session, direction: Direction, state: &[u8], input: &[u8]) -> Parsed;
 }
 

@@ -45,7 +45,8 @@ pub struct Parsed {
     pub frame_lengths: Vec<u32>,
     /// The frames' events: event `i` describes frame `i`.
     pub events: Batch,
-    /// The session state the host hands back on the next call.
+    /// The session state the host hands back on the next call, in either
+    /// direction.
     pub state: Vec<u8>,
     /// How many more bytes the next frame needs, if known.
     pub needed: Option<u32>,
