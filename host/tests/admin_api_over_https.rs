@@ -10,8 +10,8 @@ use std::path::Path;
 use std::process::Command;
 
 use common::appliance::{
-    Appliance, CountingUpstream, first_party_registry, install_before_start, palisade, require,
-    route,
+    Appliance, CountingUpstream, first_party_registry, install_before_start, outcome, palisade,
+    require, route,
 };
 
 /// `curl` posting `body` to the API at `port` with the credentials in
@@ -51,11 +51,7 @@ fn remote(port: u16, dir: &Path, args: &[&str]) -> (bool, String, String) {
         .args(args)
         .output()
         .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    outcome(&out)
 }
 
 #[test]

@@ -8,7 +8,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 
-use common::appliance::{Appliance, CountingUpstream, PATIENCE, palisade, require, route};
+use common::appliance::{Appliance, CountingUpstream, PATIENCE, outcome, palisade, require, route};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
 };
@@ -20,11 +20,7 @@ fn run(data: &std::path::Path, args: &[&str]) -> (bool, String, String) {
         .args(args)
         .output()
         .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    outcome(&out)
 }
 
 fn mode(path: &std::path::Path) -> u32 {

@@ -7,7 +7,7 @@ mod common;
 
 use std::process::Command;
 
-use common::appliance::{Appliance, CountingUpstream, require, route};
+use common::appliance::{Appliance, CountingUpstream, outcome, require, route};
 
 fn sh(script: &str, dir: &std::path::Path) -> (bool, String, String) {
     let out = Command::new("bash")
@@ -15,11 +15,7 @@ fn sh(script: &str, dir: &std::path::Path) -> (bool, String, String) {
         .current_dir(dir)
         .output()
         .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    outcome(&out)
 }
 
 #[test]

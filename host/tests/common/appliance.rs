@@ -219,6 +219,15 @@ pub struct Appliance {
     pub addrs: HashMap<String, SocketAddr>,
 }
 
+/// Whether a finished command succeeded, and its stdout and stderr.
+pub fn outcome(out: &Output) -> (bool, String, String) {
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// The `palisade` binary under test.
 pub fn palisade() -> Command {
     Command::new(env!("CARGO_BIN_EXE_palisade"))
