@@ -68,6 +68,12 @@ fn publish(palisade: &Appliance, device: &Path, topic: &str, message: &str) -> b
 }
 
 fn setup(broker: &Mosquitto) -> (Appliance, std::path::PathBuf) {
+    setup_with(broker, POLICY)
+}
+
+/// The appliance relaying to `broker` under `policy`, exporting alerts to
+/// the file it returns.
+fn setup_with(broker: &Mosquitto, policy: &str) -> (Appliance, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap().keep();
     let alerts = dir.join("alerts.jsonl");
     let config = format!(
@@ -81,7 +87,7 @@ fn setup(broker: &Mosquitto) -> (Appliance, std::path::PathBuf) {
         ),
         alerts.display()
     );
-    (Appliance::start_with_policy(&config, Some(POLICY)), alerts)
+    (Appliance::start_with_policy(&config, Some(policy)), alerts)
 }
 
 #[test]
@@ -329,4 +335,72 @@ fn the_policy_reloads_live_and_a_broken_one_is_refused() {
     palisade.wait_log(|l| l.contains("policy reloaded") && l.contains("policy.cedar"));
     assert!(publish(&palisade, &sensor, "site/x/cmd", "now-allowed"));
     wait_until("the command arrived", || arrived("site/x/cmd now-allowed"));
+}
+
+/// MQTT payloads reach the policy only once an operator offers them
+/// (`plugin config mqtt payload-bytes`), on the running appliance, from
+/// the next frame on: a rule on payload bytes then holds.
+#[test]
+fn payload_rules_hold_once_the_operator_offers_payloads() {
+    if !require("mosquitto") || !require("mosquitto_pub") || !require("mosquitto_sub") {
+        return;
+    }
+    let broker = Mosquitto::start();
+    // "shutdown" as the lowercase hex Cedar is given bytes as.
+    let policy = format!(
+        "{POLICY}\n@id(\"no shutdown commands in telemetry\")\nforbid(principal, action == Action::\"mqtt.publish\", resource)\nwhen {{ context has payload && context.payload like \"73687574646f776e*\" }};\n"
+    );
+    let (palisade, alerts) = setup_with(&broker, &policy);
+    let mut watcher = mosquitto_sub(
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port.to_string(),
+            "-t",
+            "site/#",
+        ]
+        .map(String::from),
+    );
+    let seen = lines(&mut watcher);
+    let sensor = palisade.issue("sensor-6", "sensor", "hall-a");
+    let arrived = |line: &str| seen.lock().unwrap().iter().any(|l| l == line);
+    wait_until("the watcher subscribed", || {
+        assert!(publish(&palisade, &sensor, "site/a/telemetry", "1"));
+        arrived("site/a/telemetry 1")
+    });
+    // Payloads are not offered yet: the rule cannot see it.
+    assert!(publish(
+        &palisade,
+        &sensor,
+        "site/a/telemetry",
+        "shutdown-1"
+    ));
+    wait_until("the unread payload arrived", || {
+        arrived("site/a/telemetry shutdown-1")
+    });
+    let shown = palisade.cli_ok(&["plugin", "config", "mqtt", "payload-bytes", "16"]);
+    assert!(shown.is_empty(), "{shown}");
+    assert_eq!(
+        palisade.cli_ok(&["plugin", "config", "mqtt", "payload-bytes"]),
+        "16\n"
+    );
+    assert!(publish(
+        &palisade,
+        &sensor,
+        "site/a/telemetry",
+        "shutdown-2"
+    ));
+    assert!(publish(&palisade, &sensor, "site/a/telemetry", "21.5"));
+    wait_until("the later publish arrived", || {
+        arrived("site/a/telemetry 21.5")
+    });
+    assert!(
+        !arrived("site/a/telemetry shutdown-2"),
+        "a payload the policy forbids reached the broker"
+    );
+    wait_until("the alert was exported", || {
+        std::fs::read_to_string(&alerts)
+            .is_ok_and(|a| a.contains("no shutdown commands in telemetry"))
+    });
 }

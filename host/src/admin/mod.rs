@@ -38,6 +38,7 @@ use crate::identity::{DeviceCertRequest, Operators, Pki, Registry, Role, format_
 use crate::plugins::{Installed, Runtime, RuntimeConfig};
 use crate::registry::Library;
 use crate::session::LiveSessions;
+use crate::store::Store;
 
 /// One operator command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,6 +136,17 @@ pub enum Request {
         /// The plugin's name.
         name: String,
     },
+    /// Show or change a plugin's settings (`config/KEY` in its store).
+    PluginConfig {
+        /// The plugin's name.
+        name: String,
+        /// The setting; every setting when absent.
+        key: Option<String>,
+        /// The new value; the setting is shown when absent.
+        value: Option<String>,
+        /// Remove the setting, so the plugin's default applies.
+        unset: bool,
+    },
     /// Issue an operator a certificate for the HTTPS admin API.
     OperatorIssue {
         /// The operator's name.
@@ -173,7 +185,8 @@ impl Request {
             | Request::PluginRollback { .. }
             | Request::PluginRemove { .. }
             | Request::PluginShadow { .. }
-            | Request::PluginPromote { .. } => Some(Role::Operator),
+            | Request::PluginPromote { .. }
+            | Request::PluginConfig { .. } => Some(Role::Operator),
             Request::Issue { .. } | Request::Revoke { .. } | Request::DeviceAdd { .. } => {
                 Some(Role::Admin)
             }
@@ -247,6 +260,7 @@ impl Running {
 /// Executes requests against the appliance's state.
 #[derive(Debug, Clone)]
 pub struct Admin {
+    store: Store,
     pki: Arc<Pki>,
     registry: Registry,
     operators: Operators,
@@ -260,15 +274,17 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// An executor over `pki`, `registry` and `operators`, closing
-    /// sessions in `live`.
+    /// An executor over `store` (plugins' settings), `pki`, `registry` and
+    /// `operators`, closing sessions in `live`.
     pub fn new(
+        store: Store,
         pki: Arc<Pki>,
         registry: Registry,
         operators: Operators,
         live: Option<LiveSessions>,
     ) -> Admin {
         Admin {
+            store,
             pki,
             registry,
             operators,
@@ -290,6 +306,11 @@ impl Admin {
     pub fn serving(mut self, runtime: Runtime, installed: Installed) -> Admin {
         self.plugins = Some((runtime, installed));
         self
+    }
+
+    /// Write every change to disk.
+    pub fn flush(&self) -> Result<(), crate::store::StoreError> {
+        self.store.flush()
     }
 
     /// Execute `request`.
@@ -471,6 +492,12 @@ impl Admin {
                     "ca": self.pki.ca_pem(),
                 }))
             }
+            Request::PluginConfig {
+                name,
+                key,
+                value,
+                unset,
+            } => self.plugin_config(&name, key.as_deref(), value.as_deref(), unset),
             Request::OperatorRevoke { name } => {
                 let record = self.operators.revoke(&name).map_err(|e| text(&e))?;
                 info!(operator = %name, "operator revoked");
@@ -489,6 +516,64 @@ impl Admin {
                 let live = self.live.as_ref().map(|l| l.count(&device));
                 Ok(json!({"device": record, "live-sessions": live}))
             }
+        }
+    }
+}
+
+impl Admin {
+    /// Plugin `name`'s settings: `key`'s value, or all of them; set to
+    /// `value`, or removed when `unset`. Plugins read them with the SDK's
+    /// `host::config::get`, so a change applies from their next call.
+    fn plugin_config(
+        &self,
+        name: &str,
+        key: Option<&str>,
+        value: Option<&str>,
+        unset: bool,
+    ) -> Result<Value, String> {
+        const PREFIX: &str = "config/";
+        crate::identity::check_name("plugin name", name).map_err(|e| e.to_string())?;
+        let kv = self
+            .store
+            .plugin_kv(name, crate::plugins::Limits::default().kv_quota_bytes)
+            .map_err(|e| e.to_string())?;
+        let Some(key) = key else {
+            let settings: serde_json::Map<String, Value> = (kv.scan_prefix(PREFIX))
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .map(|(k, v)| {
+                    let k = k.strip_prefix(PREFIX).unwrap_or(&k).to_owned();
+                    (k, Value::String(String::from_utf8_lossy(&v).into_owned()))
+                })
+                .collect();
+            return Ok(json!({"settings": settings}));
+        };
+        if key.is_empty() || key.len() > 64 || key.chars().any(char::is_whitespace) {
+            return Err(format!("{key:?} is not a setting name"));
+        }
+        let stored = format!("{PREFIX}{key}");
+        match (value, unset) {
+            (_, true) => {
+                kv.delete(&stored).map_err(|e| format!("{e:?}"))?;
+                info!(plugin = name, setting = key, "plugin setting removed");
+                Ok(json!({"unset": key}))
+            }
+            (Some(value), false) => {
+                kv.set(&stored, value.as_bytes())
+                    .map_err(|e| format!("{name}'s store refused {key}: {e:?}"))?;
+                self.store.flush().map_err(|e| e.to_string())?;
+                info!(
+                    plugin = name,
+                    setting = key,
+                    value,
+                    "plugin setting changed"
+                );
+                Ok(json!({"set": key, "value": value}))
+            }
+            (None, false) => match kv.get(&stored).map_err(|e| e.to_string())? {
+                Some(v) => Ok(json!({"value": String::from_utf8_lossy(&v)})),
+                None => Err(format!("{name} has no setting {key}: its default applies")),
+            },
         }
     }
 }

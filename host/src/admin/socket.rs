@@ -88,13 +88,9 @@ pub enum Console {
     Remote(PathBuf),
     /// A running appliance elsewhere, through its HTTPS admin API.
     Https(super::RemoteAdmin),
-    /// The state opened by the command line itself.
-    Local {
-        /// The executor.
-        admin: Admin,
-        /// The database, flushed when done.
-        store: Store,
-    },
+    /// The state opened by the command line itself: the executor, whose
+    /// database is flushed after each request.
+    Local(Box<Admin>),
 }
 
 impl Console {
@@ -115,10 +111,9 @@ impl Console {
         let registry = Registry::open(&store).map_err(|e| e.to_string())?;
         let operators = Operators::open(&store).map_err(|e| e.to_string())?;
         let library = Library::open(data, &store).map_err(|e| format!("{e:#}"))?;
-        Ok(Console::Local {
-            admin: Admin::new(Arc::new(pki), registry, operators, None).with_library(data, library),
-            store,
-        })
+        Ok(Console::Local(Box::new(
+            Admin::new(store, Arc::new(pki), registry, operators, None).with_library(data, library),
+        )))
     }
 
     /// Whether requests go to a running appliance.
@@ -140,9 +135,9 @@ impl Console {
     ) -> Result<Response, String> {
         match self {
             Console::Https(remote) => remote.execute_with(request, progress),
-            Console::Local { admin, store } => {
+            Console::Local(admin) => {
                 let response = admin.execute_with(request.clone(), progress);
-                store.flush().map_err(|e| e.to_string())?;
+                admin.flush().map_err(|e| e.to_string())?;
                 Ok(response)
             }
             Console::Remote(path) => {

@@ -1,15 +1,17 @@
 //! `palisade plugin config`: a plugin's settings, kept as text under
 //! `config/KEY` in the plugin's own store, where the SDK's
-//! `host::config::get` reads them.
+//! `host::config::get` reads them. A running appliance (or, with
+//! `--remote`, one elsewhere) changes them as an admin request; plugins
+//! see a change from their next call.
 
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::Context;
+use serde_json::Value;
 
-use crate::plugins::Limits;
-use crate::store::Store;
+use super::console;
+use crate::admin::Request;
 
 /// Arguments of `palisade plugin config`.
 #[derive(Debug, clap::Args)]
@@ -25,36 +27,22 @@ pub struct Args {
     unset: bool,
 }
 
-const PREFIX: &str = "config/";
-
 pub(crate) fn run(data: &Path, args: &Args) -> anyhow::Result<ExitCode> {
     crate::store::create_data_dir(data)?;
-    let store = Store::open(&data.join("state")).context("opening the state database")?;
-    let kv = store
-        .plugin_kv(&args.name, Limits::default().kv_quota_bytes)
-        .with_context(|| format!("opening the store of plugin {}", args.name))?;
+    let request = Request::PluginConfig {
+        name: args.name.clone(),
+        key: args.key.clone(),
+        value: args.value.clone(),
+        unset: args.unset,
+    };
+    let (answer, _) = console(data, &request)?;
     let mut out = std::io::stdout().lock();
-    match (&args.key, &args.value) {
-        (None, _) => {
-            for (key, value) in kv.scan_prefix(PREFIX)? {
-                let key = key.strip_prefix(PREFIX).unwrap_or(&key);
-                writeln!(out, "{key} = {}", String::from_utf8_lossy(&value))?;
-            }
+    if let Some(settings) = answer.get("settings").and_then(Value::as_object) {
+        for (key, value) in settings {
+            writeln!(out, "{key} = {}", value.as_str().unwrap_or_default())?;
         }
-        (Some(key), None) if args.unset => {
-            kv.delete(&format!("{PREFIX}{key}"))?;
-        }
-        (Some(key), None) => match kv.get(&format!("{PREFIX}{key}"))? {
-            Some(value) => writeln!(out, "{}", String::from_utf8_lossy(&value))?,
-            None => {
-                eprintln!("{} has no setting {key}: its default applies", args.name);
-                return Ok(ExitCode::FAILURE);
-            }
-        },
-        (Some(key), Some(value)) => {
-            kv.set(&format!("{PREFIX}{key}"), value.as_bytes())?;
-        }
+    } else if let Some(value) = answer.get("value").filter(|_| args.value.is_none()) {
+        writeln!(out, "{}", value.as_str().unwrap_or_default())?;
     }
-    store.flush()?;
     Ok(ExitCode::SUCCESS)
 }

@@ -197,7 +197,7 @@ pub(crate) async fn serve(
         }
         None => None,
     };
-    let admin = Admin::new(pki, registry.clone(), operators, Some(live))
+    let admin = Admin::new(store.clone(), pki, registry.clone(), operators, Some(live))
         .serving(plugins, installed)
         .with_library(data, library);
     for l in server.listening() {
