@@ -66,8 +66,12 @@ pub async fn serve_https(
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => return,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => return,
+            },
         };
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -325,8 +329,13 @@ impl RemoteAdmin {
             rustls::ClientConnection::new(self.tls.clone(), name).map_err(|e| failed(&e))?;
         let mut stream = rustls::StreamOwned::new(session, tcp);
         let body = serde_json::to_vec(request).map_err(|e| failed(&e))?;
+        let authority = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
         let head = format!(
-            "POST {API_PATH} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            "POST {API_PATH} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
         );
         stream
