@@ -166,13 +166,29 @@ fn operators_administer_by_role_over_https() {
     assert_eq!(status, 200);
     assert!(body.contains("1.0.0"), "{body}");
 
+    // Plugin settings: an operator's to change, not a viewer's.
+    let (ok, out, err) = remote(
+        port,
+        &ann,
+        &["plugin", "config", "mqtt", "payload-bytes", "8"],
+    );
+    assert!(ok, "{out}{err}");
+    let (ok, out, _) = remote(port, &val, &["plugin", "config", "mqtt", "payload-bytes"]);
+    assert!(ok && out == "8\n", "{out}");
+    let (ok, _, err) = remote(
+        port,
+        &val,
+        &["plugin", "config", "mqtt", "payload-bytes", "0"],
+    );
+    assert!(!ok && err.contains("plugin-config needs operator"), "{err}");
+
     // Who the operators are is decided on the appliance only, whatever
     // the role.
     let (status, body) = curl(port, Some(&root), r#"{"op":"operator-list"}"#);
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("only on the appliance itself"), "{body}");
     let (ok, _, err) = remote(port, &root, &["operator", "revoke", "ann"]);
-    assert!(!ok && err.contains("only on the appliance itself"), "{err}");
+    assert!(!ok && err.contains("this one runs here"), "{err}");
 
     // Not requests: refused with a reason, nothing executed.
     let (status, body) = curl(port, Some(&ann), "{not json");

@@ -14,7 +14,8 @@
 //! `{"ok":...}` or `{"error":"..."}`. The status is 200 when the answer is
 //! ok or when progress came before it (then the last line decides), 422
 //! when the request was executed and refused, 403 when the operator's role
-//! does not allow it, 400, 404 or 413 when it is not a request at all.
+//! does not allow it (or the operator was revoked meanwhile), 400, 404,
+//! 405, 408 or 413 when it is not a request at all.
 //!
 //! ```sh
 //! curl --cert ann/cert.pem --key ann/key.pem --cacert ann/ca.pem \
@@ -22,9 +23,10 @@
 //! ```
 //!
 //! The roles ([`Role`]): `viewer` lists; `operator` also installs,
-//! activates, rolls back and removes plugins and quarantines and releases
-//! devices; `admin` also issues and revokes device certificates and enrolls
-//! devices. Who the operators are is decided only on the appliance itself.
+//! activates, rolls back, removes, shadows and promotes plugins, changes
+//! their settings, and quarantines and releases devices; `admin` also
+//! issues and revokes device certificates and enrolls devices. Who the
+//! operators are is decided only on the appliance itself.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -34,7 +36,7 @@ use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -47,10 +49,16 @@ use crate::identity::{OperatorClaims, Role};
 pub const API_PATH: &str = "/v1/admin";
 /// Largest request body: a request with a public key fits many times.
 const MAX_BODY: usize = 64 << 10;
-/// Connections served at once; more wait to be accepted.
-const MAX_CONNECTIONS: usize = 16;
-/// Longest wait for a handshake, for a request, and for each write of the
-/// answer.
+/// Handshakes under way at once; more connections wait to be accepted.
+/// Kept apart from the requests' limit, so that connections that never
+/// finish a handshake (no certificate needed for that) cannot lock the
+/// operators out: each gives way after [`HANDSHAKE_TIMEOUT`].
+const MAX_HANDSHAKES: usize = 64;
+/// Requests of admitted operators executed at once; more wait.
+const MAX_REQUESTS: usize = 16;
+/// Longest wait for a handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for a request, and for each write of the answer.
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest answer line the command line reads (a listing of thousands of
 /// devices fits).
@@ -64,11 +72,12 @@ pub async fn serve_https(
     shutdown: CancellationToken,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let requests = Arc::new(Semaphore::new(MAX_REQUESTS));
     loop {
         let permit = tokio::select! {
             () = shutdown.cancelled() => return,
-            permit = slots.clone().acquire_owned() => match permit {
+            permit = handshakes.clone().acquire_owned() => match permit {
                 Ok(p) => p,
                 Err(_) => return,
             },
@@ -83,10 +92,9 @@ pub async fn serve_https(
                 }
             },
         };
-        let (acceptor, admin) = (acceptor.clone(), admin.clone());
+        let (acceptor, admin, requests) = (acceptor.clone(), admin.clone(), requests.clone());
         tokio::spawn(async move {
-            let _permit = permit;
-            connection(stream, peer, &acceptor, admin).await;
+            connection(stream, peer, &acceptor, permit, &requests, admin).await;
         });
     }
 }
@@ -95,9 +103,13 @@ async fn connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     acceptor: &tokio_rustls::TlsAcceptor,
+    handshake: tokio::sync::OwnedSemaphorePermit,
+    requests: &Semaphore,
     admin: Admin,
 ) {
-    let mut tls = match tokio::time::timeout(IO_TIMEOUT, acceptor.accept(stream)).await {
+    let handshaken = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+    drop(handshake);
+    let mut tls = match handshaken {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             let reason = crate::identity::operator_refusal(&e);
@@ -127,6 +139,9 @@ async fn connection(
             let _ = reply(&mut tls, "403 Forbidden", &Response::Error(e)).await;
             return;
         }
+    };
+    let Ok(_request_slot) = requests.acquire().await else {
+        return;
     };
     let request =
         match tokio::time::timeout(IO_TIMEOUT, crate::http::read_request(&mut tls, MAX_BODY)).await
@@ -219,12 +234,23 @@ fn decide(
     }
 }
 
-async fn reply<S: AsyncWrite + Unpin>(
+async fn reply<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     status: &str,
     line: &Response,
 ) -> std::io::Result<()> {
     reply_head(stream, status, line).await?;
+    // What the client sent and was not read would make the close a reset,
+    // which can destroy the answer before the client reads it: take in a
+    // little of it first.
+    let mut sink = [0u8; 4096];
+    let mut left = MAX_BODY * 2;
+    while left > 0 {
+        match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+            _ => break,
+        }
+    }
     tokio::time::timeout(IO_TIMEOUT, stream.shutdown())
         .await
         .unwrap_or(Ok(()))
@@ -341,12 +367,17 @@ impl RemoteAdmin {
         stream
             .write_all(&[head.as_bytes(), &body].concat())
             .map_err(|e| failed(&e))?;
-        let mut reader = BufReader::new(stream.take(MAX_LINE));
+        let mut reader = BufReader::new(stream);
         // The status says nothing the lines do not: skip the head.
         let mut line = String::new();
         loop {
             line.clear();
-            if reader.read_line(&mut line).map_err(|e| failed(&e))? == 0 {
+            if (&mut reader)
+                .take(MAX_LINE)
+                .read_line(&mut line)
+                .map_err(|e| failed(&e))?
+                == 0
+            {
                 return Err(failed(&"closed before answering"));
             }
             if line == "\r\n" {
@@ -355,7 +386,12 @@ impl RemoteAdmin {
         }
         loop {
             line.clear();
-            if reader.read_line(&mut line).map_err(|e| failed(&e))? == 0 {
+            if (&mut reader)
+                .take(MAX_LINE)
+                .read_line(&mut line)
+                .map_err(|e| failed(&e))?
+                == 0
+            {
                 return Err(failed(&"closed before answering"));
             }
             match serde_json::from_str::<Response>(&line)

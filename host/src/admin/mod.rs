@@ -177,7 +177,12 @@ impl Request {
             Request::PkiList
             | Request::DeviceList
             | Request::DeviceShow { .. }
-            | Request::PluginList => Some(Role::Viewer),
+            | Request::PluginList
+            | Request::PluginConfig {
+                value: None,
+                unset: false,
+                ..
+            } => Some(Role::Viewer),
             Request::Quarantine { .. }
             | Request::Release { .. }
             | Request::PluginInstall { .. }
@@ -555,6 +560,7 @@ impl Admin {
         match (value, unset) {
             (_, true) => {
                 kv.delete(&stored).map_err(|e| format!("{e:?}"))?;
+                self.store.flush().map_err(|e| e.to_string())?;
                 info!(plugin = name, setting = key, "plugin setting removed");
                 Ok(json!({"unset": key}))
             }

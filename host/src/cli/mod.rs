@@ -29,12 +29,12 @@ pub struct Cli {
     /// Send the command to the HTTPS admin API of an appliance elsewhere,
     /// `https://HOST:PORT`, instead of the one on this machine (pki
     /// issue|revoke|list, device, plugin list|install|activate|rollback|
-    /// remove|shadow|promote).
+    /// remove|shadow|promote|config).
     #[arg(long, global = true, value_name = "URL", requires = "credentials")]
     remote: Option<String>,
     /// The operator's credentials for `--remote`: a directory with
     /// cert.pem, key.pem and ca.pem, as `palisade operator issue` writes.
-    #[arg(long, global = true, value_name = "DIR")]
+    #[arg(long, global = true, value_name = "DIR", requires = "remote")]
     credentials: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
@@ -79,11 +79,11 @@ impl Command {
     fn is_admin_request(&self) -> bool {
         match self {
             Command::Pki(command) => !matches!(command, pki::Command::Init),
-            Command::Device(_) | Command::Operator(_) => true,
-            Command::Plugin(command) => !matches!(
-                command,
-                PluginCommand::Run(_) | PluginCommand::Config(_) | PluginCommand::New(_)
-            ),
+            // Who the operators are is decided on the appliance itself.
+            Command::Device(_) => true,
+            Command::Plugin(command) => {
+                !matches!(command, PluginCommand::Run(_) | PluginCommand::New(_))
+            }
             _ => false,
         }
     }
@@ -154,7 +154,7 @@ pub fn main() -> ExitCode {
     if let (Some(url), Some(credentials)) = (&cli.remote, &cli.credentials) {
         if !cli.command.is_admin_request() {
             eprintln!(
-                "palisade: --remote applies to the admin commands (pki, device, operator, plugin list|install|...); this one runs here"
+                "palisade: --remote applies to the admin commands (pki, device, plugin list|install|config|...); this one runs here"
             );
             return ExitCode::FAILURE;
         }

@@ -164,7 +164,10 @@ impl Operators {
     }
 
     /// Record that the site CA issued the certificate of `claims` with
-    /// `role`; a revoked operator becomes active with this certificate only.
+    /// `role`. It replaces the operator's earlier certificates, which are
+    /// revoked: an operator holds one role at a time, so a demotion takes
+    /// effect at once, and a revoked operator becomes active with this
+    /// certificate only.
     pub fn record_issued(
         &self,
         claims: &OperatorClaims,
@@ -182,6 +185,9 @@ impl Operators {
             operator.role = role;
             operator.revoked = false;
             operator.certificates.retain(|c| c.cert.not_after > now);
+            for c in &mut operator.certificates {
+                c.cert.revoked = true;
+            }
             operator.certificates.push(OperatorCert {
                 cert: CertRecord {
                     serial: claims.serial.clone(),
@@ -221,6 +227,15 @@ impl Operators {
             .ok_or_else(|| refuse("not an operator of this appliance".into()))?;
         if operator.revoked {
             return Err(refuse("revoked".into()));
+        }
+        // The handshake checked the dates, but a resumed TLS session skips
+        // the handshake's check.
+        let now = now_unix();
+        if now < claims.not_before || now >= claims.not_after {
+            return Err(refuse(format!(
+                "certificate {} is not valid now",
+                claims.serial
+            )));
         }
         let cert = operator
             .certificates
@@ -301,10 +316,19 @@ mod tests {
         operators.revoke("ann").unwrap();
         assert_eq!(operators.admit(&ann).unwrap_err(), "operator ann: revoked");
         // A new certificate brings them back; the old one stays revoked.
-        let again = claims("ann", "viewer", "03");
-        operators.record_issued(&again, Role::Viewer).unwrap();
-        assert_eq!(operators.admit(&again), Ok(Role::Viewer));
+        let again = claims("ann", "admin", "03");
+        operators.record_issued(&again, Role::Admin).unwrap();
+        assert_eq!(operators.admit(&again), Ok(Role::Admin));
         assert!(operators.admit(&ann).unwrap_err().contains("revoked"));
+        // A demotion replaces the admin certificate at once.
+        let demoted = claims("ann", "viewer", "04");
+        operators.record_issued(&demoted, Role::Viewer).unwrap();
+        assert_eq!(operators.admit(&demoted), Ok(Role::Viewer));
+        assert!(operators.admit(&again).unwrap_err().contains("revoked"));
+        // An expired certificate (a resumed session) is refused.
+        let mut old = claims("ann", "viewer", "04");
+        old.not_after = now_unix() - 1;
+        assert!(operators.admit(&old).unwrap_err().contains("not valid now"));
     }
 
     #[test]
