@@ -181,6 +181,12 @@ fn operators_administer_by_role_over_https() {
         &["plugin", "config", "mqtt", "payload-bytes", "0"],
     );
     assert!(!ok && err.contains("plugin-config needs operator"), "{err}");
+    let (ok, _, err) = remote(
+        port,
+        &ann,
+        &["plugin", "config", "mqt", "payload-bytes", "8"],
+    );
+    assert!(!ok && err.contains("no plugin mqt"), "{err}");
 
     // Who the operators are is decided on the appliance only, whatever
     // the role.

@@ -538,6 +538,18 @@ impl Admin {
     ) -> Result<Value, String> {
         const PREFIX: &str = "config/";
         crate::identity::check_name("plugin name", name).map_err(|e| e.to_string())?;
+        // A mistyped name would otherwise be set and never read.
+        let first_party = crate::plugins::first_party::component(name).is_some();
+        let installed = (self.library.as_ref())
+            .is_some_and(|(_, library)| library.entry(name).is_ok_and(|e| !e.versions.is_empty()));
+        let served = (self.plugins.as_ref()).is_some_and(|(_, served)| served.get(name).is_some());
+        if !(first_party || installed || served) {
+            let names: Vec<&str> = crate::plugins::first_party::names().collect();
+            return Err(format!(
+                "no plugin {name}: the first-party ones are {}, and no other of that name is installed or served",
+                names.join(", ")
+            ));
+        }
         let kv = self
             .store
             .plugin_kv(name, crate::plugins::Limits::default().kv_quota_bytes)
