@@ -67,6 +67,38 @@ fn publish(palisade: &Appliance, device: &Path, topic: &str, message: &str) -> b
     mosquitto_pub(&args).0
 }
 
+/// A subscriber on the broker itself to `site/#`, which sees whatever
+/// Palisade forwards, and the sensor `device` (class sensor, zone hall-a),
+/// once the subscriber has seen its telemetry `first` arrive: the lines
+/// seen, and the sensor's credentials. The subscriber lives as long as
+/// the returned child.
+fn watched_sensor(
+    broker: &Mosquitto,
+    palisade: &Appliance,
+    device: &str,
+    first: &str,
+) -> (Child, Arc<Mutex<Vec<String>>>, std::path::PathBuf) {
+    let mut watcher = mosquitto_sub(
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port.to_string(),
+            "-t",
+            "site/#",
+        ]
+        .map(String::from),
+    );
+    let seen = lines(&mut watcher);
+    let sensor = palisade.issue(device, "sensor", "hall-a");
+    let expected = format!("site/a/telemetry {first}");
+    wait_until("the watcher subscribed", || {
+        assert!(publish(palisade, &sensor, "site/a/telemetry", first));
+        seen.lock().unwrap().contains(&expected)
+    });
+    (watcher, seen, sensor)
+}
+
 fn setup(broker: &Mosquitto) -> (Appliance, std::path::PathBuf) {
     setup_with(broker, POLICY)
 }
@@ -97,27 +129,7 @@ fn a_denied_publish_never_reaches_the_broker_and_is_exported() {
     }
     let broker = Mosquitto::start();
     let (palisade, alerts) = setup(&broker);
-    // A subscriber on the broker itself sees whatever Palisade forwards.
-    let mut watcher = mosquitto_sub(
-        &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &broker.port.to_string(),
-            "-t",
-            "site/#",
-        ]
-        .map(String::from),
-    );
-    let seen = lines(&mut watcher);
-    let sensor = palisade.issue("sensor-1", "sensor", "hall-a");
-    wait_until("the watcher subscribed", || {
-        assert!(publish(&palisade, &sensor, "site/a/telemetry", "21.5"));
-        seen.lock()
-            .unwrap()
-            .iter()
-            .any(|l| l == "site/a/telemetry 21.5")
-    });
+    let (_watcher, seen, sensor) = watched_sensor(&broker, &palisade, "sensor-1", "21.5");
     assert!(publish(&palisade, &sensor, "site/x/cmd", "open-valve"));
     // A later allowed publish arrives; the denied one, sent before it,
     // never does.
@@ -298,24 +310,8 @@ fn the_policy_reloads_live_and_a_broken_one_is_refused() {
     }
     let broker = Mosquitto::start();
     let (palisade, _) = setup(&broker);
-    let mut watcher = mosquitto_sub(
-        &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &broker.port.to_string(),
-            "-t",
-            "site/#",
-        ]
-        .map(String::from),
-    );
-    let seen = lines(&mut watcher);
-    let sensor = palisade.issue("sensor-5", "sensor", "hall-a");
+    let (_watcher, seen, sensor) = watched_sensor(&broker, &palisade, "sensor-5", "1");
     let arrived = |line: &str| seen.lock().unwrap().iter().any(|l| l == line);
-    wait_until("the watcher subscribed", || {
-        assert!(publish(&palisade, &sensor, "site/a/telemetry", "1"));
-        arrived("site/a/telemetry 1")
-    });
     let file = palisade.data.join("policy.cedar");
     // A broken policy is refused, with its line, and the one in force stays.
     std::fs::write(&file, "permit(principal, action, resource) when {").unwrap();
@@ -351,24 +347,8 @@ fn payload_rules_hold_once_the_operator_offers_payloads() {
         "{POLICY}\n@id(\"no shutdown commands in telemetry\")\nforbid(principal, action == Action::\"mqtt.publish\", resource)\nwhen {{ context has payload && context.payload like \"73687574646f776e*\" }};\n"
     );
     let (palisade, alerts) = setup_with(&broker, &policy);
-    let mut watcher = mosquitto_sub(
-        &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &broker.port.to_string(),
-            "-t",
-            "site/#",
-        ]
-        .map(String::from),
-    );
-    let seen = lines(&mut watcher);
-    let sensor = palisade.issue("sensor-6", "sensor", "hall-a");
+    let (_watcher, seen, sensor) = watched_sensor(&broker, &palisade, "sensor-6", "1");
     let arrived = |line: &str| seen.lock().unwrap().iter().any(|l| l == line);
-    wait_until("the watcher subscribed", || {
-        assert!(publish(&palisade, &sensor, "site/a/telemetry", "1"));
-        arrived("site/a/telemetry 1")
-    });
     // Payloads are not offered yet: the rule cannot see it.
     assert!(publish(
         &palisade,
