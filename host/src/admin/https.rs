@@ -368,32 +368,25 @@ impl RemoteAdmin {
             .write_all(&[head.as_bytes(), &body].concat())
             .map_err(|e| failed(&e))?;
         let mut reader = BufReader::new(stream);
-        // The status says nothing the lines do not: skip the head.
         let mut line = String::new();
-        loop {
+        // One line of the answer, each at most MAX_LINE long.
+        let mut next_line = |line: &mut String| {
             line.clear();
-            if (&mut reader)
-                .take(MAX_LINE)
-                .read_line(&mut line)
-                .map_err(|e| failed(&e))?
-                == 0
-            {
-                return Err(failed(&"closed before answering"));
+            match (&mut reader).take(MAX_LINE).read_line(line) {
+                Ok(0) => Err(failed(&"closed before answering")),
+                Ok(_) => Ok(()),
+                Err(e) => Err(failed(&e)),
             }
+        };
+        // The status says nothing the lines do not: skip the head.
+        loop {
+            next_line(&mut line)?;
             if line == "\r\n" {
                 break;
             }
         }
         loop {
-            line.clear();
-            if (&mut reader)
-                .take(MAX_LINE)
-                .read_line(&mut line)
-                .map_err(|e| failed(&e))?
-                == 0
-            {
-                return Err(failed(&"closed before answering"));
-            }
+            next_line(&mut line)?;
             match serde_json::from_str::<Response>(&line)
                 .map_err(|e| failed(&format!("unreadable answer: {e}")))?
             {
