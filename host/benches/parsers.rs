@@ -85,6 +85,24 @@ fn recording(name: &str) -> Vec<u8> {
     .unwrap()
 }
 
+/// An existing crate's throughput on the same `chunk`, timed at `theirs`,
+/// against Palisade's native parser, timed at `ours`.
+fn report_baseline(
+    what: &str,
+    name: &str,
+    chunk: &[u8],
+    frames: usize,
+    theirs: Duration,
+    ours: Duration,
+) {
+    println!(
+        "        {what} {:>7.1} MB/s {:>10.0} frames/s   palisade native / {name} {:.2}",
+        chunk.len() as f64 / theirs.as_secs_f64() / 1e6,
+        frames as f64 / theirs.as_secs_f64(),
+        theirs.as_secs_f64() / ours.as_secs_f64()
+    );
+}
+
 fn report(name: &str, chunk: &[u8], frames: usize, wasm: Duration, native: Duration) {
     let mbs = |d: Duration| chunk.len() as f64 / d.as_secs_f64() / 1e6;
     let fps = |d: Duration| frames as f64 / d.as_secs_f64();
@@ -166,11 +184,13 @@ fn main() {
         },
         || {},
     );
-    println!(
-        "        mqttbytes 0.6 (v4::read, natively) {:>7.1} MB/s {:>10.0} frames/s   palisade native / mqttbytes {:.2}",
-        chunk.len() as f64 / bytes_t.as_secs_f64() / 1e6,
-        frames as f64 / bytes_t.as_secs_f64(),
-        bytes_t.as_secs_f64() / native_t.as_secs_f64()
+    report_baseline(
+        "mqttbytes 0.6 (v4::read, natively)",
+        "mqttbytes",
+        &chunk,
+        frames,
+        bytes_t,
+        native_t,
     );
 
     // CoAP over TCP: coap-client's requests (CSM, then a request).
@@ -241,10 +261,12 @@ fn rmodbus_baseline(chunk: &[u8], frames: usize, native_t: Duration) {
         },
         || {},
     );
-    println!(
-        "        rmodbus 0.13 (ModbusFrame::parse, natively) {:>7.1} MB/s {:>10.0} frames/s   palisade native / rmodbus {:.2}",
-        chunk.len() as f64 / t.as_secs_f64() / 1e6,
-        frames as f64 / t.as_secs_f64(),
-        t.as_secs_f64() / native_t.as_secs_f64()
+    report_baseline(
+        "rmodbus 0.13 (ModbusFrame::parse, natively)",
+        "rmodbus",
+        chunk,
+        frames,
+        t,
+        native_t,
     );
 }
