@@ -536,7 +536,7 @@ impl Admin {
         value: Option<&str>,
         unset: bool,
     ) -> Result<Value, String> {
-        const PREFIX: &str = "config/";
+        use palisade_plugin_sdk::host::config::PREFIX;
         crate::identity::check_name("plugin name", name).map_err(|e| e.to_string())?;
         // A mistyped name would otherwise be set and never read.
         let first_party = crate::plugins::first_party::component(name).is_some();
