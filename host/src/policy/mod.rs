@@ -32,7 +32,7 @@ pub mod vocabulary;
 
 pub use file::{LoadError, POLICY_FILE, load, source, watch};
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::str::FromStr;
 use std::sync::{Arc, RwLock};
@@ -156,8 +156,9 @@ pub struct Policy {
     types: Types,
     /// The event attributes the policy's text names anywhere (a safe
     /// over-approximation of those it tests): only these are put in a
-    /// request's context, and only these can change a decision.
-    referenced: HashSet<&'static str>,
+    /// request's context, and only these can change a decision. A few
+    /// names: a scan is cheaper than hashing each attribute's name.
+    referenced: Vec<&'static str>,
 }
 
 /// The Cedar schema the policies are checked against, generated from the
@@ -260,6 +261,8 @@ impl Policy {
             .flat_map(|kind| kind.attributes())
             .map(|((name, _), _)| name)
             .filter(|name| source.contains(name))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
             .collect();
         Ok(Policy {
             source: source.to_owned(),
@@ -366,7 +369,7 @@ impl Policy {
         };
         let mut context: Vec<(String, RestrictedExpression)> = Vec::new();
         for ((name, ty), _) in known.attributes() {
-            if !self.referenced.contains(name) {
+            if !self.references(name) {
                 continue;
             }
             let value = match (name, ty) {
@@ -412,6 +415,10 @@ impl Policy {
         self.decide(subject, kind, context)
     }
 
+    fn references(&self, name: &str) -> bool {
+        self.referenced.contains(&name)
+    }
+
     /// Everything [`Policy::event`]'s decision on `event` depends on for
     /// one subject, written to `key`: two events with the same key get the
     /// same decision, so a session may keep decisions by key.
@@ -423,7 +430,7 @@ impl Policy {
             Direction::ToDevice => 1,
         });
         for (name, value) in event.attributes() {
-            if !self.referenced.contains(name) {
+            if !self.references(name) {
                 continue;
             }
             key.extend_from_slice(name.as_bytes());

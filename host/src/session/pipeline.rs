@@ -166,6 +166,8 @@ struct Gate {
     /// event costs a lookup instead of an evaluation.
     decisions: HashMap<Vec<u8>, Decision>,
     key: Vec<u8>,
+    /// The key of the last event allowed, empty when there is none.
+    last_allowed: Vec<u8>,
 }
 
 /// Decisions a session keeps; past this many the cache starts afresh.
@@ -177,6 +179,7 @@ impl Gate {
         let stale = (self.current.as_ref()).is_none_or(|(p, _)| !Arc::ptr_eq(p, &active));
         if stale {
             self.decisions.clear();
+            self.last_allowed.clear();
             let subject = active.subject(
                 &session.device,
                 self.role.as_deref(),
@@ -247,6 +250,7 @@ impl Pipeline {
             current: None,
             decisions: HashMap::new(),
             key: Vec::new(),
+            last_allowed: Vec::new(),
         });
         self
     }
@@ -347,6 +351,7 @@ impl Pipeline {
             current: Some((policy, subject)),
             decisions,
             key,
+            last_allowed,
             ..
         } = gate
         else {
@@ -355,20 +360,26 @@ impl Pipeline {
         // The malformed event that may follow the frames describes none.
         for event in inspected.batch.iter().take(inspected.spans.len()) {
             policy.event_key(direction, event, key);
+            // A device mostly sends what it sent just before.
+            if key == last_allowed {
+                continue;
+            }
             let decision = match decisions.get(key.as_slice()) {
-                Some(d) => d.clone(),
+                Some(d) if d.allowed => None,
+                Some(d) => Some(d.clone()),
                 None => {
                     let d = policy.event(subject, direction, event);
                     if decisions.len() >= DECISIONS {
                         decisions.clear();
                     }
                     decisions.insert(key.clone(), d.clone());
-                    d
+                    (!d.allowed).then_some(d)
                 }
             };
-            if decision.allowed {
+            let Some(decision) = decision else {
+                std::mem::swap(key, last_allowed);
                 continue;
-            }
+            };
             let index = event.index() as u32;
             let reason = format!("{} denied: {}", event.kind(), decision.reason);
             inspected.findings.push((
