@@ -95,11 +95,24 @@ impl Detector for Baseline {
         let now = host::wall_clock();
         let who = format!("{} ({})", device.id, device.class);
         let mut findings = Vec::new();
+        let mut previous = None;
         for event in events.iter() {
+            // Whoever learns this event learnt the one before: a profile
+            // learns until it is done, and is done for good.
+            let signature = profile::signature(&event);
+            let again = signature.is_some() && signature == previous;
+            previous = signature;
+            let learn = |profile: &mut Profile| {
+                if again {
+                    profile.learn_again(&event, now);
+                } else {
+                    profile.learn(&session.route, &event, now);
+                }
+            };
             let novelties = if !learning.done(&mine) {
-                mine.learn(&session.route, &event, now);
+                learn(&mut mine);
                 if !learning.done(&class) {
-                    class.learn(&session.route, &event, now);
+                    learn(&mut class);
                     Vec::new()
                 } else {
                     class.check(&who, &session.route, &event, now, false)

@@ -133,6 +133,20 @@ fn span(event: &EventRef<'_>, start: i64, end: i64) -> String {
     }
 }
 
+/// What a profile's sets learn from `event` besides its route: its kind
+/// and, for a publish, its topic. `None` for the kinds that carry more
+/// (subscriptions, CoAP requests, Modbus), which are always learnt whole.
+/// Two events with one signature on one route teach a profile the same:
+/// the second only counts. A device mostly repeats itself.
+pub fn signature<'a>(event: &EventRef<'a>) -> Option<(&'a str, Option<&'a str>)> {
+    match event.kind() {
+        "mqtt.subscribe" | "coap.request" => None,
+        kind if kind.starts_with("modbus.") => None,
+        kind @ "mqtt.publish" => Some((kind, event.text("topic"))),
+        kind => Some((kind, None)),
+    }
+}
+
 /// Whether `[start, end)` lies within `ranges`.
 fn covered(ranges: &[(i64, i64)], start: i64, end: i64) -> bool {
     ranges.iter().any(|&(s, e)| s <= start && end <= e)
@@ -171,11 +185,6 @@ impl Profile {
 
     /// Learn `event`, sent on `route` at wall-clock `millis`.
     pub fn learn(&mut self, route: &str, event: &EventRef<'_>, millis: u64) {
-        if self.events == 0 {
-            self.learnt_span.0 = millis;
-        }
-        self.learnt_span.1 = self.learnt_span.1.max(millis);
-        self.events += 1;
         insert_text(&mut self.routes, route);
         // Only the attributes this kind has are looked up.
         let kind = event.kind();
@@ -210,6 +219,19 @@ impl Profile {
             }
             _ => {}
         }
+        self.learn_again(event, millis);
+    }
+
+    /// Learn `event`, which has the [`signature`] of the event learnt last
+    /// on the same route: only the counts, the hour and the payload size
+    /// can be new.
+    pub fn learn_again(&mut self, event: &EventRef<'_>, millis: u64) {
+        if self.events == 0 {
+            self.learnt_span.0 = millis;
+        }
+        self.learnt_span.1 = self.learnt_span.1.max(millis);
+        self.events += 1;
+        let kind = event.kind();
         self.hours |= 1 << hour(millis);
         if matches!(kind, "mqtt.publish" | "coap.request" | "coap.response")
             && let Some(size) = event.int("payload-size")

@@ -361,3 +361,40 @@ fn a_damaged_profile_is_relearnt_not_a_panic() {
     let profile: Profile = Profile::decode(&Host::kv()[&device_key("x")]).unwrap();
     assert_eq!(profile.events, 1);
 }
+
+#[test]
+fn repeated_events_learn_what_whole_ones_learn() {
+    Host::reset();
+    Host::set_wall_clock(DAY0);
+    let s = Session::new(1, "x", "c", "z", "mqtt");
+    let events = [
+        Ev::Publish("site/a/temp".into(), 4),
+        Ev::Publish("site/a/temp".into(), 9),
+        Ev::Publish("site/a/humidity".into(), 4),
+        Ev::Publish("site/a/humidity".into(), 4),
+        Ev::Read("holding-registers", 0, 10),
+        Ev::Read("holding-registers", 50, 10),
+        Ev::Get("GET", "/a"),
+        Ev::Get("GET", "/b"),
+        Ev::Publish("site/a/temp".into(), 4),
+    ];
+    let mut batch = Batch::new();
+    for ev in &events {
+        write_event(&mut batch, ev);
+    }
+    assert!(Baseline::detect(&s, &batch).is_empty());
+    let learnt = Profile::decode(&Host::kv()[&device_key("x")]).unwrap();
+
+    let mut whole = Profile::default();
+    for event in batch.iter() {
+        whole.learn("mqtt", &event, DAY0);
+    }
+    assert_eq!(learnt, whole);
+    assert_eq!(learnt.max_payload, 9);
+    assert_eq!(learnt.registers.len(), 1);
+    assert_eq!(
+        learnt.registers.values().next(),
+        Some(&vec![(0, 10), (50, 60)])
+    );
+    assert_eq!(learnt.resources.len(), 2);
+}
