@@ -94,7 +94,11 @@ pub mod config {
 
     /// The setting `key`, parsed; `None` when it is unset or does not parse.
     pub fn get<T: FromStr>(key: &str) -> Option<T> {
-        super::kv::get(&format!("{PREFIX}{key}"))
+        // Parsers read settings on every call: no formatting machinery.
+        let mut stored = String::with_capacity(PREFIX.len() + key.len());
+        stored.push_str(PREFIX);
+        stored.push_str(key);
+        super::kv::get(&stored)
             .and_then(|v| String::from_utf8(v).ok())
             .and_then(|v| v.trim().parse().ok())
     }
