@@ -5,7 +5,9 @@
 //! Every stream parses whole, with no malformed frame; gives the same
 //! events in one chunk, split at every byte boundary, and a byte at a time;
 //! gives the same events from the component as from the native code; and
-//! speaks the event vocabulary the policy is checked against.
+//! speaks the event vocabulary the policy is checked against. So does
+//! every CoAP over UDP datagram the same client and server exchanged
+//! (`tests/recordings/coap-udp/`), parsed one by one.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;
@@ -147,4 +149,54 @@ fn coap_recordings() {
 #[test]
 fn modbus_recordings() {
     check::<modbus::Modbus>("modbus");
+}
+
+#[test]
+fn coap_udp_recordings() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/recordings/coap-udp");
+    let plugin = common::runtime();
+    let plugin = plugin
+        .load(
+            "coap",
+            first_party::component("coap").unwrap(),
+            Limits::default(),
+        )
+        .unwrap();
+    let session = palisade_plugin_sdk::Session::new(1, "device-1", "sensor", "lab", "coap");
+    let mut total = 0;
+    for (name, direction, host_direction) in [
+        ("up.hex", SdkDirection::ToUpstream, Direction::ToUpstream),
+        ("down.hex", SdkDirection::ToDevice, Direction::ToDevice),
+    ] {
+        let text = std::fs::read_to_string(dir.join(name)).unwrap();
+        for (line, hex) in text.lines().enumerate() {
+            let what = format!("coap-udp/{name} line {}", line + 1);
+            let datagram: Vec<u8> = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                .collect();
+            let native = palisade_plugin_sdk::testing::parse_datagrams::<coap::Coap>(
+                &session,
+                &[(direction, &datagram)],
+            );
+            let native = &native[0];
+            assert!(native.malformed.is_none(), "{what}: {:?}", native.malformed);
+            speaks_the_vocabulary(native, &what);
+            let wasm = plugin
+                .parse_datagram(
+                    &common::session(1, "device-1"),
+                    host_direction,
+                    &[],
+                    &datagram,
+                )
+                .unwrap();
+            assert_eq!(
+                events(&wasm),
+                events(native),
+                "{what}: component and native differ"
+            );
+            total += 1;
+        }
+    }
+    assert!(total > 0);
 }
