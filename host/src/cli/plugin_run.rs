@@ -199,7 +199,7 @@ fn datagrams(text: &str) -> anyhow::Result<Vec<(usize, Vec<u8>)>> {
         if digits.is_empty() {
             continue;
         }
-        if digits.len() % 2 != 0 {
+        if !digits.len().is_multiple_of(2) {
             anyhow::bail!("line {number}: an odd number of hex digits");
         }
         let datagram = (digits.chunks_exact(2))
