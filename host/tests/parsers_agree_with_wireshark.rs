@@ -356,22 +356,6 @@ fn tshark_datagrams(tshark: &Path, fields: &[&str]) -> Rows {
     rows
 }
 
-/// The recorded datagrams of one direction, as `plugin run --datagrams`
-/// reads them: one per line in hex.
-fn datagrams(up: bool) -> Vec<Vec<u8>> {
-    let name = if up { "up.hex" } else { "down.hex" };
-    let text = std::fs::read_to_string(recordings().join("coap-udp").join(name)).unwrap();
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            (0..l.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&l[i..i + 2], 16).unwrap())
-                .collect()
-        })
-        .collect()
-}
-
 /// The name Wireshark gives a Content-Format (its `coap.opt.ctype`).
 fn content_format(number: i64) -> String {
     match number {
@@ -429,7 +413,7 @@ fn coap_over_udp_agrees_with_wireshark() {
         } else {
             (Direction::ToDevice, palisade::plugins::Direction::ToDevice)
         };
-        let datagrams = datagrams(up);
+        let datagrams = common::recorded_datagrams(if up { "up.hex" } else { "down.hex" });
         let theirs = wireshark.get(&up).cloned().unwrap_or_default();
         assert_eq!(datagrams.len(), theirs.len(), "datagrams, up: {up}");
         let native: Vec<(Direction, &[u8])> = datagrams

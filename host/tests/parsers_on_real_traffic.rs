@@ -153,9 +153,8 @@ fn modbus_recordings() {
 
 #[test]
 fn coap_udp_recordings() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/recordings/coap-udp");
-    let plugin = common::runtime();
-    let plugin = plugin
+    let runtime = common::runtime();
+    let plugin = runtime
         .load(
             "coap",
             first_party::component("coap").unwrap(),
@@ -168,13 +167,8 @@ fn coap_udp_recordings() {
         ("up.hex", SdkDirection::ToUpstream, Direction::ToUpstream),
         ("down.hex", SdkDirection::ToDevice, Direction::ToDevice),
     ] {
-        let text = std::fs::read_to_string(dir.join(name)).unwrap();
-        for (line, hex) in text.lines().enumerate() {
-            let what = format!("coap-udp/{name} line {}", line + 1);
-            let datagram: Vec<u8> = (0..hex.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-                .collect();
+        for (i, datagram) in common::recorded_datagrams(name).into_iter().enumerate() {
+            let what = format!("coap-udp/{name} datagram {i}");
             let native = palisade_plugin_sdk::testing::parse_datagrams::<coap::Coap>(
                 &session,
                 &[(direction, &datagram)],
