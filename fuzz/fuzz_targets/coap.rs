@@ -1,5 +1,6 @@
 #![no_main]
-//! The CoAP over TCP parser.
+//! The CoAP parsers: over TCP (a stream, cut where the first byte says)
+//! and over UDP (the same bytes as one datagram).
 
 #[path = "common.rs"]
 mod common;
@@ -10,4 +11,5 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     };
     let cut = usize::from(control) * data.len() / 256;
     common::check(|_, bytes| coap::parse(bytes), data, cut);
+    common::check_datagram(coap::parse_datagram, data);
 });

@@ -1,7 +1,10 @@
 //! What every parser must hold to, whatever the bytes: no panic (libFuzzer
 //! reports one), frames that lie inside the input one after another, one
 //! event per frame, at most one malformed report after them, a bounded
-//! state, and the same events when the input arrives in two pieces.
+//! state, and the same events when the input arrives in two pieces. A
+//! parser of datagrams holds to its own contract: one frame that is the
+//! whole datagram, or a malformed report at offset 0, and never a need for
+//! more bytes.
 
 use palisade_plugin_sdk::{Direction, Parsed};
 
@@ -54,5 +57,23 @@ pub fn check(parse: impl Fn(&[u8], &[u8]) -> Parsed, data: &[u8], cut: usize) {
     let at_once: Vec<String> = whole.events.iter().map(|e| e.to_string()).collect();
     if second.malformed.is_none() {
         assert_eq!(split, at_once, "split at {cut}");
+    }
+}
+
+/// The checks for `parse` of one datagram, on `datagram`.
+// Only the CoAP target reads datagrams.
+#[allow(dead_code)]
+pub fn check_datagram(parse: impl Fn(&[u8]) -> Parsed, datagram: &[u8]) {
+    let parsed = parse(datagram);
+    assert_eq!(
+        parsed.frame_lengths.len(),
+        parsed.events.len(),
+        "one event per frame"
+    );
+    assert_eq!(parsed.needed, None, "a datagram does not continue");
+    match (parsed.frame_lengths.as_slice(), &parsed.malformed) {
+        ([len], None) => assert_eq!(*len as usize, datagram.len(), "the frame is the datagram"),
+        ([], Some(m)) => assert_eq!(m.offset, 0, "malformed at offset 0"),
+        (lens, m) => panic!("frames {lens:?} and malformed {m:?} for one datagram"),
     }
 }

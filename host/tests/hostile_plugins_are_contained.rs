@@ -1,6 +1,8 @@
 //! Every kind of hostile plugin is stopped within its bound, with an error
 //! that names the plugin and the limit, while well-behaved plugins go on
-//! serving; repeat offenders are disabled by their fail mode.
+//! serving; repeat offenders are disabled by their fail mode. Datagrams
+//! are parsed under the same bounds, and a datagram's result that is not
+//! one whole frame is a breach like any other.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;
@@ -239,4 +241,68 @@ fn repeated_faults_disable_the_plugin_by_its_fail_mode() {
         ),
         "{err}"
     );
+}
+
+#[test]
+fn datagrams_are_parsed_within_the_same_bounds_and_contract() {
+    let plugin = load(&runtime(), "hostile", tight_limits());
+    let datagram = |word: &str| {
+        plugin.parse_datagram(
+            &session(1, "evil"),
+            Direction::ToUpstream,
+            &[],
+            word.as_bytes(),
+        )
+    };
+    let parsed = datagram("hello").unwrap();
+    assert_eq!(parsed.frame_lengths, [5]);
+    // Two frames are a fine answer for a stream and a breach for a datagram.
+    let stream = plugin
+        .parse(&session(1, "evil"), Direction::ToUpstream, &[], b"halves")
+        .unwrap();
+    assert_eq!(stream.frame_lengths, [3, 3]);
+    let err = datagram("halves").unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            CallError::Fault {
+                fault: Fault::Contract(_),
+                strikes: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("2 frames"), "{err}");
+    let start = Instant::now();
+    let err = datagram("loop").unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            CallError::Fault {
+                fault: Fault::Deadline(_),
+                strikes: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(5));
+    let err = datagram("flood").unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            CallError::Fault {
+                fault: Fault::Output(_),
+                strikes: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(plugin.lifecycle(), Lifecycle::Failed);
+    assert!(matches!(
+        datagram("hello"),
+        Err(CallError::Disabled { strikes: 3, .. })
+    ));
 }

@@ -4,7 +4,11 @@
 //! every TCP connection and direction, the fields tshark extracts, in
 //! order, equal what the parser's events say: MQTT packet types, topics
 //! and filters, packet ids; CoAP codes; Modbus transaction ids, units and
-//! function codes.
+//! function codes. For CoAP over UDP, tshark's capture is the recording
+//! (`tests/recordings/coap-udp/`): datagram by datagram, the CoAP plugin
+//! run by the host reads the same type, code, message id, token, Uri-Path
+//! and Uri-Query, Content-Format, Observe, Block1 and Block2, and payload
+//! size as Wireshark's dissector.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;
@@ -309,4 +313,208 @@ fn coap_agrees_with_wireshark() {
         };
         vec![vec![code.to_string()]]
     });
+}
+
+/// tshark's fields of every CoAP over UDP datagram in the capture, by
+/// whether it came from the client: one row per datagram, in order, each
+/// field's values.
+type Rows = BTreeMap<bool, Vec<Vec<Vec<String>>>>;
+
+fn tshark_datagrams(tshark: &Path, fields: &[&str]) -> Rows {
+    let port = port("coap-udp");
+    let out = Command::new(tshark)
+        .arg("-r")
+        .arg(recordings().join("traffic.pcapng"))
+        .args(["-d", &format!("udp.port=={port},coap")])
+        .args(["-Y", &format!("udp.port=={port}")])
+        .args(["-T", "fields", "-E", "separator=|"])
+        .args(["-E", "occurrence=a", "-E", "aggregator=^"])
+        .args(["-e", "udp.srcport"])
+        .args(fields.iter().flat_map(|f| ["-e", f]))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut rows = Rows::new();
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        let cols: Vec<&str> = line.split('|').collect();
+        let from_client = cols[0] != port.to_string();
+        let row = cols[1..]
+            .iter()
+            .map(|c| {
+                c.split('^')
+                    .filter(|v| !v.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .collect();
+        rows.entry(from_client).or_default().push(row);
+    }
+    rows
+}
+
+/// The name Wireshark gives a Content-Format (its `coap.opt.ctype`).
+fn content_format(number: i64) -> String {
+    match number {
+        0 => "text/plain; charset=utf-8",
+        40 => "application/link-format",
+        41 => "application/xml",
+        42 => "application/octet-stream",
+        47 => "application/exi",
+        50 => "application/json",
+        60 => "application/cbor",
+        other => panic!("content format {other} is not in the test's table"),
+    }
+    .to_owned()
+}
+
+#[test]
+fn coap_over_udp_agrees_with_wireshark() {
+    let Some(tshark_path) = common::program("tshark") else {
+        return;
+    };
+    const FIELDS: &[&str] = &[
+        "coap.type",
+        "coap.code",
+        "coap.mid",
+        "coap.token",
+        "coap.opt.uri_path",
+        "coap.opt.uri_query",
+        "coap.opt.ctype",
+        "coap.opt.observe",
+        "coap.opt.name",
+        "coap.opt.block_number",
+        "coap.opt.block_mflag",
+        "coap.opt.block_size",
+        "coap.block_length",
+        "coap.payload_length",
+    ];
+    let wireshark = tshark_datagrams(&tshark_path, FIELDS);
+    let runtime = common::runtime();
+    let plugin = runtime
+        .load(
+            "coap",
+            palisade::plugins::first_party::component("coap").unwrap(),
+            palisade::plugins::Limits::default(),
+        )
+        .unwrap();
+    let host_session = common::session(1, "device-1");
+    let session = Session::new(1, "device-1", "thermostat", "cell-1", "mqtt");
+    let mut compared = 0;
+    for up in [true, false] {
+        let (direction, host_direction) = if up {
+            (
+                Direction::ToUpstream,
+                palisade::plugins::Direction::ToUpstream,
+            )
+        } else {
+            (Direction::ToDevice, palisade::plugins::Direction::ToDevice)
+        };
+        let datagrams = common::recorded_datagrams(if up { "up.hex" } else { "down.hex" });
+        let theirs = wireshark.get(&up).cloned().unwrap_or_default();
+        assert_eq!(datagrams.len(), theirs.len(), "datagrams, up: {up}");
+        let native: Vec<(Direction, &[u8])> = datagrams
+            .iter()
+            .map(|d| (direction, d.as_slice()))
+            .collect();
+        let native = palisade_plugin_sdk::testing::parse_datagrams::<coap::Coap>(&session, &native);
+        for (i, (datagram, row)) in datagrams.iter().zip(&theirs).enumerate() {
+            let what = format!("coap-udp {} datagram {i}", if up { "up" } else { "down" });
+            let parsed = plugin
+                .parse_datagram(&host_session, host_direction, &[], datagram)
+                .unwrap();
+            assert_eq!(parsed.malformed, None, "{what}");
+            assert_eq!(parsed.frame_lengths, [datagram.len() as u32], "{what}");
+            let event = parsed.events.get(0).unwrap();
+            assert_eq!(
+                event.to_string(),
+                native[i].events.get(0).unwrap().to_string(),
+                "{what}: component and native differ"
+            );
+            let ours = coap_udp_fields(event);
+            // Wireshark shows a Size2 option through its block size field
+            // too (300 as 300 & 7 = 4): only the first values, one per
+            // Block option, are the blocks'.
+            let mut row = row.clone();
+            // Of the option names (`#4: Block1`), the Block options'.
+            let blocks: Vec<String> = (row[8].iter())
+                .filter_map(|n| n.split_once(": ").map(|(_, name)| name.to_owned()))
+                .filter(|name| name.starts_with("Block"))
+                .collect();
+            row[11].truncate(blocks.len());
+            row[8] = blocks;
+            // Wireshark's payload length is the reassembled body's on a
+            // last block; each block's own is its block length.
+            let payload = if row[12].is_empty() {
+                row[13].clone()
+            } else {
+                row[12].clone()
+            };
+            for (j, field) in FIELDS.iter().enumerate().take(12) {
+                assert_eq!(ours[j], row[j], "{what}: {field} of {event}");
+            }
+            assert_eq!(ours[12], payload, "{what}: payload size of {event}");
+            compared += 1;
+        }
+    }
+    assert!(compared > 0, "no CoAP over UDP datagram compared");
+}
+
+/// The fields of a CoAP over UDP event as tshark shows them, in the order
+/// of the test's field list, the payload size last.
+fn coap_udp_fields(e: EventRef<'_>) -> Vec<Vec<String>> {
+    let kind = ["con", "non", "ack", "rst"]
+        .iter()
+        .position(|t| Some(*t) == e.text("type"))
+        .unwrap();
+    let code = match (e.kind(), e.text("method"), e.text("code")) {
+        ("coap.request", Some(m), _) => {
+            ["GET", "POST", "PUT", "DELETE", "FETCH", "PATCH", "iPATCH"]
+                .iter()
+                .position(|x| *x == m)
+                .unwrap()
+                + 1
+        }
+        ("coap.response", _, Some(c)) => {
+            let (class, detail) = c.split_once('.').unwrap();
+            class.parse::<usize>().unwrap() * 32 + detail.parse::<usize>().unwrap()
+        }
+        ("coap.empty", _, _) => 0,
+        (other, _, _) => panic!("{other} over UDP"),
+    };
+    let token: String = (e.bytes("token").unwrap_or_default().iter())
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let path: Vec<String> = (e.text("path").unwrap_or_default().split('/'))
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let query: Vec<String> = (e.text("query").into_iter())
+        .flat_map(|q| q.split('&'))
+        .map(str::to_owned)
+        .collect();
+    // Block2 (option 23) comes before Block1 (27) in a message.
+    let blocks: Vec<(&str, i64)> = [("Block2", e.int("block2")), ("Block1", e.int("block1"))]
+        .into_iter()
+        .filter_map(|(name, v)| v.map(|v| (name, v)))
+        .collect();
+    let block = |f: fn(i64) -> i64| blocks.iter().map(|(_, v)| f(*v).to_string()).collect();
+    vec![
+        vec![kind.to_string()],
+        vec![code.to_string()],
+        text(e.int("message-id")),
+        text(Some(token).filter(|t| !t.is_empty())),
+        path,
+        query,
+        text(e.int("content-format").map(content_format)),
+        text(e.int("observe")),
+        blocks.iter().map(|(name, _)| (*name).to_owned()).collect(),
+        block(|v| v >> 4),
+        block(|v| (v >> 3) & 1),
+        block(|v| v & 7),
+        text(e.int("payload-size").filter(|n| *n > 0)),
+    ]
 }

@@ -5,7 +5,9 @@
 //! Every stream parses whole, with no malformed frame; gives the same
 //! events in one chunk, split at every byte boundary, and a byte at a time;
 //! gives the same events from the component as from the native code; and
-//! speaks the event vocabulary the policy is checked against.
+//! speaks the event vocabulary the policy is checked against. So does
+//! every CoAP over UDP datagram the same client and server exchanged
+//! (`tests/recordings/coap-udp/`), parsed one by one.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;
@@ -147,4 +149,48 @@ fn coap_recordings() {
 #[test]
 fn modbus_recordings() {
     check::<modbus::Modbus>("modbus");
+}
+
+#[test]
+fn coap_udp_recordings() {
+    let runtime = common::runtime();
+    let plugin = runtime
+        .load(
+            "coap",
+            first_party::component("coap").unwrap(),
+            Limits::default(),
+        )
+        .unwrap();
+    let session = palisade_plugin_sdk::Session::new(1, "device-1", "sensor", "lab", "coap");
+    let mut total = 0;
+    for (name, direction, host_direction) in [
+        ("up.hex", SdkDirection::ToUpstream, Direction::ToUpstream),
+        ("down.hex", SdkDirection::ToDevice, Direction::ToDevice),
+    ] {
+        for (i, datagram) in common::recorded_datagrams(name).into_iter().enumerate() {
+            let what = format!("coap-udp/{name} datagram {i}");
+            let native = palisade_plugin_sdk::testing::parse_datagrams::<coap::Coap>(
+                &session,
+                &[(direction, &datagram)],
+            );
+            let native = &native[0];
+            assert!(native.malformed.is_none(), "{what}: {:?}", native.malformed);
+            speaks_the_vocabulary(native, &what);
+            let wasm = plugin
+                .parse_datagram(
+                    &common::session(1, "device-1"),
+                    host_direction,
+                    &[],
+                    &datagram,
+                )
+                .unwrap();
+            assert_eq!(
+                events(&wasm),
+                events(native),
+                "{what}: component and native differ"
+            );
+            total += 1;
+        }
+    }
+    assert!(total > 0);
 }

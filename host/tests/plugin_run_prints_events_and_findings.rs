@@ -1,4 +1,5 @@
-//! `palisade plugin run`, the plugin author's loop, run as a user runs it.
+//! `palisade plugin run`, the plugin author's loop, run as a user runs it:
+//! on a recorded stream, and on recorded datagrams (`--datagrams`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;
@@ -111,4 +112,95 @@ fn unknown_plugin_is_a_clear_error() {
         stderr.contains("reading plugin nope (not a file, nor one of mqtt, modbus, coap, new-topic, baseline, hygiene, escalate)"),
         "{stderr}"
     );
+}
+
+/// `plugin run` of the CoAP parser on the datagrams in `hex`.
+fn run_datagrams(hex: &str) -> (Vec<Value>, bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("datagrams.hex");
+    std::fs::write(&input, hex).unwrap();
+    let data = dir.path().join("data");
+    let args = [
+        "--data",
+        data.to_str().unwrap(),
+        "plugin",
+        "run",
+        "--parser",
+        "coap",
+        "--datagrams",
+        "--input",
+        input.to_str().unwrap(),
+    ];
+    run(&args)
+}
+
+#[test]
+fn recorded_datagrams_are_parsed_one_by_one() {
+    // As tshark prints udp.payload: a CON GET /time with Observe 0 (from
+    // libcoap's coap-client), the same with `:` between bytes after a blank
+    // line, a datagram that is no CoAP message, and a CoAP ping.
+    let hex = "4101e2cc016012aa1a4474696d65\n\n\
+               41:01:e2:cd:01:60:12:aa:1a:44:74:69:6d:65\n\
+               8001\n\
+               4000abcd\n";
+    let (lines, ok, stderr) = run_datagrams(hex);
+    assert!(!ok, "a malformed datagram fails the run: {stderr}");
+    let events: Vec<_> = lines.iter().filter(|l| l["type"] == "event").collect();
+    assert_eq!(events.len(), 3, "{lines:?}");
+    let get = &events[0]["event"];
+    assert_eq!(get["kind"], "coap.request");
+    assert_eq!(get["attributes"]["path"], "/time");
+    assert_eq!(get["attributes"]["type"], "con");
+    assert_eq!(get["attributes"]["message-id"], 0xe2cc);
+    assert_eq!(events[0]["line"], 1);
+    assert_eq!(events[1]["line"], 3);
+    assert_eq!(events[1]["event"]["attributes"]["message-id"], 0xe2cd);
+    assert_eq!(
+        (&events[1]["offset"], &events[1]["len"]),
+        (&14.into(), &14.into())
+    );
+    let malformed: Vec<_> = lines.iter().filter(|l| l["type"] == "malformed").collect();
+    assert_eq!(malformed.len(), 1);
+    assert_eq!(malformed[0]["line"], 4);
+    assert_eq!(
+        malformed[0]["reason"],
+        "datagram shorter than the 4-byte CoAP header"
+    );
+    // The datagram after the malformed one is still read.
+    assert_eq!(events[2]["line"], 5);
+    assert_eq!(events[2]["event"]["kind"], "coap.empty");
+}
+
+#[test]
+fn a_line_that_is_not_hex_is_named() {
+    let (lines, ok, stderr) = run_datagrams("4000abcd\n40zzabcd\n");
+    assert!(!ok);
+    assert!(lines.is_empty(), "nothing runs: {lines:?}");
+    assert!(
+        stderr.contains("line 2: `zz` is not a byte in hex"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_parser_of_streams_only_says_so_for_each_datagram() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("d.hex");
+    std::fs::write(&input, "4000abcd\n").unwrap();
+    let data = dir.path().join("data");
+    let (lines, ok, _) = run(&[
+        "--data",
+        data.to_str().unwrap(),
+        "plugin",
+        "run",
+        "--parser",
+        "mqtt",
+        "--datagrams",
+        "--input",
+        input.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["type"], "malformed");
+    assert_eq!(lines[0]["reason"], palisade_plugin_sdk::STREAMS_ONLY);
 }

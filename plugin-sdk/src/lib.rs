@@ -48,7 +48,8 @@ pub use types::wire as __wire;
 pub use types::{Action, Device, Direction, Finding, Malformed, Parsed, Session, Severity};
 
 /// A protocol parser: cuts one direction of a session's byte stream into
-/// frames and describes each with one event in a [`Batch`].
+/// frames and describes each with one event in a [`Batch`]; for a datagram
+/// transport, describes each datagram as one frame.
 ///
 /// The parser keeps nothing between calls. What it must remember about a
 /// session (for example the protocol version agreed at connect) goes into
@@ -68,7 +69,55 @@ pub trait Parser {
     /// frame boundary; the bytes after the last complete frame are given
     /// again, with more, on the next call.
     fn parse(session: &Session, direction: Direction, state: &[u8], input: &[u8]) -> Parsed;
+
+    /// Describe one datagram of a datagram transport (CoAP over UDP, say),
+    /// where a message is exactly one datagram.
+    ///
+    /// `state` is as for [`Parser::parse`]. Return one frame covering the
+    /// whole `datagram`, or no frame and [`Parsed::malformed`] at offset 0
+    /// saying why the datagram is not a message; never
+    /// [`Parsed::needing`]: a datagram does not continue.
+    ///
+    /// The default answers that the parser reads streams only, so a parser
+    /// written before datagrams existed still builds.
+    ///
+    /// ```
+    /// use palisade_plugin_sdk::{Direction, Parsed, Parser, Session};
+    ///
+    /// struct Beacon;
+    ///
+    /// impl Parser for Beacon {
+    ///     const PROTOCOL: &'static str = "beacon";
+    ///
+    ///     fn parse(_: &Session, _: Direction, state: &[u8], _: &[u8]) -> Parsed {
+    ///         Parsed::new(state.to_vec()).malformed(0, "beacons come in datagrams only")
+    ///     }
+    ///
+    ///     fn parse_datagram(_: &Session, _: Direction, state: &[u8], datagram: &[u8]) -> Parsed {
+    ///         let mut parsed = Parsed::new(state.to_vec());
+    ///         match datagram.first() {
+    ///             Some(&id) => {
+    ///                 parsed.frame(datagram.len(), "beacon.seen").int("id", id);
+    ///                 parsed
+    ///             }
+    ///             None => parsed.malformed(0, "empty datagram"),
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    fn parse_datagram(
+        session: &Session,
+        direction: Direction,
+        state: &[u8],
+        datagram: &[u8],
+    ) -> Parsed {
+        let _ = (session, direction, datagram);
+        Parsed::new(state.to_vec()).malformed(0, STREAMS_ONLY)
+    }
 }
+
+/// The reason the default [`Parser::parse_datagram`] gives.
+pub const STREAMS_ONLY: &str = "this parser reads byte streams only, not datagrams";
 
 /// A detector: judges batches of events and reports findings.
 pub trait Detector {
@@ -109,6 +158,14 @@ macro_rules! export {
                     input: ::std::vec::Vec<u8>,
                 ) -> $crate::wit::parser_world::exports::palisade::plugin::parser::Parsed {
                     $crate::__wire::parsed(<$plugin as $crate::Parser>::parse(&session, direction, &state, &input))
+                }
+                fn parse_datagram(
+                    session: $crate::Session,
+                    direction: $crate::Direction,
+                    state: ::std::vec::Vec<u8>,
+                    datagram: ::std::vec::Vec<u8>,
+                ) -> $crate::wit::parser_world::exports::palisade::plugin::parser::Parsed {
+                    $crate::__wire::parsed(<$plugin as $crate::Parser>::parse_datagram(&session, direction, &state, &datagram))
                 }
             }
             $crate::wit::parser_world::export_parser!(PalisadeGlue with_types_in $crate::wit::parser_world);

@@ -5,7 +5,8 @@
 //! functions write to it, and the test reads logs, counters and the
 //! key-value store back from it. [`parse_stream`] drives a [`Parser`] the
 //! way the appliance does: it keeps the unconsumed bytes and the session
-//! state between chunks.
+//! state between chunks. [`parse_datagrams`] does the same for a datagram
+//! transport: one call per datagram, the session state carried along.
 //!
 //! ```
 //! use palisade_plugin_sdk::{host, testing};
@@ -219,4 +220,142 @@ pub fn parse_stream_after<P: Parser>(
         }
     }
     all
+}
+
+/// Feed `datagrams` of one session, each with the way it travelled, through
+/// [`Parser::parse_datagram`] of `P` the way the appliance does: one call
+/// per datagram, the session state carried from call to call, starting
+/// empty.
+///
+/// Returns each datagram's [`Parsed`], in order. A malformed datagram does
+/// not stop the others: each datagram is a message of its own.
+///
+/// ```
+/// use palisade_plugin_sdk::{Direction, Parsed, Parser, Session, testing};
+///
+/// struct Beacon;
+///
+/// impl Parser for Beacon {
+///     const PROTOCOL: &'static str = "beacon";
+///
+///     fn parse(_: &Session, _: Direction, state: &[u8], _: &[u8]) -> Parsed {
+///         Parsed::new(state.to_vec()).malformed(0, "beacons come in datagrams only")
+///     }
+///
+///     fn parse_datagram(_: &Session, _: Direction, state: &[u8], datagram: &[u8]) -> Parsed {
+///         let mut parsed = Parsed::new(state.to_vec());
+///         if datagram.is_empty() {
+///             return parsed.malformed(0, "empty datagram");
+///         }
+///         parsed.frame(datagram.len(), "beacon.seen").size("size", datagram.len());
+///         parsed
+///     }
+/// }
+///
+/// let session = Session::new(1, "beacon-1", "beacon", "lab", "beacons");
+/// let up = Direction::ToUpstream;
+/// let parsed = testing::parse_datagrams::<Beacon>(&session, &[(up, b"\x01\x02"), (up, b"")]);
+/// assert_eq!(parsed[0].events.get(0).unwrap().int("size"), Some(2));
+/// assert_eq!(parsed[1].malformed.as_ref().unwrap().reason, "empty datagram");
+/// ```
+///
+/// # Panics
+///
+/// When the parser breaks the contract for a datagram: anything but
+/// exactly one frame covering the whole datagram or a malformed report at
+/// offset 0 with no frame, a need for more bytes, or not one event per
+/// frame. These are bugs in the parser under test.
+pub fn parse_datagrams<P: Parser>(
+    session: &Session,
+    datagrams: &[(Direction, &[u8])],
+) -> Vec<Parsed> {
+    let mut state = Vec::new();
+    let mut all = Vec::with_capacity(datagrams.len());
+    for (i, &(direction, datagram)) in datagrams.iter().enumerate() {
+        let parsed = P::parse_datagram(session, direction, &state, datagram);
+        assert_eq!(
+            parsed.frame_lengths.len(),
+            parsed.events.len(),
+            "datagram {i}: parser returned a different number of frames and events"
+        );
+        assert!(
+            parsed.needed.is_none(),
+            "datagram {i}: parser asked for more bytes of a datagram"
+        );
+        match (parsed.frame_lengths.as_slice(), &parsed.malformed) {
+            ([len], None) => assert_eq!(
+                *len as usize,
+                datagram.len(),
+                "datagram {i}: the frame does not cover the datagram"
+            ),
+            ([], Some(m)) => assert_eq!(
+                m.offset, 0,
+                "datagram {i}: malformed report not at offset 0"
+            ),
+            (lens, m) => panic!(
+                "datagram {i}: frames of {lens:?} bytes with malformed report {m:?}, \
+                 not one frame or one malformed report"
+            ),
+        }
+        state.clone_from(&parsed.state);
+        all.push(parsed);
+    }
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stream parser that knows nothing of datagrams: one frame per byte.
+    struct Bytes;
+
+    impl Parser for Bytes {
+        const PROTOCOL: &'static str = "bytes";
+
+        fn parse(_: &Session, _: Direction, state: &[u8], input: &[u8]) -> Parsed {
+            let mut parsed = Parsed::new(state.to_vec());
+            for _ in input {
+                parsed.frame(1, "bytes.byte");
+            }
+            parsed
+        }
+    }
+
+    /// A datagram parser that cuts datagrams as `Bytes` cuts streams.
+    struct Broken;
+
+    impl Parser for Broken {
+        const PROTOCOL: &'static str = "broken";
+
+        fn parse(session: &Session, direction: Direction, state: &[u8], input: &[u8]) -> Parsed {
+            Bytes::parse(session, direction, state, input)
+        }
+
+        fn parse_datagram(s: &Session, d: Direction, state: &[u8], datagram: &[u8]) -> Parsed {
+            Bytes::parse(s, d, state, datagram)
+        }
+    }
+
+    fn session() -> Session {
+        Session::new(1, "d", "c", "z", "r")
+    }
+
+    #[test]
+    fn a_stream_parser_says_it_reads_no_datagrams_and_keeps_the_state() {
+        let parsed = Bytes::parse_datagram(&session(), Direction::ToUpstream, b"st", b"ab");
+        assert_eq!(parsed.state, b"st");
+        assert!(parsed.frame_lengths.is_empty());
+        let malformed = parsed.malformed.unwrap_or_else(|| panic!("accepted"));
+        assert_eq!(
+            (malformed.offset, malformed.reason.as_str()),
+            (0, crate::STREAMS_ONLY)
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "not one frame or one malformed report")]
+    fn two_frames_for_one_datagram_are_a_bug() {
+        parse_datagrams::<Broken>(&session(), &[(Direction::ToUpstream, b"ab")]);
+    }
 }

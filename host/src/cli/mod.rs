@@ -95,8 +95,9 @@ static REMOTE: std::sync::OnceLock<(String, PathBuf)> = std::sync::OnceLock::new
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum PluginCommand {
-    /// Feed a recorded byte stream through a parser and detectors, and print
-    /// every event, finding and action as a JSON line.
+    /// Feed a recorded byte stream (or, with --datagrams, recorded
+    /// datagrams in hex) through a parser and detectors, and print every
+    /// event, finding and action as a JSON line.
     Run(plugin_run::Args),
     /// Show or change a plugin's settings (for example the escalate
     /// responder's `quarantine-at`).

@@ -1,6 +1,7 @@
 //! `palisade plugin run`: the plugin author's offline loop. A recorded
 //! stream goes through the same pipeline a live session uses, read in
-//! chunks as a socket would deliver it.
+//! chunks as a socket would deliver it; or, with `--datagrams`, recorded
+//! datagrams (CoAP over UDP, say) go through it one by one.
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
@@ -29,9 +30,16 @@ pub struct Args {
     /// A responder, the same way; may be repeated.
     #[arg(long)]
     responder: Vec<String>,
-    /// The recorded bytes of one direction of one session.
+    /// The recorded bytes of one direction of one session; with
+    /// `--datagrams`, its datagrams in hex.
     #[arg(long)]
     input: PathBuf,
+    /// Read `--input` as datagrams, one per line in hex, as
+    /// `tshark -r CAPTURE -T fields -e udp.payload` prints them (with or
+    /// without `:` between bytes; blank lines are skipped), and give each
+    /// to the parser as one datagram (CoAP over UDP, for example).
+    #[arg(long, conflicts_with = "chunk")]
+    datagrams: bool,
     /// Which way the recorded bytes travelled.
     #[arg(long, value_enum, default_value = "to-upstream")]
     direction: DirectionArg,
@@ -91,10 +99,37 @@ pub(crate) fn run(data: &Path, args: &Args) -> anyhow::Result<ExitCode> {
         DirectionArg::ToUpstream => Direction::ToUpstream,
         DirectionArg::ToDevice => Direction::ToDevice,
     };
+    // A bad line is reported before anything runs.
+    let datagrams = if args.datagrams {
+        let text = std::fs::read_to_string(&args.input)
+            .with_context(|| format!("reading {}", args.input.display()))?;
+        let found = datagrams(&text)
+            .with_context(|| format!("reading datagrams from {}", args.input.display()))?;
+        Some(found)
+    } else {
+        None
+    };
     let mut pipeline = Pipeline::new(session, parser, detectors, responders, args.max_frame);
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    let code = match datagrams {
+        Some(datagrams) => run_datagrams(&mut pipeline, direction, &datagrams, &mut out)?,
+        None => run_stream(&mut pipeline, direction, args, &mut out)?,
+    };
+    out.flush()?;
+    store.flush().context("saving plugin state")?;
+    Ok(code)
+}
+
+/// Feed the recorded stream to the pipeline in chunks; stop at the first
+/// malformed frame.
+fn run_stream(
+    pipeline: &mut Pipeline,
+    direction: Direction,
+    args: &Args,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
     let mut input =
         File::open(&args.input).with_context(|| format!("opening {}", args.input.display()))?;
-    let mut out = BufWriter::new(std::io::stdout().lock());
     let mut chunk = vec![0; args.chunk.max(1)];
     let mut code = ExitCode::SUCCESS;
     loop {
@@ -107,12 +142,12 @@ pub(crate) fn run(data: &Path, args: &Args) -> anyhow::Result<ExitCode> {
         let inspected = match pipeline.push(direction, bytes) {
             Ok(i) => i,
             Err(e) => {
-                line(&mut out, json!({"type": "error", "error": e.to_string()}))?;
+                line(out, json!({"type": "error", "error": e.to_string()}))?;
                 code = ExitCode::FAILURE;
                 break;
             }
         };
-        print(&mut out, &inspected)?;
+        print(out, &inspected, None)?;
         if inspected.malformed.is_some() {
             code = ExitCode::FAILURE;
             break;
@@ -120,11 +155,70 @@ pub(crate) fn run(data: &Path, args: &Args) -> anyhow::Result<ExitCode> {
     }
     let pending = pipeline.pending(direction);
     if pending > 0 && code == ExitCode::SUCCESS {
-        line(&mut out, json!({"type": "incomplete", "bytes": pending}))?;
+        line(out, json!({"type": "incomplete", "bytes": pending}))?;
     }
-    out.flush()?;
-    store.flush().context("saving plugin state")?;
     Ok(code)
+}
+
+/// Feed each datagram, found on its line of the input, to the pipeline. A
+/// malformed datagram spoils only itself: the others are still parsed, and
+/// the exit code says that one was.
+fn run_datagrams(
+    pipeline: &mut Pipeline,
+    direction: Direction,
+    datagrams: &[(usize, Vec<u8>)],
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
+    let mut code = ExitCode::SUCCESS;
+    for (number, datagram) in datagrams {
+        let inspected = match pipeline.push_datagram(direction, datagram) {
+            Ok(i) => i,
+            Err(e) => {
+                line(
+                    out,
+                    json!({"type": "error", "line": number, "error": e.to_string()}),
+                )?;
+                return Ok(ExitCode::FAILURE);
+            }
+        };
+        print(out, &inspected, Some(*number))?;
+        if inspected.malformed.is_some() {
+            code = ExitCode::FAILURE;
+        }
+    }
+    Ok(code)
+}
+
+/// The datagrams of `text`, one per line in hex, each with its line number
+/// (from 1). Bytes may be separated by `:`; blank lines are skipped.
+fn datagrams(text: &str) -> anyhow::Result<Vec<(usize, Vec<u8>)>> {
+    let mut found = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let number = i + 1;
+        let digits: Vec<u8> = (line.trim().bytes()).filter(|b| *b != b':').collect();
+        if digits.is_empty() {
+            continue;
+        }
+        if !digits.len().is_multiple_of(2) {
+            anyhow::bail!("line {number}: an odd number of hex digits");
+        }
+        let datagram = (digits.chunks_exact(2))
+            .map(|pair| {
+                let digit = |b: &u8| char::from(*b).to_digit(16);
+                let byte = match pair {
+                    [high, low] => digit(high).zip(digit(low)),
+                    _ => None,
+                };
+                byte.and_then(|(high, low)| u8::try_from(high * 16 + low).ok())
+                    .ok_or_else(|| {
+                        let pair = String::from_utf8_lossy(pair);
+                        anyhow::anyhow!("line {number}: `{pair}` is not a byte in hex")
+                    })
+            })
+            .collect::<anyhow::Result<Vec<u8>>>()?;
+        found.push((number, datagram));
+    }
+    Ok(found)
 }
 
 /// Load `plugin`, a path to a component or a first-party plugin's name.
@@ -147,11 +241,25 @@ pub(crate) fn load(runtime: &Runtime, plugin: &str) -> anyhow::Result<Plugin> {
     Ok(runtime.load(&name, &bytes, Limits::default())?)
 }
 
-fn print(out: &mut impl Write, inspected: &Inspected) -> anyhow::Result<()> {
+/// Print what a chunk became; `datagram` is the input line of the datagram
+/// it was, if it was one.
+fn print(
+    out: &mut impl Write,
+    inspected: &Inspected,
+    datagram: Option<usize>,
+) -> anyhow::Result<()> {
+    let with_line = |mut value: Json| {
+        if let (Some(n), Some(object)) = (datagram, value.as_object_mut()) {
+            object.insert("line".into(), n.into());
+        }
+        value
+    };
     for (span, event) in inspected.frames() {
         line(
             out,
-            json!({"type": "event", "offset": span.offset, "len": span.len, "event": event_json(event)}),
+            with_line(
+                json!({"type": "event", "offset": span.offset, "len": span.len, "event": event_json(event)}),
+            ),
         )?;
     }
     for (detector, f) in &inspected.findings {
@@ -177,7 +285,7 @@ fn print(out: &mut impl Write, inspected: &Inspected) -> anyhow::Result<()> {
             .map_or(0, |s| s.offset + u64::from(s.len));
         line(
             out,
-            json!({"type": "malformed", "offset": offset, "reason": m.reason}),
+            with_line(json!({"type": "malformed", "offset": offset, "reason": m.reason})),
         )?;
     }
     Ok(())
@@ -213,5 +321,35 @@ fn action_json(a: &Action) -> Json {
         Action::DropFrame(i) => json!({"drop-frame": i}),
         Action::CloseSession => json!("close-session"),
         Action::QuarantineDevice => json!("quarantine-device"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn datagrams_are_read_as_tshark_prints_them() {
+        let text = "40011234b474656d70\n\n  60:00:12:34 \n";
+        let found = datagrams(text).unwrap();
+        assert_eq!(
+            found,
+            [
+                (
+                    1,
+                    vec![0x40, 0x01, 0x12, 0x34, 0xb4, b't', b'e', b'm', b'p']
+                ),
+                (3, vec![0x60, 0x00, 0x12, 0x34]),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bad_line_is_named() {
+        let odd = datagrams("4001\n400\n").unwrap_err().to_string();
+        assert_eq!(odd, "line 2: an odd number of hex digits");
+        let bad = datagrams("4001\n\n40zz\n").unwrap_err().to_string();
+        assert_eq!(bad, "line 3: `zz` is not a byte in hex");
     }
 }

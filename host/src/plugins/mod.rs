@@ -619,20 +619,54 @@ impl Plugin {
         state: &[u8],
         input: &[u8],
     ) -> Result<Parsed, CallError> {
+        self.parse_as(Transport::Stream, session, direction, state, input)
+    }
+
+    /// Parse `datagram`, one whole datagram of one direction of `session`
+    /// (CoAP over UDP, say), given the parser `state` of the last call.
+    /// The result is one frame covering the datagram, or a malformed
+    /// report; anything else is a breach of the contract, a fault like any
+    /// other.
+    pub fn parse_datagram(
+        &self,
+        session: &Session,
+        direction: Direction,
+        state: &[u8],
+        datagram: &[u8],
+    ) -> Result<Parsed, CallError> {
+        self.parse_as(Transport::Datagram, session, direction, state, datagram)
+    }
+
+    /// One parser call, with the checks every result passes and those of
+    /// its transport.
+    fn parse_as(
+        &self,
+        transport: Transport,
+        session: &Session,
+        direction: Direction,
+        state: &[u8],
+        input: &[u8],
+    ) -> Result<Parsed, CallError> {
         let state_cap = self.shared.limits.state_bytes;
         self.call(World::Parser, |store, bound| {
             let Bound::Parser(p) = bound else {
                 return unreachable_world();
             };
-            let parsed = p.palisade_plugin_parser().call_parse(
-                &mut *store,
-                session,
-                direction,
-                state,
-                input,
-            )?;
+            let parser = p.palisade_plugin_parser();
+            let parsed = match transport {
+                Transport::Stream => {
+                    parser.call_parse(&mut *store, session, direction, state, input)?
+                }
+                Transport::Datagram => {
+                    parser.call_parse_datagram(&mut *store, session, direction, state, input)?
+                }
+            };
             let parsed = batch::parsed_from_wire(parsed);
             check_parsed(&parsed, input.len(), state_cap)
+                .and_then(|()| match transport {
+                    Transport::Stream => Ok(()),
+                    Transport::Datagram => check_datagram(&parsed, input.len()),
+                })
                 .map_err(|e| wasmtime::Error::new(Fault::Contract(e)))?;
             Ok(parsed)
         })
@@ -786,6 +820,15 @@ impl Plugin {
     }
 }
 
+/// How a parser's input arrives.
+#[derive(Debug, Clone, Copy)]
+enum Transport {
+    /// A byte stream (TCP, TLS, QUIC): `parse`.
+    Stream,
+    /// One datagram (UDP): `parse-datagram`.
+    Datagram,
+}
+
 /// A call's deadline in epoch ticks, at least one.
 fn deadline_ticks(limits: &Limits) -> u64 {
     let ticks = limits
@@ -863,6 +906,32 @@ fn check_parsed(parsed: &Parsed, input_len: usize, state_cap: usize) -> Result<(
     Ok(())
 }
 
+/// Check a parser's result for one datagram, beyond [`check_parsed`]:
+/// either one frame covering the whole datagram or a malformed report with
+/// no frame, and no need for more bytes (a datagram does not continue).
+fn check_datagram(parsed: &Parsed, datagram_len: usize) -> Result<(), String> {
+    if let Some(needed) = parsed.needed {
+        return Err(format!("asked for {needed} more bytes of a datagram"));
+    }
+    match (parsed.frame_lengths.as_slice(), &parsed.malformed) {
+        ([len], None) if *len as usize == datagram_len => Ok(()),
+        ([len], None) => Err(format!(
+            "a frame of {len} bytes in a datagram of {datagram_len}"
+        )),
+        ([], Some(_)) => Ok(()),
+        ([], None) => Err("neither a frame nor a malformed report for a datagram".into()),
+        (lens, _) => Err(format!(
+            "{} frames and {} malformed report for one datagram",
+            lens.len(),
+            if parsed.malformed.is_some() {
+                "a"
+            } else {
+                "no"
+            }
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::indexing_slicing)]
@@ -908,6 +977,21 @@ mod tests {
             reason: "x".into(),
         });
         assert!(check_parsed(&p, 5, 16).is_err());
+    }
+
+    #[test]
+    fn a_datagram_is_one_whole_frame_or_malformed() {
+        assert!(check_datagram(&parsed(&[5]), 5).is_ok());
+        assert!(check_datagram(&parsed(&[]).malformed(0, "bad"), 5).is_ok());
+        assert!(check_datagram(&parsed(&[4]), 5).is_err(), "short frame");
+        assert!(check_datagram(&parsed(&[2, 3]), 5).is_err(), "two frames");
+        assert!(check_datagram(&parsed(&[]), 5).is_err(), "nothing said");
+        let both = parsed(&[5]).malformed(5, "bad");
+        assert!(check_datagram(&both, 5).is_err(), "frame and malformed");
+        assert!(
+            check_datagram(&parsed(&[5]).needing(3), 5).is_err(),
+            "a need"
+        );
     }
 
     #[test]

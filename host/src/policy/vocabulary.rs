@@ -155,6 +155,9 @@ const MQTT_SUBSCRIBE_OPTIONAL: &[Attribute] = &[
     ("retain-handling", Int),
 ];
 
+/// What a CoAP message may carry. `type` (`con`, `non`, `ack` or `rst`)
+/// and `message-id` are in the UDP header only (RFC 7252): a message
+/// over TCP (RFC 8323) has neither.
 const COAP_OPTIONAL: &[Attribute] = &[
     ("type", Text),
     ("message-id", Int),
@@ -312,7 +315,9 @@ pub fn markdown() -> String {
          Types: text, int (64-bit), flag, bytes, text-set (an attribute that \
          may repeat, a `Set<String>` to the policy). Every event also has \
          `direction` (`to-upstream` or `to-device`), added by the host; \
-         `mqtt.publish` also has `topic-levels`.\n",
+         `mqtt.publish` also has `topic-levels`. A CoAP message has `type` \
+         (`con`, `non`, `ack` or `rst`) and `message-id` when it came over \
+         UDP (RFC 7252), never over TCP (RFC 8323).\n",
     );
     let name = |ty: Type| match ty {
         Type::Text => "text",

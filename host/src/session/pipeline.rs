@@ -64,7 +64,8 @@ pub struct Inspected {
     pub actions: Vec<(String, Action)>,
     /// Set when the stream cannot be followed any more; the offset is
     /// relative to the first frame of this chunk. The session must close
-    /// after the frames before it.
+    /// after the frames before it. (A malformed datagram spoils only
+    /// itself: see [`Pipeline::push_datagram`].)
     pub malformed: Option<Malformed>,
     /// Detectors and responders that failed on this chunk.
     pub errors: Vec<CallError>,
@@ -281,7 +282,7 @@ impl Pipeline {
             Direction::ToDevice => down,
         };
         stream.pending.extend_from_slice(bytes);
-        let parsed = self
+        let mut parsed = self
             .parser
             .active()
             .parse(&self.session, direction, &self.state, &stream.pending)
@@ -293,40 +294,13 @@ impl Pipeline {
         // The runtime checked that the frames lie inside the input, one
         // event each.
         let consumed = parsed.consumed();
-        let mut offset = stream.offset;
-        let spans = (parsed.frame_lengths.iter())
-            .map(|&len| {
-                let span = FrameSpan { offset, len };
-                offset += u64::from(len);
-                span
-            })
-            .collect();
-        let mut inspected = Inspected {
-            spans,
-            batch: parsed.events,
-            findings: Vec::new(),
-            actions: Vec::new(),
-            malformed: parsed.malformed,
-            errors: Vec::new(),
-            blocked: false,
-            oversize: None,
-        };
-        if let Some(m) = &inspected.malformed {
-            let protocol = (self.parser.active().protocol()).unwrap_or_else(|_| "unknown".into());
-            inspected
-                .batch
-                .push(&format!("{protocol}.malformed"))
-                .int(
-                    "offset",
-                    i64::try_from(stream.offset + u64::from(m.offset)).unwrap_or(i64::MAX),
-                )
-                .text("reason", &m.reason);
-        }
+        let needed = parsed.needed;
+        self.state = std::mem::take(&mut parsed.state);
+        let mut inspected = framed(&self.parser, stream.offset, parsed);
         stream.pending.drain(..consumed);
-        stream.offset = offset;
-        self.state = parsed.state;
+        stream.offset += consumed as u64;
         if inspected.malformed.is_none() {
-            let needed = parsed.needed.map_or(0, |n| n as usize);
+            let needed = needed.map_or(0, |n| n as usize);
             if stream.pending.len().saturating_add(needed) > self.max_frame {
                 if inspected.spans.is_empty() {
                     return Err(PipelineError::FrameTooLarge {
@@ -336,6 +310,48 @@ impl Pipeline {
                 inspected.oversize = Some(self.max_frame);
             }
         }
+        self.enforce_policy(direction, &mut inspected);
+        self.judge(&mut inspected);
+        Ok(inspected)
+    }
+
+    /// Inspect `datagram`, one whole datagram arriving in `direction` over
+    /// a datagram transport (CoAP over UDP, say). Its frame, when the
+    /// parser made one, is the whole datagram; offsets count the bytes of
+    /// this direction's datagrams so far.
+    ///
+    /// A malformed datagram is reported in [`Inspected::malformed`], with
+    /// its event, as for a stream; but it spoils that datagram only, since
+    /// the next one is parsed afresh: whether the session goes on is the
+    /// caller's choice.
+    pub fn push_datagram(
+        &mut self,
+        direction: Direction,
+        datagram: &[u8],
+    ) -> Result<Inspected, PipelineError> {
+        if datagram.len() > self.max_frame {
+            return Err(PipelineError::FrameTooLarge {
+                limit: self.max_frame,
+            });
+        }
+        let mut parsed = self
+            .parser
+            .active()
+            .parse_datagram(&self.session, direction, &self.state, datagram)
+            .map_err(PipelineError::Parser)?;
+        if let Some(shadow) = self.parser.shadow() {
+            let theirs = shadow.parse_datagram(&self.session, direction, &self.state, datagram);
+            compare_parsed(&self.parser, &parsed, theirs);
+        }
+        let [up, down] = &mut self.streams;
+        let stream = match direction {
+            Direction::ToUpstream => up,
+            Direction::ToDevice => down,
+        };
+        // The runtime checked that the frame, if any, is the datagram.
+        self.state = std::mem::take(&mut parsed.state);
+        let mut inspected = framed(&self.parser, stream.offset, parsed);
+        stream.offset += datagram.len() as u64;
         self.enforce_policy(direction, &mut inspected);
         self.judge(&mut inspected);
         Ok(inspected)
@@ -444,6 +460,41 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// The frames of a parser's result, from `offset` in their direction,
+/// with the malformed event after them when the parser reported one.
+fn framed(parser: &Slot, offset: u64, parsed: Parsed) -> Inspected {
+    let mut end = offset;
+    let spans = (parsed.frame_lengths.iter())
+        .map(|&len| {
+            let span = FrameSpan { offset: end, len };
+            end += u64::from(len);
+            span
+        })
+        .collect();
+    let mut inspected = Inspected {
+        spans,
+        batch: parsed.events,
+        findings: Vec::new(),
+        actions: Vec::new(),
+        malformed: parsed.malformed,
+        errors: Vec::new(),
+        blocked: false,
+        oversize: None,
+    };
+    if let Some(m) = &inspected.malformed {
+        let protocol = (parser.active().protocol()).unwrap_or_else(|_| "unknown".into());
+        inspected
+            .batch
+            .push(&format!("{protocol}.malformed"))
+            .int(
+                "offset",
+                i64::try_from(offset + u64::from(m.offset)).unwrap_or(i64::MAX),
+            )
+            .text("reason", &m.reason);
+    }
+    inspected
 }
 
 impl Inspected {

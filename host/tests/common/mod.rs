@@ -123,3 +123,23 @@ pub fn mqtt_publish_qos1(topic: &str, id: u16, payload: &[u8]) -> Vec<u8> {
         &[string(topic), id.to_be_bytes().to_vec(), payload.to_vec()].concat(),
     )
 }
+
+/// The CoAP over UDP datagrams `scripts/record-traffic` recorded in
+/// `tests/recordings/coap-udp/NAME` (`up.hex` or `down.hex`), one per line
+/// in hex, as `plugin run --datagrams` reads them.
+pub fn recorded_datagrams(name: &str) -> Vec<Vec<u8>> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/recordings/coap-udp")
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            (0..l.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&l[i..i + 2], 16).unwrap())
+                .collect()
+        })
+        .collect()
+}

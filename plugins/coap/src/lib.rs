@@ -1,14 +1,34 @@
-//! A CoAP parser plugin for CoAP over TCP and TLS (RFC 8323): it cuts the
-//! stream into messages and describes each request (method, path, query,
-//! token, the options a policy or detector judges), response (code) and
-//! signalling message (CSM, Ping, Pong, Release, Abort).
+//! A CoAP parser plugin, for both of CoAP's message formats: CoAP over TCP
+//! and TLS (RFC 8323), where [`parse`] cuts a stream into messages, and
+//! CoAP over UDP (RFC 7252), where [`parse_datagram`] reads the one message
+//! a datagram holds. Each message is described the same way, whichever
+//! transport carried it: a request (method, path, query, token, the options
+//! a policy or detector judges), a response (code), a signalling message
+//! (CSM, Ping, Pong, Release, Abort; TCP only) or an empty message.
 //!
 //! RFC 8323 §3.2 frames a message as `Len|TKL`, an extended length of 0,
 //! 1, 2 or 4 bytes, the code, the token, then the options and payload,
-//! whose size `Len` gives. Messages are independent: the parser keeps no
-//! session state.
+//! whose size `Len` gives.
+//!
+//! RFC 7252 §3 starts a message with four bytes, `Ver|T|TKL`, the code and
+//! a 16-bit message ID, then the token, options and payload, up to the end
+//! of the datagram. Its events also carry the message `type` (`con`,
+//! `non`, `ack` or `rst`) and the `message-id`. An empty message (code
+//! 0.00: a CON ping, an ACK, an RST) is a `coap.empty` event with them.
+//!
+//! ```
+//! let get = [0x40, 0x01, 0x12, 0x34, 0xb4, b't', b'e', b'm', b'p'];
+//! let parsed = coap::parse_datagram(&get);
+//! let event = parsed.events.get(0).unwrap();
+//! assert_eq!(event.kind(), "coap.request");
+//! assert_eq!(event.text("path"), Some("/temp"));
+//! assert_eq!(event.text("type"), Some("con"));
+//! assert_eq!(event.int("message-id"), Some(0x1234));
+//! ```
+//!
+//! Messages are independent: the parser keeps no session state.
 
-use palisade_plugin_sdk::{Direction, Parsed, Parser, Session};
+use palisade_plugin_sdk::{Direction, EventWriter, Parsed, Parser, Session};
 
 /// The parser as a plugin.
 #[derive(Debug)]
@@ -19,6 +39,15 @@ impl Parser for Coap {
 
     fn parse(_session: &Session, _direction: Direction, _state: &[u8], input: &[u8]) -> Parsed {
         parse(input)
+    }
+
+    fn parse_datagram(
+        _session: &Session,
+        _direction: Direction,
+        _state: &[u8],
+        datagram: &[u8],
+    ) -> Parsed {
+        parse_datagram(datagram)
     }
 }
 
@@ -45,7 +74,12 @@ pub fn parse(input: &[u8]) -> Parsed {
                     .get(header_len..header_len + token_len)
                     .unwrap_or_default();
                 let body = rest.get(header_len + token_len..len).unwrap_or_default();
-                if let Err(reason) = describe(code, token, body, len, &mut parsed) {
+                let header = Header {
+                    code,
+                    token,
+                    datagram: None,
+                };
+                if let Err(reason) = describe(&header, body, len, &mut parsed) {
                     parsed = parsed.malformed(offset, reason);
                     break;
                 }
@@ -62,6 +96,101 @@ pub fn parse(input: &[u8]) -> Parsed {
         }
     }
     parsed
+}
+
+/// Read the one CoAP over UDP message (RFC 7252) that `datagram` holds:
+/// one frame covering the whole datagram, or a malformed report at offset
+/// 0 saying why the datagram is not a message.
+pub fn parse_datagram(datagram: &[u8]) -> Parsed {
+    let mut parsed = Parsed::new(Vec::new());
+    let described = datagram_message(datagram)
+        .and_then(|(header, body)| describe(&header, body, datagram.len(), &mut parsed));
+    match described {
+        Ok(()) => parsed,
+        // `describe` writes nothing for a malformed message.
+        Err(reason) => parsed.malformed(0, reason),
+    }
+}
+
+/// The message types of RFC 7252 §4, as the `type` attribute names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MessageType {
+    Confirmable,
+    NonConfirmable,
+    Acknowledgement,
+    Reset,
+}
+
+impl MessageType {
+    fn from_bits(bits: u8) -> Self {
+        match bits & 0b11 {
+            0 => MessageType::Confirmable,
+            1 => MessageType::NonConfirmable,
+            2 => MessageType::Acknowledgement,
+            _ => MessageType::Reset,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            MessageType::Confirmable => "con",
+            MessageType::NonConfirmable => "non",
+            MessageType::Acknowledgement => "ack",
+            MessageType::Reset => "rst",
+        }
+    }
+}
+
+/// What a message's header says, whichever transport carried it.
+struct Header<'a> {
+    code: u8,
+    token: &'a [u8],
+    /// What only the UDP header has: the type and the message ID.
+    datagram: Option<(MessageType, u16)>,
+}
+
+/// Split a datagram into its header and its body (options and payload),
+/// checking what RFC 7252 §3 and §4 require of the header: version 1, a
+/// token of at most 8 bytes, an empty message with nothing after the
+/// message ID, a Reset that is empty, an Acknowledgement that is empty or
+/// a response, a Non-confirmable message that is not empty.
+fn datagram_message(datagram: &[u8]) -> Result<(Header<'_>, &[u8]), &'static str> {
+    let Some((&[first, code, id_high, id_low], rest)) = datagram.split_first_chunk::<4>() else {
+        return Err("datagram shorter than the 4-byte CoAP header");
+    };
+    if first >> 6 != 1 {
+        return Err("version not 1");
+    }
+    let kind = MessageType::from_bits(first >> 4);
+    let token_len = usize::from(first & 0x0f);
+    if token_len > 8 {
+        return Err("token length over 8 (reserved)");
+    }
+    let (token, body) = rest
+        .split_at_checked(token_len)
+        .ok_or("token cut short by the end of the datagram")?;
+    let class = code >> 5;
+    if code == 0 {
+        if !rest.is_empty() {
+            return Err("empty message (code 0.00) with bytes after the message ID");
+        }
+        if kind == MessageType::NonConfirmable {
+            return Err("empty non-confirmable message");
+        }
+    } else if kind == MessageType::Reset {
+        return Err("reset message not empty");
+    } else if kind == MessageType::Acknowledgement && class == 0 {
+        return Err("acknowledgement carrying a request");
+    }
+    if class == 7 {
+        return Err("signalling code in a datagram (RFC 8323, reliable transports only)");
+    }
+    let header = Header {
+        code,
+        token,
+        datagram: Some((kind, u16::from_be_bytes([id_high, id_low]))),
+    };
+    Ok((header, body))
 }
 
 enum Framing {
@@ -226,19 +355,24 @@ fn joined(parts: &[&[u8]], lead: &str, separator: char) -> Result<String, &'stat
     Ok(out)
 }
 
+/// Describe a message of `len` bytes, its header and `body` (options and
+/// payload), with one event in `parsed`. Nothing is written when the
+/// message is malformed.
 fn describe(
-    code: u8,
-    token: &[u8],
+    header: &Header<'_>,
     body: &[u8],
     len: usize,
     parsed: &mut Parsed,
 ) -> Result<(), &'static str> {
+    let Header { code, token, .. } = *header;
     let (class, detail) = (code >> 5, code & 0x1f);
     let code_text = format!("{class}.{detail:02}");
     let found = options(body)?;
     let mut event = match (class, detail) {
         (0, 0) => {
-            parsed.frame(len, "coap.empty");
+            // Nothing but the header: RFC 7252 §4.1 forbids more over UDP,
+            // and RFC 8323 has the receiver ignore an empty message.
+            datagram_attributes(header, &mut parsed.frame(len, "coap.empty"));
             return Ok(());
         }
         (0, _) => {
@@ -293,7 +427,17 @@ fn describe(
             event.int(name, i64::try_from(v).unwrap_or(i64::MAX));
         }
     }
+    datagram_attributes(header, &mut event);
     Ok(())
+}
+
+/// What the UDP header adds to an event: the message type and ID.
+fn datagram_attributes(header: &Header<'_>, event: &mut EventWriter<'_>) {
+    if let Some((kind, message_id)) = header.datagram {
+        event
+            .text("type", kind.name())
+            .int("message-id", message_id);
+    }
 }
 
 #[cfg(test)]
@@ -385,6 +529,155 @@ mod tests {
             assert!(p.events.is_empty(), "{bytes:?} left an event");
             let m = p.malformed.unwrap_or_else(|| panic!("{bytes:?} accepted"));
             assert!(m.reason.contains(reason), "{bytes:?}: {}", m.reason);
+        }
+    }
+
+    fn hex(text: &str) -> Vec<u8> {
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// The one event of a datagram that must parse.
+    fn datagram_event(datagram: &[u8]) -> String {
+        let p = parse_datagram(datagram);
+        assert_eq!(p.malformed, None, "{datagram:02x?}");
+        assert_eq!(p.frame_lengths, [datagram.len() as u32]);
+        p.events.get(0).unwrap().to_string()
+    }
+
+    #[test]
+    fn datagrams_libcoap_sent_are_described_with_type_and_message_id() {
+        // Captured on loopback between libcoap 4.3.1's coap-client and
+        // coap-server: an Observe registration (Uri-Port, Uri-Path "time",
+        // Observe 0) and its piggybacked 2.05 with Observe 2 and a payload.
+        let register = hex("4101e2cc016012aa1a4474696d65");
+        let p = parse_datagram(&register);
+        let e = p.events.get(0).unwrap();
+        assert_eq!(e.kind(), "coap.request");
+        assert_eq!(
+            (e.text("method"), e.text("path"), e.int("observe")),
+            (Some("GET"), Some("/time"), Some(0))
+        );
+        assert_eq!(
+            (e.text("type"), e.int("message-id"), e.bytes("token")),
+            (Some("con"), Some(0xe2cc), Some(&[1u8][..]))
+        );
+        let content = hex("6145e2cc0161028101ff4e6f762032352030393a33333a3132");
+        let p = parse_datagram(&content);
+        let e = p.events.get(0).unwrap();
+        assert_eq!((e.kind(), e.text("code")), ("coap.response", Some("2.05")));
+        assert_eq!(
+            (e.text("type"), e.int("observe"), e.int("payload-size")),
+            (Some("ack"), Some(2), Some(15))
+        );
+        // Block-wise: the third Block1 block of a PUT (Content-Format 0,
+        // Block1 2/more/64, Size1 300), and a Block2 answer.
+        let put = hex(
+            "4703b0be0300000000000372aa1a4c6578616d706c655f6461746110d1022ad214012cd4db89de5cd2ff",
+        );
+        let put = [put, vec![b'x'; 64]].concat();
+        let e = datagram_event(&put);
+        assert!(e.contains("method=\"PUT\""), "{e}");
+        assert!(e.contains("block1=42 "), "{e}");
+        assert!(e.contains("content-format=0 "), "{e}");
+        let block2 = hex("6745231b030000000000024101d1062a52012cff");
+        let block2 = [block2, vec![b'x'; 64]].concat();
+        let p = parse_datagram(&block2);
+        let e = p.events.get(0).unwrap();
+        assert_eq!(
+            (e.int("block2"), e.int("payload-size")),
+            (Some(0x2a), Some(64))
+        );
+        assert_eq!(e.bytes("token"), Some(&[3, 0, 0, 0, 0, 0, 2][..]));
+    }
+
+    #[test]
+    fn empty_messages_say_their_type() {
+        for (datagram, kind) in [
+            (hex("4000abcd"), "con"), // a CoAP ping
+            (hex("6000abcd"), "ack"),
+            (hex("7000abcd"), "rst"),
+        ] {
+            let p = parse_datagram(&datagram);
+            let e = p.events.get(0).unwrap();
+            assert_eq!(e.kind(), "coap.empty");
+            assert_eq!(e.text("type"), Some(kind));
+            assert_eq!(e.int("message-id"), Some(0xabcd));
+            assert_eq!(e.attributes().count(), 2, "{e}");
+        }
+    }
+
+    #[test]
+    fn a_request_reads_the_same_over_tcp_and_udp() {
+        let body = [
+            [0xb4].as_slice(),
+            b"temp",
+            &[0x46],
+            b"unit=c",
+            &[0xff, 1, 2],
+        ]
+        .concat();
+        let tcp = parse(&message(0x02, &[7, 7], &body));
+        let udp = parse_datagram(&[&[0x52, 0x02, 0, 9, 7, 7][..], &body].concat());
+        let tcp = tcp.events.get(0).unwrap().to_string();
+        let udp = udp.events.get(0).unwrap().to_string();
+        assert_eq!(udp, format!("{tcp} type=\"non\" message-id=9"));
+    }
+
+    #[test]
+    fn malformed_datagrams_are_reported_with_a_reason() {
+        for (datagram, reason) in [
+            (vec![], "shorter than"),
+            (vec![0x40, 0x01, 0x00], "shorter than"),
+            (vec![0x80, 0x01, 0, 1], "version not 1"),
+            (
+                vec![0x49, 0x01, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+                "token length",
+            ),
+            (vec![0x44, 0x01, 0, 1, 1, 2], "token cut short"),
+            (vec![0x40, 0x00, 0, 1, 0xff], "empty message"),
+            (vec![0x41, 0x00, 0, 1, 1], "empty message"),
+            (vec![0x50, 0x00, 0, 1], "empty non-confirmable"),
+            (vec![0x70, 0x45, 0, 1], "reset message not empty"),
+            (vec![0x60, 0x01, 0, 1], "acknowledgement carrying a request"),
+            (vec![0x40, 0xe1, 0, 1], "signalling code"),
+            (vec![0x40, 0x20, 0, 1], "reserved code class"),
+            (vec![0x40, 0x08, 0, 1], "unknown request method"),
+            (vec![0x40, 0x01, 0, 1, 0xff], "payload marker"),
+            (vec![0x40, 0x01, 0, 1, 0xf0], "reserved"),
+            (vec![0x40, 0x01, 0, 1, 0xb2, b'a'], "cut short"),
+            (vec![0x40, 0x01, 0, 1, 0xb1, 0xff], "not UTF-8"),
+            (
+                vec![0x40, 0x45, 0, 1, 0xc5, 1, 2, 3, 4, 5],
+                "longer than 4 bytes",
+            ),
+        ] {
+            let p = parse_datagram(&datagram);
+            assert!(p.events.is_empty(), "{datagram:02x?} left an event");
+            assert_eq!(p.needed, None);
+            let m = p
+                .malformed
+                .unwrap_or_else(|| panic!("{datagram:02x?} accepted"));
+            assert_eq!(m.offset, 0);
+            assert!(m.reason.contains(reason), "{datagram:02x?}: {}", m.reason);
+        }
+    }
+
+    #[test]
+    fn every_cut_of_a_datagram_is_a_message_or_malformed() {
+        let datagram = hex(
+            "4703b0be0300000000000372aa1a4c6578616d706c655f6461746110d1022ad214012cd4db89de5cd2ff7878",
+        );
+        for cut in 0..=datagram.len() {
+            let p = parse_datagram(&datagram[..cut]);
+            match (p.frame_lengths.as_slice(), &p.malformed) {
+                ([len], None) => assert_eq!(*len as usize, cut),
+                ([], Some(m)) => assert_eq!(m.offset, 0),
+                other => panic!("cut at {cut}: {other:?}"),
+            }
+            assert_eq!(p.needed, None);
         }
     }
 }

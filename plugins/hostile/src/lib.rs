@@ -5,8 +5,10 @@
 //! `alloc` allocates until memory runs out, `recurse` recurses without end,
 //! `trap` panics, `flood` returns an enormous result, `kvspam` writes to the
 //! key-value store without stopping, `logspam` writes ten thousand long log
-//! lines. Any
-//! other input is one well-formed frame of kind `hostile.ok`.
+//! lines, `halves` returns the input as two frames (fine for a stream, a
+//! breach of the contract for a datagram). Any other input is one
+//! well-formed frame of kind `hostile.ok`. Datagrams get the same
+//! treatment as stream input.
 
 use palisade_plugin_sdk::host::{self, Level, kv};
 use palisade_plugin_sdk::{Direction, Parsed, Parser, Session, Value};
@@ -61,12 +63,27 @@ impl Parser for Hostile {
                     host::log(Level::Info, &format!("log line {i} {}", "x".repeat(4096)));
                 }
             }
+            b"halves" => {
+                let half = input.len() / 2;
+                parsed.frame(half, "hostile.ok");
+                parsed.frame(input.len() - half, "hostile.ok");
+                return parsed;
+            }
             _ => {}
         }
         if !input.is_empty() {
             parsed.frame(input.len(), "hostile.ok");
         }
         parsed
+    }
+
+    fn parse_datagram(
+        session: &Session,
+        direction: Direction,
+        state: &[u8],
+        datagram: &[u8],
+    ) -> Parsed {
+        Self::parse(session, direction, state, datagram)
     }
 }
 
