@@ -1,15 +1,17 @@
 //! Parse throughput per protocol, on streams of real traffic's shape: each
 //! parser natively and as a WebAssembly component through the host's
 //! plugin runtime, on the same 4 KiB chunks of whole frames; for MQTT also
-//! mqttbytes, the fastest existing Rust MQTT parser, and for Modbus/TCP
-//! rmodbus' request parser, on the same bytes.
+//! mqttbytes, the fastest existing Rust MQTT parser, for Modbus/TCP
+//! rmodbus' request parser, and for CoAP over UDP coap-lite, on the same
+//! bytes.
 //! Medians of many calls, MB/s and frames/s, and the wasm/native ratio
 //! (target: within 2x of native).
 //!
 //! The inputs: MQTT 3.1.1 PUBLISH frames of telemetry (100-byte JSON
 //! payloads, QoS 0 and 1); the CoAP over TCP and Modbus/TCP request streams
 //! recorded from libcoap's coap-client and pymodbus (`tests/recordings`),
-//! repeated to fill the chunk.
+//! repeated to fill the chunk; and the CoAP over UDP datagrams recorded
+//! from coap-client, one parse call per datagram.
 //!
 //! Run it with `cargo bench -p palisade --bench parsers`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
@@ -116,6 +118,13 @@ fn report(name: &str, chunk: &[u8], frames: usize, wasm: Duration, native: Durat
     );
 }
 
+/// The component and the native code agree, on whole, well-formed frames.
+fn check(wasm: &Parsed, native: &palisade_plugin_sdk::Parsed) {
+    assert_eq!(wasm.frame_lengths, native.frame_lengths);
+    assert_eq!(wasm.events, native.events);
+    assert!(native.malformed.is_none() && native.needed.is_none());
+}
+
 fn main() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("state")).unwrap();
@@ -137,11 +146,6 @@ fn main() {
             zone: "z".into(),
         },
         route: "r".into(),
-    };
-    let check = |wasm: &Parsed, native: &palisade_plugin_sdk::Parsed| {
-        assert_eq!(wasm.frame_lengths, native.frame_lengths);
-        assert_eq!(wasm.events, native.events);
-        assert!(native.malformed.is_none() && native.needed.is_none());
     };
     println!("parse throughput, 4 KiB chunks of whole frames, medians of {CALLS} calls:");
 
@@ -231,6 +235,67 @@ fn main() {
     }
     println!(
         "(no existing Rust parser reads CoAP over TCP, RFC 8323: coap-lite and the others read only the UDP message format)"
+    );
+    coap_over_udp(&session, &load("coap"));
+}
+
+/// CoAP over UDP: the datagrams coap-client sent (`coap-udp/up.hex`), one
+/// parse call each, as datagrams arrive; against coap-lite, which reads
+/// the same RFC 7252 message format, on the same datagrams.
+fn coap_over_udp(session: &Session, plugin: &palisade::plugins::Plugin) {
+    let datagrams = common::recorded_datagrams("up.hex");
+    let bytes: usize = datagrams.iter().map(Vec::len).sum();
+    for d in &datagrams {
+        let native = coap::parse_datagram(d);
+        check(
+            &plugin
+                .parse_datagram(session, Direction::ToUpstream, &[], d)
+                .unwrap(),
+            &native,
+        );
+        assert!(coap_lite::Packet::from_bytes(d).is_ok());
+    }
+    let (wasm_t, native_t) = race(
+        || {
+            for d in &datagrams {
+                drop(black_box(
+                    plugin
+                        .parse_datagram(session, Direction::ToUpstream, &[], d)
+                        .unwrap(),
+                ));
+            }
+        },
+        || {
+            for d in &datagrams {
+                drop(black_box(coap::parse_datagram(d)));
+            }
+        },
+    );
+    let (lite_t, _) = race(
+        || {
+            for d in &datagrams {
+                drop(black_box(coap_lite::Packet::from_bytes(d)));
+            }
+        },
+        || {},
+    );
+    let name = "coap/udp";
+    let frames = datagrams.len();
+    let mbs = |d: Duration| bytes as f64 / d.as_secs_f64() / 1e6;
+    let fps = |d: Duration| frames as f64 / d.as_secs_f64();
+    println!(
+        "{name:<7} {frames:>3} datagrams, one call each  native {:>7.1} MB/s {:>10.0} frames/s   wasm {:>7.1} MB/s {:>10.0} frames/s   wasm/native {:.2}",
+        mbs(native_t),
+        fps(native_t),
+        mbs(wasm_t),
+        fps(wasm_t),
+        native_t.as_secs_f64() / wasm_t.as_secs_f64()
+    );
+    println!(
+        "        coap-lite 0.13 (Packet::from_bytes, natively) {:>7.1} MB/s {:>10.0} frames/s   palisade native / coap-lite {:.2}",
+        mbs(lite_t),
+        fps(lite_t),
+        lite_t.as_secs_f64() / native_t.as_secs_f64()
     );
 }
 
