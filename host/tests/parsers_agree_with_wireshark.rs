@@ -289,30 +289,35 @@ fn modbus_agrees_with_wireshark() {
 #[test]
 fn coap_agrees_with_wireshark() {
     agree::<coap::Coap>("coap", "coap", &["coap.code"], |e| {
-        let code = match (e.kind(), e.text("method"), e.text("code")) {
-            ("coap.request", Some(m), _) => {
-                ["GET", "POST", "PUT", "DELETE", "FETCH", "PATCH", "iPATCH"]
-                    .iter()
-                    .position(|x| *x == m)
-                    .unwrap()
-                    + 1
-            }
-            ("coap.signal", _, Some(s)) => {
-                7 * 32
-                    + ["CSM", "Ping", "Pong", "Release", "Abort"]
-                        .iter()
-                        .position(|x| *x == s)
-                        .unwrap()
-                    + 1
-            }
-            ("coap.response", _, Some(c)) => {
-                let (class, detail) = c.split_once('.').unwrap();
-                class.parse::<usize>().unwrap() * 32 + detail.parse::<usize>().unwrap()
-            }
-            _ => 0,
-        };
-        vec![vec![code.to_string()]]
+        vec![vec![coap_code(e).to_string()]]
     });
+}
+
+/// An event's CoAP code as tshark shows it, class * 32 + detail; 0 (the
+/// empty message's) for any other kind.
+fn coap_code(e: EventRef<'_>) -> usize {
+    match (e.kind(), e.text("method"), e.text("code")) {
+        ("coap.request", Some(m), _) => {
+            ["GET", "POST", "PUT", "DELETE", "FETCH", "PATCH", "iPATCH"]
+                .iter()
+                .position(|x| *x == m)
+                .unwrap()
+                + 1
+        }
+        ("coap.signal", _, Some(s)) => {
+            7 * 32
+                + ["CSM", "Ping", "Pong", "Release", "Abort"]
+                    .iter()
+                    .position(|x| *x == s)
+                    .unwrap()
+                + 1
+        }
+        ("coap.response", _, Some(c)) => {
+            let (class, detail) = c.split_once('.').unwrap();
+            class.parse::<usize>().unwrap() * 32 + detail.parse::<usize>().unwrap()
+        }
+        _ => 0,
+    }
 }
 
 /// tshark's fields of every CoAP over UDP datagram in the capture, by
@@ -470,20 +475,9 @@ fn coap_udp_fields(e: EventRef<'_>) -> Vec<Vec<String>> {
         .iter()
         .position(|t| Some(*t) == e.text("type"))
         .unwrap();
-    let code = match (e.kind(), e.text("method"), e.text("code")) {
-        ("coap.request", Some(m), _) => {
-            ["GET", "POST", "PUT", "DELETE", "FETCH", "PATCH", "iPATCH"]
-                .iter()
-                .position(|x| *x == m)
-                .unwrap()
-                + 1
-        }
-        ("coap.response", _, Some(c)) => {
-            let (class, detail) = c.split_once('.').unwrap();
-            class.parse::<usize>().unwrap() * 32 + detail.parse::<usize>().unwrap()
-        }
-        ("coap.empty", _, _) => 0,
-        (other, _, _) => panic!("{other} over UDP"),
+    let code = match e.kind() {
+        "coap.request" | "coap.response" | "coap.empty" => coap_code(e),
+        other => panic!("{other} over UDP"),
     };
     let token: String = (e.bytes("token").unwrap_or_default().iter())
         .map(|b| format!("{b:02x}"))
