@@ -87,29 +87,31 @@ fn recording(name: &str) -> Vec<u8> {
     .unwrap()
 }
 
-/// An existing crate's throughput on the same `chunk`, timed at `theirs`,
-/// against Palisade's native parser, timed at `ours`.
+/// An existing crate's throughput on the same input (`bytes` in `frames`),
+/// timed at `theirs`, against Palisade's native parser, timed at `ours`.
 fn report_baseline(
     what: &str,
     name: &str,
-    chunk: &[u8],
+    bytes: usize,
     frames: usize,
     theirs: Duration,
     ours: Duration,
 ) {
     println!(
         "        {what} {:>7.1} MB/s {:>10.0} frames/s   palisade native / {name} {:.2}",
-        chunk.len() as f64 / theirs.as_secs_f64() / 1e6,
+        bytes as f64 / theirs.as_secs_f64() / 1e6,
         frames as f64 / theirs.as_secs_f64(),
         theirs.as_secs_f64() / ours.as_secs_f64()
     );
 }
 
-fn report(name: &str, chunk: &[u8], frames: usize, wasm: Duration, native: Duration) {
-    let mbs = |d: Duration| chunk.len() as f64 / d.as_secs_f64() / 1e6;
+/// A parser's throughput on `bytes` in `frames`, cut as `unit` says
+/// (`frames/chunk`, say), as a component and natively.
+fn report(name: &str, unit: &str, bytes: usize, frames: usize, wasm: Duration, native: Duration) {
+    let mbs = |d: Duration| bytes as f64 / d.as_secs_f64() / 1e6;
     let fps = |d: Duration| frames as f64 / d.as_secs_f64();
     println!(
-        "{name:<7} {frames:>3} frames/chunk  native {:>7.1} MB/s {:>10.0} frames/s   wasm {:>7.1} MB/s {:>10.0} frames/s   wasm/native {:.2}",
+        "{name:<7} {frames:>3} {unit}  native {:>7.1} MB/s {:>10.0} frames/s   wasm {:>7.1} MB/s {:>10.0} frames/s   wasm/native {:.2}",
         mbs(native),
         fps(native),
         mbs(wasm),
@@ -175,7 +177,14 @@ fn main() {
         },
         || drop(black_box(mqtt::parse(&[4], &chunk))),
     );
-    report("mqtt", &chunk, frames, wasm_t, native_t);
+    report(
+        "mqtt",
+        "frames/chunk",
+        chunk.len(),
+        frames,
+        wasm_t,
+        native_t,
+    );
     let (bytes_t, _) = race(
         || {
             let mut buf = bytes::BytesMut::from(&chunk[..]);
@@ -191,7 +200,7 @@ fn main() {
     report_baseline(
         "mqttbytes 0.6 (v4::read, natively)",
         "mqttbytes",
-        &chunk,
+        chunk.len(),
         frames,
         bytes_t,
         native_t,
@@ -228,7 +237,14 @@ fn main() {
             },
             || drop(black_box(parse(&chunk))),
         );
-        report(name, &chunk, native.frame_lengths.len(), wasm_t, native_t);
+        report(
+            name,
+            "frames/chunk",
+            chunk.len(),
+            native.frame_lengths.len(),
+            wasm_t,
+            native_t,
+        );
         if name == "modbus" {
             rmodbus_baseline(&chunk, native.frame_lengths.len(), native_t);
         }
@@ -279,23 +295,22 @@ fn coap_over_udp(session: &Session, plugin: &palisade::plugins::Plugin) {
         },
         || {},
     );
-    let name = "coap/udp";
     let frames = datagrams.len();
-    let mbs = |d: Duration| bytes as f64 / d.as_secs_f64() / 1e6;
-    let fps = |d: Duration| frames as f64 / d.as_secs_f64();
-    println!(
-        "{name:<7} {frames:>3} datagrams, one call each  native {:>7.1} MB/s {:>10.0} frames/s   wasm {:>7.1} MB/s {:>10.0} frames/s   wasm/native {:.2}",
-        mbs(native_t),
-        fps(native_t),
-        mbs(wasm_t),
-        fps(wasm_t),
-        native_t.as_secs_f64() / wasm_t.as_secs_f64()
+    report(
+        "coap/udp",
+        "datagrams, one call each",
+        bytes,
+        frames,
+        wasm_t,
+        native_t,
     );
-    println!(
-        "        coap-lite 0.13 (Packet::from_bytes, natively) {:>7.1} MB/s {:>10.0} frames/s   palisade native / coap-lite {:.2}",
-        mbs(lite_t),
-        fps(lite_t),
-        lite_t.as_secs_f64() / native_t.as_secs_f64()
+    report_baseline(
+        "coap-lite 0.13 (Packet::from_bytes, natively)",
+        "coap-lite",
+        bytes,
+        frames,
+        lite_t,
+        native_t,
     );
 }
 
@@ -329,7 +344,7 @@ fn rmodbus_baseline(chunk: &[u8], frames: usize, native_t: Duration) {
     report_baseline(
         "rmodbus 0.13 (ModbusFrame::parse, natively)",
         "rmodbus",
-        chunk,
+        chunk.len(),
         frames,
         t,
         native_t,
