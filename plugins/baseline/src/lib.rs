@@ -97,19 +97,19 @@ impl Detector for Baseline {
         let mut findings = Vec::new();
         let mut previous = None;
         for event in events.iter() {
-            // Whoever learns this event learnt the one before: a profile
-            // learns until it is done, and is done for good.
-            let signature = profile::signature(&event);
-            let again = signature.is_some() && signature == previous;
-            previous = signature;
-            let learn = |profile: &mut Profile| {
-                if again {
-                    profile.learn_again(&event, now);
-                } else {
-                    profile.learn(&session.route, &event, now);
-                }
-            };
             let novelties = if !learning.done(&mine) {
+                // Whoever learns this event learnt the one before: a
+                // profile learns until it is done, and is done for good.
+                let signature = profile::signature(&event);
+                let again = signature.is_some() && signature == previous;
+                previous = signature;
+                let learn = |profile: &mut Profile| {
+                    if again {
+                        profile.learn_again(&event, now);
+                    } else {
+                        profile.learn(&session.route, &event, now);
+                    }
+                };
                 learn(&mut mine);
                 if !learning.done(&class) {
                     learn(&mut class);
