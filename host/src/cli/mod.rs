@@ -214,3 +214,40 @@ fn console(
         }
     }
 }
+
+/// `hex` as bytes: pairs of hex digits and nothing else (no sign, no
+/// prefix, no separator). The error names the first pair that is not one.
+fn decode_hex(hex: &[u8]) -> Result<Vec<u8>, String> {
+    if !hex.len().is_multiple_of(2) {
+        return Err("an odd number of hex digits".into());
+    }
+    let digit = |b: &u8| char::from(*b).to_digit(16);
+    (hex.chunks_exact(2))
+        .map(|pair| {
+            let byte = match pair {
+                [high, low] => digit(high).zip(digit(low)),
+                _ => None,
+            };
+            byte.and_then(|(high, low)| u8::try_from(high * 16 + low).ok())
+                .ok_or_else(|| format!("`{}` is not a byte in hex", String::from_utf8_lossy(pair)))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_hex;
+
+    #[test]
+    fn hex_is_pairs_of_digits_only() {
+        assert_eq!(decode_hex(b"00ffA5"), Ok(vec![0, 0xff, 0xa5]));
+        assert_eq!(decode_hex(b""), Ok(vec![]));
+        assert_eq!(
+            decode_hex(b"abc"),
+            Err("an odd number of hex digits".into())
+        );
+        assert_eq!(decode_hex(b"0azz"), Err("`zz` is not a byte in hex".into()));
+        // What `u8::from_str_radix` would take.
+        assert_eq!(decode_hex(b"+f"), Err("`+f` is not a byte in hex".into()));
+    }
+}

@@ -199,23 +199,8 @@ fn datagrams(text: &str) -> anyhow::Result<Vec<(usize, Vec<u8>)>> {
         if digits.is_empty() {
             continue;
         }
-        if !digits.len().is_multiple_of(2) {
-            anyhow::bail!("line {number}: an odd number of hex digits");
-        }
-        let datagram = (digits.chunks_exact(2))
-            .map(|pair| {
-                let digit = |b: &u8| char::from(*b).to_digit(16);
-                let byte = match pair {
-                    [high, low] => digit(high).zip(digit(low)),
-                    _ => None,
-                };
-                byte.and_then(|(high, low)| u8::try_from(high * 16 + low).ok())
-                    .ok_or_else(|| {
-                        let pair = String::from_utf8_lossy(pair);
-                        anyhow::anyhow!("line {number}: `{pair}` is not a byte in hex")
-                    })
-            })
-            .collect::<anyhow::Result<Vec<u8>>>()?;
+        let datagram =
+            super::decode_hex(&digits).map_err(|e| anyhow::anyhow!("line {number}: {e}"))?;
         found.push((number, datagram));
     }
     Ok(found)

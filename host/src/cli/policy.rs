@@ -193,7 +193,9 @@ pub(crate) fn batch_of(event: &Json) -> anyhow::Result<Batch> {
         for value in values {
             match (type_of(name), value) {
                 (Some(Type::Bytes), Json::String(hex)) => {
-                    let bytes = decode_hex(hex).context("bytes not in hex")?;
+                    let bytes = super::decode_hex(hex.as_bytes())
+                        .map_err(anyhow::Error::msg)
+                        .context("bytes not in hex")?;
                     writer.value(name, Value::Bytes(&bytes));
                 }
                 (_, Json::String(t)) => {
@@ -211,17 +213,4 @@ pub(crate) fn batch_of(event: &Json) -> anyhow::Result<Batch> {
         }
     }
     Ok(batch)
-}
-
-fn decode_hex(hex: &str) -> Option<Vec<u8>> {
-    if !hex.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| {
-            hex.get(i..i + 2)
-                .and_then(|b| u8::from_str_radix(b, 16).ok())
-        })
-        .collect()
 }
