@@ -194,3 +194,53 @@ fn coap_udp_recordings() {
     }
     assert!(total > 0);
 }
+
+/// Reading datagrams is the optional `datagram-parser` export: the stream
+/// parsers, which lack it, load all the same and are refused a datagram
+/// without a strike; coap has it, and a datagram that is not a message
+/// comes back as a malformed report at offset 0 with the state kept.
+#[test]
+fn only_parsers_that_export_datagram_parser_read_datagrams() {
+    let runtime = common::runtime();
+    let session = common::session(1, "device-1");
+    for protocol in ["mqtt", "modbus"] {
+        let plugin = runtime
+            .load(
+                protocol,
+                first_party::component(protocol).unwrap(),
+                Limits::default(),
+            )
+            .unwrap();
+        assert!(!plugin.reads_datagrams(), "{protocol}");
+        let err = plugin
+            .parse_datagram(&session, Direction::ToUpstream, &[], b"\x40\x01\x00\x00")
+            .unwrap_err();
+        assert!(
+            matches!(&err, palisade::plugins::CallError::StreamsOnly { plugin } if plugin == protocol),
+            "{err}"
+        );
+        assert_eq!(plugin.strikes(), 0, "{protocol}");
+    }
+    let coap = runtime
+        .load(
+            "coap",
+            first_party::component("coap").unwrap(),
+            Limits::default(),
+        )
+        .unwrap();
+    assert!(coap.reads_datagrams());
+    // Version 2 is not RFC 7252.
+    let bad = b"\x80\x01\x00\x00";
+    let parsed = coap
+        .parse_datagram(&session, Direction::ToUpstream, b"kept", bad)
+        .unwrap();
+    assert!(parsed.frame_lengths.is_empty() && parsed.events.is_empty());
+    assert_eq!(parsed.state, b"kept");
+    let malformed = parsed.malformed.unwrap();
+    assert_eq!(malformed.offset, 0);
+    assert_eq!(
+        Some(malformed.reason),
+        coap::parse_datagram(bad).malformed.map(|m| m.reason)
+    );
+    assert_eq!(coap.strikes(), 0);
+}

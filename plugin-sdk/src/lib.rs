@@ -69,55 +69,60 @@ pub trait Parser {
     /// frame boundary; the bytes after the last complete frame are given
     /// again, with more, on the next call.
     fn parse(session: &Session, direction: Direction, state: &[u8], input: &[u8]) -> Parsed;
+}
 
-    /// Describe one datagram of a datagram transport (CoAP over UDP, say),
-    /// where a message is exactly one datagram.
+/// A parser that also reads a datagram transport (CoAP over UDP, say),
+/// where a message is exactly one datagram. Export it with
+/// `export!(datagram_parser: T)`; a parser exported with
+/// `export!(parser: T)` reads streams only, and the appliance knows it
+/// from the component.
+///
+/// ```
+/// use palisade_plugin_sdk::{DatagramParser, Direction, Parsed, Parser, Session};
+///
+/// struct Beacon;
+///
+/// impl Parser for Beacon {
+///     const PROTOCOL: &'static str = "beacon";
+///
+///     fn parse(_: &Session, _: Direction, state: &[u8], _: &[u8]) -> Parsed {
+///         Parsed::new(state.to_vec()).malformed(0, "beacons come in datagrams only")
+///     }
+/// }
+///
+/// impl DatagramParser for Beacon {
+///     fn parse_datagram(_: &Session, _: Direction, state: &[u8], datagram: &[u8]) -> Parsed {
+///         let mut parsed = Parsed::new(state.to_vec());
+///         match datagram.first() {
+///             Some(&id) => {
+///                 parsed.frame(datagram.len(), "beacon.seen").int("id", id);
+///                 parsed
+///             }
+///             None => parsed.malformed(0, "empty datagram"),
+///         }
+///     }
+/// }
+///
+/// palisade_plugin_sdk::export!(datagram_parser: Beacon);
+/// ```
+pub trait DatagramParser: Parser {
+    /// Describe one whole `datagram`.
     ///
     /// `state` is as for [`Parser::parse`]. Return one frame covering the
     /// whole `datagram`, or no frame and [`Parsed::malformed`] at offset 0
     /// saying why the datagram is not a message; never
-    /// [`Parsed::needing`]: a datagram does not continue.
-    ///
-    /// The default answers that the parser reads streams only, so a parser
-    /// written before datagrams existed still builds.
-    ///
-    /// ```
-    /// use palisade_plugin_sdk::{Direction, Parsed, Parser, Session};
-    ///
-    /// struct Beacon;
-    ///
-    /// impl Parser for Beacon {
-    ///     const PROTOCOL: &'static str = "beacon";
-    ///
-    ///     fn parse(_: &Session, _: Direction, state: &[u8], _: &[u8]) -> Parsed {
-    ///         Parsed::new(state.to_vec()).malformed(0, "beacons come in datagrams only")
-    ///     }
-    ///
-    ///     fn parse_datagram(_: &Session, _: Direction, state: &[u8], datagram: &[u8]) -> Parsed {
-    ///         let mut parsed = Parsed::new(state.to_vec());
-    ///         match datagram.first() {
-    ///             Some(&id) => {
-    ///                 parsed.frame(datagram.len(), "beacon.seen").int("id", id);
-    ///                 parsed
-    ///             }
-    ///             None => parsed.malformed(0, "empty datagram"),
-    ///         }
-    ///     }
-    /// }
-    /// ```
+    /// [`Parsed::needing`]: a datagram does not continue. The appliance
+    /// receives the event and the state, or the malformed report's
+    /// reason (the state then stays as it was); more than one event is a
+    /// breach of the contract. [`testing::parse_datagrams`] checks all
+    /// this natively.
     fn parse_datagram(
         session: &Session,
         direction: Direction,
         state: &[u8],
         datagram: &[u8],
-    ) -> Parsed {
-        let _ = (session, direction, datagram);
-        Parsed::new(state.to_vec()).malformed(0, STREAMS_ONLY)
-    }
+    ) -> Parsed;
 }
-
-/// The reason the default [`Parser::parse_datagram`] gives.
-pub const STREAMS_ONLY: &str = "this parser reads byte streams only, not datagrams";
 
 /// A detector: judges batches of events and reports findings.
 pub trait Detector {
@@ -135,9 +140,10 @@ pub trait Responder {
 
 /// Export a type as the plugin's entry point.
 ///
-/// Write `export!(parser: T)`, `export!(detector: T)` or
-/// `export!(responder: T)` once in the plugin crate, where `T` implements
-/// [`Parser`], [`Detector`] or [`Responder`].
+/// Write `export!(parser: T)`, `export!(datagram_parser: T)`,
+/// `export!(detector: T)` or `export!(responder: T)` once in the plugin
+/// crate, where `T` implements [`Parser`], [`DatagramParser`],
+/// [`Detector`] or [`Responder`].
 #[macro_export]
 macro_rules! export {
     (parser: $plugin:ty) => {
@@ -159,16 +165,32 @@ macro_rules! export {
                 ) -> $crate::wit::parser_world::exports::palisade::plugin::parser::Parsed {
                     $crate::__wire::parsed(<$plugin as $crate::Parser>::parse(&session, direction, &state, &input))
                 }
+            }
+            $crate::wit::parser_world::export_parser!(PalisadeGlue with_types_in $crate::wit::parser_world);
+        };
+    };
+    (datagram_parser: $plugin:ty) => {
+        $crate::export!(parser: $plugin);
+        // Exports exist only in the component; natively the plugin is a
+        // library its tests call directly.
+        #[cfg(target_arch = "wasm32")]
+        #[allow(unsafe_code)]
+        const _: () = {
+            struct PalisadeDatagramGlue;
+            impl $crate::wit::datagram_world::exports::palisade::plugin::datagram_parser::Guest for PalisadeDatagramGlue {
                 fn parse_datagram(
                     session: $crate::Session,
                     direction: $crate::Direction,
                     state: ::std::vec::Vec<u8>,
                     datagram: ::std::vec::Vec<u8>,
-                ) -> $crate::wit::parser_world::exports::palisade::plugin::parser::Parsed {
-                    $crate::__wire::parsed(<$plugin as $crate::Parser>::parse_datagram(&session, direction, &state, &datagram))
+                ) -> ::std::result::Result<
+                    $crate::wit::datagram_world::exports::palisade::plugin::datagram_parser::Message,
+                    ::std::string::String,
+                > {
+                    $crate::__wire::message(<$plugin as $crate::DatagramParser>::parse_datagram(&session, direction, &state, &datagram))
                 }
             }
-            $crate::wit::parser_world::export_parser!(PalisadeGlue with_types_in $crate::wit::parser_world);
+            $crate::wit::datagram_world::export_datagrams!(PalisadeDatagramGlue with_types_in $crate::wit::datagram_world);
         };
     };
     (detector: $plugin:ty) => {

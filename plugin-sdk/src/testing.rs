@@ -20,7 +20,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use crate::host::{KvError, Level};
-use crate::{Direction, Parsed, Parser, Session};
+use crate::{DatagramParser, Direction, Parsed, Parser, Session};
 
 /// The largest key the appliance's store accepts, in bytes.
 pub const MAX_KEY_LEN: usize = 256;
@@ -223,7 +223,7 @@ pub fn parse_stream_after<P: Parser>(
 }
 
 /// Feed `datagrams` of one session, each with the way it travelled, through
-/// [`Parser::parse_datagram`] of `P` the way the appliance does: one call
+/// [`DatagramParser::parse_datagram`] of `P` the way the appliance does: one call
 /// per datagram, the session state carried from call to call, starting
 /// empty.
 ///
@@ -231,7 +231,7 @@ pub fn parse_stream_after<P: Parser>(
 /// not stop the others: each datagram is a message of its own.
 ///
 /// ```
-/// use palisade_plugin_sdk::{Direction, Parsed, Parser, Session, testing};
+/// use palisade_plugin_sdk::{DatagramParser, Direction, Parsed, Parser, Session, testing};
 ///
 /// struct Beacon;
 ///
@@ -241,7 +241,9 @@ pub fn parse_stream_after<P: Parser>(
 ///     fn parse(_: &Session, _: Direction, state: &[u8], _: &[u8]) -> Parsed {
 ///         Parsed::new(state.to_vec()).malformed(0, "beacons come in datagrams only")
 ///     }
+/// }
 ///
+/// impl DatagramParser for Beacon {
 ///     fn parse_datagram(_: &Session, _: Direction, state: &[u8], datagram: &[u8]) -> Parsed {
 ///         let mut parsed = Parsed::new(state.to_vec());
 ///         if datagram.is_empty() {
@@ -265,7 +267,7 @@ pub fn parse_stream_after<P: Parser>(
 /// exactly one frame covering the whole datagram or a malformed report at
 /// offset 0 with no frame, a need for more bytes, or not one event per
 /// frame. These are bugs in the parser under test.
-pub fn parse_datagrams<P: Parser>(
+pub fn parse_datagrams<P: DatagramParser>(
     session: &Session,
     datagrams: &[(Direction, &[u8])],
 ) -> Vec<Parsed> {
@@ -307,7 +309,7 @@ pub fn parse_datagrams<P: Parser>(
 mod tests {
     use super::*;
 
-    /// A stream parser that knows nothing of datagrams: one frame per byte.
+    /// A stream parser: one frame per byte.
     struct Bytes;
 
     impl Parser for Bytes {
@@ -331,7 +333,9 @@ mod tests {
         fn parse(session: &Session, direction: Direction, state: &[u8], input: &[u8]) -> Parsed {
             Bytes::parse(session, direction, state, input)
         }
+    }
 
+    impl DatagramParser for Broken {
         fn parse_datagram(s: &Session, d: Direction, state: &[u8], datagram: &[u8]) -> Parsed {
             Bytes::parse(s, d, state, datagram)
         }
@@ -339,18 +343,6 @@ mod tests {
 
     fn session() -> Session {
         Session::new(1, "d", "c", "z", "r")
-    }
-
-    #[test]
-    fn a_stream_parser_says_it_reads_no_datagrams_and_keeps_the_state() {
-        let parsed = Bytes::parse_datagram(&session(), Direction::ToUpstream, b"st", b"ab");
-        assert_eq!(parsed.state, b"st");
-        assert!(parsed.frame_lengths.is_empty());
-        let malformed = parsed.malformed.unwrap_or_else(|| panic!("accepted"));
-        assert_eq!(
-            (malformed.offset, malformed.reason.as_str()),
-            (0, crate::STREAMS_ONLY)
-        );
     }
 
     #[test]

@@ -146,6 +146,25 @@ pub mod wire {
         }
     }
 
+    /// A parser's result for one datagram as the contract carries it: the
+    /// event and the state, or the malformed report's reason.
+    pub fn message(
+        parsed: Parsed,
+    ) -> Result<
+        crate::wit::datagram_world::exports::palisade::plugin::datagram_parser::Message,
+        String,
+    > {
+        match parsed.malformed {
+            Some(malformed) => Err(malformed.reason),
+            None => Ok(
+                crate::wit::datagram_world::exports::palisade::plugin::datagram_parser::Message {
+                    event: columns(parsed.events),
+                    state: parsed.state,
+                },
+            ),
+        }
+    }
+
     /// A batch received from the host: its columns move, no event is
     /// copied.
     pub fn batch(batch: types::Batch) -> Batch {

@@ -27,6 +27,30 @@ pub mod parser_world {
     });
 }
 
+/// The optional `datagram-parser` export alone. A parser that reads
+/// datagrams exports it beside the parser world's `parser`; the component
+/// then has the contract's `datagram-parser-plugin` world.
+pub mod datagram_world {
+    wit_bindgen::generate!({
+        inline: "
+            package palisade:sdk-bindings;
+            world datagrams {
+                import palisade:plugin/host@0.1.0;
+                export palisade:plugin/datagram-parser@0.1.0;
+            }
+        ",
+        path: "../wit",
+        pub_export_macro: true,
+        export_macro_name: "export_datagrams",
+        default_bindings_module: "::palisade_plugin_sdk::wit::datagram_world",
+        runtime_path: "::palisade_plugin_sdk::wit::wit_bindgen::rt",
+        with: {
+            "palisade:plugin/types@0.1.0": super::parser_world::palisade::plugin::types,
+            "palisade:plugin/host@0.1.0": super::parser_world::palisade::plugin::host,
+        },
+    });
+}
+
 /// The detector world.
 pub mod detector_world {
     wit_bindgen::generate!({

@@ -12,8 +12,8 @@ use anyhow::Context;
 use serde_json::{Value as Json, json};
 
 use crate::plugins::{
-    Action, Direction, EventRef, Limits, Plugin, Runtime, RuntimeConfig, Session, Severity,
-    first_party,
+    Action, CallError, Direction, EventRef, Limits, Plugin, Runtime, RuntimeConfig, Session,
+    Severity, first_party,
 };
 use crate::session::{Inspected, Pipeline};
 use crate::store::Store;
@@ -99,7 +99,13 @@ pub(crate) fn run(data: &Path, args: &Args) -> anyhow::Result<ExitCode> {
         DirectionArg::ToUpstream => Direction::ToUpstream,
         DirectionArg::ToDevice => Direction::ToDevice,
     };
-    // A bad line is reported before anything runs.
+    // A parser that cannot read datagrams, or a bad line, is reported
+    // before anything runs.
+    if args.datagrams && !parser.reads_datagrams() {
+        anyhow::bail!(CallError::StreamsOnly {
+            plugin: parser.name().to_owned()
+        });
+    }
     let datagrams = if args.datagrams {
         let text = std::fs::read_to_string(&args.input)
             .with_context(|| format!("reading {}", args.input.display()))?;

@@ -15,6 +15,27 @@ pub mod parser {
     });
 }
 
+/// The optional `datagram-parser` export of a parser plugin, alone: the
+/// `parser` export it sits beside is bound by [`parser`], and a plugin
+/// without it is a parser all the same.
+pub mod datagram {
+    wasmtime::component::bindgen!({
+        inline: "
+            package palisade:host-bindings;
+            world datagrams {
+                import palisade:plugin/host@0.1.0;
+                export palisade:plugin/datagram-parser@0.1.0;
+            }
+        ",
+        path: "../wit",
+        imports: { default: trappable },
+        with: {
+            "palisade:plugin/types": super::parser::palisade::plugin::types,
+            "palisade:plugin/host": super::parser::palisade::plugin::host,
+        },
+    });
+}
+
 /// The detector world.
 pub mod detector {
     wasmtime::component::bindgen!({
@@ -41,6 +62,7 @@ pub mod responder {
     });
 }
 
+pub use datagram::exports::palisade::plugin::datagram_parser::Message;
 pub use parser::exports::palisade::plugin::parser::{Malformed, Parsed};
 pub use parser::palisade::plugin::host;
 pub use parser::palisade::plugin::types::{

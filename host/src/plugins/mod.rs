@@ -30,8 +30,9 @@ use std::time::Duration;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Trap};
 
+use bindings::datagram::{Datagrams, DatagramsIndices};
 use bindings::detector::{DetectorPlugin, DetectorPluginPre};
-use bindings::parser::{ParserPlugin, ParserPluginPre};
+use bindings::parser::{ParserPlugin, ParserPluginIndices};
 use bindings::responder::{ResponderPlugin, ResponderPluginPre};
 pub use bindings::{Action, Device, Direction, Finding, Session, Severity};
 pub use cache::Cache;
@@ -60,6 +61,9 @@ pub enum World {
     /// Exports `palisade:plugin/responder`.
     Responder,
 }
+
+/// The optional export of a parser plugin that also reads datagrams.
+const DATAGRAM_EXPORT: &str = "palisade:plugin/datagram-parser@0.1.0";
 
 impl World {
     fn export(self) -> &'static str {
@@ -195,6 +199,12 @@ pub enum CallError {
         plugin: String,
         /// Why.
         reason: String,
+    },
+    /// A datagram was handed to a parser that reads streams only.
+    #[error("plugin {plugin} reads byte streams only: it does not export {DATAGRAM_EXPORT}")]
+    StreamsOnly {
+        /// The plugin's name.
+        plugin: String,
     },
     /// The plugin has a different world than the call needs.
     #[error("plugin {plugin} is a {world}, not a {wanted}")]
@@ -426,9 +436,14 @@ impl Runtime {
             .instantiate_pre(component)
             .map_err(mismatch)?;
         let pre = match world {
-            World::Parser => {
-                WorldPre::Parser(ParserPluginPre::new(instance_pre).map_err(mismatch)?)
-            }
+            World::Parser => WorldPre::Parser {
+                parser: ParserPluginIndices::new(&instance_pre).map_err(mismatch)?,
+                datagrams: (exports.contains(&DATAGRAM_EXPORT))
+                    .then(|| DatagramsIndices::new(&instance_pre))
+                    .transpose()
+                    .map_err(mismatch)?,
+                instance_pre,
+            },
             World::Detector => {
                 WorldPre::Detector(DetectorPluginPre::new(instance_pre).map_err(mismatch)?)
             }
@@ -486,13 +501,18 @@ fn import_allowed(import: &str) -> bool {
 }
 
 enum WorldPre {
-    Parser(ParserPluginPre<PluginState>),
+    Parser {
+        instance_pre: wasmtime::component::InstancePre<PluginState>,
+        parser: ParserPluginIndices,
+        /// Set when the plugin also reads datagrams.
+        datagrams: Option<DatagramsIndices>,
+    },
     Detector(DetectorPluginPre<PluginState>),
     Responder(ResponderPluginPre<PluginState>),
 }
 
 enum Bound {
-    Parser(ParserPlugin),
+    Parser(ParserPlugin, Option<Datagrams>),
     Detector(DetectorPlugin),
     Responder(ResponderPlugin),
 }
@@ -605,9 +625,21 @@ impl Plugin {
     /// The protocol a parser plugin understands.
     pub fn protocol(&self) -> Result<String, CallError> {
         self.call(World::Parser, |store, bound| match bound {
-            Bound::Parser(p) => p.palisade_plugin_parser().call_protocol(store),
+            Bound::Parser(p, _) => p.palisade_plugin_parser().call_protocol(store),
             _ => unreachable_world(),
         })
+    }
+
+    /// Whether the plugin is a parser that also reads datagrams: it exports
+    /// `datagram-parser` beside `parser`.
+    pub fn reads_datagrams(&self) -> bool {
+        matches!(
+            self.shared.pre,
+            WorldPre::Parser {
+                datagrams: Some(_),
+                ..
+            }
+        )
     }
 
     /// Parse `input`, the unconsumed bytes of one direction of `session`,
@@ -619,14 +651,33 @@ impl Plugin {
         state: &[u8],
         input: &[u8],
     ) -> Result<Parsed, CallError> {
-        self.parse_as(Transport::Stream, session, direction, state, input)
+        let state_cap = self.shared.limits.state_bytes;
+        self.call(World::Parser, |store, bound| {
+            let Bound::Parser(p, _) = bound else {
+                return unreachable_world();
+            };
+            let parsed = (p.palisade_plugin_parser()).call_parse(
+                &mut *store,
+                session,
+                direction,
+                state,
+                input,
+            )?;
+            let parsed = batch::parsed_from_wire(parsed);
+            check_parsed(&parsed, input.len(), state_cap)
+                .map_err(|e| wasmtime::Error::new(Fault::Contract(e)))?;
+            Ok(parsed)
+        })
     }
 
     /// Parse `datagram`, one whole datagram of one direction of `session`
     /// (CoAP over UDP, say), given the parser `state` of the last call.
-    /// The result is one frame covering the datagram, or a malformed
-    /// report; anything else is a breach of the contract, a fault like any
-    /// other.
+    ///
+    /// The result has one frame, covering the datagram, and its event; or,
+    /// when the parser says the datagram is not a message, no frame, the
+    /// reason as a malformed report at offset 0, and `state` unchanged. A
+    /// parser that reads streams only ([`Plugin::reads_datagrams`]) is not
+    /// called.
     pub fn parse_datagram(
         &self,
         session: &Session,
@@ -634,40 +685,44 @@ impl Plugin {
         state: &[u8],
         datagram: &[u8],
     ) -> Result<Parsed, CallError> {
-        self.parse_as(Transport::Datagram, session, direction, state, datagram)
-    }
-
-    /// One parser call, with the checks every result passes and those of
-    /// its transport.
-    fn parse_as(
-        &self,
-        transport: Transport,
-        session: &Session,
-        direction: Direction,
-        state: &[u8],
-        input: &[u8],
-    ) -> Result<Parsed, CallError> {
+        if self.world() == World::Parser && !self.reads_datagrams() {
+            return Err(CallError::StreamsOnly {
+                plugin: self.name().to_owned(),
+            });
+        }
         let state_cap = self.shared.limits.state_bytes;
         self.call(World::Parser, |store, bound| {
-            let Bound::Parser(p) = bound else {
+            let Bound::Parser(_, Some(d)) = bound else {
                 return unreachable_world();
             };
-            let parser = p.palisade_plugin_parser();
-            let parsed = match transport {
-                Transport::Stream => {
-                    parser.call_parse(&mut *store, session, direction, state, input)?
+            let answer = (d.palisade_plugin_datagram_parser()).call_parse_datagram(
+                &mut *store,
+                session,
+                direction,
+                state,
+                datagram,
+            )?;
+            let parsed = match answer {
+                Ok(message) if message.event.events.len() != 1 => {
+                    return Err(wasmtime::Error::new(Fault::Contract(format!(
+                        "{} events for one datagram, not one",
+                        message.event.events.len()
+                    ))));
                 }
-                Transport::Datagram => {
-                    parser.call_parse_datagram(&mut *store, session, direction, state, input)?
+                Ok(message) => {
+                    let parsed = Parsed {
+                        frame_lengths: vec![u32::try_from(datagram.len()).unwrap_or(u32::MAX)],
+                        events: batch::from_wire(message.event),
+                        state: message.state,
+                        needed: None,
+                        malformed: None,
+                    };
+                    check_parsed(&parsed, datagram.len(), state_cap)
+                        .map_err(|e| wasmtime::Error::new(Fault::Contract(e)))?;
+                    parsed
                 }
+                Err(reason) => Parsed::new(state.to_vec()).malformed(0, reason),
             };
-            let parsed = batch::parsed_from_wire(parsed);
-            check_parsed(&parsed, input.len(), state_cap)
-                .and_then(|()| match transport {
-                    Transport::Stream => Ok(()),
-                    Transport::Datagram => check_datagram(&parsed, input.len()),
-                })
-                .map_err(|e| wasmtime::Error::new(Fault::Contract(e)))?;
             Ok(parsed)
         })
     }
@@ -776,7 +831,18 @@ impl Plugin {
         store.limiter(|s| s);
         store.set_epoch_deadline(deadline_ticks(&shared.limits));
         let bound = match &shared.pre {
-            WorldPre::Parser(pre) => pre.instantiate(&mut store).map(Bound::Parser),
+            WorldPre::Parser {
+                instance_pre,
+                parser,
+                datagrams,
+            } => instance_pre.instantiate(&mut store).and_then(|instance| {
+                Ok(Bound::Parser(
+                    parser.load(&mut store, &instance)?,
+                    (datagrams.as_ref())
+                        .map(|d| d.load(&mut store, &instance))
+                        .transpose()?,
+                ))
+            }),
             WorldPre::Detector(pre) => pre.instantiate(&mut store).map(Bound::Detector),
             WorldPre::Responder(pre) => pre.instantiate(&mut store).map(Bound::Responder),
         };
@@ -818,15 +884,6 @@ impl Plugin {
             max_strikes,
         }
     }
-}
-
-/// How a parser's input arrives.
-#[derive(Debug, Clone, Copy)]
-enum Transport {
-    /// A byte stream (TCP, TLS, QUIC): `parse`.
-    Stream,
-    /// One datagram (UDP): `parse-datagram`.
-    Datagram,
 }
 
 /// A call's deadline in epoch ticks, at least one.
@@ -906,32 +963,6 @@ fn check_parsed(parsed: &Parsed, input_len: usize, state_cap: usize) -> Result<(
     Ok(())
 }
 
-/// Check a parser's result for one datagram, beyond [`check_parsed`]:
-/// either one frame covering the whole datagram or a malformed report with
-/// no frame, and no need for more bytes (a datagram does not continue).
-fn check_datagram(parsed: &Parsed, datagram_len: usize) -> Result<(), String> {
-    if let Some(needed) = parsed.needed {
-        return Err(format!("asked for {needed} more bytes of a datagram"));
-    }
-    match (parsed.frame_lengths.as_slice(), &parsed.malformed) {
-        ([len], None) if *len as usize == datagram_len => Ok(()),
-        ([len], None) => Err(format!(
-            "a frame of {len} bytes in a datagram of {datagram_len}"
-        )),
-        ([], Some(_)) => Ok(()),
-        ([], None) => Err("neither a frame nor a malformed report for a datagram".into()),
-        (lens, _) => Err(format!(
-            "{} frames and {} malformed report for one datagram",
-            lens.len(),
-            if parsed.malformed.is_some() {
-                "a"
-            } else {
-                "no"
-            }
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::indexing_slicing)]
@@ -977,21 +1008,6 @@ mod tests {
             reason: "x".into(),
         });
         assert!(check_parsed(&p, 5, 16).is_err());
-    }
-
-    #[test]
-    fn a_datagram_is_one_whole_frame_or_malformed() {
-        assert!(check_datagram(&parsed(&[5]), 5).is_ok());
-        assert!(check_datagram(&parsed(&[]).malformed(0, "bad"), 5).is_ok());
-        assert!(check_datagram(&parsed(&[4]), 5).is_err(), "short frame");
-        assert!(check_datagram(&parsed(&[2, 3]), 5).is_err(), "two frames");
-        assert!(check_datagram(&parsed(&[]), 5).is_err(), "nothing said");
-        let both = parsed(&[5]).malformed(5, "bad");
-        assert!(check_datagram(&both, 5).is_err(), "frame and malformed");
-        assert!(
-            check_datagram(&parsed(&[5]).needing(3), 5).is_err(),
-            "a need"
-        );
     }
 
     #[test]

@@ -28,7 +28,7 @@
 //!
 //! Messages are independent: the parser keeps no session state.
 
-use palisade_plugin_sdk::{Direction, EventWriter, Parsed, Parser, Session};
+use palisade_plugin_sdk::{DatagramParser, Direction, EventWriter, Parsed, Parser, Session};
 
 /// The parser as a plugin.
 #[derive(Debug)]
@@ -40,7 +40,9 @@ impl Parser for Coap {
     fn parse(_session: &Session, _direction: Direction, _state: &[u8], input: &[u8]) -> Parsed {
         parse(input)
     }
+}
 
+impl DatagramParser for Coap {
     fn parse_datagram(
         _session: &Session,
         _direction: Direction,
@@ -51,7 +53,7 @@ impl Parser for Coap {
     }
 }
 
-palisade_plugin_sdk::export!(parser: Coap);
+palisade_plugin_sdk::export!(datagram_parser: Coap);
 
 /// The largest message accepted: far more than a constrained device sends
 /// (RFC 8323's default Max-Message-Size is 1152 bytes), far less than the

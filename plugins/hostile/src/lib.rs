@@ -11,7 +11,7 @@
 //! treatment as stream input.
 
 use palisade_plugin_sdk::host::{self, Level, kv};
-use palisade_plugin_sdk::{Direction, Parsed, Parser, Session, Value};
+use palisade_plugin_sdk::{DatagramParser, Direction, Parsed, Parser, Session, Value};
 use std::hint::black_box;
 
 /// The plugin.
@@ -76,7 +76,9 @@ impl Parser for Hostile {
         }
         parsed
     }
+}
 
+impl DatagramParser for Hostile {
     fn parse_datagram(
         session: &Session,
         direction: Direction,
@@ -93,4 +95,4 @@ fn recurse(depth: u64) -> u64 {
     recurse(depth + 1) + frame.iter().sum::<u64>()
 }
 
-palisade_plugin_sdk::export!(parser: Hostile);
+palisade_plugin_sdk::export!(datagram_parser: Hostile);
