@@ -127,6 +127,89 @@ pub enum Value<'a> {
     Bytes(&'a [u8]),
 }
 
+/// An attribute name looked up once in a batch's table of names, so that
+/// finding it in each event compares numbers, not strings: for a detector
+/// that reads the same few attributes of every event of a batch. Made by
+/// [`Batch::field`], taken wherever [`EventRef::get`] and its kin take a
+/// name, and meaningful for that batch only.
+///
+/// ```
+/// use palisade_plugin_sdk::Batch;
+///
+/// let mut batch = Batch::new();
+/// batch.push("mqtt.publish").text("topic", "site/a/temp").int("payload-size", 7);
+/// batch.push("mqtt.publish").text("topic", "site/b/temp").int("payload-size", 9);
+/// let size = batch.field("payload-size");
+/// let total: i64 = batch.iter().filter_map(|e| e.int(size)).sum();
+/// assert_eq!(total, 16);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Field {
+    /// The entries of the batch's table with the name, one per type it has
+    /// there; [`Field::NONE`] for the rest.
+    entries: [u16; 4],
+}
+
+impl Field {
+    const NONE: u16 = u16::MAX;
+}
+
+/// An event kind looked up once in a batch's table of kinds, so that
+/// telling an event's kind compares numbers, not strings. Made by
+/// [`Batch::kind_id`] and [`EventRef::kind_id`], meaningful for that batch
+/// only.
+///
+/// ```
+/// use palisade_plugin_sdk::Batch;
+///
+/// let mut batch = Batch::new();
+/// batch.push("mqtt.publish");
+/// batch.push("mqtt.pingreq");
+/// let publish = batch.kind_id("mqtt.publish");
+/// let publishes = batch.iter().filter(|e| e.kind_id() == publish).count();
+/// assert_eq!(publishes, 1);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KindId(u16);
+
+/// A name of an attribute, as [`EventRef::get`] and its kin take it: a
+/// string, or a [`Field`] looked up once per batch.
+pub trait Name: sealed::Sealed {
+    /// Whether entry `field` of the batch's table of names is this name.
+    #[doc(hidden)]
+    fn is(&self, batch: &Columns, field: u16) -> bool;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for &str {}
+    impl Sealed for &String {}
+    impl Sealed for super::Field {}
+}
+
+impl Name for &str {
+    #[inline]
+    fn is(&self, batch: &Columns, field: u16) -> bool {
+        (batch.fields.get(usize::from(field))).is_some_and(|(n, _)| same(n, self))
+    }
+}
+
+impl Name for &String {
+    #[inline]
+    fn is(&self, batch: &Columns, field: u16) -> bool {
+        self.as_str().is(batch, field)
+    }
+}
+
+impl Name for Field {
+    #[inline]
+    fn is(&self, _: &Columns, field: u16) -> bool {
+        let [first, rest @ ..] = self.entries;
+        // A name has one type, mostly: one entry.
+        field != Field::NONE && (field == first || rest[0] != Field::NONE && rest.contains(&field))
+    }
+}
+
 /// Writes the attributes of the event just pushed onto a batch.
 #[derive(Debug)]
 pub struct EventWriter<'b> {
@@ -168,7 +251,7 @@ impl Batch {
             wire.data.reserve(FIRST_EVENTS * 64);
         }
         let previous = self.last_kind;
-        let kind = self.kind(kind);
+        let kind = self.kind_entry(kind);
         if usize::from(kind) == previous {
             // Events of a kind have the same attributes, mostly.
             self.next_field = self.first_field;
@@ -200,6 +283,32 @@ impl Batch {
     /// Whether the batch holds no event.
     pub fn is_empty(&self) -> bool {
         self.wire.events.is_empty()
+    }
+
+    /// Look `name` up in the batch's table of names, once, for reading it
+    /// from many events (see [`Field`]).
+    pub fn field(&self, name: &str) -> Field {
+        let mut entries = [Field::NONE; 4];
+        let found = (self.wire.fields.iter().enumerate())
+            .filter(|(_, (n, _))| same(n, name))
+            .map(|(i, _)| index16(i));
+        for (entry, i) in entries.iter_mut().zip(found) {
+            *entry = i;
+        }
+        Field { entries }
+    }
+
+    /// Look the event kind `name` up in the batch's table of kinds, once,
+    /// for telling many events' kinds (see [`KindId`]). A kind no event of
+    /// the batch has is no event's.
+    pub fn kind_id(&self, name: &str) -> KindId {
+        let kinds = &self.wire.kinds;
+        KindId(
+            kinds
+                .iter()
+                .position(|k| same(k, name))
+                .map_or(u16::MAX, index16),
+        )
     }
 
     /// The event at `index`.
@@ -245,7 +354,7 @@ impl Batch {
         }
     }
 
-    fn kind(&mut self, kind: &str) -> u16 {
+    fn kind_entry(&mut self, kind: &str) -> u16 {
         let kinds = &mut self.wire.kinds;
         if kinds.get(self.last_kind).is_some_and(|k| same(k, kind)) {
             return index16(self.last_kind);
@@ -281,7 +390,7 @@ impl Batch {
     /// (`&'static str`) is recognised by its address, without comparing
     /// its bytes, when it is the field the last attribute's successor had.
     #[inline(always)]
-    fn field(&mut self, name: &str, literal: bool, ty: ValueType) -> u16 {
+    fn field_entry(&mut self, name: &str, literal: bool, ty: ValueType) -> u16 {
         let hint = self.next_field;
         if literal {
             let key = Literal::new(name, ty);
@@ -386,7 +495,7 @@ impl<'b> EventWriter<'b> {
 
     #[inline(always)]
     fn attribute(&mut self, name: &str, literal: bool, ty: ValueType, value: i64) -> &mut Self {
-        let field = self.batch.field(name, literal, ty);
+        let field = self.batch.field_entry(name, literal, ty);
         if self.first {
             self.first = false;
             self.batch.first_field = usize::from(field);
@@ -418,6 +527,16 @@ impl<'a> EventRef<'a> {
         (self.batch.kinds.get(usize::from(kind))).map_or("", String::as_str)
     }
 
+    /// The kind as its entry in the batch's table (see [`KindId`]).
+    pub fn kind_id(&self) -> KindId {
+        let kind = self.batch.events.get(self.index).copied();
+        // An event whose kind is outside the table is of no kind looked up.
+        KindId(
+            kind.filter(|&k| usize::from(k) < self.batch.kinds.len())
+                .map_or(u16::MAX - 1, |k| k),
+        )
+    }
+
     /// The protocol: the kind up to its first dot.
     pub fn protocol(&self) -> &'a str {
         self.kind().split('.').next().unwrap_or_default()
@@ -441,19 +560,19 @@ impl<'a> EventRef<'a> {
     /// decoded: a detector looks up a few attributes of every event, and
     /// decoding (UTF-8 checking) the ones before them would cost more than
     /// the lookup.
-    pub fn get(&self, name: &str) -> Option<Value<'a>> {
+    /// `name` is a string or a [`Field`] of the batch.
+    pub fn get(&self, name: impl Name) -> Option<Value<'a>> {
         let batch = self.batch;
         let (start, end) = self.attributes;
         let fields = batch.attribute_fields.get(start..end).unwrap_or_default();
         let values = batch.attribute_values.get(start..end).unwrap_or_default();
-        fields.iter().zip(values).find_map(|(&field, &value)| {
-            let (n, ty) = batch.fields.get(usize::from(field))?;
-            same(n, name).then(|| decode(batch, *ty, value))
-        })
+        let (field, &value) = (fields.iter().zip(values)).find(|(f, _)| name.is(batch, **f))?;
+        let (_, ty) = batch.fields.get(usize::from(*field))?;
+        Some(decode(batch, *ty, value))
     }
 
     /// The attribute `name` if it is text.
-    pub fn text(&self, name: &str) -> Option<&'a str> {
+    pub fn text(&self, name: impl Name) -> Option<&'a str> {
         match self.get(name)? {
             Value::Text(t) => Some(t),
             _ => None,
@@ -461,7 +580,7 @@ impl<'a> EventRef<'a> {
     }
 
     /// The attribute `name` if it is an integer.
-    pub fn int(&self, name: &str) -> Option<i64> {
+    pub fn int(&self, name: impl Name) -> Option<i64> {
         match self.get(name)? {
             Value::Int(i) => Some(i),
             _ => None,
@@ -469,7 +588,7 @@ impl<'a> EventRef<'a> {
     }
 
     /// The attribute `name` if it is a flag.
-    pub fn flag(&self, name: &str) -> Option<bool> {
+    pub fn flag(&self, name: impl Name) -> Option<bool> {
         match self.get(name)? {
             Value::Flag(f) => Some(f),
             _ => None,
@@ -477,7 +596,7 @@ impl<'a> EventRef<'a> {
     }
 
     /// The attribute `name` if it is bytes.
-    pub fn bytes(&self, name: &str) -> Option<&'a [u8]> {
+    pub fn bytes(&self, name: impl Name) -> Option<&'a [u8]> {
         match self.get(name)? {
             Value::Bytes(b) => Some(b),
             _ => None,
@@ -676,6 +795,23 @@ mod tests {
                 .bytes("payload", &[1, 2, 3]);
         }
         batch
+    }
+
+    #[test]
+    fn a_field_finds_what_its_name_finds() {
+        let mut batch = Batch::new();
+        batch.push("t.a").text("x", "one").int("y", 1);
+        // The same name with another type is another entry of the table.
+        batch.push("t.b").int("x", 2).flag("z", true);
+        batch.push("t.c");
+        for name in ["x", "y", "z", "absent"] {
+            let field = batch.field(name);
+            for event in batch.iter() {
+                assert_eq!(event.get(field), event.get(name), "{name}");
+            }
+        }
+        let other = Batch::new();
+        assert_eq!(batch.get(0).unwrap().get(other.field("x")), None);
     }
 
     #[test]
