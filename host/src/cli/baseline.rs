@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use baseline::{Profile, class_key, device_key};
+use baseline::{Names, Profile, class_key, device_key};
 
 use crate::audit::AuditLog;
 use crate::plugins::Limits;
@@ -126,7 +126,7 @@ pub(crate) fn run(data: &Path, command: &Command) -> anyhow::Result<ExitCode> {
                 class_key(&record.device.class),
             ] {
                 let mut profile = load(&kv, &key)?.unwrap_or_default();
-                profile.learn(&record.route, &event, when);
+                profile.learn(&record.route, &event, &Names::of(&batch), when);
                 kv.set(&key, &profile.encode())
                     .map_err(|e| anyhow::anyhow!("storing {key}: {e}"))?;
             }

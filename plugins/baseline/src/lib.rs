@@ -21,7 +21,7 @@ pub mod profile;
 use palisade_plugin_sdk::host::{self, Level, config, kv};
 use palisade_plugin_sdk::{Batch, Detector, Finding, Session};
 
-pub use profile::{Novelty, Profile};
+pub use profile::{Names, Novelty, Profile};
 
 /// Events a profile learns from, at least, before it enforces.
 pub const LEARNING_EVENTS: u64 = 100;
@@ -95,31 +95,43 @@ impl Detector for Baseline {
         let now = host::wall_clock();
         let who = format!("{} ({})", device.id, device.class);
         let mut findings = Vec::new();
+        // The signature of the event before, learnt; or checked, and
+        // found to depart in nothing.
+        let names = Names::of(events);
+        // A class that judges does not change: it is not stored again.
+        let mut class_learnt = false;
         let mut previous = None;
         for event in events.iter() {
+            let signature = profile::signature(&event, &names);
+            let again = signature.is_some() && signature == previous;
             let novelties = if !learning.done(&mine) {
                 // Whoever learns this event learnt the one before: a
                 // profile learns until it is done, and is done for good.
-                let signature = profile::signature(&event);
-                let again = signature.is_some() && signature == previous;
-                previous = signature;
                 let learn = |profile: &mut Profile| {
                     if again {
-                        profile.learn_again(&event, now);
+                        profile.learn_again(&event, &names, now);
                     } else {
-                        profile.learn(&session.route, &event, now);
+                        profile.learn(&session.route, &event, &names, now);
                     }
                 };
                 learn(&mut mine);
                 if !learning.done(&class) {
                     learn(&mut class);
+                    class_learnt = true;
+                    Vec::new()
+                } else if again {
+                    // The class judges only what the signature shows.
                     Vec::new()
                 } else {
-                    class.check(&who, &session.route, &event, now, false)
+                    class.check(&who, &session.route, &event, &names, now, false)
                 }
             } else {
                 mine.count(now, false);
-                let found = mine.check(&who, &session.route, &event, now, true);
+                let found = if again {
+                    mine.check_again(&who, &event, &names, now)
+                } else {
+                    mine.check(&who, &session.route, &event, &names, now, true)
+                };
                 if found
                     .iter()
                     .any(|n| n.reason.contains("events this minute"))
@@ -127,6 +139,11 @@ impl Detector for Baseline {
                     mine.rate.reported = mine.rate.minute;
                 }
                 found
+            };
+            previous = if novelties.is_empty() {
+                signature
+            } else {
+                None
             };
             // One finding per event: the most serious departure, with the
             // others named.
@@ -147,7 +164,9 @@ impl Detector for Baseline {
             }
         }
         store(&device_key, &mine);
-        store(&class_key, &class);
+        if class_learnt {
+            store(&class_key, &class);
+        }
         findings
     }
 }

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use palisade_plugin_sdk::{EventRef, Severity};
+use palisade_plugin_sdk::{Batch, EventRef, Field, KindId, Severity};
 use serde::{Deserialize, Serialize};
 
 /// Items kept per set: beyond it, a profile learns no more of that kind.
@@ -108,13 +108,61 @@ fn insert_text(set: &mut BTreeSet<String>, text: &str) {
     }
 }
 
+/// The kinds and attributes a profile reads, looked up once in a batch so
+/// that reading them from each event compares numbers, not strings.
+#[derive(Debug, Clone, Copy)]
+pub struct Names {
+    publish: KindId,
+    subscribe: KindId,
+    coap_request: KindId,
+    coap_response: KindId,
+    topic: Field,
+    payload_size: Field,
+    function: Field,
+    unit: Field,
+    register_type: Field,
+    access: Field,
+    address: Field,
+    count: Field,
+    method: Field,
+    path: Field,
+}
+
+impl Names {
+    /// The names as `batch` holds them.
+    pub fn of(batch: &Batch) -> Names {
+        Names {
+            publish: batch.kind_id("mqtt.publish"),
+            subscribe: batch.kind_id("mqtt.subscribe"),
+            coap_request: batch.kind_id("coap.request"),
+            coap_response: batch.kind_id("coap.response"),
+            topic: batch.field("topic"),
+            payload_size: batch.field("payload-size"),
+            function: batch.field("function"),
+            unit: batch.field("unit"),
+            register_type: batch.field("register-type"),
+            access: batch.field("access"),
+            address: batch.field("address"),
+            count: batch.field("count"),
+            method: batch.field("method"),
+            path: batch.field("path"),
+        }
+    }
+
+    /// Whether `event` is a Modbus one. Publishes, the most common, are
+    /// told without looking at the kind's text.
+    fn modbus(&self, event: &EventRef<'_>) -> bool {
+        event.kind_id() != self.publish && event.kind().starts_with("modbus.")
+    }
+}
+
 /// The register access of a Modbus event: `(unit/type/access, start, end)`.
-fn register_access(event: &EventRef<'_>) -> Option<(String, i64, i64)> {
-    let unit = event.int("unit")?;
-    let register_type = event.text("register-type")?;
-    let access = event.text("access")?;
-    let address = event.int("address")?;
-    let count = event.int("count")?.max(1);
+fn register_access(event: &EventRef<'_>, names: &Names) -> Option<(String, i64, i64)> {
+    let unit = event.int(names.unit)?;
+    let register_type = event.text(names.register_type)?;
+    let access = event.text(names.access)?;
+    let address = event.int(names.address)?;
+    let count = event.int(names.count)?.max(1);
     Some((
         format!("{unit}/{register_type}/{access}"),
         address,
@@ -123,9 +171,9 @@ fn register_access(event: &EventRef<'_>) -> Option<(String, i64, i64)> {
 }
 
 /// `holding-registers 40-49 on unit 1`, for a person.
-fn span(event: &EventRef<'_>, start: i64, end: i64) -> String {
-    let what = event.text("register-type").unwrap_or("register");
-    let unit = event.int("unit").unwrap_or_default();
+fn span(event: &EventRef<'_>, names: &Names, start: i64, end: i64) -> String {
+    let what = event.text(names.register_type).unwrap_or("register");
+    let unit = event.int(names.unit).unwrap_or_default();
     if end - start > 1 {
         format!("{what} {start}-{} on unit {unit}", end - 1)
     } else {
@@ -138,12 +186,14 @@ fn span(event: &EventRef<'_>, start: i64, end: i64) -> String {
 /// (subscriptions, CoAP requests, Modbus), which are always learnt whole.
 /// Two events with one signature on one route teach a profile the same:
 /// the second only counts. A device mostly repeats itself.
-pub fn signature<'a>(event: &EventRef<'a>) -> Option<(&'a str, Option<&'a str>)> {
-    match event.kind() {
-        "mqtt.subscribe" | "coap.request" => None,
-        kind if kind.starts_with("modbus.") => None,
-        kind @ "mqtt.publish" => Some((kind, event.text("topic"))),
-        kind => Some((kind, None)),
+pub fn signature<'a>(event: &EventRef<'a>, names: &Names) -> Option<(KindId, Option<&'a str>)> {
+    let kind = event.kind_id();
+    if kind == names.publish {
+        Some((kind, event.text(names.topic)))
+    } else if kind == names.subscribe || kind == names.coap_request || names.modbus(event) {
+        None
+    } else {
+        Some((kind, None))
     }
 }
 
@@ -167,8 +217,12 @@ fn add_range(ranges: &mut Vec<(i64, i64)>, start: i64, end: i64) {
     *ranges = merged;
 }
 
-fn resource(event: &EventRef<'_>) -> Option<String> {
-    Some(format!("{} {}", event.text("method")?, event.text("path")?))
+fn resource(event: &EventRef<'_>, names: &Names) -> Option<String> {
+    Some(format!(
+        "{} {}",
+        event.text(names.method)?,
+        event.text(names.path)?
+    ))
 }
 
 impl Profile {
@@ -183,58 +237,53 @@ impl Profile {
         postcard::to_allocvec(self).unwrap_or_default()
     }
 
-    /// Learn `event`, sent on `route` at wall-clock `millis`.
-    pub fn learn(&mut self, route: &str, event: &EventRef<'_>, millis: u64) {
+    /// Learn `event`, sent on `route` at wall-clock `millis`; `names` are
+    /// those of its batch.
+    pub fn learn(&mut self, route: &str, event: &EventRef<'_>, names: &Names, millis: u64) {
         insert_text(&mut self.routes, route);
+        insert_text(&mut self.kinds, event.kind());
         // Only the attributes this kind has are looked up.
-        let kind = event.kind();
-        insert_text(&mut self.kinds, kind);
-        match kind {
-            "mqtt.publish" => {
-                if let Some(topic) = event.text("topic") {
-                    insert_text(&mut self.topics, topic);
+        let kind = event.kind_id();
+        if kind == names.publish {
+            if let Some(topic) = event.text(names.topic) {
+                insert_text(&mut self.topics, topic);
+            }
+        } else if kind == names.subscribe {
+            for (name, value) in event.attributes() {
+                if let (true, palisade_plugin_sdk::Value::Text(f)) = (name == "filter", value) {
+                    insert_text(&mut self.filters, f);
                 }
             }
-            "mqtt.subscribe" => {
-                for (name, value) in event.attributes() {
-                    if let (true, palisade_plugin_sdk::Value::Text(f)) = (name == "filter", value) {
-                        insert_text(&mut self.filters, f);
-                    }
-                }
+        } else if kind == names.coap_request {
+            if let Some(r) = resource(event, names) {
+                insert(&mut self.resources, r);
             }
-            "coap.request" => {
-                if let Some(r) = resource(event) {
-                    insert(&mut self.resources, r);
-                }
+        } else if names.modbus(event) {
+            if let Some(function) = event.int(names.function) {
+                insert(&mut self.functions, function);
             }
-            _ if kind.starts_with("modbus.") => {
-                if let Some(function) = event.int("function") {
-                    insert(&mut self.functions, function);
-                }
-                if let Some((key, start, end)) = register_access(event)
-                    && (self.registers.len() < MAX_ITEMS || self.registers.contains_key(&key))
-                {
-                    add_range(self.registers.entry(key).or_default(), start, end);
-                }
+            if let Some((key, start, end)) = register_access(event, names)
+                && (self.registers.len() < MAX_ITEMS || self.registers.contains_key(&key))
+            {
+                add_range(self.registers.entry(key).or_default(), start, end);
             }
-            _ => {}
         }
-        self.learn_again(event, millis);
+        self.learn_again(event, names, millis);
     }
 
     /// Learn `event`, which has the [`signature`] of the event learnt last
     /// on the same route: only the counts, the hour and the payload size
     /// can be new.
-    pub fn learn_again(&mut self, event: &EventRef<'_>, millis: u64) {
+    pub fn learn_again(&mut self, event: &EventRef<'_>, names: &Names, millis: u64) {
         if self.events == 0 {
             self.learnt_span.0 = millis;
         }
         self.learnt_span.1 = self.learnt_span.1.max(millis);
         self.events += 1;
-        let kind = event.kind();
         self.hours |= 1 << hour(millis);
-        if matches!(kind, "mqtt.publish" | "coap.request" | "coap.response")
-            && let Some(size) = event.int("payload-size")
+        let kind = event.kind_id();
+        if (kind == names.publish || kind == names.coap_request || kind == names.coap_response)
+            && let Some(size) = event.int(names.payload_size)
         {
             self.max_payload = self.max_payload.max(size);
         }
@@ -271,6 +320,7 @@ impl Profile {
         who: &str,
         route: &str,
         event: &EventRef<'_>,
+        names: &Names,
         millis: u64,
         own: bool,
     ) -> Vec<Novelty> {
@@ -290,8 +340,9 @@ impl Profile {
                 format!("{who} sent {kind}, never seen in {n} events"),
             ));
         }
+        let modbus = names.modbus(event);
         if !own {
-            if let Some((key, start, end)) = register_access(event)
+            if let Some((key, start, end)) = register_access(event, names).filter(|_| modbus)
                 && key.ends_with("write")
                 && !self.registers.contains_key(&key)
             {
@@ -300,13 +351,15 @@ impl Profile {
                     0.85,
                     format!(
                         "{who} wrote {}, which its class never writes",
-                        span(event, start, end)
+                        span(event, names, start, end)
                     ),
                 ));
             }
             return found;
         }
-        if let Some(topic) = event.text("topic").filter(|_| kind == "mqtt.publish")
+        if let Some(topic) = event
+            .text(names.topic)
+            .filter(|_| event.kind_id() == names.publish)
             && !self.topics.contains(topic)
             && self.topics.len() < MAX_ITEMS
         {
@@ -316,9 +369,7 @@ impl Profile {
                 format!("{who} published to {topic}, a topic it never used"),
             ));
         }
-        if let Some(function) = event
-            .int("function")
-            .filter(|_| event.protocol() == "modbus")
+        if let Some(function) = event.int(names.function).filter(|_| modbus)
             && !self.functions.contains(&function)
         {
             found.push(novelty(
@@ -327,7 +378,7 @@ impl Profile {
                 format!("{who} used Modbus function {function}, never seen in {n} events"),
             ));
         }
-        if let Some((key, start, end)) = register_access(event) {
+        if let Some((key, start, end)) = register_access(event, names).filter(|_| modbus) {
             let known = self
                 .registers
                 .get(&key)
@@ -341,7 +392,7 @@ impl Profile {
                         .registers
                         .get(&read_key)
                         .is_some_and(|r| covered(r, start, end));
-                let span = span(event, start, end);
+                let span = span(event, names, start, end);
                 found.push(if only_read {
                     novelty(
                         Severity::High,
@@ -363,7 +414,8 @@ impl Profile {
                 });
             }
         }
-        if let Some(r) = resource(event).filter(|_| kind == "coap.request")
+        if event.kind_id() == names.coap_request
+            && let Some(r) = resource(event, names)
             && !self.resources.contains(&r)
         {
             found.push(novelty(
@@ -372,6 +424,35 @@ impl Profile {
                 format!("{who} requested {r}, never seen in {n} events"),
             ));
         }
+        self.check_counts(who, event, names, millis, &mut found);
+        found
+    }
+
+    /// How `event` departs from this profile in what [`Profile::check`]
+    /// judges of it besides its [`signature`]: the hour, the payload size
+    /// and, for the device's own profile, the rate. For an event with the
+    /// signature of the last one checked, when that one departed in
+    /// nothing: the rest would be the same again.
+    pub fn check_again(
+        &self,
+        who: &str,
+        event: &EventRef<'_>,
+        names: &Names,
+        millis: u64,
+    ) -> Vec<Novelty> {
+        let mut found = Vec::new();
+        self.check_counts(who, event, names, millis, &mut found);
+        found
+    }
+
+    fn check_counts(
+        &self,
+        who: &str,
+        event: &EventRef<'_>,
+        names: &Names,
+        millis: u64,
+        found: &mut Vec<Novelty>,
+    ) {
         let h = hour(millis);
         let daylong = self.learnt_span.1.saturating_sub(self.learnt_span.0) >= HOURS_SPAN_MILLIS;
         if daylong && self.hours & (1 << h) == 0 {
@@ -381,7 +462,7 @@ impl Profile {
                 format!("{who} active at {h:02}h UTC, an hour it never was"),
             ));
         }
-        if let Some(size) = event.int("payload-size")
+        if let Some(size) = event.int(names.payload_size)
             && size > 1024
             && size > self.max_payload.saturating_mul(10)
         {
@@ -394,25 +475,22 @@ impl Profile {
                 ),
             ));
         }
-        if own {
-            let count = self.rate.count;
-            let normal = self.rate.mean.max(1.0);
-            if self.rate.reported != self.rate.minute
-                && self.rate.minutes >= RATE_MINUTES
-                && count >= BURST_FLOOR
-                && count as f64 > BURST_FACTOR * normal
-            {
-                found.push(novelty(
-                    Severity::High,
-                    0.8,
-                    format!(
-                        "{who} sent {count} events this minute, {:.0} times its normal {normal:.1}",
-                        count as f64 / normal
-                    ),
-                ));
-            }
+        let count = self.rate.count;
+        let normal = self.rate.mean.max(1.0);
+        if self.rate.reported != self.rate.minute
+            && self.rate.minutes >= RATE_MINUTES
+            && count >= BURST_FLOOR
+            && count as f64 > BURST_FACTOR * normal
+        {
+            found.push(novelty(
+                Severity::High,
+                0.8,
+                format!(
+                    "{who} sent {count} events this minute, {:.0} times its normal {normal:.1}",
+                    count as f64 / normal
+                ),
+            ));
         }
-        found
     }
 
     /// The profile as Cedar policy that permits what it holds for the

@@ -344,7 +344,7 @@ fn profiles_persist_and_export_as_policy() {
     write_event(&mut odd, &Ev::Publish("site/a/cmd".into(), 4));
     assert_eq!(Baseline::detect(&th, &odd).len(), 1);
     let mut profile = profile;
-    profile.learn("mqtt", &odd.get(0).unwrap(), DAY0);
+    profile.learn("mqtt", &odd.get(0).unwrap(), &Names::of(&odd), DAY0);
     kv::set(&device_key("th-1"), &profile.encode()).unwrap();
     assert!(Baseline::detect(&th, &odd).is_empty(), "accepted as normal");
     let _ = Value::Int(0);
@@ -387,7 +387,7 @@ fn repeated_events_learn_what_whole_ones_learn() {
 
     let mut whole = Profile::default();
     for event in batch.iter() {
-        whole.learn("mqtt", &event, DAY0);
+        whole.learn("mqtt", &event, &Names::of(&batch), DAY0);
     }
     assert_eq!(learnt, whole);
     assert_eq!(learnt.max_payload, 9);
