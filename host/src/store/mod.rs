@@ -3,6 +3,7 @@
 //! plugin, each with a quota, and trees other stages open for their records
 //! (the device registry).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -58,6 +59,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
 #[derive(Debug, Clone)]
 pub struct Store {
     db: sled::Db,
+    /// Bytes each plugin's key-value store holds, shared by every handle
+    /// on it (the runtime's, the admin API's, an old and a new version
+    /// during a swap), so that each write's quota check sees the others.
+    kv_used: Arc<Mutex<HashMap<String, Arc<Mutex<u64>>>>>,
 }
 
 impl Store {
@@ -65,6 +70,7 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         Ok(Store {
             db: sled::open(dir)?,
+            kv_used: Arc::default(),
         })
     }
 
@@ -72,6 +78,7 @@ impl Store {
     pub fn temporary() -> Result<Self, StoreError> {
         Ok(Store {
             db: sled::Config::new().temporary(true).open()?,
+            kv_used: Arc::default(),
         })
     }
 
@@ -84,16 +91,21 @@ impl Store {
     /// keys and values. Every instance of the plugin shares it.
     pub fn plugin_kv(&self, name: &str, quota: u64) -> Result<PluginKv, StoreError> {
         let tree = self.db.open_tree(format!("plugin-kv/{name}"))?;
-        let mut used = 0u64;
-        for entry in tree.iter() {
-            let (k, v) = entry?;
-            used += (k.len() + v.len()) as u64;
-        }
-        Ok(PluginKv {
-            tree,
-            quota,
-            used: Arc::new(Mutex::new(used)),
-        })
+        let mut books = self.kv_used.lock().unwrap_or_else(|p| p.into_inner());
+        let used = match books.get(name) {
+            Some(used) => used.clone(),
+            None => {
+                let mut used = 0u64;
+                for entry in tree.iter() {
+                    let (k, v) = entry?;
+                    used += (k.len() + v.len()) as u64;
+                }
+                let used = Arc::new(Mutex::new(used));
+                books.insert(name.to_owned(), used.clone());
+                used
+            }
+        };
+        Ok(PluginKv { tree, quota, used })
     }
 
     /// The tree (namespace) `name`, for a stage that keeps records of its
@@ -115,8 +127,9 @@ impl Store {
 pub struct PluginKv {
     tree: sled::Tree,
     quota: u64,
-    /// Bytes of keys and values stored; the lock also makes the quota check
-    /// and the write one step.
+    /// Bytes of keys and values stored, shared by all handles on the
+    /// plugin's store; the lock also makes the quota check and the write
+    /// one step.
     used: Arc<Mutex<u64>>,
 }
 
@@ -162,5 +175,30 @@ impl PluginKv {
     /// Bytes of keys and values stored.
     pub fn used(&self) -> u64 {
         *self.used.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn every_handle_on_a_plugins_store_counts_against_one_quota() {
+        let store = Store::temporary().unwrap();
+        let runtime = store.plugin_kv("p", 1000).unwrap();
+        let admin = store.plugin_kv("p", 1000).unwrap();
+        runtime.set("a", &[0; 599]).unwrap();
+        assert!(matches!(
+            admin.set("b", &[0; 599]),
+            Err(KvRefusal::QuotaExceeded)
+        ));
+        admin.set("a", &[0; 99]).unwrap();
+        assert_eq!(runtime.used(), 100);
+        runtime.set("b", &[0; 599]).unwrap();
+        assert_eq!(admin.used(), 700);
+        // Another plugin has a store and a quota of its own.
+        assert_eq!(store.plugin_kv("q", 1000).unwrap().used(), 0);
     }
 }
