@@ -107,9 +107,10 @@ impl Detector for Baseline {
             let novelties = if !learning.done(&mine) {
                 // Whoever learns this event learnt the one before: a
                 // profile learns until it is done, and is done for good.
+                let payload_size = names.payload_size(&event);
                 let learn = |profile: &mut Profile| {
                     if again {
-                        profile.learn_again(&event, &names, now);
+                        profile.learn_again(payload_size, now);
                     } else {
                         profile.learn(&session.route, &event, &names, now);
                     }

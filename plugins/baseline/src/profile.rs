@@ -149,6 +149,16 @@ impl Names {
         }
     }
 
+    /// The payload size of `event`, for the kinds that carry a payload.
+    pub fn payload_size(&self, event: &EventRef<'_>) -> Option<i64> {
+        let kind = event.kind_id();
+        if kind == self.publish || kind == self.coap_request || kind == self.coap_response {
+            event.int(self.payload_size)
+        } else {
+            None
+        }
+    }
+
     /// Whether `event` is a Modbus one. Publishes, the most common, are
     /// told without looking at the kind's text.
     fn modbus(&self, event: &EventRef<'_>) -> bool {
@@ -268,23 +278,21 @@ impl Profile {
                 add_range(self.registers.entry(key).or_default(), start, end);
             }
         }
-        self.learn_again(event, names, millis);
+        self.learn_again(names.payload_size(event), millis);
     }
 
-    /// Learn `event`, which has the [`signature`] of the event learnt last
-    /// on the same route: only the counts, the hour and the payload size
-    /// can be new.
-    pub fn learn_again(&mut self, event: &EventRef<'_>, names: &Names, millis: u64) {
+    /// Learn an event with the [`signature`] of the event learnt last on
+    /// the same route, and a payload of `payload_size` bytes
+    /// ([`Names::payload_size`]): only the counts, the hour and the payload
+    /// size can be new.
+    pub fn learn_again(&mut self, payload_size: Option<i64>, millis: u64) {
         if self.events == 0 {
             self.learnt_span.0 = millis;
         }
         self.learnt_span.1 = self.learnt_span.1.max(millis);
         self.events += 1;
         self.hours |= 1 << hour(millis);
-        let kind = event.kind_id();
-        if (kind == names.publish || kind == names.coap_request || kind == names.coap_response)
-            && let Some(size) = event.int(names.payload_size)
-        {
+        if let Some(size) = payload_size {
             self.max_payload = self.max_payload.max(size);
         }
         self.count(millis, true);

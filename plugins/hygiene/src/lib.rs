@@ -11,7 +11,7 @@
 //!   `config/read-only-hours`, for example `22-6` (UTC, end excluded).
 
 use palisade_plugin_sdk::host::{self, config, kv};
-use palisade_plugin_sdk::{Batch, Detector, EventRef, Finding, Session, Severity};
+use palisade_plugin_sdk::{Batch, Detector, EventRef, Finding, KindId, Session, Severity};
 
 /// CONNECTs per device and minute above which it is a flood.
 pub const CONNECTS_PER_MINUTE: u64 = 10;
@@ -55,6 +55,29 @@ fn is_write(event: &EventRef<'_>) -> bool {
     }
 }
 
+/// What of an event's kind the checks depend on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Malformed,
+    Connect,
+    Modbus,
+    Other,
+}
+
+impl Class {
+    fn of(kind: &str) -> Class {
+        if kind.ends_with(".malformed") {
+            Class::Malformed
+        } else if kind == "mqtt.connect" {
+            Class::Connect
+        } else if kind.starts_with("modbus.") {
+            Class::Modbus
+        } else {
+            Class::Other
+        }
+    }
+}
+
 impl Detector for Hygiene {
     fn detect(session: &Session, events: &Batch) -> Vec<Finding> {
         let device = &session.device.id;
@@ -63,10 +86,21 @@ impl Detector for Hygiene {
         let window: Option<String> = config::get("read-only-hours");
         let flood_at: u64 = config::get("connects-per-minute").unwrap_or(CONNECTS_PER_MINUTE);
         let mut findings = Vec::new();
+        // Events of a kind come in runs: the kind's text is read once a run.
+        let mut last: Option<(KindId, Class)> = None;
         for event in events.iter() {
             let i = event.index();
             let kind = event.kind();
-            if kind.ends_with(".malformed") {
+            let id = event.kind_id();
+            let class = match last {
+                Some((last_id, class)) if last_id == id => class,
+                _ => {
+                    let class = Class::of(kind);
+                    last = Some((id, class));
+                    class
+                }
+            };
+            if class == Class::Malformed {
                 let reason = event.text("reason").unwrap_or("no reason given");
                 findings.push(Finding::new(
                     i,
@@ -79,7 +113,7 @@ impl Detector for Hygiene {
                 ));
                 continue;
             }
-            if kind == "mqtt.connect" {
+            if class == Class::Connect {
                 let key = format!("connects/{device}/{}", now / 60_000);
                 let count = kv::get(&key)
                     .and_then(|v| v.try_into().ok())
@@ -96,7 +130,7 @@ impl Detector for Hygiene {
                     ));
                 }
             }
-            if event.protocol() == "modbus"
+            if class == Class::Modbus
                 && let Some(function) = event.int("function")
             {
                 let code = function & 0x7f;
