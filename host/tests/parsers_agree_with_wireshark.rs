@@ -399,13 +399,7 @@ fn coap_over_udp_agrees_with_wireshark() {
     ];
     let wireshark = tshark_datagrams(&tshark_path, FIELDS);
     let runtime = common::runtime();
-    let plugin = runtime
-        .load(
-            "coap",
-            palisade::plugins::first_party::component("coap").unwrap(),
-            palisade::plugins::Limits::default(),
-        )
-        .unwrap();
+    let plugin = common::load(&runtime, "coap", palisade::plugins::Limits::default());
     let host_session = common::session(1, "device-1");
     let session = Session::new(1, "device-1", "thermostat", "cell-1", "mqtt");
     let mut compared = 0;

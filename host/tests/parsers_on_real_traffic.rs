@@ -14,9 +14,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use palisade::plugins::{Direction, Limits, Parsed, Runtime, RuntimeConfig, Value, first_party};
+use palisade::plugins::{Direction, Limits, Parsed, Value};
 use palisade::policy::vocabulary::{self, Type};
-use palisade::store::Store;
 use palisade_plugin_sdk::testing::parse_stream;
 use palisade_plugin_sdk::{Direction as SdkDirection, Parser};
 
@@ -85,16 +84,7 @@ fn speaks_the_vocabulary(parsed: &Parsed, what: &str) {
 }
 
 fn check<P: Parser>(protocol: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("state")).unwrap();
-    let runtime = Runtime::new(&RuntimeConfig::default(), store).unwrap();
-    let plugin = runtime
-        .load(
-            protocol,
-            first_party::component(protocol).unwrap(),
-            Limits::default(),
-        )
-        .unwrap();
+    let plugin = common::load(&common::runtime(), protocol, Limits::default());
     let session = palisade_plugin_sdk::Session::new(1, "device-1", "sensor", "lab", protocol);
     let mut total = 0;
     for (path, up) in recordings(protocol) {
@@ -154,13 +144,7 @@ fn modbus_recordings() {
 #[test]
 fn coap_udp_recordings() {
     let runtime = common::runtime();
-    let plugin = runtime
-        .load(
-            "coap",
-            first_party::component("coap").unwrap(),
-            Limits::default(),
-        )
-        .unwrap();
+    let plugin = common::load(&runtime, "coap", Limits::default());
     let session = palisade_plugin_sdk::Session::new(1, "device-1", "sensor", "lab", "coap");
     let mut total = 0;
     for (name, direction, host_direction) in [
@@ -204,13 +188,7 @@ fn only_parsers_that_export_datagram_parser_read_datagrams() {
     let runtime = common::runtime();
     let session = common::session(1, "device-1");
     for protocol in ["mqtt", "modbus"] {
-        let plugin = runtime
-            .load(
-                protocol,
-                first_party::component(protocol).unwrap(),
-                Limits::default(),
-            )
-            .unwrap();
+        let plugin = common::load(&runtime, protocol, Limits::default());
         assert!(!plugin.reads_datagrams(), "{protocol}");
         let err = plugin
             .parse_datagram(&session, Direction::ToUpstream, &[], b"\x40\x01\x00\x00")
@@ -221,13 +199,7 @@ fn only_parsers_that_export_datagram_parser_read_datagrams() {
         );
         assert_eq!(plugin.strikes(), 0, "{protocol}");
     }
-    let coap = runtime
-        .load(
-            "coap",
-            first_party::component("coap").unwrap(),
-            Limits::default(),
-        )
-        .unwrap();
+    let coap = common::load(&runtime, "coap", Limits::default());
     assert!(coap.reads_datagrams());
     // Version 2 is not RFC 7252.
     let bad = b"\x80\x01\x00\x00";

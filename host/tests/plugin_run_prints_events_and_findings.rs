@@ -114,8 +114,8 @@ fn unknown_plugin_is_a_clear_error() {
     );
 }
 
-/// `plugin run` of the CoAP parser on the datagrams in `hex`.
-fn run_datagrams(hex: &str) -> (Vec<Value>, bool, String) {
+/// `plugin run --datagrams` of `parser` on the datagrams in `hex`.
+fn run_datagrams(parser: &str, hex: &str) -> (Vec<Value>, bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("datagrams.hex");
     std::fs::write(&input, hex).unwrap();
@@ -126,7 +126,7 @@ fn run_datagrams(hex: &str) -> (Vec<Value>, bool, String) {
         "plugin",
         "run",
         "--parser",
-        "coap",
+        parser,
         "--datagrams",
         "--input",
         input.to_str().unwrap(),
@@ -143,7 +143,7 @@ fn recorded_datagrams_are_parsed_one_by_one() {
                41:01:e2:cd:01:60:12:aa:1a:44:74:69:6d:65\n\
                8001\n\
                4000abcd\n";
-    let (lines, ok, stderr) = run_datagrams(hex);
+    let (lines, ok, stderr) = run_datagrams("coap", hex);
     assert!(!ok, "a malformed datagram fails the run: {stderr}");
     let events: Vec<_> = lines.iter().filter(|l| l["type"] == "event").collect();
     assert_eq!(events.len(), 3, "{lines:?}");
@@ -173,7 +173,7 @@ fn recorded_datagrams_are_parsed_one_by_one() {
 
 #[test]
 fn a_line_that_is_not_hex_is_named() {
-    let (lines, ok, stderr) = run_datagrams("4000abcd\n40zzabcd\n");
+    let (lines, ok, stderr) = run_datagrams("coap", "4000abcd\n40zzabcd\n");
     assert!(!ok);
     assert!(lines.is_empty(), "nothing runs: {lines:?}");
     assert!(
@@ -184,21 +184,7 @@ fn a_line_that_is_not_hex_is_named() {
 
 #[test]
 fn a_parser_of_streams_only_is_refused_datagrams() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("d.hex");
-    std::fs::write(&input, "4000abcd\n").unwrap();
-    let data = dir.path().join("data");
-    let (lines, ok, stderr) = run(&[
-        "--data",
-        data.to_str().unwrap(),
-        "plugin",
-        "run",
-        "--parser",
-        "mqtt",
-        "--datagrams",
-        "--input",
-        input.to_str().unwrap(),
-    ]);
+    let (lines, ok, stderr) = run_datagrams("mqtt", "4000abcd\n");
     assert!(!ok);
     assert!(lines.is_empty(), "{lines:?}");
     assert!(
