@@ -62,7 +62,6 @@ pub mod responder {
     });
 }
 
-pub use datagram::exports::palisade::plugin::datagram_parser::Message;
 pub use parser::exports::palisade::plugin::parser::{Malformed, Parsed};
 pub use parser::palisade::plugin::host;
 pub use parser::palisade::plugin::types::{

@@ -664,8 +664,7 @@ impl Plugin {
                 input,
             )?;
             let parsed = batch::parsed_from_wire(parsed);
-            check_parsed(&parsed, input.len(), state_cap)
-                .map_err(|e| wasmtime::Error::new(Fault::Contract(e)))?;
+            check_parsed(&parsed, input.len(), state_cap).map_err(breach)?;
             Ok(parsed)
         })
     }
@@ -704,10 +703,10 @@ impl Plugin {
             )?;
             let parsed = match answer {
                 Ok(message) if message.event.events.len() != 1 => {
-                    return Err(wasmtime::Error::new(Fault::Contract(format!(
+                    return Err(breach(format!(
                         "{} events for one datagram, not one",
                         message.event.events.len()
-                    ))));
+                    )));
                 }
                 Ok(message) => {
                     let parsed = Parsed {
@@ -717,8 +716,7 @@ impl Plugin {
                         needed: None,
                         malformed: None,
                     };
-                    check_parsed(&parsed, datagram.len(), state_cap)
-                        .map_err(|e| wasmtime::Error::new(Fault::Contract(e)))?;
+                    check_parsed(&parsed, datagram.len(), state_cap).map_err(breach)?;
                     parsed
                 }
                 Err(reason) => Parsed::new(state.to_vec()).malformed(0, reason),
@@ -739,11 +737,11 @@ impl Plugin {
                 &batch::to_wire(batch),
             )?;
             if let Some(f) = findings.iter().find(|f| f.event as usize >= batch.len()) {
-                return Err(wasmtime::Error::new(Fault::Contract(format!(
+                return Err(breach(format!(
                     "finding on event {} of a batch of {}",
                     f.event,
                     batch.len()
-                ))));
+                )));
             }
             Ok(findings)
         })
@@ -894,6 +892,12 @@ fn deadline_ticks(limits: &Limits) -> u64 {
         .div_ceil(TICK.as_millis())
         .max(1);
     u64::try_from(ticks).unwrap_or(u64::MAX)
+}
+
+/// A plugin's answer that breaks the contract, as the error that ends its
+/// call with a strike.
+fn breach(reason: String) -> wasmtime::Error {
+    wasmtime::Error::new(Fault::Contract(reason))
 }
 
 fn unreachable_world<R>() -> wasmtime::Result<R> {
