@@ -18,8 +18,12 @@ use std::ops::Range;
 /// hashing them.
 const SCAN: usize = 32;
 
-/// The events a batch makes room for when its first event is written.
-const FIRST_EVENTS: usize = 32;
+/// Slots of the cache of literals' fields: more than a parser's names.
+const LITERAL_SLOTS: usize = 32;
+
+/// The events a batch makes room for when its first event is written: a
+/// 4 KiB chunk of small frames holds a few dozen.
+pub(crate) const FIRST_EVENTS: usize = 64;
 
 /// Events, in order, with their attributes.
 ///
@@ -46,6 +50,10 @@ pub struct Batch {
     next_field: usize,
     /// For each field, the literal last used for its name.
     field_literals: Vec<Literal>,
+    /// Where to look for a literal the hint missed: the field it was last
+    /// seen as, in slot [`Literal::slot`]. Attributes that only some events
+    /// have (a QoS 1 PUBLISH's packet id) break the order every time.
+    literal_fields: [u16; LITERAL_SLOTS],
     /// The kind of the last event pushed.
     last_kind: usize,
     /// The field of the first attribute of the last event.
@@ -77,6 +85,13 @@ impl Literal {
             len: name.len(),
             ty,
         }
+    }
+
+    /// The literal's slot in [`Batch::literal_fields`]: a few bits of a
+    /// multiplicative hash of its address, which tells apart the names a
+    /// parser keeps side by side in its static data.
+    fn slot(self) -> usize {
+        (self.address.wrapping_mul(0x9E37_79B9) >> 16) % LITERAL_SLOTS
     }
 }
 
@@ -394,17 +409,14 @@ impl Batch {
         let hint = self.next_field;
         if literal {
             let key = Literal::new(name, ty);
-            let i = match self.field_literals.get(hint) {
-                Some(known) if *known == key => hint,
-                _ => {
-                    let i = self.find_field(name, ty);
-                    if self.field_literals.len() <= i {
-                        self.field_literals.resize(i + 1, Literal::NONE);
-                    }
-                    if let Some(slot) = self.field_literals.get_mut(i) {
-                        *slot = key;
-                    }
-                    i
+            let i = if self.field_literals.get(hint) == Some(&key) {
+                hint
+            } else {
+                let seen = (self.literal_fields.get(key.slot())).map_or(0, |&i| usize::from(i));
+                if self.field_literals.get(seen) == Some(&key) {
+                    seen
+                } else {
+                    self.new_literal(name, ty, key)
                 }
             };
             self.next_field = i + 1;
@@ -413,6 +425,23 @@ impl Batch {
         let i = self.find_field(name, ty);
         self.next_field = i + 1;
         index16(i)
+    }
+
+    /// The index of field `name` of type `ty`, whose literal `key` is not
+    /// known yet.
+    #[cold]
+    fn new_literal(&mut self, name: &str, ty: ValueType, key: Literal) -> usize {
+        let i = self.find_field(name, ty);
+        if self.field_literals.len() <= i {
+            self.field_literals.resize(i + 1, Literal::NONE);
+        }
+        if let Some(slot) = self.field_literals.get_mut(i) {
+            *slot = key;
+        }
+        if let Some(slot) = self.literal_fields.get_mut(key.slot()) {
+            *slot = index16(i);
+        }
+        i
     }
 
     #[cold]
@@ -828,6 +857,33 @@ mod tests {
         assert_eq!(event.bytes("payload"), Some(&[1, 2, 3][..]));
         assert_eq!(event.flag("custom-17"), Some(true));
         assert_eq!(event.int("topic"), None, "a text attribute is not an int");
+    }
+
+    #[test]
+    fn attributes_only_some_events_have_keep_their_fields() {
+        let mut batch = Batch::new();
+        for i in 0..50_i64 {
+            let mut event = batch.push("mqtt.publish");
+            event.text("topic", "a/b").int("qos", i % 3);
+            if i % 3 > 0 {
+                event.int("packet-id", i);
+            }
+            if i % 5 == 0 {
+                event.flag("retain", true);
+            }
+            event.size("payload-size", 10);
+        }
+        assert_eq!(batch.wire.fields.len(), 5);
+        for (i, event) in (0..50_i64).zip(batch.iter()) {
+            assert_eq!(event.int("qos"), Some(i % 3));
+            assert_eq!(event.int("packet-id"), (i % 3 > 0).then_some(i));
+            assert_eq!(event.flag("retain"), (i % 5 == 0).then_some(true));
+            assert_eq!(event.int("payload-size"), Some(10));
+            assert_eq!(
+                event.attributes().count(),
+                3 + usize::from(i % 3 > 0) + usize::from(i % 5 == 0)
+            );
+        }
     }
 
     #[test]

@@ -76,6 +76,9 @@ impl Parsed {
     /// assert_eq!(parsed.consumed(), 42);
     /// ```
     pub fn frame(&mut self, len: usize, kind: &str) -> EventWriter<'_> {
+        if self.frame_lengths.capacity() == 0 {
+            self.frame_lengths.reserve(crate::batch::FIRST_EVENTS);
+        }
         self.frame_lengths
             .push(u32::try_from(len).unwrap_or(u32::MAX));
         self.events.push(kind)
