@@ -264,6 +264,9 @@ impl Batch {
             wire.attribute_fields.reserve(FIRST_EVENTS * 8);
             wire.attribute_values.reserve(FIRST_EVENTS * 8);
             wire.data.reserve(FIRST_EVENTS * 64);
+            wire.kinds.reserve(4);
+            wire.fields.reserve(16);
+            self.field_literals.reserve(16);
         }
         let previous = self.last_kind;
         let kind = self.kind_entry(kind);
@@ -644,28 +647,32 @@ fn decode(batch: &Columns, ty: ValueType, raw: i64) -> Value<'_> {
     }
 }
 
-/// Whether two names are equal. Names are compared for every attribute a
-/// parser writes, and in WebAssembly `memcmp` goes a byte at a time; this
-/// goes eight.
+/// Whether two names are equal. Names are compared for every event a parser
+/// writes, and in WebAssembly `memcmp` goes a byte at a time; this compares
+/// words, the last one overlapping the one before, and has no loop for a
+/// name of up to 16 bytes.
 fn same(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
     if a.len() != b.len() {
         return false;
     }
-    let word = |w: &[u8]| u64::from_le_bytes(w.try_into().unwrap_or_default());
-    let (mut wa, mut wb) = (a.chunks_exact(8), b.chunks_exact(8));
-    if !wa
-        .by_ref()
-        .zip(wb.by_ref())
-        .all(|(x, y)| word(x) == word(y))
-    {
-        return false;
-    }
-    let tail = |t: &[u8]| {
-        t.iter()
-            .fold(0u64, |acc, &byte| (acc << 8) | u64::from(byte))
+    let u64_at = |s: &[u8], at: usize| {
+        (s.get(at..at + 8)).map(|w| u64::from_le_bytes(w.try_into().unwrap_or_default()))
     };
-    tail(wa.remainder()) == tail(wb.remainder())
+    let u32_at = |s: &[u8], at: usize| {
+        (s.get(at..at + 4)).map(|w| u32::from_le_bytes(w.try_into().unwrap_or_default()))
+    };
+    match a.len() {
+        0..4 => a == b,
+        4..8 => u32_at(a, 0) == u32_at(b, 0) && u32_at(a, a.len() - 4) == u32_at(b, b.len() - 4),
+        len => {
+            let last = len - 8;
+            (0..last)
+                .step_by(8)
+                .all(|at| u64_at(a, at) == u64_at(b, at))
+                && u64_at(a, last) == u64_at(b, last)
+        }
+    }
 }
 
 /// The range of `data` a text or bytes value `raw` refers to.
@@ -857,6 +864,29 @@ mod tests {
         assert_eq!(event.bytes("payload"), Some(&[1, 2, 3][..]));
         assert_eq!(event.flag("custom-17"), Some(true));
         assert_eq!(event.int("topic"), None, "a text attribute is not an int");
+    }
+
+    #[test]
+    fn names_are_the_same_exactly_when_their_bytes_are() {
+        let names: Vec<String> = (0..40)
+            .map(|n| {
+                "abcdefghijklmnopqrstuvwxyz0123456789-._~"
+                    .chars()
+                    .take(n)
+                    .collect()
+            })
+            .collect();
+        for a in &names {
+            for b in &names {
+                assert_eq!(same(a, b), a == b, "{a:?} {b:?}");
+            }
+            for at in 0..a.len() {
+                let mut other = a.clone().into_bytes();
+                other[at] ^= 0x01;
+                let other = String::from_utf8(other).unwrap();
+                assert!(!same(a, &other), "{a:?} {other:?}");
+            }
+        }
     }
 
     #[test]

@@ -627,7 +627,12 @@ enum Property<'a> {
 struct Properties<'a>(Vec<(&'static str, Property<'a>)>);
 
 impl Properties<'_> {
+    #[inline]
     fn write(&self, event: &mut EventWriter<'_>) {
+        // Most packets have none: MQTT 3.1.1's never do.
+        if self.0.is_empty() {
+            return;
+        }
         for (name, value) in &self.0 {
             match value {
                 Property::Int(v) => event.int(name, *v),
