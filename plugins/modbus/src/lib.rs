@@ -9,6 +9,8 @@
 //! number, oldest forgotten first): a response's event names the same
 //! register range as its request's.
 
+use std::collections::VecDeque;
+
 use palisade_plugin_sdk::{Direction, EventWriter, Parsed, Parser, Session};
 
 /// The parser as a plugin.
@@ -43,7 +45,9 @@ struct Pending {
     count: u16,
 }
 
-fn load(state: &[u8]) -> Vec<Pending> {
+/// The remembered requests, oldest first: a ring, since a session with
+/// many requests in flight forgets the oldest at each new one.
+fn load(state: &[u8]) -> VecDeque<Pending> {
     state
         .chunks_exact(ENTRY)
         .map(|e| {
@@ -63,7 +67,7 @@ fn load(state: &[u8]) -> Vec<Pending> {
         .collect()
 }
 
-fn save(pending: &[Pending]) -> Vec<u8> {
+fn save(pending: &VecDeque<Pending>) -> Vec<u8> {
     let mut state = Vec::with_capacity(pending.len() * ENTRY);
     for p in pending {
         state.extend_from_slice(&p.transaction.to_be_bytes());
@@ -176,7 +180,7 @@ fn user_defined(function: u8) -> bool {
 
 fn request<'p>(
     frame: &Frame<'_>,
-    pending: &mut Vec<Pending>,
+    pending: &mut VecDeque<Pending>,
     parsed: &'p mut Parsed,
 ) -> Result<(), &'static str> {
     let function = frame.function();
@@ -184,11 +188,14 @@ fn request<'p>(
         return Err("empty PDU");
     }
     let mut remember = |address: u16, count: u16| {
-        if pending.len() >= OUTSTANDING {
-            pending.remove(0);
+        // A transaction id reused before its response replaces the request
+        // it was; otherwise the oldest request is forgotten when full.
+        if let Some(i) = (pending.iter()).position(|p| p.transaction == frame.transaction) {
+            pending.remove(i);
+        } else if pending.len() >= OUTSTANDING {
+            pending.pop_front();
         }
-        pending.retain(|p| p.transaction != frame.transaction);
-        pending.push(Pending {
+        pending.push_back(Pending {
             transaction: frame.transaction,
             function,
             address,
@@ -329,14 +336,14 @@ fn request<'p>(
 
 fn response(
     frame: &Frame<'_>,
-    pending: &mut Vec<Pending>,
+    pending: &mut VecDeque<Pending>,
     parsed: &mut Parsed,
 ) -> Result<(), &'static str> {
     let function = frame.function();
     let asked = pending
         .iter()
         .position(|p| p.transaction == frame.transaction)
-        .map(|i| pending.remove(i));
+        .and_then(|i| pending.remove(i));
     if function & 0x80 != 0 {
         let code = frame.u8_at(1)?;
         let mut event = frame.event(parsed, "modbus.exception");
