@@ -67,6 +67,12 @@ fn load(state: &[u8]) -> VecDeque<Pending> {
         .collect()
 }
 
+/// The remembered request of `transaction`, forgotten.
+fn take(pending: &mut VecDeque<Pending>, transaction: u16) -> Option<Pending> {
+    let i = pending.iter().position(|p| p.transaction == transaction)?;
+    pending.remove(i)
+}
+
 fn save(pending: &VecDeque<Pending>) -> Vec<u8> {
     let mut state = Vec::with_capacity(pending.len() * ENTRY);
     for p in pending {
@@ -190,9 +196,7 @@ fn request<'p>(
     let mut remember = |address: u16, count: u16| {
         // A transaction id reused before its response replaces the request
         // it was; otherwise the oldest request is forgotten when full.
-        if let Some(i) = (pending.iter()).position(|p| p.transaction == frame.transaction) {
-            pending.remove(i);
-        } else if pending.len() >= OUTSTANDING {
+        if take(pending, frame.transaction).is_none() && pending.len() >= OUTSTANDING {
             pending.pop_front();
         }
         pending.push_back(Pending {
@@ -340,10 +344,7 @@ fn response(
     parsed: &mut Parsed,
 ) -> Result<(), &'static str> {
     let function = frame.function();
-    let asked = pending
-        .iter()
-        .position(|p| p.transaction == frame.transaction)
-        .and_then(|i| pending.remove(i));
+    let asked = take(pending, frame.transaction);
     if function & 0x80 != 0 {
         let code = frame.u8_at(1)?;
         let mut event = frame.event(parsed, "modbus.exception");
