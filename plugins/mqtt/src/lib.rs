@@ -143,8 +143,7 @@ fn has_wildcard(topic: &str) -> bool {
 
 /// Describe a PUBLISH with fixed-header `flags`, `len` bytes long, whose
 /// variable header and payload `r` reads, on a session at protocol `level`.
-/// Most of a device's packets are PUBLISH: this is kept apart from the rest
-/// of [`describe`], which keeps the path it takes short.
+/// Most of a device's packets are PUBLISH, so it reads best on its own.
 fn publish(
     flags: u8,
     len: usize,
@@ -629,10 +628,6 @@ struct Properties<'a>(Vec<(&'static str, Property<'a>)>);
 impl Properties<'_> {
     #[inline]
     fn write(&self, event: &mut EventWriter<'_>) {
-        // Most packets have none: MQTT 3.1.1's never do.
-        if self.0.is_empty() {
-            return;
-        }
         for (name, value) in &self.0 {
             match value {
                 Property::Int(v) => event.int(name, *v),
