@@ -142,9 +142,17 @@ impl PluginKv {
     /// Store `value` under `key`, unless the quota would be exceeded.
     pub fn set(&self, key: &str, value: &[u8]) -> Result<(), KvRefusal> {
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = (key.len() + value.len()) as u64;
+        // Most writes replace a value of about the same size (a plugin
+        // rewriting its state on every batch): a write that stays within
+        // the quota whatever it replaces is one step.
+        if *used + entry <= self.quota {
+            let old = self.tree.insert(key, value).map_err(StoreError::from)?;
+            *used = *used + entry - old.map_or(0, |v| (key.len() + v.len()) as u64);
+            return Ok(());
+        }
         let old = self.tree.get(key).map_err(StoreError::from)?;
-        let old_len = old.map_or(0, |v| (key.len() + v.len()) as u64);
-        let new_used = *used - old_len + (key.len() + value.len()) as u64;
+        let new_used = *used - old.map_or(0, |v| (key.len() + v.len()) as u64) + entry;
         if new_used > self.quota {
             return Err(KvRefusal::QuotaExceeded);
         }
@@ -200,5 +208,26 @@ mod tests {
         assert_eq!(admin.used(), 700);
         // Another plugin has a store and a quota of its own.
         assert_eq!(store.plugin_kv("q", 1000).unwrap().used(), 0);
+    }
+
+    #[test]
+    fn a_value_replaced_near_the_quota_is_counted_once() {
+        let store = Store::temporary().unwrap();
+        let kv = store.plugin_kv("p", 100).unwrap();
+        kv.set("k", &[1; 59]).unwrap();
+        // Over the quota if the old value were kept, within it once replaced.
+        kv.set("k", &[2; 69]).unwrap();
+        assert_eq!(kv.used(), 70);
+        // Within the quota either way.
+        kv.set("k", &[3; 9]).unwrap();
+        assert_eq!(kv.used(), 10);
+        assert!(matches!(
+            kv.set("k", &[4; 100]),
+            Err(KvRefusal::QuotaExceeded)
+        ));
+        assert_eq!(kv.get("k").unwrap().unwrap(), vec![3; 9]);
+        assert_eq!(kv.used(), 10);
+        kv.delete("k").unwrap();
+        assert_eq!(kv.used(), 0);
     }
 }
