@@ -10,6 +10,8 @@
 //!   topic ending in `/cmd` or `/set`) inside the read-only window
 //!   `config/read-only-hours`, for example `22-6` (UTC, end excluded).
 
+use std::cell::OnceCell;
+
 use palisade_plugin_sdk::host::{self, config, kv};
 use palisade_plugin_sdk::{Batch, Detector, EventRef, Finding, KindId, Session, Severity};
 
@@ -81,10 +83,16 @@ impl Class {
 impl Detector for Hygiene {
     fn detect(session: &Session, events: &Batch) -> Vec<Finding> {
         let device = &session.device.id;
-        let now = host::wall_clock();
-        let hour = (now / 3_600_000) % 24;
+        // What only some events need is read when one does: a batch of
+        // telemetry asks the host for the window alone.
+        let now = OnceCell::new();
+        let now = || *now.get_or_init(host::wall_clock);
+        let flood_at = OnceCell::new();
+        let flood_at = || {
+            *flood_at
+                .get_or_init(|| config::get("connects-per-minute").unwrap_or(CONNECTS_PER_MINUTE))
+        };
         let window: Option<String> = config::get("read-only-hours");
-        let flood_at: u64 = config::get("connects-per-minute").unwrap_or(CONNECTS_PER_MINUTE);
         let mut findings = Vec::new();
         // Events of a kind come in runs: the kind's text is read once a run.
         let mut last: Option<(KindId, Class)> = None;
@@ -114,6 +122,8 @@ impl Detector for Hygiene {
                 continue;
             }
             if class == Class::Connect {
+                let now = now();
+                let flood_at = flood_at();
                 let key = format!("connects/{device}/{}", now / 60_000);
                 let count = kv::get(&key)
                     .and_then(|v| v.try_into().ok())
@@ -150,15 +160,18 @@ impl Detector for Hygiene {
                     ));
                 }
             }
-            if let Some(window) = window.as_deref().filter(|w| in_window(w, hour))
+            if let Some(window) = window.as_deref()
                 && is_write(&event)
             {
-                findings.push(Finding::new(
+                let hour = (now() / 3_600_000) % 24;
+                if in_window(window, hour) {
+                    findings.push(Finding::new(
                         i,
                         Severity::High,
                         0.9,
                         format!("{device} wrote ({kind}) at {hour:02}h UTC, inside the read-only window {window}"),
                     ));
+                }
             }
         }
         findings
