@@ -5,7 +5,8 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -58,28 +59,61 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
 /// The appliance's state database.
 #[derive(Debug, Clone)]
 pub struct Store {
-    db: sled::Db,
-    /// Bytes each plugin's key-value store holds, shared by every handle
+    /// The plugins' namespaces by plugin name, each shared by every handle
     /// on it (the runtime's, the admin API's, an old and a new version
-    /// during a swap), so that each write's quota check sees the others.
-    kv_used: Arc<Mutex<HashMap<String, Arc<Mutex<u64>>>>>,
+    /// during a swap): each write's quota check sees the others, and a
+    /// write held back is seen by every reader. (Before `db`: fields drop
+    /// in order, and a namespace writes what it holds when it goes.)
+    namespaces: Arc<Mutex<HashMap<String, Arc<Mutex<Namespace>>>>>,
+    db: sled::Db,
 }
+
+/// How often the plugins' held writes are written to the database; sled
+/// writes them to disk within its own flush interval (half a second) after.
+const WRITE_BACK: Duration = Duration::from_millis(250);
+
+/// Writes a namespace holds at most: one more writes them all at once.
+const MAX_HELD: usize = 1024;
 
 impl Store {
     /// Open (or create) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        Ok(Store {
-            db: sled::open(dir)?,
-            kv_used: Arc::default(),
-        })
+        Ok(Self::with(sled::open(dir)?))
     }
 
     /// A database that lives in memory only, for tools and tests.
     pub fn temporary() -> Result<Self, StoreError> {
-        Ok(Store {
-            db: sled::Config::new().temporary(true).open()?,
-            kv_used: Arc::default(),
-        })
+        Ok(Self::with(sled::Config::new().temporary(true).open()?))
+    }
+
+    fn with(db: sled::Db) -> Self {
+        let store = Store {
+            namespaces: Arc::default(),
+            db,
+        };
+        // The writer stops once the store and its last handle are gone.
+        let namespaces = Arc::downgrade(&store.namespaces);
+        let spawned = std::thread::Builder::new()
+            .name("kv-write-back".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(WRITE_BACK);
+                    let Some(namespaces) = namespaces.upgrade() else {
+                        return;
+                    };
+                    let all: Vec<_> = lock(&namespaces).values().cloned().collect();
+                    drop(namespaces);
+                    for namespace in all {
+                        lock(&namespace).write_back();
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            // Writes then reach the database at each flush and when the
+            // store closes.
+            tracing::error!(error = %e, "cannot start the plugin state writer");
+        }
+        store
     }
 
     /// A new identifier, increasing over the database's life.
@@ -90,22 +124,26 @@ impl Store {
     /// The key-value store of plugin `name`, holding at most `quota` bytes of
     /// keys and values. Every instance of the plugin shares it.
     pub fn plugin_kv(&self, name: &str, quota: u64) -> Result<PluginKv, StoreError> {
-        let tree = self.db.open_tree(format!("plugin-kv/{name}"))?;
-        let mut books = self.kv_used.lock().unwrap_or_else(|p| p.into_inner());
-        let used = match books.get(name) {
-            Some(used) => used.clone(),
+        let mut namespaces = lock(&self.namespaces);
+        let namespace = match namespaces.get(name) {
+            Some(namespace) => namespace.clone(),
             None => {
+                let tree = self.db.open_tree(format!("plugin-kv/{name}"))?;
                 let mut used = 0u64;
                 for entry in tree.iter() {
                     let (k, v) = entry?;
                     used += (k.len() + v.len()) as u64;
                 }
-                let used = Arc::new(Mutex::new(used));
-                books.insert(name.to_owned(), used.clone());
-                used
+                let namespace = Arc::new(Mutex::new(Namespace {
+                    tree,
+                    used,
+                    held: HashMap::new(),
+                }));
+                namespaces.insert(name.to_owned(), namespace.clone());
+                namespace
             }
         };
-        Ok(PluginKv { tree, quota, used })
+        Ok(PluginKv { quota, namespace })
     }
 
     /// The tree (namespace) `name`, for a stage that keeps records of its
@@ -114,66 +152,148 @@ impl Store {
         Ok(self.db.open_tree(name)?)
     }
 
-    /// Write everything to disk.
+    /// Write everything to disk, the plugins' held writes included.
     pub fn flush(&self) -> Result<(), StoreError> {
+        let all: Vec<_> = lock(&self.namespaces).values().cloned().collect();
+        for namespace in all {
+            lock(&namespace).try_write_back()?;
+        }
         self.db.flush()?;
         Ok(())
     }
 }
 
-/// One plugin's namespace in the store. Writes reach the disk within
-/// sled's flush interval (half a second) or at [`Store::flush`].
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One plugin's namespace in the store.
+///
+/// Plugins rewrite their state on every call (the baseline detector its
+/// two profiles on every batch), and rewriting a value in sled costs about
+/// a microsecond and grows its log, which on an appliance's flash is wear.
+/// So writes are held here, seen at once by every handle, and written to
+/// the database together every [`WRITE_BACK`], at [`Store::flush`] and when
+/// the store closes: a value rewritten a thousand times in between is
+/// written once. They reach the disk within a second.
 #[derive(Debug, Clone)]
 pub struct PluginKv {
-    tree: sled::Tree,
     quota: u64,
-    /// Bytes of keys and values stored, shared by all handles on the
-    /// plugin's store; the lock also makes the quota check and the write
-    /// one step.
-    used: Arc<Mutex<u64>>,
+    namespace: Arc<Mutex<Namespace>>,
+}
+
+#[derive(Debug)]
+struct Namespace {
+    tree: sled::Tree,
+    /// Bytes of keys and values stored, the held writes included.
+    used: u64,
+    /// Writes not yet in the tree: the new value, or `None` for a removal.
+    held: HashMap<String, Option<Vec<u8>>>,
+}
+
+impl Namespace {
+    /// The value under `key`, held or in the tree.
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.held.get(key) {
+            Some(held) => Ok(held.clone()),
+            None => Ok(self.tree.get(key)?.map(|v| v.to_vec())),
+        }
+    }
+
+    /// Bytes `key` and its value take, 0 when it has none.
+    fn size(&self, key: &str) -> Result<u64, StoreError> {
+        let value = match self.held.get(key) {
+            Some(held) => held.as_ref().map(Vec::len),
+            None => self.tree.get(key)?.map(|v| v.len()),
+        };
+        Ok(value.map_or(0, |len| (key.len() + len) as u64))
+    }
+
+    /// Hold `value` (`None` for a removal) as the new value of `key`.
+    fn hold(&mut self, key: &str, value: Option<Vec<u8>>) -> Result<(), StoreError> {
+        if let Some(held) = self.held.get_mut(key) {
+            *held = value;
+            return Ok(());
+        }
+        // Memory stays bounded: a new key when as many are held writes them
+        // first, or is refused if the database fails.
+        if self.held.len() >= MAX_HELD {
+            self.try_write_back()?;
+        }
+        self.held.insert(key.to_owned(), value);
+        Ok(())
+    }
+
+    /// Write the held writes to the tree, in one batch.
+    fn try_write_back(&mut self) -> Result<(), StoreError> {
+        if self.held.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for (key, value) in &self.held {
+            match value {
+                Some(value) => batch.insert(key.as_bytes(), value.as_slice()),
+                None => batch.remove(key.as_bytes()),
+            }
+        }
+        self.tree.apply_batch(batch)?;
+        self.held.clear();
+        Ok(())
+    }
+
+    fn write_back(&mut self) {
+        if let Err(e) = self.try_write_back() {
+            // Still held: the next write back tries again.
+            tracing::error!(error = %e, "cannot write plugin state");
+        }
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        self.write_back();
+    }
 }
 
 impl PluginKv {
+    fn namespace(&self) -> MutexGuard<'_, Namespace> {
+        lock(&self.namespace)
+    }
+
     /// The value under `key`.
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.tree.get(key)?.map(|v| v.to_vec()))
+        self.namespace().get(key)
     }
 
     /// Store `value` under `key`, unless the quota would be exceeded.
     pub fn set(&self, key: &str, value: &[u8]) -> Result<(), KvRefusal> {
-        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = (key.len() + value.len()) as u64;
-        // Most writes replace a value of about the same size (a plugin
-        // rewriting its state on every batch): a write that stays within
-        // the quota whatever it replaces is one step.
-        if *used + entry <= self.quota {
-            let old = self.tree.insert(key, value).map_err(StoreError::from)?;
-            *used = *used + entry - old.map_or(0, |v| (key.len() + v.len()) as u64);
-            return Ok(());
-        }
-        let old = self.tree.get(key).map_err(StoreError::from)?;
-        let new_used = *used - old.map_or(0, |v| (key.len() + v.len()) as u64) + entry;
-        if new_used > self.quota {
+        let mut namespace = self.namespace();
+        let used = namespace.used - namespace.size(key)? + (key.len() + value.len()) as u64;
+        if used > self.quota {
             return Err(KvRefusal::QuotaExceeded);
         }
-        self.tree.insert(key, value).map_err(StoreError::from)?;
-        *used = new_used;
+        namespace.hold(key, Some(value.to_vec()))?;
+        namespace.used = used;
         Ok(())
     }
 
     /// Remove `key`.
     pub fn delete(&self, key: &str) -> Result<(), KvRefusal> {
-        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(old) = self.tree.remove(key).map_err(StoreError::from)? {
-            *used -= (key.len() + old.len()) as u64;
+        let mut namespace = self.namespace();
+        let size = namespace.size(key)?;
+        if size > 0 {
+            namespace.hold(key, None)?;
+            namespace.used -= size;
         }
         Ok(())
     }
 
     /// The keys starting with `prefix`, with their values, in key order.
     pub fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut namespace = self.namespace();
+        namespace.try_write_back()?;
         let mut entries = Vec::new();
-        for entry in self.tree.scan_prefix(prefix) {
+        for entry in namespace.tree.scan_prefix(prefix) {
             let (k, v) = entry?;
             entries.push((String::from_utf8_lossy(&k).into_owned(), v.to_vec()));
         }
@@ -182,7 +302,7 @@ impl PluginKv {
 
     /// Bytes of keys and values stored.
     pub fn used(&self) -> u64 {
-        *self.used.lock().unwrap_or_else(|p| p.into_inner())
+        self.namespace().used
     }
 }
 
@@ -208,6 +328,69 @@ mod tests {
         assert_eq!(admin.used(), 700);
         // Another plugin has a store and a quota of its own.
         assert_eq!(store.plugin_kv("q", 1000).unwrap().used(), 0);
+    }
+
+    #[test]
+    fn held_writes_are_seen_at_once_and_reach_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let tree = store.tree("plugin-kv/p").unwrap();
+        let (runtime, admin) = (store.plugin_kv("p", 1000), store.plugin_kv("p", 1000));
+        let (runtime, admin) = (runtime.unwrap(), admin.unwrap());
+        runtime.set("profile", b"one").unwrap();
+        runtime.set("gone", b"soon").unwrap();
+        admin.delete("gone").unwrap();
+        assert_eq!(admin.get("profile").unwrap().as_deref(), Some(&b"one"[..]));
+        assert_eq!(runtime.get("gone").unwrap(), None);
+        assert_eq!(admin.used(), 10);
+        // The writer writes them within its interval.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while tree.get("profile").unwrap().is_none() {
+            assert!(std::time::Instant::now() < deadline, "never written back");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(tree.get("gone").unwrap(), None);
+        // A flush writes what is held now.
+        runtime.set("profile", b"two").unwrap();
+        store.flush().unwrap();
+        assert_eq!(tree.get("profile").unwrap().as_deref(), Some(&b"two"[..]));
+        // So does closing the store, with a handle still open.
+        runtime.set("profile", b"three").unwrap();
+        drop((store, tree, admin, runtime));
+        let store = Store::open(dir.path()).unwrap();
+        let kv = store.plugin_kv("p", 1000).unwrap();
+        assert_eq!(kv.get("profile").unwrap().as_deref(), Some(&b"three"[..]));
+        assert_eq!(kv.used(), 12);
+        // A prefix scan sees the held writes.
+        kv.set("profile-2", b"four").unwrap();
+        let keys: Vec<String> = kv
+            .scan_prefix("profile")
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, ["profile", "profile-2"]);
+    }
+
+    #[test]
+    fn a_plugin_writing_many_keys_holds_a_bounded_number() {
+        let store = Store::temporary().unwrap();
+        let kv = store.plugin_kv("p", 1 << 30).unwrap();
+        let tree = store.tree("plugin-kv/p").unwrap();
+        for i in 0..3 * MAX_HELD {
+            kv.set(&format!("k{i}"), b"v").unwrap();
+            kv.delete(&format!("never-set-{i}")).unwrap();
+        }
+        assert!(lock(&kv.namespace).held.len() <= MAX_HELD);
+        // What was written out and what is held make the whole.
+        assert!(tree.len() >= 2 * MAX_HELD);
+        assert_eq!(kv.get("k0").unwrap().as_deref(), Some(&b"v"[..]));
+        assert_eq!(
+            kv.get(&format!("k{}", 3 * MAX_HELD - 1))
+                .unwrap()
+                .as_deref(),
+            Some(&b"v"[..])
+        );
     }
 
     #[test]
