@@ -205,7 +205,8 @@ mod sealed {
 impl Name for &str {
     #[inline]
     fn is(&self, batch: &Columns, field: u16) -> bool {
-        (batch.fields.get(usize::from(field))).is_some_and(|(n, _)| same(n, self))
+        (batch.fields.get(usize::from(field)))
+            .is_some_and(|(n, _)| same(n.as_bytes(), self.as_bytes()))
     }
 }
 
@@ -308,7 +309,7 @@ impl Batch {
     pub fn field(&self, name: &str) -> Field {
         let mut entries = [Field::NONE; 4];
         let found = (self.wire.fields.iter().enumerate())
-            .filter(|(_, (n, _))| same(n, name))
+            .filter(|(_, (n, _))| same(n.as_bytes(), name.as_bytes()))
             .map(|(i, _)| index16(i));
         for (entry, i) in entries.iter_mut().zip(found) {
             *entry = i;
@@ -324,7 +325,7 @@ impl Batch {
         KindId(
             kinds
                 .iter()
-                .position(|k| same(k, name))
+                .position(|k| same(k.as_bytes(), name.as_bytes()))
                 .map_or(u16::MAX, index16),
         )
     }
@@ -374,7 +375,10 @@ impl Batch {
 
     fn kind_entry(&mut self, kind: &str) -> u16 {
         let kinds = &mut self.wire.kinds;
-        if kinds.get(self.last_kind).is_some_and(|k| same(k, kind)) {
+        if kinds
+            .get(self.last_kind)
+            .is_some_and(|k| same(k.as_bytes(), kind.as_bytes()))
+        {
             return index16(self.last_kind);
         }
         let i = self.find_kind(kind);
@@ -385,7 +389,10 @@ impl Batch {
     fn find_kind(&mut self, kind: &str) -> u16 {
         let kinds = &mut self.wire.kinds;
         if kinds.len() <= SCAN {
-            if let Some(i) = kinds.iter().position(|k| same(k, kind)) {
+            if let Some(i) = kinds
+                .iter()
+                .position(|k| same(k.as_bytes(), kind.as_bytes()))
+            {
                 return index16(i);
             }
         } else if let Some(&i) = self.kind_index.get(kind) {
@@ -450,7 +457,7 @@ impl Batch {
     #[cold]
     fn find_field(&mut self, name: &str, ty: ValueType) -> usize {
         let fields = &mut self.wire.fields;
-        let is = |(n, t): &(String, ValueType)| *t == ty && same(n, name);
+        let is = |(n, t): &(String, ValueType)| *t == ty && same(n.as_bytes(), name.as_bytes());
         let found = match fields.get(self.next_field) {
             Some(f) if is(f) => Some(self.next_field),
             _ if fields.len() <= SCAN => fields.iter().position(is),
@@ -611,6 +618,27 @@ impl<'a> EventRef<'a> {
         }
     }
 
+    /// Whether the attribute `name` is the text `text`. Quicker than
+    /// comparing [`text`](Self::text): the bytes are compared as they lie,
+    /// a word at a time, with no UTF-8 check (equal bytes are equal text).
+    pub fn text_is(&self, name: impl Name, text: &str) -> bool {
+        let batch = self.batch;
+        let (start, end) = self.attributes;
+        let fields = batch.attribute_fields.get(start..end).unwrap_or_default();
+        let values = batch.attribute_values.get(start..end).unwrap_or_default();
+        (fields.iter().zip(values))
+            .find(|(f, _)| name.is(batch, **f))
+            .is_some_and(|(field, &raw)| {
+                matches!(
+                    batch.fields.get(usize::from(*field)),
+                    Some((_, ValueType::Text))
+                ) && batch
+                    .data
+                    .get(data_range(raw))
+                    .is_some_and(|bytes| same(bytes, text.as_bytes()))
+            })
+    }
+
     /// The attribute `name` if it is an integer.
     pub fn int(&self, name: impl Name) -> Option<i64> {
         match self.get(name)? {
@@ -651,8 +679,7 @@ fn decode(batch: &Columns, ty: ValueType, raw: i64) -> Value<'_> {
 /// writes, and in WebAssembly `memcmp` goes a byte at a time; this compares
 /// words, the last one overlapping the one before, and has no loop for a
 /// name of up to 16 bytes.
-fn same(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
+fn same(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -878,13 +905,48 @@ mod tests {
             .collect();
         for a in &names {
             for b in &names {
-                assert_eq!(same(a, b), a == b, "{a:?} {b:?}");
+                assert_eq!(same(a.as_bytes(), b.as_bytes()), a == b, "{a:?} {b:?}");
             }
             for at in 0..a.len() {
                 let mut other = a.clone().into_bytes();
                 other[at] ^= 0x01;
                 let other = String::from_utf8(other).unwrap();
-                assert!(!same(a, &other), "{a:?} {other:?}");
+                assert!(!same(a.as_bytes(), other.as_bytes()), "{a:?} {other:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn text_is_tells_what_text_tells() {
+        let texts = [
+            "",
+            "a",
+            "site/a/telemetry",
+            "site/a/telemetrx",
+            "site/b/telemetry/long",
+        ];
+        let mut batch = Batch::new();
+        for t in texts {
+            batch
+                .push("mqtt.publish")
+                .text("topic", t)
+                .bytes("payload", t.as_bytes());
+        }
+        batch.push("mqtt.pingreq");
+        for event in batch.iter() {
+            for t in texts {
+                assert_eq!(
+                    event.text_is("topic", t),
+                    event.text("topic") == Some(t),
+                    "{t:?}"
+                );
+                let topic = batch.field("topic");
+                assert_eq!(
+                    event.text_is(topic, t),
+                    event.text("topic") == Some(t),
+                    "{t:?}"
+                );
+                assert!(!event.text_is("payload", t), "bytes are not text");
             }
         }
     }

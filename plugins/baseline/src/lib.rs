@@ -102,8 +102,12 @@ impl Detector for Baseline {
         let mut class_learnt = false;
         let mut previous = None;
         for event in events.iter() {
-            let signature = profile::signature(&event, &names);
-            let again = signature.is_some() && signature == previous;
+            let again = previous.is_some_and(|s| profile::has_signature(&event, &names, s));
+            let signature = if again {
+                previous
+            } else {
+                profile::signature(&event, &names)
+            };
             let novelties = if !learning.done(&mine) {
                 // Whoever learns this event learnt the one before: a
                 // profile learns until it is done, and is done for good.

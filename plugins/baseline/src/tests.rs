@@ -398,3 +398,39 @@ fn repeated_events_learn_what_whole_ones_learn() {
     );
     assert_eq!(learnt.resources.len(), 2);
 }
+
+#[test]
+fn an_events_signature_is_told_as_signature_tells_it() {
+    let events = [
+        Ev::Publish("site/a/temp".into(), 4),
+        Ev::Publish("site/a/temp".into(), 9),
+        Ev::Publish("site/a/tempX".into(), 4),
+        Ev::Publish("site/a/temq".into(), 4),
+        Ev::Publish(String::new(), 4),
+        Ev::Read("holding-registers", 0, 10),
+        Ev::Function(8),
+        Ev::Get("GET", "/a"),
+    ];
+    let mut batch = Batch::new();
+    for ev in &events {
+        write_event(&mut batch, ev);
+    }
+    // Kinds with a signature of their kind alone, and a publish without a
+    // topic.
+    batch.push("mqtt.pingreq");
+    batch.push("mqtt.pingreq");
+    batch.push("mqtt.publish").int("payload-size", 1);
+    let names = Names::of(&batch);
+    for before in batch.iter() {
+        let Some(theirs) = profile::signature(&before, &names) else {
+            continue;
+        };
+        for event in batch.iter() {
+            assert_eq!(
+                profile::has_signature(&event, &names, theirs),
+                profile::signature(&event, &names) == Some(theirs),
+                "{event} after {before}"
+            );
+        }
+    }
+}
