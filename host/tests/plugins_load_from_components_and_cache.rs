@@ -92,7 +92,10 @@ fn detector_state_survives_a_restart() {
             .load("new-topic", &detector, Limits::default())
             .unwrap();
         let findings = plugin
-            .detect(&session(1, "sensor-1"), &publishes("site/a/telemetry", 150))
+            .detect(
+                &session(1, "sensor-1"),
+                &publishes("site/a/telemetry", 150).into(),
+            )
             .unwrap();
         assert!(findings.is_empty(), "still learning: {findings:?}");
         store.flush().unwrap();
@@ -103,7 +106,7 @@ fn detector_state_survives_a_restart() {
         .load("new-topic", &detector, Limits::default())
         .unwrap();
     let findings = plugin
-        .detect(&session(2, "sensor-1"), &publishes("site/a/cmd", 1))
+        .detect(&session(2, "sensor-1"), &publishes("site/a/cmd", 1).into())
         .unwrap();
     assert_eq!(
         findings.len(),

@@ -17,7 +17,8 @@ use serde_json::{Value, json};
 use tracing::info;
 
 use crate::plugins::{
-    Batch, Device, Direction, Installed, Limits, Plugin, Runtime, Session, World, first_party,
+    Batch, Device, Direction, Installed, Limits, Plugin, Runtime, Session, WireBatch, World,
+    first_party,
 };
 use crate::registry::{Bundle, Library, Manifest, RegistryClient};
 
@@ -429,12 +430,12 @@ pub fn self_check(plugin: &Plugin, manifest: &Manifest) -> Result<(), String> {
         }
         World::Detector => {
             plugin
-                .detect(&session, &Batch::new())
+                .detect(&session, &WireBatch::from(Batch::new()))
                 .map_err(|e| fail(&e))?;
         }
         World::Responder => {
             plugin
-                .respond(&session, &Batch::new(), &[])
+                .respond(&session, &WireBatch::from(Batch::new()), &[])
                 .map_err(|e| fail(&e))?;
         }
     }

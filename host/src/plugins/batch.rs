@@ -24,20 +24,65 @@ pub(crate) fn from_wire(batch: bindings::Batch) -> Batch {
     })
 }
 
+/// A batch as detectors and responders receive it: the contract's columns.
+/// A session's pipeline moves its batch into one for all of them, and back
+/// after, instead of copying it for each call.
+#[derive(Debug, Clone)]
+pub struct WireBatch(pub(crate) bindings::Batch);
+
+impl WireBatch {
+    /// The events, in order.
+    pub fn len(&self) -> usize {
+        self.0.events.len()
+    }
+
+    /// Whether there are no events.
+    pub fn is_empty(&self) -> bool {
+        self.0.events.is_empty()
+    }
+
+    /// The batch back, as it was.
+    pub fn into_batch(self) -> Batch {
+        from_wire(self.0)
+    }
+}
+
+impl From<Batch> for WireBatch {
+    fn from(batch: Batch) -> Self {
+        let c = batch.into_columns();
+        WireBatch(bindings::Batch {
+            kinds: c.kinds,
+            fields: (c.fields.into_iter())
+                .map(|(name, ty)| Field {
+                    name,
+                    type_: wire_type(ty),
+                })
+                .collect(),
+            events: c.events,
+            attribute_ends: c.attribute_ends,
+            attribute_fields: c.attribute_fields,
+            attribute_values: c.attribute_values,
+            data: c.data,
+        })
+    }
+}
+
+/// A copy of `batch`.
+impl From<&Batch> for WireBatch {
+    fn from(batch: &Batch) -> Self {
+        WireBatch(to_wire(batch))
+    }
+}
+
 /// A batch to send to a plugin.
-pub(crate) fn to_wire(batch: &Batch) -> bindings::Batch {
+fn to_wire(batch: &Batch) -> bindings::Batch {
     let c = batch.columns();
     bindings::Batch {
         kinds: c.kinds.clone(),
         fields: (c.fields.iter())
             .map(|(name, ty)| Field {
                 name: name.clone(),
-                type_: match ty {
-                    ValueType::Text => bindings::ValueType::Text,
-                    ValueType::Int => bindings::ValueType::Int,
-                    ValueType::Flag => bindings::ValueType::Flag,
-                    ValueType::Bytes => bindings::ValueType::Bytes,
-                },
+                type_: wire_type(*ty),
             })
             .collect(),
         events: c.events.clone(),
@@ -59,6 +104,15 @@ pub(crate) fn parsed_from_wire(parsed: bindings::Parsed) -> Parsed {
             offset: m.offset,
             reason: m.reason,
         }),
+    }
+}
+
+fn wire_type(ty: ValueType) -> bindings::ValueType {
+    match ty {
+        ValueType::Text => bindings::ValueType::Text,
+        ValueType::Int => bindings::ValueType::Int,
+        ValueType::Flag => bindings::ValueType::Flag,
+        ValueType::Bytes => bindings::ValueType::Bytes,
     }
 }
 

@@ -30,6 +30,7 @@ use std::time::Duration;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Trap};
 
+pub use batch::WireBatch;
 use bindings::datagram::{Datagrams, DatagramsIndices};
 use bindings::detector::{DetectorPlugin, DetectorPluginPre};
 use bindings::parser::{ParserPlugin, ParserPluginIndices};
@@ -726,16 +727,13 @@ impl Plugin {
     }
 
     /// Judge the events of `batch`, from `session`.
-    pub fn detect(&self, session: &Session, batch: &Batch) -> Result<Vec<Finding>, CallError> {
+    pub fn detect(&self, session: &Session, batch: &WireBatch) -> Result<Vec<Finding>, CallError> {
         self.call(World::Detector, |store, bound| {
             let Bound::Detector(d) = bound else {
                 return unreachable_world();
             };
-            let findings = d.palisade_plugin_detector().call_detect(
-                &mut *store,
-                session,
-                &batch::to_wire(batch),
-            )?;
+            let findings =
+                (d.palisade_plugin_detector()).call_detect(&mut *store, session, &batch.0)?;
             if let Some(f) = findings.iter().find(|f| f.event as usize >= batch.len()) {
                 return Err(breach(format!(
                     "finding on event {} of a batch of {}",
@@ -752,19 +750,14 @@ impl Plugin {
     pub fn respond(
         &self,
         session: &Session,
-        batch: &Batch,
+        batch: &WireBatch,
         findings: &[Finding],
     ) -> Result<Vec<Action>, CallError> {
         self.call(World::Responder, |store, bound| {
             let Bound::Responder(r) = bound else {
                 return unreachable_world();
             };
-            r.palisade_plugin_responder().call_respond(
-                &mut *store,
-                session,
-                &batch::to_wire(batch),
-                findings,
-            )
+            (r.palisade_plugin_responder()).call_respond(&mut *store, session, &batch.0, findings)
         })
     }
 

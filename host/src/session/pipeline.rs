@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use crate::plugins::{
     Action, Batch, CallError, Direction, EventRef, FailMode, Finding, Malformed, Parsed, Plugin,
-    Session, Slot,
+    Session, Slot, WireBatch,
 };
 use crate::policy::{Decision, Policy, PolicyEngine, Response, Subject};
 
@@ -418,16 +418,23 @@ impl Pipeline {
     }
 
     fn judge(&self, inspected: &mut Inspected) {
-        if inspected.batch.is_empty() {
+        let responding = !(self.responders.is_empty() || inspected.findings.is_empty());
+        if inspected.batch.is_empty() || (self.detectors.is_empty() && !responding) {
             return;
         }
+        // Every detector and responder reads the batch as the contract's
+        // columns: it is moved into them once for all, and back after.
+        let batch = WireBatch::from(std::mem::take(&mut inspected.batch));
+        self.judge_columns(&batch, inspected);
+        inspected.batch = batch.into_batch();
+    }
+
+    fn judge_columns(&self, batch: &WireBatch, inspected: &mut Inspected) {
         for slot in &self.detectors {
             // A shadow goes first, so both read the store as it was.
-            let theirs = slot
-                .shadow()
-                .map(|s| s.detect(&self.session, &inspected.batch));
+            let theirs = slot.shadow().map(|s| s.detect(&self.session, batch));
             let detector = slot.active();
-            let ours = detector.detect(&self.session, &inspected.batch);
+            let ours = detector.detect(&self.session, batch);
             if let (Some(theirs), Ok(ours)) = (theirs, &ours) {
                 compare(slot, ours, theirs, |f| (f.event, f.severity as u8));
             }
@@ -443,10 +450,9 @@ impl Pipeline {
         }
         let findings: Vec<Finding> = inspected.findings.iter().map(|(_, f)| f.clone()).collect();
         for slot in &self.responders {
-            let theirs =
-                (slot.shadow()).map(|s| s.respond(&self.session, &inspected.batch, &findings));
+            let theirs = (slot.shadow()).map(|s| s.respond(&self.session, batch, &findings));
             let responder = slot.active();
-            let ours = responder.respond(&self.session, &inspected.batch, &findings);
+            let ours = responder.respond(&self.session, batch, &findings);
             if let (Some(theirs), Ok(ours)) = (theirs, &ours) {
                 compare(slot, ours, theirs, |a| format!("{a:?}"));
             }
