@@ -581,6 +581,16 @@ impl<'a> EventRef<'a> {
         self.kind().split('.').next().unwrap_or_default()
     }
 
+    /// The batch's columns, for a reader of the columns themselves.
+    pub fn columns(&self) -> &'a Columns {
+        self.batch
+    }
+
+    /// Where the event's attributes lie in the attribute columns.
+    pub fn attribute_range(&self) -> Range<usize> {
+        self.attributes.0..self.attributes.1
+    }
+
     /// The attributes as `(name, value)`, in order.
     pub fn attributes(&self) -> impl Iterator<Item = (&'a str, Value<'a>)> + 'a {
         let batch = self.batch;

@@ -42,8 +42,16 @@ use cedar_policy::{
     PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
 };
 
-use crate::plugins::{Device, Direction, EventRef, Severity, Value};
+use crate::plugins::{Columns, Device, Direction, EventRef, Severity, Value, ValueType};
 use vocabulary::Type;
+
+/// The contents of a text or bytes value `raw` of `batch`: the range of its
+/// data at offset `raw >> 32`, `raw & 0xffff_ffff` long (`wit/plugin.wit`).
+fn value_bytes(batch: &Columns, raw: i64) -> &[u8] {
+    let raw = raw.cast_unsigned();
+    let (offset, len) = ((raw >> 32) as usize, (raw & 0xffff_ffff) as usize);
+    (batch.data.get(offset..offset.saturating_add(len))).unwrap_or_default()
+}
 
 /// The policy a new appliance runs until the site installs its own.
 pub const EMBEDDED_DEFAULT: &str = r#"// Palisade's embedded default policy: any enrolled device may connect to
@@ -419,37 +427,61 @@ impl Policy {
         self.referenced.contains(&name)
     }
 
+    /// Of `batch`'s names of attributes, by their index in its table, those
+    /// the policy references: what [`Policy::event_key`] reads, looked up
+    /// once a batch rather than once an attribute.
+    pub fn key_names(&self, batch: &Columns) -> Vec<bool> {
+        (batch.fields.iter())
+            .map(|(name, _)| self.references(name))
+            .collect()
+    }
+
     /// Everything [`Policy::event`]'s decision on `event` depends on for
     /// one subject, written to `key`: two events with the same key get the
-    /// same decision, so a session may keep decisions by key.
-    pub fn event_key(&self, direction: Direction, event: EventRef<'_>, key: &mut Vec<u8>) {
+    /// same decision, so a session may keep decisions by key. `names` are
+    /// [`Policy::key_names`] of the event's batch. Values go in as their
+    /// bytes, undecoded: equal bytes decode alike.
+    pub fn event_key(
+        &self,
+        direction: Direction,
+        event: EventRef<'_>,
+        names: &[bool],
+        key: &mut Vec<u8>,
+    ) {
         key.clear();
         key.extend_from_slice(event.kind().as_bytes());
         key.push(match direction {
             Direction::ToUpstream => 0,
             Direction::ToDevice => 1,
         });
-        for (name, value) in event.attributes() {
-            if !self.references(name) {
+        let batch = event.columns();
+        let attributes = event.attribute_range();
+        let fields = batch.attribute_fields.get(attributes.clone());
+        let values = batch.attribute_values.get(attributes);
+        for (&field, &value) in fields
+            .unwrap_or_default()
+            .iter()
+            .zip(values.unwrap_or_default())
+        {
+            let field = usize::from(field);
+            let (true, Some((name, ty))) =
+                (names.get(field) == Some(&true), batch.fields.get(field))
+            else {
                 continue;
-            }
+            };
             key.extend_from_slice(name.as_bytes());
-            match value {
-                Value::Text(t) => {
-                    key.push(b't');
-                    key.extend_from_slice(&(t.len() as u64).to_le_bytes());
-                    key.extend_from_slice(t.as_bytes());
+            match ty {
+                ValueType::Text | ValueType::Bytes => {
+                    let bytes = value_bytes(batch, value);
+                    key.push(if *ty == ValueType::Text { b't' } else { b'b' });
+                    key.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+                    key.extend_from_slice(bytes);
                 }
-                Value::Bytes(b) => {
-                    key.push(b'b');
-                    key.extend_from_slice(&(b.len() as u64).to_le_bytes());
-                    key.extend_from_slice(b);
-                }
-                Value::Int(i) => {
+                ValueType::Int => {
                     key.push(b'i');
-                    key.extend_from_slice(&i.to_le_bytes());
+                    key.extend_from_slice(&value.to_le_bytes());
                 }
-                Value::Flag(f) => key.extend_from_slice(&[b'f', u8::from(f)]),
+                ValueType::Flag => key.extend_from_slice(&[b'f', u8::from(value != 0)]),
             }
         }
     }
@@ -734,6 +766,52 @@ when { context has qos && context.qos == 2 };
         let plc = policy.subject(&device("plc"), None, "mqtt", "mqtt");
         assert!(!policy.connect(&plc, None).allowed);
         assert!(policy.connect(&thermostat, None).allowed);
+    }
+
+    #[test]
+    fn events_with_one_key_get_one_decision() {
+        let policy = Policy::parse(SITE).unwrap();
+        let mut batch = Batch::new();
+        let publishes = [
+            ("site/a/telemetry", 0, 7),
+            ("site/a/telemetry", 0, 8),
+            ("site/a/telemetry", 2, 7),
+            ("site/b/telemetry", 0, 7),
+            ("site/a/telemetrx", 0, 7),
+        ];
+        for (topic, qos, size) in publishes {
+            // payload-size is in no policy text: it cannot change a decision.
+            (batch.push("mqtt.publish").text("topic", topic))
+                .int("qos", qos)
+                .int("payload-size", size);
+        }
+        batch
+            .push("mqtt.publish")
+            .bytes("topic", b"site/a/telemetry");
+        let names = policy.key_names(batch.columns());
+        let key = |i: usize, direction| {
+            let mut key = Vec::new();
+            policy.event_key(direction, batch.get(i).unwrap(), &names, &mut key);
+            key
+        };
+        let up = Direction::ToUpstream;
+        assert_eq!(key(0, up), key(1, up), "differs in what no policy reads");
+        for other in 2..6 {
+            assert_ne!(key(0, up), key(other, up), "event {other}");
+        }
+        assert_ne!(key(0, up), key(0, Direction::ToDevice));
+        // Same key, same decision, across batches too.
+        let thermostat = policy.subject(&device("thermostat"), None, "mqtt", "mqtt");
+        let mut alone = Batch::new();
+        (alone.push("mqtt.publish").text("topic", "site/a/telemetry")).int("qos", 0);
+        let mut again = Vec::new();
+        let alone_names = policy.key_names(alone.columns());
+        policy.event_key(up, alone.get(0).unwrap(), &alone_names, &mut again);
+        assert_eq!(again, key(0, up));
+        for i in 0..6 {
+            let d = policy.event(&thermostat, up, batch.get(i).unwrap());
+            assert_eq!(d.allowed, [0, 1, 3].contains(&i), "event {i}: {d:?}");
+        }
     }
 
     #[test]

@@ -373,9 +373,10 @@ impl Pipeline {
         else {
             return;
         };
+        let names = policy.key_names(inspected.batch.columns());
         // The malformed event that may follow the frames describes none.
         for event in inspected.batch.iter().take(inspected.spans.len()) {
-            policy.event_key(direction, event, key);
+            policy.event_key(direction, event, &names, key);
             // A device mostly sends what it sent just before.
             if key == last_allowed {
                 continue;
