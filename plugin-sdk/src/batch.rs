@@ -685,11 +685,12 @@ fn decode(batch: &Columns, ty: ValueType, raw: i64) -> Value<'_> {
     }
 }
 
-/// Whether two names are equal. Names are compared for every event a parser
-/// writes, and in WebAssembly `memcmp` goes a byte at a time; this compares
-/// words, the last one overlapping the one before, and has no loop for a
-/// name of up to 16 bytes.
-fn same(a: &[u8], b: &[u8]) -> bool {
+/// Whether `a` and `b` hold the same bytes. In WebAssembly `==` on slices
+/// calls a `memcmp` that goes a byte at a time; this compares words, the
+/// last one overlapping the one before, with no loop up to 16 bytes. The
+/// SDK compares names with it for every event a parser writes; a plugin
+/// comparing byte strings on every event may too.
+pub fn same(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

@@ -42,7 +42,9 @@ mod types;
 #[doc(hidden)]
 pub mod wit;
 
-pub use batch::{Batch, Columns, EventRef, EventWriter, Field, KindId, Name, Value, ValueType};
+pub use batch::{
+    Batch, Columns, EventRef, EventWriter, Field, KindId, Name, Value, ValueType, same,
+};
 #[doc(hidden)]
 pub use types::wire as __wire;
 pub use types::{Action, Device, Direction, Finding, Malformed, Parsed, Session, Severity};

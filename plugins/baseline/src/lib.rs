@@ -19,7 +19,9 @@
 pub mod profile;
 
 use palisade_plugin_sdk::host::{self, Level, config, kv};
-use palisade_plugin_sdk::{Batch, Detector, Finding, Session};
+use std::cell::RefCell;
+
+use palisade_plugin_sdk::{Batch, Detector, Finding, Session, same};
 
 pub use profile::{Names, Novelty, Profile};
 
@@ -73,15 +75,59 @@ impl Learning {
 #[derive(Debug)]
 pub struct Baseline;
 
-fn load(key: &str) -> Profile {
-    kv::get(key)
-        .and_then(|bytes| Profile::decode(&bytes))
-        .unwrap_or_default()
+/// Profiles this instance read or stored last, each with the bytes the
+/// store held for it. Most calls on an instance read back the profiles it
+/// stored on the call before; a profile whose bytes the store still holds
+/// is taken from here instead of being decoded again. Any other writer
+/// (another instance, the operator) changes the bytes, and the profile is
+/// then decoded afresh.
+struct Cached {
+    key: String,
+    bytes: Vec<u8>,
+    profile: Profile,
 }
 
-fn store(key: &str, profile: &Profile) {
-    if let Err(e) = kv::set(key, &profile.encode()) {
-        host::log(Level::Warn, &format!("cannot store profile {key}: {e:?}"));
+/// Profiles cached at most: a device's and its class's for a few sessions.
+const CACHED: usize = 8;
+
+thread_local! {
+    static CACHE: RefCell<Vec<Cached>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The profile stored under `key`, and the bytes it is stored as.
+fn load(key: &str) -> (Profile, Option<Vec<u8>>) {
+    let Some(bytes) = kv::get(key) else {
+        return (Profile::default(), None);
+    };
+    let cached = CACHE.with_borrow_mut(|cache| {
+        let at = cache.iter().position(|c| c.key == key)?;
+        let cached = cache.remove(at);
+        same(&cached.bytes, &bytes).then_some(cached.profile)
+    });
+    let profile = cached.or_else(|| Profile::decode(&bytes));
+    (profile.unwrap_or_default(), Some(bytes))
+}
+
+/// Keep `profile`, stored as `bytes`, for the next call.
+fn keep(key: &str, bytes: Vec<u8>, profile: Profile) {
+    CACHE.with_borrow_mut(|cache| {
+        if cache.len() >= CACHED {
+            cache.remove(0);
+        }
+        let key = key.to_owned();
+        cache.push(Cached {
+            key,
+            bytes,
+            profile,
+        });
+    });
+}
+
+fn store(key: &str, profile: Profile) {
+    let bytes = profile.encode();
+    match kv::set(key, &bytes) {
+        Ok(()) => keep(key, bytes, profile),
+        Err(e) => host::log(Level::Warn, &format!("cannot store profile {key}: {e:?}")),
     }
 }
 
@@ -90,8 +136,13 @@ impl Detector for Baseline {
         let learning = Learning::configured();
         let device = &session.device;
         let (device_key, class_key) = (device_key(&device.id), class_key(&device.class));
-        let mut mine = load(&device_key);
-        let mut class = load(&class_key);
+        let (mut mine, _) = load(&device_key);
+        // The class learns from, or judges, a device still learning only.
+        let (mut class, class_bytes) = if learning.done(&mine) {
+            (Profile::default(), None)
+        } else {
+            load(&class_key)
+        };
         let now = host::wall_clock();
         let who = format!("{} ({})", device.id, device.class);
         let mut findings = Vec::new();
@@ -168,9 +219,11 @@ impl Detector for Baseline {
                 ));
             }
         }
-        store(&device_key, &mine);
+        store(&device_key, mine);
         if class_learnt {
-            store(&class_key, &class);
+            store(&class_key, class);
+        } else if let Some(bytes) = class_bytes {
+            keep(&class_key, bytes, class);
         }
         findings
     }

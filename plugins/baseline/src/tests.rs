@@ -434,3 +434,25 @@ fn an_events_signature_is_told_as_signature_tells_it() {
         }
     }
 }
+
+#[test]
+fn a_profile_is_taken_from_the_cache_only_while_the_store_holds_it() {
+    Host::reset();
+    Host::set_wall_clock(DAY0);
+    let s = Session::new(1, "cached", "c", "z", "mqtt");
+    let mut batch = Batch::new();
+    write_event(&mut batch, &Ev::Publish("a/b".into(), 1));
+    assert!(Baseline::detect(&s, &batch).is_empty());
+    let key = device_key("cached");
+    let stored = Profile::decode(&Host::kv()[&key]).unwrap();
+    // Someone else (another instance, an operator accepting a finding)
+    // writes the profile: the cached one is stale.
+    let mut changed = stored.clone();
+    changed.topics.insert("c/d".into());
+    kv::set(&key, &changed.encode()).unwrap();
+    assert_eq!(load(&key).0, changed);
+    // Stored by this instance, it is read back as it was stored.
+    assert!(Baseline::detect(&s, &batch).is_empty());
+    let (cached, bytes) = load(&key);
+    assert_eq!(Some(cached), Profile::decode(&bytes.unwrap()));
+}
