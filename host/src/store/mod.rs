@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -59,6 +60,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
 /// The appliance's state database.
 #[derive(Debug, Clone)]
 pub struct Store {
+    /// Stopped when the last clone goes, before the fields after it drop,
+    /// so that the database is closed when that drop returns.
+    _writer: Arc<Writer>,
     /// The plugins' namespaces by plugin name, each shared by every handle
     /// on it (the runtime's, the admin API's, an old and a new version
     /// during a swap): each write's quota check sees the others, and a
@@ -87,18 +91,16 @@ impl Store {
     }
 
     fn with(db: sled::Db) -> Self {
-        let store = Store {
-            namespaces: Arc::default(),
-            db,
-        };
-        // The writer stops once the store and its last handle are gone.
-        let namespaces = Arc::downgrade(&store.namespaces);
+        let namespaces: Arc<Mutex<HashMap<String, Arc<Mutex<Namespace>>>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (weak, stopped) = (Arc::downgrade(&namespaces), stop.clone());
         let spawned = std::thread::Builder::new()
             .name("kv-write-back".into())
             .spawn(move || {
                 loop {
-                    std::thread::sleep(WRITE_BACK);
-                    let Some(namespaces) = namespaces.upgrade() else {
+                    std::thread::park_timeout(WRITE_BACK);
+                    let namespaces = weak.upgrade().filter(|_| !stopped.load(Ordering::Relaxed));
+                    let Some(namespaces) = namespaces else {
                         return;
                     };
                     let all: Vec<_> = lock(&namespaces).values().cloned().collect();
@@ -108,12 +110,20 @@ impl Store {
                     }
                 }
             });
-        if let Err(e) = spawned {
-            // Writes then reach the database at each flush and when the
-            // store closes.
-            tracing::error!(error = %e, "cannot start the plugin state writer");
+        let thread = match spawned {
+            Ok(thread) => Some(thread),
+            Err(e) => {
+                // Writes then reach the database at each flush and when the
+                // store closes.
+                tracing::error!(error = %e, "cannot start the plugin state writer");
+                None
+            }
+        };
+        Store {
+            _writer: Arc::new(Writer { stop, thread }),
+            namespaces,
+            db,
         }
-        store
     }
 
     /// A new identifier, increasing over the database's life.
@@ -160,6 +170,23 @@ impl Store {
         }
         self.db.flush()?;
         Ok(())
+    }
+}
+
+/// The thread that writes the plugins' held writes back.
+#[derive(Debug)]
+struct Writer {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
     }
 }
 
