@@ -4,41 +4,84 @@
 //! A session joins under its device's id and holds a [`Membership`]; the
 //! admin side, after changing the registry, calls
 //! [`LiveSessions::close_device`], and every member's
-//! [`Membership::closed`] completes with the reason.
+//! [`Membership::closed`] completes with the reason. A session whose
+//! transport can be hung up from another thread registers how
+//! ([`Membership::hang_up_with`]): `close_device` then ends its connection
+//! itself, before it returns, and the device sees the end without waiting
+//! for the session's task to be scheduled.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
+/// Ends a session's connection at once, from whichever thread closes its
+/// device; it is given the reason. It must be quick: it runs while the
+/// registry is locked.
+pub type HangUp = Box<dyn Fn(&str) + Send + Sync>;
+
 /// Every live session, by device. Clones share it.
 #[derive(Debug, Clone, Default)]
 pub struct LiveSessions {
-    devices: Arc<Mutex<HashMap<String, watch::Sender<Option<String>>>>>,
+    devices: Arc<Mutex<HashMap<String, Sessions>>>,
+    next_id: Arc<AtomicU64>,
+}
+
+/// The live sessions of one device.
+struct Sessions {
+    closing: watch::Sender<Option<String>>,
+    hang_ups: HashMap<u64, HangUp>,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions")
+            .field("live", &self.closing.receiver_count())
+            .field("hang_ups", &self.hang_ups.len())
+            .finish()
+    }
+}
+
+impl Sessions {
+    fn close(&self, reason: &str) {
+        self.closing.send_replace(Some(reason.to_owned()));
+        for hang_up in self.hang_ups.values() {
+            hang_up(reason);
+        }
+    }
 }
 
 impl LiveSessions {
+    fn devices(&self) -> std::sync::MutexGuard<'_, HashMap<String, Sessions>> {
+        self.devices.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Join a session of `device`.
     pub fn join(&self, device: &str) -> Membership {
-        let mut devices = self.devices.lock().unwrap_or_else(|p| p.into_inner());
-        let sender = devices
+        let mut devices = self.devices();
+        let sessions = devices
             .entry(device.to_owned())
-            .or_insert_with(|| watch::channel(None).0);
+            .or_insert_with(|| Sessions {
+                closing: watch::channel(None).0,
+                hang_ups: HashMap::new(),
+            });
         Membership {
-            closing: sender.subscribe(),
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            closing: sessions.closing.subscribe(),
             device: device.to_owned(),
             live: self.clone(),
         }
     }
 
-    /// Close every session of `device`, saying `reason`. Returns how many
-    /// there were.
+    /// Close every session of `device`, saying `reason`: hang up those
+    /// that registered how, and wake every one. Returns how many there
+    /// were.
     pub fn close_device(&self, device: &str, reason: &str) -> usize {
-        let devices = self.devices.lock().unwrap_or_else(|p| p.into_inner());
-        match devices.get(device) {
-            Some(sender) => {
-                sender.send_replace(Some(reason.to_owned()));
-                sender.receiver_count()
+        match self.devices().get(device) {
+            Some(sessions) => {
+                sessions.close(reason);
+                sessions.closing.receiver_count()
             }
             None => 0,
         }
@@ -46,22 +89,21 @@ impl LiveSessions {
 
     /// Close every session, saying `reason`.
     pub fn close_all(&self, reason: &str) {
-        let devices = self.devices.lock().unwrap_or_else(|p| p.into_inner());
-        for sender in devices.values() {
-            sender.send_replace(Some(reason.to_owned()));
+        for sessions in self.devices().values() {
+            sessions.close(reason);
         }
     }
 
     /// Live sessions of `device`.
     pub fn count(&self, device: &str) -> usize {
-        let devices = self.devices.lock().unwrap_or_else(|p| p.into_inner());
-        devices.get(device).map_or(0, watch::Sender::receiver_count)
+        (self.devices().get(device)).map_or(0, |s| s.closing.receiver_count())
     }
 }
 
 /// One session's place among the live ones; leaving is dropping it.
 #[derive(Debug)]
 pub struct Membership {
+    id: u64,
     closing: watch::Receiver<Option<String>>,
     device: String,
     live: LiveSessions,
@@ -77,16 +119,25 @@ impl Membership {
             Err(_) => "session registry gone".into(),
         }
     }
+
+    /// Have [`LiveSessions::close_device`] end this session's connection
+    /// with `hang_up` itself, besides waking [`Membership::closed`].
+    pub fn hang_up_with(&self, hang_up: HangUp) {
+        if let Some(sessions) = self.live.devices().get_mut(&self.device) {
+            sessions.hang_ups.insert(self.id, hang_up);
+        }
+    }
 }
 
 impl Drop for Membership {
     fn drop(&mut self) {
-        let mut devices = self.live.devices.lock().unwrap_or_else(|p| p.into_inner());
+        let mut devices = self.live.devices();
+        let Some(sessions) = devices.get_mut(&self.device) else {
+            return;
+        };
+        sessions.hang_ups.remove(&self.id);
         // This member still counts: it is the last one when the count is 1.
-        if devices
-            .get(&self.device)
-            .is_some_and(|s| s.receiver_count() <= 1)
-        {
+        if sessions.closing.receiver_count() <= 1 {
             devices.remove(&self.device);
         }
     }

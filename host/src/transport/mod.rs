@@ -22,6 +22,7 @@
 mod certs;
 mod enforce;
 mod quic;
+mod socket;
 mod tls;
 mod upstream;
 

@@ -11,6 +11,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
 use super::certs::{ServerCertResolver, server_config};
+use super::socket::SharedTcp;
 use super::{Admitted, Route, Shared, TransportError, expiry, refused};
 use crate::identity::Refusal;
 
@@ -131,6 +132,8 @@ async fn connection(
     _permit: OwnedSemaphorePermit,
 ) {
     let name = serves.name();
+    let tcp = SharedTcp::new(tcp);
+    let hang_up = tcp.hang_up();
     let handshake = tokio::time::timeout(shared.handshake_timeout(), acceptor.accept(tcp)).await;
     let mut stream = match handshake {
         Err(_) => {
@@ -165,11 +168,15 @@ async fn connection(
             return;
         }
     };
+    membership.hang_up_with(hang_up);
     let id = shared.session_id();
     let ended = match &serves {
         Serves::Route(route) => tokio::select! {
-            _ = shared.session(id, route, &device, claims.role.as_deref(), peer, stream) => return,
+            // A close says why first: hanging up the connection also ends
+            // the session's relay, and the reason is the close's.
+            biased;
             reason = membership.closed() => reason,
+            _ = shared.session(id, route, &device, claims.role.as_deref(), peer, stream) => return,
             () = shared.shutdown.cancelled() => "appliance shutting down".to_owned(),
             () = expiry(&claims) => "certificate expired".to_owned(),
         },
@@ -184,6 +191,8 @@ async fn connection(
                 shared.relay_settings().idle,
             );
             tokio::select! {
+                biased;
+                reason = membership.closed() => reason,
                 r = renewal => match r {
                     Ok(served) => {
                         info!(%peer, device = %device.id, served = %served, "renewal served");
@@ -191,7 +200,6 @@ async fn connection(
                     }
                     Err(e) => format!("renewal failed: {e}"),
                 },
-                reason = membership.closed() => reason,
                 () = shared.shutdown.cancelled() => "appliance shutting down".to_owned(),
             }
         }
