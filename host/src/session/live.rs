@@ -8,7 +8,9 @@
 //! transport can be hung up from another thread registers how
 //! ([`Membership::hang_up_with`]): `close_device` then ends its connection
 //! itself, before it returns, and the device sees the end without waiting
-//! for the session's task to be scheduled.
+//! for the session's task to be scheduled. A session that quarantines its
+//! own device is not hung up ([`LiveSessions::close_device_except`]): it
+//! still delivers the frames allowed before the offending one, then closes.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,7 +33,8 @@ pub struct LiveSessions {
 /// The live sessions of one device.
 struct Sessions {
     closing: watch::Sender<Option<String>>,
-    hang_ups: HashMap<u64, HangUp>,
+    /// By membership: the session's id, and how to hang it up.
+    hang_ups: HashMap<u64, (u64, HangUp)>,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -44,10 +47,12 @@ impl std::fmt::Debug for Sessions {
 }
 
 impl Sessions {
-    fn close(&self, reason: &str) {
+    fn close(&self, reason: &str, except: Option<u64>) {
         self.closing.send_replace(Some(reason.to_owned()));
-        for hang_up in self.hang_ups.values() {
-            hang_up(reason);
+        for (session, hang_up) in self.hang_ups.values() {
+            if except != Some(*session) {
+                hang_up(reason);
+            }
         }
     }
 }
@@ -78,9 +83,15 @@ impl LiveSessions {
     /// that registered how, and wake every one. Returns how many there
     /// were.
     pub fn close_device(&self, device: &str, reason: &str) -> usize {
+        self.close_device_except(device, reason, None)
+    }
+
+    /// As [`LiveSessions::close_device`], but session `except` (the one
+    /// asking) is only woken, not hung up.
+    pub fn close_device_except(&self, device: &str, reason: &str, except: Option<u64>) -> usize {
         match self.devices().get(device) {
             Some(sessions) => {
-                sessions.close(reason);
+                sessions.close(reason, except);
                 sessions.closing.receiver_count()
             }
             None => 0,
@@ -90,7 +101,7 @@ impl LiveSessions {
     /// Close every session, saying `reason`.
     pub fn close_all(&self, reason: &str) {
         for sessions in self.devices().values() {
-            sessions.close(reason);
+            sessions.close(reason, None);
         }
     }
 
@@ -120,11 +131,12 @@ impl Membership {
         }
     }
 
-    /// Have [`LiveSessions::close_device`] end this session's connection
-    /// with `hang_up` itself, besides waking [`Membership::closed`].
-    pub fn hang_up_with(&self, hang_up: HangUp) {
+    /// Have [`LiveSessions::close_device`] end the connection of session
+    /// `session` with `hang_up` itself, besides waking
+    /// [`Membership::closed`].
+    pub fn hang_up_with(&self, session: u64, hang_up: HangUp) {
         if let Some(sessions) = self.live.devices().get_mut(&self.device) {
-            sessions.hang_ups.insert(self.id, hang_up);
+            sessions.hang_ups.insert(self.id, (session, hang_up));
         }
     }
 }

@@ -44,7 +44,10 @@ impl Enforcer for Enforcement {
         if let Err(e) = self.registry.quarantine_unflushed(device) {
             error!(device = %device, error = %e, "cannot record the quarantine; closing the device's sessions anyway");
         }
-        let closed = (self.live).close_device(device, &format!("device quarantined: {reason}"));
+        // Every other session is hung up now; this one delivers what was
+        // allowed before the offending frame, then closes.
+        let reason_text = format!("device quarantined: {reason}");
+        let closed = (self.live).close_device_except(device, &reason_text, Some(session.id));
         warn!(device = %device, session = session.id, sessions = closed, reason = %reason, "device quarantined");
         let registry = self.registry.clone();
         let device = device.clone();

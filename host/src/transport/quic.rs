@@ -179,17 +179,11 @@ async fn connection(
             return;
         }
     };
-    // A quarantine closes the connection itself, every stream with it.
-    let hung_up = conn.clone();
-    membership.hang_up_with(Box::new(move |reason| {
-        hung_up.close(VarInt::from_u32(CLOSED), reason.as_bytes());
-    }));
     info!(%peer, route = %name, device = %device.id, "quic connection open");
     let device = Arc::new(device);
     let role: Option<Arc<str>> = claims.role.as_deref().map(Arc::from);
     let ended = loop {
         tokio::select! {
-            // A close says why first: the hang-up also ends `accept_bi`.
             biased;
             reason = membership.closed() => {
                 conn.close(VarInt::from_u32(CLOSED), reason.as_bytes());

@@ -168,8 +168,8 @@ async fn connection(
             return;
         }
     };
-    membership.hang_up_with(hang_up);
     let id = shared.session_id();
+    membership.hang_up_with(id, hang_up);
     let ended = match &serves {
         Serves::Route(route) => tokio::select! {
             // A close says why first: hanging up the connection also ends
