@@ -60,8 +60,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
 /// The appliance's state database.
 #[derive(Debug, Clone)]
 pub struct Store {
-    /// Stopped when the last clone goes, before the fields after it drop,
-    /// so that the database is closed when that drop returns.
+    /// Stopped when the last clone goes, before the fields after it drop:
+    /// the database then closes when that drop returns, unless a
+    /// [`PluginKv`] or a tree outlives the store (a namespace still writes
+    /// what it holds when its last handle goes).
     _writer: Arc<Writer>,
     /// The plugins' namespaces by plugin name, each shared by every handle
     /// on it (the runtime's, the admin API's, an old and a new version
@@ -162,14 +164,18 @@ impl Store {
         Ok(self.db.open_tree(name)?)
     }
 
-    /// Write everything to disk, the plugins' held writes included.
+    /// Write everything to disk, the plugins' held writes included. One
+    /// plugin's failing write does not keep the rest from the disk.
     pub fn flush(&self) -> Result<(), StoreError> {
         let all: Vec<_> = lock(&self.namespaces).values().cloned().collect();
+        let mut first_error = None;
         for namespace in all {
-            lock(&namespace).try_write_back()?;
+            if let Err(e) = lock(&namespace).try_write_back() {
+                first_error.get_or_insert(e);
+            }
         }
         self.db.flush()?;
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 }
 
@@ -227,13 +233,13 @@ impl Namespace {
         }
     }
 
-    /// Bytes `key` and its value take, 0 when it has none.
-    fn size(&self, key: &str) -> Result<u64, StoreError> {
+    /// Bytes `key` and its value take; `None` when it has no value.
+    fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {
         let value = match self.held.get(key) {
             Some(held) => held.as_ref().map(Vec::len),
             None => self.tree.get(key)?.map(|v| v.len()),
         };
-        Ok(value.map_or(0, |len| (key.len() + len) as u64))
+        Ok(value.map(|len| (key.len() + len) as u64))
     }
 
     /// Hold `value` (`None` for a removal) as the new value of `key`.
@@ -295,7 +301,8 @@ impl PluginKv {
     /// Store `value` under `key`, unless the quota would be exceeded.
     pub fn set(&self, key: &str, value: &[u8]) -> Result<(), KvRefusal> {
         let mut namespace = self.namespace();
-        let used = namespace.used - namespace.size(key)? + (key.len() + value.len()) as u64;
+        let old = namespace.size(key)?.unwrap_or(0);
+        let used = namespace.used - old + (key.len() + value.len()) as u64;
         if used > self.quota {
             return Err(KvRefusal::QuotaExceeded);
         }
@@ -307,8 +314,7 @@ impl PluginKv {
     /// Remove `key`.
     pub fn delete(&self, key: &str) -> Result<(), KvRefusal> {
         let mut namespace = self.namespace();
-        let size = namespace.size(key)?;
-        if size > 0 {
+        if let Some(size) = namespace.size(key)? {
             namespace.hold(key, None)?;
             namespace.used -= size;
         }
@@ -436,6 +442,10 @@ mod tests {
             Err(KvRefusal::QuotaExceeded)
         ));
         assert_eq!(kv.get("k").unwrap().unwrap(), vec![3; 9]);
+        // A key with nothing in it is still a key, and goes.
+        kv.set("", b"").unwrap();
+        kv.delete("").unwrap();
+        assert_eq!(kv.get("").unwrap(), None);
         assert_eq!(kv.used(), 10);
         kv.delete("k").unwrap();
         assert_eq!(kv.used(), 0);
