@@ -264,14 +264,18 @@ impl Policy {
         if !problems.is_empty() {
             return Err(PolicyError { problems });
         }
-        let referenced = (vocabulary::PROTOCOLS.iter())
+        let mut referenced = (vocabulary::PROTOCOLS.iter())
             .flat_map(|(_, kinds)| kinds.iter())
             .flat_map(|kind| kind.attributes())
             .map(|((name, _), _)| name)
             .filter(|name| source.contains(name))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+            .collect::<BTreeSet<_>>();
+        // `topic-levels` is worked out from the topic: a decision on it
+        // depends on the topic, whatever the text says.
+        if referenced.contains("topic-levels") {
+            referenced.insert("topic");
+        }
+        let referenced = referenced.into_iter().collect();
         Ok(Policy {
             source: source.to_owned(),
             set,
@@ -449,7 +453,13 @@ impl Policy {
         key: &mut Vec<u8>,
     ) {
         key.clear();
-        key.extend_from_slice(event.kind().as_bytes());
+        // Names come from the parser: each goes in with its length, so that
+        // no kind or name can be made to read as another's key.
+        let put_name = |key: &mut Vec<u8>, name: &str| {
+            key.extend_from_slice(&(name.len() as u64).to_le_bytes());
+            key.extend_from_slice(name.as_bytes());
+        };
+        put_name(key, event.kind());
         key.push(match direction {
             Direction::ToUpstream => 0,
             Direction::ToDevice => 1,
@@ -464,12 +474,12 @@ impl Policy {
             .zip(values.unwrap_or_default())
         {
             let field = usize::from(field);
-            let (true, Some((name, ty))) =
+            let (true, Some((field_name, ty))) =
                 (names.get(field) == Some(&true), batch.fields.get(field))
             else {
                 continue;
             };
-            key.extend_from_slice(name.as_bytes());
+            put_name(key, field_name);
             match ty {
                 ValueType::Text | ValueType::Bytes => {
                     let bytes = value_bytes(batch, value);
@@ -812,6 +822,22 @@ when { context has qos && context.qos == 2 };
             let d = policy.event(&thermostat, up, batch.get(i).unwrap());
             assert_eq!(d.allowed, [0, 1, 3].contains(&i), "event {i}: {d:?}");
         }
+        // A parser names the kinds: one named to spell an allowed event's
+        // key (its kind, direction, then `qos`, `i` and a zero) gets a key
+        // of its own, and so no cached decision but its own: denied.
+        let mut forged = Batch::new();
+        forged.push("mqtt.publish").int("qos", 0);
+        forged.push("mqtt.publish\0qosi\0\0\0\0\0\0\0");
+        let names = policy.key_names(forged.columns());
+        let [mut real, mut fake] = [Vec::new(), Vec::new()];
+        policy.event_key(up, forged.get(0).unwrap(), &names, &mut real);
+        policy.event_key(up, forged.get(1).unwrap(), &names, &mut fake);
+        assert_ne!(real, fake);
+        assert!(
+            !policy
+                .event(&thermostat, up, forged.get(1).unwrap())
+                .allowed
+        );
     }
 
     #[test]
