@@ -9,8 +9,9 @@
 //! ([`Membership::hang_up_with`]): `close_device` then ends its connection
 //! itself, before it returns, and the device sees the end without waiting
 //! for the session's task to be scheduled. A session that quarantines its
-//! own device is not hung up ([`LiveSessions::close_device_except`]): it
-//! still delivers the frames allowed before the offending one, then closes.
+//! own device on a frame bound for the device may be spared
+//! ([`LiveSessions::close_device_except`]): it still delivers the frames
+//! allowed before the offending one, then closes.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

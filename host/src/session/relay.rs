@@ -114,8 +114,10 @@ pub trait Enforcer: Send + Sync {
     /// Record the chunk's findings and actions (the audit trail).
     fn record(&self, session: &Session, inspected: &Inspected);
     /// Quarantine the session's device: close all its sessions and refuse
-    /// it from now on, saying `reason`.
-    fn quarantine(&self, session: &Session, reason: &str);
+    /// it from now on, saying `reason`. With `spare`, this session's own
+    /// connection is left to its relay, which still has frames to deliver
+    /// to the device; the others close at once.
+    fn quarantine(&self, session: &Session, reason: &str, spare: bool);
 }
 
 /// An enforcer with nobody to tell: nothing recorded, and a quarantine only
@@ -125,7 +127,7 @@ pub struct NoEnforcer;
 
 impl Enforcer for NoEnforcer {
     fn record(&self, _: &Session, _: &Inspected) {}
-    fn quarantine(&self, _: &Session, _: &str) {}
+    fn quarantine(&self, _: &Session, _: &str, _: bool) {}
 }
 
 /// How many bytes of frames a session forwarded.
@@ -345,8 +347,10 @@ impl Pump {
             let session = lock(pipeline).session().clone();
             if let Some((_, reason)) = verdict.close.as_ref().filter(|_| verdict.quarantine) {
                 // First, before anything is written or recorded: the
-                // device's other sessions close now.
-                self.enforcer.quarantine(&session, reason);
+                // device's sessions close now, but for this one when the
+                // frames allowed before the offence still go to the device.
+                let spare = direction == Direction::ToDevice;
+                self.enforcer.quarantine(&session, reason, spare);
             }
             self.enforcer.record(&session, &inspected);
         }

@@ -39,15 +39,14 @@ impl Enforcement {
 }
 
 impl Enforcer for Enforcement {
-    fn quarantine(&self, session: &Session, reason: &str) {
+    fn quarantine(&self, session: &Session, reason: &str, spare: bool) {
         let device = &session.device.id;
         if let Err(e) = self.registry.quarantine_unflushed(device) {
             error!(device = %device, error = %e, "cannot record the quarantine; closing the device's sessions anyway");
         }
-        // Every other session is hung up now; this one delivers what was
-        // allowed before the offending frame, then closes.
-        let reason_text = format!("device quarantined: {reason}");
-        let closed = (self.live).close_device_except(device, &reason_text, Some(session.id));
+        let closing = format!("device quarantined: {reason}");
+        let spared = spare.then_some(session.id);
+        let closed = (self.live).close_device_except(device, &closing, spared);
         warn!(device = %device, session = session.id, sessions = closed, reason = %reason, "device quarantined");
         let registry = self.registry.clone();
         let device = device.clone();
