@@ -611,13 +611,20 @@ impl<'a> EventRef<'a> {
     /// the lookup.
     /// `name` is a string or a [`Field`] of the batch.
     pub fn get(&self, name: impl Name) -> Option<Value<'a>> {
+        let (ty, raw) = self.raw(name)?;
+        Some(decode(self.batch, ty, raw))
+    }
+
+    /// The type and the undecoded value of the first attribute called
+    /// `name`.
+    fn raw(&self, name: impl Name) -> Option<(ValueType, i64)> {
         let batch = self.batch;
         let (start, end) = self.attributes;
         let fields = batch.attribute_fields.get(start..end).unwrap_or_default();
         let values = batch.attribute_values.get(start..end).unwrap_or_default();
         let (field, &value) = (fields.iter().zip(values)).find(|(f, _)| name.is(batch, **f))?;
         let (_, ty) = batch.fields.get(usize::from(*field))?;
-        Some(decode(batch, *ty, value))
+        Some((*ty, value))
     }
 
     /// The attribute `name` if it is text.
@@ -632,21 +639,12 @@ impl<'a> EventRef<'a> {
     /// comparing [`text`](Self::text): the bytes are compared as they lie,
     /// a word at a time, with no UTF-8 check (equal bytes are equal text).
     pub fn text_is(&self, name: impl Name, text: &str) -> bool {
-        let batch = self.batch;
-        let (start, end) = self.attributes;
-        let fields = batch.attribute_fields.get(start..end).unwrap_or_default();
-        let values = batch.attribute_values.get(start..end).unwrap_or_default();
-        (fields.iter().zip(values))
-            .find(|(f, _)| name.is(batch, **f))
-            .is_some_and(|(field, &raw)| {
-                matches!(
-                    batch.fields.get(usize::from(*field)),
-                    Some((_, ValueType::Text))
-                ) && batch
-                    .data
-                    .get(data_range(raw))
-                    .is_some_and(|bytes| same(bytes, text.as_bytes()))
-            })
+        match self.raw(name) {
+            Some((ValueType::Text, raw)) => {
+                (self.batch.value_bytes(raw)).is_some_and(|bytes| same(bytes, text.as_bytes()))
+            }
+            _ => false,
+        }
     }
 
     /// The attribute `name` if it is an integer.
@@ -676,7 +674,7 @@ impl<'a> EventRef<'a> {
 
 /// The value `raw` of an attribute of type `ty`.
 fn decode(batch: &Columns, ty: ValueType, raw: i64) -> Value<'_> {
-    let range = || batch.data.get(data_range(raw)).unwrap_or_default();
+    let range = || batch.value_bytes(raw).unwrap_or_default();
     match ty {
         ValueType::Int => Value::Int(raw),
         ValueType::Flag => Value::Flag(raw != 0),
@@ -722,6 +720,12 @@ fn data_range(raw: i64) -> Range<usize> {
 }
 
 impl Columns {
+    /// The contents of a text or bytes value `raw`, undecoded; `None` when
+    /// its range lies outside `data`.
+    pub fn value_bytes(&self, raw: i64) -> Option<&[u8]> {
+        self.data.get(data_range(raw))
+    }
+
     /// Check that the columns keep the layout: every index in range, the
     /// event runs in order and covering the attributes, every text and bytes
     /// range inside `data`, every text valid UTF-8. The appliance checks

@@ -45,14 +45,6 @@ use cedar_policy::{
 use crate::plugins::{Columns, Device, Direction, EventRef, Severity, Value, ValueType};
 use vocabulary::Type;
 
-/// The contents of a text or bytes value `raw` of `batch`: the range of its
-/// data at offset `raw >> 32`, `raw & 0xffff_ffff` long (`wit/plugin.wit`).
-fn value_bytes(batch: &Columns, raw: i64) -> &[u8] {
-    let raw = raw.cast_unsigned();
-    let (offset, len) = ((raw >> 32) as usize, (raw & 0xffff_ffff) as usize);
-    (batch.data.get(offset..offset.saturating_add(len))).unwrap_or_default()
-}
-
 /// The policy a new appliance runs until the site installs its own.
 pub const EMBEDDED_DEFAULT: &str = r#"// Palisade's embedded default policy: any enrolled device may connect to
 // any route and send the events of that route's protocol. It lets a first
@@ -482,7 +474,7 @@ impl Policy {
             put_name(key, field_name);
             match ty {
                 ValueType::Text | ValueType::Bytes => {
-                    let bytes = value_bytes(batch, value);
+                    let bytes = batch.value_bytes(value).unwrap_or_default();
                     key.push(if *ty == ValueType::Text { b't' } else { b'b' });
                     key.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
                     key.extend_from_slice(bytes);
