@@ -70,26 +70,7 @@ impl From<Batch> for WireBatch {
 /// A copy of `batch`.
 impl From<&Batch> for WireBatch {
     fn from(batch: &Batch) -> Self {
-        WireBatch(to_wire(batch))
-    }
-}
-
-/// A batch to send to a plugin.
-fn to_wire(batch: &Batch) -> bindings::Batch {
-    let c = batch.columns();
-    bindings::Batch {
-        kinds: c.kinds.clone(),
-        fields: (c.fields.iter())
-            .map(|(name, ty)| Field {
-                name: name.clone(),
-                type_: wire_type(*ty),
-            })
-            .collect(),
-        events: c.events.clone(),
-        attribute_ends: c.attribute_ends.clone(),
-        attribute_fields: c.attribute_fields.clone(),
-        attribute_values: c.attribute_values.clone(),
-        data: c.data.clone(),
+        WireBatch::from(batch.clone())
     }
 }
 
