@@ -120,6 +120,34 @@ fn detector_state_survives_a_restart() {
     );
 }
 
+/// Instances keep the settings they read; a changed setting still applies
+/// from the next call, on every instance.
+#[test]
+fn a_changed_setting_applies_from_the_next_call() {
+    let store = Store::temporary().unwrap();
+    let runtime = Runtime::new(&RuntimeConfig::default(), store.clone()).unwrap();
+    let mqtt = load(&runtime, "mqtt", Limits::default());
+    let frame = mqtt_publish("site/a/telemetry", b"21.5");
+    let payload = || {
+        let parsed =
+            (mqtt.parse(&session(1, "sensor-1"), Direction::ToUpstream, &[4], &frame)).unwrap();
+        let event = parsed.events.get(0).unwrap();
+        event.get("payload").map(|v| format!("{v:?}"))
+    };
+    assert_eq!(payload(), None, "payloads are off unless configured");
+    let settings = store.plugin_kv("mqtt", 1 << 20).unwrap();
+    settings.set("config/payload-bytes", b"2").unwrap();
+    assert_eq!(payload().as_deref(), Some("Bytes([50, 49])"));
+    settings.set("config/payload-bytes", b"3").unwrap();
+    assert_eq!(payload().as_deref(), Some("Bytes([50, 49, 46])"));
+    settings.delete("config/payload-bytes").unwrap();
+    assert_eq!(payload(), None);
+    // Other writes leave the instances be.
+    let version = settings.settings_version();
+    settings.set("profile/x", b"1").unwrap();
+    assert_eq!(settings.settings_version(), version);
+}
+
 #[test]
 fn pipeline_cuts_frames_across_chunks_and_judges_them() {
     let runtime = runtime();

@@ -62,6 +62,7 @@ pub mod kv {
     /// [`KvError::TooLarge`] for an oversized key or value, and
     /// [`KvError::Unavailable`] when the store cannot be reached.
     pub fn set(key: &str, value: &[u8]) -> Result<(), KvError> {
+        super::config::changing(key);
         imports::kv_set(key, value)
     }
 
@@ -71,6 +72,7 @@ pub mod kv {
     ///
     /// [`KvError::Unavailable`] when the store cannot be reached.
     pub fn delete(key: &str) -> Result<(), KvError> {
+        super::config::changing(key);
         imports::kv_delete(key)
     }
 }
@@ -78,6 +80,11 @@ pub mod kv {
 /// The plugin's settings, which an operator sets with
 /// `palisade plugin config NAME KEY VALUE`: text kept in the plugin's store
 /// under `config/KEY`.
+///
+/// An instance reads each setting from the store once and keeps it: the
+/// host starts fresh instances when a setting changes (see the contract's
+/// `kv-get`), and a plugin's own [`kv::set`] or [`kv::delete`] of a
+/// setting is seen at once.
 ///
 /// ```
 /// use palisade_plugin_sdk::host::{config, kv};
@@ -87,19 +94,58 @@ pub mod kv {
 /// assert_eq!(config::get::<u32>("burst-factor"), Some(10));
 /// ```
 pub mod config {
+    use std::cell::RefCell;
     use std::str::FromStr;
 
     /// Where settings live in the plugin's store.
     pub const PREFIX: &str = "config/";
 
+    /// The most settings an instance keeps; any more are read from the
+    /// store each time.
+    const KEPT: usize = 32;
+
+    thread_local! {
+        /// The settings this instance has read: each one's key (without
+        /// the prefix) and stored value.
+        static KEPT_SETTINGS: RefCell<Vec<(String, Option<Vec<u8>>)>> =
+            const { RefCell::new(Vec::new()) };
+    }
+
     /// The setting `key`, parsed; `None` when it is unset or does not parse.
     pub fn get<T: FromStr>(key: &str) -> Option<T> {
-        // Parsers read settings on every call: no formatting machinery.
+        KEPT_SETTINGS.with_borrow_mut(|kept| {
+            if let Some((_, stored)) = kept.iter().find(|(k, _)| k == key) {
+                return parse(stored.as_deref());
+            }
+            let stored = read(key);
+            let value = parse(stored.as_deref());
+            if kept.len() < KEPT {
+                kept.push((key.to_owned(), stored));
+            }
+            value
+        })
+    }
+
+    fn read(key: &str) -> Option<Vec<u8>> {
         let mut stored = String::with_capacity(PREFIX.len() + key.len());
         stored.push_str(PREFIX);
         stored.push_str(key);
         super::kv::get(&stored)
-            .and_then(|v| String::from_utf8(v).ok())
-            .and_then(|v| v.trim().parse().ok())
+    }
+
+    fn parse<T: FromStr>(value: Option<&[u8]>) -> Option<T> {
+        std::str::from_utf8(value?).ok()?.trim().parse().ok()
+    }
+
+    /// Forget the settings read, when `key` is one being written.
+    pub(crate) fn changing(key: &str) {
+        if key.starts_with(PREFIX) {
+            forget();
+        }
+    }
+
+    /// Forget the settings read.
+    pub(crate) fn forget() {
+        KEPT_SETTINGS.with_borrow_mut(Vec::clear);
     }
 }

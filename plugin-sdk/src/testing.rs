@@ -67,6 +67,7 @@ impl Host {
     /// quota and the clock.
     pub fn reset() {
         with(|h| *h = Host::default());
+        crate::host::config::forget();
     }
 
     /// Set the key-value quota, in bytes of keys and values together.

@@ -522,6 +522,9 @@ enum Bound {
 struct Instance {
     store: wasmtime::Store<PluginState>,
     bound: Bound,
+    /// The plugin's settings version when the instance started: it may
+    /// keep the settings it read, so it serves only while they stand.
+    settings: u64,
 }
 
 /// A loaded plugin, ready to call from any thread. Clones share it.
@@ -786,8 +789,9 @@ impl Plugin {
         shared.calls.fetch_add(1, Ordering::Relaxed);
         let idle = shared.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut instance = match idle {
-            Some(i) => i,
-            None => self.instantiate()?,
+            Some(i) if i.settings == shared.kv.settings_version() => i,
+            // None idle, or one started before a setting changed (dropped).
+            _ => self.instantiate()?,
         };
         let store = &mut instance.store;
         store
@@ -811,6 +815,9 @@ impl Plugin {
 
     fn instantiate(&self) -> Result<Instance, CallError> {
         let shared = &*self.shared;
+        // Read first: a setting changed while the instance starts makes it
+        // stale, never the other way.
+        let settings = shared.kv.settings_version();
         let state = PluginState::new(
             shared.name.clone(),
             shared.limits.clone(),
@@ -838,7 +845,11 @@ impl Plugin {
             WorldPre::Responder(pre) => pre.instantiate(&mut store).map(Bound::Responder),
         };
         match bound {
-            Ok(bound) => Ok(Instance { store, bound }),
+            Ok(bound) => Ok(Instance {
+                store,
+                bound,
+                settings,
+            }),
             // A plugin that faults while starting up is as faulty as one
             // that faults in a call.
             Err(e) if e.downcast_ref::<Fault>().is_some() || e.downcast_ref::<Trap>().is_some() => {

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -150,12 +150,18 @@ impl Store {
                     tree,
                     used,
                     held: HashMap::new(),
+                    settings: Arc::new(AtomicU64::new(0)),
                 }));
                 namespaces.insert(name.to_owned(), namespace.clone());
                 namespace
             }
         };
-        Ok(PluginKv { quota, namespace })
+        let settings = lock(&namespace).settings.clone();
+        Ok(PluginKv {
+            quota,
+            namespace,
+            settings,
+        })
     }
 
     /// The tree (namespace) `name`, for a stage that keeps records of its
@@ -213,6 +219,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct PluginKv {
     quota: u64,
     namespace: Arc<Mutex<Namespace>>,
+    /// The namespace's [`Namespace::settings`], read without its lock.
+    settings: Arc<AtomicU64>,
 }
 
 #[derive(Debug)]
@@ -222,6 +230,8 @@ struct Namespace {
     used: u64,
     /// Writes not yet in the tree: the new value, or `None` for a removal.
     held: HashMap<String, Option<Vec<u8>>>,
+    /// How many times a setting (a key under `config/`) has been written.
+    settings: Arc<AtomicU64>,
 }
 
 impl Namespace {
@@ -274,6 +284,13 @@ impl Namespace {
         Ok(())
     }
 
+    /// Note that `key` was written.
+    fn changed(&self, key: &str) {
+        if key.starts_with(palisade_plugin_sdk::host::config::PREFIX) {
+            self.settings.fetch_add(1, Ordering::Release);
+        }
+    }
+
     fn write_back(&mut self) {
         if let Err(e) = self.try_write_back() {
             // Still held: the next write back tries again.
@@ -308,6 +325,7 @@ impl PluginKv {
         }
         namespace.hold(key, Some(value.to_vec()))?;
         namespace.used = used;
+        namespace.changed(key);
         Ok(())
     }
 
@@ -317,8 +335,16 @@ impl PluginKv {
         if let Some(size) = namespace.size(key)? {
             namespace.hold(key, None)?;
             namespace.used -= size;
+            namespace.changed(key);
         }
         Ok(())
+    }
+
+    /// A number that changes whenever a setting (a key under `config/`)
+    /// is written or removed. Plugin instances keep the settings they
+    /// read, so the runtime retires those older than a change.
+    pub fn settings_version(&self) -> u64 {
+        self.settings.load(Ordering::Acquire)
     }
 
     /// The keys starting with `prefix`, with their values, in key order.
