@@ -126,19 +126,26 @@ fn frame(input: &[u8]) -> Framing {
 }
 
 /// Whether `topic` holds a wildcard, `+` or `#`. Every PUBLISH's topic is
-/// searched: eight bytes at a time, not a character at a time.
+/// searched: eight bytes at a time, not a character at a time; the last
+/// eight bytes of a topic longer than a word are read as one, overlapping
+/// the word before.
 fn has_wildcard(topic: &str) -> bool {
     const ONES: u64 = u64::from_le_bytes([1; 8]);
     const HIGH_BITS: u64 = ONES << 7;
     // Whether a byte of `x` is zero (exactly; only which one would be
     // blurred by the borrow).
     let any_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH_BITS != 0;
-    let mut words = topic.as_bytes().chunks_exact(8);
-    let found = words.by_ref().any(|w| {
+    let wildcard = |w: &[u8]| {
         let x = u64::from_le_bytes(w.try_into().unwrap_or_default());
         any_zero(x ^ (ONES * u64::from(b'+'))) || any_zero(x ^ (ONES * u64::from(b'#')))
-    });
-    found || words.remainder().iter().any(|b| matches!(b, b'+' | b'#'))
+    };
+    let bytes = topic.as_bytes();
+    match bytes.len().checked_sub(8) {
+        None => bytes.iter().any(|b| matches!(b, b'+' | b'#')),
+        Some(last) => {
+            bytes.chunks_exact(8).any(wildcard) || bytes.get(last..).is_some_and(wildcard)
+        }
+    }
 }
 
 /// Describe a PUBLISH with fixed-header `flags`, `len` bytes long, whose
