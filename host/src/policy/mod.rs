@@ -159,6 +159,21 @@ pub struct Policy {
     /// request's context, and only these can change a decision. A few
     /// names: a scan is cheaper than hashing each attribute's name.
     referenced: Vec<&'static str>,
+    /// What each policy's annotations say, read once: Cedar parses the
+    /// key of every annotation looked up, which took a third of a
+    /// decision's time.
+    annotations: HashMap<PolicyId, Annotations>,
+}
+
+/// A policy's annotations, as decisions use them.
+#[derive(Debug, Default)]
+struct Annotations {
+    /// How reasons name the policy: its `@id`, quoted, or Cedar's id.
+    name: String,
+    /// Its `@severity`, if valid.
+    severity: Option<Severity>,
+    /// Its `@response`, if valid.
+    response: Option<Response>,
 }
 
 /// The Cedar schema the policies are checked against, generated from the
@@ -227,7 +242,12 @@ impl Policy {
             });
         }
         let mut problems = Vec::new();
+        let mut annotations = HashMap::new();
         for policy in set.policies() {
+            let mut read = Annotations {
+                name: policy.id().to_string(),
+                ..Annotations::default()
+            };
             let mut bad = |key: &str, value: &str, allowed: &str| {
                 // Where the annotation's value is written.
                 let (line, column) = (source.find(&format!("\"{value}\"")))
@@ -238,20 +258,29 @@ impl Policy {
                     reason: format!("@{key}(\"{value}\") is not one of {allowed}"),
                 });
             };
-            if let Some(value) = policy.annotation("severity")
-                && parse_severity(value).is_none()
-            {
-                bad("severity", value, "info, low, medium, high, critical");
+            for (key, value) in policy.annotations() {
+                match key {
+                    "id" => read.name = format!("\"{value}\""),
+                    "severity" => {
+                        read.severity = parse_severity(value);
+                        if read.severity.is_none() {
+                            bad("severity", value, "info, low, medium, high, critical");
+                        }
+                    }
+                    "response" => {
+                        read.response = Response::parse(value);
+                        if read.response.is_none() {
+                            bad(
+                                "response",
+                                value,
+                                "drop-frame, close-session, quarantine-device",
+                            );
+                        }
+                    }
+                    _ => {}
+                }
             }
-            if let Some(value) = policy.annotation("response")
-                && Response::parse(value).is_none()
-            {
-                bad(
-                    "response",
-                    value,
-                    "drop-frame, close-session, quarantine-device",
-                );
-            }
+            annotations.insert(policy.id().clone(), read);
         }
         if !problems.is_empty() {
             return Err(PolicyError { problems });
@@ -274,6 +303,7 @@ impl Policy {
             schema,
             types: Types::new()?,
             referenced,
+            annotations,
         })
     }
 
@@ -539,16 +569,15 @@ impl Policy {
             response: Response::DropFrame,
         };
         if !allowed {
-            let annotation = |key| {
-                (response.diagnostics().reason()).filter_map(move |id| self.set.annotation(id, key))
-            };
-            if let Some(severity) = annotation("severity")
-                .filter_map(parse_severity)
+            let deciding =
+                || (response.diagnostics().reason()).filter_map(|id| self.annotations.get(id));
+            if let Some(severity) = deciding()
+                .filter_map(|a| a.severity)
                 .max_by_key(|s| *s as u8)
             {
                 decision.severity = severity;
             }
-            if let Some(r) = annotation("response").filter_map(Response::parse).max() {
+            if let Some(r) = deciding().filter_map(|a| a.response).max() {
                 decision.response = r;
             }
         }
@@ -556,9 +585,7 @@ impl Policy {
     }
 
     fn name(&self, id: &PolicyId) -> String {
-        self.set
-            .annotation(id, "id")
-            .map_or_else(|| id.to_string(), |a| format!("\"{a}\""))
+        (self.annotations.get(id)).map_or_else(|| id.to_string(), |a| a.name.clone())
     }
 }
 
