@@ -253,8 +253,8 @@ impl Registry {
 
     /// Quarantine device `id` at once, for the inline path: every later
     /// handshake sees it, but it reaches the disk only with the next
-    /// [`Registry::flush`] (which the caller starts right after, off the
-    /// frame's path) or sled's own flush within half a second.
+    /// [`Registry::flush_soon`] (which the caller asks for right after) or
+    /// sled's own flush within half a second.
     pub fn quarantine_unflushed(&self, id: &str) -> Result<Device, RegistryError> {
         let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let mut d = self
@@ -272,6 +272,12 @@ impl Registry {
     pub fn flush(&self) -> Result<(), RegistryError> {
         self.store.flush()?;
         Ok(())
+    }
+
+    /// Have every change written to disk now, without waiting for it (see
+    /// [`Store::flush_soon`]).
+    pub fn flush_soon(&self) {
+        self.store.flush_soon();
     }
 
     /// Release device `id` from quarantine.

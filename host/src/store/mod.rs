@@ -95,7 +95,15 @@ impl Store {
     fn with(db: sled::Db) -> Self {
         let namespaces: Arc<Mutex<HashMap<String, Arc<Mutex<Namespace>>>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
-        let (weak, stopped) = (Arc::downgrade(&namespaces), stop.clone());
+        let flush_asked = Arc::new(AtomicBool::new(false));
+        let flushes = Arc::new(AtomicU64::new(0));
+        let (weak, stopped, asked) = (
+            Arc::downgrade(&namespaces),
+            stop.clone(),
+            flush_asked.clone(),
+        );
+        let flushed = flushes.clone();
+        let disk = db.clone();
         let spawned = std::thread::Builder::new()
             .name("kv-write-back".into())
             .spawn(move || {
@@ -105,6 +113,13 @@ impl Store {
                     let Some(namespaces) = namespaces else {
                         return;
                     };
+                    if asked.swap(false, Ordering::AcqRel) {
+                        if let Err(e) = flush_all(&namespaces, &disk) {
+                            tracing::error!(error = %e, "cannot write the state to disk: the latest changes may not survive a restart");
+                        }
+                        flushed.fetch_add(1, Ordering::Release);
+                        continue;
+                    }
                     let all: Vec<_> = lock(&namespaces).values().cloned().collect();
                     drop(namespaces);
                     for namespace in all {
@@ -122,7 +137,12 @@ impl Store {
             }
         };
         Store {
-            _writer: Arc::new(Writer { stop, thread }),
+            _writer: Arc::new(Writer {
+                stop,
+                flush_asked,
+                flushes,
+                thread,
+            }),
             namespaces,
             db,
         }
@@ -173,22 +193,56 @@ impl Store {
     /// Write everything to disk, the plugins' held writes included. One
     /// plugin's failing write does not keep the rest from the disk.
     pub fn flush(&self) -> Result<(), StoreError> {
-        let all: Vec<_> = lock(&self.namespaces).values().cloned().collect();
-        let mut first_error = None;
-        for namespace in all {
-            if let Err(e) = lock(&namespace).try_write_back() {
-                first_error.get_or_insert(e);
+        flush_all(&self.namespaces, &self.db)
+    }
+
+    /// Have everything written to disk as [`Store::flush`] does, by the
+    /// store's writer thread, now: for a caller that must not wait on the
+    /// disk (a quarantine, on a frame's path). The writer logs a failure.
+    pub fn flush_soon(&self) {
+        let writer = &self._writer;
+        match &writer.thread {
+            Some(thread) => {
+                writer.flush_asked.store(true, Ordering::Release);
+                thread.thread().unpark();
+            }
+            None => {
+                if let Err(e) = self.flush() {
+                    tracing::error!(error = %e, "cannot write the state to disk: the latest changes may not survive a restart");
+                }
             }
         }
-        self.db.flush()?;
-        first_error.map_or(Ok(()), Err)
     }
 }
 
-/// The thread that writes the plugins' held writes back.
+/// Write every namespace's held writes to the database, then the database
+/// to disk. One plugin's failing write does not keep the rest from the
+/// disk.
+fn flush_all(
+    namespaces: &Mutex<HashMap<String, Arc<Mutex<Namespace>>>>,
+    db: &sled::Db,
+) -> Result<(), StoreError> {
+    let all: Vec<_> = lock(namespaces).values().cloned().collect();
+    let mut first_error = None;
+    for namespace in all {
+        if let Err(e) = lock(&namespace).try_write_back() {
+            first_error.get_or_insert(e);
+        }
+    }
+    db.flush()?;
+    first_error.map_or(Ok(()), Err)
+}
+
+/// The thread that writes the plugins' held writes back, and flushes the
+/// database when asked to.
 #[derive(Debug)]
 struct Writer {
     stop: Arc<AtomicBool>,
+    /// Set by [`Store::flush_soon`].
+    flush_asked: Arc<AtomicBool>,
+    /// Flushes the thread has done when asked.
+    #[cfg_attr(not(test), expect(dead_code, reason = "read by the tests"))]
+    flushes: Arc<AtomicU64>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -370,6 +424,24 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn flush_soon_has_the_writer_write_everything_to_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let kv = store.plugin_kv("p", 1000).unwrap();
+        kv.set("a", b"1").unwrap();
+        let flushes = || store._writer.flushes.load(Ordering::Acquire);
+        assert_eq!(flushes(), 0);
+        store.flush_soon();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while flushes() == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(flushes(), 1, "the writer flushed once");
+        let tree = store.tree("plugin-kv/p").unwrap();
+        assert_eq!(tree.get("a").unwrap().as_deref(), Some(&b"1"[..]));
+    }
 
     #[test]
     fn every_handle_on_a_plugins_store_counts_against_one_quota() {

@@ -48,13 +48,9 @@ impl Enforcer for Enforcement {
         let spared = spare.then_some(session.id);
         let closed = (self.live).close_device_except(device, &closing, spared);
         warn!(device = %device, session = session.id, sessions = closed, reason = %reason, "device quarantined");
-        let registry = self.registry.clone();
-        let device = device.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = registry.flush() {
-                error!(device = %device, error = %e, "the quarantine may not survive a restart");
-            }
-        });
+        // To disk by the store's writer thread: no task waits on the disk,
+        // and no thread starts for it.
+        self.registry.flush_soon();
     }
 
     fn record(&self, session: &Session, inspected: &Inspected) {
