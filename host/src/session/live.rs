@@ -31,8 +31,13 @@ pub struct LiveSessions {
     next_id: Arc<AtomicU64>,
 }
 
-/// The live sessions of one device.
+/// The live sessions of one device. A close ends them all: the entry then
+/// leaves the map, and sessions that join afterwards (the device back
+/// after a release) make a new one, even while the closed ones wind down.
 struct Sessions {
+    /// Which entry of the device this is: members of an entry closed and
+    /// gone leave the device's next entry alone.
+    generation: u64,
     closing: watch::Sender<Option<String>>,
     /// By membership: the session's id, and how to hang it up.
     hang_ups: HashMap<u64, (u64, HangUp)>,
@@ -69,11 +74,13 @@ impl LiveSessions {
         let sessions = devices
             .entry(device.to_owned())
             .or_insert_with(|| Sessions {
+                generation: self.next_id.fetch_add(1, Ordering::Relaxed),
                 closing: watch::channel(None).0,
                 hang_ups: HashMap::new(),
             });
         Membership {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            generation: sessions.generation,
             closing: sessions.closing.subscribe(),
             device: device.to_owned(),
             live: self.clone(),
@@ -90,7 +97,7 @@ impl LiveSessions {
     /// As [`LiveSessions::close_device`], but session `except` (the one
     /// asking) is only woken, not hung up.
     pub fn close_device_except(&self, device: &str, reason: &str, except: Option<u64>) -> usize {
-        match self.devices().get(device) {
+        match self.devices().remove(device) {
             Some(sessions) => {
                 sessions.close(reason, except);
                 sessions.closing.receiver_count()
@@ -101,7 +108,7 @@ impl LiveSessions {
 
     /// Close every session, saying `reason`.
     pub fn close_all(&self, reason: &str) {
-        for sessions in self.devices().values() {
+        for (_, sessions) in self.devices().drain() {
             sessions.close(reason, None);
         }
     }
@@ -116,6 +123,8 @@ impl LiveSessions {
 #[derive(Debug)]
 pub struct Membership {
     id: u64,
+    /// The generation of the device's entry joined.
+    generation: u64,
     closing: watch::Receiver<Option<String>>,
     device: String,
     live: LiveSessions,
@@ -136,7 +145,9 @@ impl Membership {
     /// `session` with `hang_up` itself, besides waking
     /// [`Membership::closed`].
     pub fn hang_up_with(&self, session: u64, hang_up: HangUp) {
-        if let Some(sessions) = self.live.devices().get_mut(&self.device) {
+        if let Some(sessions) = self.live.devices().get_mut(&self.device)
+            && sessions.generation == self.generation
+        {
             sessions.hang_ups.insert(self.id, (session, hang_up));
         }
     }
@@ -145,7 +156,11 @@ impl Membership {
 impl Drop for Membership {
     fn drop(&mut self) {
         let mut devices = self.live.devices();
-        let Some(sessions) = devices.get_mut(&self.device) else {
+        // An entry closed since this member joined has left the map.
+        let Some(sessions) = devices
+            .get_mut(&self.device)
+            .filter(|s| s.generation == self.generation)
+        else {
             return;
         };
         sessions.hang_ups.remove(&self.id);
@@ -176,5 +191,23 @@ mod tests {
         // A session joining after the close starts afresh.
         let a3 = live.join("a");
         assert!(a3.closing.borrow().is_none());
+    }
+
+    /// A device released from quarantine may reconnect while its closed
+    /// sessions still wind down: the new session is not closed with them.
+    #[tokio::test]
+    async fn a_session_joining_while_closed_ones_wind_down_starts_afresh() {
+        let live = LiveSessions::default();
+        let mut old = live.join("a");
+        assert_eq!(live.close_device("a", "quarantined"), 1);
+        assert_eq!(live.count("a"), 0);
+        let mut new = live.join("a");
+        assert!(new.closing.borrow().is_none(), "born closed");
+        // The closed session ending leaves the new one counted and closable.
+        assert_eq!(old.closed().await, "quarantined");
+        drop(old);
+        assert_eq!(live.count("a"), 1);
+        assert_eq!(live.close_device("a", "revoked"), 1);
+        assert_eq!(new.closed().await, "revoked");
     }
 }
