@@ -38,8 +38,8 @@ use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 
 use cedar_policy::{
-    Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId,
-    PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
+    ActionConstraint, Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid,
+    PolicyId, PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
 };
 
 use crate::plugins::{Columns, Device, Direction, EventRef, Severity, Value, ValueType};
@@ -163,6 +163,10 @@ pub struct Policy {
     /// key of every annotation looked up, which took a third of a
     /// decision's time.
     annotations: HashMap<PolicyId, Annotations>,
+    /// For each action, by name, the policies whose scope can take it:
+    /// Cedar evaluates every policy of the set it is given, and a site's
+    /// policy holds rules for every protocol and kind of event.
+    by_action: HashMap<String, PolicySet>,
 }
 
 /// A policy's annotations, as decisions use them.
@@ -299,6 +303,7 @@ impl Policy {
         let referenced = referenced.into_iter().collect();
         Ok(Policy {
             source: source.to_owned(),
+            by_action: by_action(&set, &schema),
             set,
             schema,
             types: Types::new()?,
@@ -544,12 +549,15 @@ impl Policy {
             Ok(r) => r,
             Err(e) => return deny(format!("request refused: {e}")),
         };
-        let response = Authorizer::new().is_authorized(&request, &self.set, &subject.entities);
-        let reasons: Vec<String> = response
+        let set = self.by_action.get(action).unwrap_or(&self.set);
+        let response = Authorizer::new().is_authorized(&request, set, &subject.entities);
+        // In one order, whatever order Cedar found them in.
+        let mut reasons: Vec<String> = response
             .diagnostics()
             .reason()
             .map(|id| self.name(id))
             .collect();
+        reasons.sort_unstable();
         let errors: Vec<String> = response
             .diagnostics()
             .errors()
@@ -626,6 +634,31 @@ impl Types {
             action: name("Action")?,
         })
     }
+}
+
+/// For each action of `schema`, the policies of `set` whose action scope
+/// takes it (as itself, or as a member of a group it names). The others
+/// cannot apply to a request for the action, so leaving them out changes
+/// no decision. An action whose subset cannot be made is decided with the
+/// whole set.
+fn by_action(set: &PolicySet, schema: &Schema) -> HashMap<String, PolicySet> {
+    let Ok(actions) = schema.action_entities() else {
+        return HashMap::new();
+    };
+    (schema.actions())
+        .filter_map(|action| {
+            let groups: Vec<&EntityUid> = actions.ancestors(action).into_iter().flatten().collect();
+            let takes = |p: &&cedar_policy::Policy| match p.action_constraint() {
+                ActionConstraint::Any => true,
+                ActionConstraint::Eq(a) => &a == action,
+                ActionConstraint::In(named) => {
+                    (named.iter()).any(|a| a == action || groups.contains(&a))
+                }
+            };
+            let subset = PolicySet::from_policies(set.policies().filter(takes).cloned()).ok()?;
+            Some((action.id().unescaped().to_owned(), subset))
+        })
+        .collect()
 }
 
 fn uid(ty: &EntityTypeName, id: &str) -> EntityUid {
@@ -739,6 +772,60 @@ when { context.topic like "site/*/telemetry" && context["topic-levels"] == 3 };
 forbid(principal in Zone::"cell-3", action == Action::"mqtt.publish", resource)
 when { context has qos && context.qos == 2 };
 "#;
+
+    /// Each action is decided with the policies whose scope takes it: the
+    /// decisions are those of the whole set, whatever the scope's form.
+    #[test]
+    fn each_action_is_decided_as_by_the_whole_set() {
+        let text = r#"
+@id("group") permit(principal, action in Action::"mqtt", resource) when { context.direction == "to-device" };
+@id("list") permit(principal in Class::"sensor", action in [Action::"mqtt.connect", Action::"mqtt.subscribe"], resource);
+@id("one") permit(principal, action == Action::"mqtt.publish", resource) when { context.topic like "site/*" };
+@id("any") forbid(principal in Zone::"cell-9", action, resource);
+@id("group forbid") @severity("critical") forbid(principal, action in Action::"modbus", resource) when { context.direction == "to-upstream" };
+"#;
+        let subsets = Policy::parse(text).unwrap();
+        let mut whole = Policy::parse(text).unwrap();
+        whole.by_action.clear();
+        assert!(subsets.by_action["mqtt.publish"].policies().count() < 5);
+        let mut events = Batch::new();
+        events.push("mqtt.publish").text("topic", "site/a");
+        events.push("mqtt.publish").text("topic", "other");
+        events.push("mqtt.connect").text("client-id", "c");
+        events.push("mqtt.subscribe").text("filter", "a/#");
+        events.push("mqtt.pingreq");
+        events.push("modbus.read").int("unit", 1);
+        for (class, zone) in [
+            ("sensor", "cell-1"),
+            ("plc", "cell-1"),
+            ("sensor", "cell-9"),
+        ] {
+            let device = Device {
+                id: "d".into(),
+                class: class.into(),
+                zone: zone.into(),
+            };
+            let (a, b) = (
+                subsets.subject(&device, None, "r", "mqtt"),
+                whole.subject(&device, None, "r", "mqtt"),
+            );
+            assert_eq!(subsets.connect(&a, None), whole.connect(&b, None));
+            for event in events.iter() {
+                for direction in [Direction::ToUpstream, Direction::ToDevice] {
+                    let (mine, theirs) = (
+                        subsets.event(&a, direction, event),
+                        whole.event(&b, direction, event),
+                    );
+                    assert_eq!(
+                        mine,
+                        theirs,
+                        "{} {class} {zone} {direction:?}",
+                        event.kind()
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn the_embedded_default_checks_and_allows_a_protocol_on_its_routes() {
