@@ -49,6 +49,9 @@ pub fn counter_add(name: &str, delta: u64) {
 pub mod kv {
     use super::{KvError, imports};
 
+    /// The largest key the appliance's store accepts, in bytes.
+    pub const MAX_KEY_LEN: usize = 256;
+
     /// The value stored under `key`, if any.
     pub fn get(key: &str) -> Option<Vec<u8>> {
         imports::kv_get(key)
@@ -84,7 +87,8 @@ pub mod kv {
 /// An instance reads each setting from the store once and keeps it: the
 /// host starts fresh instances when a setting changes (see the contract's
 /// `kv-get`), and a plugin's own [`kv::set`] or [`kv::delete`] of a
-/// setting is seen at once.
+/// setting is seen at once. Settings are for the operator: a plugin that
+/// writes one retires its own instances too.
 ///
 /// ```
 /// use palisade_plugin_sdk::host::{config, kv};
@@ -112,18 +116,26 @@ pub mod config {
     }
 
     /// The setting `key`, parsed; `None` when it is unset or does not parse.
+    /// Settings are kept by key: name them with fixed keys, not with keys
+    /// made from what the plugin sees.
     pub fn get<T: FromStr>(key: &str) -> Option<T> {
-        KEPT_SETTINGS.with_borrow_mut(|kept| {
-            if let Some((_, stored)) = kept.iter().find(|(k, _)| k == key) {
-                return parse(stored.as_deref());
-            }
+        let kept = KEPT_SETTINGS.with_borrow(|kept| {
+            (kept.iter().find(|(k, _)| k == key)).map(|(_, stored)| stored.clone())
+        });
+        let stored = kept.unwrap_or_else(|| {
             let stored = read(key);
-            let value = parse(stored.as_deref());
-            if kept.len() < KEPT {
-                kept.push((key.to_owned(), stored));
+            // A key the store cannot hold is never set: not worth keeping.
+            if PREFIX.len() + key.len() <= super::kv::MAX_KEY_LEN {
+                KEPT_SETTINGS.with_borrow_mut(|kept| {
+                    if kept.len() < KEPT {
+                        kept.push((key.to_owned(), stored.clone()));
+                    }
+                });
             }
-            value
-        })
+            stored
+        });
+        // Parsed outside the cache: a `FromStr` may read settings itself.
+        parse(stored.as_deref())
     }
 
     fn read(key: &str) -> Option<Vec<u8>> {

@@ -22,8 +22,7 @@ use std::collections::BTreeMap;
 use crate::host::{KvError, Level};
 use crate::{DatagramParser, Direction, Parsed, Parser, Session};
 
-/// The largest key the appliance's store accepts, in bytes.
-pub const MAX_KEY_LEN: usize = 256;
+pub use crate::host::kv::MAX_KEY_LEN;
 /// The largest value the appliance's store accepts, in bytes.
 pub const MAX_VALUE_LEN: usize = 64 * 1024;
 /// The default key-value quota of a plugin (keys and values), in bytes.

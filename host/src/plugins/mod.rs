@@ -787,11 +787,20 @@ impl Plugin {
             });
         }
         shared.calls.fetch_add(1, Ordering::Relaxed);
-        let idle = shared.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let settings = shared.kv.settings_version();
+        let idle = {
+            let mut idle = shared.idle.lock().unwrap_or_else(|p| p.into_inner());
+            // Instances started before a setting changed may keep the old
+            // one: they go, and free their pool slots, before a fresh one
+            // starts.
+            if idle.last().is_some_and(|i| i.settings != settings) {
+                idle.retain(|i| i.settings == settings);
+            }
+            idle.pop()
+        };
         let mut instance = match idle {
-            Some(i) if i.settings == shared.kv.settings_version() => i,
-            // None idle, or one started before a setting changed (dropped).
-            _ => self.instantiate()?,
+            Some(i) => i,
+            None => self.instantiate()?,
         };
         let store = &mut instance.store;
         store

@@ -113,7 +113,9 @@ impl LiveSessions {
         }
     }
 
-    /// Live sessions of `device`.
+    /// Live sessions of `device`: those not closed. Sessions closed but
+    /// still delivering what was allowed before the close (a spared one)
+    /// or winding down are not counted.
     pub fn count(&self, device: &str) -> usize {
         (self.devices().get(device)).map_or(0, |s| s.closing.receiver_count())
     }
@@ -135,7 +137,8 @@ impl Membership {
     pub async fn closed(&mut self) -> String {
         match self.closing.wait_for(Option::is_some).await {
             Ok(reason) => reason.clone().unwrap_or_default(),
-            // The sender lives in the map while any member does; this arm is
+            // A close takes the sender out of the map, but only after
+            // setting the reason, which `wait_for` still sees; this arm is
             // for completeness.
             Err(_) => "session registry gone".into(),
         }

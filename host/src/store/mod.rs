@@ -199,6 +199,8 @@ impl Store {
     /// Have everything written to disk as [`Store::flush`] does, by the
     /// store's writer thread, now: for a caller that must not wait on the
     /// disk (a quarantine, on a frame's path). The writer logs a failure.
+    /// Should the writer thread have failed to start, the caller flushes,
+    /// and waits.
     pub fn flush_soon(&self) {
         let writer = &self._writer;
         match &writer.thread {
