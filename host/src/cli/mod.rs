@@ -133,6 +133,24 @@ pub(crate) enum PluginCommand {
     },
 }
 
+/// Standard error, for the log. A line that cannot be written is dropped:
+/// when the log's reader has gone (a closed pipe to a logger), the
+/// appliance goes on serving, and stops when asked. Given the error,
+/// tracing would report it on standard error too, and that report panics
+/// wherever the line was logged: in a session's task, or in the shutdown.
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        Ok(std::io::stderr().write(line).unwrap_or(line.len()))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
 /// Run the command line with the process's arguments.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -147,7 +165,7 @@ pub fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| default.into()),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(|| LogWriter)
         // Colours only for a person at a terminal; logs read by tools
         // (journald, tests) get plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
