@@ -49,8 +49,12 @@ pub fn counter_add(name: &str, delta: u64) {
 pub mod kv {
     use super::{KvError, imports};
 
-    /// The largest key the appliance's store accepts, in bytes.
+    /// The largest key the appliance's store accepts, in bytes: keys name
+    /// things (a device and a topic), they do not hold data.
     pub const MAX_KEY_LEN: usize = 256;
+    /// The largest value the appliance's store accepts under one key, in
+    /// bytes.
+    pub const MAX_VALUE_LEN: usize = 64 << 10;
 
     /// The value stored under `key`, if any.
     pub fn get(key: &str) -> Option<Vec<u8>> {

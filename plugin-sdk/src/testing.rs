@@ -22,9 +22,7 @@ use std::collections::BTreeMap;
 use crate::host::{KvError, Level};
 use crate::{DatagramParser, Direction, Parsed, Parser, Session};
 
-pub use crate::host::kv::MAX_KEY_LEN;
-/// The largest value the appliance's store accepts, in bytes.
-pub const MAX_VALUE_LEN: usize = 64 * 1024;
+pub use crate::host::kv::{MAX_KEY_LEN, MAX_VALUE_LEN};
 /// The default key-value quota of a plugin (keys and values), in bytes.
 pub const DEFAULT_KV_QUOTA: usize = 1024 * 1024;
 

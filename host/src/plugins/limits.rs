@@ -85,11 +85,9 @@ impl Limits {
     }
 }
 
-/// The largest key a plugin may store, in bytes: keys name things (a device
-/// and a topic), they do not hold data.
-pub const MAX_KEY_LEN: usize = 256;
-/// The largest value a plugin may store under one key, in bytes.
-pub const MAX_VALUE_LEN: usize = 64 << 10;
+/// The largest key and value a plugin may store: the SDK's, so that the
+/// native test harness and the settings cache hold plugins to the same.
+pub use palisade_plugin_sdk::host::kv::{MAX_KEY_LEN, MAX_VALUE_LEN};
 /// Log lines are cut to this many bytes: a line is for a person to read.
 pub const MAX_LOG_LINE: usize = 1024;
 /// Counter names longer than this are refused: they become metric labels.

@@ -800,7 +800,7 @@ impl Plugin {
         };
         let mut instance = match idle {
             Some(i) => i,
-            None => self.instantiate()?,
+            None => self.instantiate(settings)?,
         };
         let store = &mut instance.store;
         store
@@ -822,11 +822,11 @@ impl Plugin {
         }
     }
 
-    fn instantiate(&self) -> Result<Instance, CallError> {
+    /// A new instance, of settings version `settings`, read before it
+    /// starts: a setting changed while it starts makes it stale, never the
+    /// other way.
+    fn instantiate(&self, settings: u64) -> Result<Instance, CallError> {
         let shared = &*self.shared;
-        // Read first: a setting changed while the instance starts makes it
-        // stale, never the other way.
-        let settings = shared.kv.settings_version();
         let state = PluginState::new(
             shared.name.clone(),
             shared.limits.clone(),

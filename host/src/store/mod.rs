@@ -114,9 +114,7 @@ impl Store {
                         return;
                     };
                     if asked.swap(false, Ordering::AcqRel) {
-                        if let Err(e) = flush_all(&namespaces, &disk) {
-                            tracing::error!(error = %e, "cannot write the state to disk: the latest changes may not survive a restart");
-                        }
+                        flush_logged(&namespaces, &disk);
                         flushed.fetch_add(1, Ordering::Release);
                         continue;
                     }
@@ -208,12 +206,15 @@ impl Store {
                 writer.flush_asked.store(true, Ordering::Release);
                 thread.thread().unpark();
             }
-            None => {
-                if let Err(e) = self.flush() {
-                    tracing::error!(error = %e, "cannot write the state to disk: the latest changes may not survive a restart");
-                }
-            }
+            None => flush_logged(&self.namespaces, &self.db),
         }
+    }
+}
+
+/// [`flush_all`], for a caller with no one to return a failure to.
+fn flush_logged(namespaces: &Mutex<HashMap<String, Arc<Mutex<Namespace>>>>, db: &sled::Db) {
+    if let Err(e) = flush_all(namespaces, db) {
+        tracing::error!(error = %e, "cannot write the state to disk: the latest changes may not survive a restart");
     }
 }
 
