@@ -8,15 +8,17 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use common::appliance::{
-    Appliance, CountingUpstream, aioquic_publish, mosquitto_pub, require, require_python, route,
-    tls_args,
+    Appliance, CountingUpstream, aioquic_publish, device_tls, mosquitto_pub, require,
+    require_python, route, tls_args, tls_client_with,
 };
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     SanType,
 };
+use rustls::HandshakeKind;
 
 /// An appliance whose policy lets thermostats use the MQTT routes only,
 /// relaying to an upstream that counts what reaches it.
@@ -193,6 +195,49 @@ fn revoked_device_over_quic() {
     assert!(!out.status.success());
     palisade.wait_refused(&["route=quic", "device=therm-q", "reason=revoked"]);
     nothing_forwarded(&upstream);
+}
+
+/// A device's certificate is checked on every connection: the appliance
+/// gives no session tickets, so no handshake is resumed, and a certificate
+/// revoked since (its device was issued a new one) is refused even to a
+/// client that kept its session.
+#[test]
+fn revoked_certificate_cannot_resume_its_session() {
+    let (palisade, upstream) = setup();
+    let old = device_tls(&palisade.issue("therm-res", "thermostat", "hall"));
+    let addr = palisade.addr("mqtt-tls");
+    for _ in 0..2 {
+        let mut stream = tls_client_with(addr, old.clone()).unwrap();
+        assert_eq!(
+            stream.conn.handshake_kind(),
+            Some(HandshakeKind::Full),
+            "a handshake was resumed"
+        );
+        // Reading takes in any session ticket the appliance sends.
+        stream
+            .sock
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let _ = stream.read(&mut [0; 64]);
+    }
+    palisade.cli_ok(&["pki", "revoke", "therm-res"]);
+    palisade.issue("therm-res", "thermostat", "hall");
+    let reached = upstream.connections();
+    let refused = match tls_client_with(addr, old) {
+        Err(_) => true,
+        Ok(mut stream) => {
+            let _ = stream.write_all(b"\x10\x00");
+            let _ = stream.flush();
+            matches!(stream.read(&mut [0; 64]), Ok(0) | Err(_))
+        }
+    };
+    assert!(refused, "the old certificate still works");
+    palisade.wait_refused(&["device=therm-res", "revoked"]);
+    assert_eq!(
+        upstream.connections(),
+        reached,
+        "the old certificate reached the upstream"
+    );
 }
 
 #[test]

@@ -19,7 +19,7 @@ use rustls::{
 };
 
 use super::claims::{Claims, OperatorClaims};
-use super::{Operators, Pki, Registry};
+use super::{Device, Operators, Pki, Registry};
 
 /// Why a device was refused.
 #[derive(Clone, PartialEq, Eq, thiserror::Error)]
@@ -175,6 +175,31 @@ impl ClientVerifier {
             admits,
             site_subject: pki.subject().to_vec(),
         }))
+    }
+
+    /// Check again, after the handshake, that the holder of a device
+    /// certificate with `claims` may connect now: within the certificate's
+    /// dates, enrolled, active, and with this certificate not revoked. The
+    /// handshake checked all this, and the chain; this catches what changed
+    /// since, and any handshake that skipped the verifier.
+    pub fn readmit(&self, claims: &Claims) -> Result<Device, Refusal> {
+        let Admits::Devices(registry) = &self.admits else {
+            return Err(Refusal::new(
+                Some(&claims.device),
+                "this listener admits operators, not devices",
+            ));
+        };
+        let now = super::now_unix();
+        if now > claims.not_after {
+            return Err(Refusal::new(Some(&claims.device), "certificate expired"));
+        }
+        if now < claims.not_before {
+            return Err(Refusal::new(
+                Some(&claims.device),
+                "certificate not valid yet",
+            ));
+        }
+        registry.admit(claims, claims.issuer == self.site_subject)
     }
 
     fn check(

@@ -115,5 +115,11 @@ pub(crate) fn server_config(
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(resolver);
     config.alpn_protocols = alpn;
+    // No session resumption: a resumed handshake skips the client
+    // certificate verifier, so a device revoked or re-issued since would
+    // come back on its old ticket. Devices reconnect rarely; a full
+    // handshake each time is the price of checking each time.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }

@@ -43,7 +43,7 @@ pub use upstream::{Duplex, Upstream};
 
 use crate::audit::AuditQueue;
 use crate::config::{Config, Limits, PkiConfig, RouteConfig, Transport, UpstreamConnect};
-use crate::identity::{Claims, ClientVerifier, Device, DeviceState, Pki, Refusal, Registry};
+use crate::identity::{Claims, ClientVerifier, Device, Pki, Refusal, Registry};
 use crate::plugins::{Installed, Slot};
 use crate::policy::PolicyEngine;
 use crate::session::{Enforcer, LiveSessions, Membership, Pipeline, RelaySettings};
@@ -352,15 +352,9 @@ impl Shared {
         let claims = Claims::from_der(cert).map_err(|e| Refusal::new(None, e.to_string()))?;
         let refuse = |reason: String| Refusal::new(Some(&claims.device), reason);
         let membership = self.stages.live.join(&claims.device);
-        let device = self
-            .stages
-            .registry
-            .device(&claims.device)
-            .map_err(|e| refuse(format!("registry unavailable: {e}")))?
-            .ok_or_else(|| refuse("not enrolled".into()))?;
-        if device.state != DeviceState::Active {
-            return Err(refuse(device.state.to_string()));
-        }
+        // Checked again, not taken from the handshake: what changed since
+        // (a revocation, a quarantine, a new certificate) counts.
+        let device = self.stages.verifier.readmit(&claims)?;
         if let Some(route) = route {
             let policy = self.stages.policy.active();
             let subject = policy.subject(

@@ -601,6 +601,13 @@ pub fn tls_client(
     addr: SocketAddr,
     dir: &Path,
 ) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    tls_client_with(addr, device_tls(dir)).unwrap()
+}
+
+/// A TLS client's settings with the device certificate in `dir`. Like any
+/// rustls client's, they keep the session tickets servers give, and offer
+/// them on the next connection made with them.
+pub fn device_tls(dir: &Path) -> Arc<rustls::ClientConfig> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -619,18 +626,27 @@ pub fn tls_client(
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
         .unwrap();
+    Arc::new(config)
+}
+
+/// A TLS client with `config`, connected to `addr`, its handshake done;
+/// the handshake's error if it failed.
+pub fn tls_client_with(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
     let conn = rustls::ClientConnection::new(
-        Arc::new(config),
+        config,
         rustls::pki_types::ServerName::try_from("localhost").unwrap(),
     )
     .unwrap();
-    let tcp = TcpStream::connect(addr).unwrap();
-    tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+    let tcp = TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(PATIENCE))?;
     let mut stream = rustls::StreamOwned::new(conn, tcp);
     while stream.conn.is_handshaking() {
-        stream.conn.complete_io(&mut stream.sock).unwrap();
+        stream.conn.complete_io(&mut stream.sock)?;
     }
-    stream
+    Ok(stream)
 }
 
 /// Wait until `f` is true.
