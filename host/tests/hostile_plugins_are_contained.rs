@@ -86,6 +86,51 @@ fn a_panicking_plugin_traps_and_the_next_call_succeeds() {
     assert_eq!(parsed.events.get(0).unwrap().kind(), "hostile.ok");
 }
 
+/// The appliance calls a parser on a small chunk right on its async
+/// worker. A panic's message goes to the plugin's stderr, which WASI
+/// serves by waiting on the runtime: that must not panic the worker.
+#[test]
+fn a_panic_on_an_async_worker_is_a_trap_like_any_other() {
+    let plugin = load(&runtime(), "hostile", tight_limits());
+    let worker = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .build()
+        .unwrap();
+    let (fault, error) = worker.block_on(async {
+        tokio::spawn(async move { provoke(&plugin, "trap") })
+            .await
+            .expect("the worker panicked")
+    });
+    assert!(matches!(fault, Fault::Trap(_)), "{error}");
+}
+
+/// A plugin has nothing to wait for: waiting (here on a WASI clock, as
+/// `std::thread::sleep` does) faults at once, on an async worker and off
+/// one alike, instead of holding the host's thread past the deadline.
+#[test]
+fn a_plugin_that_waits_faults_at_once() {
+    let plugin = load(&runtime(), "hostile", tight_limits());
+    let start = Instant::now();
+    let (fault, error) = provoke(&plugin, "sleep");
+    assert_eq!(fault, Fault::Blocked("wasi:io/poll"), "{error}");
+    assert!(error.to_string().contains("may not wait"), "{error}");
+    let worker = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .build()
+        .unwrap();
+    let (fault, error) = worker.block_on(async {
+        tokio::spawn(async move { provoke(&plugin, "sleep") })
+            .await
+            .expect("the worker panicked")
+    });
+    assert_eq!(fault, Fault::Blocked("wasi:io/poll"), "{error}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
+}
+
 #[test]
 fn huge_output_is_refused_at_the_output_limit() {
     let plugin = load(&runtime(), "hostile", tight_limits());

@@ -65,7 +65,6 @@ impl PluginState {
         }
     }
 
-    /// Reset the per-call budgets before a call.
     /// Reset the per-call budgets. A shadow's call (`read_only`) reads the
     /// store but its writes are discarded, so it cannot disturb the state of
     /// the active version, which shares the store.
@@ -234,5 +233,5 @@ impl HasData for HostImports {
 /// Add the `host` interface, and WASI with nothing granted, to `linker`.
 pub(crate) fn add_to_linker(linker: &mut Linker<PluginState>) -> Result<()> {
     host::add_to_linker::<PluginState, HostImports>(linker, |state| state)?;
-    wasmtime_wasi::p2::add_to_linker_sync(linker)
+    super::wasi::add_to_linker(linker)
 }

@@ -20,6 +20,7 @@ mod host;
 mod installed;
 mod limits;
 mod slot;
+mod wasi;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -166,6 +167,10 @@ pub enum Fault {
     /// The plugin trapped (a panic, an out-of-bounds access, ...).
     #[error("trapped: {0}")]
     Trap(String),
+    /// The plugin tried to wait, on the WASI interface named: a plugin has
+    /// nothing to wait for, and a wait would hold the host's thread.
+    #[error("tried to wait on {0}: plugins may not wait")]
+    Blocked(&'static str),
 }
 
 /// Why a call into a plugin returned no result.

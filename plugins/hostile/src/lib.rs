@@ -3,7 +3,8 @@
 //!
 //! The first word of its input picks the misbehaviour: `loop` spins forever,
 //! `alloc` allocates until memory runs out, `recurse` recurses without end,
-//! `trap` panics, `flood` returns an enormous result, `kvspam` writes to the
+//! `trap` panics, `sleep` sleeps for a minute (waiting on a WASI clock),
+//! `flood` returns an enormous result, `kvspam` writes to the
 //! key-value store without stopping, `logspam` writes ten thousand long log
 //! lines, `halves` returns the input as two frames (fine for a stream, a
 //! breach of the contract for a datagram). Any other input is one
@@ -42,6 +43,7 @@ impl Parser for Hostile {
                 black_box(recurse(black_box(1)));
             }
             b"trap" => panic!("hostile plugin panics on purpose"),
+            b"sleep" => std::thread::sleep(std::time::Duration::from_secs(60)),
             b"flood" => {
                 // 30,000 names and 2 MiB of values: past the output cap
                 // of the sandbox tests, within their memory limit.
