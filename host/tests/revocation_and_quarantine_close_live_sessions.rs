@@ -115,6 +115,30 @@ fn revocation_closes_a_live_session() {
     assert!(!rest.iter().any(|l| l.contains("after")), "{rest:?}");
 }
 
+/// A device moved to another zone (or class) by a new certificate has
+/// its live sessions closed: they were judged as the old zone's.
+#[test]
+fn a_new_zone_closes_the_sessions_of_the_old_one() {
+    let Some((broker, palisade)) = setup() else {
+        return;
+    };
+    let device = palisade.issue("therm-moved", "thermostat", "hall");
+    publish_direct(&broker, "hall/mode", "before");
+    let sub = Subscriber::start(palisade.port("mqtt-tls"), &device, "hall/#");
+    assert_eq!(sub.next(), "hall/mode before");
+    // A new certificate for the same zone leaves the session open.
+    palisade.issue("therm-moved", "thermostat", "hall");
+    publish_direct(&broker, "hall/mode", "renewed");
+    assert_eq!(sub.next(), "hall/mode renewed");
+    palisade.issue("therm-moved", "thermostat", "yard");
+    palisade.wait_log(|l| {
+        l.contains("session closed")
+            && l.contains("device=therm-moved")
+            && l.contains("reason=class or zone changed")
+    });
+    drop(sub.stop());
+}
+
 #[test]
 fn quarantine_closes_sessions_until_release_even_across_a_restart() {
     let Some((broker, mut palisade)) = setup() else {

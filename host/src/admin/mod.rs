@@ -34,7 +34,7 @@ pub use https::{API_PATH, RemoteAdmin, serve_https};
 pub use plugins::{RegistrySource, self_check};
 pub use socket::{ADMIN_SOCKET, Console, bind_socket, serve_socket};
 
-use crate::identity::{DeviceCertRequest, Operators, Pki, Registry, Role, format_time};
+use crate::identity::{Device, DeviceCertRequest, Operators, Pki, Registry, Role, format_time};
 use crate::plugins::{Installed, Runtime, RuntimeConfig};
 use crate::registry::Library;
 use crate::session::LiveSessions;
@@ -396,6 +396,20 @@ impl Admin {
             .map_or(0, |live| live.close_device(device, reason))
     }
 
+    /// Close the live sessions of a device whose class or zone changed
+    /// from `before` to `after`: each session was judged, and its policy
+    /// subject made, with the old ones. How many were closed.
+    fn close_if_moved(&self, before: Option<&Device>, after: &Device) -> usize {
+        match before {
+            Some(b) if b.class != after.class || b.zone != after.zone => {
+                let closed = self.close(&after.id, "class or zone changed");
+                info!(device = %after.id, closed, "device moved: its sessions closed");
+                closed
+            }
+            _ => 0,
+        }
+    }
+
     fn run(&self, request: Request) -> Result<Value, String> {
         let text = |e: &dyn std::fmt::Display| e.to_string();
         match request {
@@ -419,13 +433,16 @@ impl Admin {
                     .pki
                     .issue_device(&request, &key)
                     .map_err(|e| text(&e))?;
+                let before = self.registry.device(&request.device).ok().flatten();
                 let record = self
                     .registry
                     .record_issued(&request, &issued.claims)
                     .map_err(|e| text(&e))?;
                 info!(device = %record.id, class = %record.class, zone = %record.zone, serial = %issued.claims.serial, "certificate issued");
+                let closed = self.close_if_moved(before.as_ref(), &record);
                 Ok(json!({
                     "device": record,
+                    "sessions-closed": closed,
                     "serial": issued.claims.serial,
                     "not-after": format_time(issued.claims.not_after),
                     "certificate": issued.pem,
@@ -454,12 +471,14 @@ impl Admin {
                 class,
                 zone,
             } => {
+                let before = self.registry.device(&device).ok().flatten();
                 let record = self
                     .registry
                     .add_external(&device, &class, &zone)
                     .map_err(|e| text(&e))?;
                 info!(device = %device, class = %class, zone = %zone, "external device enrolled");
-                Ok(json!({"device": record}))
+                let closed = self.close_if_moved(before.as_ref(), &record);
+                Ok(json!({"device": record, "sessions-closed": closed}))
             }
             Request::PkiList | Request::DeviceList => {
                 let devices = self.registry.devices().map_err(|e| text(&e))?;

@@ -227,7 +227,12 @@ impl Registry {
             Some(mut d) => {
                 d.class = class.to_owned();
                 d.zone = zone.to_owned();
-                d.state = DeviceState::Active;
+                // Enrolling again re-admits a revoked device, as issuing a
+                // site device a new certificate does; a quarantine stays
+                // until an operator releases it.
+                if d.state == DeviceState::Revoked {
+                    d.state = DeviceState::Active;
+                }
                 Ok(d)
             }
             None => Ok(Device {
@@ -475,6 +480,22 @@ mod tests {
                 .reason
                 .contains("revoked")
         );
+    }
+
+    #[test]
+    fn enrolling_an_external_device_again_keeps_its_quarantine() {
+        let registry = Registry::open(&Store::temporary().unwrap()).unwrap();
+        registry.add_external("x1", "sensor", "hall").unwrap();
+        registry.quarantine("x1").unwrap();
+        let moved = registry.add_external("x1", "sensor", "yard").unwrap();
+        assert_eq!(
+            (moved.zone.as_str(), moved.state),
+            ("yard", DeviceState::Quarantined)
+        );
+        registry.release("x1").unwrap();
+        registry.revoke("x1").unwrap();
+        let again = registry.add_external("x1", "sensor", "yard").unwrap();
+        assert_eq!(again.state, DeviceState::Active);
     }
 
     #[test]
