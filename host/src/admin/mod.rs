@@ -596,8 +596,15 @@ impl Admin {
                 Ok(json!({"unset": key}))
             }
             (Some(value), false) => {
-                kv.set(&stored, value.as_bytes())
-                    .map_err(|e| format!("{name}'s store refused {key}: {e:?}"))?;
+                if value.len() > palisade_plugin_sdk::host::kv::MAX_VALUE_LEN {
+                    return Err(format!(
+                        "the value of {key} is {} bytes, more than the {} a setting may hold",
+                        value.len(),
+                        palisade_plugin_sdk::host::kv::MAX_VALUE_LEN
+                    ));
+                }
+                kv.set_regardless_of_quota(&stored, value.as_bytes())
+                    .map_err(|e| format!("{name}'s store refused {key}: {e}"))?;
                 self.store.flush().map_err(|e| e.to_string())?;
                 info!(
                     plugin = name,

@@ -386,6 +386,20 @@ impl PluginKv {
         Ok(())
     }
 
+    /// Store an operator's `value` under `key`, however much of the quota
+    /// the plugin's own writes have used: a plugin that fills its store
+    /// must not lock the operator out of its settings. The stored bytes
+    /// count towards the quota as any others do. The caller bounds the
+    /// sizes.
+    pub fn set_regardless_of_quota(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let mut namespace = self.namespace();
+        let old = namespace.size(key)?.unwrap_or(0);
+        namespace.hold(key, Some(value.to_vec()))?;
+        namespace.used = namespace.used - old + (key.len() + value.len()) as u64;
+        namespace.changed(key);
+        Ok(())
+    }
+
     /// Remove `key`.
     pub fn delete(&self, key: &str) -> Result<(), KvRefusal> {
         let mut namespace = self.namespace();
@@ -444,6 +458,25 @@ mod tests {
         assert_eq!(flushes(), 1, "the writer flushed once");
         let tree = store.tree("plugin-kv/p").unwrap();
         assert_eq!(tree.get("a").unwrap().as_deref(), Some(&b"1"[..]));
+    }
+
+    #[test]
+    fn an_operator_sets_a_setting_in_a_full_store() {
+        let store = Store::temporary().unwrap();
+        let kv = store.plugin_kv("p", 1000).unwrap();
+        kv.set("filler", &[0; 990]).unwrap();
+        assert!(matches!(
+            kv.set("config/mode", b"off"),
+            Err(KvRefusal::QuotaExceeded)
+        ));
+        kv.set_regardless_of_quota("config/mode", b"off").unwrap();
+        assert_eq!(kv.get("config/mode").unwrap().as_deref(), Some(&b"off"[..]));
+        assert_eq!(kv.used(), 996 + 14);
+        // The plugin's own writes stay refused while the store is over.
+        assert!(matches!(
+            kv.set("more", b"x"),
+            Err(KvRefusal::QuotaExceeded)
+        ));
     }
 
     #[test]
