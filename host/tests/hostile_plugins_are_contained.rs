@@ -301,6 +301,10 @@ fn datagrams_are_parsed_within_the_same_bounds_and_contract() {
     };
     let parsed = datagram("hello").unwrap();
     assert_eq!(parsed.frame_lengths, [5]);
+    // An empty datagram is malformed, and no fault of the plugin's.
+    let empty = datagram("").unwrap();
+    assert!(empty.frame_lengths.is_empty() && empty.malformed.is_some());
+    assert_eq!(plugin.strikes(), 0);
     // Two frames are a fine answer for a stream and a breach for a datagram.
     let stream = plugin
         .parse(&session(1, "evil"), Direction::ToUpstream, &[], b"halves")

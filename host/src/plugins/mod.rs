@@ -698,6 +698,11 @@ impl Plugin {
                 plugin: self.name().to_owned(),
             });
         }
+        // An empty datagram describes nothing, whatever the protocol: it
+        // is not the plugin's to answer, nor a fault of the plugin's.
+        if datagram.is_empty() {
+            return Ok(Parsed::new(state.to_vec()).malformed(0, "an empty datagram"));
+        }
         let state_cap = self.shared.limits.state_bytes;
         self.call(World::Parser, |store, bound| {
             let Bound::Parser(_, Some(d)) = bound else {
@@ -841,7 +846,13 @@ impl Plugin {
         );
         let mut store = wasmtime::Store::new(&shared.runtime.shared.engine, state);
         store.limiter(|s| s);
+        // A component may call the host while it starts: under the same
+        // budgets as a call, and a shadow's writes discarded.
+        store
+            .data_mut()
+            .begin_call(shared.shadowing.load(Ordering::Relaxed));
         store.set_epoch_deadline(deadline_ticks(&shared.limits));
+        store.set_hostcall_fuel(shared.limits.output_bytes);
         let bound = match &shared.pre {
             WorldPre::Parser {
                 instance_pre,
@@ -866,7 +877,11 @@ impl Plugin {
             }),
             // A plugin that faults while starting up is as faulty as one
             // that faults in a call.
-            Err(e) if e.downcast_ref::<Fault>().is_some() || e.downcast_ref::<Trap>().is_some() => {
+            Err(e)
+                if e.downcast_ref::<Fault>().is_some()
+                    || e.downcast_ref::<Trap>().is_some()
+                    || e.downcast_ref::<wasmtime_wasi::I32Exit>().is_some() =>
+            {
                 Err(self.strike(classify(&e, &shared.limits)))
             }
             Err(e) => Err(CallError::Instantiate {
