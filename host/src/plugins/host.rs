@@ -141,7 +141,7 @@ impl host::Host for PluginState {
         while !message.is_char_boundary(end) {
             end -= 1;
         }
-        let message = message.get(..end).unwrap_or_default();
+        let message = printable(message.get(..end).unwrap_or_default());
         let plugin = &*self.plugin;
         match level {
             Level::Debug => tracing::debug!(plugin, "{message}"),
@@ -194,24 +194,57 @@ impl host::Host for PluginState {
     }
 
     fn counter_add(&mut self, name: String, delta: u64) -> Result<()> {
-        if name.len() <= MAX_COUNTER_NAME {
+        // Names under `palisade.` are the host's, about the plugin.
+        if name.len() <= MAX_COUNTER_NAME && !name.starts_with(HOST_COUNTERS) {
             self.counters_add(&name, delta);
         }
         Ok(())
     }
 }
 
+/// The prefix of the counters the host keeps about a plugin.
+const HOST_COUNTERS: &str = "palisade.";
+
 impl PluginState {
+    /// Add `delta` to counter `name`. A plugin creates at most
+    /// [`MAX_COUNTERS`] of its own; the host's are kept beside them, so a
+    /// plugin cannot hide what the host counts by using up the names.
     fn counters_add(&self, name: &str, delta: u64) {
         let Ok(mut counters) = self.counters.lock() else {
             return;
         };
         if let Some(c) = counters.get_mut(name) {
             *c = c.saturating_add(delta);
-        } else if counters.len() < MAX_COUNTERS {
+            return;
+        }
+        let own = counters
+            .keys()
+            .filter(|k| !k.starts_with(HOST_COUNTERS))
+            .count();
+        if name.starts_with(HOST_COUNTERS) || own < MAX_COUNTERS {
             counters.insert(name.to_owned(), delta);
         }
     }
+}
+
+/// `message` with its control characters (line breaks above all) escaped:
+/// one log call of a plugin is one line of the appliance's log, and cannot
+/// pass for a line of the appliance's own.
+fn printable(message: &str) -> std::borrow::Cow<'_, str> {
+    if !message.chars().any(char::is_control) {
+        return message.into();
+    }
+    message
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
 }
 
 fn kv_error(refusal: KvRefusal) -> KvError {
@@ -234,4 +267,49 @@ impl HasData for HostImports {
 pub(crate) fn add_to_linker(linker: &mut Linker<PluginState>) -> Result<()> {
     host::add_to_linker::<PluginState, HostImports>(linker, |state| state)?;
     super::wasi::add_to_linker(linker)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::store::Store;
+
+    fn state(counters: &Counters) -> PluginState {
+        let store = Store::temporary().unwrap();
+        let limits = Arc::new(Limits {
+            log_lines_per_call: 1,
+            ..Limits::default()
+        });
+        let kv = store.plugin_kv("p", limits.kv_quota_bytes).unwrap();
+        PluginState::new("p".into(), limits, kv, counters.clone(), Instant::now())
+    }
+
+    #[test]
+    fn a_log_line_is_one_line() {
+        assert_eq!(printable("plain é"), "plain é");
+        assert_eq!(
+            printable("x\n2026-11-27T00:00:00Z  INFO palisade::admin: forged\r"),
+            "x\\n2026-11-27T00:00:00Z  INFO palisade::admin: forged\\r"
+        );
+        assert_eq!(printable("\u{1b}[31m"), "\\u{1b}[31m");
+    }
+
+    #[test]
+    fn the_hosts_counters_outlive_a_plugin_that_uses_up_its_names() {
+        let counters = Counters::default();
+        let mut plugin = state(&counters);
+        for i in 0..MAX_COUNTERS + 10 {
+            host::Host::counter_add(&mut plugin, format!("mine-{i}"), 1).unwrap();
+        }
+        // Forged: the host's names are the host's.
+        host::Host::counter_add(&mut plugin, "palisade.log-lines-dropped".into(), 1000).unwrap();
+        for _ in 0..3 {
+            host::Host::log(&mut plugin, Level::Info, "flood".into()).unwrap();
+        }
+        let counters = counters.lock().unwrap();
+        assert_eq!(counters.get("palisade.log-lines-dropped"), Some(&2));
+        assert_eq!(counters.len(), MAX_COUNTERS + 1);
+    }
 }
