@@ -89,6 +89,10 @@ pub struct Config {
     pub sinks: Vec<crate::audit::export::SinkConfig>,
 }
 
+/// The most connections `max-connections` may allow: each takes a socket
+/// and memory, and a million is past what one appliance serves.
+pub const MAX_CONNECTIONS: usize = 1_000_000;
+
 /// Bounds on connections and sessions. Every one has a default that suits
 /// a small appliance with thousands of devices.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -447,6 +451,14 @@ impl Config {
         if l.read_chunk_bytes > 1 << 20 {
             return invalid("read-chunk-bytes must be at most 1 MiB".into());
         }
+        if l.max_connections > MAX_CONNECTIONS {
+            return invalid(format!("max-connections must be at most {MAX_CONNECTIONS}"));
+        }
+        if l.max_frame_bytes > 256 << 20 {
+            return invalid(
+                "max-frame-bytes must be at most 256 MiB, MQTT's largest packet".into(),
+            );
+        }
         if self.pki.device_cert_hours > 24 * 3650 || self.pki.server_cert_days > 3650 {
             return invalid("certificate lifetimes must be at most 10 years".into());
         }
@@ -558,6 +570,18 @@ mod tests {
         assert_eq!(config.limits.idle_timeout_secs, 7);
         assert_eq!(config.limits.max_connections, 20_000);
         assert_eq!(config.routes.len(), 4);
+    }
+
+    #[test]
+    fn limits_past_what_an_appliance_can_hold_are_refused() {
+        for (key, value) in [
+            ("max-connections", "3000000000000000000"),
+            ("max-frame-bytes", "1099511627776"),
+        ] {
+            let err = Config::parse(&format!("[limits]\n{key} = {value}\n")).unwrap_err();
+            assert!(err.to_string().contains(key), "{err}");
+        }
+        assert!(Config::parse("[limits]\nmax-connections = 1000000\n").is_ok());
     }
 
     #[test]
