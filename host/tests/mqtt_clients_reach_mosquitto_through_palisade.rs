@@ -132,6 +132,35 @@ fn aioquic_mqtt_over_quic_reaches_the_broker() {
     });
 }
 
+/// What a device may make the appliance hold is bounded per connection,
+/// as aioquic reads the appliance's transport parameters: no datagrams,
+/// 64 KiB per stream, 256 KiB per connection.
+#[test]
+fn a_quic_device_may_not_make_the_appliance_hold_much() {
+    if !(require("mosquitto") && require_python("aioquic")) {
+        return;
+    }
+    let broker = Mosquitto::start();
+    let palisade = appliance(&broker);
+    let device = palisade.issue("quic-2", "meter", "roof");
+    let out = std::process::Command::new("python3")
+        .arg(peer_script("aioquic_mqtt.py"))
+        .args(["127.0.0.1", &palisade.port("mqtt-quic").to_string()])
+        .arg(&device)
+        .args(["t", "m", "limits"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "datagrams=None connection-window=262144 stream-window=65536\n"
+    );
+}
+
 #[test]
 fn upstream_over_tls_with_a_client_certificate() {
     if !(require("mosquitto") && require("mosquitto_pub") && require("mosquitto_sub")) {

@@ -3,9 +3,12 @@ bidirectional stream with ALPN "mqtt" (as EMQX uses) carrying MQTT 3.1.1
 CONNECT, a retained QoS 1 PUBLISH and DISCONNECT. Prints `puback` once the
 broker acknowledged the message, and exits 0; exits 1 otherwise. With
 `hold`, it stays connected after the PUBACK instead, until the connection
-closes, and then prints `closed`.
+closes, and then prints `closed`. With `limits`, it prints what the
+server's transport parameters allow it instead, and exits 0: the
+datagram frame size (`None`: no datagrams), and the flow-control windows
+of the connection and of a stream.
 
-usage: aioquic_mqtt.py HOST PORT CERT_DIR TOPIC PAYLOAD [hold]
+usage: aioquic_mqtt.py HOST PORT CERT_DIR TOPIC PAYLOAD [hold|limits]
 """
 
 import asyncio
@@ -32,12 +35,23 @@ def string(s: str) -> bytes:
     return struct.pack(">H", len(b)) + b
 
 
-async def main(host, port, certs, topic, payload, hold):
+async def main(host, port, certs, topic, payload, mode):
     config = QuicConfiguration(is_client=True, alpn_protocols=["mqtt"])
     config.load_verify_locations(f"{certs}/ca.pem")
     config.load_cert_chain(f"{certs}/cert.pem", f"{certs}/key.pem")
     config.server_name = "localhost"
+    # Offered, so that a server that accepts datagrams says so.
+    config.max_datagram_frame_size = 65536
     async with connect(host, port, configuration=config) as client:
+        if mode == "limits":
+            quic = client._quic
+            print(
+                f"datagrams={quic._remote_max_datagram_frame_size}"
+                f" connection-window={quic._remote_max_data}"
+                f" stream-window={quic._remote_max_stream_data_bidi_remote}",
+                flush=True,
+            )
+            return
         reader, writer = await client.create_stream()
         # CONNECT: protocol MQTT level 4, clean session, keep-alive 60 s.
         writer.write(packet(0x10, string("MQTT") + bytes([4, 2, 0, 60]) + string("quic-peer")))
@@ -50,7 +64,7 @@ async def main(host, port, certs, topic, payload, hold):
         if puback != bytes([0x40, 2, 0, 1]):
             raise SystemExit(f"bad PUBACK {puback.hex()}")
         print("puback", flush=True)
-        if hold:
+        if mode == "hold":
             while await reader.read(4096):
                 pass
             print("closed", flush=True)
@@ -61,5 +75,5 @@ async def main(host, port, certs, topic, payload, hold):
 
 
 host, port, certs, topic, payload = sys.argv[1:6]
-hold = sys.argv[6:7] == ["hold"]
-asyncio.run(main(host, int(port), certs, topic, payload, hold))
+mode = sys.argv[6] if len(sys.argv) > 6 else None
+asyncio.run(main(host, int(port), certs, topic, payload, mode))

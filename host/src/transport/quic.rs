@@ -16,6 +16,15 @@ use super::certs::{ServerCertResolver, server_config};
 use super::{Admitted, Route, Shared, TransportError, expiry, refused};
 use crate::identity::Refusal;
 
+/// Bytes a device may send on one stream ahead of the appliance reading
+/// them: four reads of the default chunk.
+const STREAM_WINDOW: u32 = 64 << 10;
+
+/// Bytes a device may send on all its streams together ahead of the
+/// appliance reading them, and bytes the appliance sends a device ahead of
+/// its acknowledgements.
+const CONNECTION_WINDOW: u32 = 256 << 10;
+
 /// Application close code: the device was refused (policy, registry).
 const REFUSED: u32 = 0x100;
 /// Application close code: the device was revoked or quarantined, or its
@@ -50,9 +59,20 @@ impl Listener {
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
             .map_err(|e| route_error(format!("QUIC TLS settings: {e}")))?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        // A device keeps its address: one that moves is a new connection,
+        // checked and judged from its new address.
+        config.migration(false);
         let mut transport = quinn::TransportConfig::default();
         let idle = Duration::from_secs(shared.limits.idle_timeout_secs);
+        // What a device may have the appliance hold for it, bounded per
+        // connection whatever its number of streams; no datagrams, which
+        // nothing reads. quinn's defaults (1.25 MB per stream, no bound per
+        // connection, 1.25 MB of datagrams) let one device pin megabytes.
         transport
+            .stream_receive_window(VarInt::from_u32(STREAM_WINDOW))
+            .receive_window(VarInt::from_u32(CONNECTION_WINDOW))
+            .send_window(u64::from(CONNECTION_WINDOW))
+            .datagram_receive_buffer_size(None)
             .max_concurrent_bidi_streams(VarInt::from_u32(
                 shared.limits.quic_streams_per_connection,
             ))
