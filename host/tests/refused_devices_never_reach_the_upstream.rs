@@ -240,6 +240,39 @@ fn revoked_certificate_cannot_resume_its_session() {
     );
 }
 
+/// Connections that never send a handshake take connection slots only up
+/// to the bound per address; the device, from another address, still gets
+/// one.
+#[test]
+fn connections_that_never_handshake_leave_slots_for_devices() {
+    let upstream = CountingUpstream::start();
+    let addr = format!("127.0.0.1:{}", upstream.port);
+    let config = [
+        "[limits]\nmax-connections = 4\nmax-handshakes-per-address = 2\n".to_owned(),
+        route("mqtt-tls", "mqtt", "tls", Some("mqtt"), &addr),
+    ]
+    .concat();
+    let policy = r#"permit(principal, action == Action::"connect", resource);"#;
+    let palisade = Appliance::start_with_policy(&config, Some(policy));
+    let device = palisade.issue("therm-slot", "thermostat", "hall");
+    let listener = palisade.addr("mqtt-tls");
+    // Five silent connections from 127.0.0.2.
+    let silent: Vec<_> = (0..5)
+        .map(|_| {
+            use rustix::net::{AddressFamily, SocketType, bind, connect, socket};
+            let fd = socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+            bind(&fd, &std::net::SocketAddr::from(([127, 0, 0, 2], 0))).unwrap();
+            connect(&fd, &listener).unwrap();
+            TcpStream::from(fd)
+        })
+        .collect();
+    palisade.wait_refused(&["peer=127.0.0.2", "too many handshakes in progress"]);
+    let mut stream = tls_client_with(listener, device_tls(&device)).unwrap();
+    stream.write_all(b"\x10\x00").unwrap();
+    palisade.wait_log(|l| l.contains("session open") && l.contains("device=therm-slot"));
+    drop(silent);
+}
+
 #[test]
 fn quarantined_device() {
     if !require("mosquitto_pub") {

@@ -102,6 +102,12 @@ pub struct Limits {
     /// once, all listeners together; more are refused, with a log line.
     /// Default 20000.
     pub max_connections: usize,
+    /// Handshakes in progress at once from one address; more are refused.
+    /// Connections take their slot before their handshake, so this keeps a
+    /// peer that never finishes its handshakes from taking every slot.
+    /// Default 64: a site gateway NATing many devices that reconnect at
+    /// once after a power cut finishes each handshake in milliseconds.
+    pub max_handshakes_per_address: usize,
     /// Seconds a device has to finish its handshake. Default 10.
     pub handshake_timeout_secs: u64,
     /// Seconds a session may stay silent both ways, or a write may stay
@@ -127,6 +133,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 20_000,
+            max_handshakes_per_address: 64,
             handshake_timeout_secs: 10,
             idle_timeout_secs: 300,
             connect_timeout_secs: 10,
@@ -432,6 +439,10 @@ impl Config {
         let l = &self.limits;
         for (key, value) in [
             ("max-connections", l.max_connections as u64),
+            (
+                "max-handshakes-per-address",
+                l.max_handshakes_per_address as u64,
+            ),
             ("handshake-timeout-secs", l.handshake_timeout_secs),
             ("idle-timeout-secs", l.idle_timeout_secs),
             ("connect-timeout-secs", l.connect_timeout_secs),

@@ -15,12 +15,15 @@
 //! a `session open` and a `session closed` line with the reason it ended.
 //!
 //! Bounds: a connection limit (a semaphore; connections past it are
-//! refused at once, TLS and QUIC alike), a handshake
+//! refused at once, TLS and QUIC alike), a bound on the handshakes in
+//! progress from one address, a retry that makes a QUIC peer prove its
+//! address before it takes a slot, a handshake
 //! timeout, an idle timeout, bounded buffers in the relay, and a grace
 //! period at shutdown.
 
 mod certs;
 mod enforce;
+mod handshakes;
 mod quic;
 mod socket;
 mod tls;
@@ -128,6 +131,7 @@ pub(crate) struct Shared {
     limits: Limits,
     pki: PkiConfig,
     connections: Arc<Semaphore>,
+    handshakes: Arc<handshakes::Handshakes>,
     next_session: AtomicU64,
     tasks: TaskTracker,
     shutdown: CancellationToken,
@@ -183,6 +187,7 @@ impl Server {
             limits: config.limits.clone(),
             pki: config.pki.clone(),
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+            handshakes: handshakes::Handshakes::new(config.limits.max_handshakes_per_address),
             next_session: AtomicU64::new(1),
             tasks: TaskTracker::new(),
             shutdown,

@@ -13,6 +13,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::info;
 
 use super::certs::{ServerCertResolver, server_config};
+use super::handshakes::Handshake;
 use super::{Admitted, Route, Shared, TransportError, expiry, refused};
 use crate::identity::Refusal;
 
@@ -116,6 +117,24 @@ impl Listener {
                 i = self.endpoint.accept() => i,
             };
             let Some(incoming) = incoming else { return };
+            // A peer first proves it receives at its address: a forged
+            // address never answers the retry, and takes no slot.
+            if !incoming.remote_address_validated() {
+                if let Err(e) = incoming.retry() {
+                    e.into_incoming().ignore();
+                }
+                continue;
+            }
+            let peer = incoming.remote_address();
+            let Some(handshake) = shared.handshakes.begin(peer.ip()) else {
+                refused(
+                    peer,
+                    "quic",
+                    &Refusal::new(None, "too many handshakes in progress from this address"),
+                );
+                incoming.refuse();
+                continue;
+            };
             let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
                 refused(
                     incoming.remote_address(),
@@ -129,7 +148,7 @@ impl Listener {
                 shared.clone(),
                 self.routes.clone(),
                 incoming,
-                permit,
+                (permit, handshake),
             ));
         }
     }
@@ -139,7 +158,7 @@ async fn connection(
     shared: Arc<Shared>,
     routes: Arc<Vec<Arc<Route>>>,
     incoming: quinn::Incoming,
-    _permit: OwnedSemaphorePermit,
+    (_permit, in_progress): (OwnedSemaphorePermit, Handshake),
 ) {
     let peer = incoming.remote_address();
     let connecting = match incoming.accept() {
@@ -149,7 +168,9 @@ async fn connection(
             return;
         }
     };
-    let conn = match tokio::time::timeout(shared.handshake_timeout(), connecting).await {
+    let handshake = tokio::time::timeout(shared.handshake_timeout(), connecting).await;
+    drop(in_progress);
+    let conn = match handshake {
         Err(_) => {
             let reason = format!(
                 "handshake did not finish within {}s",

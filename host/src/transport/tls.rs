@@ -11,6 +11,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
 use super::certs::{ServerCertResolver, server_config};
+use super::handshakes::Handshake;
 use super::socket::SharedTcp;
 use super::{Admitted, Route, Shared, TransportError, expiry, refused};
 use crate::identity::Refusal;
@@ -98,6 +99,15 @@ impl Listener {
                     continue;
                 }
             };
+            let Some(handshake) = shared.handshakes.begin(peer.ip()) else {
+                refused(
+                    peer,
+                    self.serves.name(),
+                    &Refusal::new(None, "too many handshakes in progress from this address"),
+                );
+                drop(tcp);
+                continue;
+            };
             // Past the limit a connection is refused at once, as on QUIC: a
             // permit taken before accepting would sit idle on a quiet
             // listener while a busy one waits for it.
@@ -117,7 +127,7 @@ impl Listener {
                 self.acceptor.clone(),
                 tcp,
                 peer,
-                permit,
+                (permit, handshake),
             ));
         }
     }
@@ -129,12 +139,13 @@ async fn connection(
     acceptor: TlsAcceptor,
     tcp: TcpStream,
     peer: SocketAddr,
-    _permit: OwnedSemaphorePermit,
+    (_permit, in_progress): (OwnedSemaphorePermit, Handshake),
 ) {
     let name = serves.name();
     let tcp = SharedTcp::new(tcp);
     let hang_up = tcp.hang_up();
     let handshake = tokio::time::timeout(shared.handshake_timeout(), acceptor.accept(tcp)).await;
+    drop(in_progress);
     let mut stream = match handshake {
         Err(_) => {
             let reason = format!(
