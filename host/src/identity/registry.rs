@@ -387,15 +387,19 @@ impl Registry {
 
     /// Apply `f` to the record of `id` (or to its absence) and store what
     /// it returns, flushed to disk before this returns: an acknowledged
-    /// change survives a crash.
+    /// change survives a crash. The flush waits for the disk outside the
+    /// lock, so that a quarantine on the inline path never waits for it.
     fn change(
         &self,
         id: &str,
         f: impl FnOnce(Option<Device>) -> Result<Device, RegistryError>,
     ) -> Result<Device, RegistryError> {
-        let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
-        let device = f(self.device(id)?)?;
-        self.store_record(&device)?;
+        let device = {
+            let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
+            let device = f(self.device(id)?)?;
+            self.store_record(&device)?;
+            device
+        };
         self.store.flush()?;
         Ok(device)
     }
