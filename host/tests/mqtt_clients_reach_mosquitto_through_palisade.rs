@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::io::{BufRead, Write};
 use std::process::Command;
 
 use rcgen::{
@@ -159,6 +160,42 @@ fn a_quic_device_may_not_make_the_appliance_hold_much() {
         String::from_utf8_lossy(&out.stdout),
         "datagrams=None connection-window=262144 stream-window=65536\n"
     );
+}
+
+/// Each QUIC stream is a session of its own, which the connection policy
+/// in force when it opens decides: after a reload that takes the route
+/// from the device's class, a new stream on a connection opened before is
+/// refused.
+#[test]
+fn a_new_quic_stream_is_judged_by_the_policy_in_force() {
+    if !(require("mosquitto") && require_python("aioquic")) {
+        return;
+    }
+    let broker = Mosquitto::start();
+    let palisade = appliance(&broker);
+    let device = palisade.issue("quic-3", "meter", "roof");
+    let mut peer = std::process::Command::new("python3")
+        .arg(peer_script("aioquic_mqtt.py"))
+        .args(["127.0.0.1", &palisade.port("mqtt-quic").to_string()])
+        .arg(&device)
+        .args(["roof/meter/kwh", "1", "second"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(peer.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "puback");
+    std::fs::write(
+        palisade.data.join("policy.cedar"),
+        "permit(principal in Class::\"meter\", action == Action::\"connect\", resource == Route::\"mqtt-tls\");\n\
+         permit(principal in Class::\"meter\", action in Action::\"mqtt\", resource);\n",
+    )
+    .unwrap();
+    palisade.wait_log(|l| l.contains("policy reloaded"));
+    writeln!(peer.stdin.take().unwrap()).unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "no connack");
+    palisade.wait_refused(&["device=quic-3", "policy denies"]);
+    assert!(peer.wait().unwrap().success());
 }
 
 #[test]

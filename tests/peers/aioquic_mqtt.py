@@ -8,7 +8,11 @@ server's transport parameters allow it instead, and exits 0: the
 datagram frame size (`None`: no datagrams), and the flow-control windows
 of the connection and of a stream.
 
-usage: aioquic_mqtt.py HOST PORT CERT_DIR TOPIC PAYLOAD [hold|limits]
+With `second`, after the PUBACK it waits for a line on stdin, then opens a
+second stream and sends CONNECT on it: it prints `connack` if the broker
+answers within five seconds, `no connack` otherwise.
+
+usage: aioquic_mqtt.py HOST PORT CERT_DIR TOPIC PAYLOAD [hold|limits|second]
 """
 
 import asyncio
@@ -64,6 +68,16 @@ async def main(host, port, certs, topic, payload, mode):
         if puback != bytes([0x40, 2, 0, 1]):
             raise SystemExit(f"bad PUBACK {puback.hex()}")
         print("puback", flush=True)
+        if mode == "second":
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+            reader2, writer2 = await client.create_stream()
+            writer2.write(packet(0x10, string("MQTT") + bytes([4, 2, 0, 60]) + string("second")))
+            try:
+                await asyncio.wait_for(reader2.readexactly(4), 5)
+                print("connack", flush=True)
+            except (asyncio.TimeoutError, asyncio.IncompleteReadError):
+                print("no connack", flush=True)
+            return
         if mode == "hold":
             while await reader.read(4096):
                 pass

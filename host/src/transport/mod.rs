@@ -361,20 +361,8 @@ impl Shared {
         // (a revocation, a quarantine, a new certificate) counts.
         let device = self.stages.verifier.readmit(&claims)?;
         if let Some(route) = route {
-            let policy = self.stages.policy.active();
-            let subject = policy.subject(
-                &device.plugin_view(),
-                claims.role.as_deref(),
-                &route.name,
-                &route.protocol,
-            );
-            let decision = policy.connect(&subject, Some(peer.ip()));
-            if !decision.allowed {
-                return Err(refuse(format!(
-                    "policy denies class {} in zone {} on route {}: {}",
-                    device.class, device.zone, route.name, decision.reason
-                )));
-            }
+            self.may_connect(&device, claims.role.as_deref(), route, peer)
+                .map_err(refuse)?;
         }
         // Last-seen times are kept to the minute: a device reconnecting in
         // a loop must not turn every handshake into a database write.
@@ -391,6 +379,27 @@ impl Shared {
             claims,
             membership,
         })
+    }
+
+    /// Whether the connection policy, as it is now, lets `device` (in
+    /// `role`) use `route` from `peer`; why not if not.
+    fn may_connect(
+        &self,
+        device: &Device,
+        role: Option<&str>,
+        route: &RouteConfig,
+        peer: SocketAddr,
+    ) -> Result<(), String> {
+        let policy = self.stages.policy.active();
+        let subject = policy.subject(&device.plugin_view(), role, &route.name, &route.protocol);
+        let decision = policy.connect(&subject, Some(peer.ip()));
+        if decision.allowed {
+            return Ok(());
+        }
+        Err(format!(
+            "policy denies class {} in zone {} on route {}: {}",
+            device.class, device.zone, route.name, decision.reason
+        ))
     }
 
     fn session_id(&self) -> u64 {

@@ -231,6 +231,15 @@ async fn connection(
                 break reason;
             }
             stream = conn.accept_bi() => match stream {
+                // Each stream is a session: the policy as it is now
+                // decides whether it may open.
+                Ok((mut send, mut recv)) if let Err(reason) =
+                    shared.may_connect(&device, role.as_deref(), &route.config, peer) =>
+                {
+                    refused(peer, name, &Refusal::new(Some(&device.id), reason));
+                    let _ = send.reset(VarInt::from_u32(REFUSED));
+                    let _ = recv.stop(VarInt::from_u32(REFUSED));
+                }
                 Ok((send, recv)) => {
                     let (shared2, route, device, role) =
                         (shared.clone(), route.clone(), device.clone(), role.clone());
