@@ -223,12 +223,15 @@ const MODBUS_ACCESS_OPTIONAL: &[Attribute] = &[
     ("user-defined", Flag),
     // What a write writes: a single coil (0 or 1) or register's `value`;
     // the data of a multiple write as `values`, and for registers their
-    // lowest and highest, which a policy can bound.
+    // lowest and highest, which a policy can bound. A mask write has no
+    // one value: its `value-min` and `value-max` are the least and most
+    // the register can hold after it, whatever it held before.
     ("value", Int),
     ("values", Bytes),
     ("value-min", Int),
     ("value-max", Int),
-    // A mask write (function 22).
+    // A mask write (function 22): the register becomes
+    // (current & and-mask) | (or-mask & !and-mask).
     ("and-mask", Int),
     ("or-mask", Int),
 ];
@@ -317,7 +320,10 @@ pub fn markdown() -> String {
          `direction` (`to-upstream` or `to-device`), added by the host; \
          `mqtt.publish` also has `topic-levels`. A CoAP message has `type` \
          (`con`, `non`, `ack` or `rst`) and `message-id` when it came over \
-         UDP (RFC 7252), never over TCP (RFC 8323).\n",
+         UDP (RFC 7252), never over TCP (RFC 8323). A Modbus write's \
+         `value-min` and `value-max` bound the register values it leaves; \
+         for a mask write (function 22), whatever the register held \
+         before.\n",
     );
     let name = |ty: Type| match ty {
         Type::Text => "text",

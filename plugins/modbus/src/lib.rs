@@ -283,8 +283,17 @@ fn request<'p>(
             }
             remember(address, 1)?;
             let (and, or) = (frame.u16_at(3)?, frame.u16_at(5)?);
+            // The register becomes (current AND and) OR (or AND NOT and):
+            // the bits the and-mask keeps are unknown, the rest are the
+            // or-mask's. Bounded like any other write, so that a policy
+            // on value-max sees a mask write that sets 1000.
+            let least = or & !and;
             let mut event = access(parsed, "modbus.write", "write", address, 1);
-            event.int("and-mask", and).int("or-mask", or);
+            event
+                .int("and-mask", and)
+                .int("or-mask", or)
+                .int("value-min", least)
+                .int("value-max", least | and);
         }
         23 => {
             let (address, count) = (frame.u16_at(1)?, frame.u16_at(3)?);
@@ -598,6 +607,45 @@ mod tests {
         assert!(bad.events.is_empty() && bad.malformed.is_some());
         let short = parse(Direction::ToDevice, &[], &mbap(9, &[3, 4, 0, 1]));
         assert!(short.events.is_empty() && short.malformed.is_some());
+    }
+
+    #[test]
+    fn a_mask_write_is_bounded_by_what_it_can_leave() {
+        // And-mask 0, or-mask 1000: the register holds 1000 afterwards,
+        // whatever it held, and a policy bounding value-max must see it.
+        let p = parse(
+            Direction::ToUpstream,
+            &[],
+            &mbap(1, &[22, 0, 4, 0, 0, 0x03, 0xe8]),
+        );
+        let e = p.events.get(0).unwrap();
+        assert_eq!(
+            (e.int("value-min"), e.int("value-max")),
+            (Some(1000), Some(1000))
+        );
+        // The specification's example (and F2, or 25, hex): the bits the
+        // and-mask keeps are the register's, the others the or-mask's.
+        let p = parse(
+            Direction::ToUpstream,
+            &[],
+            &mbap(2, &[22, 0, 4, 0, 0xf2, 0, 0x25]),
+        );
+        let e = p.events.get(0).unwrap();
+        assert_eq!(
+            (e.int("value-min"), e.int("value-max")),
+            (Some(0x05), Some(0xf7))
+        );
+        // All bits kept: anything the register held.
+        let p = parse(
+            Direction::ToUpstream,
+            &[],
+            &mbap(3, &[22, 0, 4, 0xff, 0xff, 0, 0]),
+        );
+        let e = p.events.get(0).unwrap();
+        assert_eq!(
+            (e.int("value-min"), e.int("value-max")),
+            (Some(0), Some(0xffff))
+        );
     }
 
     #[test]
