@@ -17,7 +17,9 @@
 //! broker's): the protocol level each has seen (4 for 3.1.1, 5 for 5.0; 0
 //! before it is known), because MQTT 5 packets carry properties that 3.1.1
 //! packets lack. The device's direction learns it from CONNECT, the
-//! broker's from CONNACK, whose MQTT 5 form is longer.
+//! broker's from CONNACK, whose MQTT 5 form is longer. AUTH, which the
+//! broker sends before its CONNACK in enhanced authentication, is judged
+//! by the level the device's CONNECT gave.
 
 use palisade_plugin_sdk::host::config;
 use palisade_plugin_sdk::{Direction, EventWriter, Parsed, Parser, Session};
@@ -71,6 +73,7 @@ pub fn parse_from(direction: Direction, state: &[u8], input: &[u8]) -> Parsed {
                     body,
                     len,
                     direction,
+                    client_level: up,
                 };
                 if let Err(reason) = describe(&packet, &mut level, &mut payload_cap, &mut parsed) {
                     parsed = parsed.malformed(offset, reason);
@@ -214,6 +217,9 @@ struct Packet<'a> {
     /// The whole packet's length.
     len: usize,
     direction: Direction,
+    /// The protocol level the client's CONNECT asked for, as the session
+    /// state had it before this call (0 if not yet seen).
+    client_level: u8,
 }
 
 impl Packet<'_> {
@@ -448,7 +454,15 @@ fn describe(
             parsed.frame(len, packet_name(kind));
         }
         14 | 15 => {
-            if kind == 15 && !v5 {
+            // The broker sends AUTH before its CONNACK, so its own side
+            // has no level yet: the client's CONNECT says whether the
+            // session is MQTT 5.
+            let client_level = if upstream {
+                *level
+            } else {
+                packet.client_level
+            };
+            if kind == 15 && client_level != 5 {
                 return Err("AUTH before an MQTT 5 CONNECT");
             }
             let code = if r.0.is_empty() { None } else { Some(r.u8()?) };
@@ -897,6 +911,47 @@ mod tests {
         let bad = parse(&[], &twice);
         assert_eq!(bad.malformed.unwrap().reason, "MQTT 5 property repeated");
         assert_eq!(bad.events.len(), 1, "only the CONNECT");
+    }
+
+    #[test]
+    fn enhanced_authentication_before_connack_is_followed() {
+        // MQTT 5 enhanced authentication (§4.12): the broker answers the
+        // CONNECT with AUTH (continue, 0x18) before its CONNACK, while its
+        // own side of the session has not yet seen a level.
+        let auth = |data: u8| {
+            packet(
+                0xf0,
+                &[
+                    0x18, 12, 0x15, 0, 5, b'S', b'C', b'R', b'A', b'M', 0x16, 0, 1, data,
+                ],
+            )
+        };
+        let steps = [
+            (Direction::ToUpstream, connect(5), "mqtt.connect"),
+            (Direction::ToDevice, auth(1), "mqtt.auth"),
+            (Direction::ToUpstream, auth(2), "mqtt.auth"),
+            (
+                Direction::ToDevice,
+                packet(0x20, &[0, 0, 0]),
+                "mqtt.connack",
+            ),
+        ];
+        let mut state = Vec::new();
+        for (i, (direction, bytes, kind)) in steps.into_iter().enumerate() {
+            let parsed = parse_from(direction, &state, &bytes);
+            assert_eq!(parsed.malformed, None, "step {i}");
+            let e = parsed.events.get(0).unwrap();
+            assert_eq!(e.kind(), kind, "step {i}");
+            if kind == "mqtt.auth" {
+                assert_eq!(e.text("authentication-method"), Some("SCRAM"));
+            }
+            state = parsed.state;
+        }
+        assert_eq!(state, [5, 5]);
+        // A broker's AUTH on a 3.1.1 session is still malformed.
+        let parsed = parse_from(Direction::ToDevice, &[4, 0], &auth(1));
+        let m = (parsed.malformed).unwrap_or_else(|| panic!("AUTH on 3.1.1 accepted"));
+        assert!(m.reason.contains("AUTH before"), "{}", m.reason);
     }
 
     #[test]
