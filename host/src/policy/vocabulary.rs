@@ -92,6 +92,8 @@ const MQTT5_PROPERTIES: &[Attribute] = &[
     ("reason-string", Text),
     ("receive-maximum", Int),
     ("topic-alias-maximum", Int),
+    // A PUBLISH's Topic Alias; its `topic` is the topic the alias stands
+    // for.
     ("topic-alias", Int),
     ("maximum-qos", Int),
     ("retain-available", Int),
@@ -126,6 +128,9 @@ const MQTT_CONNECT_OPTIONAL: &[Attribute] = &[
 ];
 
 const MQTT_PUBLISH: &[Attribute] = &[
+    // The topic the receiver publishes to. A PUBLISH that names it by an
+    // MQTT 5 topic alias alone has the topic the alias was bound to in its
+    // direction (and the alias in `topic-alias`), never an empty topic.
     ("topic", Text),
     // The number of `/`-separated levels of the topic, added by the host,
     // so that a policy can say what MQTT's `site/+/telemetry` says:
@@ -318,7 +323,9 @@ pub fn markdown() -> String {
          Types: text, int (64-bit), flag, bytes, text-set (an attribute that \
          may repeat, a `Set<String>` to the policy). Every event also has \
          `direction` (`to-upstream` or `to-device`), added by the host; \
-         `mqtt.publish` also has `topic-levels`. A CoAP message has `type` \
+         `mqtt.publish` also has `topic-levels`. An `mqtt.publish` that \
+         names its topic by an MQTT 5 topic alias has in `topic` the topic \
+         the alias stands for. A CoAP message has `type` \
          (`con`, `non`, `ack` or `rst`) and `message-id` when it came over \
          UDP (RFC 7252), never over TCP (RFC 8323). A Modbus write's \
          `value-min` and `value-max` bound the register values it leaves; \
