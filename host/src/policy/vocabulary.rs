@@ -92,6 +92,8 @@ const MQTT5_PROPERTIES: &[Attribute] = &[
     ("reason-string", Text),
     ("receive-maximum", Int),
     ("topic-alias-maximum", Int),
+    // A PUBLISH's Topic Alias; its `topic` is the topic the alias stands
+    // for.
     ("topic-alias", Int),
     ("maximum-qos", Int),
     ("retain-available", Int),
@@ -126,6 +128,9 @@ const MQTT_CONNECT_OPTIONAL: &[Attribute] = &[
 ];
 
 const MQTT_PUBLISH: &[Attribute] = &[
+    // The topic the receiver publishes to. A PUBLISH that names it by an
+    // MQTT 5 topic alias alone has the topic the alias was bound to in its
+    // direction (and the alias in `topic-alias`), never an empty topic.
     ("topic", Text),
     // The number of `/`-separated levels of the topic, added by the host,
     // so that a policy can say what MQTT's `site/+/telemetry` says:
@@ -223,12 +228,15 @@ const MODBUS_ACCESS_OPTIONAL: &[Attribute] = &[
     ("user-defined", Flag),
     // What a write writes: a single coil (0 or 1) or register's `value`;
     // the data of a multiple write as `values`, and for registers their
-    // lowest and highest, which a policy can bound.
+    // lowest and highest, which a policy can bound. A mask write has no
+    // one value: its `value-min` and `value-max` are the least and most
+    // the register can hold after it, whatever it held before.
     ("value", Int),
     ("values", Bytes),
     ("value-min", Int),
     ("value-max", Int),
-    // A mask write (function 22).
+    // A mask write (function 22): the register becomes
+    // (current & and-mask) | (or-mask & !and-mask).
     ("and-mask", Int),
     ("or-mask", Int),
 ];
@@ -315,9 +323,14 @@ pub fn markdown() -> String {
          Types: text, int (64-bit), flag, bytes, text-set (an attribute that \
          may repeat, a `Set<String>` to the policy). Every event also has \
          `direction` (`to-upstream` or `to-device`), added by the host; \
-         `mqtt.publish` also has `topic-levels`. A CoAP message has `type` \
+         `mqtt.publish` also has `topic-levels`. An `mqtt.publish` that \
+         names its topic by an MQTT 5 topic alias has in `topic` the topic \
+         the alias stands for. A CoAP message has `type` \
          (`con`, `non`, `ack` or `rst`) and `message-id` when it came over \
-         UDP (RFC 7252), never over TCP (RFC 8323).\n",
+         UDP (RFC 7252), never over TCP (RFC 8323). A Modbus write's \
+         `value-min` and `value-max` bound the register values it leaves; \
+         for a mask write (function 22), whatever the register held \
+         before.\n",
     );
     let name = |ty: Type| match ty {
         Type::Text => "text",

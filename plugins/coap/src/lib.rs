@@ -331,7 +331,12 @@ fn options(body: &[u8]) -> Result<Options<'_>, &'static str> {
             .split_at_checked(len)
             .ok_or("option value cut short")?;
         rest = r;
-        number += delta;
+        // Option numbers are 0 to 65535 (RFC 7252 §12.2), but a delta alone
+        // reaches 65804, and deltas add up without end.
+        number = number
+            .checked_add(delta)
+            .filter(|&n| n <= u32::from(u16::MAX))
+            .ok_or("option number past 65535")?;
         match number {
             11 => found.path.push(value),
             15 => found.query.push(value),
@@ -549,6 +554,27 @@ mod tests {
             let m = p.malformed.unwrap_or_else(|| panic!("{bytes:?} accepted"));
             assert!(m.reason.contains(reason), "{bytes:?}: {}", m.reason);
         }
+    }
+
+    #[test]
+    fn option_numbers_past_65535_are_malformed() {
+        // Option delta 65804 (nibble 14, extended 0xffff): no option has
+        // such a number (RFC 7252 §12.2: 0 to 65535); summed 65 269
+        // times it wrapped the option number round.
+        let get = message(0x01, &[], &[0xe0, 0xff, 0xff]);
+        let datagram = [&[0x40, 0x01, 0, 1][..], &[0xe0, 0xff, 0xff]].concat();
+        for p in [parse(&get), parse_datagram(&datagram)] {
+            assert!(p.events.is_empty(), "an event left behind");
+            let m = (p.malformed).unwrap_or_else(|| panic!("option 65804 accepted"));
+            assert!(m.reason.contains("option number"), "{}", m.reason);
+        }
+        // Two options whose numbers add up past 65535.
+        let p = parse(&message(0x01, &[], &[0xe0, 0x80, 0, 0xe0, 0x80, 0]));
+        assert!(p.malformed.is_some(), "option 65810 accepted");
+        // 65535 itself is an option number (nibble 14, 65535 - 269).
+        let p = parse(&message(0x01, &[], &[0xe0, 0xfe, 0xf2]));
+        assert_eq!(p.malformed, None);
+        assert_eq!(p.events.len(), 1);
     }
 
     fn hex(text: &str) -> Vec<u8> {

@@ -5,9 +5,12 @@
 //!
 //! Requests travel to the upstream (the PLC), responses to the device. A
 //! response does not repeat what its request asked for, so the session
-//! state remembers the outstanding requests by transaction id (a bounded
-//! number, oldest forgotten first): a response's event names the same
-//! register range as its request's.
+//! state remembers the outstanding requests by transaction id: a
+//! response's event names the same register range as its request's. A
+//! request that would make that memory lie is malformed: one reusing the
+//! transaction id of a request still in flight, or one more than the
+//! memory holds (forgetting either would describe the PLC's answer with
+//! the wrong registers).
 
 use std::collections::VecDeque;
 
@@ -31,7 +34,8 @@ palisade_plugin_sdk::export!(parser: Modbus);
 const MBAP: usize = 7;
 /// The largest MBAP length field: the unit id and a PDU of 253 bytes.
 const MAX_LENGTH: usize = 254;
-/// Outstanding requests remembered per session.
+/// Outstanding requests remembered per session; one more is malformed (the
+/// reason below names the number). 224 bytes of state at most.
 const OUTSTANDING: usize = 32;
 /// Bytes one remembered request takes in the state.
 const ENTRY: usize = 7;
@@ -45,8 +49,7 @@ struct Pending {
     count: u16,
 }
 
-/// The remembered requests, oldest first: a ring, since a session with
-/// many requests in flight forgets the oldest at each new one.
+/// The remembered requests, oldest first.
 fn load(state: &[u8]) -> VecDeque<Pending> {
     state
         .chunks_exact(ENTRY)
@@ -194,10 +197,11 @@ fn request<'p>(
         return Err("empty PDU");
     }
     let mut remember = |address: u16, count: u16| {
-        // A transaction id reused before its response replaces the request
-        // it was; otherwise the oldest request is forgotten when full.
-        if take(pending, frame.transaction).is_none() && pending.len() >= OUTSTANDING {
-            pending.pop_front();
+        if pending.iter().any(|p| p.transaction == frame.transaction) {
+            return Err("transaction id reused before its response");
+        }
+        if pending.len() >= OUTSTANDING {
+            return Err("more than 32 requests in flight");
         }
         pending.push_back(Pending {
             transaction: frame.transaction,
@@ -205,6 +209,7 @@ fn request<'p>(
             address,
             count,
         });
+        Ok(())
     };
     let access = |parsed: &'p mut Parsed, kind, access, address: u16, count: u16| {
         let mut event = frame.event(parsed, kind);
@@ -228,7 +233,7 @@ fn request<'p>(
             if frame.pdu.len() != 5 {
                 return Err("read request of the wrong length");
             }
-            remember(address, count);
+            remember(address, count)?;
             access(parsed, "modbus.read", "read", address, count);
         }
         5 | 6 => {
@@ -239,7 +244,7 @@ fn request<'p>(
             if frame.pdu.len() != 5 {
                 return Err("write request of the wrong length");
             }
-            remember(address, 1);
+            remember(address, 1)?;
             let mut event = access(parsed, "modbus.write", "write", address, 1);
             if function == 5 {
                 event.int("value", u16::from(value == 0xff00));
@@ -263,7 +268,7 @@ fn request<'p>(
             if u16::from(bytes) != expected || frame.pdu.len() != 6 + usize::from(bytes) {
                 return Err("write byte count does not match the quantity");
             }
-            remember(address, count);
+            remember(address, count)?;
             let values = frame.pdu.get(6..).unwrap_or_default();
             let mut event = access(parsed, "modbus.write", "write", address, count);
             event.bytes("values", values);
@@ -276,10 +281,19 @@ fn request<'p>(
             if frame.pdu.len() != 7 {
                 return Err("mask write request of the wrong length");
             }
-            remember(address, 1);
+            remember(address, 1)?;
             let (and, or) = (frame.u16_at(3)?, frame.u16_at(5)?);
+            // The register becomes (current AND and) OR (or AND NOT and):
+            // the bits the and-mask keeps are unknown, the rest are the
+            // or-mask's. Bounded like any other write, so that a policy
+            // on value-max sees a mask write that sets 1000.
+            let least = or & !and;
             let mut event = access(parsed, "modbus.write", "write", address, 1);
-            event.int("and-mask", and).int("or-mask", or);
+            event
+                .int("and-mask", and)
+                .int("or-mask", or)
+                .int("value-min", least)
+                .int("value-max", least | and);
         }
         23 => {
             let (address, count) = (frame.u16_at(1)?, frame.u16_at(3)?);
@@ -291,7 +305,7 @@ fn request<'p>(
             if u16::from(bytes) != write_count * 2 || frame.pdu.len() != 10 + usize::from(bytes) {
                 return Err("write byte count does not match the quantity");
             }
-            remember(address, count);
+            remember(address, count)?;
             let mut event = frame.event(parsed, "modbus.read-write");
             event
                 .text("access", "read-write")
@@ -306,12 +320,12 @@ fn request<'p>(
         }
         8 => {
             let sub_function = frame.u16_at(1)?;
-            remember(0, 0);
+            remember(0, 0)?;
             let mut event = frame.event(parsed, "modbus.diagnostics");
             event.int("sub-function", sub_function);
         }
         7 | 11 | 12 | 17 => {
-            remember(0, 0);
+            remember(0, 0)?;
             frame.event(parsed, "modbus.diagnostics");
         }
         43 if frame.pdu.get(1) == Some(&14) => {
@@ -319,7 +333,7 @@ fn request<'p>(
             if !(1..=4).contains(&code) || frame.pdu.len() != 4 {
                 return Err("read device identification request malformed");
             }
-            remember(0, 0);
+            remember(0, 0)?;
             let mut event = frame.event(parsed, "modbus.device-identification");
             event
                 .int("mei-type", 14)
@@ -328,7 +342,7 @@ fn request<'p>(
         }
         0 | 0x80.. => return Err("function code not valid in a request"),
         _ => {
-            remember(0, 0);
+            remember(0, 0)?;
             let mut event = frame.event(parsed, "modbus.other");
             if user_defined(function) {
                 event.flag("user-defined", true);
@@ -596,6 +610,45 @@ mod tests {
     }
 
     #[test]
+    fn a_mask_write_is_bounded_by_what_it_can_leave() {
+        // And-mask 0, or-mask 1000: the register holds 1000 afterwards,
+        // whatever it held, and a policy bounding value-max must see it.
+        let p = parse(
+            Direction::ToUpstream,
+            &[],
+            &mbap(1, &[22, 0, 4, 0, 0, 0x03, 0xe8]),
+        );
+        let e = p.events.get(0).unwrap();
+        assert_eq!(
+            (e.int("value-min"), e.int("value-max")),
+            (Some(1000), Some(1000))
+        );
+        // The specification's example (and F2, or 25, hex): the bits the
+        // and-mask keeps are the register's, the others the or-mask's.
+        let p = parse(
+            Direction::ToUpstream,
+            &[],
+            &mbap(2, &[22, 0, 4, 0, 0xf2, 0, 0x25]),
+        );
+        let e = p.events.get(0).unwrap();
+        assert_eq!(
+            (e.int("value-min"), e.int("value-max")),
+            (Some(0x05), Some(0xf7))
+        );
+        // All bits kept: anything the register held.
+        let p = parse(
+            Direction::ToUpstream,
+            &[],
+            &mbap(3, &[22, 0, 4, 0xff, 0xff, 0, 0]),
+        );
+        let e = p.events.get(0).unwrap();
+        assert_eq!(
+            (e.int("value-min"), e.int("value-max")),
+            (Some(0), Some(0xffff))
+        );
+    }
+
+    #[test]
     fn split_anywhere_the_events_are_the_same() {
         let stream = [mbap(1, &[3, 0, 0, 0, 2]), mbap(2, &[6, 0, 1, 0, 3])].concat();
         let whole = parse(Direction::ToUpstream, &[], &stream);
@@ -623,11 +676,53 @@ mod tests {
         assert!(m.reason.contains("quantity"), "{}", m.reason);
         bad[2] = 1;
         assert!(parse(Direction::ToUpstream, &[], &bad).malformed.is_some());
-        // Requests stay bounded however many go unanswered.
-        let many: Vec<u8> = (0..100u16)
+    }
+
+    #[test]
+    fn a_transaction_id_reused_in_flight_is_malformed() {
+        // Two reads under transaction 7 before the PLC answers: its answer
+        // to the first would be described with the second's registers.
+        let first = mbap(7, &[3, 0, 10, 0, 4]);
+        let second = mbap(7, &[3, 0, 100, 0, 2]);
+        let p = parse(
+            Direction::ToUpstream,
+            &[],
+            &[first.clone(), second].concat(),
+        );
+        assert_eq!(p.frame_lengths, [first.len() as u32]);
+        let m = (p.malformed).unwrap_or_else(|| panic!("transaction 7 reused"));
+        assert_eq!(m.offset as usize, first.len());
+        assert!(m.reason.contains("transaction id reused"), "{}", m.reason);
+        // Once answered, the id is free again.
+        let down = parse(
+            Direction::ToDevice,
+            &p.state,
+            &mbap(7, &[3, 8, 0, 0, 0, 0, 0, 0, 0, 0]),
+        );
+        let e = down.events.get(0).unwrap();
+        assert_eq!((e.int("address"), e.int("count")), (Some(10), Some(4)));
+        let again = parse(
+            Direction::ToUpstream,
+            &down.state,
+            &mbap(7, &[3, 0, 100, 0, 2]),
+        );
+        assert_eq!(again.malformed, None);
+    }
+
+    #[test]
+    fn more_requests_in_flight_than_remembered_is_malformed() {
+        // Requests are remembered, not forgotten: a full table would have
+        // dropped the oldest and left its answer without its registers.
+        let many: Vec<u8> = (0..OUTSTANDING as u16 + 1)
             .flat_map(|t| mbap(t, &[3, 0, 0, 0, 1]))
             .collect();
         let p = parse(Direction::ToUpstream, &[], &many);
+        assert_eq!(p.events.len(), OUTSTANDING);
         assert_eq!(p.state.len(), OUTSTANDING * ENTRY);
+        let m = (p.malformed).unwrap_or_else(|| panic!("request {} accepted", OUTSTANDING + 1));
+        assert!(m.reason.contains("in flight"), "{}", m.reason);
+        // The oldest is still there to be answered.
+        let down = parse(Direction::ToDevice, &p.state, &mbap(0, &[3, 2, 0, 5]));
+        assert_eq!(down.events.get(0).unwrap().int("count"), Some(1));
     }
 }

@@ -13,14 +13,27 @@
 //! device sent, it returns one event per packet, and the host forwards each
 //! packet only after the detectors have judged its event.
 //!
-//! The session state is one byte per direction (the device's, then the
-//! broker's): the protocol level each has seen (4 for 3.1.1, 5 for 5.0; 0
-//! before it is known), because MQTT 5 packets carry properties that 3.1.1
-//! packets lack. The device's direction learns it from CONNECT, the
-//! broker's from CONNACK, whose MQTT 5 form is longer.
+//! The session state (`state.rs`) holds the protocol level each direction
+//! has seen (4 for 3.1.1, 5 for 5.0; 0 before it is known), because MQTT 5
+//! packets carry properties that 3.1.1 packets lack. The device's
+//! direction learns it from CONNECT, the broker's from CONNACK, whose MQTT
+//! 5 form is longer. AUTH, which the broker sends before its CONNACK in
+//! enhanced authentication, is judged by the level the device's CONNECT
+//! gave.
+//!
+//! It also holds each direction's MQTT 5 topic aliases, so that a PUBLISH
+//! naming its topic by alias alone is described with the topic the alias
+//! stands for, the one the receiver publishes to: a policy or detector
+//! never judges an empty topic. An alias never bound, or aliases that
+//! would outgrow the state's bound, are malformed.
+
+mod state;
 
 use palisade_plugin_sdk::host::config;
 use palisade_plugin_sdk::{Direction, EventWriter, Parsed, Parser, Session};
+
+pub use state::MAX_STATE_BYTES;
+use state::SessionState;
 
 /// The most payload bytes a PUBLISH event carries, whatever the
 /// `payload-bytes` setting says.
@@ -49,13 +62,9 @@ pub fn parse(state: &[u8], input: &[u8]) -> Parsed {
 /// Parse the complete packets at the start of `input`, travelling in
 /// `direction`, given the session `state` returned by the previous call.
 pub fn parse_from(direction: Direction, state: &[u8], input: &[u8]) -> Parsed {
-    let (up, down) = (
-        state.first().copied().unwrap_or(0),
-        state.get(1).copied().unwrap_or(0),
-    );
-    let mut level = match direction {
-        Direction::ToUpstream => up,
-        Direction::ToDevice => down,
+    let mut session = match SessionState::decode(state) {
+        Ok(session) => session,
+        Err(reason) => return Parsed::new(state.to_vec()).malformed(0, reason),
     };
     let mut parsed = Parsed::new(Vec::new());
     // Read from the settings at the first PUBLISH, once per call.
@@ -72,7 +81,8 @@ pub fn parse_from(direction: Direction, state: &[u8], input: &[u8]) -> Parsed {
                     len,
                     direction,
                 };
-                if let Err(reason) = describe(&packet, &mut level, &mut payload_cap, &mut parsed) {
+                if let Err(reason) = describe(&packet, &mut session, &mut payload_cap, &mut parsed)
+                {
                     parsed = parsed.malformed(offset, reason);
                     break;
                 }
@@ -88,10 +98,7 @@ pub fn parse_from(direction: Direction, state: &[u8], input: &[u8]) -> Parsed {
             }
         }
     }
-    parsed.state = match direction {
-        Direction::ToUpstream => vec![level, down],
-        Direction::ToDevice => vec![up, level],
-    };
+    parsed.state = session.encode();
     parsed
 }
 
@@ -149,16 +156,19 @@ fn has_wildcard(topic: &str) -> bool {
 }
 
 /// Describe a PUBLISH with fixed-header `flags`, `len` bytes long, whose
-/// variable header and payload `r` reads, on a session at protocol `level`.
-/// Most of a device's packets are PUBLISH, so it reads best on its own.
-fn publish(
+/// variable header and payload `r` reads, travelling in `direction` of
+/// `session`. Most of a device's packets are PUBLISH, so it reads best on
+/// its own.
+fn publish<'a>(
     flags: u8,
     len: usize,
-    r: &mut Reader<'_>,
-    level: u8,
+    r: &mut Reader<'a>,
+    direction: Direction,
+    session: &mut SessionState<'a>,
     payload_cap: &mut Option<usize>,
     parsed: &mut Parsed,
 ) -> Result<(), &'static str> {
+    let level = session.level(direction);
     let v5 = level == 5;
     let qos = (flags >> 1) & 0x03;
     if qos == 3 {
@@ -171,14 +181,27 @@ fn publish(
     if has_wildcard(topic) {
         return Err("wildcard in a PUBLISH topic");
     }
-    if topic.is_empty() && !v5 {
-        return Err("empty PUBLISH topic");
-    }
     let packet_id = if qos > 0 { Some(r.u16()?) } else { None };
     let properties = if v5 {
         r.properties()?
     } else {
         Properties::default()
+    };
+    // The topic the receiver publishes to: with an alias and no topic, the
+    // one the alias was last bound to in this direction (MQTT 5
+    // §3.3.2.3.4). The last thing that can fail: nothing is bound unless
+    // the packet reads well.
+    let topic = match (properties.topic_alias(), topic.is_empty()) {
+        (None, true) => return Err("empty PUBLISH topic without a topic alias"),
+        (None, false) => topic,
+        (Some(0), _) => return Err("PUBLISH with topic alias 0"),
+        (Some(alias), true) => session
+            .topic(direction, alias)
+            .ok_or("PUBLISH with a topic alias never bound")?,
+        (Some(alias), false) => {
+            session.bind(direction, alias, topic)?;
+            topic
+        }
     };
     let cap = *payload_cap.get_or_insert_with(|| {
         config::get::<usize>("payload-bytes")
@@ -238,9 +261,9 @@ fn from_client(kind: u8) -> Option<bool> {
 
 /// Describe `packet` as a frame of `parsed`. Nothing is written unless the
 /// whole packet reads well.
-fn describe(
-    packet: &Packet<'_>,
-    level: &mut u8,
+fn describe<'a>(
+    packet: &Packet<'a>,
+    session: &mut SessionState<'a>,
     payload_cap: &mut Option<usize>,
     parsed: &mut Parsed,
 ) -> Result<(), &'static str> {
@@ -262,11 +285,12 @@ fn describe(
     if fixed_flags.is_some_and(|f| f != flags) {
         return Err("reserved flags in the fixed header");
     }
-    let v5 = *level == 5;
+    let level = session.level(packet.direction);
+    let v5 = level == 5;
     match kind {
         0 => return Err("packet type 0 (reserved)"),
         1 => {
-            if *level != 0 {
+            if level != 0 {
                 return Err("second CONNECT on a session");
             }
             let name = r.string()?;
@@ -319,7 +343,7 @@ fn describe(
                 r.binary()?;
             }
             r.end()?;
-            *level = version;
+            session.set_level(packet.direction, version);
             let mut event = parsed.frame(len, "mqtt.connect");
             event
                 .int("protocol-version", version)
@@ -355,9 +379,9 @@ fn describe(
             };
             r.end()?;
             if v5_form {
-                *level = 5;
-            } else if *level == 0 {
-                *level = 4;
+                session.set_level(packet.direction, 5);
+            } else if level == 0 {
+                session.set_level(packet.direction, 4);
             }
             let mut event = parsed.frame(len, "mqtt.connack");
             event
@@ -365,7 +389,15 @@ fn describe(
                 .int("reason-code", code);
             properties.write(&mut event);
         }
-        3 => publish(flags, len, &mut r, *level, payload_cap, parsed)?,
+        3 => publish(
+            flags,
+            len,
+            &mut r,
+            packet.direction,
+            session,
+            payload_cap,
+            parsed,
+        )?,
         4..=7 => {
             let packet_id = r.u16()?;
             let code = if r.0.is_empty() { None } else { Some(r.u8()?) };
@@ -448,7 +480,10 @@ fn describe(
             parsed.frame(len, packet_name(kind));
         }
         14 | 15 => {
-            if kind == 15 && !v5 {
+            // The broker sends AUTH before its CONNACK, so its own side
+            // has no level yet: the client's CONNECT says whether the
+            // session is MQTT 5.
+            if kind == 15 && session.client_level() != 5 {
                 return Err("AUTH before an MQTT 5 CONNECT");
             }
             let code = if r.0.is_empty() { None } else { Some(r.u8()?) };
@@ -633,6 +668,14 @@ enum Property<'a> {
 struct Properties<'a>(Vec<(&'static str, Property<'a>)>);
 
 impl Properties<'_> {
+    /// The Topic Alias property, if present.
+    fn topic_alias(&self) -> Option<u16> {
+        self.0.iter().find_map(|(name, value)| match value {
+            Property::Int(alias) if *name == "topic-alias" => u16::try_from(*alias).ok(),
+            _ => None,
+        })
+    }
+
     #[inline]
     fn write(&self, event: &mut EventWriter<'_>) {
         for (name, value) in &self.0 {
@@ -897,6 +940,166 @@ mod tests {
         let bad = parse(&[], &twice);
         assert_eq!(bad.malformed.unwrap().reason, "MQTT 5 property repeated");
         assert_eq!(bad.events.len(), 1, "only the CONNECT");
+    }
+
+    /// The review's stream: a v5 CONNECT, a PUBLISH binding topic alias 1
+    /// to a/config, then a retained PUBLISH by the alias alone.
+    fn aliased_stream() -> Vec<u8> {
+        [
+            connect(5),
+            b"\x30\x10\x00\x08a/config\x03\x23\x00\x01ok".to_vec(),
+            b"\x31\x0a\x00\x00\x03\x23\x00\x01evil".to_vec(),
+        ]
+        .concat()
+    }
+
+    #[test]
+    fn a_topic_alias_is_reported_as_the_topic_it_stands_for() {
+        let stream = aliased_stream();
+        let whole = parse_stream::<Mqtt>(&session(), Direction::ToUpstream, &[&stream]);
+        assert_eq!(whole.malformed, None);
+        let e = whole.events.get(2).unwrap();
+        assert_eq!(e.text("topic"), Some("a/config"), "{e}");
+        assert_eq!(
+            (e.flag("retain"), e.int("topic-alias")),
+            (Some(true), Some(1))
+        );
+        assert_eq!(e.int("payload-size"), Some(4));
+        for cut in 0..stream.len() {
+            let (a, b) = stream.split_at(cut);
+            let split = parse_stream::<Mqtt>(&session(), Direction::ToUpstream, &[a, b]);
+            assert_eq!(split, whole, "split at {cut}");
+        }
+        // One byte at a time.
+        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+        let trickled = parse_stream::<Mqtt>(&session(), Direction::ToUpstream, &bytes);
+        assert_eq!(trickled, whole);
+        // A state from before aliases (the two levels) still reads.
+        let parsed = parse(&[5, 0], &stream[connect(5).len()..]);
+        assert_eq!(parsed.malformed, None);
+        assert_eq!(
+            parsed.events.get(1).unwrap().text("topic"),
+            Some("a/config")
+        );
+        assert_eq!(parsed.state[..2], [5, 0], "the levels come first");
+    }
+
+    #[test]
+    fn an_alias_never_bound_or_an_empty_topic_without_one_is_malformed() {
+        let cases: [(&[u8], &str); 3] = [
+            (b"\x31\x0a\x00\x00\x03\x23\x00\x01evil", "never bound"),
+            (b"\x30\x07\x00\x00\x03\x23\x00\x00x", "topic alias 0"),
+            (b"\x30\x04\x00\x00\x00x", "empty PUBLISH topic"),
+        ];
+        for (publish, reason) in cases {
+            let parsed = parse(&[], &[connect(5), publish.to_vec()].concat());
+            assert_eq!(parsed.events.len(), 1, "only the CONNECT");
+            let m = (parsed.malformed).unwrap_or_else(|| panic!("{publish:?} accepted"));
+            assert!(m.reason.contains(reason), "{publish:?}: {}", m.reason);
+        }
+        // Alias 2 after only alias 1 was bound.
+        let bound = aliased_stream();
+        let unbound = b"\x30\x07\x00\x00\x03\x23\x00\x02x";
+        let parsed = parse(&[], &[bound, unbound.to_vec()].concat());
+        assert_eq!(parsed.events.len(), 3);
+        assert!(parsed.malformed.unwrap().reason.contains("never bound"));
+    }
+
+    #[test]
+    fn each_direction_has_its_own_aliases() {
+        let bind = |topic: &str, alias: u8| {
+            let mut body = (topic.len() as u16).to_be_bytes().to_vec();
+            body.extend_from_slice(topic.as_bytes());
+            body.extend_from_slice(&[3, 0x23, 0, alias]);
+            packet(0x30, &body)
+        };
+        let by_alias = |alias: u8| packet(0x30, &[0, 0, 3, 0x23, 0, alias, b'x']);
+        let up = parse_from(
+            Direction::ToUpstream,
+            &[],
+            &[connect(5), bind("a/config", 1)].concat(),
+        );
+        let connack = packet(0x20, &[0, 0, 0]);
+        let down = parse_from(
+            Direction::ToDevice,
+            &up.state,
+            &[connack, bind("b/state", 1), by_alias(1)].concat(),
+        );
+        assert_eq!(down.malformed, None);
+        assert_eq!(down.events.get(2).unwrap().text("topic"), Some("b/state"));
+        let up = parse_from(Direction::ToUpstream, &down.state, &by_alias(1));
+        assert_eq!(up.events.get(0).unwrap().text("topic"), Some("a/config"));
+        // A client's alias means nothing from the broker.
+        let down = parse_from(Direction::ToDevice, &up.state, &by_alias(2));
+        assert!(down.malformed.unwrap().reason.contains("never bound"));
+        // Bound again, an alias stands for its new topic.
+        let up = parse_from(
+            Direction::ToUpstream,
+            &up.state,
+            &[bind("a/other", 1), by_alias(1)].concat(),
+        );
+        assert_eq!(up.events.get(1).unwrap().text("topic"), Some("a/other"));
+    }
+
+    #[test]
+    fn aliases_past_the_session_state_bound_are_malformed() {
+        let topic = "t".repeat(1000);
+        let mut stream = connect(5);
+        for alias in 1..=5u8 {
+            let mut body = (topic.len() as u16).to_be_bytes().to_vec();
+            body.extend_from_slice(topic.as_bytes());
+            body.extend_from_slice(&[3, 0x23, 0, alias]);
+            stream.extend(packet(0x30, &body));
+        }
+        let parsed = parse(&[], &stream);
+        assert_eq!(parsed.events.len(), 5, "four aliases of 1000 bytes fit");
+        assert!(parsed.state.len() <= MAX_STATE_BYTES);
+        let m = (parsed.malformed).unwrap_or_else(|| panic!("a fifth alias accepted"));
+        assert!(m.reason.contains("topic aliases"), "{}", m.reason);
+        // A state in a format this parser does not know ends the session.
+        let parsed = parse(&[5, 5, 9], &connect(5));
+        assert!(parsed.malformed.unwrap().reason.contains("session state"));
+    }
+
+    #[test]
+    fn enhanced_authentication_before_connack_is_followed() {
+        // MQTT 5 enhanced authentication (§4.12): the broker answers the
+        // CONNECT with AUTH (continue, 0x18) before its CONNACK, while its
+        // own side of the session has not yet seen a level.
+        let auth = |data: u8| {
+            packet(
+                0xf0,
+                &[
+                    0x18, 12, 0x15, 0, 5, b'S', b'C', b'R', b'A', b'M', 0x16, 0, 1, data,
+                ],
+            )
+        };
+        let steps = [
+            (Direction::ToUpstream, connect(5), "mqtt.connect"),
+            (Direction::ToDevice, auth(1), "mqtt.auth"),
+            (Direction::ToUpstream, auth(2), "mqtt.auth"),
+            (
+                Direction::ToDevice,
+                packet(0x20, &[0, 0, 0]),
+                "mqtt.connack",
+            ),
+        ];
+        let mut state = Vec::new();
+        for (i, (direction, bytes, kind)) in steps.into_iter().enumerate() {
+            let parsed = parse_from(direction, &state, &bytes);
+            assert_eq!(parsed.malformed, None, "step {i}");
+            let e = parsed.events.get(0).unwrap();
+            assert_eq!(e.kind(), kind, "step {i}");
+            if kind == "mqtt.auth" {
+                assert_eq!(e.text("authentication-method"), Some("SCRAM"));
+            }
+            state = parsed.state;
+        }
+        assert_eq!(state, [5, 5]);
+        // A broker's AUTH on a 3.1.1 session is still malformed.
+        let parsed = parse_from(Direction::ToDevice, &[4, 0], &auth(1));
+        let m = (parsed.malformed).unwrap_or_else(|| panic!("AUTH on 3.1.1 accepted"));
+        assert!(m.reason.contains("AUTH before"), "{}", m.reason);
     }
 
     #[test]
