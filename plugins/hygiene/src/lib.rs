@@ -6,9 +6,10 @@
 //!   `config/connects-per-minute` (default 10), across its sessions;
 //! - a Modbus function code outside the public set (user-defined or
 //!   unassigned);
-//! - a write (Modbus write, CoAP PUT, POST or DELETE, MQTT publish to a
-//!   topic ending in `/cmd` or `/set`) inside the read-only window
-//!   `config/read-only-hours`, for example `22-6` (UTC, end excluded).
+//! - a write (Modbus write, file record write included, CoAP PUT, POST or
+//!   DELETE, MQTT publish to a topic ending in `/cmd` or `/set`) inside the
+//!   read-only window `config/read-only-hours`, for example `22-6` (UTC,
+//!   end excluded).
 
 use std::cell::OnceCell;
 
@@ -43,9 +44,14 @@ pub fn in_window(window: &str, hour: u64) -> bool {
     }
 }
 
+/// Modbus function 21, write file record: the parser reports it as
+/// `modbus.other`, as it does every function it does not describe further.
+const WRITE_FILE_RECORD: i64 = 21;
+
 fn is_write(event: &EventRef<'_>) -> bool {
     match event.kind() {
         "modbus.write" | "modbus.read-write" => true,
+        "modbus.other" => event.int("function") == Some(WRITE_FILE_RECORD),
         "coap.request" => matches!(
             event.text("method"),
             Some("PUT" | "POST" | "DELETE" | "PATCH" | "iPATCH")
@@ -246,5 +252,32 @@ mod tests {
         );
         assert!(in_window("22-6", 23) && in_window("22-6", 5) && !in_window("22-6", 6));
         assert!(in_window("9-17", 9) && !in_window("9-17", 17) && !in_window("bad", 1));
+    }
+
+    #[test]
+    fn a_file_record_write_in_the_read_only_window_is_flagged() {
+        Host::reset();
+        kv::set("config/read-only-hours", b"22-6").unwrap();
+        // The parser reports functions 20 and 21 (read and write file
+        // record) as `modbus.other`: only the write is flagged.
+        let mut batch = Batch::new();
+        batch
+            .push("modbus.other")
+            .int("unit", 1)
+            .int("function", 20);
+        batch
+            .push("modbus.other")
+            .int("unit", 1)
+            .int("function", 21);
+        let findings = Hygiene::detect(&session(), &batch);
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        assert_eq!(findings[0].event, 1);
+        assert!(
+            findings[0]
+                .reason
+                .contains("inside the read-only window 22-6"),
+            "{}",
+            findings[0].reason
+        );
     }
 }
