@@ -10,10 +10,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use palisade_plugin_sdk::{Batch, EventRef, Field, KindId, Severity};
+use palisade_plugin_sdk::{Batch, EventRef, Field, KindId, Severity, Value};
 use serde::{Deserialize, Serialize};
 
-/// Items kept per set: beyond it, a profile learns no more of that kind.
+/// Items kept per set: beyond it, a profile learns no more of that kind,
+/// and what it did not learn is new to it when it enforces.
 pub const MAX_ITEMS: usize = 256;
 
 /// A rate this many times the normal one is a burst.
@@ -244,6 +245,14 @@ fn add_range(ranges: &mut Vec<(i64, i64)>, start: i64, end: i64) {
     *ranges = merged;
 }
 
+/// The filters of a subscription (an attribute that repeats).
+fn filters<'a>(event: &EventRef<'a>) -> impl Iterator<Item = &'a str> + 'a {
+    event.attributes().filter_map(|(name, value)| match value {
+        Value::Text(filter) if name == "filter" => Some(filter),
+        _ => None,
+    })
+}
+
 fn resource(event: &EventRef<'_>, names: &Names) -> Option<String> {
     Some(format!(
         "{} {}",
@@ -276,10 +285,8 @@ impl Profile {
                 insert_text(&mut self.topics, topic);
             }
         } else if kind == names.subscribe {
-            for (name, value) in event.attributes() {
-                if let (true, palisade_plugin_sdk::Value::Text(f)) = (name == "filter", value) {
-                    insert_text(&mut self.filters, f);
-                }
+            for filter in filters(event) {
+                insert_text(&mut self.filters, filter);
             }
         } else if kind == names.coap_request {
             if let Some(r) = resource(event, names) {
@@ -386,13 +393,23 @@ impl Profile {
             .text(names.topic)
             .filter(|_| event.kind_id() == names.publish)
             && !self.topics.contains(topic)
-            && self.topics.len() < MAX_ITEMS
         {
+            // Flagged even when the profile holds all the topics it may:
+            // what it could not learn is new to it.
             found.push(novelty(
                 Severity::Medium,
                 0.7,
                 format!("{who} published to {topic}, a topic it never used"),
             ));
+        }
+        if event.kind_id() == names.subscribe {
+            for filter in filters(event).filter(|f| !self.filters.contains(*f)) {
+                found.push(novelty(
+                    Severity::Medium,
+                    0.7,
+                    format!("{who} subscribed to {filter}, a filter it never used"),
+                ));
+            }
         }
         if let Some(function) = event.int(names.function).filter(|_| modbus)
             && !self.functions.contains(&function)

@@ -456,3 +456,69 @@ fn a_profile_is_taken_from_the_cache_only_while_the_store_holds_it() {
     let (cached, bytes) = load(&key);
     assert_eq!(Some(cached), Profile::decode(&bytes.unwrap()));
 }
+
+/// A device `id` of class `sensor` on route `mqtt`, whose profiles learn
+/// from `events` events and no hours: tests teach it, then it enforces.
+fn quick_learner(id: &str, events: u64) -> Session {
+    kv::set(LEARNING_KEY, events.to_string().as_bytes()).unwrap();
+    kv::set(LEARNING_HOURS_KEY, b"0").unwrap();
+    Session::new(1, id, "sensor", "yard", "mqtt")
+}
+
+fn subscribe(batch: &mut Batch, filters: &[&str]) {
+    let mut event = batch.push("mqtt.subscribe");
+    event.int("packet-id", 1);
+    for filter in filters {
+        event.text("filter", filter);
+    }
+}
+
+#[test]
+fn a_subscription_to_a_filter_never_used_is_flagged() {
+    Host::reset();
+    let s = quick_learner("sub-1", 10);
+    let mut learning = Batch::new();
+    subscribe(&mut learning, &["site/a/cmd"]);
+    for _ in 0..9 {
+        write_event(&mut learning, &Ev::Publish("site/a/temp".into(), 4));
+    }
+    assert!(Baseline::detect(&s, &learning).is_empty());
+
+    let mut again = Batch::new();
+    subscribe(&mut again, &["site/a/cmd"]);
+    assert!(Baseline::detect(&s, &again).is_empty(), "a filter it used");
+
+    let mut everything = Batch::new();
+    subscribe(&mut everything, &["site/a/cmd", "#"]);
+    let findings = Baseline::detect(&s, &everything);
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert!(
+        findings[0]
+            .reason
+            .contains("sub-1 (sensor) subscribed to #, a filter it never used"),
+        "{}",
+        findings[0].reason
+    );
+}
+
+#[test]
+fn a_new_topic_is_flagged_however_many_topics_were_learnt() {
+    Host::reset();
+    let s = quick_learner("busy-1", 300);
+    let mut learning = Batch::new();
+    for i in 0..300 {
+        write_event(&mut learning, &Ev::Publish(format!("site/a/{i}"), 4));
+    }
+    assert!(Baseline::detect(&s, &learning).is_empty());
+    let mut odd = Batch::new();
+    write_event(&mut odd, &Ev::Publish("site/a/cmd".into(), 4));
+    let findings = Baseline::detect(&s, &odd);
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert!(
+        findings[0]
+            .reason
+            .contains("published to site/a/cmd, a topic it never used"),
+        "{}",
+        findings[0].reason
+    );
+}
