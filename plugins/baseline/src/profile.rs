@@ -558,6 +558,7 @@ impl Profile {
                 None => out.push_str(";\n"),
             }
         };
+        // Kinds permitted by what they carry, below.
         let covered_kinds = [
             "mqtt.publish",
             "modbus.read",
@@ -565,12 +566,37 @@ impl Profile {
             "modbus.read-write",
             "coap.request",
         ];
+        // Nothing learnt is nothing permitted (and Cedar refuses an empty
+        // set literal).
+        let filters = (!self.filters.is_empty()).then(|| {
+            let filters: Vec<String> = self.filters.iter().map(|f| quoted(f)).collect();
+            format!("[{}].containsAll(context.filter)", filters.join(", "))
+        });
+        let functions = (!self.functions.is_empty()).then(|| {
+            let functions: Vec<String> = self.functions.iter().map(i64::to_string).collect();
+            format!("[{}].contains(context.function)", functions.join(", "))
+        });
         for kind in self
             .kinds
             .iter()
             .filter(|k| !covered_kinds.contains(&k.as_str()))
         {
-            permit(format!("{label}: {kind}"), kind, None);
+            // A subscription may be to the filters seen; any other Modbus
+            // event may carry the functions seen.
+            let when = if kind == "mqtt.subscribe" {
+                match &filters {
+                    Some(filters) => Some(filters.clone()),
+                    None => continue,
+                }
+            } else if kind.starts_with("modbus.") {
+                match &functions {
+                    Some(functions) => Some(functions.clone()),
+                    None => continue,
+                }
+            } else {
+                None
+            };
+            permit(format!("{label}: {kind}"), kind, when);
         }
         for topic in &self.topics {
             permit(

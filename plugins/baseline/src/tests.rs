@@ -522,3 +522,48 @@ fn a_new_topic_is_flagged_however_many_topics_were_learnt() {
         findings[0].reason
     );
 }
+
+#[test]
+fn an_exported_profile_permits_only_the_filters_and_functions_learnt() {
+    let mut batch = Batch::new();
+    subscribe(&mut batch, &["site/a/cmd", "site/b/+"]);
+    write_event(&mut batch, &Ev::Function(8));
+    batch
+        .push("modbus.other")
+        .int("transaction", 1)
+        .int("unit", 1)
+        .int("function", 20);
+    let names = Names::of(&batch);
+    let mut profile = Profile::default();
+    for event in batch.iter() {
+        profile.learn("r", &event, &names, DAY0);
+    }
+    let policy = profile.to_policy("principal == Device::\"d\"", "d");
+    for kind in ["mqtt.subscribe", "modbus.diagnostics", "modbus.other"] {
+        assert!(
+            !policy.contains(&format!("Action::\"{kind}\", resource);")),
+            "{kind} permitted whatever it carries:\n{policy}"
+        );
+    }
+    assert!(
+        policy.contains(
+            "action == Action::\"mqtt.subscribe\", resource)\n\
+             when { [\"site/a/cmd\", \"site/b/+\"].containsAll(context.filter) };"
+        ),
+        "{policy}"
+    );
+    for kind in ["modbus.diagnostics", "modbus.other"] {
+        assert!(
+            policy.contains(&format!(
+                "action == Action::\"{kind}\", resource)\nwhen {{ [8, 20].contains(context.function) }};"
+            )),
+            "{policy}"
+        );
+    }
+    // Nothing learnt, nothing permitted.
+    let mut nothing = Profile::default();
+    nothing.kinds.insert("mqtt.subscribe".into());
+    nothing.kinds.insert("modbus.other".into());
+    let policy = nothing.to_policy("principal == Device::\"d\"", "d");
+    assert!(!policy.contains("permit("), "{policy}");
+}
