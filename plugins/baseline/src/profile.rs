@@ -43,7 +43,8 @@ pub struct Profile {
     /// Modbus function codes used.
     pub functions: BTreeSet<i64>,
     /// Modbus registers accessed, by `unit/register-type/access`, as merged
-    /// ranges `[start, end)`.
+    /// ranges `[start, end)`. The access is `read` or `write`: a read/write
+    /// request (function 23) is learnt as the read and the write it is.
     pub registers: BTreeMap<String, Vec<(i64, i64)>>,
     /// CoAP requests made, `METHOD path`.
     pub resources: BTreeSet<String>,
@@ -125,6 +126,8 @@ pub struct Names {
     access: Field,
     address: Field,
     count: Field,
+    write_address: Field,
+    write_count: Field,
     method: Field,
     path: Field,
 }
@@ -145,6 +148,8 @@ impl Names {
             access: batch.field("access"),
             address: batch.field("address"),
             count: batch.field("count"),
+            write_address: batch.field("write-address"),
+            write_count: batch.field("write-count"),
             method: batch.field("method"),
             path: batch.field("path"),
         }
@@ -167,18 +172,37 @@ impl Names {
     }
 }
 
-/// The register access of a Modbus event: `(unit/type/access, start, end)`.
-fn register_access(event: &EventRef<'_>, names: &Names) -> Option<(String, i64, i64)> {
-    let unit = event.int(names.unit)?;
-    let register_type = event.text(names.register_type)?;
-    let access = event.text(names.access)?;
-    let address = event.int(names.address)?;
-    let count = event.int(names.count)?.max(1);
-    Some((
-        format!("{unit}/{register_type}/{access}"),
-        address,
-        address.saturating_add(count),
-    ))
+/// A register access: `(unit/type/access, start, end)`, the access `read`
+/// or `write`.
+type Access = (String, i64, i64);
+
+/// The register accesses of a Modbus event: its one access, or for a
+/// read/write multiple registers (function 23, access `read-write`) its
+/// read of `address`/`count` and its write of `write-address`/`write-count`,
+/// each learnt and judged as what it is.
+fn register_accesses(event: &EventRef<'_>, names: &Names) -> [Option<Access>; 2] {
+    let (Some(unit), Some(register_type), Some(access)) = (
+        event.int(names.unit),
+        event.text(names.register_type),
+        event.text(names.access),
+    ) else {
+        return [None, None];
+    };
+    let range = |address: Field, count: Field| {
+        let address = event.int(address)?;
+        let count = event.int(count)?.max(1);
+        Some((address, address.saturating_add(count)))
+    };
+    let key = |access: &str| format!("{unit}/{register_type}/{access}");
+    let both = access == "read-write";
+    let first = range(names.address, names.count)
+        .map(|(start, end)| (key(if both { "read" } else { access }), start, end));
+    // A response to one has the read alone.
+    let write = both
+        .then(|| range(names.write_address, names.write_count))
+        .flatten()
+        .map(|(start, end)| (key("write"), start, end));
+    [first, write]
 }
 
 /// `holding-registers 40-49 on unit 1`, for a person.
@@ -296,10 +320,10 @@ impl Profile {
             if let Some(function) = event.int(names.function) {
                 insert(&mut self.functions, function);
             }
-            if let Some((key, start, end)) = register_access(event, names)
-                && (self.registers.len() < MAX_ITEMS || self.registers.contains_key(&key))
-            {
-                add_range(self.registers.entry(key).or_default(), start, end);
+            for (key, start, end) in register_accesses(event, names).into_iter().flatten() {
+                if self.registers.len() < MAX_ITEMS || self.registers.contains_key(&key) {
+                    add_range(self.registers.entry(key).or_default(), start, end);
+                }
             }
         }
         self.learn_again(names.payload_size(event), millis);
@@ -373,10 +397,11 @@ impl Profile {
             ));
         }
         let modbus = names.modbus(event);
+        let accesses = || register_accesses(event, names).into_iter().flatten();
         if !own {
-            if let Some((key, start, end)) = register_access(event, names).filter(|_| modbus)
-                && key.ends_with("write")
-                && !self.registers.contains_key(&key)
+            if let Some((_, start, end)) = accesses()
+                .filter(|_| modbus)
+                .find(|(key, ..)| key.ends_with("/write") && !self.registers.contains_key(key))
             {
                 found.push(novelty(
                     Severity::High,
@@ -420,20 +445,18 @@ impl Profile {
                 format!("{who} used Modbus function {function}, never seen in {n} events"),
             ));
         }
-        if let Some((key, start, end)) = register_access(event, names).filter(|_| modbus) {
+        for (key, start, end) in accesses().filter(|_| modbus) {
             let known = self
                 .registers
                 .get(&key)
                 .is_some_and(|r| covered(r, start, end));
             if !known {
-                let read_key = key
-                    .replace("/write", "/read")
-                    .replace("/read-write", "/read");
-                let only_read = key.ends_with("/write")
-                    && self
-                        .registers
-                        .get(&read_key)
-                        .is_some_and(|r| covered(r, start, end));
+                let written = key.strip_suffix("/write");
+                let only_read = written.is_some_and(|unit_type| {
+                    self.registers
+                        .get(&format!("{unit_type}/read"))
+                        .is_some_and(|r| covered(r, start, end))
+                });
                 let span = span(event, names, start, end);
                 found.push(if only_read {
                     novelty(
@@ -441,7 +464,7 @@ impl Profile {
                         0.9,
                         format!("{who} wrote {span}, which it only ever read"),
                     )
-                } else if key.ends_with("/write") || key.ends_with("/read-write") {
+                } else if written.is_some() {
                     novelty(
                         Severity::High,
                         0.85,
@@ -613,9 +636,12 @@ impl Profile {
                 continue;
             };
             let action = match access {
+                "read" => "modbus.read",
                 "write" => "modbus.write",
-                "read-write" => "modbus.read-write",
-                _ => "modbus.read",
+                // A `read-write` range is what an earlier baseline learnt of
+                // function 23, its read alone: a permit made of it would let
+                // the function write anything.
+                _ => continue,
             };
             for &(start, end) in ranges {
                 permit(
@@ -627,6 +653,44 @@ impl Profile {
                     Some(format!(
                         "context.unit == {unit} && context[\"register-type\"] == {} && context.address >= {start} && context.address + context.count <= {end}",
                         quoted(register_type)
+                    )),
+                );
+            }
+        }
+        // Function 23 reads and writes in one request: it may read what
+        // was read and write what was written, on one unit's registers of
+        // one type.
+        if self.kinds.contains("modbus.read-write") {
+            let within = |address: &str, count: &str, ranges: &[(i64, i64)]| {
+                let ranges: Vec<String> = (ranges.iter())
+                    .map(|(start, end)| {
+                        format!("{address} >= {start} && {address} + {count} <= {end}")
+                    })
+                    .collect();
+                ranges.join(" || ")
+            };
+            for (key, reads) in &self.registers {
+                let Some(unit_type) = key.strip_suffix("/read") else {
+                    continue;
+                };
+                let (Some((unit, register_type)), Some(writes)) = (
+                    unit_type.split_once('/'),
+                    self.registers.get(&format!("{unit_type}/write")),
+                ) else {
+                    continue;
+                };
+                permit(
+                    format!("{label}: read and write {register_type} on unit {unit}"),
+                    "modbus.read-write",
+                    Some(format!(
+                        "context.unit == {unit} && context[\"register-type\"] == {} && ({}) && context has \"write-address\" && context has \"write-count\" && ({})",
+                        quoted(register_type),
+                        within("context.address", "context.count", reads),
+                        within(
+                            "context[\"write-address\"]",
+                            "context[\"write-count\"]",
+                            writes
+                        ),
                     )),
                 );
             }

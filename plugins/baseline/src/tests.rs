@@ -567,3 +567,80 @@ fn an_exported_profile_permits_only_the_filters_and_functions_learnt() {
     let policy = nothing.to_policy("principal == Device::\"d\"", "d");
     assert!(!policy.contains("permit("), "{policy}");
 }
+
+/// A read/write multiple registers request (function 23), as the Modbus
+/// parser reports it: it reads `read` and writes `write`, each an
+/// `(address, count)`.
+fn read_write(batch: &mut Batch, read: (i64, i64), write: (i64, i64)) {
+    batch
+        .push("modbus.read-write")
+        .int("transaction", 1)
+        .int("unit", 1)
+        .int("function", 23)
+        .text("access", "read-write")
+        .text("register-type", "holding-register")
+        .int("address", read.0)
+        .int("count", read.1)
+        .int("write-address", write.0)
+        .int("write-count", write.1);
+}
+
+#[test]
+fn the_write_of_a_read_write_request_is_learnt_and_judged_as_a_write() {
+    Host::reset();
+    kv::set(LEARNING_KEY, b"10").unwrap();
+    kv::set(LEARNING_HOURS_KEY, b"0").unwrap();
+    let plc = Session::new(1, "plc-23", "plc", "cell-1", "modbus");
+    let mut learning = Batch::new();
+    for _ in 0..10 {
+        // Reads 0-9 and 50-59, writes 40-41.
+        read_write(&mut learning, (0, 10), (40, 2));
+        read_write(&mut learning, (50, 10), (40, 2));
+    }
+    assert!(Baseline::detect(&plc, &learning).is_empty());
+
+    let mut normal = Batch::new();
+    read_write(&mut normal, (0, 10), (40, 2));
+    read_write(&mut normal, (50, 5), (41, 1));
+    assert!(Baseline::detect(&plc, &normal).is_empty(), "as learnt");
+
+    let mut odd = Batch::new();
+    read_write(&mut odd, (0, 10), (200, 1));
+    read_write(&mut odd, (0, 10), (55, 2));
+    read_write(&mut odd, (300, 1), (40, 2));
+    let reasons: Vec<String> = Baseline::detect(&plc, &odd)
+        .into_iter()
+        .map(|f| f.reason)
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "plc-23 (plc) wrote holding-register 200 on unit 1, which it never accessed",
+            "plc-23 (plc) wrote holding-register 55-56 on unit 1, which it only ever read",
+            "plc-23 (plc) read holding-register 300 on unit 1, outside what it reads",
+        ]
+    );
+
+    // The export permits function 23 to write what was written only.
+    let profile = Profile::decode(&Host::kv()[&device_key("plc-23")]).unwrap();
+    let policy = profile.to_policy("principal == Device::\"plc-23\"", "plc-23");
+    let read_writes: Vec<&str> = policy
+        .split("\n\n")
+        .filter(|p| p.contains("Action::\"modbus.read-write\""))
+        .collect();
+    assert_eq!(read_writes.len(), 1, "{policy}");
+    assert!(
+        read_writes[0].contains(
+            "context has \"write-address\" && context has \"write-count\" && \
+             (context[\"write-address\"] >= 40 && context[\"write-address\"] + context[\"write-count\"] <= 42)"
+        ),
+        "{policy}"
+    );
+    assert!(
+        read_writes[0].contains(
+            "(context.address >= 0 && context.address + context.count <= 10 || \
+             context.address >= 50 && context.address + context.count <= 60)"
+        ),
+        "{policy}"
+    );
+}
