@@ -4,8 +4,11 @@
 //! A profile is kept in the plugin's key-value store in postcard's compact
 //! binary form, read and written on every batch (the appliance reads it
 //! too, with [`Profile::decode`], to show it as JSON, export it as policy
-//! and accept a finding as normal). Every set in it is capped: a profile
-//! stays well inside one stored value.
+//! and accept a finding as normal). Every set in it is capped, every text
+//! in it is short, and the whole is bounded ([`MAX_PROFILE_LEN`]): a
+//! profile stays well inside one stored value, and a site's profiles share
+//! the plugin's quota. What a profile could not learn is new to it once it
+//! enforces.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -16,6 +19,26 @@ use serde::{Deserialize, Serialize};
 /// Items kept per set: beyond it, a profile learns no more of that kind,
 /// and what it did not learn is new to it when it enforces.
 pub const MAX_ITEMS: usize = 256;
+
+/// The longest text a profile learns (a topic, a filter, a CoAP request),
+/// in bytes: the names on a site are far shorter, and a profile keeps
+/// hundreds of them. Detectors see the events the policy denied too: a
+/// longer name is not learnt, and once the profile enforces it is a
+/// departure of its own.
+pub const MAX_TEXT_LEN: usize = 256;
+
+/// The most bytes a profile takes stored: a quarter of what the store holds
+/// under one key, so that many profiles share the plugin's quota. Beyond
+/// it a profile learns nothing new.
+pub const MAX_PROFILE_LEN: usize = 16 << 10;
+
+/// What the numbers of a profile may grow by, encoded, after it was
+/// measured: nine varints of at most ten bytes (the mean is a float of
+/// eight whatever its value). Learning leaves this much room for them.
+const NUMBERS_LEN: usize = 9 * 10;
+
+/// Bytes of a long name shown in a reason (fewer, to end on a character).
+const SHOWN: usize = 32;
 
 /// A rate this many times the normal one is a burst.
 pub const BURST_FACTOR: f64 = 10.0;
@@ -56,6 +79,77 @@ pub struct Profile {
     pub max_payload: i64,
     /// Wall-clock milliseconds of the first and last event learnt.
     pub learnt_span: (u64, u64),
+    /// What the profile takes encoded, as learning counts it.
+    #[serde(skip)]
+    len: EncodedLen,
+}
+
+/// The encoded length of a profile: measured when it first learns, then
+/// counted on as it learns, so that learning tells whether an item fits
+/// without encoding the profile again. It is not what a profile holds
+/// (profiles that hold the same are equal, whatever they counted) and is
+/// not stored: a profile changed other than by learning is measured afresh
+/// once it is decoded again.
+#[derive(Debug, Clone, Copy, Default)]
+struct EncodedLen(Option<usize>);
+
+impl PartialEq for EncodedLen {
+    fn eq(&self, _: &EncodedLen) -> bool {
+        true
+    }
+}
+
+impl EncodedLen {
+    /// Whether `more` bytes fit within [`MAX_PROFILE_LEN`]; if so they are
+    /// counted. Nothing fits in a profile not measured.
+    fn fits(&mut self, more: usize) -> bool {
+        let Some(len) = self.0 else {
+            return false;
+        };
+        let grown = len.saturating_add(more);
+        let fits = grown.saturating_add(NUMBERS_LEN) <= MAX_PROFILE_LEN;
+        if fits {
+            self.0 = Some(grown);
+        }
+        fits
+    }
+
+    fn shrink(&mut self, less: usize) {
+        if let Some(len) = &mut self.0 {
+            *len = len.saturating_sub(less);
+        }
+    }
+}
+
+/// Bytes of `n` as a postcard varint.
+fn varint_len(n: usize) -> usize {
+    (usize::BITS - n.leading_zeros()).div_ceil(7).max(1) as usize
+}
+
+/// Bytes of `n` as postcard encodes an `i64`: zigzag, then a varint.
+fn signed_len(n: i64) -> usize {
+    let zigzag = (n << 1) ^ (n >> 63);
+    (u64::BITS - (zigzag as u64).leading_zeros())
+        .div_ceil(7)
+        .max(1) as usize
+}
+
+/// Bytes of `text` encoded.
+fn text_len(text: &str) -> usize {
+    varint_len(text.len()) + text.len()
+}
+
+/// Bytes of `ranges` encoded.
+fn ranges_len(ranges: &[(i64, i64)]) -> usize {
+    let pairs: usize = (ranges.iter())
+        .map(|&(start, end)| signed_len(start) + signed_len(end))
+        .sum();
+    varint_len(ranges.len()) + pairs
+}
+
+/// What an item of `item` bytes adds encoded to a collection of `n` items.
+fn added_len(n: usize, item: usize) -> usize {
+    varint_len(n + 1) - varint_len(n) + item
 }
 
 /// The learning must span this long before hours of the day are judged.
@@ -96,18 +190,36 @@ fn novelty(severity: Severity, score: f32, reason: String) -> Novelty {
     }
 }
 
-fn insert<T: Ord>(set: &mut BTreeSet<T>, item: T) {
-    if set.len() < MAX_ITEMS {
-        set.insert(item);
+/// Learn `text` into `set` when it is short, the set has room and so has
+/// the profile, whose encoded length is `len`. Allocates only for text not
+/// yet in the set: a device mostly repeats itself.
+fn insert_text(len: &mut EncodedLen, set: &mut BTreeSet<String>, text: &str) {
+    if text.len() <= MAX_TEXT_LEN
+        && set.len() < MAX_ITEMS
+        && !set.contains(text)
+        && len.fits(added_len(set.len(), text_len(text)))
+    {
+        set.insert(text.to_owned());
     }
 }
 
-/// As [`insert`], allocating only for text not yet in the set: a device
-/// mostly repeats itself.
-fn insert_text(set: &mut BTreeSet<String>, text: &str) {
-    if !set.contains(text) {
-        insert(set, text.to_owned());
+/// As [`insert_text`], for a Modbus function code.
+fn insert_function(len: &mut EncodedLen, set: &mut BTreeSet<i64>, function: i64) {
+    if set.len() < MAX_ITEMS
+        && !set.contains(&function)
+        && len.fits(added_len(set.len(), signed_len(function)))
+    {
+        set.insert(function);
     }
+}
+
+/// The start of a name too long to learn, for a reason a person reads.
+fn start_of(text: &str) -> &str {
+    let mut end = SHOWN.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.get(..end).unwrap_or_default()
 }
 
 /// The kinds and attributes a profile reads, looked up once in a batch so
@@ -254,19 +366,21 @@ fn covered(ranges: &[(i64, i64)], start: i64, end: i64) -> bool {
     ranges.iter().any(|&(s, e)| s <= start && end <= e)
 }
 
-/// Add `[start, end)` to `ranges`, merging what touches.
-fn add_range(ranges: &mut Vec<(i64, i64)>, start: i64, end: i64) {
-    ranges.push((start, end));
-    ranges.sort_unstable();
-    let mut merged: Vec<(i64, i64)> = Vec::with_capacity(ranges.len());
-    for &(s, e) in ranges.iter() {
+/// `ranges` with `[start, end)` added, merging what touches.
+fn with_range(ranges: &[(i64, i64)], start: i64, end: i64) -> Vec<(i64, i64)> {
+    let mut all = Vec::with_capacity(ranges.len() + 1);
+    all.extend_from_slice(ranges);
+    all.push((start, end));
+    all.sort_unstable();
+    let mut merged: Vec<(i64, i64)> = Vec::with_capacity(all.len());
+    for (s, e) in all {
         match merged.last_mut() {
             Some(last) if s <= last.1 => last.1 = last.1.max(e),
             _ => merged.push((s, e)),
         }
     }
     merged.truncate(MAX_ITEMS);
-    *ranges = merged;
+    merged
 }
 
 /// The filters of a subscription (an attribute that repeats).
@@ -300,33 +414,69 @@ impl Profile {
     /// Learn `event`, sent on `route` at wall-clock `millis`; `names` are
     /// those of its batch.
     pub fn learn(&mut self, route: &str, event: &EventRef<'_>, names: &Names, millis: u64) {
-        insert_text(&mut self.routes, route);
-        insert_text(&mut self.kinds, event.kind());
+        if self.len.0.is_none() {
+            // Unmeasured, nothing fits: a profile that cannot be encoded
+            // learns nothing new.
+            let measured = postcard::experimental::serialized_size(self).ok();
+            self.len = EncodedLen(measured);
+        }
+        let len = &mut self.len;
+        insert_text(len, &mut self.routes, route);
+        insert_text(len, &mut self.kinds, event.kind());
         // Only the attributes this kind has are looked up.
         let kind = event.kind_id();
         if kind == names.publish {
             if let Some(topic) = event.text(names.topic) {
-                insert_text(&mut self.topics, topic);
+                insert_text(len, &mut self.topics, topic);
             }
         } else if kind == names.subscribe {
             for filter in filters(event) {
-                insert_text(&mut self.filters, filter);
+                insert_text(len, &mut self.filters, filter);
             }
         } else if kind == names.coap_request {
             if let Some(r) = resource(event, names) {
-                insert(&mut self.resources, r);
+                insert_text(len, &mut self.resources, &r);
             }
         } else if names.modbus(event) {
             if let Some(function) = event.int(names.function) {
-                insert(&mut self.functions, function);
+                insert_function(len, &mut self.functions, function);
             }
             for (key, start, end) in register_accesses(event, names).into_iter().flatten() {
-                if self.registers.len() < MAX_ITEMS || self.registers.contains_key(&key) {
-                    add_range(self.registers.entry(key).or_default(), start, end);
-                }
+                self.learn_range(key, start, end);
             }
         }
         self.learn_again(names.payload_size(event), millis);
+    }
+
+    /// Learn the access `[start, end)` to the registers `key`, when the
+    /// profile has room for it.
+    fn learn_range(&mut self, key: String, start: i64, end: i64) {
+        let ranges = self.registers.get(&key);
+        if ranges.is_some_and(|r| covered(r, start, end)) {
+            return;
+        }
+        let merged = with_range(ranges.map_or(&[], Vec::as_slice), start, end);
+        let fits = match ranges {
+            None => {
+                self.registers.len() < MAX_ITEMS
+                    && self.len.fits(added_len(
+                        self.registers.len(),
+                        text_len(&key) + ranges_len(&merged),
+                    ))
+            }
+            Some(ranges) => {
+                let (was, is) = (ranges_len(ranges), ranges_len(&merged));
+                if is > was {
+                    self.len.fits(is - was)
+                } else {
+                    self.len.shrink(was - is);
+                    true
+                }
+            }
+        };
+        if fits {
+            self.registers.insert(key, merged);
+        }
     }
 
     /// Learn an event with the [`signature`] of the event learnt last on
@@ -424,7 +574,15 @@ impl Profile {
             found.push(novelty(
                 Severity::Medium,
                 0.7,
-                format!("{who} published to {topic}, a topic it never used"),
+                if topic.len() > MAX_TEXT_LEN {
+                    format!(
+                        "{who} published to a {}-byte topic ({}…), longer than any it learns",
+                        topic.len(),
+                        start_of(topic)
+                    )
+                } else {
+                    format!("{who} published to {topic}, a topic it never used")
+                },
             ));
         }
         if event.kind_id() == names.subscribe {
@@ -432,7 +590,15 @@ impl Profile {
                 found.push(novelty(
                     Severity::Medium,
                     0.7,
-                    format!("{who} subscribed to {filter}, a filter it never used"),
+                    if filter.len() > MAX_TEXT_LEN {
+                        format!(
+                            "{who} subscribed to a {}-byte filter ({}…), longer than any it learns",
+                            filter.len(),
+                            start_of(filter)
+                        )
+                    } else {
+                        format!("{who} subscribed to {filter}, a filter it never used")
+                    },
                 ));
             }
         }
@@ -486,7 +652,14 @@ impl Profile {
             found.push(novelty(
                 Severity::Medium,
                 0.7,
-                format!("{who} requested {r}, never seen in {n} events"),
+                match (r.len() > MAX_TEXT_LEN, r.split_once(' ')) {
+                    (true, Some((method, path))) => format!(
+                        "{who} requested {method} on a {}-byte path ({}…), longer than any it learns",
+                        path.len(),
+                        start_of(path)
+                    ),
+                    _ => format!("{who} requested {r}, never seen in {n} events"),
+                },
             ));
         }
         self.check_counts(who, event, names, millis, &mut found);
@@ -716,4 +889,91 @@ impl Profile {
 /// The hour of the day, UTC, of wall-clock `millis`.
 pub fn hour(millis: u64) -> u32 {
     ((millis / 3_600_000) % 24) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    /// What the numbers of `profile` take encoded, with its sets empty.
+    fn numbers_len(profile: &Profile) -> usize {
+        let numbers = Profile {
+            events: profile.events,
+            hours: profile.hours,
+            rate: profile.rate.clone(),
+            max_payload: profile.max_payload,
+            learnt_span: profile.learnt_span,
+            ..Profile::default()
+        };
+        numbers.encode().len()
+    }
+
+    fn read(batch: &mut Batch, unit: i64, function: i64, address: i64, count: i64) {
+        batch
+            .push("modbus.read")
+            .int("unit", unit)
+            .int("function", function)
+            .text("access", "read")
+            .text("register-type", "holding-register")
+            .int("address", address)
+            .int("count", count);
+    }
+
+    #[test]
+    fn learning_counts_what_the_profile_takes_encoded() {
+        let mut batch = Batch::new();
+        for i in 0..200_i64 {
+            // Texts either side of a one-byte length, sets past 128 items.
+            let long = if i % 10 == 0 { 130 } else { i as usize % 20 };
+            let topic = format!("t/{i}/{}", "x".repeat(long));
+            batch
+                .push("mqtt.publish")
+                .text("topic", &topic)
+                .int("payload-size", i * 1000);
+            // Ranges on many units; functions and addresses of every
+            // varint size.
+            let function = [3, -1, 1 << 40, i][i as usize % 4];
+            let address = (i * 37) % 300 * [1, 1000][i as usize % 2];
+            read(&mut batch, i % 7, function, address, 1 + i % 5);
+        }
+        // Ranges that extend, then merge into fewer.
+        for address in [0, 2, 4, 6, 8, 1, 3, 5, 7, 100_000, 99_999] {
+            read(&mut batch, 9, 3, address, 1);
+        }
+        let names = Names::of(&batch);
+        let mut profile = Profile::default();
+        let numbers_before = numbers_len(&profile);
+        for (i, event) in batch.iter().enumerate() {
+            profile.learn("r", &event, &names, 1_000 + 60_000 * i as u64);
+            // The sets are counted exactly; the numbers are left room for.
+            let counted = profile.len.0.unwrap() - numbers_before;
+            let encoded = profile.encode().len() - numbers_len(&profile);
+            assert_eq!(counted, encoded, "event {i}");
+            assert!(numbers_len(&profile) - numbers_before <= NUMBERS_LEN);
+        }
+        assert!(profile.topics.len() > 128 && profile.registers.len() == 8);
+        assert_eq!(
+            profile.registers["9/holding-register/read"],
+            [(0, 9), (99_999, 100_001)]
+        );
+    }
+
+    #[test]
+    fn lengths_are_postcards() {
+        for n in [0, 1, 127, 128, 16_383, 16_384, u32::MAX as usize] {
+            assert_eq!(
+                varint_len(n),
+                postcard::to_allocvec(&n).unwrap().len(),
+                "{n}"
+            );
+        }
+        for n in [0, -1, 63, -64, 64, -65, 1 << 40, i64::MIN, i64::MAX] {
+            assert_eq!(
+                signed_len(n),
+                postcard::to_allocvec(&n).unwrap().len(),
+                "{n}"
+            );
+        }
+    }
 }

@@ -644,3 +644,125 @@ fn the_write_of_a_read_write_request_is_learnt_and_judged_as_a_write() {
         "{policy}"
     );
 }
+
+fn request(batch: &mut Batch, method: &str, path: &str) {
+    batch
+        .push("coap.request")
+        .text("method", method)
+        .text("path", path)
+        .bytes("token", &[1])
+        .int("payload-size", 0);
+}
+
+#[test]
+fn long_names_are_not_learnt_and_are_flagged_once_enforcing() {
+    Host::reset();
+    let s = quick_learner("long-1", 10);
+    let long = |c: &str| format!("site/{}", c.repeat(40_000));
+    // The policy may deny these: the detector sees them all the same.
+    let mut learning = Batch::new();
+    write_event(&mut learning, &Ev::Publish(long("a"), 4));
+    write_event(&mut learning, &Ev::Publish(long("b"), 4));
+    subscribe(&mut learning, &[&long("c")]);
+    request(&mut learning, "GET", &long("d"));
+    for _ in 0..6 {
+        write_event(&mut learning, &Ev::Publish("site/a/temp".into(), 4));
+    }
+    assert!(Baseline::detect(&s, &learning).is_empty());
+    let stored = Host::kv()
+        .remove(&device_key("long-1"))
+        .expect("the profile is stored");
+    let profile = Profile::decode(&stored).unwrap();
+    assert_eq!(profile.topics.iter().collect::<Vec<_>>(), ["site/a/temp"]);
+    assert!(profile.filters.is_empty() && profile.resources.is_empty());
+
+    let mut odd = Batch::new();
+    write_event(&mut odd, &Ev::Publish(long("a"), 4));
+    subscribe(&mut odd, &[&long("c")]);
+    request(&mut odd, "GET", &long("d"));
+    let findings = Baseline::detect(&s, &odd);
+    let reasons: Vec<&str> = findings.iter().map(|f| f.reason.as_str()).collect();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    for (reason, what) in reasons.iter().zip([
+        "published to a 40005-byte topic",
+        "subscribed to a 40005-byte filter",
+        "requested GET on a 40005-byte path",
+    ]) {
+        assert!(reason.contains(what), "{reason}");
+        assert!(
+            reason.len() < 300,
+            "the name is not repeated whole: {reason}"
+        );
+    }
+}
+
+#[test]
+fn a_profile_stays_within_its_bound_however_much_it_learns() {
+    Host::reset();
+    // It learns from this one batch, then enforces.
+    let s = quick_learner("wide-1", 300 * 3 + 2000);
+    let mut batch = Batch::new();
+    for i in 0..300 {
+        let name = format!("{i}/{}", "x".repeat(200));
+        write_event(&mut batch, &Ev::Publish(format!("site/{name}"), 4));
+        subscribe(&mut batch, &[&format!("filter/{name}")]);
+        request(&mut batch, "GET", &format!("/{name}"));
+    }
+    for i in 0..2000 {
+        write_event(&mut batch, &Ev::Read("holding-register", i * 3, 1));
+    }
+    assert!(Baseline::detect(&s, &batch).is_empty());
+    let stored = Host::kv()
+        .remove(&device_key("wide-1"))
+        .expect("the profile is stored");
+    assert!(
+        stored.len() <= profile::MAX_PROFILE_LEN,
+        "{} bytes",
+        stored.len()
+    );
+    assert!(
+        stored.len() > profile::MAX_PROFILE_LEN - 512,
+        "it learns up to its bound: {} bytes",
+        stored.len()
+    );
+    // What it could not learn, it flags.
+    let mut odd = Batch::new();
+    write_event(
+        &mut odd,
+        &Ev::Publish(format!("site/299/{}", "x".repeat(200)), 4),
+    );
+    let findings = Baseline::detect(&s, &odd);
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert!(findings[0].reason.contains("a topic it never used"));
+}
+
+#[test]
+fn a_profile_the_store_refuses_is_told_in_a_finding() {
+    Host::reset();
+    let s = quick_learner("full-1", 10);
+    // No room for a profile.
+    let used: usize = Host::kv().iter().map(|(k, v)| k.len() + v.len()).sum();
+    Host::set_kv_quota(used + 16);
+    let mut batch = Batch::new();
+    for _ in 0..3 {
+        write_event(&mut batch, &Ev::Publish("site/a/temp".into(), 4));
+    }
+    let findings = Baseline::detect(&s, &batch);
+    let reasons: Vec<&str> = findings.iter().map(|f| f.reason.as_str()).collect();
+    assert_eq!(
+        reasons,
+        [
+            "full-1 (sensor): the baseline cannot store its profile (the plugin's store is full): what it learns is lost",
+            "class sensor: the baseline cannot store its profile (the plugin's store is full): what it learns is lost",
+        ]
+    );
+    assert!(
+        findings
+            .iter()
+            .all(|f| f.event == 2 && f.severity == Severity::Medium)
+    );
+    // Told once an hour, not on every batch.
+    assert!(Baseline::detect(&s, &batch).is_empty());
+    Host::advance_clock(3_600_000_000_000);
+    assert_eq!(Baseline::detect(&s, &batch).len(), 2);
+}
