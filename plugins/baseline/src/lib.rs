@@ -14,14 +14,17 @@
 //! watched from its first frame. Profiles live in the plugin's key-value
 //! store, under `device/ID` and `class/CLASS`, so they survive restarts and
 //! upgrades of the plugin; the appliance exports them as reviewable policy
-//! and adds a finding to them when an operator accepts it as normal.
+//! and adds a finding to them when an operator accepts it as normal. A
+//! profile the store refuses (its quota full) is told in a finding, once an
+//! hour: what it learns is lost, so a device still learning stays learning,
+//! judged by its class alone.
 
 pub mod profile;
 
-use palisade_plugin_sdk::host::{self, Level, config, kv};
+use palisade_plugin_sdk::host::{self, KvError, Level, config, kv};
 use std::cell::RefCell;
 
-use palisade_plugin_sdk::{Batch, Detector, Finding, Session, same};
+use palisade_plugin_sdk::{Batch, Detector, Finding, Session, Severity, same};
 
 pub use profile::{Names, Novelty, Profile};
 
@@ -123,12 +126,55 @@ fn keep(key: &str, bytes: Vec<u8>, profile: Profile) {
     });
 }
 
-fn store(key: &str, profile: Profile) {
+/// Store `profile` under `key`.
+fn store(key: &str, profile: Profile) -> Result<(), KvError> {
     let bytes = profile.encode();
     match kv::set(key, &bytes) {
-        Ok(()) => keep(key, bytes, profile),
-        Err(e) => host::log(Level::Warn, &format!("cannot store profile {key}: {e:?}")),
+        Ok(()) => {
+            keep(key, bytes, profile);
+            Ok(())
+        }
+        Err(e) => {
+            host::log(Level::Warn, &format!("cannot store profile {key}: {e:?}"));
+            Err(e)
+        }
     }
+}
+
+/// Why the store refused a profile, for a person.
+fn refusal(e: KvError) -> &'static str {
+    match e {
+        KvError::QuotaExceeded => "the plugin's store is full",
+        KvError::TooLarge => "it is too large for the store",
+        KvError::Unavailable => "the store is unavailable",
+    }
+}
+
+/// Refusals remembered: a device's and its class's for many devices,
+/// while an instance's memory stays small.
+const REFUSALS: usize = 64;
+
+thread_local! {
+    /// The profiles this instance was refused, each with the hour (since
+    /// the epoch) it was told: a refusal is told once an hour, not on
+    /// every batch.
+    static REFUSED: RefCell<Vec<(String, u64)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Whether the refusal of `key` in `hour` is yet to be told; it is then
+/// remembered as told.
+fn untold(key: &str, hour: u64) -> bool {
+    REFUSED.with_borrow_mut(|refused| {
+        if refused.iter().any(|(k, h)| k == key && *h == hour) {
+            return false;
+        }
+        refused.retain(|(k, _)| k != key);
+        if refused.len() >= REFUSALS {
+            refused.remove(0);
+        }
+        refused.push((key.to_owned(), hour));
+        true
+    })
 }
 
 impl Detector for Baseline {
@@ -219,11 +265,33 @@ impl Detector for Baseline {
                 ));
             }
         }
-        store(&device_key, mine);
+        let mut refused = Vec::new();
+        if let Err(e) = store(&device_key, mine) {
+            refused.push((who.clone(), device_key, e));
+        }
         if class_learnt {
-            store(&class_key, class);
+            if let Err(e) = store(&class_key, class) {
+                refused.push((format!("class {}", device.class), class_key, e));
+            }
         } else if let Some(bytes) = class_bytes {
             keep(&class_key, bytes, class);
+        }
+        // Told on the batch's last event: the operator learns that this
+        // profile learns nothing, and why.
+        if let Some(last) = events.len().checked_sub(1) {
+            for (whose, key, e) in refused {
+                if untold(&key, now / 3_600_000) {
+                    findings.push(Finding::new(
+                        last,
+                        Severity::Medium,
+                        0.5,
+                        format!(
+                            "{whose}: the baseline cannot store its profile ({}): what it learns is lost",
+                            refusal(e)
+                        ),
+                    ));
+                }
+            }
         }
         findings
     }

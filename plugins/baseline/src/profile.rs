@@ -4,17 +4,41 @@
 //! A profile is kept in the plugin's key-value store in postcard's compact
 //! binary form, read and written on every batch (the appliance reads it
 //! too, with [`Profile::decode`], to show it as JSON, export it as policy
-//! and accept a finding as normal). Every set in it is capped: a profile
-//! stays well inside one stored value.
+//! and accept a finding as normal). Every set in it is capped, every text
+//! in it is short, and the whole is bounded ([`MAX_PROFILE_LEN`]): a
+//! profile stays well inside one stored value, and a site's profiles share
+//! the plugin's quota. What a profile could not learn is new to it once it
+//! enforces.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use palisade_plugin_sdk::{Batch, EventRef, Field, KindId, Severity};
+use palisade_plugin_sdk::{Batch, EventRef, Field, KindId, Severity, Value};
 use serde::{Deserialize, Serialize};
 
-/// Items kept per set: beyond it, a profile learns no more of that kind.
+/// Items kept per set: beyond it, a profile learns no more of that kind,
+/// and what it did not learn is new to it when it enforces.
 pub const MAX_ITEMS: usize = 256;
+
+/// The longest text a profile learns (a topic, a filter, a CoAP request),
+/// in bytes: the names on a site are far shorter, and a profile keeps
+/// hundreds of them. Detectors see the events the policy denied too: a
+/// longer name is not learnt, and once the profile enforces it is a
+/// departure of its own.
+pub const MAX_TEXT_LEN: usize = 256;
+
+/// The most bytes a profile takes stored: a quarter of what the store holds
+/// under one key, so that many profiles share the plugin's quota. Beyond
+/// it a profile learns nothing new.
+pub const MAX_PROFILE_LEN: usize = 16 << 10;
+
+/// What the numbers of a profile may grow by, encoded, after it was
+/// measured: nine varints of at most ten bytes (the mean is a float of
+/// eight whatever its value). Learning leaves this much room for them.
+const NUMBERS_LEN: usize = 9 * 10;
+
+/// Bytes of a long name shown in a reason (fewer, to end on a character).
+const SHOWN: usize = 32;
 
 /// A rate this many times the normal one is a burst.
 pub const BURST_FACTOR: f64 = 10.0;
@@ -42,7 +66,8 @@ pub struct Profile {
     /// Modbus function codes used.
     pub functions: BTreeSet<i64>,
     /// Modbus registers accessed, by `unit/register-type/access`, as merged
-    /// ranges `[start, end)`.
+    /// ranges `[start, end)`. The access is `read` or `write`: a read/write
+    /// request (function 23) is learnt as the read and the write it is.
     pub registers: BTreeMap<String, Vec<(i64, i64)>>,
     /// CoAP requests made, `METHOD path`.
     pub resources: BTreeSet<String>,
@@ -54,6 +79,77 @@ pub struct Profile {
     pub max_payload: i64,
     /// Wall-clock milliseconds of the first and last event learnt.
     pub learnt_span: (u64, u64),
+    /// What the profile takes encoded, as learning counts it.
+    #[serde(skip)]
+    len: EncodedLen,
+}
+
+/// The encoded length of a profile: measured when it first learns, then
+/// counted on as it learns, so that learning tells whether an item fits
+/// without encoding the profile again. It is not what a profile holds
+/// (profiles that hold the same are equal, whatever they counted) and is
+/// not stored: a profile changed other than by learning is measured afresh
+/// once it is decoded again.
+#[derive(Debug, Clone, Copy, Default)]
+struct EncodedLen(Option<usize>);
+
+impl PartialEq for EncodedLen {
+    fn eq(&self, _: &EncodedLen) -> bool {
+        true
+    }
+}
+
+impl EncodedLen {
+    /// Whether `more` bytes fit within [`MAX_PROFILE_LEN`]; if so they are
+    /// counted. Nothing fits in a profile not measured.
+    fn fits(&mut self, more: usize) -> bool {
+        let Some(len) = self.0 else {
+            return false;
+        };
+        let grown = len.saturating_add(more);
+        let fits = grown.saturating_add(NUMBERS_LEN) <= MAX_PROFILE_LEN;
+        if fits {
+            self.0 = Some(grown);
+        }
+        fits
+    }
+
+    fn shrink(&mut self, less: usize) {
+        if let Some(len) = &mut self.0 {
+            *len = len.saturating_sub(less);
+        }
+    }
+}
+
+/// Bytes of `n` as a postcard varint.
+fn varint_len(n: usize) -> usize {
+    (usize::BITS - n.leading_zeros()).div_ceil(7).max(1) as usize
+}
+
+/// Bytes of `n` as postcard encodes an `i64`: zigzag, then a varint.
+fn signed_len(n: i64) -> usize {
+    let zigzag = (n << 1) ^ (n >> 63);
+    (u64::BITS - (zigzag as u64).leading_zeros())
+        .div_ceil(7)
+        .max(1) as usize
+}
+
+/// Bytes of `text` encoded.
+fn text_len(text: &str) -> usize {
+    varint_len(text.len()) + text.len()
+}
+
+/// Bytes of `ranges` encoded.
+fn ranges_len(ranges: &[(i64, i64)]) -> usize {
+    let pairs: usize = (ranges.iter())
+        .map(|&(start, end)| signed_len(start) + signed_len(end))
+        .sum();
+    varint_len(ranges.len()) + pairs
+}
+
+/// What an item of `item` bytes adds encoded to a collection of `n` items.
+fn added_len(n: usize, item: usize) -> usize {
+    varint_len(n + 1) - varint_len(n) + item
 }
 
 /// The learning must span this long before hours of the day are judged.
@@ -94,18 +190,36 @@ fn novelty(severity: Severity, score: f32, reason: String) -> Novelty {
     }
 }
 
-fn insert<T: Ord>(set: &mut BTreeSet<T>, item: T) {
-    if set.len() < MAX_ITEMS {
-        set.insert(item);
+/// Learn `text` into `set` when it is short, the set has room and so has
+/// the profile, whose encoded length is `len`. Allocates only for text not
+/// yet in the set: a device mostly repeats itself.
+fn insert_text(len: &mut EncodedLen, set: &mut BTreeSet<String>, text: &str) {
+    if text.len() <= MAX_TEXT_LEN
+        && set.len() < MAX_ITEMS
+        && !set.contains(text)
+        && len.fits(added_len(set.len(), text_len(text)))
+    {
+        set.insert(text.to_owned());
     }
 }
 
-/// As [`insert`], allocating only for text not yet in the set: a device
-/// mostly repeats itself.
-fn insert_text(set: &mut BTreeSet<String>, text: &str) {
-    if !set.contains(text) {
-        insert(set, text.to_owned());
+/// As [`insert_text`], for a Modbus function code.
+fn insert_function(len: &mut EncodedLen, set: &mut BTreeSet<i64>, function: i64) {
+    if set.len() < MAX_ITEMS
+        && !set.contains(&function)
+        && len.fits(added_len(set.len(), signed_len(function)))
+    {
+        set.insert(function);
     }
+}
+
+/// The start of a name too long to learn, for a reason a person reads.
+fn start_of(text: &str) -> &str {
+    let mut end = SHOWN.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.get(..end).unwrap_or_default()
 }
 
 /// The kinds and attributes a profile reads, looked up once in a batch so
@@ -124,6 +238,8 @@ pub struct Names {
     access: Field,
     address: Field,
     count: Field,
+    write_address: Field,
+    write_count: Field,
     method: Field,
     path: Field,
 }
@@ -144,6 +260,8 @@ impl Names {
             access: batch.field("access"),
             address: batch.field("address"),
             count: batch.field("count"),
+            write_address: batch.field("write-address"),
+            write_count: batch.field("write-count"),
             method: batch.field("method"),
             path: batch.field("path"),
         }
@@ -166,18 +284,37 @@ impl Names {
     }
 }
 
-/// The register access of a Modbus event: `(unit/type/access, start, end)`.
-fn register_access(event: &EventRef<'_>, names: &Names) -> Option<(String, i64, i64)> {
-    let unit = event.int(names.unit)?;
-    let register_type = event.text(names.register_type)?;
-    let access = event.text(names.access)?;
-    let address = event.int(names.address)?;
-    let count = event.int(names.count)?.max(1);
-    Some((
-        format!("{unit}/{register_type}/{access}"),
-        address,
-        address.saturating_add(count),
-    ))
+/// A register access: `(unit/type/access, start, end)`, the access `read`
+/// or `write`.
+type Access = (String, i64, i64);
+
+/// The register accesses of a Modbus event: its one access, or for a
+/// read/write multiple registers (function 23, access `read-write`) its
+/// read of `address`/`count` and its write of `write-address`/`write-count`,
+/// each learnt and judged as what it is.
+fn register_accesses(event: &EventRef<'_>, names: &Names) -> [Option<Access>; 2] {
+    let (Some(unit), Some(register_type), Some(access)) = (
+        event.int(names.unit),
+        event.text(names.register_type),
+        event.text(names.access),
+    ) else {
+        return [None, None];
+    };
+    let range = |address: Field, count: Field| {
+        let address = event.int(address)?;
+        let count = event.int(count)?.max(1);
+        Some((address, address.saturating_add(count)))
+    };
+    let key = |access: &str| format!("{unit}/{register_type}/{access}");
+    let both = access == "read-write";
+    let first = range(names.address, names.count)
+        .map(|(start, end)| (key(if both { "read" } else { access }), start, end));
+    // A response to one has the read alone.
+    let write = both
+        .then(|| range(names.write_address, names.write_count))
+        .flatten()
+        .map(|(start, end)| (key("write"), start, end));
+    [first, write]
 }
 
 /// `holding-registers 40-49 on unit 1`, for a person.
@@ -229,19 +366,29 @@ fn covered(ranges: &[(i64, i64)], start: i64, end: i64) -> bool {
     ranges.iter().any(|&(s, e)| s <= start && end <= e)
 }
 
-/// Add `[start, end)` to `ranges`, merging what touches.
-fn add_range(ranges: &mut Vec<(i64, i64)>, start: i64, end: i64) {
-    ranges.push((start, end));
-    ranges.sort_unstable();
-    let mut merged: Vec<(i64, i64)> = Vec::with_capacity(ranges.len());
-    for &(s, e) in ranges.iter() {
+/// `ranges` with `[start, end)` added, merging what touches.
+fn with_range(ranges: &[(i64, i64)], start: i64, end: i64) -> Vec<(i64, i64)> {
+    let mut all = Vec::with_capacity(ranges.len() + 1);
+    all.extend_from_slice(ranges);
+    all.push((start, end));
+    all.sort_unstable();
+    let mut merged: Vec<(i64, i64)> = Vec::with_capacity(all.len());
+    for (s, e) in all {
         match merged.last_mut() {
             Some(last) if s <= last.1 => last.1 = last.1.max(e),
             _ => merged.push((s, e)),
         }
     }
     merged.truncate(MAX_ITEMS);
-    *ranges = merged;
+    merged
+}
+
+/// The filters of a subscription (an attribute that repeats).
+fn filters<'a>(event: &EventRef<'a>) -> impl Iterator<Item = &'a str> + 'a {
+    event.attributes().filter_map(|(name, value)| match value {
+        Value::Text(filter) if name == "filter" => Some(filter),
+        _ => None,
+    })
 }
 
 fn resource(event: &EventRef<'_>, names: &Names) -> Option<String> {
@@ -267,35 +414,69 @@ impl Profile {
     /// Learn `event`, sent on `route` at wall-clock `millis`; `names` are
     /// those of its batch.
     pub fn learn(&mut self, route: &str, event: &EventRef<'_>, names: &Names, millis: u64) {
-        insert_text(&mut self.routes, route);
-        insert_text(&mut self.kinds, event.kind());
+        if self.len.0.is_none() {
+            // Unmeasured, nothing fits: a profile that cannot be encoded
+            // learns nothing new.
+            let measured = postcard::experimental::serialized_size(self).ok();
+            self.len = EncodedLen(measured);
+        }
+        let len = &mut self.len;
+        insert_text(len, &mut self.routes, route);
+        insert_text(len, &mut self.kinds, event.kind());
         // Only the attributes this kind has are looked up.
         let kind = event.kind_id();
         if kind == names.publish {
             if let Some(topic) = event.text(names.topic) {
-                insert_text(&mut self.topics, topic);
+                insert_text(len, &mut self.topics, topic);
             }
         } else if kind == names.subscribe {
-            for (name, value) in event.attributes() {
-                if let (true, palisade_plugin_sdk::Value::Text(f)) = (name == "filter", value) {
-                    insert_text(&mut self.filters, f);
-                }
+            for filter in filters(event) {
+                insert_text(len, &mut self.filters, filter);
             }
         } else if kind == names.coap_request {
             if let Some(r) = resource(event, names) {
-                insert(&mut self.resources, r);
+                insert_text(len, &mut self.resources, &r);
             }
         } else if names.modbus(event) {
             if let Some(function) = event.int(names.function) {
-                insert(&mut self.functions, function);
+                insert_function(len, &mut self.functions, function);
             }
-            if let Some((key, start, end)) = register_access(event, names)
-                && (self.registers.len() < MAX_ITEMS || self.registers.contains_key(&key))
-            {
-                add_range(self.registers.entry(key).or_default(), start, end);
+            for (key, start, end) in register_accesses(event, names).into_iter().flatten() {
+                self.learn_range(key, start, end);
             }
         }
         self.learn_again(names.payload_size(event), millis);
+    }
+
+    /// Learn the access `[start, end)` to the registers `key`, when the
+    /// profile has room for it.
+    fn learn_range(&mut self, key: String, start: i64, end: i64) {
+        let ranges = self.registers.get(&key);
+        if ranges.is_some_and(|r| covered(r, start, end)) {
+            return;
+        }
+        let merged = with_range(ranges.map_or(&[], Vec::as_slice), start, end);
+        let fits = match ranges {
+            None => {
+                self.registers.len() < MAX_ITEMS
+                    && self.len.fits(added_len(
+                        self.registers.len(),
+                        text_len(&key) + ranges_len(&merged),
+                    ))
+            }
+            Some(ranges) => {
+                let (was, is) = (ranges_len(ranges), ranges_len(&merged));
+                if is > was {
+                    self.len.fits(is - was)
+                } else {
+                    self.len.shrink(was - is);
+                    true
+                }
+            }
+        };
+        if fits {
+            self.registers.insert(key, merged);
+        }
     }
 
     /// Learn an event with the [`signature`] of the event learnt last on
@@ -366,10 +547,11 @@ impl Profile {
             ));
         }
         let modbus = names.modbus(event);
+        let accesses = || register_accesses(event, names).into_iter().flatten();
         if !own {
-            if let Some((key, start, end)) = register_access(event, names).filter(|_| modbus)
-                && key.ends_with("write")
-                && !self.registers.contains_key(&key)
+            if let Some((_, start, end)) = accesses()
+                .filter(|_| modbus)
+                .find(|(key, ..)| key.ends_with("/write") && !self.registers.contains_key(key))
             {
                 found.push(novelty(
                     Severity::High,
@@ -386,13 +568,39 @@ impl Profile {
             .text(names.topic)
             .filter(|_| event.kind_id() == names.publish)
             && !self.topics.contains(topic)
-            && self.topics.len() < MAX_ITEMS
         {
+            // Flagged even when the profile holds all the topics it may:
+            // what it could not learn is new to it.
             found.push(novelty(
                 Severity::Medium,
                 0.7,
-                format!("{who} published to {topic}, a topic it never used"),
+                if topic.len() > MAX_TEXT_LEN {
+                    format!(
+                        "{who} published to a {}-byte topic ({}…), longer than any it learns",
+                        topic.len(),
+                        start_of(topic)
+                    )
+                } else {
+                    format!("{who} published to {topic}, a topic it never used")
+                },
             ));
+        }
+        if event.kind_id() == names.subscribe {
+            for filter in filters(event).filter(|f| !self.filters.contains(*f)) {
+                found.push(novelty(
+                    Severity::Medium,
+                    0.7,
+                    if filter.len() > MAX_TEXT_LEN {
+                        format!(
+                            "{who} subscribed to a {}-byte filter ({}…), longer than any it learns",
+                            filter.len(),
+                            start_of(filter)
+                        )
+                    } else {
+                        format!("{who} subscribed to {filter}, a filter it never used")
+                    },
+                ));
+            }
         }
         if let Some(function) = event.int(names.function).filter(|_| modbus)
             && !self.functions.contains(&function)
@@ -403,20 +611,18 @@ impl Profile {
                 format!("{who} used Modbus function {function}, never seen in {n} events"),
             ));
         }
-        if let Some((key, start, end)) = register_access(event, names).filter(|_| modbus) {
+        for (key, start, end) in accesses().filter(|_| modbus) {
             let known = self
                 .registers
                 .get(&key)
                 .is_some_and(|r| covered(r, start, end));
             if !known {
-                let read_key = key
-                    .replace("/write", "/read")
-                    .replace("/read-write", "/read");
-                let only_read = key.ends_with("/write")
-                    && self
-                        .registers
-                        .get(&read_key)
-                        .is_some_and(|r| covered(r, start, end));
+                let written = key.strip_suffix("/write");
+                let only_read = written.is_some_and(|unit_type| {
+                    self.registers
+                        .get(&format!("{unit_type}/read"))
+                        .is_some_and(|r| covered(r, start, end))
+                });
                 let span = span(event, names, start, end);
                 found.push(if only_read {
                     novelty(
@@ -424,7 +630,7 @@ impl Profile {
                         0.9,
                         format!("{who} wrote {span}, which it only ever read"),
                     )
-                } else if key.ends_with("/write") || key.ends_with("/read-write") {
+                } else if written.is_some() {
                     novelty(
                         Severity::High,
                         0.85,
@@ -446,7 +652,14 @@ impl Profile {
             found.push(novelty(
                 Severity::Medium,
                 0.7,
-                format!("{who} requested {r}, never seen in {n} events"),
+                match (r.len() > MAX_TEXT_LEN, r.split_once(' ')) {
+                    (true, Some((method, path))) => format!(
+                        "{who} requested {method} on a {}-byte path ({}…), longer than any it learns",
+                        path.len(),
+                        start_of(path)
+                    ),
+                    _ => format!("{who} requested {r}, never seen in {n} events"),
+                },
             ));
         }
         self.check_counts(who, event, names, millis, &mut found);
@@ -541,6 +754,7 @@ impl Profile {
                 None => out.push_str(";\n"),
             }
         };
+        // Kinds permitted by what they carry, below.
         let covered_kinds = [
             "mqtt.publish",
             "modbus.read",
@@ -548,12 +762,37 @@ impl Profile {
             "modbus.read-write",
             "coap.request",
         ];
+        // Nothing learnt is nothing permitted (and Cedar refuses an empty
+        // set literal).
+        let filters = (!self.filters.is_empty()).then(|| {
+            let filters: Vec<String> = self.filters.iter().map(|f| quoted(f)).collect();
+            format!("[{}].containsAll(context.filter)", filters.join(", "))
+        });
+        let functions = (!self.functions.is_empty()).then(|| {
+            let functions: Vec<String> = self.functions.iter().map(i64::to_string).collect();
+            format!("[{}].contains(context.function)", functions.join(", "))
+        });
         for kind in self
             .kinds
             .iter()
             .filter(|k| !covered_kinds.contains(&k.as_str()))
         {
-            permit(format!("{label}: {kind}"), kind, None);
+            // A subscription may be to the filters seen; any other Modbus
+            // event may carry the functions seen.
+            let when = if kind == "mqtt.subscribe" {
+                match &filters {
+                    Some(filters) => Some(filters.clone()),
+                    None => continue,
+                }
+            } else if kind.starts_with("modbus.") {
+                match &functions {
+                    Some(functions) => Some(functions.clone()),
+                    None => continue,
+                }
+            } else {
+                None
+            };
+            permit(format!("{label}: {kind}"), kind, when);
         }
         for topic in &self.topics {
             permit(
@@ -570,9 +809,12 @@ impl Profile {
                 continue;
             };
             let action = match access {
+                "read" => "modbus.read",
                 "write" => "modbus.write",
-                "read-write" => "modbus.read-write",
-                _ => "modbus.read",
+                // A `read-write` range is what an earlier baseline learnt of
+                // function 23, its read alone: a permit made of it would let
+                // the function write anything.
+                _ => continue,
             };
             for &(start, end) in ranges {
                 permit(
@@ -584,6 +826,44 @@ impl Profile {
                     Some(format!(
                         "context.unit == {unit} && context[\"register-type\"] == {} && context.address >= {start} && context.address + context.count <= {end}",
                         quoted(register_type)
+                    )),
+                );
+            }
+        }
+        // Function 23 reads and writes in one request: it may read what
+        // was read and write what was written, on one unit's registers of
+        // one type.
+        if self.kinds.contains("modbus.read-write") {
+            let within = |address: &str, count: &str, ranges: &[(i64, i64)]| {
+                let ranges: Vec<String> = (ranges.iter())
+                    .map(|(start, end)| {
+                        format!("{address} >= {start} && {address} + {count} <= {end}")
+                    })
+                    .collect();
+                ranges.join(" || ")
+            };
+            for (key, reads) in &self.registers {
+                let Some(unit_type) = key.strip_suffix("/read") else {
+                    continue;
+                };
+                let (Some((unit, register_type)), Some(writes)) = (
+                    unit_type.split_once('/'),
+                    self.registers.get(&format!("{unit_type}/write")),
+                ) else {
+                    continue;
+                };
+                permit(
+                    format!("{label}: read and write {register_type} on unit {unit}"),
+                    "modbus.read-write",
+                    Some(format!(
+                        "context.unit == {unit} && context[\"register-type\"] == {} && ({}) && context has \"write-address\" && context has \"write-count\" && ({})",
+                        quoted(register_type),
+                        within("context.address", "context.count", reads),
+                        within(
+                            "context[\"write-address\"]",
+                            "context[\"write-count\"]",
+                            writes
+                        ),
                     )),
                 );
             }
@@ -609,4 +889,91 @@ impl Profile {
 /// The hour of the day, UTC, of wall-clock `millis`.
 pub fn hour(millis: u64) -> u32 {
     ((millis / 3_600_000) % 24) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    /// What the numbers of `profile` take encoded, with its sets empty.
+    fn numbers_len(profile: &Profile) -> usize {
+        let numbers = Profile {
+            events: profile.events,
+            hours: profile.hours,
+            rate: profile.rate.clone(),
+            max_payload: profile.max_payload,
+            learnt_span: profile.learnt_span,
+            ..Profile::default()
+        };
+        numbers.encode().len()
+    }
+
+    fn read(batch: &mut Batch, unit: i64, function: i64, address: i64, count: i64) {
+        batch
+            .push("modbus.read")
+            .int("unit", unit)
+            .int("function", function)
+            .text("access", "read")
+            .text("register-type", "holding-register")
+            .int("address", address)
+            .int("count", count);
+    }
+
+    #[test]
+    fn learning_counts_what_the_profile_takes_encoded() {
+        let mut batch = Batch::new();
+        for i in 0..200_i64 {
+            // Texts either side of a one-byte length, sets past 128 items.
+            let long = if i % 10 == 0 { 130 } else { i as usize % 20 };
+            let topic = format!("t/{i}/{}", "x".repeat(long));
+            batch
+                .push("mqtt.publish")
+                .text("topic", &topic)
+                .int("payload-size", i * 1000);
+            // Ranges on many units; functions and addresses of every
+            // varint size.
+            let function = [3, -1, 1 << 40, i][i as usize % 4];
+            let address = (i * 37) % 300 * [1, 1000][i as usize % 2];
+            read(&mut batch, i % 7, function, address, 1 + i % 5);
+        }
+        // Ranges that extend, then merge into fewer.
+        for address in [0, 2, 4, 6, 8, 1, 3, 5, 7, 100_000, 99_999] {
+            read(&mut batch, 9, 3, address, 1);
+        }
+        let names = Names::of(&batch);
+        let mut profile = Profile::default();
+        let numbers_before = numbers_len(&profile);
+        for (i, event) in batch.iter().enumerate() {
+            profile.learn("r", &event, &names, 1_000 + 60_000 * i as u64);
+            // The sets are counted exactly; the numbers are left room for.
+            let counted = profile.len.0.unwrap() - numbers_before;
+            let encoded = profile.encode().len() - numbers_len(&profile);
+            assert_eq!(counted, encoded, "event {i}");
+            assert!(numbers_len(&profile) - numbers_before <= NUMBERS_LEN);
+        }
+        assert!(profile.topics.len() > 128 && profile.registers.len() == 8);
+        assert_eq!(
+            profile.registers["9/holding-register/read"],
+            [(0, 9), (99_999, 100_001)]
+        );
+    }
+
+    #[test]
+    fn lengths_are_postcards() {
+        for n in [0, 1, 127, 128, 16_383, 16_384, u32::MAX as usize] {
+            assert_eq!(
+                varint_len(n),
+                postcard::to_allocvec(&n).unwrap().len(),
+                "{n}"
+            );
+        }
+        for n in [0, -1, 63, -64, 64, -65, 1 << 40, i64::MIN, i64::MAX] {
+            assert_eq!(
+                signed_len(n),
+                postcard::to_allocvec(&n).unwrap().len(),
+                "{n}"
+            );
+        }
+    }
 }

@@ -456,3 +456,313 @@ fn a_profile_is_taken_from_the_cache_only_while_the_store_holds_it() {
     let (cached, bytes) = load(&key);
     assert_eq!(Some(cached), Profile::decode(&bytes.unwrap()));
 }
+
+/// A device `id` of class `sensor` on route `mqtt`, whose profiles learn
+/// from `events` events and no hours: tests teach it, then it enforces.
+fn quick_learner(id: &str, events: u64) -> Session {
+    kv::set(LEARNING_KEY, events.to_string().as_bytes()).unwrap();
+    kv::set(LEARNING_HOURS_KEY, b"0").unwrap();
+    Session::new(1, id, "sensor", "yard", "mqtt")
+}
+
+fn subscribe(batch: &mut Batch, filters: &[&str]) {
+    let mut event = batch.push("mqtt.subscribe");
+    event.int("packet-id", 1);
+    for filter in filters {
+        event.text("filter", filter);
+    }
+}
+
+#[test]
+fn a_subscription_to_a_filter_never_used_is_flagged() {
+    Host::reset();
+    let s = quick_learner("sub-1", 10);
+    let mut learning = Batch::new();
+    subscribe(&mut learning, &["site/a/cmd"]);
+    for _ in 0..9 {
+        write_event(&mut learning, &Ev::Publish("site/a/temp".into(), 4));
+    }
+    assert!(Baseline::detect(&s, &learning).is_empty());
+
+    let mut again = Batch::new();
+    subscribe(&mut again, &["site/a/cmd"]);
+    assert!(Baseline::detect(&s, &again).is_empty(), "a filter it used");
+
+    let mut everything = Batch::new();
+    subscribe(&mut everything, &["site/a/cmd", "#"]);
+    let findings = Baseline::detect(&s, &everything);
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert!(
+        findings[0]
+            .reason
+            .contains("sub-1 (sensor) subscribed to #, a filter it never used"),
+        "{}",
+        findings[0].reason
+    );
+}
+
+#[test]
+fn a_new_topic_is_flagged_however_many_topics_were_learnt() {
+    Host::reset();
+    let s = quick_learner("busy-1", 300);
+    let mut learning = Batch::new();
+    for i in 0..300 {
+        write_event(&mut learning, &Ev::Publish(format!("site/a/{i}"), 4));
+    }
+    assert!(Baseline::detect(&s, &learning).is_empty());
+    let mut odd = Batch::new();
+    write_event(&mut odd, &Ev::Publish("site/a/cmd".into(), 4));
+    let findings = Baseline::detect(&s, &odd);
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert!(
+        findings[0]
+            .reason
+            .contains("published to site/a/cmd, a topic it never used"),
+        "{}",
+        findings[0].reason
+    );
+}
+
+#[test]
+fn an_exported_profile_permits_only_the_filters_and_functions_learnt() {
+    let mut batch = Batch::new();
+    subscribe(&mut batch, &["site/a/cmd", "site/b/+"]);
+    write_event(&mut batch, &Ev::Function(8));
+    batch
+        .push("modbus.other")
+        .int("transaction", 1)
+        .int("unit", 1)
+        .int("function", 20);
+    let names = Names::of(&batch);
+    let mut profile = Profile::default();
+    for event in batch.iter() {
+        profile.learn("r", &event, &names, DAY0);
+    }
+    let policy = profile.to_policy("principal == Device::\"d\"", "d");
+    for kind in ["mqtt.subscribe", "modbus.diagnostics", "modbus.other"] {
+        assert!(
+            !policy.contains(&format!("Action::\"{kind}\", resource);")),
+            "{kind} permitted whatever it carries:\n{policy}"
+        );
+    }
+    assert!(
+        policy.contains(
+            "action == Action::\"mqtt.subscribe\", resource)\n\
+             when { [\"site/a/cmd\", \"site/b/+\"].containsAll(context.filter) };"
+        ),
+        "{policy}"
+    );
+    for kind in ["modbus.diagnostics", "modbus.other"] {
+        assert!(
+            policy.contains(&format!(
+                "action == Action::\"{kind}\", resource)\nwhen {{ [8, 20].contains(context.function) }};"
+            )),
+            "{policy}"
+        );
+    }
+    // Nothing learnt, nothing permitted.
+    let mut nothing = Profile::default();
+    nothing.kinds.insert("mqtt.subscribe".into());
+    nothing.kinds.insert("modbus.other".into());
+    let policy = nothing.to_policy("principal == Device::\"d\"", "d");
+    assert!(!policy.contains("permit("), "{policy}");
+}
+
+/// A read/write multiple registers request (function 23), as the Modbus
+/// parser reports it: it reads `read` and writes `write`, each an
+/// `(address, count)`.
+fn read_write(batch: &mut Batch, read: (i64, i64), write: (i64, i64)) {
+    batch
+        .push("modbus.read-write")
+        .int("transaction", 1)
+        .int("unit", 1)
+        .int("function", 23)
+        .text("access", "read-write")
+        .text("register-type", "holding-register")
+        .int("address", read.0)
+        .int("count", read.1)
+        .int("write-address", write.0)
+        .int("write-count", write.1);
+}
+
+#[test]
+fn the_write_of_a_read_write_request_is_learnt_and_judged_as_a_write() {
+    Host::reset();
+    kv::set(LEARNING_KEY, b"10").unwrap();
+    kv::set(LEARNING_HOURS_KEY, b"0").unwrap();
+    let plc = Session::new(1, "plc-23", "plc", "cell-1", "modbus");
+    let mut learning = Batch::new();
+    for _ in 0..10 {
+        // Reads 0-9 and 50-59, writes 40-41.
+        read_write(&mut learning, (0, 10), (40, 2));
+        read_write(&mut learning, (50, 10), (40, 2));
+    }
+    assert!(Baseline::detect(&plc, &learning).is_empty());
+
+    let mut normal = Batch::new();
+    read_write(&mut normal, (0, 10), (40, 2));
+    read_write(&mut normal, (50, 5), (41, 1));
+    assert!(Baseline::detect(&plc, &normal).is_empty(), "as learnt");
+
+    let mut odd = Batch::new();
+    read_write(&mut odd, (0, 10), (200, 1));
+    read_write(&mut odd, (0, 10), (55, 2));
+    read_write(&mut odd, (300, 1), (40, 2));
+    let reasons: Vec<String> = Baseline::detect(&plc, &odd)
+        .into_iter()
+        .map(|f| f.reason)
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "plc-23 (plc) wrote holding-register 200 on unit 1, which it never accessed",
+            "plc-23 (plc) wrote holding-register 55-56 on unit 1, which it only ever read",
+            "plc-23 (plc) read holding-register 300 on unit 1, outside what it reads",
+        ]
+    );
+
+    // The export permits function 23 to write what was written only.
+    let profile = Profile::decode(&Host::kv()[&device_key("plc-23")]).unwrap();
+    let policy = profile.to_policy("principal == Device::\"plc-23\"", "plc-23");
+    let read_writes: Vec<&str> = policy
+        .split("\n\n")
+        .filter(|p| p.contains("Action::\"modbus.read-write\""))
+        .collect();
+    assert_eq!(read_writes.len(), 1, "{policy}");
+    assert!(
+        read_writes[0].contains(
+            "context has \"write-address\" && context has \"write-count\" && \
+             (context[\"write-address\"] >= 40 && context[\"write-address\"] + context[\"write-count\"] <= 42)"
+        ),
+        "{policy}"
+    );
+    assert!(
+        read_writes[0].contains(
+            "(context.address >= 0 && context.address + context.count <= 10 || \
+             context.address >= 50 && context.address + context.count <= 60)"
+        ),
+        "{policy}"
+    );
+}
+
+fn request(batch: &mut Batch, method: &str, path: &str) {
+    batch
+        .push("coap.request")
+        .text("method", method)
+        .text("path", path)
+        .bytes("token", &[1])
+        .int("payload-size", 0);
+}
+
+#[test]
+fn long_names_are_not_learnt_and_are_flagged_once_enforcing() {
+    Host::reset();
+    let s = quick_learner("long-1", 10);
+    let long = |c: &str| format!("site/{}", c.repeat(40_000));
+    // The policy may deny these: the detector sees them all the same.
+    let mut learning = Batch::new();
+    write_event(&mut learning, &Ev::Publish(long("a"), 4));
+    write_event(&mut learning, &Ev::Publish(long("b"), 4));
+    subscribe(&mut learning, &[&long("c")]);
+    request(&mut learning, "GET", &long("d"));
+    for _ in 0..6 {
+        write_event(&mut learning, &Ev::Publish("site/a/temp".into(), 4));
+    }
+    assert!(Baseline::detect(&s, &learning).is_empty());
+    let stored = Host::kv()
+        .remove(&device_key("long-1"))
+        .expect("the profile is stored");
+    let profile = Profile::decode(&stored).unwrap();
+    assert_eq!(profile.topics.iter().collect::<Vec<_>>(), ["site/a/temp"]);
+    assert!(profile.filters.is_empty() && profile.resources.is_empty());
+
+    let mut odd = Batch::new();
+    write_event(&mut odd, &Ev::Publish(long("a"), 4));
+    subscribe(&mut odd, &[&long("c")]);
+    request(&mut odd, "GET", &long("d"));
+    let findings = Baseline::detect(&s, &odd);
+    let reasons: Vec<&str> = findings.iter().map(|f| f.reason.as_str()).collect();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    for (reason, what) in reasons.iter().zip([
+        "published to a 40005-byte topic",
+        "subscribed to a 40005-byte filter",
+        "requested GET on a 40005-byte path",
+    ]) {
+        assert!(reason.contains(what), "{reason}");
+        assert!(
+            reason.len() < 300,
+            "the name is not repeated whole: {reason}"
+        );
+    }
+}
+
+#[test]
+fn a_profile_stays_within_its_bound_however_much_it_learns() {
+    Host::reset();
+    // It learns from this one batch, then enforces.
+    let s = quick_learner("wide-1", 300 * 3 + 2000);
+    let mut batch = Batch::new();
+    for i in 0..300 {
+        let name = format!("{i}/{}", "x".repeat(200));
+        write_event(&mut batch, &Ev::Publish(format!("site/{name}"), 4));
+        subscribe(&mut batch, &[&format!("filter/{name}")]);
+        request(&mut batch, "GET", &format!("/{name}"));
+    }
+    for i in 0..2000 {
+        write_event(&mut batch, &Ev::Read("holding-register", i * 3, 1));
+    }
+    assert!(Baseline::detect(&s, &batch).is_empty());
+    let stored = Host::kv()
+        .remove(&device_key("wide-1"))
+        .expect("the profile is stored");
+    assert!(
+        stored.len() <= profile::MAX_PROFILE_LEN,
+        "{} bytes",
+        stored.len()
+    );
+    assert!(
+        stored.len() > profile::MAX_PROFILE_LEN - 512,
+        "it learns up to its bound: {} bytes",
+        stored.len()
+    );
+    // What it could not learn, it flags.
+    let mut odd = Batch::new();
+    write_event(
+        &mut odd,
+        &Ev::Publish(format!("site/299/{}", "x".repeat(200)), 4),
+    );
+    let findings = Baseline::detect(&s, &odd);
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert!(findings[0].reason.contains("a topic it never used"));
+}
+
+#[test]
+fn a_profile_the_store_refuses_is_told_in_a_finding() {
+    Host::reset();
+    let s = quick_learner("full-1", 10);
+    // No room for a profile.
+    let used: usize = Host::kv().iter().map(|(k, v)| k.len() + v.len()).sum();
+    Host::set_kv_quota(used + 16);
+    let mut batch = Batch::new();
+    for _ in 0..3 {
+        write_event(&mut batch, &Ev::Publish("site/a/temp".into(), 4));
+    }
+    let findings = Baseline::detect(&s, &batch);
+    let reasons: Vec<&str> = findings.iter().map(|f| f.reason.as_str()).collect();
+    assert_eq!(
+        reasons,
+        [
+            "full-1 (sensor): the baseline cannot store its profile (the plugin's store is full): what it learns is lost",
+            "class sensor: the baseline cannot store its profile (the plugin's store is full): what it learns is lost",
+        ]
+    );
+    assert!(
+        findings
+            .iter()
+            .all(|f| f.event == 2 && f.severity == Severity::Medium)
+    );
+    // Told once an hour, not on every batch.
+    assert!(Baseline::detect(&s, &batch).is_empty());
+    Host::advance_clock(3_600_000_000_000);
+    assert_eq!(Baseline::detect(&s, &batch).len(), 2);
+}

@@ -3,20 +3,104 @@
 //!
 //! - a malformed frame (the parser's `PROTOCOL.malformed` report);
 //! - a CONNECT flood: more MQTT CONNECTs from one device in a minute than
-//!   `config/connects-per-minute` (default 10), across its sessions;
+//!   `config/connects-per-minute` (default 10), across its sessions
+//!   (counted in the store, one key per device);
 //! - a Modbus function code outside the public set (user-defined or
 //!   unassigned);
-//! - a write (Modbus write, CoAP PUT, POST or DELETE, MQTT publish to a
-//!   topic ending in `/cmd` or `/set`) inside the read-only window
-//!   `config/read-only-hours`, for example `22-6` (UTC, end excluded).
+//! - a write (Modbus write, file record write included, CoAP PUT, POST or
+//!   DELETE, MQTT publish to a topic ending in `/cmd` or `/set`) inside the
+//!   read-only window `config/read-only-hours`, for example `22-6` (UTC,
+//!   end excluded).
 
-use std::cell::OnceCell;
+use std::cell::{OnceCell, RefCell};
+use std::collections::BTreeMap;
 
-use palisade_plugin_sdk::host::{self, config, kv};
+use palisade_plugin_sdk::host::{self, Level, config, kv};
 use palisade_plugin_sdk::{Batch, Detector, EventRef, Finding, KindId, Session, Severity};
 
 /// CONNECTs per device and minute above which it is a flood.
 pub const CONNECTS_PER_MINUTE: u64 = 10;
+
+/// The store key of a device's CONNECT count: one key per device, holding
+/// the minute (since the epoch) and the CONNECTs in it, so that what a
+/// device leaves in the store does not grow with the minutes it connects
+/// in.
+pub fn connects_key(device: &str) -> String {
+    format!("connects/{device}")
+}
+
+/// A CONNECT count as stored: the minute, then the count, little-endian.
+fn encode_count(minute: u64, count: u64) -> [u8; 16] {
+    let mut bytes = [0; 16];
+    let (m, c) = bytes.split_at_mut(8);
+    m.copy_from_slice(&minute.to_le_bytes());
+    c.copy_from_slice(&count.to_le_bytes());
+    bytes
+}
+
+/// The `(minute, count)` stored as `bytes`; `None` for a value of another
+/// shape.
+fn decode_count(bytes: &[u8]) -> Option<(u64, u64)> {
+    let minute = bytes.get(..8)?.try_into().ok()?;
+    let count = bytes.get(8..)?.try_into().ok()?;
+    Some((u64::from_le_bytes(minute), u64::from_le_bytes(count)))
+}
+
+/// Devices whose count an instance keeps besides the store: enough for the
+/// devices connecting in one minute on a site of thousands, while an
+/// instance's memory stays small (an entry is a device id and two numbers).
+const REMEMBERED: usize = 1024;
+
+thread_local! {
+    /// The CONNECT counts this instance made, by device: `(minute, count)`.
+    /// The store holds the count every instance shares; this is what the
+    /// instance still knows when the store refuses a write (its quota
+    /// full), so that a flood is flagged all the same rather than every
+    /// CONNECT being counted as the first.
+    static COUNTED: RefCell<BTreeMap<String, (u64, u64)>> = const { RefCell::new(BTreeMap::new()) };
+}
+
+/// Count a CONNECT of `device` in `minute`; returns the CONNECTs it sent in
+/// that minute, this one included, across instances and sessions as far as
+/// the store could keep them. A count the store refuses is logged, once a
+/// call: `warned` says it was.
+fn count_connect(device: &str, minute: u64, warned: &mut bool) -> u64 {
+    let key = connects_key(device);
+    let stored = kv::get(&key)
+        .as_deref()
+        .and_then(decode_count)
+        .filter(|&(m, _)| m == minute)
+        .map_or(0, |(_, count)| count);
+    let count = COUNTED.with_borrow_mut(|counted| {
+        let remembered = counted
+            .get(device)
+            .filter(|&&(m, _)| m == minute)
+            .map_or(0, |&(_, count)| count);
+        let count = stored.max(remembered).saturating_add(1);
+        if let Some(entry) = counted.get_mut(device) {
+            *entry = (minute, count);
+        } else {
+            if counted.len() >= REMEMBERED {
+                counted.retain(|_, &mut (m, _)| m == minute);
+            }
+            if counted.len() < REMEMBERED {
+                counted.insert(device.to_owned(), (minute, count));
+            }
+        }
+        count
+    });
+    if let Err(e) = kv::set(&key, &encode_count(minute, count))
+        && !std::mem::replace(warned, true)
+    {
+        host::log(
+            Level::Warn,
+            &format!(
+                "cannot store the CONNECT count of {device} ({e:?}): counted by this instance only"
+            ),
+        );
+    }
+    count
+}
 
 /// The detector as a plugin.
 #[derive(Debug)]
@@ -43,9 +127,14 @@ pub fn in_window(window: &str, hour: u64) -> bool {
     }
 }
 
+/// Modbus function 21, write file record: the parser reports it as
+/// `modbus.other`, as it does every function it does not describe further.
+const WRITE_FILE_RECORD: i64 = 21;
+
 fn is_write(event: &EventRef<'_>) -> bool {
     match event.kind() {
         "modbus.write" | "modbus.read-write" => true,
+        "modbus.other" => event.int("function") == Some(WRITE_FILE_RECORD),
         "coap.request" => matches!(
             event.text("method"),
             Some("PUT" | "POST" | "DELETE" | "PATCH" | "iPATCH")
@@ -94,6 +183,7 @@ impl Detector for Hygiene {
         };
         let window: Option<String> = config::get("read-only-hours");
         let mut findings = Vec::new();
+        let mut warned = false;
         // Events of a kind come in runs: the kind's text is read once a run.
         let mut last: Option<(KindId, Class)> = None;
         for event in events.iter() {
@@ -122,16 +212,9 @@ impl Detector for Hygiene {
                 continue;
             }
             if class == Class::Connect {
-                let now = now();
                 let flood_at = flood_at();
-                let key = format!("connects/{device}/{}", now / 60_000);
-                let count = kv::get(&key)
-                    .and_then(|v| v.try_into().ok())
-                    .map_or(0, u64::from_le_bytes)
-                    + 1;
-                let _ = kv::set(&key, &count.to_le_bytes());
-                let _ = kv::delete(&format!("connects/{device}/{}", now / 60_000 - 1));
-                if count == flood_at + 1 {
+                let count = count_connect(device, now() / 60_000, &mut warned);
+                if count == flood_at.saturating_add(1) {
                     findings.push(Finding::new(
                         i,
                         Severity::High,
@@ -230,6 +313,62 @@ mod tests {
         assert!(Hygiene::detect(&s, &calm).is_empty());
     }
 
+    /// The store keys of CONNECT counts.
+    fn connect_keys() -> Vec<String> {
+        Host::kv()
+            .into_keys()
+            .filter(|k| k.starts_with("connects/"))
+            .collect()
+    }
+
+    #[test]
+    fn a_device_that_connects_now_and_then_keeps_one_count_in_the_store() {
+        Host::reset();
+        let s = Session::new(1, "cam-1", "camera", "lobby", "mqtt");
+        let mut connect = Batch::new();
+        connect.push("mqtt.connect").text("client-id", "x");
+        let first_minute = host::wall_clock() / 60_000;
+        assert!(Hygiene::detect(&s, &connect).is_empty());
+        Host::advance_clock(2 * 60_000_000_000);
+        assert!(Hygiene::detect(&s, &connect).is_empty());
+        let keys = connect_keys();
+        assert_eq!(keys.len(), 1, "{keys:?}");
+        assert!(
+            !keys.iter().any(|k| k.ends_with(&first_minute.to_string())),
+            "minute 0's count is gone: {keys:?}"
+        );
+    }
+
+    #[test]
+    fn a_flood_is_flagged_after_many_devices_came_and_went() {
+        Host::reset();
+        // Room for a few hundred counts: fewer than the devices below.
+        Host::set_kv_quota(16 << 10);
+        let mut connect = Batch::new();
+        connect.push("mqtt.connect").text("client-id", "x");
+        for i in 0..1000 {
+            let s = Session::new(i, &format!("dev-{i}"), "sensor", "yard", "mqtt");
+            assert!(Hygiene::detect(&s, &connect).is_empty());
+            Host::advance_clock(30_000_000_000);
+        }
+        let s = Session::new(2000, "flooder", "sensor", "yard", "mqtt");
+        let mut flood = Batch::new();
+        for _ in 0..25 {
+            flood.push("mqtt.connect").text("client-id", "x");
+        }
+        let findings = Hygiene::detect(&s, &flood);
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        assert!(findings[0].reason.contains("a CONNECT flood"));
+        // The store is full: what could not be kept is said.
+        assert!(
+            Host::logs()
+                .iter()
+                .any(|(level, line)| *level == host::Level::Warn && line.contains("flooder")),
+            "{:?}",
+            Host::logs()
+        );
+    }
+
     #[test]
     fn writes_in_the_read_only_window_are_flagged() {
         Host::reset();
@@ -246,5 +385,32 @@ mod tests {
         );
         assert!(in_window("22-6", 23) && in_window("22-6", 5) && !in_window("22-6", 6));
         assert!(in_window("9-17", 9) && !in_window("9-17", 17) && !in_window("bad", 1));
+    }
+
+    #[test]
+    fn a_file_record_write_in_the_read_only_window_is_flagged() {
+        Host::reset();
+        kv::set("config/read-only-hours", b"22-6").unwrap();
+        // The parser reports functions 20 and 21 (read and write file
+        // record) as `modbus.other`: only the write is flagged.
+        let mut batch = Batch::new();
+        batch
+            .push("modbus.other")
+            .int("unit", 1)
+            .int("function", 20);
+        batch
+            .push("modbus.other")
+            .int("unit", 1)
+            .int("function", 21);
+        let findings = Hygiene::detect(&session(), &batch);
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        assert_eq!(findings[0].event, 1);
+        assert!(
+            findings[0]
+                .reason
+                .contains("inside the read-only window 22-6"),
+            "{}",
+            findings[0].reason
+        );
     }
 }
