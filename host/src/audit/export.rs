@@ -287,3 +287,76 @@ async fn post(url: &str, records: &[Record]) -> Result<(), DeliveryError> {
         Err(DeliveryError::Refused(status_line.to_owned()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use std::collections::BTreeSet;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::audit::tests::entries;
+    use crate::store::Store;
+
+    /// A multi-threaded runtime with one worker, as a small appliance has.
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    fn ids_in(path: &std::path::Path) -> Vec<u64> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<Record>(l).unwrap().id)
+            .collect()
+    }
+
+    #[test]
+    fn records_appended_side_by_side_all_reach_the_sink() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state")).unwrap();
+        let log = AuditLog::open(&store).unwrap();
+        let out = dir.path().join("audit.jsonl");
+        let sink = SinkConfig::File {
+            name: "file".into(),
+            path: out.clone(),
+        };
+        let rt = runtime();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let exporter = rt.spawn(Exporter::new(log.clone(), sink).run(stopped));
+
+        // Sessions that find the writer's queue full append side by side.
+        let appenders: Vec<_> = (0..8)
+            .map(|_| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    (0..150)
+                        .map(|_| log.append(entries(1)).unwrap()[0].id)
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let written: BTreeSet<u64> = appenders
+            .into_iter()
+            .flat_map(|a| a.join().unwrap())
+            .collect();
+
+        let start = Instant::now();
+        while log.backlog("file").unwrap() > 0 && start.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stop.send(true).unwrap();
+        rt.block_on(exporter).unwrap();
+        let delivered = ids_in(&out);
+        let missing: Vec<_> = written
+            .iter()
+            .filter(|id| !delivered.contains(id))
+            .collect();
+        assert!(missing.is_empty(), "never exported: {missing:?}");
+        assert_eq!(delivered.len(), written.len(), "each once");
+    }
+}

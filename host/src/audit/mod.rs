@@ -17,6 +17,8 @@ mod queue;
 
 pub use queue::AuditQueue;
 
+use std::sync::{Arc, Mutex};
+
 use serde::{Deserialize, Serialize};
 
 use crate::plugins::{Action, EventRef, Finding, Session, Severity, Value};
@@ -240,13 +242,26 @@ pub fn attributes_json(event: EventRef<'_>) -> serde_json::Map<String, serde_jso
     attributes
 }
 
-/// The audit trail in the state database.
+/// The audit trail in the state database. Open it once per store and
+/// share clones: the clones share the lock that keeps identifiers in order.
 #[derive(Debug, Clone)]
 pub struct AuditLog {
     store: Store,
     records: sled::Tree,
     cursors: sled::Tree,
-    appended: std::sync::Arc<tokio::sync::Notify>,
+    shared: Arc<Shared>,
+}
+
+/// What the clones of one [`AuditLog`] share.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Held from taking identifiers until their records are in the tree.
+    /// Identifiers then become visible in increasing order: an exporter
+    /// that has read record `n` never sees a record below `n` appear after
+    /// it, which it would skip for good.
+    appending: Mutex<()>,
+    /// Woken after each append.
+    appended: tokio::sync::Notify,
 }
 
 impl AuditLog {
@@ -256,13 +271,29 @@ impl AuditLog {
             store: store.clone(),
             records: store.tree(RECORDS)?,
             cursors: store.tree(CURSORS)?,
-            appended: Default::default(),
+            shared: Arc::default(),
         })
     }
 
     /// Record `entries`, in order, and wait until they are on disk. Returns
-    /// the records as written.
+    /// the records as written. Safe to call from several threads at once.
     pub fn append(&self, entries: Vec<Entry>) -> Result<Vec<Record>, AuditError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let records = {
+            let _in_order = (self.shared.appending.lock()).unwrap_or_else(|p| p.into_inner());
+            self.insert(entries)?
+        };
+        // Outside the lock, so that appenders share one another's flushes.
+        self.records.flush()?;
+        self.shared.appended.notify_waiters();
+        Ok(records)
+    }
+
+    /// Give `entries` identifiers and put them in the tree, in one batch.
+    /// The caller holds [`Shared::appending`].
+    fn insert(&self, entries: Vec<Entry>) -> Result<Vec<Record>, AuditError> {
         // Microseconds: the finest RFC 5424 timestamps carry.
         let time = jiff::Timestamp::now()
             .round(jiff::Unit::Microsecond)
@@ -293,19 +324,14 @@ impl AuditLog {
             batch.insert(&record.id.to_be_bytes(), bytes);
             records.push(record);
         }
-        if records.is_empty() {
-            return Ok(records);
-        }
         self.records.apply_batch(batch)?;
-        self.records.flush()?;
-        self.appended.notify_waiters();
         Ok(records)
     }
 
     /// Resolves when records are next appended through this log or a
     /// clone of it.
     pub fn appended(&self) -> tokio::sync::futures::Notified<'_> {
-        self.appended.notified()
+        self.shared.appended.notified()
     }
 
     /// Up to `limit` records after identifier `after` (0 for the first), in

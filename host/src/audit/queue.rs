@@ -1,10 +1,11 @@
 //! Recording off the frame's path: sessions hand their findings and
 //! actions to a writer thread, which appends whatever has queued up in one
 //! batch and one flush. The queue is bounded; when it is full the session
-//! appends itself, so a device that makes findings faster than the disk
-//! takes them is slowed down, and no record is dropped.
+//! waits for room (its tokio worker hands its other tasks on meanwhile), so
+//! a device that makes findings faster than the disk takes them is slowed
+//! down, and no record is dropped. The writer is the only appender.
 
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, SendError, SyncSender, TrySendError, sync_channel};
 
 use tracing::error;
 
@@ -46,11 +47,19 @@ impl AuditQueue {
         }
         match self.sender.try_send(Item::Entries(entries)) {
             Ok(()) => {}
-            Err(TrySendError::Full(item) | TrySendError::Disconnected(item)) => {
-                if let Item::Entries(entries) = item {
-                    append(&self.log, entries);
+            Err(TrySendError::Full(item)) => blocking(|| {
+                if let Err(SendError(item)) = self.sender.send(item) {
+                    self.append_here(item);
                 }
-            }
+            }),
+            // Only if the writer thread died: record in this thread.
+            Err(TrySendError::Disconnected(item)) => blocking(|| self.append_here(item)),
+        }
+    }
+
+    fn append_here(&self, item: Item) {
+        if let Item::Entries(entries) = item {
+            append(&self.log, entries);
         }
     }
 
@@ -61,6 +70,18 @@ impl AuditQueue {
         if self.sender.send(Item::Drained(done)).is_ok() {
             let _ = wait.recv_timeout(patience);
         }
+    }
+}
+
+/// Run `f`, which blocks; on a multi-threaded tokio runtime, first let the
+/// worker's other tasks move to another worker, so that sessions on the
+/// same worker carry on.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        // No runtime, or one whose only thread is this one: nothing to move.
+        _ => f(),
     }
 }
 
