@@ -162,18 +162,22 @@ impl Exporter {
     }
 
     /// Deliver the next batch, if there is one. Returns how many records
-    /// were delivered.
+    /// the sink's cursor moved past: delivered, or skipped as damaged.
     pub async fn deliver_next(&self) -> Result<usize, DeliveryError> {
         let name = self.sink.name();
         let io = |e: super::AuditError| DeliveryError::Io(std::io::Error::other(e));
         let cursor = self.log.cursor(name).map_err(io)?;
-        let records = self.log.after(cursor, BATCH).map_err(io)?;
-        let Some(last) = records.last().map(|r| r.id) else {
+        let page = self.log.read(cursor, BATCH).map_err(io)?;
+        let Some(last) = page.last else {
             return Ok(0);
         };
-        self.deliver(&records).await?;
+        // A page of damaged records only (skipped and counted by `read`)
+        // moves the cursor too.
+        if !page.records.is_empty() {
+            self.deliver(&page.records).await?;
+        }
         self.log.advance(name, last).map_err(io)?;
-        Ok(records.len())
+        Ok(page.records.len() + page.damaged)
     }
 
     async fn deliver(&self, records: &[Record]) -> Result<(), DeliveryError> {
@@ -358,5 +362,33 @@ mod tests {
             .collect();
         assert!(missing.is_empty(), "never exported: {missing:?}");
         assert_eq!(delivered.len(), written.len(), "each once");
+    }
+
+    #[test]
+    fn damaged_records_do_not_stop_the_ones_after_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::temporary().unwrap();
+        let log = AuditLog::open(&store).unwrap();
+        let out = dir.path().join("audit.jsonl");
+        let sink = SinkConfig::File {
+            name: "file".into(),
+            path: out.clone(),
+        };
+        let written = log.append(entries(BATCH + 2)).unwrap();
+        // A whole batch's worth of records that no longer parse.
+        for record in &written[..BATCH] {
+            (log.records)
+                .insert(record.id.to_be_bytes(), &b"not json"[..])
+                .unwrap();
+        }
+        let exporter = Exporter::new(log.clone(), sink);
+        let rt = runtime();
+        for _ in 0..3 {
+            rt.block_on(exporter.deliver_next()).unwrap();
+        }
+        let expected: Vec<u64> = written[BATCH..].iter().map(|r| r.id).collect();
+        assert_eq!(ids_in(&out), expected);
+        assert_eq!(log.backlog("file").unwrap(), 0);
+        assert_eq!(log.damaged(), BATCH as u64);
     }
 }

@@ -9,7 +9,9 @@
 //! records wait on disk, and the exporter retries with backoff until the
 //! SIEM takes them, in order, each once. The log is the exporters' buffer;
 //! [`AuditLog::backlog`] says how far each sink is behind, and
-//! [`AuditLog::prune`] removes only records every sink has delivered.
+//! [`AuditLog::prune`] removes only records every sink has delivered. A
+//! record that cannot be read back is skipped with a warning and counted
+//! ([`AuditLog::damaged`]): it stops no exporter and no listing.
 
 pub mod export;
 pub mod format;
@@ -168,7 +170,9 @@ impl Entry {
             event: event.map(event_record),
             what: What::Finding {
                 severity: severity_name(finding.severity).to_owned(),
-                score: finding.score,
+                // A non-finite score would be stored as `null` and never
+                // read back.
+                score: crate::plugins::score_in_range(finding.score),
                 reason: finding.reason.clone(),
             },
         }
@@ -262,6 +266,35 @@ struct Shared {
     appending: Mutex<()>,
     /// Woken after each append.
     appended: tokio::sync::Notify,
+    /// The damaged records readers have skipped.
+    damaged: Mutex<Damaged>,
+}
+
+/// Damaged records met so far.
+#[derive(Debug, Default)]
+struct Damaged {
+    /// How many.
+    count: u64,
+    /// The most recent of them, so that each is warned about and counted
+    /// once however often it is read.
+    ids: std::collections::BTreeSet<u64>,
+}
+
+/// How many damaged records are remembered. Past it, one read long ago
+/// may be counted again: damaged records are rare, and a bounded set beats
+/// an exact count.
+const DAMAGED_REMEMBERED: usize = 4096;
+
+/// Records read from the log, and how far the read went.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Page {
+    /// The records that could be read, in order.
+    pub records: Vec<Record>,
+    /// How many damaged records were left out.
+    pub damaged: usize,
+    /// The last identifier read, damaged records included: where the next
+    /// read starts. `None` when there was nothing to read.
+    pub last: Option<u64>,
 }
 
 impl AuditLog {
@@ -334,25 +367,65 @@ impl AuditLog {
         self.shared.appended.notified()
     }
 
-    /// Up to `limit` records after identifier `after` (0 for the first), in
-    /// order.
+    /// The records among the next `limit` after identifier `after` (0 for
+    /// the first), in order. Damaged ones are left out, as in
+    /// [`AuditLog::read`].
     pub fn after(&self, after: u64, limit: usize) -> Result<Vec<Record>, AuditError> {
+        Ok(self.read(after, limit)?.records)
+    }
+
+    /// The next `limit` records after identifier `after` (0 for the
+    /// first), in order, and the identifier the read reached. A record
+    /// that does not parse is left out, with a warning and
+    /// [`AuditLog::damaged`] counting it, so that it stops no reader.
+    pub fn read(&self, after: u64, limit: usize) -> Result<Page, AuditError> {
         let start = after.saturating_add(1).to_be_bytes();
-        let mut records = Vec::new();
+        let mut page = Page::default();
         for entry in self.records.range(start..).take(limit) {
             let (key, value) = entry?;
+            // Keys are written as eight bytes, in `insert`.
             let id = key
                 .as_ref()
                 .try_into()
                 .map(u64::from_be_bytes)
                 .unwrap_or_default();
-            let record = serde_json::from_slice(&value).map_err(|e| AuditError::Damaged {
-                id,
-                reason: e.to_string(),
-            })?;
-            records.push(record);
+            page.last = Some(id);
+            match serde_json::from_slice(&value) {
+                Ok(record) => page.records.push(record),
+                Err(e) => {
+                    page.damaged += 1;
+                    self.skip_damaged(id, &e);
+                }
+            }
         }
-        Ok(records)
+        Ok(page)
+    }
+
+    /// Warn about damaged record `id`, and count it, the first time it is
+    /// read.
+    fn skip_damaged(&self, id: u64, error: &serde_json::Error) {
+        let mut seen = (self.shared.damaged.lock()).unwrap_or_else(|p| p.into_inner());
+        if !seen.ids.insert(id) {
+            return;
+        }
+        if seen.ids.len() > DAMAGED_REMEMBERED {
+            seen.ids.pop_first();
+        }
+        seen.count = seen.count.saturating_add(1);
+        tracing::warn!(
+            record = id,
+            error = %error,
+            damaged = seen.count,
+            "audit record is damaged; skipped"
+        );
+    }
+
+    /// How many damaged records readers have skipped since the log was
+    /// opened.
+    pub fn damaged(&self) -> u64 {
+        (self.shared.damaged.lock())
+            .unwrap_or_else(|p| p.into_inner())
+            .count
     }
 
     /// The last identifier `sink` delivered (0 before the first).
@@ -465,6 +538,52 @@ mod tests {
         assert_eq!(log.after(0, 100).unwrap(), written[3..]);
         assert_eq!(log.prune(&["file", "syslog"], 0).unwrap(), 1);
         assert_eq!(log.backlog("syslog").unwrap(), 6);
+    }
+
+    #[test]
+    fn a_finding_scored_nan_or_infinite_reads_back() {
+        let store = Store::temporary().unwrap();
+        let log = AuditLog::open(&store).unwrap();
+        let plugin = PluginRef {
+            name: "odd".into(),
+            version: None,
+        };
+        let scored = |score| {
+            let finding = Finding {
+                event: 0,
+                severity: Severity::High,
+                score,
+                reason: "odd score".into(),
+            };
+            Entry::finding(&session(), plugin.clone(), None, &finding)
+        };
+        let odd = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1.5];
+        log.append(odd.into_iter().map(scored).collect()).unwrap();
+        let scores: Vec<f32> = (log.after(0, 10).unwrap().iter())
+            .filter_map(|r| match r.what {
+                What::Finding { score, .. } => Some(score),
+                What::Action { .. } => None,
+            })
+            .collect();
+        assert_eq!(scores, [0.0, 1.0, 0.0, 1.0]);
+    }
+
+    #[test]
+    fn a_damaged_record_is_skipped_not_fatal() {
+        let store = Store::temporary().unwrap();
+        let log = AuditLog::open(&store).unwrap();
+        let written = log.append(entries(3)).unwrap();
+        // The second record no longer parses: a non-finite score written
+        // as `null` by an older version.
+        (log.records)
+            .insert(written[1].id.to_be_bytes(), &br#"{"score":null}"#[..])
+            .unwrap();
+        let read = log.after(0, 10).unwrap();
+        assert_eq!(read, [written[0].clone(), written[2].clone()]);
+        assert_eq!(log.damaged(), 1);
+        // Read again: skipped again, counted once.
+        assert_eq!(log.after(written[0].id, 10).unwrap(), written[2..]);
+        assert_eq!(log.damaged(), 1);
     }
 
     #[test]
