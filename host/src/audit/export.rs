@@ -16,6 +16,13 @@
 //!   again, whole;
 //! - `syslog` over UDP: sent. UDP gives no acknowledgement; use TCP where
 //!   every record matters.
+//!
+//! Each record is cut to [`format::MAX_MESSAGE_BYTES`] as it is rendered.
+//! A batch that fails is halved for the next attempt (and grows back as
+//! deliveries succeed), so that one record a sink refuses for its size
+//! (HTTP 413, a datagram too long) ends up alone; refused alone, it is
+//! logged, counted and passed over. Every other failure is retried,
+//! however long the sink is down.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -102,6 +109,10 @@ pub enum DeliveryError {
     /// The webhook answered with something other than success.
     #[error("webhook answered `{0}`")]
     Refused(String),
+    /// The sink refused the records for their size: a webhook answered
+    /// 413, or a datagram was too long to send.
+    #[error("too large for the sink: {0}")]
+    TooLarge(String),
     /// The sink's configuration cannot work.
     #[error("{0}")]
     Config(String),
@@ -113,6 +124,12 @@ pub struct Exporter {
     log: AuditLog,
     sink: SinkConfig,
     hostname: String,
+    /// Records read for the next attempt: [`BATCH`], halved after each
+    /// failure, doubled after each success.
+    batch: usize,
+    /// Records the sink refused for their size even alone, and that were
+    /// passed over.
+    undeliverable: u64,
 }
 
 impl Exporter {
@@ -130,11 +147,19 @@ impl Exporter {
             log,
             sink,
             hostname,
+            batch: BATCH,
+            undeliverable: 0,
         }
     }
 
+    /// How many records the sink refused for their size even alone, and
+    /// were passed over.
+    pub fn undeliverable(&self) -> u64 {
+        self.undeliverable
+    }
+
     /// Deliver records until `stop` turns true, then return.
-    pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+    pub async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
         let name = self.sink.name().to_owned();
         let mut backoff = Duration::from_secs(1);
         while !*stop.borrow() {
@@ -142,6 +167,12 @@ impl Exporter {
                 Ok(0) => None,
                 Ok(_) => {
                     backoff = Duration::from_secs(1);
+                    continue;
+                }
+                // The batch is halved already: try again at once, until
+                // the record the sink refuses is alone and passed over.
+                Err(e @ DeliveryError::TooLarge(_)) => {
+                    tracing::warn!(sink = %name, error = %e, batch = self.batch, "audit export refused for its size; trying a smaller batch");
                     continue;
                 }
                 Err(e) => {
@@ -163,20 +194,37 @@ impl Exporter {
 
     /// Deliver the next batch, if there is one. Returns how many records
     /// the sink's cursor moved past: delivered, or skipped as damaged.
-    pub async fn deliver_next(&self) -> Result<usize, DeliveryError> {
-        let name = self.sink.name();
+    pub async fn deliver_next(&mut self) -> Result<usize, DeliveryError> {
         let io = |e: super::AuditError| DeliveryError::Io(std::io::Error::other(e));
-        let cursor = self.log.cursor(name).map_err(io)?;
-        let page = self.log.read(cursor, BATCH).map_err(io)?;
+        let cursor = self.log.cursor(self.sink.name()).map_err(io)?;
+        let page = self.log.read(cursor, self.batch).map_err(io)?;
         let Some(last) = page.last else {
             return Ok(0);
         };
         // A page of damaged records only (skipped and counted by `read`)
         // moves the cursor too.
-        if !page.records.is_empty() {
-            self.deliver(&page.records).await?;
+        let delivered = match page.records.as_slice() {
+            [] => Ok(()),
+            records => self.deliver(records).await,
+        };
+        match (delivered, page.records.as_slice()) {
+            (Ok(()), _) => self.batch = self.batch.saturating_mul(2).min(BATCH),
+            (Err(e @ DeliveryError::TooLarge(_)), [record]) => {
+                self.undeliverable = self.undeliverable.saturating_add(1);
+                tracing::error!(
+                    sink = %self.sink.name(),
+                    record = record.id,
+                    error = %e,
+                    undeliverable = self.undeliverable,
+                    "audit record refused by the sink even alone; passed over (it stays in the audit trail)"
+                );
+            }
+            (Err(e), _) => {
+                self.batch = (self.batch / 2).max(1);
+                return Err(e);
+            }
         }
-        self.log.advance(name, last).map_err(io)?;
+        self.log.advance(self.sink.name(), last).map_err(io)?;
         Ok(page.records.len() + page.damaged)
     }
 
@@ -185,7 +233,7 @@ impl Exporter {
             SinkConfig::File { path, .. } => {
                 let mut lines = String::new();
                 for record in records {
-                    lines.push_str(&format::json_line(record));
+                    lines.push_str(&json(record));
                     lines.push('\n');
                 }
                 let mut file = tokio::fs::OpenOptions::new()
@@ -202,14 +250,25 @@ impl Exporter {
             SinkConfig::Syslog {
                 address, transport, ..
             } => {
-                let messages = records.iter().map(|r| format::syslog(r, &self.hostname));
+                let messages = records.iter().map(|r| {
+                    format::fitted(r, format::MAX_MESSAGE_BYTES, |r| {
+                        format::syslog(r, &self.hostname)
+                    })
+                });
                 match transport {
                     SyslogTransport::Tcp => syslog_tcp(address, messages).await,
                     SyslogTransport::Udp => {
                         let socket = UdpSocket::bind(("0.0.0.0", 0)).await?;
                         socket.connect(address).await?;
                         for message in messages {
-                            socket.send(message.as_bytes()).await?;
+                            socket.send(message.as_bytes()).await.map_err(|e| {
+                                match rustix::io::Errno::from_io_error(&e) {
+                                    Some(rustix::io::Errno::MSGSIZE) => {
+                                        DeliveryError::TooLarge(e.to_string())
+                                    }
+                                    _ => DeliveryError::Io(e),
+                                }
+                            })?;
                         }
                         Ok(())
                     }
@@ -217,6 +276,11 @@ impl Exporter {
             }
         }
     }
+}
+
+/// `record` as one line of JSON, cut to fit.
+fn json(record: &Record) -> String {
+    format::fitted(record, format::MAX_MESSAGE_BYTES, format::json_line)
 }
 
 async fn timed<T>(future: impl Future<Output = std::io::Result<T>>) -> Result<T, DeliveryError> {
@@ -264,15 +328,17 @@ async fn post(url: &str, records: &[Record]) -> Result<(), DeliveryError> {
     } else {
         format!("{authority}:80")
     };
-    let body = serde_json::to_vec(records)
-        .map_err(|e| DeliveryError::Config(format!("records do not serialise: {e}")))?;
+    let body = format!(
+        "[{}]",
+        records.iter().map(json).collect::<Vec<_>>().join(",")
+    );
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     let mut stream = timed(TcpStream::connect(&address)).await?;
     timed(stream.write_all(head.as_bytes())).await?;
-    timed(stream.write_all(&body)).await?;
+    timed(stream.write_all(body.as_bytes())).await?;
     let mut answer = Vec::new();
     let mut buf = [0u8; 1024];
     while !answer.contains(&b'\n') && answer.len() < MAX_ANSWER {
@@ -287,6 +353,8 @@ async fn post(url: &str, records: &[Record]) -> Result<(), DeliveryError> {
     let code = status_line.split_whitespace().nth(1).unwrap_or_default();
     if code.starts_with('2') && code.len() == 3 {
         Ok(())
+    } else if code == "413" {
+        Err(DeliveryError::TooLarge(status_line.to_owned()))
     } else {
         Err(DeliveryError::Refused(status_line.to_owned()))
     }
@@ -296,10 +364,13 @@ async fn post(url: &str, records: &[Record]) -> Result<(), DeliveryError> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use std::collections::BTreeSet;
+    use std::sync::{Arc, Mutex};
     use std::time::Instant;
 
     use super::*;
-    use crate::audit::tests::entries;
+    use crate::audit::tests::{entries, session};
+    use crate::audit::{Entry, PluginRef, What};
+    use crate::plugins::{Batch, Finding, Severity};
     use crate::store::Store;
 
     /// A multi-threaded runtime with one worker, as a small appliance has.
@@ -381,7 +452,7 @@ mod tests {
                 .insert(record.id.to_be_bytes(), &b"not json"[..])
                 .unwrap();
         }
-        let exporter = Exporter::new(log.clone(), sink);
+        let mut exporter = Exporter::new(log.clone(), sink);
         let rt = runtime();
         for _ in 0..3 {
             rt.block_on(exporter.deliver_next()).unwrap();
@@ -390,5 +461,129 @@ mod tests {
         assert_eq!(ids_in(&out), expected);
         assert_eq!(log.backlog("file").unwrap(), 0);
         assert_eq!(log.damaged(), BATCH as u64);
+    }
+
+    /// A finding on an MQTT publish to `topic`, with `reason`.
+    fn publish(topic: &str, reason: &str) -> Entry {
+        let mut batch = Batch::new();
+        batch.push("mqtt.publish").text("topic", topic);
+        let finding = Finding {
+            event: 0,
+            severity: Severity::High,
+            score: 0.9,
+            reason: reason.into(),
+        };
+        let plugin = PluginRef {
+            name: "new-topic".into(),
+            version: None,
+        };
+        Entry::finding(&session(), plugin, batch.get(0), &finding)
+    }
+
+    #[test]
+    fn a_huge_record_reaches_a_udp_sink_cut_and_the_next_ones_follow() {
+        let rt = runtime();
+        let receiver = rt.block_on(UdpSocket::bind("127.0.0.1:0")).unwrap();
+        let store = Store::temporary().unwrap();
+        let log = AuditLog::open(&store).unwrap();
+        let mut exporter = Exporter::new(
+            log.clone(),
+            SinkConfig::Syslog {
+                name: "udp".into(),
+                address: receiver.local_addr().unwrap().to_string(),
+                transport: SyslogTransport::Udp,
+                hostname: Some("gate-1".into()),
+            },
+        );
+        let huge = log
+            .append(vec![publish(&"t".repeat(70_000), "denied")])
+            .unwrap();
+        assert_eq!(rt.block_on(exporter.deliver_next()).unwrap(), 1);
+        assert_eq!(log.cursor("udp").unwrap(), huge[0].id);
+
+        let later = log.append(entries(3)).unwrap();
+        assert_eq!(rt.block_on(exporter.deliver_next()).unwrap(), 3);
+        let mut buf = vec![0; 128 << 10];
+        for (i, record) in huge.iter().chain(&later).enumerate() {
+            let received = rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(5), receiver.recv(&mut buf)).await
+            });
+            let n = received.unwrap().unwrap();
+            let message = std::str::from_utf8(&buf[..n]).unwrap();
+            assert!(n <= format::MAX_MESSAGE_BYTES, "{n} bytes");
+            assert!(message.starts_with("<107>1 "), "{message}");
+            assert!(message.contains(&format!("externalId={} ", record.id)));
+            assert_eq!(message.contains("...[truncated "), i == 0, "{message}");
+        }
+        assert_eq!(log.backlog("udp").unwrap(), 0);
+    }
+
+    /// A webhook that answers 413 to any batch holding a finding whose
+    /// reason says `poison`, and keeps the identifiers of the rest.
+    async fn picky_webhook(listener: tokio::net::TcpListener, kept: Arc<Mutex<Vec<u64>>>) {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            let body = loop {
+                let n = stream.read(&mut buf).await.unwrap();
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request).into_owned();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let length: usize = (head.lines())
+                        .find_map(|l| l.strip_prefix("Content-Length: "))
+                        .unwrap()
+                        .parse()
+                        .unwrap();
+                    if body.len() >= length || n == 0 {
+                        break body.to_owned();
+                    }
+                }
+            };
+            let records: Vec<Record> = serde_json::from_str(&body).unwrap();
+            let poisoned = records.iter().any(|r| match &r.what {
+                What::Finding { reason, .. } => reason.contains("poison"),
+                What::Action { .. } => false,
+            });
+            let answer = if poisoned {
+                "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n"
+            } else {
+                kept.lock().unwrap().extend(records.iter().map(|r| r.id));
+                "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+            };
+            stream.write_all(answer.as_bytes()).await.unwrap();
+        }
+    }
+
+    #[test]
+    fn a_record_refused_even_alone_is_passed_over_and_the_rest_arrive() {
+        let rt = runtime();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let url = format!("http://{}/audit", listener.local_addr().unwrap());
+        let kept = Arc::default();
+        rt.spawn(picky_webhook(listener, Arc::clone(&kept)));
+        let store = Store::temporary().unwrap();
+        let log = AuditLog::open(&store).unwrap();
+        let mut exporter = Exporter::new(
+            log.clone(),
+            SinkConfig::Webhook {
+                name: "webhook".into(),
+                url,
+            },
+        );
+        let before = log.append(entries(40)).unwrap();
+        let poison = log.append(vec![publish("a/b", "poison")]).unwrap();
+        let after = log.append(entries(40)).unwrap();
+        for _ in 0..40 {
+            if log.backlog("webhook").unwrap() == 0 {
+                break;
+            }
+            let _ = rt.block_on(exporter.deliver_next());
+        }
+        let expected: Vec<u64> = before.iter().chain(&after).map(|r| r.id).collect();
+        assert_eq!(*kept.lock().unwrap(), expected, "in order, each once");
+        assert_eq!(log.cursor("webhook").unwrap(), after[39].id);
+        assert_eq!(exporter.undeliverable(), 1, "{poison:?}");
     }
 }
