@@ -3,8 +3,11 @@
 //!
 //! An exporter reads the records after its sink's cursor, delivers them,
 //! and moves the cursor only when the sink has accepted them; when the sink
-//! fails, it waits (one second, doubling to half a minute) and tries the
-//! same records again. The audit log on disk is the buffer, so a slow or
+//! fails, or takes longer than the deadline of one attempt (half a minute)
+//! however little it answers at a time, it waits (one second, doubling to
+//! half a minute) and tries the same records again. Stopping does not wait
+//! for an attempt under way: what it was delivering goes again at the next
+//! start. The audit log on disk is the buffer, so a slow or
 //! absent SIEM never slows the traffic; its backlog is in the log lines.
 //!
 //! What "accepted" means depends on the sink:
@@ -37,8 +40,10 @@ use super::{AuditLog, Record, format};
 pub const BATCH: usize = 256;
 /// The longest wait between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// How long a sink may take to connect or to answer.
-const TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one delivery attempt may take, from connecting to the sink's
+/// last answer, by default: a receiver that drips its answer must not keep
+/// an attempt alive for hours.
+pub const DEADLINE: Duration = Duration::from_secs(30);
 /// How much of a webhook's answer is read.
 const MAX_ANSWER: usize = 8 * 1024;
 
@@ -103,8 +108,8 @@ pub enum DeliveryError {
     /// The sink could not be reached or written.
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    /// The sink did not answer in time.
-    #[error("no answer within {0:?}")]
+    /// The sink did not take the records within the deadline.
+    #[error("not delivered within {0:?}")]
     Timeout(Duration),
     /// The webhook answered with something other than success.
     #[error("webhook answered `{0}`")]
@@ -130,6 +135,8 @@ pub struct Exporter {
     /// Records the sink refused for their size even alone, and that were
     /// passed over.
     undeliverable: u64,
+    /// How long one attempt may take.
+    deadline: Duration,
 }
 
 impl Exporter {
@@ -149,7 +156,15 @@ impl Exporter {
             hostname,
             batch: BATCH,
             undeliverable: 0,
+            deadline: DEADLINE,
         }
+    }
+
+    /// The same exporter, whose attempts may each take `deadline` (default
+    /// [`DEADLINE`]).
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
     }
 
     /// How many records the sink refused for their size even alone, and
@@ -158,12 +173,17 @@ impl Exporter {
         self.undeliverable
     }
 
-    /// Deliver records until `stop` turns true, then return.
+    /// Deliver records until `stop` turns true (or its sender goes), then
+    /// return at once, even in the middle of an attempt.
     pub async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
         let name = self.sink.name().to_owned();
         let mut backoff = Duration::from_secs(1);
-        while !*stop.borrow() {
-            let wait = match self.deliver_next().await {
+        loop {
+            let attempt = tokio::select! {
+                attempt = self.deliver_next() => attempt,
+                _ = stop.wait_for(|stop| *stop) => return,
+            };
+            let wait = match attempt {
                 Ok(0) => None,
                 Ok(_) => {
                     backoff = Duration::from_secs(1);
@@ -187,7 +207,7 @@ impl Exporter {
             tokio::select! {
                 _ = notified, if wait.is_none() => {}
                 () = tokio::time::sleep(wait.unwrap_or(Duration::from_secs(1))) => {}
-                _ = stop.changed() => {}
+                _ = stop.wait_for(|stop| *stop) => return,
             }
         }
     }
@@ -205,7 +225,9 @@ impl Exporter {
         // moves the cursor too.
         let delivered = match page.records.as_slice() {
             [] => Ok(()),
-            records => self.deliver(records).await,
+            records => tokio::time::timeout(self.deadline, self.deliver(records))
+                .await
+                .unwrap_or(Err(DeliveryError::Timeout(self.deadline))),
         };
         match (delivered, page.records.as_slice()) {
             (Ok(()), _) => self.batch = self.batch.saturating_mul(2).min(BATCH),
@@ -283,30 +305,24 @@ fn json(record: &Record) -> String {
     format::fitted(record, format::MAX_MESSAGE_BYTES, format::json_line)
 }
 
-async fn timed<T>(future: impl Future<Output = std::io::Result<T>>) -> Result<T, DeliveryError> {
-    Ok(tokio::time::timeout(TIMEOUT, future)
-        .await
-        .map_err(|_| DeliveryError::Timeout(TIMEOUT))??)
-}
-
 /// Send `messages` octet-counted over one connection, then wait for the
 /// receiver to close its side: it has read everything.
 async fn syslog_tcp(
     address: &str,
     messages: impl Iterator<Item = String>,
 ) -> Result<(), DeliveryError> {
-    let mut stream = timed(TcpStream::connect(address)).await?;
+    let mut stream = TcpStream::connect(address).await?;
     let mut frames = Vec::new();
     for message in messages {
         frames.extend_from_slice(format!("{} ", message.len()).as_bytes());
         frames.extend_from_slice(message.as_bytes());
     }
-    timed(stream.write_all(&frames)).await?;
-    timed(stream.shutdown()).await?;
+    stream.write_all(&frames).await?;
+    stream.shutdown().await?;
     let mut rest = [0u8; 512];
     loop {
         // A receiver sends nothing back; anything it does send is ignored.
-        if timed(stream.read(&mut rest)).await? == 0 {
+        if stream.read(&mut rest).await? == 0 {
             return Ok(());
         }
     }
@@ -336,13 +352,13 @@ async fn post(url: &str, records: &[Record]) -> Result<(), DeliveryError> {
         "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    let mut stream = timed(TcpStream::connect(&address)).await?;
-    timed(stream.write_all(head.as_bytes())).await?;
-    timed(stream.write_all(body.as_bytes())).await?;
+    let mut stream = TcpStream::connect(&address).await?;
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
     let mut answer = Vec::new();
     let mut buf = [0u8; 1024];
     while !answer.contains(&b'\n') && answer.len() < MAX_ANSWER {
-        let n = timed(stream.read(&mut buf)).await?;
+        let n = stream.read(&mut buf).await?;
         if n == 0 {
             break;
         }
@@ -585,5 +601,78 @@ mod tests {
         assert_eq!(*kept.lock().unwrap(), expected, "in order, each once");
         assert_eq!(log.cursor("webhook").unwrap(), after[39].id);
         assert_eq!(exporter.undeliverable(), 1, "{poison:?}");
+    }
+
+    /// A receiver that takes whatever it is sent and answers one byte
+    /// every 100 ms, never closing: a SIEM on its last legs.
+    async fn dripping(listener: tokio::net::TcpListener) {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (mut reader, mut writer) = stream.into_split();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while matches!(reader.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+            tokio::spawn(async move {
+                while writer.write_all(b"x").await.is_ok() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            });
+        }
+    }
+
+    #[test]
+    fn a_dripping_sink_fails_within_the_deadline_and_stop_is_prompt() {
+        let rt = runtime();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let address = listener.local_addr().unwrap();
+        rt.spawn(dripping(listener));
+        let store = Store::temporary().unwrap();
+        let log = AuditLog::open(&store).unwrap();
+        log.append(entries(3)).unwrap();
+        let syslog = SinkConfig::Syslog {
+            name: "syslog".into(),
+            address: address.to_string(),
+            transport: SyslogTransport::Tcp,
+            hostname: None,
+        };
+        let webhook = SinkConfig::Webhook {
+            name: "webhook".into(),
+            url: format!("http://{address}/audit"),
+        };
+        for sink in [syslog.clone(), webhook] {
+            let mut exporter =
+                Exporter::new(log.clone(), sink).deadline(Duration::from_millis(500));
+            let start = Instant::now();
+            let attempt = rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(5), exporter.deliver_next()).await
+            });
+            assert!(
+                matches!(attempt, Ok(Err(DeliveryError::Timeout(_)))),
+                "{attempt:?}"
+            );
+            assert!(
+                start.elapsed() < Duration::from_secs(2),
+                "{:?}",
+                start.elapsed()
+            );
+        }
+        assert_eq!(log.backlog("syslog").unwrap(), 3, "tried again later");
+
+        // With the default deadline, stop still ends the exporter at once.
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let running = rt.spawn(Exporter::new(log.clone(), syslog).run(stopped));
+        std::thread::sleep(Duration::from_millis(300));
+        let start = Instant::now();
+        stop.send(true).unwrap();
+        let ended =
+            rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), running).await });
+        assert!(ended.is_ok(), "run did not return");
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            start.elapsed()
+        );
     }
 }

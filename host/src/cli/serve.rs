@@ -26,6 +26,10 @@ use crate::session::LiveSessions;
 use crate::store::Store;
 use crate::transport::{Route, Server, Stages, Upstream};
 
+/// How long shutdown waits for the audit exporters. They stop at once,
+/// mid-delivery too; this bounds a shutdown against a defect all the same.
+const EXPORTERS_STOP: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Arguments of `palisade serve`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -223,8 +227,16 @@ pub(crate) async fn serve(
     let _ = admin_task.await;
     tokio::task::block_in_place(|| recorder.drain(std::time::Duration::from_secs(5)));
     let _ = stop_exporters.send(true);
-    for exporter in exporters {
-        let _ = exporter.await;
+    let stopped = async {
+        for exporter in &mut exporters {
+            let _ = exporter.await;
+        }
+    };
+    if tokio::time::timeout(EXPORTERS_STOP, stopped).await.is_err() {
+        warn!(
+            "audit exporters did not stop within {EXPORTERS_STOP:?}; what they had not delivered goes at the next start"
+        );
+        exporters.iter().for_each(tokio::task::JoinHandle::abort);
     }
     let _ = std::fs::remove_file(data.join(ADMIN_SOCKET));
     store.flush().context("saving state")?;
