@@ -8,8 +8,13 @@
 //! once the sink has accepted it. So a SIEM that is down loses nothing: the
 //! records wait on disk, and the exporter retries with backoff until the
 //! SIEM takes them, in order, each once. The log is the exporters' buffer;
-//! [`AuditLog::backlog`] says how far each sink is behind, and
-//! [`AuditLog::prune`] removes only records every sink has delivered. A
+//! [`AuditLog::backlog`] says how far each sink is behind.
+//!
+//! The log is bounded ([`Retention`], the `[audit]` settings): the writer
+//! thread prunes it every minute down to `max-records`, removing only
+//! records every sink has delivered; only when a sink is so far behind that
+//! the log passes `max-backlog` do the oldest records go undelivered, with
+//! a warning saying how many ([`AuditLog::dropped`]). A
 //! record that cannot be read back is skipped with a warning and counted
 //! ([`AuditLog::damaged`]): it stops no exporter and no listing.
 
@@ -19,6 +24,7 @@ mod queue;
 
 pub use queue::AuditQueue;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -262,12 +268,39 @@ struct Shared {
     /// Held from taking identifiers until their records are in the tree.
     /// Identifiers then become visible in increasing order: an exporter
     /// that has read record `n` never sees a record below `n` appear after
-    /// it, which it would skip for good.
-    appending: Mutex<()>,
+    /// it, which it would skip for good. It guards the number of records in
+    /// the tree, counted at the first prune (`None` before), for the same
+    /// reason: no append may slip past the count.
+    appending: Mutex<Option<u64>>,
     /// Woken after each append.
     appended: tokio::sync::Notify,
     /// The damaged records readers have skipped.
     damaged: Mutex<Damaged>,
+    /// Records pruned before every sink had them.
+    dropped: AtomicU64,
+}
+
+/// How much of the audit trail is kept: the `[audit]` settings, and the
+/// sinks whose deliveries hold records back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retention {
+    /// Records kept once every sink has delivered them.
+    pub max_records: u64,
+    /// Records kept at most, delivered or not: past it, the oldest go.
+    pub max_backlog: u64,
+    /// The configured sinks, by name.
+    pub sinks: Vec<String>,
+}
+
+/// What one prune removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Records every sink had delivered.
+    pub delivered: u64,
+    /// Records some sink had not delivered, past `max-backlog`.
+    pub dropped: u64,
+    /// Whether the prune used up its limit: there may be more to remove.
+    pub more: bool,
 }
 
 /// Damaged records met so far.
@@ -315,8 +348,12 @@ impl AuditLog {
             return Ok(Vec::new());
         }
         let records = {
-            let _in_order = (self.shared.appending.lock()).unwrap_or_else(|p| p.into_inner());
-            self.insert(entries)?
+            let mut count = (self.shared.appending.lock()).unwrap_or_else(|p| p.into_inner());
+            let records = self.insert(entries)?;
+            if let Some(count) = &mut *count {
+                *count = count.saturating_add(records.len() as u64);
+            }
+            records
         };
         // Outside the lock, so that appenders share one another's flushes.
         self.records.flush()?;
@@ -450,20 +487,89 @@ impl AuditLog {
         Ok(self.records.range(start..).count())
     }
 
-    /// Remove the records every one of `sinks` has delivered, keeping the
-    /// newest `keep` of them. Returns how many were removed.
-    pub fn prune(&self, sinks: &[&str], keep: usize) -> Result<usize, AuditError> {
+    /// Bring the log within `retention`, removing at most `at_most`
+    /// records, oldest first: those every sink has delivered, down to
+    /// `max_records`; then, if the log still holds more than `max_backlog`,
+    /// undelivered ones down to it, with a warning.
+    pub fn prune(&self, retention: &Retention, at_most: u64) -> Result<Pruned, AuditError> {
         let mut delivered = u64::MAX;
-        for sink in sinks {
+        for sink in &retention.sinks {
             delivered = delivered.min(self.cursor(sink)?);
         }
-        let upto = delivered.saturating_add(1).to_be_bytes();
-        let ids: Vec<sled::IVec> = (self.records.range(..upto).keys()).collect::<Result<_, _>>()?;
-        let removable = ids.len().saturating_sub(keep);
-        for key in ids.iter().take(removable) {
-            self.records.remove(key)?;
+        let mut pruned = Pruned::default();
+        let excess = self.count()?.saturating_sub(retention.max_records);
+        pruned.delivered = self.remove_oldest(excess.min(at_most), delivered)?;
+        let over = self.count()?.saturating_sub(retention.max_backlog);
+        let budget = at_most.saturating_sub(pruned.delivered);
+        pruned.dropped = self.remove_oldest(over.min(budget), u64::MAX)?;
+        pruned.more = pruned.delivered.saturating_add(pruned.dropped) >= at_most;
+        if pruned.dropped > 0 {
+            let total = self
+                .shared
+                .dropped
+                .fetch_add(pruned.dropped, Ordering::Relaxed);
+            tracing::warn!(
+                dropped = pruned.dropped,
+                dropped_in_all = total.saturating_add(pruned.dropped),
+                max_backlog = retention.max_backlog,
+                "audit trail over max-backlog: its oldest records were removed before every SIEM sink had them"
+            );
         }
-        Ok(removable)
+        Ok(pruned)
+    }
+
+    /// How many records pruning removed before every sink had them, since
+    /// the log was opened.
+    pub fn dropped(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// How many records the log holds: counted once, then kept up to date
+    /// by appending and pruning.
+    fn count(&self) -> Result<u64, AuditError> {
+        let mut count = (self.shared.appending.lock()).unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = *count {
+            return Ok(count);
+        }
+        let mut counted = 0u64;
+        for key in self.records.iter().keys() {
+            key?;
+            counted += 1;
+        }
+        *count = Some(counted);
+        Ok(counted)
+    }
+
+    /// Remove up to `n` of the oldest records, none past identifier
+    /// `upto`. Returns how many were removed.
+    fn remove_oldest(&self, n: u64, upto: u64) -> Result<u64, AuditError> {
+        /// Keys held in memory at once.
+        const CHUNK: usize = 1024;
+        let end = upto.saturating_add(1).to_be_bytes();
+        let mut removed = 0u64;
+        while removed < n {
+            let want = usize::try_from(n - removed).unwrap_or(CHUNK).min(CHUNK);
+            let keys: Vec<sled::IVec> =
+                (self.records.range(..end).keys().take(want)).collect::<Result<_, _>>()?;
+            if keys.is_empty() {
+                break;
+            }
+            let mut gone = 0u64;
+            for key in &keys {
+                if self.records.remove(key)?.is_some() {
+                    gone += 1;
+                }
+            }
+            let mut count = (self.shared.appending.lock()).unwrap_or_else(|p| p.into_inner());
+            if let Some(count) = &mut *count {
+                *count = count.saturating_sub(gone);
+            }
+            removed += gone;
+            if keys.len() < want {
+                break;
+            }
+        }
+        Ok(removed)
     }
 }
 
@@ -527,17 +633,53 @@ mod tests {
         assert_eq!(log.backlog("siem").unwrap(), 2);
     }
 
+    fn retention(max_records: u64, max_backlog: u64) -> Retention {
+        Retention {
+            max_records,
+            max_backlog,
+            sinks: vec!["file".into(), "syslog".into()],
+        }
+    }
+
     #[test]
-    fn pruning_keeps_what_any_sink_has_not_delivered() {
+    fn pruning_keeps_max_records_and_what_a_sink_has_not_delivered() {
         let store = Store::temporary().unwrap();
         let log = AuditLog::open(&store).unwrap();
         let written = log.append(entries(10)).unwrap();
         log.advance("file", written[9].id).unwrap();
-        log.advance("syslog", written[3].id).unwrap();
-        assert_eq!(log.prune(&["file", "syslog"], 1).unwrap(), 3);
-        assert_eq!(log.after(0, 100).unwrap(), written[3..]);
-        assert_eq!(log.prune(&["file", "syslog"], 0).unwrap(), 1);
-        assert_eq!(log.backlog("syslog").unwrap(), 6);
+        log.advance("syslog", written[6].id).unwrap();
+        // Seven delivered everywhere: the oldest six go, down to four.
+        let pruned = log.prune(&retention(4, 100), u64::MAX).unwrap();
+        assert_eq!((pruned.delivered, pruned.dropped), (6, 0));
+        assert_eq!(log.after(0, 100).unwrap(), written[6..]);
+
+        // The syslog sink falls behind: what it has not had stays, past
+        // max-records.
+        let more = log.append(entries(6)).unwrap();
+        assert_eq!(
+            log.prune(&retention(4, 100), u64::MAX).unwrap().delivered,
+            1
+        );
+        assert_eq!(log.after(0, 100).unwrap().len(), 9);
+        assert_eq!(log.backlog("syslog").unwrap(), 9);
+        assert_eq!(log.dropped(), 0);
+
+        // Past max-backlog the oldest go all the same, and are counted.
+        let pruned = log.prune(&retention(4, 6), u64::MAX).unwrap();
+        assert_eq!((pruned.delivered, pruned.dropped), (0, 3));
+        assert_eq!(log.after(0, 100).unwrap(), more);
+        assert_eq!(log.dropped(), 3);
+
+        // A prune removes at most its limit, and says whether it stopped
+        // there.
+        log.advance("syslog", more[5].id).unwrap();
+        log.advance("file", more[5].id).unwrap();
+        let steps: Vec<(u64, bool)> = (0..3)
+            .map(|_| log.prune(&retention(1, 6), 2).unwrap())
+            .map(|p| (p.delivered, p.more))
+            .collect();
+        assert_eq!(steps, [(2, true), (2, true), (1, false)]);
+        assert_eq!(log.after(0, 100).unwrap(), more[5..]);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use crate::admin::{ADMIN_SOCKET, Admin, bind_socket, serve_https, serve_socket};
 use crate::audit::export::Exporter;
-use crate::audit::{AuditLog, AuditQueue};
+use crate::audit::{AuditLog, AuditQueue, Retention};
 use crate::config::Config;
 use crate::identity::{ClientVerifier, Operators, Pki, Registry};
 use crate::plugins::{Installed, Plugin, Runtime, RuntimeConfig, World};
@@ -177,7 +177,13 @@ pub(crate) async fn serve(
         let exporter = Exporter::new(audit.clone(), sink.clone());
         exporters.push(tokio::spawn(exporter.run(exporters_stop.clone())));
     }
-    let recorder = AuditQueue::start(audit.clone()).context("starting the audit writer")?;
+    let retention = Retention {
+        max_records: config.audit.max_records,
+        max_backlog: config.audit.max_backlog,
+        sinks: config.sinks.iter().map(|s| s.name().to_owned()).collect(),
+    };
+    let recorder =
+        AuditQueue::start(audit.clone(), retention).context("starting the audit writer")?;
     let stages = Stages {
         pki: pki.clone(),
         registry: registry.clone(),
