@@ -3,8 +3,11 @@
 //!
 //! An exporter reads the records after its sink's cursor, delivers them,
 //! and moves the cursor only when the sink has accepted them; when the sink
-//! fails, it waits (one second, doubling to half a minute) and tries the
-//! same records again. The audit log on disk is the buffer, so a slow or
+//! fails, or takes longer than the deadline of one attempt (half a minute)
+//! however little it answers at a time, it waits (one second, doubling to
+//! half a minute) and tries the same records again. Stopping does not wait
+//! for an attempt under way: what it was delivering goes again at the next
+//! start. The audit log on disk is the buffer, so a slow or
 //! absent SIEM never slows the traffic; its backlog is in the log lines.
 //!
 //! What "accepted" means depends on the sink:
@@ -16,6 +19,13 @@
 //!   again, whole;
 //! - `syslog` over UDP: sent. UDP gives no acknowledgement; use TCP where
 //!   every record matters.
+//!
+//! Each record is cut to [`format::MAX_MESSAGE_BYTES`] as it is rendered.
+//! A batch that fails is halved for the next attempt (and grows back as
+//! deliveries succeed), so that one record a sink refuses for its size
+//! (HTTP 413, a datagram too long) ends up alone; refused alone, it is
+//! logged, counted and passed over. Every other failure is retried,
+//! however long the sink is down.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -30,8 +40,10 @@ use super::{AuditLog, Record, format};
 pub const BATCH: usize = 256;
 /// The longest wait between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// How long a sink may take to connect or to answer.
-const TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one delivery attempt may take, from connecting to the sink's
+/// last answer, by default: a receiver that drips its answer must not keep
+/// an attempt alive for hours.
+pub const DEADLINE: Duration = Duration::from_secs(30);
 /// How much of a webhook's answer is read.
 const MAX_ANSWER: usize = 8 * 1024;
 
@@ -96,12 +108,16 @@ pub enum DeliveryError {
     /// The sink could not be reached or written.
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    /// The sink did not answer in time.
-    #[error("no answer within {0:?}")]
+    /// The sink did not take the records within the deadline.
+    #[error("not delivered within {0:?}")]
     Timeout(Duration),
     /// The webhook answered with something other than success.
     #[error("webhook answered `{0}`")]
     Refused(String),
+    /// The sink refused the records for their size: a webhook answered
+    /// 413, or a datagram was too long to send.
+    #[error("too large for the sink: {0}")]
+    TooLarge(String),
     /// The sink's configuration cannot work.
     #[error("{0}")]
     Config(String),
@@ -113,6 +129,14 @@ pub struct Exporter {
     log: AuditLog,
     sink: SinkConfig,
     hostname: String,
+    /// Records read for the next attempt: [`BATCH`], halved after each
+    /// failure, doubled after each success.
+    batch: usize,
+    /// Records the sink refused for their size even alone, and that were
+    /// passed over.
+    undeliverable: u64,
+    /// How long one attempt may take.
+    deadline: Duration,
 }
 
 impl Exporter {
@@ -130,18 +154,45 @@ impl Exporter {
             log,
             sink,
             hostname,
+            batch: BATCH,
+            undeliverable: 0,
+            deadline: DEADLINE,
         }
     }
 
-    /// Deliver records until `stop` turns true, then return.
-    pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+    /// The same exporter, whose attempts may each take `deadline` (default
+    /// [`DEADLINE`]).
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// How many records the sink refused for their size even alone, and
+    /// were passed over.
+    pub fn undeliverable(&self) -> u64 {
+        self.undeliverable
+    }
+
+    /// Deliver records until `stop` turns true (or its sender goes), then
+    /// return at once, even in the middle of an attempt.
+    pub async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
         let name = self.sink.name().to_owned();
         let mut backoff = Duration::from_secs(1);
-        while !*stop.borrow() {
-            let wait = match self.deliver_next().await {
+        loop {
+            let attempt = tokio::select! {
+                attempt = self.deliver_next() => attempt,
+                _ = stop.wait_for(|stop| *stop) => return,
+            };
+            let wait = match attempt {
                 Ok(0) => None,
                 Ok(_) => {
                     backoff = Duration::from_secs(1);
+                    continue;
+                }
+                // The batch is halved already: try again at once, until
+                // the record the sink refuses is alone and passed over.
+                Err(e @ DeliveryError::TooLarge(_)) => {
+                    tracing::warn!(sink = %name, error = %e, batch = self.batch, "audit export refused for its size; trying a smaller batch");
                     continue;
                 }
                 Err(e) => {
@@ -156,24 +207,47 @@ impl Exporter {
             tokio::select! {
                 _ = notified, if wait.is_none() => {}
                 () = tokio::time::sleep(wait.unwrap_or(Duration::from_secs(1))) => {}
-                _ = stop.changed() => {}
+                _ = stop.wait_for(|stop| *stop) => return,
             }
         }
     }
 
     /// Deliver the next batch, if there is one. Returns how many records
-    /// were delivered.
-    pub async fn deliver_next(&self) -> Result<usize, DeliveryError> {
-        let name = self.sink.name();
+    /// the sink's cursor moved past: delivered, or skipped as damaged.
+    pub async fn deliver_next(&mut self) -> Result<usize, DeliveryError> {
         let io = |e: super::AuditError| DeliveryError::Io(std::io::Error::other(e));
-        let cursor = self.log.cursor(name).map_err(io)?;
-        let records = self.log.after(cursor, BATCH).map_err(io)?;
-        let Some(last) = records.last().map(|r| r.id) else {
+        let cursor = self.log.cursor(self.sink.name()).map_err(io)?;
+        let page = self.log.read(cursor, self.batch).map_err(io)?;
+        let Some(last) = page.last else {
             return Ok(0);
         };
-        self.deliver(&records).await?;
-        self.log.advance(name, last).map_err(io)?;
-        Ok(records.len())
+        // A page of damaged records only (skipped and counted by `read`)
+        // moves the cursor too.
+        let delivered = match page.records.as_slice() {
+            [] => Ok(()),
+            records => tokio::time::timeout(self.deadline, self.deliver(records))
+                .await
+                .unwrap_or(Err(DeliveryError::Timeout(self.deadline))),
+        };
+        match (delivered, page.records.as_slice()) {
+            (Ok(()), _) => self.batch = self.batch.saturating_mul(2).min(BATCH),
+            (Err(e @ DeliveryError::TooLarge(_)), [record]) => {
+                self.undeliverable = self.undeliverable.saturating_add(1);
+                tracing::error!(
+                    sink = %self.sink.name(),
+                    record = record.id,
+                    error = %e,
+                    undeliverable = self.undeliverable,
+                    "audit record refused by the sink even alone; passed over (it stays in the audit trail)"
+                );
+            }
+            (Err(e), _) => {
+                self.batch = (self.batch / 2).max(1);
+                return Err(e);
+            }
+        }
+        self.log.advance(self.sink.name(), last).map_err(io)?;
+        Ok(page.records.len() + page.damaged)
     }
 
     async fn deliver(&self, records: &[Record]) -> Result<(), DeliveryError> {
@@ -181,7 +255,7 @@ impl Exporter {
             SinkConfig::File { path, .. } => {
                 let mut lines = String::new();
                 for record in records {
-                    lines.push_str(&format::json_line(record));
+                    lines.push_str(&json(record));
                     lines.push('\n');
                 }
                 let mut file = tokio::fs::OpenOptions::new()
@@ -198,14 +272,25 @@ impl Exporter {
             SinkConfig::Syslog {
                 address, transport, ..
             } => {
-                let messages = records.iter().map(|r| format::syslog(r, &self.hostname));
+                let messages = records.iter().map(|r| {
+                    format::fitted(r, format::MAX_MESSAGE_BYTES, |r| {
+                        format::syslog(r, &self.hostname)
+                    })
+                });
                 match transport {
                     SyslogTransport::Tcp => syslog_tcp(address, messages).await,
                     SyslogTransport::Udp => {
                         let socket = UdpSocket::bind(("0.0.0.0", 0)).await?;
                         socket.connect(address).await?;
                         for message in messages {
-                            socket.send(message.as_bytes()).await?;
+                            socket.send(message.as_bytes()).await.map_err(|e| {
+                                match rustix::io::Errno::from_io_error(&e) {
+                                    Some(rustix::io::Errno::MSGSIZE) => {
+                                        DeliveryError::TooLarge(e.to_string())
+                                    }
+                                    _ => DeliveryError::Io(e),
+                                }
+                            })?;
                         }
                         Ok(())
                     }
@@ -215,10 +300,9 @@ impl Exporter {
     }
 }
 
-async fn timed<T>(future: impl Future<Output = std::io::Result<T>>) -> Result<T, DeliveryError> {
-    Ok(tokio::time::timeout(TIMEOUT, future)
-        .await
-        .map_err(|_| DeliveryError::Timeout(TIMEOUT))??)
+/// `record` as one line of JSON, cut to fit.
+fn json(record: &Record) -> String {
+    format::fitted(record, format::MAX_MESSAGE_BYTES, format::json_line)
 }
 
 /// Send `messages` octet-counted over one connection, then wait for the
@@ -227,18 +311,18 @@ async fn syslog_tcp(
     address: &str,
     messages: impl Iterator<Item = String>,
 ) -> Result<(), DeliveryError> {
-    let mut stream = timed(TcpStream::connect(address)).await?;
+    let mut stream = TcpStream::connect(address).await?;
     let mut frames = Vec::new();
     for message in messages {
         frames.extend_from_slice(format!("{} ", message.len()).as_bytes());
         frames.extend_from_slice(message.as_bytes());
     }
-    timed(stream.write_all(&frames)).await?;
-    timed(stream.shutdown()).await?;
+    stream.write_all(&frames).await?;
+    stream.shutdown().await?;
     let mut rest = [0u8; 512];
     loop {
         // A receiver sends nothing back; anything it does send is ignored.
-        if timed(stream.read(&mut rest)).await? == 0 {
+        if stream.read(&mut rest).await? == 0 {
             return Ok(());
         }
     }
@@ -260,19 +344,21 @@ async fn post(url: &str, records: &[Record]) -> Result<(), DeliveryError> {
     } else {
         format!("{authority}:80")
     };
-    let body = serde_json::to_vec(records)
-        .map_err(|e| DeliveryError::Config(format!("records do not serialise: {e}")))?;
+    let body = format!(
+        "[{}]",
+        records.iter().map(json).collect::<Vec<_>>().join(",")
+    );
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    let mut stream = timed(TcpStream::connect(&address)).await?;
-    timed(stream.write_all(head.as_bytes())).await?;
-    timed(stream.write_all(&body)).await?;
+    let mut stream = TcpStream::connect(&address).await?;
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
     let mut answer = Vec::new();
     let mut buf = [0u8; 1024];
     while !answer.contains(&b'\n') && answer.len() < MAX_ANSWER {
-        let n = timed(stream.read(&mut buf)).await?;
+        let n = stream.read(&mut buf).await?;
         if n == 0 {
             break;
         }
@@ -283,7 +369,310 @@ async fn post(url: &str, records: &[Record]) -> Result<(), DeliveryError> {
     let code = status_line.split_whitespace().nth(1).unwrap_or_default();
     if code.starts_with('2') && code.len() == 3 {
         Ok(())
+    } else if code == "413" {
+        Err(DeliveryError::TooLarge(status_line.to_owned()))
     } else {
         Err(DeliveryError::Refused(status_line.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use std::collections::BTreeSet;
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+
+    use super::*;
+    use crate::audit::tests::{entries, session};
+    use crate::audit::{Entry, PluginRef, What};
+    use crate::plugins::{Batch, Finding, Severity};
+    use crate::store::Store;
+
+    /// A multi-threaded runtime with one worker, as a small appliance has.
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    fn ids_in(path: &std::path::Path) -> Vec<u64> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<Record>(l).unwrap().id)
+            .collect()
+    }
+
+    #[test]
+    fn records_appended_side_by_side_all_reach_the_sink() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state")).unwrap();
+        let log = AuditLog::open(&store).unwrap();
+        let out = dir.path().join("audit.jsonl");
+        let sink = SinkConfig::File {
+            name: "file".into(),
+            path: out.clone(),
+        };
+        let rt = runtime();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let exporter = rt.spawn(Exporter::new(log.clone(), sink).run(stopped));
+
+        // Sessions that find the writer's queue full append side by side.
+        let appenders: Vec<_> = (0..8)
+            .map(|_| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    (0..150)
+                        .map(|_| log.append(entries(1)).unwrap()[0].id)
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let written: BTreeSet<u64> = appenders
+            .into_iter()
+            .flat_map(|a| a.join().unwrap())
+            .collect();
+
+        let start = Instant::now();
+        while log.backlog("file").unwrap() > 0 && start.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stop.send(true).unwrap();
+        rt.block_on(exporter).unwrap();
+        let delivered = ids_in(&out);
+        let missing: Vec<_> = written
+            .iter()
+            .filter(|id| !delivered.contains(id))
+            .collect();
+        assert!(missing.is_empty(), "never exported: {missing:?}");
+        assert_eq!(delivered.len(), written.len(), "each once");
+    }
+
+    #[test]
+    fn damaged_records_do_not_stop_the_ones_after_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::temporary().unwrap();
+        let log = AuditLog::open(&store).unwrap();
+        let out = dir.path().join("audit.jsonl");
+        let sink = SinkConfig::File {
+            name: "file".into(),
+            path: out.clone(),
+        };
+        let written = log.append(entries(BATCH + 2)).unwrap();
+        // A whole batch's worth of records that no longer parse.
+        for record in &written[..BATCH] {
+            (log.records)
+                .insert(record.id.to_be_bytes(), &b"not json"[..])
+                .unwrap();
+        }
+        let mut exporter = Exporter::new(log.clone(), sink);
+        let rt = runtime();
+        for _ in 0..3 {
+            rt.block_on(exporter.deliver_next()).unwrap();
+        }
+        let expected: Vec<u64> = written[BATCH..].iter().map(|r| r.id).collect();
+        assert_eq!(ids_in(&out), expected);
+        assert_eq!(log.backlog("file").unwrap(), 0);
+        assert_eq!(log.damaged(), BATCH as u64);
+    }
+
+    /// A finding on an MQTT publish to `topic`, with `reason`.
+    fn publish(topic: &str, reason: &str) -> Entry {
+        let mut batch = Batch::new();
+        batch.push("mqtt.publish").text("topic", topic);
+        let finding = Finding {
+            event: 0,
+            severity: Severity::High,
+            score: 0.9,
+            reason: reason.into(),
+        };
+        let plugin = PluginRef {
+            name: "new-topic".into(),
+            version: None,
+        };
+        Entry::finding(&session(), plugin, batch.get(0), &finding)
+    }
+
+    #[test]
+    fn a_huge_record_reaches_a_udp_sink_cut_and_the_next_ones_follow() {
+        let rt = runtime();
+        let receiver = rt.block_on(UdpSocket::bind("127.0.0.1:0")).unwrap();
+        let store = Store::temporary().unwrap();
+        let log = AuditLog::open(&store).unwrap();
+        let mut exporter = Exporter::new(
+            log.clone(),
+            SinkConfig::Syslog {
+                name: "udp".into(),
+                address: receiver.local_addr().unwrap().to_string(),
+                transport: SyslogTransport::Udp,
+                hostname: Some("gate-1".into()),
+            },
+        );
+        let huge = log
+            .append(vec![publish(&"t".repeat(70_000), "denied")])
+            .unwrap();
+        assert_eq!(rt.block_on(exporter.deliver_next()).unwrap(), 1);
+        assert_eq!(log.cursor("udp").unwrap(), huge[0].id);
+
+        let later = log.append(entries(3)).unwrap();
+        assert_eq!(rt.block_on(exporter.deliver_next()).unwrap(), 3);
+        let mut buf = vec![0; 128 << 10];
+        for (i, record) in huge.iter().chain(&later).enumerate() {
+            let received = rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(5), receiver.recv(&mut buf)).await
+            });
+            let n = received.unwrap().unwrap();
+            let message = std::str::from_utf8(&buf[..n]).unwrap();
+            assert!(n <= format::MAX_MESSAGE_BYTES, "{n} bytes");
+            assert!(message.starts_with("<107>1 "), "{message}");
+            assert!(message.contains(&format!("externalId={} ", record.id)));
+            assert_eq!(message.contains("...[truncated "), i == 0, "{message}");
+        }
+        assert_eq!(log.backlog("udp").unwrap(), 0);
+    }
+
+    /// A webhook that answers 413 to any batch holding a finding whose
+    /// reason says `poison`, and keeps the identifiers of the rest.
+    async fn picky_webhook(listener: tokio::net::TcpListener, kept: Arc<Mutex<Vec<u64>>>) {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            let body = loop {
+                let n = stream.read(&mut buf).await.unwrap();
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request).into_owned();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let length: usize = (head.lines())
+                        .find_map(|l| l.strip_prefix("Content-Length: "))
+                        .unwrap()
+                        .parse()
+                        .unwrap();
+                    if body.len() >= length || n == 0 {
+                        break body.to_owned();
+                    }
+                }
+            };
+            let records: Vec<Record> = serde_json::from_str(&body).unwrap();
+            let poisoned = records.iter().any(|r| match &r.what {
+                What::Finding { reason, .. } => reason.contains("poison"),
+                What::Action { .. } => false,
+            });
+            let answer = if poisoned {
+                "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n"
+            } else {
+                kept.lock().unwrap().extend(records.iter().map(|r| r.id));
+                "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+            };
+            stream.write_all(answer.as_bytes()).await.unwrap();
+        }
+    }
+
+    #[test]
+    fn a_record_refused_even_alone_is_passed_over_and_the_rest_arrive() {
+        let rt = runtime();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let url = format!("http://{}/audit", listener.local_addr().unwrap());
+        let kept = Arc::default();
+        rt.spawn(picky_webhook(listener, Arc::clone(&kept)));
+        let store = Store::temporary().unwrap();
+        let log = AuditLog::open(&store).unwrap();
+        let mut exporter = Exporter::new(
+            log.clone(),
+            SinkConfig::Webhook {
+                name: "webhook".into(),
+                url,
+            },
+        );
+        let before = log.append(entries(40)).unwrap();
+        let poison = log.append(vec![publish("a/b", "poison")]).unwrap();
+        let after = log.append(entries(40)).unwrap();
+        for _ in 0..40 {
+            if log.backlog("webhook").unwrap() == 0 {
+                break;
+            }
+            let _ = rt.block_on(exporter.deliver_next());
+        }
+        let expected: Vec<u64> = before.iter().chain(&after).map(|r| r.id).collect();
+        assert_eq!(*kept.lock().unwrap(), expected, "in order, each once");
+        assert_eq!(log.cursor("webhook").unwrap(), after[39].id);
+        assert_eq!(exporter.undeliverable(), 1, "{poison:?}");
+    }
+
+    /// A receiver that takes whatever it is sent and answers one byte
+    /// every 100 ms, never closing: a SIEM on its last legs.
+    async fn dripping(listener: tokio::net::TcpListener) {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (mut reader, mut writer) = stream.into_split();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while matches!(reader.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+            tokio::spawn(async move {
+                while writer.write_all(b"x").await.is_ok() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            });
+        }
+    }
+
+    #[test]
+    fn a_dripping_sink_fails_within_the_deadline_and_stop_is_prompt() {
+        let rt = runtime();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let address = listener.local_addr().unwrap();
+        rt.spawn(dripping(listener));
+        let store = Store::temporary().unwrap();
+        let log = AuditLog::open(&store).unwrap();
+        log.append(entries(3)).unwrap();
+        let syslog = SinkConfig::Syslog {
+            name: "syslog".into(),
+            address: address.to_string(),
+            transport: SyslogTransport::Tcp,
+            hostname: None,
+        };
+        let webhook = SinkConfig::Webhook {
+            name: "webhook".into(),
+            url: format!("http://{address}/audit"),
+        };
+        for sink in [syslog.clone(), webhook] {
+            let mut exporter =
+                Exporter::new(log.clone(), sink).deadline(Duration::from_millis(500));
+            let start = Instant::now();
+            let attempt = rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(5), exporter.deliver_next()).await
+            });
+            assert!(
+                matches!(attempt, Ok(Err(DeliveryError::Timeout(_)))),
+                "{attempt:?}"
+            );
+            assert!(
+                start.elapsed() < Duration::from_secs(2),
+                "{:?}",
+                start.elapsed()
+            );
+        }
+        assert_eq!(log.backlog("syslog").unwrap(), 3, "tried again later");
+
+        // With the default deadline, stop still ends the exporter at once.
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let running = rt.spawn(Exporter::new(log.clone(), syslog).run(stopped));
+        std::thread::sleep(Duration::from_millis(300));
+        let start = Instant::now();
+        stop.send(true).unwrap();
+        let ended =
+            rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), running).await });
+        assert!(ended.is_ok(), "run did not return");
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            start.elapsed()
+        );
     }
 }

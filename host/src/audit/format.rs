@@ -1,6 +1,13 @@
 //! How audit records look to a SIEM: JSON lines, and RFC 5424 syslog
 //! messages whose body is ArcSight's Common Event Format (CEF), which most
 //! SIEMs parse without configuration.
+//!
+//! An exported record is at most [`MAX_MESSAGE_BYTES`] long: a device
+//! chooses what goes into an event (a 65 000-byte MQTT topic), and a
+//! message that no receiver takes would hold up every record after it.
+//! [`fitted`] cuts the record's long strings, each with a visible marker,
+//! before rendering it, so that the result is still valid syslog, CEF or
+//! JSON. The audit trail itself keeps the whole record.
 
 use super::{Record, What};
 use crate::plugins::Severity;
@@ -11,6 +18,111 @@ const PRODUCT: &str = "Palisade";
 
 /// The syslog facility of audit messages: 13, "log audit".
 pub const FACILITY: u8 = 13;
+
+/// The most bytes one exported record takes, where the record allows it.
+/// 8 KiB: rsyslog's default `maxMessageSize`, so that what a receiver keeps
+/// is what was sent, with the marker; well inside a UDP datagram (65 507
+/// bytes); and a full batch of them is a webhook body of at most 2 MiB.
+pub const MAX_MESSAGE_BYTES: usize = 8 * 1024;
+
+/// What a cut string keeps at least, before attributes are left out.
+const MIN_KEEP: usize = 64;
+
+/// `render(record)` in at most `budget` bytes, where the record's fixed
+/// fields allow it: the strings of a record that renders longer are cut,
+/// each ending with `...[truncated N bytes]`, shorter and shorter, and as a
+/// last resort its event's attributes are left out, with a note saying how
+/// many. The record is cut, not its rendering, so the format's escaping
+/// still applies to everything.
+pub fn fitted(record: &Record, budget: usize, render: impl Fn(&Record) -> String) -> String {
+    let whole = render(record);
+    if whole.len() <= budget {
+        return whole;
+    }
+    let mut keep = budget / 2;
+    loop {
+        keep = keep.max(MIN_KEEP);
+        let text = render(&shortened(record, keep));
+        if text.len() <= budget {
+            return text;
+        }
+        if keep == MIN_KEEP {
+            break;
+        }
+        keep /= 2;
+    }
+    // Many attributes, each short: leave them out.
+    let mut bare = shortened(record, MIN_KEEP);
+    if let Some(event) = &mut bare.event {
+        let note = format!("{} attributes left out", event.attributes.len());
+        event.attributes = serde_json::Map::from_iter([("truncated".to_owned(), note.into())]);
+    }
+    render(&bare)
+}
+
+/// A copy of `record` with every string it carries from a device or a
+/// plugin cut to about `keep` bytes.
+fn shortened(record: &Record, keep: usize) -> Record {
+    let mut r = record.clone();
+    for s in [
+        &mut r.device.id,
+        &mut r.device.class,
+        &mut r.device.zone,
+        &mut r.route,
+        &mut r.plugin.name,
+    ] {
+        cut(s, keep);
+    }
+    if let Some(version) = &mut r.plugin.version {
+        cut(version, keep);
+    }
+    if let Some(event) = &mut r.event {
+        cut(&mut event.kind, keep);
+        event.attributes = (std::mem::take(&mut event.attributes).into_iter())
+            .map(|(mut name, mut value)| {
+                cut(&mut name, keep);
+                cut_json(&mut value, keep);
+                (name, value)
+            })
+            .collect();
+    }
+    match &mut r.what {
+        What::Finding {
+            severity, reason, ..
+        } => {
+            cut(severity, keep);
+            cut(reason, keep);
+        }
+        What::Action { action, detail } => {
+            cut(action, keep);
+            if let Some(detail) = detail {
+                cut(detail, keep);
+            }
+        }
+    }
+    r
+}
+
+/// Cut the strings in `value` to about `keep` bytes.
+fn cut_json(value: &mut serde_json::Value, keep: usize) {
+    match value {
+        serde_json::Value::String(s) => cut(s, keep),
+        serde_json::Value::Array(values) => values.iter_mut().for_each(|v| cut_json(v, keep)),
+        serde_json::Value::Object(map) => map.values_mut().for_each(|v| cut_json(v, keep)),
+        _ => {}
+    }
+}
+
+/// Cut `s` to `keep` bytes (fewer at a character boundary), marked.
+fn cut(s: &mut String, keep: usize) {
+    if s.len() <= keep {
+        return;
+    }
+    let end = s.floor_char_boundary(keep);
+    let cut = s.len() - end;
+    s.truncate(end);
+    s.push_str(&format!("...[truncated {cut} bytes]"));
+}
 
 /// The record as one line of JSON, without the newline.
 pub fn json_line(record: &Record) -> String {
@@ -242,6 +354,71 @@ mod tests {
         assert!(secfrac.len() <= 7, "at most 6 digits and Z: {line}");
         assert!(fields[7].starts_with("id=\""), "{line}");
         assert!(line.contains("] CEF:0|"), "{line}");
+    }
+
+    /// A record whose event carries `attributes`.
+    fn record_with(attributes: &[(&str, &str)]) -> Record {
+        let mut record = record();
+        let event = record.event.as_mut().unwrap();
+        for (name, value) in attributes {
+            event.attributes.insert((*name).to_owned(), (*value).into());
+        }
+        record
+    }
+
+    #[test]
+    fn a_huge_attribute_is_cut_and_every_format_stays_valid() {
+        // Escapes on both sides of the cut.
+        let topic = format!("a=b\\c|\"]{}", "x\\=é".repeat(20_000));
+        let record = record_with(&[("topic", &topic)]);
+        let budget = MAX_MESSAGE_BYTES;
+
+        let line = fitted(&record, budget, |r| syslog(r, "gate-1"));
+        assert!(line.len() <= budget, "{}", line.len());
+        assert!(line.starts_with("<107>1 "), "{line}");
+        assert!(line.contains("[palisade@32473 id=\""), "{line}");
+        assert!(line.contains("...[truncated "), "visible marker");
+        assert!(line.contains(&format!("externalId={} ", record.id)));
+        assert!(!line.contains('\n'));
+        // CEF: every `=` in an extension value is escaped.
+        let cs6 = line.split(" cs6=").nth(1).unwrap();
+        let value = cs6.split(" msg=").next().unwrap();
+        let mut chars = value.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => assert!(matches!(chars.next(), Some('\\' | '=' | 'n' | 'r'))),
+                '=' => panic!("unescaped = in {value}"),
+                _ => {}
+            }
+        }
+
+        let json = fitted(&record, budget, json_line);
+        assert!(json.len() <= budget, "{}", json.len());
+        let back: Record = serde_json::from_str(&json).unwrap();
+        let cut = back.event.unwrap().attributes["topic"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(cut.starts_with("a=b\\c|\"]x"), "{cut}");
+        assert!(cut.ends_with(" bytes]"), "{cut}");
+        assert_eq!(back.id, record.id);
+    }
+
+    #[test]
+    fn a_flood_of_attributes_is_left_out_with_a_note() {
+        let names: Vec<String> = (0..5_000).map(|i| format!("attribute-{i}")).collect();
+        let attributes: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
+        let record = record_with(&attributes);
+        let json = fitted(&record, MAX_MESSAGE_BYTES, json_line);
+        assert!(json.len() <= MAX_MESSAGE_BYTES, "{}", json.len());
+        let back: Record = serde_json::from_str(&json).unwrap();
+        let note = &back.event.unwrap().attributes["truncated"];
+        assert!(
+            note.as_str().unwrap().contains("attributes left out"),
+            "{note}"
+        );
+        // A record that fits is left whole.
+        assert_eq!(fitted(&record, usize::MAX, json_line), json_line(&record));
     }
 
     #[test]

@@ -8,14 +8,24 @@
 //! once the sink has accepted it. So a SIEM that is down loses nothing: the
 //! records wait on disk, and the exporter retries with backoff until the
 //! SIEM takes them, in order, each once. The log is the exporters' buffer;
-//! [`AuditLog::backlog`] says how far each sink is behind, and
-//! [`AuditLog::prune`] removes only records every sink has delivered.
+//! [`AuditLog::backlog`] says how far each sink is behind.
+//!
+//! The log is bounded ([`Retention`], the `[audit]` settings): the writer
+//! thread prunes it every minute down to `max-records`, removing only
+//! records every sink has delivered; only when a sink is so far behind that
+//! the log passes `max-backlog` do the oldest records go undelivered, with
+//! a warning saying how many ([`AuditLog::dropped`]). A
+//! record that cannot be read back is skipped with a warning and counted
+//! ([`AuditLog::damaged`]): it stops no exporter and no listing.
 
 pub mod export;
 pub mod format;
 mod queue;
 
 pub use queue::AuditQueue;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -166,7 +176,9 @@ impl Entry {
             event: event.map(event_record),
             what: What::Finding {
                 severity: severity_name(finding.severity).to_owned(),
-                score: finding.score,
+                // A non-finite score would be stored as `null` and never
+                // read back.
+                score: crate::plugins::score_in_range(finding.score),
                 reason: finding.reason.clone(),
             },
         }
@@ -240,13 +252,82 @@ pub fn attributes_json(event: EventRef<'_>) -> serde_json::Map<String, serde_jso
     attributes
 }
 
-/// The audit trail in the state database.
+/// The audit trail in the state database. Open it once per store and
+/// share clones: the clones share the lock that keeps identifiers in order.
 #[derive(Debug, Clone)]
 pub struct AuditLog {
     store: Store,
     records: sled::Tree,
     cursors: sled::Tree,
-    appended: std::sync::Arc<tokio::sync::Notify>,
+    shared: Arc<Shared>,
+}
+
+/// What the clones of one [`AuditLog`] share.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Held from taking identifiers until their records are in the tree.
+    /// Identifiers then become visible in increasing order: an exporter
+    /// that has read record `n` never sees a record below `n` appear after
+    /// it, which it would skip for good. It guards the number of records in
+    /// the tree, counted at the first prune (`None` before), for the same
+    /// reason: no append may slip past the count.
+    appending: Mutex<Option<u64>>,
+    /// Woken after each append.
+    appended: tokio::sync::Notify,
+    /// The damaged records readers have skipped.
+    damaged: Mutex<Damaged>,
+    /// Records pruned before every sink had them.
+    dropped: AtomicU64,
+}
+
+/// How much of the audit trail is kept: the `[audit]` settings, and the
+/// sinks whose deliveries hold records back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retention {
+    /// Records kept once every sink has delivered them.
+    pub max_records: u64,
+    /// Records kept at most, delivered or not: past it, the oldest go.
+    pub max_backlog: u64,
+    /// The configured sinks, by name.
+    pub sinks: Vec<String>,
+}
+
+/// What one prune removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Records every sink had delivered.
+    pub delivered: u64,
+    /// Records some sink had not delivered, past `max-backlog`.
+    pub dropped: u64,
+    /// Whether the prune used up its limit: there may be more to remove.
+    pub more: bool,
+}
+
+/// Damaged records met so far.
+#[derive(Debug, Default)]
+struct Damaged {
+    /// How many.
+    count: u64,
+    /// The most recent of them, so that each is warned about and counted
+    /// once however often it is read.
+    ids: std::collections::BTreeSet<u64>,
+}
+
+/// How many damaged records are remembered. Past it, one read long ago
+/// may be counted again: damaged records are rare, and a bounded set beats
+/// an exact count.
+const DAMAGED_REMEMBERED: usize = 4096;
+
+/// Records read from the log, and how far the read went.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Page {
+    /// The records that could be read, in order.
+    pub records: Vec<Record>,
+    /// How many damaged records were left out.
+    pub damaged: usize,
+    /// The last identifier read, damaged records included: where the next
+    /// read starts. `None` when there was nothing to read.
+    pub last: Option<u64>,
 }
 
 impl AuditLog {
@@ -256,13 +337,33 @@ impl AuditLog {
             store: store.clone(),
             records: store.tree(RECORDS)?,
             cursors: store.tree(CURSORS)?,
-            appended: Default::default(),
+            shared: Arc::default(),
         })
     }
 
     /// Record `entries`, in order, and wait until they are on disk. Returns
-    /// the records as written.
+    /// the records as written. Safe to call from several threads at once.
     pub fn append(&self, entries: Vec<Entry>) -> Result<Vec<Record>, AuditError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let records = {
+            let mut count = (self.shared.appending.lock()).unwrap_or_else(|p| p.into_inner());
+            let records = self.insert(entries)?;
+            if let Some(count) = &mut *count {
+                *count = count.saturating_add(records.len() as u64);
+            }
+            records
+        };
+        // Outside the lock, so that appenders share one another's flushes.
+        self.records.flush()?;
+        self.shared.appended.notify_waiters();
+        Ok(records)
+    }
+
+    /// Give `entries` identifiers and put them in the tree, in one batch.
+    /// The caller holds [`Shared::appending`].
+    fn insert(&self, entries: Vec<Entry>) -> Result<Vec<Record>, AuditError> {
         // Microseconds: the finest RFC 5424 timestamps carry.
         let time = jiff::Timestamp::now()
             .round(jiff::Unit::Microsecond)
@@ -293,40 +394,75 @@ impl AuditLog {
             batch.insert(&record.id.to_be_bytes(), bytes);
             records.push(record);
         }
-        if records.is_empty() {
-            return Ok(records);
-        }
         self.records.apply_batch(batch)?;
-        self.records.flush()?;
-        self.appended.notify_waiters();
         Ok(records)
     }
 
     /// Resolves when records are next appended through this log or a
     /// clone of it.
     pub fn appended(&self) -> tokio::sync::futures::Notified<'_> {
-        self.appended.notified()
+        self.shared.appended.notified()
     }
 
-    /// Up to `limit` records after identifier `after` (0 for the first), in
-    /// order.
+    /// The records among the next `limit` after identifier `after` (0 for
+    /// the first), in order. Damaged ones are left out, as in
+    /// [`AuditLog::read`].
     pub fn after(&self, after: u64, limit: usize) -> Result<Vec<Record>, AuditError> {
+        Ok(self.read(after, limit)?.records)
+    }
+
+    /// The next `limit` records after identifier `after` (0 for the
+    /// first), in order, and the identifier the read reached. A record
+    /// that does not parse is left out, with a warning and
+    /// [`AuditLog::damaged`] counting it, so that it stops no reader.
+    pub fn read(&self, after: u64, limit: usize) -> Result<Page, AuditError> {
         let start = after.saturating_add(1).to_be_bytes();
-        let mut records = Vec::new();
+        let mut page = Page::default();
         for entry in self.records.range(start..).take(limit) {
             let (key, value) = entry?;
+            // Keys are written as eight bytes, in `insert`.
             let id = key
                 .as_ref()
                 .try_into()
                 .map(u64::from_be_bytes)
                 .unwrap_or_default();
-            let record = serde_json::from_slice(&value).map_err(|e| AuditError::Damaged {
-                id,
-                reason: e.to_string(),
-            })?;
-            records.push(record);
+            page.last = Some(id);
+            match serde_json::from_slice(&value) {
+                Ok(record) => page.records.push(record),
+                Err(e) => {
+                    page.damaged += 1;
+                    self.skip_damaged(id, &e);
+                }
+            }
         }
-        Ok(records)
+        Ok(page)
+    }
+
+    /// Warn about damaged record `id`, and count it, the first time it is
+    /// read.
+    fn skip_damaged(&self, id: u64, error: &serde_json::Error) {
+        let mut seen = (self.shared.damaged.lock()).unwrap_or_else(|p| p.into_inner());
+        if !seen.ids.insert(id) {
+            return;
+        }
+        if seen.ids.len() > DAMAGED_REMEMBERED {
+            seen.ids.pop_first();
+        }
+        seen.count = seen.count.saturating_add(1);
+        tracing::warn!(
+            record = id,
+            error = %error,
+            damaged = seen.count,
+            "audit record is damaged; skipped"
+        );
+    }
+
+    /// How many damaged records readers have skipped since the log was
+    /// opened.
+    pub fn damaged(&self) -> u64 {
+        (self.shared.damaged.lock())
+            .unwrap_or_else(|p| p.into_inner())
+            .count
     }
 
     /// The last identifier `sink` delivered (0 before the first).
@@ -351,20 +487,89 @@ impl AuditLog {
         Ok(self.records.range(start..).count())
     }
 
-    /// Remove the records every one of `sinks` has delivered, keeping the
-    /// newest `keep` of them. Returns how many were removed.
-    pub fn prune(&self, sinks: &[&str], keep: usize) -> Result<usize, AuditError> {
+    /// Bring the log within `retention`, removing at most `at_most`
+    /// records, oldest first: those every sink has delivered, down to
+    /// `max_records`; then, if the log still holds more than `max_backlog`,
+    /// undelivered ones down to it, with a warning.
+    pub fn prune(&self, retention: &Retention, at_most: u64) -> Result<Pruned, AuditError> {
         let mut delivered = u64::MAX;
-        for sink in sinks {
+        for sink in &retention.sinks {
             delivered = delivered.min(self.cursor(sink)?);
         }
-        let upto = delivered.saturating_add(1).to_be_bytes();
-        let ids: Vec<sled::IVec> = (self.records.range(..upto).keys()).collect::<Result<_, _>>()?;
-        let removable = ids.len().saturating_sub(keep);
-        for key in ids.iter().take(removable) {
-            self.records.remove(key)?;
+        let mut pruned = Pruned::default();
+        let excess = self.count()?.saturating_sub(retention.max_records);
+        pruned.delivered = self.remove_oldest(excess.min(at_most), delivered)?;
+        let over = self.count()?.saturating_sub(retention.max_backlog);
+        let budget = at_most.saturating_sub(pruned.delivered);
+        pruned.dropped = self.remove_oldest(over.min(budget), u64::MAX)?;
+        pruned.more = pruned.delivered.saturating_add(pruned.dropped) >= at_most;
+        if pruned.dropped > 0 {
+            let total = self
+                .shared
+                .dropped
+                .fetch_add(pruned.dropped, Ordering::Relaxed);
+            tracing::warn!(
+                dropped = pruned.dropped,
+                dropped_in_all = total.saturating_add(pruned.dropped),
+                max_backlog = retention.max_backlog,
+                "audit trail over max-backlog: its oldest records were removed before every SIEM sink had them"
+            );
         }
-        Ok(removable)
+        Ok(pruned)
+    }
+
+    /// How many records pruning removed before every sink had them, since
+    /// the log was opened.
+    pub fn dropped(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// How many records the log holds: counted once, then kept up to date
+    /// by appending and pruning.
+    fn count(&self) -> Result<u64, AuditError> {
+        let mut count = (self.shared.appending.lock()).unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = *count {
+            return Ok(count);
+        }
+        let mut counted = 0u64;
+        for key in self.records.iter().keys() {
+            key?;
+            counted += 1;
+        }
+        *count = Some(counted);
+        Ok(counted)
+    }
+
+    /// Remove up to `n` of the oldest records, none past identifier
+    /// `upto`. Returns how many were removed.
+    fn remove_oldest(&self, n: u64, upto: u64) -> Result<u64, AuditError> {
+        /// Keys held in memory at once.
+        const CHUNK: usize = 1024;
+        let end = upto.saturating_add(1).to_be_bytes();
+        let mut removed = 0u64;
+        while removed < n {
+            let want = usize::try_from(n - removed).unwrap_or(CHUNK).min(CHUNK);
+            let keys: Vec<sled::IVec> =
+                (self.records.range(..end).keys().take(want)).collect::<Result<_, _>>()?;
+            if keys.is_empty() {
+                break;
+            }
+            let mut gone = 0u64;
+            for key in &keys {
+                if self.records.remove(key)?.is_some() {
+                    gone += 1;
+                }
+            }
+            let mut count = (self.shared.appending.lock()).unwrap_or_else(|p| p.into_inner());
+            if let Some(count) = &mut *count {
+                *count = count.saturating_sub(gone);
+            }
+            removed += gone;
+            if keys.len() < want {
+                break;
+            }
+        }
+        Ok(removed)
     }
 }
 
@@ -428,17 +633,99 @@ mod tests {
         assert_eq!(log.backlog("siem").unwrap(), 2);
     }
 
+    fn retention(max_records: u64, max_backlog: u64) -> Retention {
+        Retention {
+            max_records,
+            max_backlog,
+            sinks: vec!["file".into(), "syslog".into()],
+        }
+    }
+
     #[test]
-    fn pruning_keeps_what_any_sink_has_not_delivered() {
+    fn pruning_keeps_max_records_and_what_a_sink_has_not_delivered() {
         let store = Store::temporary().unwrap();
         let log = AuditLog::open(&store).unwrap();
         let written = log.append(entries(10)).unwrap();
         log.advance("file", written[9].id).unwrap();
-        log.advance("syslog", written[3].id).unwrap();
-        assert_eq!(log.prune(&["file", "syslog"], 1).unwrap(), 3);
-        assert_eq!(log.after(0, 100).unwrap(), written[3..]);
-        assert_eq!(log.prune(&["file", "syslog"], 0).unwrap(), 1);
-        assert_eq!(log.backlog("syslog").unwrap(), 6);
+        log.advance("syslog", written[6].id).unwrap();
+        // Seven delivered everywhere: the oldest six go, down to four.
+        let pruned = log.prune(&retention(4, 100), u64::MAX).unwrap();
+        assert_eq!((pruned.delivered, pruned.dropped), (6, 0));
+        assert_eq!(log.after(0, 100).unwrap(), written[6..]);
+
+        // The syslog sink falls behind: what it has not had stays, past
+        // max-records.
+        let more = log.append(entries(6)).unwrap();
+        assert_eq!(
+            log.prune(&retention(4, 100), u64::MAX).unwrap().delivered,
+            1
+        );
+        assert_eq!(log.after(0, 100).unwrap().len(), 9);
+        assert_eq!(log.backlog("syslog").unwrap(), 9);
+        assert_eq!(log.dropped(), 0);
+
+        // Past max-backlog the oldest go all the same, and are counted.
+        let pruned = log.prune(&retention(4, 6), u64::MAX).unwrap();
+        assert_eq!((pruned.delivered, pruned.dropped), (0, 3));
+        assert_eq!(log.after(0, 100).unwrap(), more);
+        assert_eq!(log.dropped(), 3);
+
+        // A prune removes at most its limit, and says whether it stopped
+        // there.
+        log.advance("syslog", more[5].id).unwrap();
+        log.advance("file", more[5].id).unwrap();
+        let steps: Vec<(u64, bool)> = (0..3)
+            .map(|_| log.prune(&retention(1, 6), 2).unwrap())
+            .map(|p| (p.delivered, p.more))
+            .collect();
+        assert_eq!(steps, [(2, true), (2, true), (1, false)]);
+        assert_eq!(log.after(0, 100).unwrap(), more[5..]);
+    }
+
+    #[test]
+    fn a_finding_scored_nan_or_infinite_reads_back() {
+        let store = Store::temporary().unwrap();
+        let log = AuditLog::open(&store).unwrap();
+        let plugin = PluginRef {
+            name: "odd".into(),
+            version: None,
+        };
+        let scored = |score| {
+            let finding = Finding {
+                event: 0,
+                severity: Severity::High,
+                score,
+                reason: "odd score".into(),
+            };
+            Entry::finding(&session(), plugin.clone(), None, &finding)
+        };
+        let odd = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1.5];
+        log.append(odd.into_iter().map(scored).collect()).unwrap();
+        let scores: Vec<f32> = (log.after(0, 10).unwrap().iter())
+            .filter_map(|r| match r.what {
+                What::Finding { score, .. } => Some(score),
+                What::Action { .. } => None,
+            })
+            .collect();
+        assert_eq!(scores, [0.0, 1.0, 0.0, 1.0]);
+    }
+
+    #[test]
+    fn a_damaged_record_is_skipped_not_fatal() {
+        let store = Store::temporary().unwrap();
+        let log = AuditLog::open(&store).unwrap();
+        let written = log.append(entries(3)).unwrap();
+        // The second record no longer parses: a non-finite score written
+        // as `null` by an older version.
+        (log.records)
+            .insert(written[1].id.to_be_bytes(), &br#"{"score":null}"#[..])
+            .unwrap();
+        let read = log.after(0, 10).unwrap();
+        assert_eq!(read, [written[0].clone(), written[2].clone()]);
+        assert_eq!(log.damaged(), 1);
+        // Read again: skipped again, counted once.
+        assert_eq!(log.after(written[0].id, 10).unwrap(), written[2..]);
+        assert_eq!(log.damaged(), 1);
     }
 
     #[test]

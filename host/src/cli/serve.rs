@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use crate::admin::{ADMIN_SOCKET, Admin, bind_socket, serve_https, serve_socket};
 use crate::audit::export::Exporter;
-use crate::audit::{AuditLog, AuditQueue};
+use crate::audit::{AuditLog, AuditQueue, Retention};
 use crate::config::Config;
 use crate::identity::{ClientVerifier, Operators, Pki, Registry};
 use crate::plugins::{Installed, Plugin, Runtime, RuntimeConfig, World};
@@ -25,6 +25,10 @@ use crate::registry::Library;
 use crate::session::LiveSessions;
 use crate::store::Store;
 use crate::transport::{Route, Server, Stages, Upstream};
+
+/// How long shutdown waits for the audit exporters. They stop at once,
+/// mid-delivery too; this bounds a shutdown against a defect all the same.
+const EXPORTERS_STOP: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Arguments of `palisade serve`.
 #[derive(Debug, clap::Args)]
@@ -173,7 +177,13 @@ pub(crate) async fn serve(
         let exporter = Exporter::new(audit.clone(), sink.clone());
         exporters.push(tokio::spawn(exporter.run(exporters_stop.clone())));
     }
-    let recorder = AuditQueue::start(audit.clone()).context("starting the audit writer")?;
+    let retention = Retention {
+        max_records: config.audit.max_records,
+        max_backlog: config.audit.max_backlog,
+        sinks: config.sinks.iter().map(|s| s.name().to_owned()).collect(),
+    };
+    let recorder =
+        AuditQueue::start(audit.clone(), retention).context("starting the audit writer")?;
     let stages = Stages {
         pki: pki.clone(),
         registry: registry.clone(),
@@ -223,8 +233,16 @@ pub(crate) async fn serve(
     let _ = admin_task.await;
     tokio::task::block_in_place(|| recorder.drain(std::time::Duration::from_secs(5)));
     let _ = stop_exporters.send(true);
-    for exporter in exporters {
-        let _ = exporter.await;
+    let stopped = async {
+        for exporter in &mut exporters {
+            let _ = exporter.await;
+        }
+    };
+    if tokio::time::timeout(EXPORTERS_STOP, stopped).await.is_err() {
+        warn!(
+            "audit exporters did not stop within {EXPORTERS_STOP:?}; what they had not delivered goes at the next start"
+        );
+        exporters.iter().for_each(tokio::task::JoinHandle::abort);
     }
     let _ = std::fs::remove_file(data.join(ADMIN_SOCKET));
     store.flush().context("saving state")?;

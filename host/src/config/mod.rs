@@ -76,6 +76,8 @@ pub struct Config {
     /// The HTTPS admin API, for operators with certificates from the site
     /// CA.
     pub admin: AdminConfig,
+    /// How much of the audit trail the data directory keeps.
+    pub audit: AuditConfig,
     /// The routes: one listener (or QUIC ALPN) each, to one upstream.
     /// Default: the four loopback routes of [`Config::default`].
     #[serde(rename = "route")]
@@ -196,6 +198,32 @@ pub struct AdminConfig {
     /// Where the API listens, for example `0.0.0.0:9443`. Default `None`:
     /// off, the local admin socket only.
     pub listen: Option<SocketAddr>,
+}
+
+/// How much of the audit trail (findings and actions, in the state
+/// database) is kept. The SIEM sinks are the long-term record; the trail
+/// is their buffer and the appliance's own recent history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AuditConfig {
+    /// Records kept once every `[[siem]]` sink has delivered them; older
+    /// ones are pruned every minute, oldest first. Default 200000, about
+    /// 120 MB of disk at a typical 400 bytes a record. With no sink, the
+    /// newest this many are kept.
+    pub max_records: u64,
+    /// Records kept at most while a sink is behind: past it, the oldest are
+    /// pruned even though a sink has not had them, and a warning says how
+    /// many. At least `max-records`. Default 1000000, about 600 MB.
+    pub max_backlog: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            max_records: 200_000,
+            max_backlog: 1_000_000,
+        }
+    }
 }
 
 /// How devices reach a route.
@@ -350,6 +378,7 @@ impl Default for Config {
             pki: PkiConfig::default(),
             renewal: RenewalConfig::default(),
             admin: AdminConfig::default(),
+            audit: AuditConfig::default(),
             routes: vec![
                 route(
                     "mqtt-tls",
@@ -453,6 +482,7 @@ impl Config {
                 u64::from(l.quic_streams_per_connection),
             ),
             ("device-cert-hours", self.pki.device_cert_hours),
+            ("max-records", self.audit.max_records),
             ("server-cert-days", self.pki.server_cert_days),
         ] {
             if value == 0 {
@@ -534,6 +564,12 @@ impl Config {
                 ));
             }
         }
+        if self.audit.max_backlog < self.audit.max_records {
+            return invalid(format!(
+                "audit: max-backlog ({}) must be at least max-records ({})",
+                self.audit.max_backlog, self.audit.max_records
+            ));
+        }
         let mut sinks = HashSet::new();
         for sink in &self.sinks {
             check_name("siem name", sink.name())
@@ -593,6 +629,16 @@ mod tests {
             assert!(err.to_string().contains(key), "{err}");
         }
         assert!(Config::parse("[limits]\nmax-connections = 1000000\n").is_ok());
+    }
+
+    #[test]
+    fn audit_retention_is_checked() {
+        let config = Config::parse("[audit]\nmax-records = 10\n").unwrap();
+        assert_eq!(config.audit.max_records, 10);
+        assert_eq!(config.audit.max_backlog, 1_000_000);
+        let err = Config::parse("[audit]\nmax-records = 10\nmax-backlog = 9\n").unwrap_err();
+        assert!(err.to_string().contains("max-backlog"), "{err}");
+        assert!(Config::parse("[audit]\nmax-records = 0\n").is_err());
     }
 
     #[test]

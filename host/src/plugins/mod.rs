@@ -747,14 +747,7 @@ impl Plugin {
             };
             let findings =
                 (d.palisade_plugin_detector()).call_detect(&mut *store, session, &batch.0)?;
-            if let Some(f) = findings.iter().find(|f| f.event as usize >= batch.len()) {
-                return Err(breach(format!(
-                    "finding on event {} of a batch of {}",
-                    f.event,
-                    batch.len()
-                )));
-            }
-            Ok(findings)
+            checked_findings(findings, batch.len()).map_err(breach)
         })
     }
 
@@ -927,6 +920,33 @@ fn deadline_ticks(limits: &Limits) -> u64 {
     u64::try_from(ticks).unwrap_or(u64::MAX)
 }
 
+/// A detector's `findings` on a batch of `events` events, each score
+/// brought into 0..=1 (NaN as 0, as the SDK's `Finding::new` does): a
+/// non-finite score would be written to the audit trail as `null`, which
+/// no reader takes back. A finding on an event past the batch breaks the
+/// contract.
+fn checked_findings(mut findings: Vec<Finding>, events: usize) -> Result<Vec<Finding>, String> {
+    if let Some(f) = findings.iter().find(|f| f.event as usize >= events) {
+        return Err(format!(
+            "finding on event {} of a batch of {events}",
+            f.event
+        ));
+    }
+    for finding in &mut findings {
+        finding.score = score_in_range(finding.score);
+    }
+    Ok(findings)
+}
+
+/// `score` in 0..=1, NaN as 0.
+pub fn score_in_range(score: f32) -> f32 {
+    if score.is_nan() {
+        0.0
+    } else {
+        score.clamp(0.0, 1.0)
+    }
+}
+
 /// A plugin's answer that breaks the contract, as the error that ends its
 /// call with a strike.
 fn breach(reason: String) -> wasmtime::Error {
@@ -1012,6 +1032,21 @@ mod tests {
             parsed.frame(len as usize, "t.x");
         }
         parsed
+    }
+
+    #[test]
+    fn findings_scores_are_brought_into_range() {
+        let finding = |event, score| Finding {
+            event,
+            severity: Severity::High,
+            score,
+            reason: "r".into(),
+        };
+        let odd = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.5, 0.25];
+        let findings = odd.iter().map(|&s| finding(0, s)).collect();
+        let scores = checked_findings(findings, 1).map(|f| f.iter().map(|f| f.score).collect());
+        assert_eq!(scores, Ok(vec![0.0, 1.0, 0.0, 0.0, 0.25]));
+        assert!(checked_findings(vec![finding(1, 0.5)], 1).is_err());
     }
 
     #[test]
