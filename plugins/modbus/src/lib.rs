@@ -8,8 +8,8 @@
 //! state remembers the outstanding requests by transaction id: a
 //! response's event names the same register range as its request's. A
 //! request that would make that memory lie is malformed: one reusing the
-//! transaction id of a request still in flight, or one more than the
-//! memory holds (forgetting either would describe the PLC's answer with
+//! transaction id of another request still in flight (a retry of the same
+//! request is fine), or one more than the memory holds (forgetting either would describe the PLC's answer with
 //! the wrong registers).
 
 use std::collections::VecDeque;
@@ -197,18 +197,23 @@ fn request<'p>(
         return Err("empty PDU");
     }
     let mut remember = |address: u16, count: u16| {
-        if pending.iter().any(|p| p.transaction == frame.transaction) {
-            return Err("transaction id reused before its response");
-        }
-        if pending.len() >= OUTSTANDING {
-            return Err("more than 32 requests in flight");
-        }
-        pending.push_back(Pending {
+        let request = Pending {
             transaction: frame.transaction,
             function,
             address,
             count,
-        });
+        };
+        match pending.iter().find(|p| p.transaction == frame.transaction) {
+            // The same request again, as a client on a bad network retries
+            // one unanswered: the PLC's answer is described right either way.
+            Some(p) if *p == request => return Ok(()),
+            Some(_) => return Err("transaction id reused before its response"),
+            None => {}
+        }
+        if pending.len() >= OUTSTANDING {
+            return Err("more than 32 requests in flight");
+        }
+        pending.push_back(request);
         Ok(())
     };
     let access = |parsed: &'p mut Parsed, kind, access, address: u16, count: u16| {
@@ -707,6 +712,14 @@ mod tests {
             &mbap(7, &[3, 0, 100, 0, 2]),
         );
         assert_eq!(again.malformed, None);
+        // A retry of the very request still in flight is no reuse.
+        let retried = parse(
+            Direction::ToUpstream,
+            &again.state,
+            &mbap(7, &[3, 0, 100, 0, 2]),
+        );
+        assert_eq!(retried.malformed, None);
+        assert_eq!(retried.frame_lengths.len(), 1);
     }
 
     #[test]
