@@ -106,9 +106,10 @@ pub struct Limits {
     pub max_connections: usize,
     /// Handshakes in progress at once from one address; more are refused.
     /// Connections take their slot before their handshake, so this keeps a
-    /// peer that never finishes its handshakes from taking every slot.
-    /// Default 64: a site gateway NATing many devices that reconnect at
-    /// once after a power cut finishes each handshake in milliseconds.
+    /// peer that never finishes its handshakes from taking more than this
+    /// many slots. Default 1024: a twentieth of the default connections,
+    /// and room for a site gateway NATing many devices that all reconnect
+    /// at once after a power cut.
     pub max_handshakes_per_address: usize,
     /// Seconds a device has to finish its handshake. Default 10.
     pub handshake_timeout_secs: u64,
@@ -135,7 +136,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 20_000,
-            max_handshakes_per_address: 64,
+            max_handshakes_per_address: 1024,
             handshake_timeout_secs: 10,
             idle_timeout_secs: 300,
             connect_timeout_secs: 10,
