@@ -9,9 +9,12 @@
 //! ([`Membership::hang_up_with`]): `close_device` then ends its connection
 //! itself, before it returns, and the device sees the end without waiting
 //! for the session's task to be scheduled. A session that quarantines its
-//! own device on a frame bound for the device may be spared
-//! ([`LiveSessions::close_device_except`]): it still delivers the frames
-//! allowed before the offending one, then closes.
+//! own device on a frame bound for the device may be spared the hang-up
+//! ([`LiveSessions::close_device_except`]): it goes on writing the frames
+//! allowed before the offending one, as far as the device's socket takes
+//! them without waiting, and closes when it next waits. It is not spared
+//! longer: a device that stopped reading would otherwise keep a session,
+//! and its way upstream, for as long as it liked.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
