@@ -6,11 +6,10 @@
 //! Requests travel to the upstream (the PLC), responses to the device. A
 //! response does not repeat what its request asked for, so the session
 //! state remembers the outstanding requests by transaction id: a
-//! response's event names the same register range as its request's. A
-//! request that would make that memory lie is malformed: one reusing the
-//! transaction id of another request still in flight (a retry of the same
-//! request is fine), or one more than the memory holds (forgetting either would describe the PLC's answer with
-//! the wrong registers).
+//! response's event names the same register range as its request's. It
+//! never names another's: the answer under a transaction id reused for
+//! another request while in flight, or to a request forgotten (the memory
+//! keeps the latest 32), is described without registers.
 
 use std::collections::VecDeque;
 
@@ -34,9 +33,13 @@ palisade_plugin_sdk::export!(parser: Modbus);
 const MBAP: usize = 7;
 /// The largest MBAP length field: the unit id and a PDU of 253 bytes.
 const MAX_LENGTH: usize = 254;
-/// Outstanding requests remembered per session; one more is malformed (the
-/// reason below names the number). 224 bytes of state at most.
+/// Outstanding requests remembered per session, the latest ones: 224
+/// bytes of state at most.
 const OUTSTANDING: usize = 32;
+/// The function of a remembered request that cannot be told apart from
+/// another under the same transaction id (function 0 is no function):
+/// its answer is described without registers.
+const UNKNOWN: u8 = 0;
 /// Bytes one remembered request takes in the state.
 const ENTRY: usize = 7;
 
@@ -203,18 +206,28 @@ fn request<'p>(
             address,
             count,
         };
-        match pending.iter().find(|p| p.transaction == frame.transaction) {
+        match pending
+            .iter_mut()
+            .find(|p| p.transaction == frame.transaction)
+        {
             // The same request again, as a client on a bad network retries
             // one unanswered: the PLC's answer is described right either way.
-            Some(p) if *p == request => return Ok(()),
-            Some(_) => return Err("transaction id reused before its response"),
-            None => {}
+            Some(p) if *p == request => {}
+            // Another request under an id still in flight: which of the two
+            // the PLC answers cannot be told, so its answer is described
+            // without registers.
+            Some(p) => p.function = UNKNOWN,
+            None => {
+                // Requests never answered (a dead unit behind a gateway, a
+                // request the policy dropped) must not fill the memory for
+                // good: the oldest goes, and its answer, if it ever comes,
+                // is described without registers.
+                if pending.len() >= OUTSTANDING {
+                    pending.pop_front();
+                }
+                pending.push_back(request);
+            }
         }
-        if pending.len() >= OUTSTANDING {
-            return Err("more than 32 requests in flight");
-        }
-        pending.push_back(request);
-        Ok(())
     };
     let access = |parsed: &'p mut Parsed, kind, access, address: u16, count: u16| {
         let mut event = frame.event(parsed, kind);
@@ -238,7 +251,7 @@ fn request<'p>(
             if frame.pdu.len() != 5 {
                 return Err("read request of the wrong length");
             }
-            remember(address, count)?;
+            remember(address, count);
             access(parsed, "modbus.read", "read", address, count);
         }
         5 | 6 => {
@@ -249,7 +262,7 @@ fn request<'p>(
             if frame.pdu.len() != 5 {
                 return Err("write request of the wrong length");
             }
-            remember(address, 1)?;
+            remember(address, 1);
             let mut event = access(parsed, "modbus.write", "write", address, 1);
             if function == 5 {
                 event.int("value", u16::from(value == 0xff00));
@@ -273,7 +286,7 @@ fn request<'p>(
             if u16::from(bytes) != expected || frame.pdu.len() != 6 + usize::from(bytes) {
                 return Err("write byte count does not match the quantity");
             }
-            remember(address, count)?;
+            remember(address, count);
             let values = frame.pdu.get(6..).unwrap_or_default();
             let mut event = access(parsed, "modbus.write", "write", address, count);
             event.bytes("values", values);
@@ -286,7 +299,7 @@ fn request<'p>(
             if frame.pdu.len() != 7 {
                 return Err("mask write request of the wrong length");
             }
-            remember(address, 1)?;
+            remember(address, 1);
             let (and, or) = (frame.u16_at(3)?, frame.u16_at(5)?);
             // The register becomes (current AND and) OR (or AND NOT and):
             // the bits the and-mask keeps are unknown, the rest are the
@@ -310,7 +323,7 @@ fn request<'p>(
             if u16::from(bytes) != write_count * 2 || frame.pdu.len() != 10 + usize::from(bytes) {
                 return Err("write byte count does not match the quantity");
             }
-            remember(address, count)?;
+            remember(address, count);
             let mut event = frame.event(parsed, "modbus.read-write");
             event
                 .text("access", "read-write")
@@ -325,12 +338,12 @@ fn request<'p>(
         }
         8 => {
             let sub_function = frame.u16_at(1)?;
-            remember(0, 0)?;
+            remember(0, 0);
             let mut event = frame.event(parsed, "modbus.diagnostics");
             event.int("sub-function", sub_function);
         }
         7 | 11 | 12 | 17 => {
-            remember(0, 0)?;
+            remember(0, 0);
             frame.event(parsed, "modbus.diagnostics");
         }
         43 if frame.pdu.get(1) == Some(&14) => {
@@ -338,7 +351,7 @@ fn request<'p>(
             if !(1..=4).contains(&code) || frame.pdu.len() != 4 {
                 return Err("read device identification request malformed");
             }
-            remember(0, 0)?;
+            remember(0, 0);
             let mut event = frame.event(parsed, "modbus.device-identification");
             event
                 .int("mei-type", 14)
@@ -347,7 +360,7 @@ fn request<'p>(
         }
         0 | 0x80.. => return Err("function code not valid in a request"),
         _ => {
-            remember(0, 0)?;
+            remember(0, 0);
             let mut event = frame.event(parsed, "modbus.other");
             if user_defined(function) {
                 event.flag("user-defined", true);
@@ -684,58 +697,46 @@ mod tests {
     }
 
     #[test]
-    fn a_transaction_id_reused_in_flight_is_malformed() {
+    fn an_answer_that_cannot_be_told_apart_names_no_registers() {
         // Two reads under transaction 7 before the PLC answers: its answer
-        // to the first would be described with the second's registers.
+        // cannot be told to be the first's or the second's.
         let first = mbap(7, &[3, 0, 10, 0, 4]);
         let second = mbap(7, &[3, 0, 100, 0, 2]);
-        let p = parse(
-            Direction::ToUpstream,
-            &[],
-            &[first.clone(), second].concat(),
-        );
-        assert_eq!(p.frame_lengths, [first.len() as u32]);
-        let m = (p.malformed).unwrap_or_else(|| panic!("transaction 7 reused"));
-        assert_eq!(m.offset as usize, first.len());
-        assert!(m.reason.contains("transaction id reused"), "{}", m.reason);
-        // Once answered, the id is free again.
-        let down = parse(
-            Direction::ToDevice,
-            &p.state,
-            &mbap(7, &[3, 8, 0, 0, 0, 0, 0, 0, 0, 0]),
-        );
+        let up = parse(Direction::ToUpstream, &[], &[first, second].concat());
+        assert_eq!((up.frame_lengths.len(), up.malformed), (2, None));
+        let answer = mbap(7, &[3, 4, 0, 0, 0, 0]);
+        let down = parse(Direction::ToDevice, &up.state, &answer);
         let e = down.events.get(0).unwrap();
-        assert_eq!((e.int("address"), e.int("count")), (Some(10), Some(4)));
-        let again = parse(
-            Direction::ToUpstream,
-            &down.state,
-            &mbap(7, &[3, 0, 100, 0, 2]),
-        );
-        assert_eq!(again.malformed, None);
+        assert_eq!((e.int("address"), e.int("count")), (None, None));
+        assert_eq!(down.state, Vec::<u8>::new(), "the id is free again");
         // A retry of the very request still in flight is no reuse.
-        let retried = parse(
+        let once = parse(Direction::ToUpstream, &[], &mbap(7, &[3, 0, 100, 0, 2]));
+        let twice = parse(
             Direction::ToUpstream,
-            &again.state,
+            &once.state,
             &mbap(7, &[3, 0, 100, 0, 2]),
         );
-        assert_eq!(retried.malformed, None);
-        assert_eq!(retried.frame_lengths.len(), 1);
+        assert_eq!(twice.state, once.state);
+        let down = parse(Direction::ToDevice, &twice.state, &answer);
+        let e = down.events.get(0).unwrap();
+        assert_eq!((e.int("address"), e.int("count")), (Some(100), Some(2)));
     }
 
     #[test]
-    fn more_requests_in_flight_than_remembered_is_malformed() {
-        // Requests are remembered, not forgotten: a full table would have
-        // dropped the oldest and left its answer without its registers.
-        let many: Vec<u8> = (0..OUTSTANDING as u16 + 1)
+    fn requests_never_answered_do_not_fill_the_memory() {
+        // A dead unit behind a gateway answers nothing: the session goes
+        // on, the oldest requests are forgotten, their late answers named
+        // without registers, the latest ones with theirs.
+        let many: Vec<u8> = (0..OUTSTANDING as u16 + 8)
             .flat_map(|t| mbap(t, &[3, 0, 0, 0, 1]))
             .collect();
         let p = parse(Direction::ToUpstream, &[], &many);
-        assert_eq!(p.events.len(), OUTSTANDING);
+        assert_eq!((p.events.len(), p.malformed), (OUTSTANDING + 8, None));
         assert_eq!(p.state.len(), OUTSTANDING * ENTRY);
-        let m = (p.malformed).unwrap_or_else(|| panic!("request {} accepted", OUTSTANDING + 1));
-        assert!(m.reason.contains("in flight"), "{}", m.reason);
-        // The oldest is still there to be answered.
-        let down = parse(Direction::ToDevice, &p.state, &mbap(0, &[3, 2, 0, 5]));
+        let late = parse(Direction::ToDevice, &p.state, &mbap(0, &[3, 2, 0, 5]));
+        assert_eq!(late.events.get(0).unwrap().int("count"), None);
+        let latest = OUTSTANDING as u16 + 7;
+        let down = parse(Direction::ToDevice, &p.state, &mbap(latest, &[3, 2, 0, 5]));
         assert_eq!(down.events.get(0).unwrap().int("count"), Some(1));
     }
 }
