@@ -146,7 +146,18 @@ const MQTT_PUBLISH_OPTIONAL: &[Attribute] = &[
     ("protocol-version", Int),
     ("packet-id", Int),
     ("payload", Bytes),
+    // Set on a PUBLISH that binds a topic alias: the receiver keeps the
+    // binding for the session, so the appliance cannot drop the frame
+    // alone (its reading of later PUBLISHes would differ from the
+    // receiver's); dropping it closes the session.
+    (CHANGES_SESSION, Flag),
 ];
+
+/// The flag of an event whose frame changes what the receiver keeps for
+/// the session beyond the frame (an MQTT 5 topic alias bound): dropping
+/// such a frame alone would put the parser's reading of what follows out
+/// of step with the receiver's, so the host closes the session instead.
+pub const CHANGES_SESSION: &str = "changes-session";
 
 const MQTT_SUBSCRIBE: &[Attribute] = &[("packet-id", Int), ("filter", TextSet)];
 
@@ -325,7 +336,9 @@ pub fn markdown() -> String {
          `direction` (`to-upstream` or `to-device`), added by the host; \
          `mqtt.publish` also has `topic-levels`. An `mqtt.publish` that \
          names its topic by an MQTT 5 topic alias has in `topic` the topic \
-         the alias stands for. A CoAP message has `type` \
+         the alias stands for; one that binds an alias has \
+         `changes-session`, and dropping it closes the session, since the \
+         broker would keep the binding the appliance's reading lost. A CoAP message has `type` \
          (`con`, `non`, `ack` or `rst`) and `message-id` when it came over \
          UDP (RFC 7252), never over TCP (RFC 8323). A Modbus write's \
          `value-min` and `value-max` bound the register values it leaves; \

@@ -17,6 +17,7 @@ use crate::plugins::{
     Action, Batch, CallError, Direction, EventRef, FailMode, Finding, Malformed, Parsed, Plugin,
     Session, Slot, WireBatch,
 };
+use crate::policy::vocabulary::CHANGES_SESSION;
 use crate::policy::{Decision, Policy, PolicyEngine, Response, Subject};
 
 /// The name findings and actions of the policy carry, where a plugin's
@@ -104,11 +105,20 @@ impl Inspected {
         let mut forward = vec![true; self.spans.len()];
         let mut close = false;
         let mut quarantine = false;
+        // The first dropped frame that the receiver's state depends on:
+        // the session closes there instead.
+        let mut out_of_step: Option<u32> = None;
         for (_, action) in &self.actions {
             match action {
                 Action::DropFrame(i) => {
                     if let Some(f) = forward.get_mut(*i as usize) {
                         *f = false;
+                    }
+                    let changes = (self.batch.get(*i as usize))
+                        .and_then(|e| e.flag(CHANGES_SESSION))
+                        .unwrap_or(false);
+                    if changes && out_of_step.is_none_or(|first| *i < first) {
+                        out_of_step = Some(*i);
                     }
                 }
                 Action::CloseSession => close = true,
@@ -116,15 +126,23 @@ impl Inspected {
                 Action::Allow | Action::Alert(_) => {}
             }
         }
-        let close = close.then(|| {
+        let close = if close {
             let first = self.findings.iter().min_by_key(|(_, f)| f.event);
             let cut = first.map_or(0, |(_, f)| f.event as usize);
+            let cut = out_of_step.map_or(cut, |i| cut.min(i as usize));
             let reason = first.map_or_else(
                 || "a responder closed it".to_owned(),
                 |(by, f)| format!("{by}: {}", f.reason),
             );
-            (cut.min(forward.len()), reason)
-        });
+            Some((cut.min(forward.len()), reason))
+        } else {
+            out_of_step.map(|i| {
+                let reason = format!(
+                    "frame {i} was dropped, and the peer keeps state it sets for the session"
+                );
+                ((i as usize).min(forward.len()), reason)
+            })
+        };
         Verdict {
             forward,
             close,
@@ -589,6 +607,31 @@ mod tests {
         let v = inspected(4, &[1], vec![Action::DropFrame(1), Action::DropFrame(9)]).verdict();
         assert_eq!(v.forward, [true, false, true, true]);
         assert_eq!(v.close, None);
+        assert!(!v.quarantine);
+    }
+
+    /// A frame the receiver keeps state from (an MQTT 5 PUBLISH binding a
+    /// topic alias) cannot be dropped alone: the broker would keep the old
+    /// binding while the parser learnt the new one, and read a later
+    /// PUBLISH by alias as another topic than the policy judged.
+    #[test]
+    fn dropping_a_frame_that_changes_the_session_closes_it() {
+        let mut dropped = inspected(4, &[2], vec![Action::DropFrame(2)]);
+        let mut batch = Batch::new();
+        for i in 0..4 {
+            let mut event = batch.push("mqtt.publish");
+            if i == 2 {
+                event.flag(CHANGES_SESSION, true);
+            }
+        }
+        dropped.batch = batch;
+        let v = dropped.verdict();
+        assert_eq!(v.forward, [true, true, false, true]);
+        let Some((cut, reason)) = v.close else {
+            panic!("the session goes on out of step")
+        };
+        assert_eq!(cut, 2);
+        assert!(reason.contains("frame 2 was dropped"), "{reason}");
         assert!(!v.quarantine);
     }
 

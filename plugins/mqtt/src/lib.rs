@@ -191,6 +191,7 @@ fn publish<'a>(
     // one the alias was last bound to in this direction (MQTT 5
     // §3.3.2.3.4). The last thing that can fail: nothing is bound unless
     // the packet reads well.
+    let binds = properties.topic_alias().is_some() && !topic.is_empty();
     let topic = match (properties.topic_alias(), topic.is_empty()) {
         (None, true) => return Err("empty PUBLISH topic without a topic alias"),
         (None, false) => topic,
@@ -223,6 +224,11 @@ fn publish<'a>(
     }
     if level != 0 {
         event.int("protocol-version", level);
+    }
+    if binds {
+        // The receiver keeps the binding: this frame is not to be
+        // dropped alone (see the vocabulary).
+        event.flag("changes-session", true);
     }
     properties.write(&mut event);
     Ok(())
@@ -965,6 +971,11 @@ mod tests {
             (Some(true), Some(1))
         );
         assert_eq!(e.int("payload-size"), Some(4));
+        // Only the PUBLISH that binds the alias changes the session: it may
+        // not be dropped alone.
+        let binding = whole.events.get(1).unwrap();
+        assert_eq!(binding.flag("changes-session"), Some(true));
+        assert_eq!(e.flag("changes-session"), None);
         for cut in 0..stream.len() {
             let (a, b) = stream.split_at(cut);
             let split = parse_stream::<Mqtt>(&session(), Direction::ToUpstream, &[a, b]);
