@@ -233,12 +233,14 @@ async fn connection(
             stream = conn.accept_bi() => match stream {
                 // Each stream is a session: the policy as it is now
                 // decides whether it may open.
-                Ok((mut send, mut recv)) if let Err(reason) =
+                // The connection goes with it: the device may not use the
+                // route any more, and must not keep trying on it.
+                Ok(_) if let Err(reason) =
                     shared.may_connect(&device, role.as_deref(), &route.config, peer) =>
                 {
-                    refused(peer, name, &Refusal::new(Some(&device.id), reason));
-                    let _ = send.reset(VarInt::from_u32(REFUSED));
-                    let _ = recv.stop(VarInt::from_u32(REFUSED));
+                    refused(peer, name, &Refusal::new(Some(&device.id), reason.clone()));
+                    conn.close(VarInt::from_u32(REFUSED), reason.as_bytes());
+                    break reason;
                 }
                 Ok((send, recv)) => {
                     let (shared2, route, device, role) =
