@@ -137,11 +137,12 @@ impl host::Host for PluginState {
             self.counters_add("palisade.log-lines-dropped", 1);
             return Ok(());
         }
+        let message = printable(&message);
         let mut end = message.len().min(MAX_LOG_LINE);
         while !message.is_char_boundary(end) {
             end -= 1;
         }
-        let message = printable(message.get(..end).unwrap_or_default());
+        let message = message.get(..end).unwrap_or_default();
         let plugin = &*self.plugin;
         match level {
             Level::Debug => tracing::debug!(plugin, "{message}"),
