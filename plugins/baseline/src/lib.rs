@@ -14,15 +14,18 @@
 //! watched from its first frame. Profiles live in the plugin's key-value
 //! store, under `device/ID` and `class/CLASS`, so they survive restarts and
 //! upgrades of the plugin; the appliance exports them as reviewable policy
-//! and adds a finding to them when an operator accepts it as normal. A
-//! profile the store refuses (its quota full) is told in a finding, once an
-//! hour: what it learns is lost, so a device still learning stays learning,
-//! judged by its class alone.
+//! and adds a finding to them when an operator accepts it as normal.
+//! Profiles the store refuses (the plugin's quota full) are told in one
+//! finding an hour per instance, with how many were refused: what they
+//! learn is lost, so a device still learning stays learning, judged by its
+//! class alone.
 
 pub mod profile;
 
 use palisade_plugin_sdk::host::{self, KvError, Level, config, kv};
 use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::hash::{DefaultHasher, Hash, Hasher};
 
 use palisade_plugin_sdk::{Batch, Detector, Finding, Session, Severity, same};
 
@@ -126,19 +129,13 @@ fn keep(key: &str, bytes: Vec<u8>, profile: Profile) {
     });
 }
 
-/// Store `profile` under `key`.
+/// Store `profile` under `key`. A refusal is told by the caller, at most
+/// once an hour ([`Unstored`]), not logged here on every batch.
 fn store(key: &str, profile: Profile) -> Result<(), KvError> {
     let bytes = profile.encode();
-    match kv::set(key, &bytes) {
-        Ok(()) => {
-            keep(key, bytes, profile);
-            Ok(())
-        }
-        Err(e) => {
-            host::log(Level::Warn, &format!("cannot store profile {key}: {e:?}"));
-            Err(e)
-        }
-    }
+    kv::set(key, &bytes)?;
+    keep(key, bytes, profile);
+    Ok(())
 }
 
 /// Why the store refused a profile, for a person.
@@ -150,31 +147,68 @@ fn refusal(e: KvError) -> &'static str {
     }
 }
 
-/// Refusals remembered: a device's and its class's for many devices,
-/// while an instance's memory stays small.
-const REFUSALS: usize = 64;
+/// How often an instance tells that the store refuses profiles, in
+/// monotonic nanoseconds: an hour.
+const TOLD_EVERY: u64 = 3_600 * 1_000_000_000;
 
-thread_local! {
-    /// The profiles this instance was refused, each with the hour (since
-    /// the epoch) it was told: a refusal is told once an hour, not on
-    /// every batch.
-    static REFUSED: RefCell<Vec<(String, u64)>> = const { RefCell::new(Vec::new()) };
+/// Distinct profiles an instance counts as refused between two tellings:
+/// a site of thousands of devices, in a few tens of KiB (a hash each).
+/// Beyond it the count says "at least".
+const REFUSED_COUNTED: usize = 4096;
+
+/// The profiles an instance could not store since it last told of it.
+///
+/// The quota is the plugin's, shared by every profile: once a site's
+/// profiles fill it, every device's write fails, on every batch. The
+/// operator needs to know once, not per device and batch: an instance
+/// tells at most once an hour, with how many profiles it could not store
+/// since it last told. It is one state for the whole instance, not one
+/// per profile: no number of devices makes it forget that it told.
+#[derive(Debug, Default)]
+struct Unstored {
+    /// When it last told, in monotonic nanoseconds; `None` before it
+    /// first did.
+    told: Option<u64>,
+    /// The profiles refused since, by a hash of their key, at most
+    /// [`REFUSED_COUNTED`].
+    refused: BTreeSet<u64>,
 }
 
-/// Whether the refusal of `key` in `hour` is yet to be told; it is then
-/// remembered as told.
-fn untold(key: &str, hour: u64) -> bool {
-    REFUSED.with_borrow_mut(|refused| {
-        if refused.iter().any(|(k, h)| k == key && *h == hour) {
-            return false;
+impl Unstored {
+    /// Count the refusal of the profiles `keys` at monotonic `now`. When it
+    /// is time to tell, returns how many profiles were refused since it
+    /// last told, and counts afresh.
+    fn refuse<'a>(&mut self, keys: impl Iterator<Item = &'a str>, now: u64) -> Option<usize> {
+        for key in keys {
+            if self.refused.len() < REFUSED_COUNTED {
+                let mut hasher = DefaultHasher::new();
+                key.hash(&mut hasher);
+                self.refused.insert(hasher.finish());
+            }
         }
-        refused.retain(|(k, _)| k != key);
-        if refused.len() >= REFUSALS {
-            refused.remove(0);
-        }
-        refused.push((key.to_owned(), hour));
-        true
-    })
+        let due = self
+            .told
+            .is_none_or(|told| now.saturating_sub(told) >= TOLD_EVERY);
+        due.then(|| {
+            self.told = Some(now);
+            let refused = self.refused.len();
+            self.refused.clear();
+            refused
+        })
+    }
+}
+
+thread_local! {
+    static UNSTORED: RefCell<Unstored> = RefCell::new(Unstored::default());
+}
+
+/// `n` profiles, for a person: "at least" once the count is bounded.
+fn profiles(n: usize) -> String {
+    match n {
+        1 => "1 profile".to_owned(),
+        REFUSED_COUNTED.. => format!("at least {n} profiles"),
+        _ => format!("{n} profiles"),
+    }
 }
 
 impl Detector for Baseline {
@@ -276,21 +310,21 @@ impl Detector for Baseline {
         } else if let Some(bytes) = class_bytes {
             keep(&class_key, bytes, class);
         }
-        // Told on the batch's last event: the operator learns that this
-        // profile learns nothing, and why.
-        if let Some(last) = events.len().checked_sub(1) {
-            for (whose, key, e) in refused {
-                if untold(&key, now / 3_600_000) {
-                    findings.push(Finding::new(
-                        last,
-                        Severity::Medium,
-                        0.5,
-                        format!(
-                            "{whose}: the baseline cannot store its profile ({}): what it learns is lost",
-                            refusal(e)
-                        ),
-                    ));
-                }
+        // Told on the batch's last event, at most once an hour: the
+        // operator learns that profiles learn nothing, and why.
+        if let (Some(last), Some(&(.., e))) = (events.len().checked_sub(1), refused.last()) {
+            let keys = refused.iter().map(|(_, key, _)| key.as_str());
+            let now = host::monotonic_now();
+            if let Some(n) = UNSTORED.with_borrow_mut(|unstored| unstored.refuse(keys, now)) {
+                let whose: Vec<&str> = refused.iter().map(|(whose, ..)| whose.as_str()).collect();
+                let reason = format!(
+                    "the baseline cannot store profiles ({}): {} refused since this instance last said so, {} among them; what they learn is lost",
+                    refusal(e),
+                    profiles(n),
+                    whose.join(" and "),
+                );
+                host::log(Level::Warn, &reason);
+                findings.push(Finding::new(last, Severity::Medium, 0.5, reason));
             }
         }
         findings

@@ -752,8 +752,7 @@ fn a_profile_the_store_refuses_is_told_in_a_finding() {
     assert_eq!(
         reasons,
         [
-            "full-1 (sensor): the baseline cannot store its profile (the plugin's store is full): what it learns is lost",
-            "class sensor: the baseline cannot store its profile (the plugin's store is full): what it learns is lost",
+            "the baseline cannot store profiles (the plugin's store is full): 2 profiles refused since this instance last said so, full-1 (sensor) and class sensor among them; what they learn is lost",
         ]
     );
     assert!(
@@ -764,5 +763,59 @@ fn a_profile_the_store_refuses_is_told_in_a_finding() {
     // Told once an hour, not on every batch.
     assert!(Baseline::detect(&s, &batch).is_empty());
     Host::advance_clock(3_600_000_000_000);
-    assert_eq!(Baseline::detect(&s, &batch).len(), 2);
+    assert_eq!(Baseline::detect(&s, &batch).len(), 1);
+}
+
+#[test]
+fn a_full_store_is_told_once_an_hour_however_many_devices_it_refuses() {
+    Host::reset();
+    quick_learner("any", 10);
+    // No room for another profile, and far more devices than an instance
+    // remembers.
+    let used: usize = Host::kv().iter().map(|(k, v)| k.len() + v.len()).sum();
+    Host::set_kv_quota(used + 16);
+    let devices: Vec<Session> = (0..300)
+        .map(|i| Session::new(i, &format!("dev-{i}"), "sensor", "yard", "mqtt"))
+        .collect();
+    let mut batch = Batch::new();
+    write_event(&mut batch, &Ev::Publish("site/a/temp".into(), 4));
+    let round = || {
+        let mut told = Vec::new();
+        for s in &devices {
+            let findings = Baseline::detect(s, &batch);
+            told.extend(findings.into_iter().map(|f| f.reason));
+        }
+        Host::advance_clock(60_000_000_000);
+        told
+    };
+    let mut told = Vec::new();
+    for _ in 0..5 {
+        told.extend(round());
+    }
+    assert_eq!(
+        told.len(),
+        1,
+        "told once, not per batch: {:?}",
+        &told[..told.len().min(3)]
+    );
+    assert!(
+        told[0].contains("(the plugin's store is full)") && told[0].contains("dev-0 (sensor)"),
+        "{}",
+        told[0]
+    );
+    let warned = || {
+        Host::logs()
+            .iter()
+            .filter(|(level, line)| *level == Level::Warn && line.contains("cannot store"))
+            .count()
+    };
+    assert_eq!(warned(), 1, "logged as often as told");
+
+    // An hour on, it is told again, with how many profiles were refused
+    // since: every device's and the class's.
+    Host::advance_clock(3_600_000_000_000);
+    let told = round();
+    assert_eq!(told.len(), 1, "{:?}", &told[..told.len().min(3)]);
+    assert!(told[0].contains("301 profiles"), "{}", told[0]);
+    assert_eq!(warned(), 2);
 }
