@@ -29,7 +29,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 
 use palisade_plugin_sdk::{Batch, Detector, Finding, Session, Severity, same};
 
-pub use profile::{Names, Novelty, Profile};
+pub use profile::{MAX_REASON_LEN, Names, Novelty, Profile};
 
 /// Events a profile learns from, at least, before it enforces.
 pub const LEARNING_EVENTS: u64 = 100;
@@ -211,6 +211,24 @@ fn profiles(n: usize) -> String {
     }
 }
 
+/// One reason for the departures of an event, the most serious first
+/// (`novelties` sorted so): it names the first [`profile::NAMED`] and
+/// counts the rest, within [`MAX_REASON_LEN`].
+fn reason(novelties: &[Novelty]) -> String {
+    let mut reason = String::new();
+    for novelty in novelties.iter().take(profile::NAMED) {
+        if !reason.is_empty() {
+            reason.push_str("; ");
+        }
+        reason.push_str(&novelty.reason);
+    }
+    let more = novelties.len().saturating_sub(profile::NAMED);
+    if more > 0 {
+        reason.push_str(&format!("; and {more} more"));
+    }
+    profile::bounded(reason)
+}
+
 impl Detector for Baseline {
     fn detect(session: &Session, events: &Batch) -> Vec<Finding> {
         let learning = Learning::configured();
@@ -286,16 +304,11 @@ impl Detector for Baseline {
             let mut novelties = novelties;
             novelties.sort_by(|a, b| b.score.total_cmp(&a.score));
             if let Some(first) = novelties.first() {
-                let mut reason = first.reason.clone();
-                for other in novelties.iter().skip(1) {
-                    reason.push_str("; ");
-                    reason.push_str(&other.reason);
-                }
                 findings.push(Finding::new(
                     event.index(),
                     first.severity,
                     first.score,
-                    reason,
+                    reason(&novelties),
                 ));
             }
         }
@@ -323,6 +336,7 @@ impl Detector for Baseline {
                     profiles(n),
                     whose.join(" and "),
                 );
+                let reason = profile::bounded(reason);
                 host::log(Level::Warn, &reason);
                 findings.push(Finding::new(last, Severity::Medium, 0.5, reason));
             }

@@ -40,6 +40,21 @@ const NUMBERS_LEN: usize = 9 * 10;
 /// Bytes of a long name shown in a reason (fewer, to end on a character).
 const SHOWN: usize = 32;
 
+/// Items a reason names before it counts the rest ("and 38 more"): a
+/// SUBSCRIBE may carry tens of thousands of filters, and a person reads
+/// the first few.
+pub const NAMED: usize = 5;
+
+/// Bytes of a name shown in a list of [`NAMED`] (fewer, to end on a
+/// character): most names on a site fit whole.
+const LISTED: usize = 64;
+
+/// The longest reason of a finding, in bytes: a few departures with their
+/// names. The host caps what one call hands back (4 MiB by default) and
+/// strikes a plugin that passes it, so a reason never grows with what an
+/// event carries.
+pub const MAX_REASON_LEN: usize = 1024;
+
 /// A rate this many times the normal one is a burst.
 pub const BURST_FACTOR: f64 = 10.0;
 
@@ -213,13 +228,49 @@ fn insert_function(len: &mut EncodedLen, set: &mut BTreeSet<i64>, function: i64)
     }
 }
 
-/// The start of a name too long to learn, for a reason a person reads.
-fn start_of(text: &str) -> &str {
-    let mut end = SHOWN.min(text.len());
+/// The first `len` bytes of `text` at most, ending on a character.
+fn cut(text: &str, len: usize) -> &str {
+    let mut end = len.min(text.len());
     while !text.is_char_boundary(end) {
         end -= 1;
     }
     text.get(..end).unwrap_or_default()
+}
+
+/// The start of a name too long to learn, for a reason a person reads.
+fn start_of(text: &str) -> &str {
+    cut(text, SHOWN)
+}
+
+/// `shown` names, each cut to [`LISTED`] bytes, then how many `more`
+/// there are: `a, b and 3 more`.
+fn listed(shown: &[&str], more: usize) -> String {
+    let mut list = String::new();
+    for (i, name) in shown.iter().enumerate() {
+        if i > 0 {
+            list.push_str(", ");
+        }
+        let start = cut(name, LISTED);
+        list.push_str(start);
+        if start.len() < name.len() {
+            list.push('…');
+        }
+    }
+    if more > 0 {
+        let _ = write!(list, " and {more} more");
+    }
+    list
+}
+
+/// `reason` cut to [`MAX_REASON_LEN`] bytes, on a character, with an
+/// ellipsis when it was cut.
+pub fn bounded(mut reason: String) -> String {
+    if reason.len() > MAX_REASON_LEN {
+        let end = cut(&reason, MAX_REASON_LEN - '…'.len_utf8()).len();
+        reason.truncate(end);
+        reason.push('…');
+    }
+    reason
 }
 
 /// The kinds and attributes a profile reads, looked up once in a batch so
@@ -586,20 +637,35 @@ impl Profile {
             ));
         }
         if event.kind_id() == names.subscribe {
+            // One departure for all the new filters, however many: the
+            // first few named, the rest counted.
+            let mut shown = Vec::with_capacity(NAMED);
+            let mut more = 0_usize;
             for filter in filters(event).filter(|f| !self.filters.contains(*f)) {
-                found.push(novelty(
-                    Severity::Medium,
-                    0.7,
-                    if filter.len() > MAX_TEXT_LEN {
-                        format!(
-                            "{who} subscribed to a {}-byte filter ({}…), longer than any it learns",
-                            filter.len(),
-                            start_of(filter)
-                        )
-                    } else {
-                        format!("{who} subscribed to {filter}, a filter it never used")
-                    },
-                ));
+                if shown.len() < NAMED {
+                    shown.push(filter);
+                } else {
+                    more = more.saturating_add(1);
+                }
+            }
+            let reason = match (shown.as_slice(), more) {
+                ([], _) => None,
+                ([filter], 0) if filter.len() > MAX_TEXT_LEN => Some(format!(
+                    "{who} subscribed to a {}-byte filter ({}…), longer than any it learns",
+                    filter.len(),
+                    start_of(filter)
+                )),
+                ([filter], 0) => Some(format!(
+                    "{who} subscribed to {filter}, a filter it never used"
+                )),
+                (shown, more) => Some(format!(
+                    "{who} subscribed to {} filters it never used: {}",
+                    shown.len().saturating_add(more),
+                    listed(shown, more)
+                )),
+            };
+            if let Some(reason) = reason {
+                found.push(novelty(Severity::Medium, 0.7, reason));
             }
         }
         if let Some(function) = event.int(names.function).filter(|_| modbus)

@@ -819,3 +819,49 @@ fn a_full_store_is_told_once_an_hour_however_many_devices_it_refuses() {
     assert!(told[0].contains("301 profiles"), "{}", told[0]);
     assert_eq!(warned(), 2);
 }
+
+#[test]
+fn a_subscription_to_thousands_of_new_filters_is_one_short_reason() {
+    Host::reset();
+    let s = quick_learner("sub-2", 10);
+    let mut learning = Batch::new();
+    subscribe(&mut learning, &["site/a/cmd"]);
+    for _ in 0..9 {
+        write_event(&mut learning, &Ev::Publish("site/a/temp".into(), 4));
+    }
+    assert!(Baseline::detect(&s, &learning).is_empty());
+
+    // A 256 KiB SUBSCRIBE holds tens of thousands of short filters.
+    let filters: Vec<String> = (0..20_000).map(|i| format!("f/{i}")).collect();
+    let filters: Vec<&str> = filters.iter().map(String::as_str).collect();
+    let mut odd = Batch::new();
+    subscribe(&mut odd, &filters);
+    let findings = Baseline::detect(&s, &odd);
+    assert_eq!(findings.len(), 1);
+    let reason = &findings[0].reason;
+    assert!(
+        reason.len() <= MAX_REASON_LEN,
+        "{} bytes: {}…",
+        reason.len(),
+        &reason[..200]
+    );
+    assert_eq!(
+        reason,
+        "sub-2 (sensor) subscribed to 20000 filters it never used: f/0, f/1, f/2, f/3, f/4 and 19995 more"
+    );
+}
+
+#[test]
+fn a_reason_names_a_few_departures_and_is_bounded() {
+    let novelty = |score: f32, reason: String| Novelty {
+        severity: Severity::Medium,
+        score,
+        reason,
+    };
+    let many: Vec<Novelty> = (0..8).map(|i| novelty(1.0, format!("r{i}"))).collect();
+    assert_eq!(reason(&many), "r0; r1; r2; r3; r4; and 3 more");
+    // Cut on a character, however long its parts.
+    let long: Vec<Novelty> = (0..3).map(|_| novelty(1.0, "é".repeat(1000))).collect();
+    let cut = reason(&long);
+    assert!(cut.len() <= MAX_REASON_LEN && cut.ends_with('…'), "{cut}");
+}
