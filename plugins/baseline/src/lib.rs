@@ -14,19 +14,22 @@
 //! watched from its first frame. Profiles live in the plugin's key-value
 //! store, under `device/ID` and `class/CLASS`, so they survive restarts and
 //! upgrades of the plugin; the appliance exports them as reviewable policy
-//! and adds a finding to them when an operator accepts it as normal. A
-//! profile the store refuses (its quota full) is told in a finding, once an
-//! hour: what it learns is lost, so a device still learning stays learning,
-//! judged by its class alone.
+//! and adds a finding to them when an operator accepts it as normal.
+//! Profiles the store refuses (the plugin's quota full) are told in one
+//! finding an hour per instance, with how many were refused: what they
+//! learn is lost, so a device still learning stays learning, judged by its
+//! class alone.
 
 pub mod profile;
 
 use palisade_plugin_sdk::host::{self, KvError, Level, config, kv};
 use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::hash::{DefaultHasher, Hash, Hasher};
 
 use palisade_plugin_sdk::{Batch, Detector, Finding, Session, Severity, same};
 
-pub use profile::{Names, Novelty, Profile};
+pub use profile::{MAX_REASON_LEN, Names, Novelty, Profile, Unlearnt};
 
 /// Events a profile learns from, at least, before it enforces.
 pub const LEARNING_EVENTS: u64 = 100;
@@ -126,19 +129,13 @@ fn keep(key: &str, bytes: Vec<u8>, profile: Profile) {
     });
 }
 
-/// Store `profile` under `key`.
+/// Store `profile` under `key`. A refusal is told by the caller, at most
+/// once an hour ([`Unstored`]), not logged here on every batch.
 fn store(key: &str, profile: Profile) -> Result<(), KvError> {
     let bytes = profile.encode();
-    match kv::set(key, &bytes) {
-        Ok(()) => {
-            keep(key, bytes, profile);
-            Ok(())
-        }
-        Err(e) => {
-            host::log(Level::Warn, &format!("cannot store profile {key}: {e:?}"));
-            Err(e)
-        }
-    }
+    kv::set(key, &bytes)?;
+    keep(key, bytes, profile);
+    Ok(())
 }
 
 /// Why the store refused a profile, for a person.
@@ -150,31 +147,114 @@ fn refusal(e: KvError) -> &'static str {
     }
 }
 
-/// Refusals remembered: a device's and its class's for many devices,
-/// while an instance's memory stays small.
-const REFUSALS: usize = 64;
+/// How often an instance tells that the store refuses profiles, in
+/// monotonic nanoseconds: an hour.
+const TOLD_EVERY: u64 = 3_600 * 1_000_000_000;
 
-thread_local! {
-    /// The profiles this instance was refused, each with the hour (since
-    /// the epoch) it was told: a refusal is told once an hour, not on
-    /// every batch.
-    static REFUSED: RefCell<Vec<(String, u64)>> = const { RefCell::new(Vec::new()) };
+/// Distinct profiles an instance counts as refused between two tellings:
+/// a site of thousands of devices, in a few tens of KiB (a hash each).
+/// Beyond it the count says "at least".
+const REFUSED_COUNTED: usize = 4096;
+
+/// The profiles an instance could not store since it last told of it.
+///
+/// The quota is the plugin's, shared by every profile: once a site's
+/// profiles fill it, every device's write fails, on every batch. The
+/// operator needs to know once, not per device and batch: an instance
+/// tells at most once an hour, with how many profiles it could not store
+/// since it last told. It is one state for the whole instance, not one
+/// per profile: no number of devices makes it forget that it told.
+#[derive(Debug, Default)]
+struct Unstored {
+    /// When it last told, in monotonic nanoseconds; `None` before it
+    /// first did.
+    told: Option<u64>,
+    /// The profiles refused since, by a hash of their key, at most
+    /// [`REFUSED_COUNTED`].
+    refused: BTreeSet<u64>,
 }
 
-/// Whether the refusal of `key` in `hour` is yet to be told; it is then
-/// remembered as told.
-fn untold(key: &str, hour: u64) -> bool {
-    REFUSED.with_borrow_mut(|refused| {
-        if refused.iter().any(|(k, h)| k == key && *h == hour) {
-            return false;
+impl Unstored {
+    /// Count the refusal of the profiles `keys` at monotonic `now`. When it
+    /// is time to tell, returns how many profiles were refused since it
+    /// last told, and counts afresh.
+    fn refuse<'a>(&mut self, keys: impl Iterator<Item = &'a str>, now: u64) -> Option<usize> {
+        for key in keys {
+            if self.refused.len() < REFUSED_COUNTED {
+                self.refused.insert(hash(key));
+            }
         }
-        refused.retain(|(k, _)| k != key);
-        if refused.len() >= REFUSALS {
-            refused.remove(0);
+        let due = self
+            .told
+            .is_none_or(|told| now.saturating_sub(told) >= TOLD_EVERY);
+        due.then(|| {
+            self.told = Some(now);
+            let refused = self.refused.len();
+            self.refused.clear();
+            refused
+        })
+    }
+}
+
+thread_local! {
+    static UNSTORED: RefCell<Unstored> = RefCell::new(Unstored::default());
+}
+
+/// A hash of the store key `key`, to remember it in a few bytes.
+fn hash(key: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    key.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Full profiles an instance remembers it told of, by a hash of their key:
+/// more than a site's quota holds (a profile full of topics takes half a
+/// KiB at least, the default quota is 1 MiB), in a few hundred KiB.
+const TOLD_FULL: usize = 1 << 14;
+
+thread_local! {
+    /// The full profiles this instance told of, by a hash of their key.
+    static FULL: RefCell<BTreeSet<u64>> = const { RefCell::new(BTreeSet::new()) };
+}
+
+/// Whether this instance is yet to tell that the profile `key` is full; it
+/// is then remembered as told. Once it remembers [`TOLD_FULL`] profiles it
+/// forgets them all, and each is told once more.
+fn full_untold(key: &str) -> bool {
+    let key = hash(key);
+    FULL.with_borrow_mut(|told| {
+        if told.len() >= TOLD_FULL && !told.contains(&key) {
+            told.clear();
         }
-        refused.push((key.to_owned(), hour));
-        true
+        told.insert(key)
     })
+}
+
+/// `n` profiles, for a person: "at least" once the count is bounded.
+fn profiles(n: usize) -> String {
+    match n {
+        1 => "1 profile".to_owned(),
+        REFUSED_COUNTED.. => format!("at least {n} profiles"),
+        _ => format!("{n} profiles"),
+    }
+}
+
+/// One reason for the departures of an event, the most serious first
+/// (`novelties` sorted so): it names the first [`profile::NAMED`] and
+/// counts the rest, within [`MAX_REASON_LEN`].
+fn reason(novelties: &[Novelty]) -> String {
+    let mut reason = String::new();
+    for novelty in novelties.iter().take(profile::NAMED) {
+        if !reason.is_empty() {
+            reason.push_str("; ");
+        }
+        reason.push_str(&novelty.reason);
+    }
+    let more = novelties.len().saturating_sub(profile::NAMED);
+    if more > 0 {
+        reason.push_str(&format!("; and {more} more"));
+    }
+    profile::bounded(reason)
 }
 
 impl Detector for Baseline {
@@ -198,6 +278,7 @@ impl Detector for Baseline {
         // A class that judges does not change: it is not stored again.
         let mut class_learnt = false;
         let mut previous = None;
+        let mut unlearnt = Unlearnt::default();
         for event in events.iter() {
             let again = previous.is_some_and(|s| profile::has_signature(&event, &names, s));
             let signature = if again {
@@ -242,6 +323,17 @@ impl Detector for Baseline {
                 }
                 found
             };
+            // A topic a full profile could not learn is told once for the
+            // profile, below, not as the event's departure: an event that
+            // departs in nothing else keeps its signature.
+            let mut novelties = novelties;
+            novelties.retain_mut(|novelty| match novelty.unlearnt.take() {
+                Some(topic) => {
+                    unlearnt.add(event.index(), topic);
+                    false
+                }
+                None => true,
+            });
             previous = if novelties.is_empty() {
                 signature
             } else {
@@ -249,21 +341,24 @@ impl Detector for Baseline {
             };
             // One finding per event: the most serious departure, with the
             // others named.
-            let mut novelties = novelties;
             novelties.sort_by(|a, b| b.score.total_cmp(&a.score));
             if let Some(first) = novelties.first() {
-                let mut reason = first.reason.clone();
-                for other in novelties.iter().skip(1) {
-                    reason.push_str("; ");
-                    reason.push_str(&other.reason);
-                }
                 findings.push(Finding::new(
                     event.index(),
                     first.severity,
                     first.score,
-                    reason,
+                    reason(&novelties),
                 ));
             }
+        }
+        if let Some(first) = unlearnt.first
+            && full_untold(&device_key)
+        {
+            let reason = profile::bounded(unlearnt.reason(&who, mine.topics.len()));
+            // In the order of the events judged.
+            let at =
+                findings.partition_point(|f| usize::try_from(f.event).is_ok_and(|e| e <= first));
+            findings.insert(at, Finding::new(first, Severity::Medium, 0.7, reason));
         }
         let mut refused = Vec::new();
         if let Err(e) = store(&device_key, mine) {
@@ -276,21 +371,22 @@ impl Detector for Baseline {
         } else if let Some(bytes) = class_bytes {
             keep(&class_key, bytes, class);
         }
-        // Told on the batch's last event: the operator learns that this
-        // profile learns nothing, and why.
-        if let Some(last) = events.len().checked_sub(1) {
-            for (whose, key, e) in refused {
-                if untold(&key, now / 3_600_000) {
-                    findings.push(Finding::new(
-                        last,
-                        Severity::Medium,
-                        0.5,
-                        format!(
-                            "{whose}: the baseline cannot store its profile ({}): what it learns is lost",
-                            refusal(e)
-                        ),
-                    ));
-                }
+        // Told on the batch's last event, at most once an hour: the
+        // operator learns that profiles learn nothing, and why.
+        if let (Some(last), Some(&(.., e))) = (events.len().checked_sub(1), refused.last()) {
+            let keys = refused.iter().map(|(_, key, _)| key.as_str());
+            let now = host::monotonic_now();
+            if let Some(n) = UNSTORED.with_borrow_mut(|unstored| unstored.refuse(keys, now)) {
+                let whose: Vec<&str> = refused.iter().map(|(whose, ..)| whose.as_str()).collect();
+                let reason = format!(
+                    "the baseline cannot store profiles ({}): {} refused since this instance last said so, {} among them; what they learn is lost",
+                    refusal(e),
+                    profiles(n),
+                    whose.join(" and "),
+                );
+                let reason = profile::bounded(reason);
+                host::log(Level::Warn, &reason);
+                findings.push(Finding::new(last, Severity::Medium, 0.5, reason));
             }
         }
         findings

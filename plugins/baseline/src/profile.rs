@@ -8,7 +8,7 @@
 //! in it is short, and the whole is bounded ([`MAX_PROFILE_LEN`]): a
 //! profile stays well inside one stored value, and a site's profiles share
 //! the plugin's quota. What a profile could not learn is new to it once it
-//! enforces.
+//! enforces; topics it had no room for are told once, not on every publish.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -17,7 +17,9 @@ use palisade_plugin_sdk::{Batch, EventRef, Field, KindId, Severity, Value};
 use serde::{Deserialize, Serialize};
 
 /// Items kept per set: beyond it, a profile learns no more of that kind,
-/// and what it did not learn is new to it when it enforces.
+/// and what it did not learn is new to it when it enforces. A topic it had
+/// no room for is told once for the profile ([`Unlearnt`]), not on every
+/// publish: a device may really use more topics than a profile holds.
 pub const MAX_ITEMS: usize = 256;
 
 /// The longest text a profile learns (a topic, a filter, a CoAP request),
@@ -39,6 +41,21 @@ const NUMBERS_LEN: usize = 9 * 10;
 
 /// Bytes of a long name shown in a reason (fewer, to end on a character).
 const SHOWN: usize = 32;
+
+/// Items a reason names before it counts the rest ("and 38 more"): a
+/// SUBSCRIBE may carry tens of thousands of filters, and a person reads
+/// the first few.
+pub const NAMED: usize = 5;
+
+/// Bytes of a name shown in a list of [`NAMED`] (fewer, to end on a
+/// character): most names on a site fit whole.
+const LISTED: usize = 64;
+
+/// The longest reason of a finding, in bytes: a few departures with their
+/// names. The host caps what one call hands back (4 MiB by default) and
+/// strikes a plugin that passes it, so a reason never grows with what an
+/// event carries.
+pub const MAX_REASON_LEN: usize = 1024;
 
 /// A rate this many times the normal one is a burst.
 pub const BURST_FACTOR: f64 = 10.0;
@@ -84,12 +101,13 @@ pub struct Profile {
     len: EncodedLen,
 }
 
-/// The encoded length of a profile: measured when it first learns, then
-/// counted on as it learns, so that learning tells whether an item fits
-/// without encoding the profile again. It is not what a profile holds
-/// (profiles that hold the same are equal, whatever they counted) and is
-/// not stored: a profile changed other than by learning is measured afresh
-/// once it is decoded again.
+/// The encoded length of a profile: the length of the bytes it was decoded
+/// from, or measured when it first learns, then counted on as it learns,
+/// so that learning (and checking, which asks whether learning had room)
+/// tells whether an item fits without encoding the profile again. It is
+/// not what a profile holds (profiles that hold the same are equal,
+/// whatever they counted) and is not stored: a profile changed other than
+/// by learning is measured afresh once it is decoded again.
 #[derive(Debug, Clone, Copy, Default)]
 struct EncodedLen(Option<usize>);
 
@@ -106,10 +124,9 @@ impl EncodedLen {
         let Some(len) = self.0 else {
             return false;
         };
-        let grown = len.saturating_add(more);
-        let fits = grown.saturating_add(NUMBERS_LEN) <= MAX_PROFILE_LEN;
+        let fits = within_bound(len, more);
         if fits {
-            self.0 = Some(grown);
+            self.0 = Some(len.saturating_add(more));
         }
         fits
     }
@@ -119,6 +136,12 @@ impl EncodedLen {
             *len = len.saturating_sub(less);
         }
     }
+}
+
+/// Whether a profile of `len` bytes encoded may grow by `more` and stay
+/// within [`MAX_PROFILE_LEN`], with room left for its numbers.
+fn within_bound(len: usize, more: usize) -> bool {
+    len.saturating_add(more).saturating_add(NUMBERS_LEN) <= MAX_PROFILE_LEN
 }
 
 /// Bytes of `n` as a postcard varint.
@@ -180,6 +203,12 @@ pub struct Novelty {
     pub score: f32,
     /// Why, for a person.
     pub reason: String,
+    /// The topic, when the departure is a publish to a topic the profile
+    /// had no room to learn (it holds [`MAX_ITEMS`] topics, or is at its
+    /// [`MAX_PROFILE_LEN`]): the device may have used it all along. The
+    /// caller tells these once for the profile ([`Unlearnt`]), not on
+    /// every publish.
+    pub unlearnt: Option<String>,
 }
 
 fn novelty(severity: Severity, score: f32, reason: String) -> Novelty {
@@ -187,6 +216,53 @@ fn novelty(severity: Severity, score: f32, reason: String) -> Novelty {
         severity,
         score,
         reason,
+        unlearnt: None,
+    }
+}
+
+/// The topics a full profile's device published to in a batch that the
+/// profile had no room to learn: told in one finding, with how many there
+/// were (distinct, counted up to [`MAX_ITEMS`]) and the first few named.
+#[derive(Debug, Default)]
+pub struct Unlearnt {
+    /// The batch's index of the first event to such a topic.
+    pub first: Option<usize>,
+    /// The distinct topics, at most [`MAX_ITEMS`].
+    topics: BTreeSet<String>,
+    /// The first [`NAMED`] of them, in the order published to.
+    shown: Vec<String>,
+}
+
+impl Unlearnt {
+    /// Count a publish, the batch's event `index`, to `topic`.
+    pub fn add(&mut self, index: usize, topic: String) {
+        self.first.get_or_insert(index);
+        if self.topics.len() < MAX_ITEMS && !self.topics.contains(&topic) {
+            if self.shown.len() < NAMED {
+                self.shown.push(topic.clone());
+            }
+            self.topics.insert(topic);
+        }
+    }
+
+    /// Why it is told, for a person: `who` published to these topics,
+    /// and its profile is full with `learnt` topics.
+    pub fn reason(&self, who: &str, learnt: usize) -> String {
+        let n = self.topics.len();
+        let topics = match self.shown.as_slice() {
+            [topic] if n == 1 => format!("{topic}, a topic it never used"),
+            shown => {
+                let shown: Vec<&str> = shown.iter().map(String::as_str).collect();
+                let at_least = if n >= MAX_ITEMS { "at least " } else { "" };
+                format!(
+                    "{at_least}{n} topics it never used: {}",
+                    listed(&shown, n.saturating_sub(shown.len()))
+                )
+            }
+        };
+        format!(
+            "{who} published to {topics}; its profile is full ({learnt} topics learnt): topics it could not learn are told once, not on every publish"
+        )
     }
 }
 
@@ -213,13 +289,49 @@ fn insert_function(len: &mut EncodedLen, set: &mut BTreeSet<i64>, function: i64)
     }
 }
 
-/// The start of a name too long to learn, for a reason a person reads.
-fn start_of(text: &str) -> &str {
-    let mut end = SHOWN.min(text.len());
+/// The first `len` bytes of `text` at most, ending on a character.
+fn cut(text: &str, len: usize) -> &str {
+    let mut end = len.min(text.len());
     while !text.is_char_boundary(end) {
         end -= 1;
     }
     text.get(..end).unwrap_or_default()
+}
+
+/// The start of a name too long to learn, for a reason a person reads.
+fn start_of(text: &str) -> &str {
+    cut(text, SHOWN)
+}
+
+/// `shown` names, each cut to [`LISTED`] bytes, then how many `more`
+/// there are: `a, b and 3 more`.
+fn listed(shown: &[&str], more: usize) -> String {
+    let mut list = String::new();
+    for (i, name) in shown.iter().enumerate() {
+        if i > 0 {
+            list.push_str(", ");
+        }
+        let start = cut(name, LISTED);
+        list.push_str(start);
+        if start.len() < name.len() {
+            list.push('…');
+        }
+    }
+    if more > 0 {
+        let _ = write!(list, " and {more} more");
+    }
+    list
+}
+
+/// `reason` cut to [`MAX_REASON_LEN`] bytes, on a character, with an
+/// ellipsis when it was cut.
+pub fn bounded(mut reason: String) -> String {
+    if reason.len() > MAX_REASON_LEN {
+        let end = cut(&reason, MAX_REASON_LEN - '…'.len_utf8()).len();
+        reason.truncate(end);
+        reason.push('…');
+    }
+    reason
 }
 
 /// The kinds and attributes a profile reads, looked up once in a batch so
@@ -403,7 +515,22 @@ impl Profile {
     /// The profile stored as `bytes`; `None` when they are not one (a
     /// damaged value, or one a different version of the profile wrote).
     pub fn decode(bytes: &[u8]) -> Option<Profile> {
-        postcard::from_bytes(bytes).ok()
+        let mut profile: Profile = postcard::from_bytes(bytes).ok()?;
+        // What it takes encoded is what it was stored as, without
+        // encoding it again (more, if another writer left bytes after it:
+        // it then has less room, never more).
+        profile.len = EncodedLen(Some(bytes.len()));
+        Some(profile)
+    }
+
+    /// Whether learning had room for `topic`, a name short enough to
+    /// learn: the set of topics not full, and the profile within its bound
+    /// with the topic added.
+    fn had_room_for_topic(&self, topic: &str) -> bool {
+        let len = (self.len.0).or_else(|| postcard::experimental::serialized_size(self).ok());
+        self.topics.len() < MAX_ITEMS
+            && len
+                .is_some_and(|len| within_bound(len, added_len(self.topics.len(), text_len(topic))))
     }
 
     /// The profile as it is stored.
@@ -569,37 +696,68 @@ impl Profile {
             .filter(|_| event.kind_id() == names.publish)
             && !self.topics.contains(topic)
         {
-            // Flagged even when the profile holds all the topics it may:
-            // what it could not learn is new to it.
-            found.push(novelty(
-                Severity::Medium,
-                0.7,
-                if topic.len() > MAX_TEXT_LEN {
+            // A topic a profile with room never learnt is new to it, on
+            // every publish. A full profile may have seen it while it
+            // learnt: that is told once, by the caller.
+            found.push(if topic.len() > MAX_TEXT_LEN {
+                novelty(
+                    Severity::Medium,
+                    0.7,
                     format!(
                         "{who} published to a {}-byte topic ({}…), longer than any it learns",
                         topic.len(),
                         start_of(topic)
-                    )
-                } else {
-                    format!("{who} published to {topic}, a topic it never used")
-                },
-            ));
-        }
-        if event.kind_id() == names.subscribe {
-            for filter in filters(event).filter(|f| !self.filters.contains(*f)) {
-                found.push(novelty(
+                    ),
+                )
+            } else if self.had_room_for_topic(topic) {
+                novelty(
                     Severity::Medium,
                     0.7,
-                    if filter.len() > MAX_TEXT_LEN {
+                    format!("{who} published to {topic}, a topic it never used"),
+                )
+            } else {
+                Novelty {
+                    unlearnt: Some(topic.to_owned()),
+                    ..novelty(
+                        Severity::Medium,
+                        0.7,
                         format!(
-                            "{who} subscribed to a {}-byte filter ({}…), longer than any it learns",
-                            filter.len(),
-                            start_of(filter)
-                        )
-                    } else {
-                        format!("{who} subscribed to {filter}, a filter it never used")
-                    },
-                ));
+                            "{who} published to {topic}, a topic its full profile could not learn"
+                        ),
+                    )
+                }
+            });
+        }
+        if event.kind_id() == names.subscribe {
+            // One departure for all the new filters, however many: the
+            // first few named, the rest counted.
+            let mut shown = Vec::with_capacity(NAMED);
+            let mut more = 0_usize;
+            for filter in filters(event).filter(|f| !self.filters.contains(*f)) {
+                if shown.len() < NAMED {
+                    shown.push(filter);
+                } else {
+                    more = more.saturating_add(1);
+                }
+            }
+            let reason = match (shown.as_slice(), more) {
+                ([], _) => None,
+                ([filter], 0) if filter.len() > MAX_TEXT_LEN => Some(format!(
+                    "{who} subscribed to a {}-byte filter ({}…), longer than any it learns",
+                    filter.len(),
+                    start_of(filter)
+                )),
+                ([filter], 0) => Some(format!(
+                    "{who} subscribed to {filter}, a filter it never used"
+                )),
+                (shown, more) => Some(format!(
+                    "{who} subscribed to {} filters it never used: {}",
+                    shown.len().saturating_add(more),
+                    listed(shown, more)
+                )),
+            };
+            if let Some(reason) = reason {
+                found.push(novelty(Severity::Medium, 0.7, reason));
             }
         }
         if let Some(function) = event.int(names.function).filter(|_| modbus)

@@ -752,8 +752,7 @@ fn a_profile_the_store_refuses_is_told_in_a_finding() {
     assert_eq!(
         reasons,
         [
-            "full-1 (sensor): the baseline cannot store its profile (the plugin's store is full): what it learns is lost",
-            "class sensor: the baseline cannot store its profile (the plugin's store is full): what it learns is lost",
+            "the baseline cannot store profiles (the plugin's store is full): 2 profiles refused since this instance last said so, full-1 (sensor) and class sensor among them; what they learn is lost",
         ]
     );
     assert!(
@@ -764,5 +763,171 @@ fn a_profile_the_store_refuses_is_told_in_a_finding() {
     // Told once an hour, not on every batch.
     assert!(Baseline::detect(&s, &batch).is_empty());
     Host::advance_clock(3_600_000_000_000);
-    assert_eq!(Baseline::detect(&s, &batch).len(), 2);
+    assert_eq!(Baseline::detect(&s, &batch).len(), 1);
+}
+
+#[test]
+fn a_full_store_is_told_once_an_hour_however_many_devices_it_refuses() {
+    Host::reset();
+    quick_learner("any", 10);
+    // No room for another profile, and far more devices than an instance
+    // remembers.
+    let used: usize = Host::kv().iter().map(|(k, v)| k.len() + v.len()).sum();
+    Host::set_kv_quota(used + 16);
+    let devices: Vec<Session> = (0..300)
+        .map(|i| Session::new(i, &format!("dev-{i}"), "sensor", "yard", "mqtt"))
+        .collect();
+    let mut batch = Batch::new();
+    write_event(&mut batch, &Ev::Publish("site/a/temp".into(), 4));
+    let round = || {
+        let mut told = Vec::new();
+        for s in &devices {
+            let findings = Baseline::detect(s, &batch);
+            told.extend(findings.into_iter().map(|f| f.reason));
+        }
+        Host::advance_clock(60_000_000_000);
+        told
+    };
+    let mut told = Vec::new();
+    for _ in 0..5 {
+        told.extend(round());
+    }
+    assert_eq!(
+        told.len(),
+        1,
+        "told once, not per batch: {:?}",
+        &told[..told.len().min(3)]
+    );
+    assert!(
+        told[0].contains("(the plugin's store is full)") && told[0].contains("dev-0 (sensor)"),
+        "{}",
+        told[0]
+    );
+    let warned = || {
+        Host::logs()
+            .iter()
+            .filter(|(level, line)| *level == Level::Warn && line.contains("cannot store"))
+            .count()
+    };
+    assert_eq!(warned(), 1, "logged as often as told");
+
+    // An hour on, it is told again, with how many profiles were refused
+    // since: every device's and the class's.
+    Host::advance_clock(3_600_000_000_000);
+    let told = round();
+    assert_eq!(told.len(), 1, "{:?}", &told[..told.len().min(3)]);
+    assert!(told[0].contains("301 profiles"), "{}", told[0]);
+    assert_eq!(warned(), 2);
+}
+
+#[test]
+fn a_subscription_to_thousands_of_new_filters_is_one_short_reason() {
+    Host::reset();
+    let s = quick_learner("sub-2", 10);
+    let mut learning = Batch::new();
+    subscribe(&mut learning, &["site/a/cmd"]);
+    for _ in 0..9 {
+        write_event(&mut learning, &Ev::Publish("site/a/temp".into(), 4));
+    }
+    assert!(Baseline::detect(&s, &learning).is_empty());
+
+    // A 256 KiB SUBSCRIBE holds tens of thousands of short filters.
+    let filters: Vec<String> = (0..20_000).map(|i| format!("f/{i}")).collect();
+    let filters: Vec<&str> = filters.iter().map(String::as_str).collect();
+    let mut odd = Batch::new();
+    subscribe(&mut odd, &filters);
+    let findings = Baseline::detect(&s, &odd);
+    assert_eq!(findings.len(), 1);
+    let reason = &findings[0].reason;
+    assert!(
+        reason.len() <= MAX_REASON_LEN,
+        "{} bytes: {}…",
+        reason.len(),
+        &reason[..200]
+    );
+    assert_eq!(
+        reason,
+        "sub-2 (sensor) subscribed to 20000 filters it never used: f/0, f/1, f/2, f/3, f/4 and 19995 more"
+    );
+}
+
+#[test]
+fn a_reason_names_a_few_departures_and_is_bounded() {
+    let novelty = |score: f32, reason: String| Novelty {
+        severity: Severity::Medium,
+        score,
+        reason,
+        unlearnt: None,
+    };
+    let many: Vec<Novelty> = (0..8).map(|i| novelty(1.0, format!("r{i}"))).collect();
+    assert_eq!(reason(&many), "r0; r1; r2; r3; r4; and 3 more");
+    // Cut on a character, however long its parts.
+    let long: Vec<Novelty> = (0..3).map(|_| novelty(1.0, "é".repeat(1000))).collect();
+    let cut = reason(&long);
+    assert!(cut.len() <= MAX_REASON_LEN && cut.ends_with('…'), "{cut}");
+}
+
+#[test]
+fn a_full_profile_tells_once_of_the_topics_it_could_not_learn() {
+    Host::reset();
+    let s = quick_learner("busy-2", 300);
+    let mut learning = Batch::new();
+    for i in 0..300 {
+        write_event(&mut learning, &Ev::Publish(format!("site/a/{i}"), 4));
+    }
+    assert!(Baseline::detect(&s, &learning).is_empty());
+    let learnt = Profile::decode(&Host::kv()[&device_key("busy-2")]).unwrap();
+    assert_eq!(
+        learnt.topics.len(),
+        profile::MAX_ITEMS,
+        "the profile is full"
+    );
+
+    // Topics it used while learning but had no room for, and new ones,
+    // each published to again and again.
+    let mut busy = Batch::new();
+    for _ in 0..4 {
+        for i in 250..310 {
+            write_event(&mut busy, &Ev::Publish(format!("site/a/{i}"), 4));
+        }
+    }
+    let findings = Baseline::detect(&s, &busy);
+    assert_eq!(
+        findings.len(),
+        1,
+        "{:?}",
+        &findings[..findings.len().min(3)]
+    );
+    let unlearnt = (250..310)
+        .filter(|i| !learnt.topics.contains(&format!("site/a/{i}")))
+        .count();
+    assert!(
+        findings[0].reason.contains(&format!(
+            "busy-2 (sensor) published to {unlearnt} topics it never used: "
+        )) && findings[0]
+            .reason
+            .contains("its profile is full (256 topics learnt)"),
+        "{}",
+        findings[0].reason
+    );
+    assert!(Baseline::detect(&s, &busy).is_empty(), "told once");
+}
+
+#[test]
+fn a_profile_with_room_flags_every_publish_to_a_new_topic() {
+    Host::reset();
+    let s = quick_learner("roomy-1", 10);
+    let mut learning = Batch::new();
+    for i in 0..10 {
+        write_event(&mut learning, &Ev::Publish(format!("site/a/{}", i % 2), 4));
+    }
+    assert!(Baseline::detect(&s, &learning).is_empty());
+    let mut odd = Batch::new();
+    for topic in ["site/a/x", "site/a/x", "site/a/y", "site/a/0", "site/a/z"] {
+        write_event(&mut odd, &Ev::Publish(topic.into(), 4));
+    }
+    for _ in 0..2 {
+        let flagged: Vec<u32> = Baseline::detect(&s, &odd).iter().map(|f| f.event).collect();
+        assert_eq!(flagged, [0, 1, 2, 4]);
+    }
 }

@@ -29,6 +29,37 @@ pub fn connects_key(device: &str) -> String {
     format!("connects/{device}")
 }
 
+/// The store key an earlier version kept a device's CONNECTs of `minute`
+/// under. It deleted the previous minute's key only, so a device that
+/// connected in minutes apart left keys behind for good, until they filled
+/// the plugin's quota. Device ids have no `/` (the appliance refuses one),
+/// so no other device's [`connects_key`] is one of these.
+fn old_connects_key(device: &str, minute: u64) -> String {
+    format!("connects/{device}/{minute}")
+}
+
+/// Remove the old keys of `device` that can be named: those of `minute`
+/// and the one before, which an instance of the earlier version may still
+/// be writing while the new one takes over. The store has no listing, so
+/// the keys left at older minutes cannot be found from here.
+fn remove_old_counts(device: &str, minute: u64) {
+    for minute in [minute, minute.saturating_sub(1)] {
+        // A key the store could not remove now is tried again on the
+        // device's next CONNECT in these minutes.
+        let _ = kv::delete(&old_connects_key(device, minute));
+    }
+}
+
+/// What a call did once, not on every CONNECT: each host call counts
+/// against the call's budget of store operations.
+#[derive(Debug, Default)]
+struct Once {
+    /// A count the store refused was logged.
+    warned: bool,
+    /// The device's old keys were removed.
+    swept: bool,
+}
+
 /// A CONNECT count as stored: the minute, then the count, little-endian.
 fn encode_count(minute: u64, count: u64) -> [u8; 16] {
     let mut bytes = [0; 16];
@@ -62,9 +93,13 @@ thread_local! {
 
 /// Count a CONNECT of `device` in `minute`; returns the CONNECTs it sent in
 /// that minute, this one included, across instances and sessions as far as
-/// the store could keep them. A count the store refuses is logged, once a
-/// call: `warned` says it was.
-fn count_connect(device: &str, minute: u64, warned: &mut bool) -> u64 {
+/// the store could keep them. A count the store refuses is logged, and the
+/// device's old keys removed ([`remove_old_counts`]), once a call: `once`
+/// says what was.
+fn count_connect(device: &str, minute: u64, once: &mut Once) -> u64 {
+    if !std::mem::replace(&mut once.swept, true) {
+        remove_old_counts(device, minute);
+    }
     let key = connects_key(device);
     let stored = kv::get(&key)
         .as_deref()
@@ -90,7 +125,7 @@ fn count_connect(device: &str, minute: u64, warned: &mut bool) -> u64 {
         count
     });
     if let Err(e) = kv::set(&key, &encode_count(minute, count))
-        && !std::mem::replace(warned, true)
+        && !std::mem::replace(&mut once.warned, true)
     {
         host::log(
             Level::Warn,
@@ -183,7 +218,7 @@ impl Detector for Hygiene {
         };
         let window: Option<String> = config::get("read-only-hours");
         let mut findings = Vec::new();
-        let mut warned = false;
+        let mut once = Once::default();
         // Events of a kind come in runs: the kind's text is read once a run.
         let mut last: Option<(KindId, Class)> = None;
         for event in events.iter() {
@@ -213,7 +248,7 @@ impl Detector for Hygiene {
             }
             if class == Class::Connect {
                 let flood_at = flood_at();
-                let count = count_connect(device, now() / 60_000, &mut warned);
+                let count = count_connect(device, now() / 60_000, &mut once);
                 if count == flood_at.saturating_add(1) {
                     findings.push(Finding::new(
                         i,
@@ -336,6 +371,38 @@ mod tests {
         assert!(
             !keys.iter().any(|k| k.ends_with(&first_minute.to_string())),
             "minute 0's count is gone: {keys:?}"
+        );
+    }
+
+    #[test]
+    fn the_old_per_minute_counts_a_device_can_name_are_removed() {
+        Host::reset();
+        let s = Session::new(1, "cam-1", "camera", "lobby", "mqtt");
+        let minute = host::wall_clock() / 60_000;
+        let old = |device: &str, m: u64| format!("connects/{device}/{m}");
+        // What the previous version left: a count under a key per minute.
+        for (device, m) in [
+            ("cam-1", minute),
+            ("cam-1", minute - 1),
+            ("cam-1", minute - 5),
+            ("cam-2", minute),
+        ] {
+            kv::set(&old(device, m), &3_u64.to_le_bytes()).unwrap();
+        }
+        let mut connect = Batch::new();
+        connect.push("mqtt.connect").text("client-id", "x");
+        connect.push("mqtt.connect").text("client-id", "x");
+        assert!(Hygiene::detect(&s, &connect).is_empty());
+        let keys = connect_keys();
+        assert_eq!(
+            keys,
+            [
+                connects_key("cam-1"),
+                // The store offers no listing: older minutes cannot be
+                // named, and another device's keys are its own.
+                old("cam-1", minute - 5),
+                old("cam-2", minute),
+            ]
         );
     }
 
