@@ -167,6 +167,32 @@ impl Site {
         ])
     }
 
+    /// Sign `manifest` (as a careless or hostile publisher wrote it) and
+    /// `component` as acme, checking nothing, and accept them into the
+    /// registry.
+    fn publish_by_hand(&self, manifest: &serde_json::Value, component: &[u8]) {
+        let name = manifest["name"].as_str().unwrap();
+        let version = semver::Version::parse(manifest["version"].as_str().unwrap()).unwrap();
+        let bytes = serde_json::to_vec(manifest).unwrap();
+        let outbox = self.root.join(format!("{name}-outbox"));
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(publish::publish_files(
+            &publish::location(s(&self.reg)).unwrap(),
+            &self.reg.join("metadata/root.json"),
+            &Signer {
+                publisher: "acme",
+                key: &self.acme_key,
+                days: 30,
+            },
+            name,
+            &version,
+            &[("manifest.json", &bytes), ("component.wasm", component)],
+            &outbox,
+        ))
+        .unwrap();
+        assert!(self.accept(&outbox).0);
+    }
+
     fn install(&self, plugin: &str) -> (bool, String) {
         run(&["--data", s(&self.data), "plugin", "install", plugin])
     }
@@ -328,35 +354,35 @@ fn tampered_unsigned_and_mismatched_bundles_are_refused() {
     // A manifest asking for what its world may not have: a parser that
     // keeps state of its own. The publisher's tool refuses to package it,
     // so it is signed by hand.
+    let component = component("mqtt");
     let manifest = serde_json::json!({
         "name": "acme-greedy", "version": "1.0.0", "world": "parser",
         "contract": "palisade:plugin@0.1.0", "capabilities": ["store"],
-    });
-    let component = component("mqtt");
-    let mut manifest = manifest;
-    manifest["component"] = serde_json::json!({
-        "file": "component.wasm", "size": component.len(),
-        "sha256": palisade::registry::bundle::sha256_hex(&component),
-    });
-    let manifest = serde_json::to_vec(&manifest).unwrap();
-    let outbox = site.root.join("greedy-outbox");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(publish::publish_files(
-        &publish::location(s(&site.reg)).unwrap(),
-        &site.reg.join("metadata/root.json"),
-        &Signer {
-            publisher: "acme",
-            key: &site.acme_key,
-            days: 30,
+        "component": {
+            "file": "component.wasm", "size": component.len(),
+            "sha256": palisade::registry::bundle::sha256_hex(&component),
         },
-        "acme-greedy",
-        &semver::Version::new(1, 0, 0),
-        &[("manifest.json", &manifest), ("component.wasm", &component)],
-        &outbox,
-    ))
-    .unwrap();
-    assert!(site.accept(&outbox).0);
+    });
+    site.publish_by_hand(&manifest, &component);
     site.refused("acme-greedy", "capability store");
+}
+
+#[test]
+fn a_bundle_naming_another_component_file_is_refused_at_install() {
+    // Signed, hashes right, but a manifest an appliance could not read
+    // back from its own disk at the next start.
+    let site = site();
+    let component = component("new-topic");
+    let manifest = serde_json::json!({
+        "name": "acme-odd", "version": "1.0.0", "world": "detector",
+        "contract": "palisade:plugin@0.1.0",
+        "component": {
+            "file": "x.wasm", "size": component.len(),
+            "sha256": palisade::registry::bundle::sha256_hex(&component),
+        },
+    });
+    site.publish_by_hand(&manifest, &component);
+    site.refused("acme-odd", "x.wasm");
 }
 
 #[test]
