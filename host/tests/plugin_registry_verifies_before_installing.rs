@@ -480,6 +480,65 @@ fn appliances_follow_a_rotated_root() {
     assert_eq!(trusted["signed"]["version"], 2);
 }
 
+#[test]
+fn a_rotated_root_is_not_trusted_back_without_force() {
+    let site = site_with("acme-topics");
+    ok(&[
+        "registry",
+        "rotate-root",
+        s(&site.reg),
+        "--keys",
+        s(&site.keys),
+    ]);
+    let (success, text) = site.install("acme-topics");
+    assert!(success, "{text}");
+    let trusted_version = || {
+        let root = std::fs::read(site.data.join("registry/root.json")).unwrap();
+        serde_json::from_slice::<serde_json::Value>(&root).unwrap()["signed"]["version"].clone()
+    };
+    assert_eq!(trusted_version(), 2);
+    let seen = site.data.join("registry/tuf/timestamp.json");
+    assert!(seen.exists());
+    let trust = |root: &str, force: bool| {
+        let root = site.reg.join("metadata").join(root);
+        let mut args = vec!["--data", s(&site.data), "registry", "trust", s(&root)];
+        args.extend(["--registry", s(&site.reg)]);
+        if force {
+            args.push("--force");
+        }
+        run(&args)
+    };
+
+    // Provisioning again with the original root: the appliance keeps the
+    // rotated one, and what it saw of the registry.
+    let (success, text) = trust("1.root.json", false);
+    assert!(!success, "{text}");
+    assert!(
+        text.contains("already trusts version 2") && text.contains("--force"),
+        "{text}"
+    );
+    assert_eq!(trusted_version(), 2);
+    assert!(
+        seen.exists(),
+        "the record of what the appliance saw is gone"
+    );
+
+    // The root it follows, trusted again: nothing forgotten.
+    let (success, text) = trust("2.root.json", false);
+    assert!(success, "{text}");
+    assert_eq!(trusted_version(), 2);
+    assert!(
+        seen.exists(),
+        "re-trusting the same root forgot the registry"
+    );
+
+    // Starting over is the operator's explicit choice.
+    let (success, text) = trust("1.root.json", true);
+    assert!(success, "{text}");
+    assert_eq!(trusted_version(), 1);
+    assert!(!seen.exists(), "a new root of trust starts a new history");
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     let _ = std::fs::remove_dir_all(to);
     std::fs::create_dir_all(to).unwrap();

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
+use tough::schema::{Root, Signed};
 use tough::{ExpirationEnforcement, IntoVec, Repository, TargetName};
 use url::Url;
 
@@ -24,6 +25,65 @@ use crate::store::Store;
 /// Where the registry's root of trust lives in the data directory.
 pub fn trusted_root(data: &Path) -> PathBuf {
     data.join("registry").join("root.json")
+}
+
+/// What [`trust_root`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trusted {
+    /// The root was the one already trusted: what the appliance saw of the
+    /// registry is kept.
+    Kept,
+    /// A new root of trust, starting a new history of the registry.
+    New,
+}
+
+/// Make `root` (a TUF root, JSON) the registry's root of trust in `data`.
+///
+/// The root already trusted (the same content, however serialized) keeps
+/// TUF's record of what the appliance saw of the registry, so metadata
+/// older than that stays refused. Any other root starts a new history.
+/// A root older than the trusted one (a lower version) is refused unless
+/// `force`: after the registry rotated its root and the appliance followed,
+/// going back to the original root would let a mirror withhold the
+/// rotation and serve what the retired keys sign.
+pub fn trust_root(data: &Path, root: &[u8], force: bool) -> anyhow::Result<Trusted> {
+    let new: Signed<Root> = parse_root(root)?;
+    let path = trusted_root(data);
+    let trusted = match std::fs::read(&path) {
+        Ok(bytes) => Some(parse_root(&bytes).with_context(|| format!("{}", path.display()))?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let datastore = data.join("registry").join("tuf");
+    if let Some(trusted) = trusted {
+        if trusted.signed == new.signed {
+            return Ok(Trusted::Kept);
+        }
+        let (old, new) = (trusted.signed.version, new.signed.version);
+        anyhow::ensure!(
+            new >= old || force,
+            "this appliance already trusts version {old} of the registry's root, newer than \
+             this one's {new} (the registry rotated its root, and the appliance followed): \
+             nothing changed. Trusting an older root would let a mirror hide the rotation; \
+             pass --force only to start over from this root, forgetting what the appliance \
+             saw of the registry"
+        );
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    match std::fs::remove_dir_all(&datastore) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", datastore.display())),
+    }
+    crate::store::write_atomic(&path, root, 0o644)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(Trusted::New)
+}
+
+fn parse_root(bytes: &[u8]) -> anyhow::Result<Signed<Root>> {
+    serde_json::from_slice(bytes).context("not a TUF root")
 }
 
 /// A registry as the appliance sees it.
