@@ -324,6 +324,31 @@ fn a_published_plugin_installs_and_older_versions_never_do() {
 }
 
 #[test]
+fn a_shadow_install_with_nothing_to_shadow_installs_nothing() {
+    let site = site_with("acme-topics");
+    let before = site.list();
+    // No appliance runs, so no route uses the plugin.
+    let (success, text) = run(&[
+        "--data",
+        s(&site.data),
+        "plugin",
+        "install",
+        "acme-topics",
+        "--shadow",
+    ]);
+    assert!(!success, "{text}");
+    assert!(text.contains("no route"), "{text}");
+    assert_eq!(
+        site.list(),
+        before,
+        "the refused shadow changed the appliance"
+    );
+    // Not counted as installed: the same version installs now.
+    let (success, text) = site.install("acme-topics");
+    assert!(success, "{text}");
+}
+
+#[test]
 fn tampered_unsigned_and_mismatched_bundles_are_refused() {
     let site = site();
     // A component changed after signing.
