@@ -6,8 +6,11 @@
 
 mod common;
 
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use common::appliance::{
     Appliance, CountingUpstream, first_party_registry, install_before_start, outcome, palisade,
@@ -19,7 +22,9 @@ use common::appliance::{
 /// response came) and the body.
 fn curl(port: u16, dir: Option<&Path>, body: &str) -> (u16, String) {
     let mut command = Command::new("curl");
-    command.args(["--silent", "--show-error", "--write-out", "\n%{http_code}"]);
+    // No answer within a minute is an answer: the API is blocked.
+    command.args(["--silent", "--show-error", "--max-time", "60"]);
+    command.args(["--write-out", "\n%{http_code}"]);
     if let Some(dir) = dir {
         command
             .arg("--cert")
@@ -254,4 +259,149 @@ fn curl_route(port: u16, dir: &Path) -> (u16, String) {
         .unwrap();
     let code = String::from_utf8_lossy(&out.stdout);
     (code.trim().parse().unwrap_or(0), code.into_owned())
+}
+
+/// A TLS client with the operator credentials in `dir`.
+fn operator_tls(dir: &Path) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(dir.join("cert.pem"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.join("key.pem")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(dir.join("ca.pem")).unwrap() {
+        roots.add(ca.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(certs, key)
+    .unwrap();
+    Arc::new(config)
+}
+
+/// Send `body` to the API at `port` as `tls`'s operator, wait for the
+/// answer's status line, then send one byte every 150 ms (one TLS record
+/// each) until the API closes the connection. The status line, and how
+/// long after it the connection stayed open (`None`: still open after 20
+/// seconds). `answered` is told when the status line came.
+fn drip_after(
+    port: u16,
+    tls: Arc<rustls::ClientConfig>,
+    body: &str,
+    answered: &std::sync::mpsc::Sender<()>,
+) -> Result<(String, Option<Duration>), String> {
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let session = rustls::ClientConnection::new(tls, name).map_err(|e| e.to_string())?;
+    let mut stream = rustls::StreamOwned::new(session, tcp);
+    let request = format!(
+        "POST /v1/admin HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            other => return Err(format!("no answer: {other:?}")),
+        }
+    }
+    let _ = answered.send(());
+    let status = String::from_utf8_lossy(&head).trim().to_owned();
+    let since = Instant::now();
+    stream
+        .sock
+        .set_read_timeout(Some(Duration::from_millis(150)))
+        .map_err(|e| e.to_string())?;
+    let mut sink = [0u8; 4096];
+    while since.elapsed() < Duration::from_secs(20) {
+        if stream
+            .write_all(b"x")
+            .and_then(|()| stream.flush())
+            .is_err()
+        {
+            return Ok((status, Some(since.elapsed())));
+        }
+        match stream.read(&mut sink) {
+            Ok(0) => return Ok((status, Some(since.elapsed()))),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return Ok((status, Some(since.elapsed()))),
+        }
+    }
+    Ok((status, None))
+}
+
+#[test]
+fn a_viewer_dripping_after_a_refusal_neither_lingers_nor_blocks_a_quarantine() {
+    if !require("curl") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let appliance = Appliance::start("[admin]\nlisten = \"127.0.0.1:0\"\n");
+    let port = appliance.port("admin");
+    let operator = |name: &str, role: &str| {
+        let out = w.join(name);
+        let dir = out.to_str().unwrap();
+        appliance.cli_ok(&["operator", "issue", name, "--role", role, "--out", dir]);
+        out
+    };
+    let (val, ann) = (operator("val", "viewer"), operator("ann", "operator"));
+    appliance.issue("plc-1", "plc", "cell-1");
+
+    // More connections than the API executes requests at once, each
+    // refused (a viewer may not quarantine), then dripping.
+    let tls = operator_tls(&val);
+    let (answered, answers) = std::sync::mpsc::channel();
+    let drippers: Vec<_> = (0..20)
+        .map(|_| {
+            let (tls, answered) = (tls.clone(), answered.clone());
+            std::thread::spawn(move || {
+                drip_after(
+                    port,
+                    tls,
+                    r#"{"op":"quarantine","device":"plc-1"}"#,
+                    &answered,
+                )
+            })
+        })
+        .collect();
+    for _ in 0..drippers.len() {
+        answers
+            .recv_timeout(Duration::from_secs(15))
+            .expect("every refusal answered at once");
+    }
+
+    // While they drip, an operator quarantines.
+    let started = Instant::now();
+    let (status, body) = curl(port, Some(&ann), r#"{"op":"quarantine","device":"plc-1"}"#);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the quarantine waited {:?}",
+        started.elapsed()
+    );
+
+    for dripper in drippers {
+        let (status, open) = dripper.join().unwrap().unwrap();
+        assert!(status.contains("403"), "{status}");
+        let open = open.expect("a dripping connection was held open for 20 s");
+        assert!(open < Duration::from_secs(5), "held open for {open:?}");
+    }
 }

@@ -167,6 +167,32 @@ impl Site {
         ])
     }
 
+    /// Sign `manifest` (as a careless or hostile publisher wrote it) and
+    /// `component` as acme, checking nothing, and accept them into the
+    /// registry.
+    fn publish_by_hand(&self, manifest: &serde_json::Value, component: &[u8]) {
+        let name = manifest["name"].as_str().unwrap();
+        let version = semver::Version::parse(manifest["version"].as_str().unwrap()).unwrap();
+        let bytes = serde_json::to_vec(manifest).unwrap();
+        let outbox = self.root.join(format!("{name}-outbox"));
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(publish::publish_files(
+            &publish::location(s(&self.reg)).unwrap(),
+            &self.reg.join("metadata/root.json"),
+            &Signer {
+                publisher: "acme",
+                key: &self.acme_key,
+                days: 30,
+            },
+            name,
+            &version,
+            &[("manifest.json", &bytes), ("component.wasm", component)],
+            &outbox,
+        ))
+        .unwrap();
+        assert!(self.accept(&outbox).0);
+    }
+
     fn install(&self, plugin: &str) -> (bool, String) {
         run(&["--data", s(&self.data), "plugin", "install", plugin])
     }
@@ -298,6 +324,31 @@ fn a_published_plugin_installs_and_older_versions_never_do() {
 }
 
 #[test]
+fn a_shadow_install_with_nothing_to_shadow_installs_nothing() {
+    let site = site_with("acme-topics");
+    let before = site.list();
+    // No appliance runs, so no route uses the plugin.
+    let (success, text) = run(&[
+        "--data",
+        s(&site.data),
+        "plugin",
+        "install",
+        "acme-topics",
+        "--shadow",
+    ]);
+    assert!(!success, "{text}");
+    assert!(text.contains("no route"), "{text}");
+    assert_eq!(
+        site.list(),
+        before,
+        "the refused shadow changed the appliance"
+    );
+    // Not counted as installed: the same version installs now.
+    let (success, text) = site.install("acme-topics");
+    assert!(success, "{text}");
+}
+
+#[test]
 fn tampered_unsigned_and_mismatched_bundles_are_refused() {
     let site = site();
     // A component changed after signing.
@@ -328,35 +379,35 @@ fn tampered_unsigned_and_mismatched_bundles_are_refused() {
     // A manifest asking for what its world may not have: a parser that
     // keeps state of its own. The publisher's tool refuses to package it,
     // so it is signed by hand.
+    let component = component("mqtt");
     let manifest = serde_json::json!({
         "name": "acme-greedy", "version": "1.0.0", "world": "parser",
         "contract": "palisade:plugin@0.1.0", "capabilities": ["store"],
-    });
-    let component = component("mqtt");
-    let mut manifest = manifest;
-    manifest["component"] = serde_json::json!({
-        "file": "component.wasm", "size": component.len(),
-        "sha256": palisade::registry::bundle::sha256_hex(&component),
-    });
-    let manifest = serde_json::to_vec(&manifest).unwrap();
-    let outbox = site.root.join("greedy-outbox");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(publish::publish_files(
-        &publish::location(s(&site.reg)).unwrap(),
-        &site.reg.join("metadata/root.json"),
-        &Signer {
-            publisher: "acme",
-            key: &site.acme_key,
-            days: 30,
+        "component": {
+            "file": "component.wasm", "size": component.len(),
+            "sha256": palisade::registry::bundle::sha256_hex(&component),
         },
-        "acme-greedy",
-        &semver::Version::new(1, 0, 0),
-        &[("manifest.json", &manifest), ("component.wasm", &component)],
-        &outbox,
-    ))
-    .unwrap();
-    assert!(site.accept(&outbox).0);
+    });
+    site.publish_by_hand(&manifest, &component);
     site.refused("acme-greedy", "capability store");
+}
+
+#[test]
+fn a_bundle_naming_another_component_file_is_refused_at_install() {
+    // Signed, hashes right, but a manifest an appliance could not read
+    // back from its own disk at the next start.
+    let site = site();
+    let component = component("new-topic");
+    let manifest = serde_json::json!({
+        "name": "acme-odd", "version": "1.0.0", "world": "detector",
+        "contract": "palisade:plugin@0.1.0",
+        "component": {
+            "file": "x.wasm", "size": component.len(),
+            "sha256": palisade::registry::bundle::sha256_hex(&component),
+        },
+    });
+    site.publish_by_hand(&manifest, &component);
+    site.refused("acme-odd", "x.wasm");
 }
 
 #[test]
@@ -452,6 +503,65 @@ fn appliances_follow_a_rotated_root() {
         serde_json::from_slice(&std::fs::read(site.data.join("registry/root.json")).unwrap())
             .unwrap();
     assert_eq!(trusted["signed"]["version"], 2);
+}
+
+#[test]
+fn a_rotated_root_is_not_trusted_back_without_force() {
+    let site = site_with("acme-topics");
+    ok(&[
+        "registry",
+        "rotate-root",
+        s(&site.reg),
+        "--keys",
+        s(&site.keys),
+    ]);
+    let (success, text) = site.install("acme-topics");
+    assert!(success, "{text}");
+    let trusted_version = || {
+        let root = std::fs::read(site.data.join("registry/root.json")).unwrap();
+        serde_json::from_slice::<serde_json::Value>(&root).unwrap()["signed"]["version"].clone()
+    };
+    assert_eq!(trusted_version(), 2);
+    let seen = site.data.join("registry/tuf/timestamp.json");
+    assert!(seen.exists());
+    let trust = |root: &str, force: bool| {
+        let root = site.reg.join("metadata").join(root);
+        let mut args = vec!["--data", s(&site.data), "registry", "trust", s(&root)];
+        args.extend(["--registry", s(&site.reg)]);
+        if force {
+            args.push("--force");
+        }
+        run(&args)
+    };
+
+    // Provisioning again with the original root: the appliance keeps the
+    // rotated one, and what it saw of the registry.
+    let (success, text) = trust("1.root.json", false);
+    assert!(!success, "{text}");
+    assert!(
+        text.contains("already trusts version 2") && text.contains("--force"),
+        "{text}"
+    );
+    assert_eq!(trusted_version(), 2);
+    assert!(
+        seen.exists(),
+        "the record of what the appliance saw is gone"
+    );
+
+    // The root it follows, trusted again: nothing forgotten.
+    let (success, text) = trust("2.root.json", false);
+    assert!(success, "{text}");
+    assert_eq!(trusted_version(), 2);
+    assert!(
+        seen.exists(),
+        "re-trusting the same root forgot the registry"
+    );
+
+    // Starting over is the operator's explicit choice.
+    let (success, text) = trust("1.root.json", true);
+    assert!(success, "{text}");
+    assert_eq!(trusted_version(), 1);
+    assert!(!seen.exists(), "a new root of trust starts a new history");
 }
 
 fn copy_dir(from: &Path, to: &Path) {

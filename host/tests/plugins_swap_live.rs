@@ -173,7 +173,7 @@ fn a_shadow_of_the_next_version_reads_the_baselines_and_writes_nothing() {
     // The same plugin name: the next version shares the store.
     let next = load(&runtime, "new-topic", Limits::default());
     detectors.set_shadow(Some(next.clone())).unwrap();
-    assert!(next.is_shadow());
+    assert!(detectors.shadow().unwrap().is_shadow());
     // The shadow goes first and remembers the new topic; were its write
     // kept, the active version would find the topic known and say nothing.
     let rogue = pipeline
@@ -191,5 +191,55 @@ fn a_shadow_of_the_next_version_reads_the_baselines_and_writes_nothing() {
         "the shadow judged on the same baselines: {report:?}"
     );
     detectors.set_shadow(None).unwrap();
-    assert!(!next.is_shadow());
+    assert!(detectors.shadow().is_none());
+}
+
+#[test]
+fn a_shadow_stopped_mid_call_still_writes_nothing() {
+    let runtime = runtime();
+    let detectors = Slot::new(load(&runtime, "new-topic", Limits::default()));
+    let parser = || Slot::new(load(&runtime, "mqtt", Limits::default()));
+    let mut pipeline = Pipeline::with_slots(
+        session(1, "sensor-1"),
+        parser(),
+        vec![detectors.clone()],
+        vec![],
+        1 << 16,
+    );
+    let mut learning = mqtt_connect("sensor-1");
+    for _ in 0..new_topic::LEARNING_PUBLISHES {
+        learning.extend(mqtt_publish("site/a/temp", b"20"));
+    }
+    pipeline.push(Direction::ToUpstream, &learning).unwrap();
+
+    // A session takes the shadow for its next call (as the pipeline does
+    // at every batch); meanwhile the operator stops the shadow.
+    detectors
+        .set_shadow(Some(load(&runtime, "new-topic", Limits::default())))
+        .unwrap();
+    let taken = detectors.shadow().unwrap();
+    detectors.set_shadow(None).unwrap();
+    assert!(taken.is_shadow(), "a shadow handed out stays a shadow");
+
+    // The call it was taken for: the shadow sees the new topic. Were its
+    // write kept, the active version would find the topic known.
+    let mut late = Pipeline::with_slots(
+        session(2, "sensor-1"),
+        parser(),
+        vec![Slot::new(taken)],
+        vec![],
+        1 << 16,
+    );
+    let mut call = mqtt_connect("sensor-1");
+    call.extend(mqtt_publish("site/a/cmd", b"open"));
+    late.push(Direction::ToUpstream, &call).unwrap();
+
+    let rogue = pipeline
+        .push(Direction::ToUpstream, &mqtt_publish("site/a/cmd", b"open"))
+        .unwrap();
+    assert_eq!(
+        rogue.findings.len(),
+        1,
+        "the stopped shadow's writes were kept"
+    );
 }

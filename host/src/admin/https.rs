@@ -22,6 +22,12 @@
 //!      --data '{"op":"plugin-list"}' https://gateway.site.example:9443/v1/admin
 //! ```
 //!
+//! An operator's connection takes one of the [`MAX_REQUESTS`] request
+//! slots only while its request executes: not while the request is read,
+//! nor while the answer is written or the connection closed, so that no
+//! credential, however slow its client, keeps an operator's quarantine
+//! waiting for longer than the requests before it take to run.
+//!
 //! The roles ([`Role`]): `viewer` lists; `operator` also installs,
 //! activates, rolls back, removes, shadows and promotes plugins, changes
 //! their settings, and quarantines and releases devices; `admin` also
@@ -60,6 +66,14 @@ const MAX_REQUESTS: usize = 16;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait for a request, and for each write of the answer.
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest time the answer to a refused request waits for the rest of
+/// what the client sent, before closing: long enough for a request body
+/// still in flight, short enough that a client dribbling bytes cannot
+/// keep the connection.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+/// Longest silence while draining: a client that sent everything is not
+/// kept waiting for the whole [`DRAIN_LIMIT`].
+const DRAIN_IDLE: Duration = Duration::from_millis(200);
 /// Longest answer line the command line reads (a listing of thousands of
 /// devices fits).
 const MAX_LINE: u64 = 64 << 20;
@@ -104,7 +118,7 @@ async fn connection(
     peer: SocketAddr,
     acceptor: &tokio_rustls::TlsAcceptor,
     handshake: tokio::sync::OwnedSemaphorePermit,
-    requests: &Semaphore,
+    requests: &Arc<Semaphore>,
     admin: Admin,
 ) {
     let handshaken = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
@@ -140,9 +154,6 @@ async fn connection(
             return;
         }
     };
-    let Ok(_request_slot) = requests.acquire().await else {
-        return;
-    };
     let request =
         match tokio::time::timeout(IO_TIMEOUT, crate::http::read_request(&mut tls, MAX_BODY)).await
         {
@@ -166,8 +177,13 @@ async fn connection(
             return;
         }
     };
+    // Only a request an operator may make waits for a slot, and holds it
+    // only while it executes.
+    let Ok(slot) = requests.clone().acquire_owned().await else {
+        return;
+    };
     info!(%peer, operator = %name, %role, op = %request.op(), "admin API request");
-    let mut running = Running::start(admin, request);
+    let mut running = Running::start_holding(admin, request, slot);
     let first = running.next().await;
     let status = match first {
         Response::Error(_) => "422 Unprocessable Content",
@@ -242,15 +258,18 @@ async fn reply<S: AsyncRead + AsyncWrite + Unpin>(
     reply_head(stream, status, line).await?;
     // What the client sent and was not read would make the close a reset,
     // which can destroy the answer before the client reads it: take in a
-    // little of it first.
-    let mut sink = [0u8; 4096];
-    let mut left = MAX_BODY * 2;
-    while left > 0 {
-        match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut sink)).await {
-            Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
-            _ => break,
+    // little of it first, for a little while.
+    let drain = async {
+        let mut sink = [0u8; 4096];
+        let mut left = MAX_BODY * 2;
+        while left > 0 {
+            match tokio::time::timeout(DRAIN_IDLE, stream.read(&mut sink)).await {
+                Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+                _ => break,
+            }
         }
-    }
+    };
+    let _ = tokio::time::timeout(DRAIN_LIMIT, drain).await;
     tokio::time::timeout(IO_TIMEOUT, stream.shutdown())
         .await
         .unwrap_or(Ok(()))

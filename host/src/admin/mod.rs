@@ -234,11 +234,24 @@ pub(crate) struct Running {
 impl Running {
     /// Start executing `request` with `admin`.
     pub(crate) fn start(admin: Admin, request: Request) -> Running {
+        Running::start_holding(admin, request, ())
+    }
+
+    /// Start executing `request` with `admin`, holding `held` (a request
+    /// slot) while it executes: it is released when the execution ends,
+    /// however slowly the answer is then read.
+    pub(crate) fn start_holding<H: Send + 'static>(
+        admin: Admin,
+        request: Request,
+        held: H,
+    ) -> Running {
         let (tx, steps) = tokio::sync::mpsc::unbounded_channel::<String>();
         let job = tokio::task::spawn_blocking(move || {
-            admin.execute_with(request, &mut |step| {
+            let answer = admin.execute_with(request, &mut |step| {
                 let _ = tx.send(step);
-            })
+            });
+            drop(held);
+            answer
         });
         Running {
             steps,

@@ -154,6 +154,15 @@ impl PluginAdmin<'_> {
         shadow: bool,
         progress: Progress<'_>,
     ) -> Result<Value, String> {
+        // Checked before anything is fetched or stored: a refused shadow
+        // must not count as installed (versions only grow).
+        let slot = self.slot(name);
+        if shadow && slot.is_none() {
+            return Err(format!(
+                "no route of the running appliance uses {name}: nothing to shadow \
+                 (install without --shadow to make it active)"
+            ));
+        }
         let source = RegistrySource::read(self.data)?;
         let client = source.client(self.data)?;
         let version = version.map(|v| parse_version(name, v)).transpose()?;
@@ -167,7 +176,6 @@ impl PluginAdmin<'_> {
         ));
         self.library.check_newer(&bundle).map_err(|e| chain(&e))?;
         let plugin = self.prepare(&bundle, progress)?;
-        let slot = self.slot(name);
         if let Some(slot) = &slot {
             let world = slot.active().world();
             if world != plugin.world() {
@@ -188,11 +196,8 @@ impl PluginAdmin<'_> {
                 slot.set_shadow(Some(plugin)).map_err(text)?;
                 "shadowing"
             }
-            (_, true) => {
-                return Err(format!(
-                    "{name} is installed, but no route uses it to shadow"
-                ));
-            }
+            // Refused before the fetch; kept for the match.
+            (None, true) => return Err(format!("no route uses {name} to shadow")),
             (slot, false) => {
                 self.library
                     .set_active(name, Some(&m.version))

@@ -8,7 +8,7 @@ use anyhow::Context;
 
 use crate::admin::RegistrySource;
 use crate::registry::bundle::{self, Bundle};
-use crate::registry::{publish, trusted_root};
+use crate::registry::{Trusted, publish, trust_root};
 
 /// `palisade registry` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -144,6 +144,13 @@ pub enum Command {
         /// CA certificates for an https:// registry.
         #[arg(long)]
         ca_file: Option<PathBuf>,
+        /// Trust ROOT even when it is older than the root this appliance
+        /// trusts (a lower version: the registry rotated its root since).
+        /// Dangerous: it forgets what the appliance saw of the registry,
+        /// so a registry or mirror may again serve anything ROOT's keys
+        /// sign. Only to start over, for example with another registry.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -241,27 +248,12 @@ pub(crate) fn run(data: &Path, command: &Command) -> anyhow::Result<ExitCode> {
             root,
             registry,
             ca_file,
+            force,
         } => {
             crate::store::create_data_dir(data)?;
             let text = bundle::read_capped(root, 1 << 20)?;
-            let parsed: serde_json::Value = serde_json::from_slice(&text)
-                .with_context(|| format!("{} is not a TUF root", root.display()))?;
-            anyhow::ensure!(
-                parsed.pointer("/signed/_type").and_then(|t| t.as_str()) == Some("root"),
-                "{} is not a TUF root",
-                root.display()
-            );
-            let dest = trusted_root(data);
-            if let Some(dir) = dest.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let same = std::fs::read(&dest).is_ok_and(|old| old == text);
-            if !same {
-                // A new root of trust starts a new history.
-                let _ = std::fs::remove_dir_all(data.join("registry").join("tuf"));
-            }
-            crate::store::write_atomic(&dest, &text, 0o644)
-                .with_context(|| format!("writing {}", dest.display()))?;
+            let trusted = trust_root(data, &text, *force)
+                .with_context(|| format!("trusting {}", root.display()))?;
             // A directory is recorded absolute: the appliance runs from
             // anywhere.
             let location = publish::location(registry)?;
@@ -276,7 +268,10 @@ pub(crate) fn run(data: &Path, command: &Command) -> anyhow::Result<ExitCode> {
                 ca_file: ca_file.clone(),
             }
             .write(data)?;
-            println!("trusting the registry at {registry}");
+            match trusted {
+                Trusted::Kept => println!("trusting the registry at {registry}, as before"),
+                Trusted::New => println!("trusting the registry at {registry}"),
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -269,23 +269,36 @@ async fn signals(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-/// Load plugin `name` (a first-party plugin's name, or a path to a
-/// component), which must implement `world`.
-/// The plugin a route names: its active installed version if the operator
-/// installed one, else the first-party plugin or the component file.
+/// The plugin a route names, which must implement `world`: its active
+/// installed version if the operator installed one, else the first-party
+/// plugin or the component file.
+///
+/// An installed version that cannot be served stops the start, rather
+/// than another version silently taking its place on a security path; the
+/// error names the plugin and how to choose what serves instead.
 fn load(runtime: &Runtime, library: &Library, name: &str, world: World) -> anyhow::Result<Plugin> {
     let active = library.entry(name)?.active;
     let plugin = match active {
         Some(version) => {
-            let bundle = library.bundle(name, &version)?;
-            let m = &bundle.manifest;
-            let (plugin, _) = runtime.load_as(
-                name,
-                &m.version.to_string(),
-                &bundle.component,
-                m.granted_limits(),
-            )?;
-            info!(plugin = name, version = %m.version, "serving the installed version");
+            let loaded = library.bundle(name, &version).and_then(|bundle| {
+                let m = &bundle.manifest;
+                let (plugin, _) = runtime.load_as(
+                    name,
+                    &m.version.to_string(),
+                    &bundle.component,
+                    m.granted_limits(),
+                )?;
+                Ok(plugin)
+            });
+            let plugin = loaded.with_context(|| {
+                format!(
+                    "the active version of {name}, {version}, cannot be served; choose what \
+                     serves instead and start again: palisade plugin rollback {name}, palisade \
+                     plugin activate {name}@VERSION ({name}@first-party for a first-party \
+                     plugin), or take {name} off the routes in the configuration"
+                )
+            })?;
+            info!(plugin = name, %version, "serving the installed version");
             plugin
         }
         None => super::plugin_run::load(runtime, name)?,
@@ -311,6 +324,61 @@ fn raise_fd_limit() {
         };
         if let Err(e) = setrlimit(Resource::Nofile, raised) {
             warn!(error = %e, "cannot raise the open-file limit");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::plugins::{CONTRACT, FailMode, Limits};
+    use crate::registry::Bundle;
+    use crate::registry::bundle::{COMPONENT, MANIFEST, sha256_hex};
+    use crate::registry::manifest::ComponentRef;
+
+    #[test]
+    fn an_unservable_active_version_is_named_with_what_to_do() {
+        let data = tempfile::tempdir().unwrap();
+        let store = Store::temporary().unwrap();
+        let runtime = Runtime::new(&RuntimeConfig::default(), store.clone()).unwrap();
+        let library = Library::open(data.path(), &store).unwrap();
+        let component = crate::plugins::first_party::component("new-topic").unwrap();
+        let manifest = crate::registry::Manifest {
+            name: "acme-topics".into(),
+            version: semver::Version::new(1, 0, 0),
+            world: World::Detector,
+            protocols: Vec::new(),
+            contract: CONTRACT.into(),
+            fail_mode: FailMode::Closed,
+            capabilities: Vec::new(),
+            limits: Limits::default(),
+            component: Some(ComponentRef {
+                file: COMPONENT.into(),
+                size: component.len() as u64,
+                sha256: sha256_hex(component),
+            }),
+            sbom: Vec::new(),
+        };
+        let bundle = Bundle::new(manifest, component.to_vec()).unwrap();
+        library.add(&bundle, "acme").unwrap();
+        library
+            .set_active("acme-topics", Some(&bundle.manifest.version))
+            .unwrap();
+        load(&runtime, &library, "acme-topics", World::Detector).unwrap();
+
+        // The bundle on disk damaged after its install.
+        let dir = data.path().join("plugins/acme-topics/1.0.0");
+        std::fs::write(dir.join(MANIFEST), b"{").unwrap();
+        let e = load(&runtime, &library, "acme-topics", World::Detector).unwrap_err();
+        let text = format!("{e:#}");
+        for said in [
+            "the active version of acme-topics, 1.0.0, cannot be served",
+            "palisade plugin rollback acme-topics",
+            "not a manifest",
+        ] {
+            assert!(text.contains(said), "{said:?} not in {text}");
         }
     }
 }

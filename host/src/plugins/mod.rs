@@ -23,7 +23,7 @@ mod slot;
 mod wasi;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -466,6 +466,7 @@ impl Runtime {
                 source,
             })?;
         Ok(Plugin {
+            shadow: false,
             shared: Arc::new(PluginShared {
                 name: name.into(),
                 version: "unknown".into(),
@@ -477,7 +478,6 @@ impl Runtime {
                 idle: Mutex::new(Vec::new()),
                 strikes: AtomicU32::new(0),
                 calls: AtomicU64::new(0),
-                shadowing: AtomicBool::new(false),
                 lifecycle: Mutex::new(Lifecycle::Active),
                 runtime: self.clone(),
             }),
@@ -536,6 +536,12 @@ struct Instance {
 #[derive(Clone)]
 pub struct Plugin {
     shared: Arc<PluginShared>,
+    /// Set on the handles a slot gives out for its shadow (see [`Slot`]):
+    /// their calls' writes to the key-value store are discarded. It
+    /// belongs to the handle, not to the plugin, so that a handle taken as
+    /// a shadow stays one when the slot stops or promotes its shadow while
+    /// a session still holds it.
+    shadow: bool,
 }
 
 struct PluginShared {
@@ -549,8 +555,6 @@ struct PluginShared {
     idle: Mutex<Vec<Instance>>,
     strikes: AtomicU32,
     calls: AtomicU64,
-    /// Set while the plugin runs as a shadow (see [`Slot`]).
-    shadowing: AtomicBool,
     lifecycle: Mutex<Lifecycle>,
     runtime: Runtime,
 }
@@ -560,6 +564,7 @@ impl std::fmt::Debug for Plugin {
         f.debug_struct("Plugin")
             .field("name", &self.shared.name)
             .field("world", &self.shared.world)
+            .field("shadow", &self.shadow)
             .field("lifecycle", &self.lifecycle())
             .finish_non_exhaustive()
     }
@@ -593,14 +598,29 @@ impl Plugin {
         self.shared.strikes.load(Ordering::Relaxed)
     }
 
-    /// Whether the plugin runs as a shadow, its writes to the key-value
-    /// store discarded.
+    /// Whether this handle calls the plugin as a shadow, its writes to
+    /// the key-value store discarded.
     pub fn is_shadow(&self) -> bool {
-        self.shared.shadowing.load(Ordering::Relaxed)
+        self.shadow
     }
 
-    pub(crate) fn set_shadowing(&self, shadowing: bool) {
-        self.shared.shadowing.store(shadowing, Ordering::Relaxed);
+    /// A handle on the same plugin whose calls write nothing: once given
+    /// out as a shadow, it stays read-only whatever becomes of the slot.
+    pub(crate) fn as_shadow(&self) -> Plugin {
+        Plugin {
+            shared: self.shared.clone(),
+            shadow: true,
+        }
+    }
+
+    /// A handle on the same plugin whose calls keep their writes: for a
+    /// shadow promoted to active. Handles given out as its shadow before
+    /// stay read-only.
+    pub(crate) fn as_active(&self) -> Plugin {
+        Plugin {
+            shared: self.shared.clone(),
+            shadow: false,
+        }
     }
 
     /// Calls made to the plugin so far, failed ones included.
@@ -806,9 +826,7 @@ impl Plugin {
             None => self.instantiate(settings)?,
         };
         let store = &mut instance.store;
-        store
-            .data_mut()
-            .begin_call(shared.shadowing.load(Ordering::Relaxed));
+        store.data_mut().begin_call(self.shadow);
         store.set_epoch_deadline(deadline_ticks(&shared.limits));
         store.set_hostcall_fuel(shared.limits.output_bytes);
         match f(store, &instance.bound) {

@@ -14,7 +14,9 @@
 //! one's and never acted on, so an operator sees where a new version would
 //! judge differently before promoting it. A shadow reads the plugin's
 //! key-value store (the active version's baselines) and its writes are
-//! discarded, so it cannot disturb them.
+//! discarded, so it cannot disturb them: the slot gives out read-only
+//! handles on it, which stay read-only when the shadow is replaced,
+//! stopped or promoted while a session still holds one.
 
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -118,12 +120,8 @@ impl Slot {
     pub fn set_shadow(&self, plugin: Option<Plugin>) -> Result<(), SwapError> {
         if let Some(p) = &plugin {
             self.same_world(&read(&self.inner.active), p)?;
-            p.set_shadowing(true);
         }
-        let old = std::mem::replace(&mut *write(&self.inner.shadow), plugin);
-        if let Some(old) = old {
-            old.set_shadowing(false);
-        }
+        *write(&self.inner.shadow) = plugin.as_ref().map(Plugin::as_shadow);
         *self.report() = ShadowReport::default();
         Ok(())
     }
@@ -135,8 +133,7 @@ impl Slot {
                 slot: self.active().name().to_owned(),
             });
         };
-        shadow.set_shadowing(false);
-        self.activate(shadow)
+        self.activate(shadow.as_active())
     }
 
     /// What the shadow did differently so far.

@@ -58,12 +58,11 @@ impl Bundle {
         let manifest = read_capped(&dir.join(MANIFEST), MAX_MANIFEST)?;
         let manifest =
             Manifest::from_json(&manifest).with_context(|| format!("bundle {}", dir.display()))?;
-        let file = (manifest.component.as_ref()).map_or(COMPONENT, |c| c.file.as_str());
-        anyhow::ensure!(
-            file == COMPONENT,
-            "bundle {}: the component must be {COMPONENT}",
-            dir.display()
-        );
+        // Checked before the component is read: it names the component's
+        // file, which must be this bundle's.
+        manifest
+            .validate()
+            .with_context(|| format!("bundle {}", dir.display()))?;
         let component = read_capped(&dir.join(COMPONENT), MAX_COMPONENT)?;
         Bundle::new(manifest, component).with_context(|| format!("bundle {}", dir.display()))
     }

@@ -2,7 +2,9 @@
 //! site, a USB stick) through `file://` URLs, or a web server over HTTP or
 //! HTTPS. Everything fetched is verified by TUF afterwards, so the
 //! transport only has to be bounded: a size cap, a deadline, and a clear
-//! "not found" for the root-rotation probe.
+//! "not found" for the root-rotation probe. In a directory only regular
+//! files are read: a FIFO or a device on a stick would otherwise keep an
+//! install waiting forever.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,9 +14,7 @@ use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tough::async_trait;
-use tough::{
-    Bytes, FilesystemTransport, Transport, TransportError, TransportErrorKind, TransportStream,
-};
+use tough::{Bytes, Transport, TransportError, TransportErrorKind, TransportStream};
 use url::Url;
 
 /// The largest file fetched: the largest component, with room for headers.
@@ -40,21 +40,72 @@ impl RegistryTransport {
 #[async_trait]
 impl Transport for RegistryTransport {
     async fn fetch(&self, url: Url) -> Result<TransportStream, TransportError> {
-        match url.scheme() {
-            "file" => FilesystemTransport.fetch(url).await,
-            "http" | "https" => {
-                let body = tokio::time::timeout(DEADLINE, self.get(&url))
+        let body = match url.scheme() {
+            "file" => {
+                let local = url.clone();
+                let read = tokio::task::spawn_blocking(move || read_file(&local));
+                tokio::time::timeout(DEADLINE, read)
                     .await
-                    .map_err(|_| other(&url, "timed out"))??;
-                let once = futures_util::stream::once(async move { Ok(Bytes::from(body)) });
-                Ok(Box::pin(once))
+                    .map_err(|_| other(&url, "timed out"))?
+                    .map_err(|e| other(&url, e))??
             }
-            _ => Err(TransportError::new(
-                TransportErrorKind::UnsupportedUrlScheme,
-                url,
-            )),
-        }
+            "http" | "https" => tokio::time::timeout(DEADLINE, self.get(&url))
+                .await
+                .map_err(|_| other(&url, "timed out"))??,
+            _ => {
+                return Err(TransportError::new(
+                    TransportErrorKind::UnsupportedUrlScheme,
+                    url,
+                ));
+            }
+        };
+        let once = futures_util::stream::once(async move { Ok(Bytes::from(body)) });
+        Ok(Box::pin(once))
     }
+}
+
+/// The regular file at `url` (`file://`), at most [`MAX_FILE`] bytes; a
+/// missing one is [`TransportErrorKind::FileNotFound`].
+fn read_file(url: &Url) -> Result<Vec<u8>, TransportError> {
+    use rustix::fs::{Mode, OFlags};
+    use std::io::Read;
+    let path = url
+        .to_file_path()
+        .map_err(|()| other(url, "not a local path"))?;
+    // Opened without waiting (opening a FIFO waits for a writer), then
+    // refused unless what was opened is a regular file; reading a regular
+    // file never waits for anyone.
+    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
+    let file = match rustix::fs::open(&path, flags, Mode::empty()) {
+        Ok(fd) => std::fs::File::from(fd),
+        Err(rustix::io::Errno::NOENT) => {
+            return Err(TransportError::new(
+                TransportErrorKind::FileNotFound,
+                url.as_str(),
+            ));
+        }
+        Err(e) => return Err(other(url, e)),
+    };
+    let kind = file.metadata().map_err(|e| other(url, e))?.file_type();
+    if !kind.is_file() {
+        use std::os::unix::fs::FileTypeExt;
+        let what = if kind.is_dir() {
+            "a directory"
+        } else if kind.is_fifo() {
+            "a FIFO"
+        } else {
+            "a device or a socket"
+        };
+        return Err(other(url, format!("not a regular file but {what}")));
+    }
+    let mut body = Vec::new();
+    file.take(MAX_FILE as u64 + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| other(url, e))?;
+    if body.len() > MAX_FILE {
+        return Err(other(url, format!("larger than {MAX_FILE} bytes")));
+    }
+    Ok(body)
 }
 
 impl RegistryTransport {
@@ -195,7 +246,7 @@ fn other(url: &Url, cause: impl std::fmt::Display) -> TransportError {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
 
@@ -215,5 +266,72 @@ mod tests {
         );
         let short = b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nhello".to_vec();
         assert!(response_body(short, &url).is_err());
+    }
+
+    /// What fetching `path` gives, or `None` if it took more than 5 s (a
+    /// read still blocked is left behind, not waited for).
+    fn fetch_file(path: &std::path::Path) -> Option<Result<Vec<u8>, TransportError>> {
+        use futures_util::TryStreamExt;
+        let url = Url::from_file_path(path).unwrap();
+        let fetched = async {
+            let stream = RegistryTransport::new(None).fetch(url).await?;
+            let chunks: Vec<Bytes> = stream.try_collect().await?;
+            Ok(chunks.concat())
+        };
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let done =
+            rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), fetched).await });
+        rt.shutdown_background();
+        done.ok()
+    }
+
+    #[test]
+    fn a_registry_directory_serves_regular_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        // Mounted under a name a URL percent-encodes.
+        let metadata = dir.path().join("USB STICK").join("metadata");
+        std::fs::create_dir_all(&metadata).unwrap();
+        // A stick whose timestamp is a FIFO: no writer ever comes.
+        let fifo = metadata.join("timestamp.json");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let refused = fetch_file(&fifo).expect("the FIFO hung the fetch");
+        let e = refused.unwrap_err();
+        assert_eq!(e.kind(), TransportErrorKind::Other);
+        assert!(
+            chain_text(&e).contains("not a regular file"),
+            "{}",
+            chain_text(&e)
+        );
+        let e = fetch_file(&metadata).unwrap().unwrap_err();
+        assert!(chain_text(&e).contains("not a regular file"));
+
+        // A missing file is "not found", which ends the root-rotation probe.
+        let missing = fetch_file(&metadata.join("2.root.json")).unwrap();
+        assert_eq!(
+            missing.unwrap_err().kind(),
+            TransportErrorKind::FileNotFound
+        );
+
+        let root = metadata.join("1.root.json");
+        std::fs::write(&root, b"{}").unwrap();
+        assert_eq!(fetch_file(&root).unwrap().unwrap(), b"{}");
+    }
+
+    fn chain_text(e: &dyn std::error::Error) -> String {
+        let mut text = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            text.push_str(": ");
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        text
     }
 }

@@ -10,9 +10,11 @@
 //! name is active, and which were active before, is kept in sled.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
+use tough::schema::{Root, Signed};
 use tough::{ExpirationEnforcement, IntoVec, Repository, TargetName};
 use url::Url;
 
@@ -24,6 +26,65 @@ use crate::store::Store;
 /// Where the registry's root of trust lives in the data directory.
 pub fn trusted_root(data: &Path) -> PathBuf {
     data.join("registry").join("root.json")
+}
+
+/// What [`trust_root`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trusted {
+    /// The root was the one already trusted: what the appliance saw of the
+    /// registry is kept.
+    Kept,
+    /// A new root of trust, starting a new history of the registry.
+    New,
+}
+
+/// Make `root` (a TUF root, JSON) the registry's root of trust in `data`.
+///
+/// The root already trusted (the same content, however serialized) keeps
+/// TUF's record of what the appliance saw of the registry, so metadata
+/// older than that stays refused. Any other root starts a new history.
+/// A root older than the trusted one (a lower version) is refused unless
+/// `force`: after the registry rotated its root and the appliance followed,
+/// going back to the original root would let a mirror withhold the
+/// rotation and serve what the retired keys sign.
+pub fn trust_root(data: &Path, root: &[u8], force: bool) -> anyhow::Result<Trusted> {
+    let new: Signed<Root> = parse_root(root)?;
+    let path = trusted_root(data);
+    let trusted = match std::fs::read(&path) {
+        Ok(bytes) => Some(parse_root(&bytes).with_context(|| format!("{}", path.display()))?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let datastore = data.join("registry").join("tuf");
+    if let Some(trusted) = trusted {
+        if trusted.signed == new.signed {
+            return Ok(Trusted::Kept);
+        }
+        let (old, new) = (trusted.signed.version, new.signed.version);
+        anyhow::ensure!(
+            new >= old || force,
+            "this appliance already trusts version {old} of the registry's root, newer than \
+             this one's {new} (the registry rotated its root, and the appliance followed): \
+             nothing changed. Trusting an older root would let a mirror hide the rotation; \
+             pass --force only to start over from this root, forgetting what the appliance \
+             saw of the registry"
+        );
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    match std::fs::remove_dir_all(&datastore) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", datastore.display())),
+    }
+    crate::store::write_atomic(&path, root, 0o644)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(Trusted::New)
+}
+
+fn parse_root(bytes: &[u8]) -> anyhow::Result<Signed<Root>> {
+    serde_json::from_slice(bytes).context("not a TUF root")
 }
 
 /// A registry as the appliance sees it.
@@ -199,6 +260,20 @@ fn signer(repo: &Repository, name: &str) -> String {
     "unknown".into()
 }
 
+/// Refuse `m` unless it is newer than every version of its name `entry`
+/// ever held: versions only grow.
+fn newer(entry: &Entry, m: &Manifest) -> anyhow::Result<()> {
+    if let Some(highest) = &entry.highest {
+        anyhow::ensure!(
+            m.version > *highest,
+            "{} {} is not newer than {highest}, already installed here: versions only grow",
+            m.name,
+            m.version
+        );
+    }
+    Ok(())
+}
+
 /// One installed version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -226,11 +301,16 @@ pub struct Entry {
     pub highest: Option<semver::Version>,
 }
 
-/// The installed bundles and which are active.
+/// The installed bundles and which are active. Clones share the library
+/// and its lock on changes; open one per appliance.
 #[derive(Debug, Clone)]
 pub struct Library {
     dir: PathBuf,
     tree: sled::Tree,
+    /// Held while an entry is read, changed and written back: admin
+    /// requests run at once, and each would otherwise write back its own
+    /// copy over the others' changes.
+    changing: Arc<Mutex<()>>,
 }
 
 impl Library {
@@ -239,6 +319,7 @@ impl Library {
         Ok(Library {
             dir: data.join("plugins"),
             tree: store.tree("plugin-library")?,
+            changing: Arc::default(),
         })
     }
 
@@ -263,42 +344,45 @@ impl Library {
         Ok(all)
     }
 
-    fn put(&self, name: &str, entry: &Entry) -> anyhow::Result<()> {
+    /// Apply `change` to the entry of `name` and store the result, one
+    /// change at a time; nothing is stored when `change` fails.
+    fn change<T>(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut Entry) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        // A poisoned lock only means a panic elsewhere while it was held;
+        // the entry on disk is whole (sled writes it in one insert).
+        let _alone = self.changing.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut entry = self.entry(name)?;
+        let out = change(&mut entry)?;
         self.tree
-            .insert(name.as_bytes(), serde_json::to_vec(entry)?)?;
+            .insert(name.as_bytes(), serde_json::to_vec(&entry)?)?;
         self.tree.flush()?;
-        Ok(())
+        Ok(out)
     }
 
     /// Refuse `bundle` unless it is newer than every version of its name
     /// this appliance ever installed.
     pub fn check_newer(&self, bundle: &Bundle) -> anyhow::Result<()> {
-        let m = &bundle.manifest;
-        let entry = self.entry(&m.name)?;
-        if let Some(highest) = &entry.highest {
-            anyhow::ensure!(
-                m.version > *highest,
-                "{} {} is not newer than {highest}, already installed here: versions only grow",
-                m.name,
-                m.version
-            );
-        }
-        Ok(())
+        newer(&self.entry(&bundle.manifest.name)?, &bundle.manifest)
     }
 
-    /// Store `bundle`, signed by `publisher`.
+    /// Store `bundle`, signed by `publisher`, unless a version as new was
+    /// installed meanwhile.
     pub fn add(&self, bundle: &Bundle, publisher: &str) -> anyhow::Result<()> {
-        self.check_newer(bundle)?;
         let m = &bundle.manifest;
-        bundle.write(&self.bundle_dir(&m.name, &m.version))?;
-        let mut entry = self.entry(&m.name)?;
-        entry.versions.push(InstalledVersion {
-            version: m.version.clone(),
-            publisher: publisher.to_owned(),
-            installed_at: jiff::Timestamp::now().to_string(),
-        });
-        entry.highest = Some(m.version.clone());
-        self.put(&m.name, &entry)
+        self.change(&m.name, |entry| {
+            newer(entry, m)?;
+            bundle.write(&self.bundle_dir(&m.name, &m.version))?;
+            entry.versions.push(InstalledVersion {
+                version: m.version.clone(),
+                publisher: publisher.to_owned(),
+                installed_at: jiff::Timestamp::now().to_string(),
+            });
+            entry.highest = Some(m.version.clone());
+            Ok(())
+        })
     }
 
     /// The installed bundle of `name` at `version`, read back and checked.
@@ -311,51 +395,148 @@ impl Library {
     /// Record `version` (or the first-party plugin, `None`) as the active
     /// one of `name`.
     pub fn set_active(&self, name: &str, version: Option<&semver::Version>) -> anyhow::Result<()> {
-        let mut entry = self.entry(name)?;
-        if entry.active.as_ref() != version {
-            let before = std::mem::replace(&mut entry.active, version.cloned());
-            entry.previous.push(before);
-            // Enough history for any operator; bounded all the same.
-            if entry.previous.len() > 32 {
-                entry.previous.remove(0);
+        self.change(name, |entry| {
+            if entry.active.as_ref() != version {
+                let before = std::mem::replace(&mut entry.active, version.cloned());
+                entry.previous.push(before);
+                // Enough history for any operator; bounded all the same.
+                if entry.previous.len() > 32 {
+                    entry.previous.remove(0);
+                }
             }
-        }
-        self.put(name, &entry)
+            Ok(())
+        })
     }
 
     /// The version that was active before the current one, taken off the
     /// history.
     pub fn pop_previous(&self, name: &str) -> anyhow::Result<Option<semver::Version>> {
-        let mut entry = self.entry(name)?;
-        let previous = entry
-            .previous
-            .pop()
-            .with_context(|| format!("{name} has no earlier version to roll back to"))?;
-        entry.active = previous.clone();
-        self.put(name, &entry)?;
-        Ok(previous)
+        self.change(name, |entry| {
+            let previous = entry
+                .previous
+                .pop()
+                .with_context(|| format!("{name} has no earlier version to roll back to"))?;
+            entry.active = previous.clone();
+            Ok(previous)
+        })
     }
 
     /// Delete an installed version that is not active.
     pub fn remove(&self, name: &str, version: &semver::Version) -> anyhow::Result<()> {
-        let mut entry = self.entry(name)?;
-        anyhow::ensure!(
-            entry.active.as_ref() != Some(version),
-            "{name} {version} is active: activate another version first"
-        );
-        let before = entry.versions.len();
-        entry.versions.retain(|v| v.version != *version);
-        anyhow::ensure!(
-            entry.versions.len() < before,
-            "{name} {version} is not installed"
-        );
-        entry.previous.retain(|v| v.as_ref() != Some(version));
-        let dir = self.bundle_dir(name, version);
-        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
-        self.put(name, &entry)
+        self.change(name, |entry| {
+            anyhow::ensure!(
+                entry.active.as_ref() != Some(version),
+                "{name} {version} is active: activate another version first"
+            );
+            let before = entry.versions.len();
+            entry.versions.retain(|v| v.version != *version);
+            anyhow::ensure!(
+                entry.versions.len() < before,
+                "{name} {version} is not installed"
+            );
+            entry.previous.retain(|v| v.as_ref() != Some(version));
+            let dir = self.bundle_dir(name, version);
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))
+        })
     }
 
     fn bundle_dir(&self, name: &str, version: &semver::Version) -> PathBuf {
         self.dir.join(name).join(version.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::plugins::{CONTRACT, FailMode, Limits, World};
+    use crate::registry::bundle::sha256_hex;
+    use crate::registry::manifest::ComponentRef;
+
+    /// A bundle of `name` at `version`; the component is never run here.
+    fn bundle(name: &str, version: &str) -> Bundle {
+        let component = format!("\0asm {name} {version}").into_bytes();
+        let manifest = Manifest {
+            name: name.into(),
+            version: semver::Version::parse(version).unwrap(),
+            world: World::Detector,
+            protocols: Vec::new(),
+            contract: CONTRACT.into(),
+            fail_mode: FailMode::Closed,
+            capabilities: Vec::new(),
+            limits: Limits::default(),
+            component: Some(ComponentRef {
+                file: COMPONENT.into(),
+                size: component.len() as u64,
+                sha256: sha256_hex(&component),
+            }),
+            sbom: Vec::new(),
+        };
+        Bundle::new(manifest, component).unwrap()
+    }
+
+    #[test]
+    fn concurrent_installs_lose_no_update_and_versions_only_grow() {
+        let v = |text: &str| semver::Version::parse(text).unwrap();
+        for _ in 0..100 {
+            let data = tempfile::tempdir().unwrap();
+            let library = Library::open(data.path(), &Store::temporary().unwrap()).unwrap();
+            library
+                .add(&bundle("acme-topics", "1.0.0"), "acme")
+                .unwrap();
+            let start = std::sync::Barrier::new(2);
+            let added: Vec<(semver::Version, bool)> = std::thread::scope(|s| {
+                let threads: Vec<_> = ["1.1.0", "1.2.0"]
+                    .map(|version| {
+                        let (library, start) = (&library, &start);
+                        s.spawn(move || {
+                            let bundle = bundle("acme-topics", version);
+                            start.wait();
+                            (v(version), library.add(&bundle, "acme").is_ok())
+                        })
+                    })
+                    .into_iter()
+                    .collect();
+                threads.into_iter().map(|t| t.join().unwrap()).collect()
+            });
+            let entry = library.entry("acme-topics").unwrap();
+            assert_eq!(entry.highest, Some(v("1.2.0")), "{added:?}");
+            let listed: Vec<_> = entry.versions.iter().map(|i| i.version.clone()).collect();
+            let mut expected = vec![v("1.0.0")];
+            expected.extend(added.iter().filter(|(_, ok)| *ok).map(|(v, _)| v.clone()));
+            expected.sort();
+            let mut sorted = listed.clone();
+            sorted.sort();
+            assert_eq!(sorted, expected, "every install that succeeded is listed");
+            // 1.2.0 always goes in; 1.1.0 only if it came first, as one
+            // after the other would.
+            assert!(listed.contains(&v("1.2.0")));
+            assert_eq!(listed.last(), Some(&v("1.2.0")), "{listed:?}");
+        }
+    }
+
+    #[test]
+    fn concurrent_activations_each_leave_their_mark_in_the_history() {
+        let v = |text: &str| semver::Version::parse(text).unwrap();
+        for _ in 0..100 {
+            let data = tempfile::tempdir().unwrap();
+            let library = Library::open(data.path(), &Store::temporary().unwrap()).unwrap();
+            let start = std::sync::Barrier::new(2);
+            std::thread::scope(|s| {
+                for version in ["1.0.0", "2.0.0"] {
+                    let (library, start, version) = (&library, &start, v(version));
+                    s.spawn(move || {
+                        start.wait();
+                        library.set_active("acme-topics", Some(&version)).unwrap();
+                    });
+                }
+            });
+            let entry = library.entry("acme-topics").unwrap();
+            // Whichever came last is active, and the other was active
+            // before it: two changes, two entries of history.
+            assert_eq!(entry.previous.len(), 2, "{entry:?}");
+            assert_eq!(entry.previous.first(), Some(&None), "{entry:?}");
+        }
     }
 }

@@ -7,6 +7,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::bundle::COMPONENT;
 use crate::plugins::{CONTRACT, FailMode, Limits, World};
 
 /// The manifest of one plugin version.
@@ -136,8 +137,11 @@ impl Manifest {
     }
 
     /// Check everything that can be checked without the component: the
-    /// name, the contract, and that the capabilities and limits asked for
-    /// are allowed to the world.
+    /// name, the component's file name, the contract, and that the
+    /// capabilities and limits asked for are allowed to the world. Every
+    /// way a bundle enters the appliance (fetched, read from disk,
+    /// packaged) goes through this one check, so what is installed can
+    /// always be read back at the next start.
     pub fn validate(&self) -> Result<(), ManifestError> {
         let refuse = |reason: String| ManifestError {
             name: self.name.clone(),
@@ -148,6 +152,14 @@ impl Manifest {
                 "a name is 1 to 64 lowercase letters, digits and dashes, starting with a letter"
                     .into(),
             ));
+        }
+        if let Some(c) = &self.component
+            && c.file != COMPONENT
+        {
+            return Err(refuse(format!(
+                "names its component {:?}; a bundle's component is {COMPONENT}",
+                c.file
+            )));
         }
         if self.contract != CONTRACT {
             return Err(refuse(format!(
@@ -280,5 +292,22 @@ mod tests {
         let mut m = manifest(World::Detector, vec![]);
         m.contract = "palisade:plugin@9.0.0".into();
         assert!(m.validate().unwrap_err().reason.contains("contract"));
+    }
+
+    #[test]
+    fn a_component_file_other_than_the_bundles_is_refused() {
+        let mut m = manifest(World::Detector, vec![]);
+        m.component = Some(ComponentRef {
+            file: "x.wasm".into(),
+            size: 0,
+            sha256: String::new(),
+        });
+        assert!(m.validate().unwrap_err().reason.contains("\"x.wasm\""));
+        m.component = Some(ComponentRef {
+            file: COMPONENT.into(),
+            size: 0,
+            sha256: String::new(),
+        });
+        m.validate().unwrap();
     }
 }

@@ -25,5 +25,5 @@ pub mod manifest;
 pub mod publish;
 
 pub use bundle::Bundle;
-pub use library::{Fetched, Library, RegistryClient, trusted_root};
+pub use library::{Fetched, Library, RegistryClient, Trusted, trust_root, trusted_root};
 pub use manifest::{Capability, Manifest};
