@@ -859,9 +859,7 @@ impl Plugin {
         store.limiter(|s| s);
         // A component may call the host while it starts: under the same
         // budgets as a call, and a shadow's writes discarded.
-        store
-            .data_mut()
-            .begin_call(shared.shadowing.load(Ordering::Relaxed));
+        store.data_mut().begin_call(self.shadow);
         store.set_epoch_deadline(deadline_ticks(&shared.limits));
         store.set_hostcall_fuel(shared.limits.output_bytes);
         let bound = match &shared.pre {
