@@ -420,7 +420,9 @@ mod tests {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let exporter = rt.spawn(Exporter::new(log.clone(), sink).run(stopped));
 
-        // Sessions that find the writer's queue full append side by side.
+        // Eight threads append at once while the exporter reads: a record
+        // whose identifier became visible after a higher one would be
+        // skipped for good.
         let appenders: Vec<_> = (0..8)
             .map(|_| {
                 let log = log.clone();
