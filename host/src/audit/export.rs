@@ -3,12 +3,15 @@
 //!
 //! An exporter reads the records after its sink's cursor, delivers them,
 //! and moves the cursor only when the sink has accepted them; when the sink
-//! fails, or takes longer than the deadline of one attempt (half a minute)
-//! however little it answers at a time, it waits (one second, doubling to
-//! half a minute) and tries the same records again. Stopping does not wait
-//! for an attempt under way: what it was delivering goes again at the next
-//! start. The audit log on disk is the buffer, so a slow or
-//! absent SIEM never slows the traffic; its backlog is in the log lines.
+//! fails, or a network sink takes longer than the deadline of one attempt
+//! (half a minute) however little it answers at a time, it waits (one
+//! second, doubling to half a minute) and tries the same records again.
+//! Stopping does not wait for an attempt to a network sink: what it was
+//! sending goes again at the next start. A delivery to a file is never cut
+//! short, by the deadline or by stop: its lines and the cursor past them
+//! are written together, so each line is in the file once, and whole. The
+//! audit log on disk is the buffer, so a slow or absent SIEM never slows
+//! the traffic; its backlog is in the log lines.
 //!
 //! What "accepted" means depends on the sink:
 //! - `file`: appended and synced to disk;
@@ -27,7 +30,9 @@
 //! logged, counted and passed over. Every other failure is retried,
 //! however long the sink is down.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -40,9 +45,9 @@ use super::{AuditLog, Record, format};
 pub const BATCH: usize = 256;
 /// The longest wait between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// How long one delivery attempt may take, from connecting to the sink's
-/// last answer, by default: a receiver that drips its answer must not keep
-/// an attempt alive for hours.
+/// How long one delivery attempt to a network sink may take, from
+/// connecting to the sink's last answer, by default: a receiver that drips
+/// its answer must not keep an attempt alive for hours.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 /// How much of a webhook's answer is read.
 const MAX_ANSWER: usize = 8 * 1024;
@@ -135,7 +140,7 @@ pub struct Exporter {
     /// Records the sink refused for their size even alone, and that were
     /// passed over.
     undeliverable: u64,
-    /// How long one attempt may take.
+    /// How long one attempt to a network sink may take.
     deadline: Duration,
 }
 
@@ -160,8 +165,8 @@ impl Exporter {
         }
     }
 
-    /// The same exporter, whose attempts may each take `deadline` (default
-    /// [`DEADLINE`]).
+    /// The same exporter, whose attempts to a network sink may each take
+    /// `deadline` (default [`DEADLINE`]).
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = deadline;
         self
@@ -174,14 +179,20 @@ impl Exporter {
     }
 
     /// Deliver records until `stop` turns true (or its sender goes), then
-    /// return at once, even in the middle of an attempt.
+    /// return at once, even in the middle of an attempt to a network sink.
+    /// A delivery to a file ends first.
     pub async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
         let name = self.sink.name().to_owned();
         let mut backoff = Duration::from_secs(1);
         loop {
-            let attempt = tokio::select! {
-                attempt = self.deliver_next() => attempt,
-                _ = stop.wait_for(|stop| *stop) => return,
+            let attempt = match self.sink {
+                // Waited for, so that when `run` returns the cursor is past
+                // the lines written, and the next start writes none again.
+                SinkConfig::File { .. } => self.deliver_next().await,
+                _ => tokio::select! {
+                    attempt = self.deliver_next() => attempt,
+                    _ = stop.wait_for(|stop| *stop) => return,
+                },
             };
             let wait = match attempt {
                 Ok(0) => None,
@@ -221,11 +232,12 @@ impl Exporter {
         let Some(last) = page.last else {
             return Ok(0);
         };
-        // A page of damaged records only (skipped and counted by `read`)
-        // moves the cursor too.
-        let delivered = match page.records.as_slice() {
-            [] => Ok(()),
-            records => tokio::time::timeout(self.deadline, self.deliver(records))
+        let delivered = match (&self.sink, page.records.as_slice()) {
+            // A page of damaged records only (skipped and counted by
+            // `read`) moves the cursor too; a file's lines are appended
+            // below, with no deadline, by the task that moves the cursor.
+            (_, []) | (SinkConfig::File { .. }, _) => Ok(()),
+            (_, records) => tokio::time::timeout(self.deadline, self.deliver(records))
                 .await
                 .unwrap_or(Err(DeliveryError::Timeout(self.deadline))),
         };
@@ -246,28 +258,35 @@ impl Exporter {
                 return Err(e);
             }
         }
-        self.log.advance(self.sink.name(), last).map_err(io)?;
+        let file = match &self.sink {
+            SinkConfig::File { path, .. } => Some((path.clone(), json_lines(&page.records))),
+            _ => None,
+        };
+        // A task on the blocking pool runs to its end even if the attempt
+        // that started it is dropped (by stop, or by serve giving up on the
+        // exporter), so a file's lines go with the cursor past them: had the
+        // attempt been cut short between the two, the lines would go again,
+        // twice in the file; cut short within a write (tokio writes a file
+        // 2 MiB at a time, a full batch can be more), a line would stop half
+        // way.
+        tokio::task::spawn_blocking({
+            let (log, name) = (self.log.clone(), self.sink.name().to_owned());
+            move || {
+                if let Some((path, lines)) = file {
+                    append(&path, &lines)?;
+                }
+                log.advance(&name, last).map_err(io)
+            }
+        })
+        .await
+        .map_err(|e| DeliveryError::Io(std::io::Error::other(e)))??;
         Ok(page.records.len() + page.damaged)
     }
 
     async fn deliver(&self, records: &[Record]) -> Result<(), DeliveryError> {
         match &self.sink {
-            SinkConfig::File { path, .. } => {
-                let mut lines = String::new();
-                for record in records {
-                    lines.push_str(&json(record));
-                    lines.push('\n');
-                }
-                let mut file = tokio::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .mode(0o600)
-                    .open(path)
-                    .await?;
-                file.write_all(lines.as_bytes()).await?;
-                file.sync_data().await?;
-                Ok(())
-            }
+            // Appended in `deliver_next`, by the task that moves the cursor.
+            SinkConfig::File { .. } => Ok(()),
             SinkConfig::Webhook { url, .. } => post(url, records).await,
             SinkConfig::Syslog {
                 address, transport, ..
@@ -298,6 +317,31 @@ impl Exporter {
             }
         }
     }
+}
+
+/// `records` as JSON lines, each cut to fit.
+fn json_lines(records: &[Record]) -> String {
+    let mut lines = String::new();
+    for record in records {
+        lines.push_str(&json(record));
+        lines.push('\n');
+    }
+    lines
+}
+
+/// Append `lines` to the file at `path` (created 0600), and wait until
+/// they are on disk. Blocks.
+fn append(path: &Path, lines: &str) -> std::io::Result<()> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(lines.as_bytes())?;
+    file.sync_data()
 }
 
 /// `record` as one line of JSON, cut to fit.
@@ -534,6 +578,56 @@ mod tests {
             assert_eq!(message.contains("...[truncated "), i == 0, "{message}");
         }
         assert_eq!(log.backlog("udp").unwrap(), 0);
+    }
+
+    #[test]
+    fn a_stop_during_a_large_file_delivery_leaves_each_line_whole_and_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state")).unwrap();
+        let log = AuditLog::open(&store).unwrap();
+        let out = dir.path().join("audit.jsonl");
+        let sink = SinkConfig::File {
+            name: "file".into(),
+            path: out.clone(),
+        };
+        let rt = runtime();
+        let mut written = Vec::new();
+        for _ in 0..5 {
+            // A full batch of records rendered near the cap: about 2 MiB
+            // of lines, what tokio writes to a file in one go.
+            let big = (0..BATCH).map(|_| publish(&"t".repeat(7_800), "big"));
+            written.extend(log.append(big.collect()).unwrap());
+            let size = std::fs::metadata(&out).map_or(0, |m| m.len());
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let running = rt.spawn(Exporter::new(log.clone(), sink.clone()).run(stopped));
+            // Stop as soon as the delivery has begun to write.
+            let start = Instant::now();
+            while std::fs::metadata(&out).map_or(0, |m| m.len()) == size
+                && start.elapsed() < Duration::from_secs(10)
+            {
+                std::hint::spin_loop();
+            }
+            stop.send(true).unwrap();
+            rt.block_on(running).unwrap();
+        }
+        let mut exporter = Exporter::new(log.clone(), sink);
+        while rt.block_on(exporter.deliver_next()).unwrap() > 0 {}
+
+        let text = std::fs::read_to_string(&out).unwrap();
+        let delivered: Vec<u64> = (text.lines())
+            .map(|l| match serde_json::from_str::<Record>(l) {
+                Ok(record) => record.id,
+                Err(e) => panic!("a torn line ({e}): {}...", &l[..80.min(l.len())]),
+            })
+            .collect();
+        let expected: Vec<u64> = written.iter().map(|r| r.id).collect();
+        assert_eq!(delivered.len(), expected.len(), "each line once");
+        assert_eq!(delivered, expected, "in order");
+        assert!(
+            text.len() > 5 * 2_000_000,
+            "{} bytes: lines cut",
+            text.len()
+        );
     }
 
     /// A webhook that answers 413 to any batch holding a finding whose
