@@ -26,9 +26,11 @@
 //! Each record is cut to [`format::MAX_MESSAGE_BYTES`] as it is rendered.
 //! A batch that fails is halved for the next attempt (and grows back as
 //! deliveries succeed), so that one record a sink refuses for its size
-//! (HTTP 413, a datagram too long) ends up alone; refused alone, it is
-//! logged, counted and passed over. Every other failure is retried,
-//! however long the sink is down.
+//! (HTTP 413, a datagram too long) ends up alone. Refused alone, and
+//! rendered near the cap ([`PASS_OVER_AT`]), it can never be delivered: it
+//! is logged, counted and passed over. Every other failure, a small record
+//! refused for its size included, is retried, however long the sink is
+//! down.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -51,6 +53,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 pub const DEADLINE: Duration = Duration::from_secs(30);
 /// How much of a webhook's answer is read.
 const MAX_ANSWER: usize = 8 * 1024;
+/// A record the sink refuses for its size even alone is passed over only
+/// if it renders at least this long: half of [`format::MAX_MESSAGE_BYTES`].
+/// An alert renders in well under a kilobyte; one this long carries long
+/// strings from a device and was most likely cut to fit already, so it
+/// cannot get smaller and no retry would take it. A smaller record refused
+/// alone says that the sink refuses more than this record (a proxy's small
+/// body limit, a passing fault): it is tried again, so no alert is lost.
+pub const PASS_OVER_AT: usize = format::MAX_MESSAGE_BYTES / 2;
 
 /// One place audit records go.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,7 +130,8 @@ pub enum DeliveryError {
     #[error("webhook answered `{0}`")]
     Refused(String),
     /// The sink refused the records for their size: a webhook answered
-    /// 413, or a datagram was too long to send.
+    /// 413, or a datagram was too long to send. Retried, in a smaller
+    /// batch.
     #[error("too large for the sink: {0}")]
     TooLarge(String),
     /// The sink's configuration cannot work.
@@ -134,11 +145,11 @@ pub struct Exporter {
     log: AuditLog,
     sink: SinkConfig,
     hostname: String,
-    /// Records read for the next attempt: [`BATCH`], halved after each
-    /// failure, doubled after each success.
+    /// Records read for the next attempt: [`BATCH`], half of the records
+    /// tried after each failure, doubled after each success.
     batch: usize,
-    /// Records the sink refused for their size even alone, and that were
-    /// passed over.
+    /// Records the sink refused for their size even alone, rendered near
+    /// the cap, and that were passed over.
     undeliverable: u64,
     /// How long one attempt to a network sink may take.
     deadline: Duration,
@@ -172,8 +183,8 @@ impl Exporter {
         self
     }
 
-    /// How many records the sink refused for their size even alone, and
-    /// were passed over.
+    /// How many records the sink refused for their size even alone,
+    /// rendered near the cap ([`PASS_OVER_AT`]), and were passed over.
     pub fn undeliverable(&self) -> u64 {
         self.undeliverable
     }
@@ -200,9 +211,9 @@ impl Exporter {
                     backoff = Duration::from_secs(1);
                     continue;
                 }
-                // The batch is halved already: try again at once, until
-                // the record the sink refuses is alone and passed over.
-                Err(e @ DeliveryError::TooLarge(_)) => {
+                // The batch is halved already: while it can still shrink,
+                // try again at once, to find the record the sink refuses.
+                Err(e @ DeliveryError::TooLarge(_)) if self.batch > 1 => {
                     tracing::warn!(sink = %name, error = %e, batch = self.batch, "audit export refused for its size; trying a smaller batch");
                     continue;
                 }
@@ -243,18 +254,20 @@ impl Exporter {
         };
         match (delivered, page.records.as_slice()) {
             (Ok(()), _) => self.batch = self.batch.saturating_mul(2).min(BATCH),
-            (Err(e @ DeliveryError::TooLarge(_)), [record]) => {
+            (Err(e @ DeliveryError::TooLarge(_)), [record])
+                if self.rendered(record).len() >= PASS_OVER_AT =>
+            {
                 self.undeliverable = self.undeliverable.saturating_add(1);
                 tracing::error!(
                     sink = %self.sink.name(),
                     record = record.id,
                     error = %e,
                     undeliverable = self.undeliverable,
-                    "audit record refused by the sink even alone; passed over (it stays in the audit trail)"
+                    "audit record refused by the sink for its size even alone, and rendered near the cap; passed over (it stays in the audit trail)"
                 );
             }
-            (Err(e), _) => {
-                self.batch = (self.batch / 2).max(1);
+            (Err(e), records) => {
+                self.batch = (records.len() / 2).max(1);
                 return Err(e);
             }
         }
@@ -283,6 +296,16 @@ impl Exporter {
         Ok(page.records.len() + page.damaged)
     }
 
+    /// `record` as the sink gets it, cut to fit.
+    fn rendered(&self, record: &Record) -> String {
+        match &self.sink {
+            SinkConfig::File { .. } | SinkConfig::Webhook { .. } => json(record),
+            SinkConfig::Syslog { .. } => format::fitted(record, format::MAX_MESSAGE_BYTES, |r| {
+                format::syslog(r, &self.hostname)
+            }),
+        }
+    }
+
     async fn deliver(&self, records: &[Record]) -> Result<(), DeliveryError> {
         match &self.sink {
             // Appended in `deliver_next`, by the task that moves the cursor.
@@ -291,11 +314,7 @@ impl Exporter {
             SinkConfig::Syslog {
                 address, transport, ..
             } => {
-                let messages = records.iter().map(|r| {
-                    format::fitted(r, format::MAX_MESSAGE_BYTES, |r| {
-                        format::syslog(r, &self.hostname)
-                    })
-                });
+                let messages = records.iter().map(|r| self.rendered(r));
                 match transport {
                     SyslogTransport::Tcp => syslog_tcp(address, messages).await,
                     SyslogTransport::Udp => {
@@ -630,9 +649,13 @@ mod tests {
         );
     }
 
-    /// A webhook that answers 413 to any batch holding a finding whose
-    /// reason says `poison`, and keeps the identifiers of the rest.
-    async fn picky_webhook(listener: tokio::net::TcpListener, kept: Arc<Mutex<Vec<u64>>>) {
+    /// A webhook that answers 413 to the batches `refuses`, and keeps the
+    /// identifiers of the rest.
+    async fn webhook(
+        listener: tokio::net::TcpListener,
+        kept: Arc<Mutex<Vec<u64>>>,
+        mut refuses: impl FnMut(&[Record]) -> bool,
+    ) {
         while let Ok((mut stream, _)) = listener.accept().await {
             let mut request = Vec::new();
             let mut buf = [0u8; 4096];
@@ -652,11 +675,7 @@ mod tests {
                 }
             };
             let records: Vec<Record> = serde_json::from_str(&body).unwrap();
-            let poisoned = records.iter().any(|r| match &r.what {
-                What::Finding { reason, .. } => reason.contains("poison"),
-                What::Action { .. } => false,
-            });
-            let answer = if poisoned {
+            let answer = if refuses(&records) {
                 "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n"
             } else {
                 kept.lock().unwrap().extend(records.iter().map(|r| r.id));
@@ -674,7 +693,14 @@ mod tests {
             .unwrap();
         let url = format!("http://{}/audit", listener.local_addr().unwrap());
         let kept = Arc::default();
-        rt.spawn(picky_webhook(listener, Arc::clone(&kept)));
+        // Any batch that holds a finding whose reason says `poison`.
+        let poisoned = |records: &[Record]| {
+            records.iter().any(|r| match &r.what {
+                What::Finding { reason, .. } => reason.contains("poison"),
+                What::Action { .. } => false,
+            })
+        };
+        rt.spawn(webhook(listener, Arc::clone(&kept), poisoned));
         let store = Store::temporary().unwrap();
         let log = AuditLog::open(&store).unwrap();
         let mut exporter = Exporter::new(
@@ -685,7 +711,10 @@ mod tests {
             },
         );
         let before = log.append(entries(40)).unwrap();
-        let poison = log.append(vec![publish("a/b", "poison")]).unwrap();
+        // Cut to fit, and still refused.
+        let poison = log
+            .append(vec![publish(&"t".repeat(70_000), "poison")])
+            .unwrap();
         let after = log.append(entries(40)).unwrap();
         for _ in 0..40 {
             if log.backlog("webhook").unwrap() == 0 {
@@ -697,6 +726,79 @@ mod tests {
         assert_eq!(*kept.lock().unwrap(), expected, "in order, each once");
         assert_eq!(log.cursor("webhook").unwrap(), after[39].id);
         assert_eq!(exporter.undeliverable(), 1, "{poison:?}");
+    }
+
+    #[test]
+    fn a_webhook_that_answers_413_for_a_while_gets_every_record() {
+        let rt = runtime();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let url = format!("http://{}/audit", listener.local_addr().unwrap());
+        let kept = Arc::default();
+        // A proxy in front of the SIEM answers 413 to the first twelve
+        // requests, whatever their size, then lets everything through.
+        let mut refusals = 12;
+        let refuses = move |_: &[Record]| {
+            let refuse = refusals > 0;
+            refusals -= usize::from(refuse);
+            refuse
+        };
+        rt.spawn(webhook(listener, Arc::clone(&kept), refuses));
+        let store = Store::temporary().unwrap();
+        let log = AuditLog::open(&store).unwrap();
+        let mut exporter = Exporter::new(
+            log.clone(),
+            SinkConfig::Webhook {
+                name: "webhook".into(),
+                url,
+            },
+        );
+        let written = log.append(entries(40)).unwrap();
+        for _ in 0..40 {
+            if log.backlog("webhook").unwrap() == 0 {
+                break;
+            }
+            let _ = rt.block_on(exporter.deliver_next());
+        }
+        let expected: Vec<u64> = written.iter().map(|r| r.id).collect();
+        assert_eq!(*kept.lock().unwrap(), expected, "in order, each once");
+        assert_eq!(exporter.undeliverable(), 0);
+    }
+
+    #[test]
+    fn a_small_record_refused_for_its_size_waits_its_turn_and_does_not_spin() {
+        let rt = runtime();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let url = format!("http://{}/audit", listener.local_addr().unwrap());
+        let kept = Arc::default();
+        let requests = Arc::new(Mutex::new(0));
+        let counted = Arc::clone(&requests);
+        let refuses = move |_: &[Record]| {
+            *counted.lock().unwrap() += 1;
+            true
+        };
+        rt.spawn(webhook(listener, Arc::clone(&kept), refuses));
+        let store = Store::temporary().unwrap();
+        let log = AuditLog::open(&store).unwrap();
+        log.append(entries(40)).unwrap();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let sink = SinkConfig::Webhook {
+            name: "webhook".into(),
+            url,
+        };
+        let running = rt.spawn(Exporter::new(log.clone(), sink).run(stopped));
+        std::thread::sleep(Duration::from_millis(1500));
+        stop.send(true).unwrap();
+        rt.block_on(running).unwrap();
+        // 40, 20, 10, 5 and 2 records at once; then one alone, again
+        // after a second: not a request per millisecond.
+        let requests = *requests.lock().unwrap();
+        assert!((6..=8).contains(&requests), "{requests} requests");
+        assert!(kept.lock().unwrap().is_empty());
+        assert_eq!(log.backlog("webhook").unwrap(), 40, "none passed over");
     }
 
     /// A receiver that takes whatever it is sent and answers one byte
