@@ -137,6 +137,9 @@ pub enum DeliveryError {
     /// The sink's configuration cannot work.
     #[error("{0}")]
     Config(String),
+    /// The audit trail could not be read, or the sink's cursor moved.
+    #[error(transparent)]
+    Trail(#[from] super::AuditError),
 }
 
 /// Delivers the audit trail to one sink.
@@ -218,7 +221,13 @@ impl Exporter {
                     continue;
                 }
                 Err(e) => {
-                    let backlog = self.log.backlog(&name).unwrap_or(0);
+                    // Counting scans every record after the cursor (a
+                    // second or more after a long outage): off the worker,
+                    // and stop does not wait for it.
+                    let backlog = tokio::select! {
+                        backlog = self.on_log(|log, sink| Ok(log.backlog(sink)?)) => backlog.unwrap_or(0),
+                        _ = stop.wait_for(|stop| *stop) => return,
+                    };
                     tracing::warn!(sink = %name, error = %e, backlog, "audit export failed; will retry");
                     let wait = backoff;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -237,9 +246,10 @@ impl Exporter {
     /// Deliver the next batch, if there is one. Returns how many records
     /// the sink's cursor moved past: delivered, or skipped as damaged.
     pub async fn deliver_next(&mut self) -> Result<usize, DeliveryError> {
-        let io = |e: super::AuditError| DeliveryError::Io(std::io::Error::other(e));
-        let cursor = self.log.cursor(self.sink.name()).map_err(io)?;
-        let page = self.log.read(cursor, self.batch).map_err(io)?;
+        let batch = self.batch;
+        let page = self
+            .on_log(move |log, sink| Ok(log.read(log.cursor(sink)?, batch)?))
+            .await?;
         let Some(last) = page.last else {
             return Ok(0);
         };
@@ -282,18 +292,27 @@ impl Exporter {
         // twice in the file; cut short within a write (tokio writes a file
         // 2 MiB at a time, a full batch can be more), a line would stop half
         // way.
-        tokio::task::spawn_blocking({
-            let (log, name) = (self.log.clone(), self.sink.name().to_owned());
-            move || {
-                if let Some((path, lines)) = file {
-                    append(&path, &lines)?;
-                }
-                log.advance(&name, last).map_err(io)
+        self.on_log(move |log, sink| {
+            if let Some((path, lines)) = file {
+                append(&path, &lines)?;
             }
+            Ok(log.advance(sink, last)?)
         })
-        .await
-        .map_err(|e| DeliveryError::Io(std::io::Error::other(e)))??;
+        .await?;
         Ok(page.records.len() + page.damaged)
+    }
+
+    /// `f` on the audit log and the sink's name, in a task on the blocking
+    /// pool: sled reads, scans and flushes wait for the disk, which an
+    /// async worker must not (its other tasks are sessions).
+    async fn on_log<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&AuditLog, &str) -> Result<T, DeliveryError> + Send + 'static,
+    ) -> Result<T, DeliveryError> {
+        let (log, sink) = (self.log.clone(), self.sink.name().to_owned());
+        tokio::task::spawn_blocking(move || f(&log, &sink))
+            .await
+            .map_err(|e| DeliveryError::Io(std::io::Error::other(e)))?
     }
 
     /// `record` as the sink gets it, cut to fit.
@@ -799,6 +818,49 @@ mod tests {
         assert!((6..=8).contains(&requests), "{requests} requests");
         assert!(kept.lock().unwrap().is_empty());
         assert_eq!(log.backlog("webhook").unwrap(), 40, "none passed over");
+    }
+
+    #[test]
+    fn a_failing_sink_counts_its_backlog_off_the_async_worker() {
+        let rt = runtime();
+        let store = Store::temporary().unwrap();
+        let log = AuditLog::open(&store).unwrap();
+        // A SIEM down for a while: a hundred thousand records wait.
+        for _ in 0..100 {
+            log.append(entries(1000)).unwrap();
+        }
+        // Nothing listens there: every attempt fails, and says how far
+        // behind the sink is.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        let sink = SinkConfig::Syslog {
+            name: "syslog".into(),
+            address,
+            transport: SyslogTransport::Tcp,
+            hostname: None,
+        };
+        // A session's task on the same worker: the longest it waits past
+        // its 5 ms timer, over two failed attempts.
+        let late = rt.spawn(async {
+            let mut worst = Duration::ZERO;
+            let end = Instant::now() + Duration::from_millis(1500);
+            while Instant::now() < end {
+                let start = Instant::now();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                worst = worst.max(start.elapsed().saturating_sub(Duration::from_millis(5)));
+            }
+            worst
+        });
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let running = rt.spawn(Exporter::new(log.clone(), sink).run(stopped));
+        let worst = rt.block_on(late).unwrap();
+        stop.send(true).unwrap();
+        rt.block_on(running).unwrap();
+        assert!(
+            worst < Duration::from_millis(30),
+            "the worker stalled {worst:?}"
+        );
     }
 
     /// A receiver that takes whatever it is sent and answers one byte
