@@ -18,6 +18,7 @@ pub mod identity;
 pub mod plugins;
 pub mod policy;
 pub mod registry;
+mod runtime;
 pub mod session;
 pub mod store;
 pub mod transport;

@@ -3,12 +3,15 @@
 //!
 //! An exporter reads the records after its sink's cursor, delivers them,
 //! and moves the cursor only when the sink has accepted them; when the sink
-//! fails, or takes longer than the deadline of one attempt (half a minute)
-//! however little it answers at a time, it waits (one second, doubling to
-//! half a minute) and tries the same records again. Stopping does not wait
-//! for an attempt under way: what it was delivering goes again at the next
-//! start. The audit log on disk is the buffer, so a slow or
-//! absent SIEM never slows the traffic; its backlog is in the log lines.
+//! fails, or a network sink takes longer than the deadline of one attempt
+//! (half a minute) however little it answers at a time, it waits (one
+//! second, doubling to half a minute) and tries the same records again.
+//! Stopping does not wait for an attempt to a network sink: what it was
+//! sending goes again at the next start. A delivery to a file is never cut
+//! short, by the deadline or by stop: its lines and the cursor past them
+//! are written together, so each line is in the file once, and whole. The
+//! audit log on disk is the buffer, so a slow or absent SIEM never slows
+//! the traffic; its backlog is in the log lines.
 //!
 //! What "accepted" means depends on the sink:
 //! - `file`: appended and synced to disk;
@@ -23,11 +26,15 @@
 //! Each record is cut to [`format::MAX_MESSAGE_BYTES`] as it is rendered.
 //! A batch that fails is halved for the next attempt (and grows back as
 //! deliveries succeed), so that one record a sink refuses for its size
-//! (HTTP 413, a datagram too long) ends up alone; refused alone, it is
-//! logged, counted and passed over. Every other failure is retried,
-//! however long the sink is down.
+//! (HTTP 413, a datagram too long) ends up alone. Refused alone, and
+//! rendered near the cap ([`PASS_OVER_AT`]), it can never be delivered: it
+//! is logged, counted and passed over. Every other failure, a small record
+//! refused for its size included, is retried, however long the sink is
+//! down.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -40,12 +47,20 @@ use super::{AuditLog, Record, format};
 pub const BATCH: usize = 256;
 /// The longest wait between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// How long one delivery attempt may take, from connecting to the sink's
-/// last answer, by default: a receiver that drips its answer must not keep
-/// an attempt alive for hours.
+/// How long one delivery attempt to a network sink may take, from
+/// connecting to the sink's last answer, by default: a receiver that drips
+/// its answer must not keep an attempt alive for hours.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 /// How much of a webhook's answer is read.
 const MAX_ANSWER: usize = 8 * 1024;
+/// A record the sink refuses for its size even alone is passed over only
+/// if it renders at least this long: half of [`format::MAX_MESSAGE_BYTES`].
+/// An alert renders in well under a kilobyte; one this long carries long
+/// strings from a device and was most likely cut to fit already, so it
+/// cannot get smaller and no retry would take it. A smaller record refused
+/// alone says that the sink refuses more than this record (a proxy's small
+/// body limit, a passing fault): it is tried again, so no alert is lost.
+pub const PASS_OVER_AT: usize = format::MAX_MESSAGE_BYTES / 2;
 
 /// One place audit records go.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,12 +130,16 @@ pub enum DeliveryError {
     #[error("webhook answered `{0}`")]
     Refused(String),
     /// The sink refused the records for their size: a webhook answered
-    /// 413, or a datagram was too long to send.
+    /// 413, or a datagram was too long to send. Retried, in a smaller
+    /// batch.
     #[error("too large for the sink: {0}")]
     TooLarge(String),
     /// The sink's configuration cannot work.
     #[error("{0}")]
     Config(String),
+    /// The audit trail could not be read, or the sink's cursor moved.
+    #[error(transparent)]
+    Trail(#[from] super::AuditError),
 }
 
 /// Delivers the audit trail to one sink.
@@ -129,13 +148,13 @@ pub struct Exporter {
     log: AuditLog,
     sink: SinkConfig,
     hostname: String,
-    /// Records read for the next attempt: [`BATCH`], halved after each
-    /// failure, doubled after each success.
+    /// Records read for the next attempt: [`BATCH`], half of the records
+    /// tried after each failure, doubled after each success.
     batch: usize,
-    /// Records the sink refused for their size even alone, and that were
-    /// passed over.
+    /// Records the sink refused for their size even alone, rendered near
+    /// the cap, and that were passed over.
     undeliverable: u64,
-    /// How long one attempt may take.
+    /// How long one attempt to a network sink may take.
     deadline: Duration,
 }
 
@@ -160,28 +179,34 @@ impl Exporter {
         }
     }
 
-    /// The same exporter, whose attempts may each take `deadline` (default
-    /// [`DEADLINE`]).
+    /// The same exporter, whose attempts to a network sink may each take
+    /// `deadline` (default [`DEADLINE`]).
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = deadline;
         self
     }
 
-    /// How many records the sink refused for their size even alone, and
-    /// were passed over.
+    /// How many records the sink refused for their size even alone,
+    /// rendered near the cap ([`PASS_OVER_AT`]), and were passed over.
     pub fn undeliverable(&self) -> u64 {
         self.undeliverable
     }
 
     /// Deliver records until `stop` turns true (or its sender goes), then
-    /// return at once, even in the middle of an attempt.
+    /// return at once, even in the middle of an attempt to a network sink.
+    /// A delivery to a file ends first.
     pub async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
         let name = self.sink.name().to_owned();
         let mut backoff = Duration::from_secs(1);
         loop {
-            let attempt = tokio::select! {
-                attempt = self.deliver_next() => attempt,
-                _ = stop.wait_for(|stop| *stop) => return,
+            let attempt = match self.sink {
+                // Waited for, so that when `run` returns the cursor is past
+                // the lines written, and the next start writes none again.
+                SinkConfig::File { .. } => self.deliver_next().await,
+                _ => tokio::select! {
+                    attempt = self.deliver_next() => attempt,
+                    _ = stop.wait_for(|stop| *stop) => return,
+                },
             };
             let wait = match attempt {
                 Ok(0) => None,
@@ -189,14 +214,20 @@ impl Exporter {
                     backoff = Duration::from_secs(1);
                     continue;
                 }
-                // The batch is halved already: try again at once, until
-                // the record the sink refuses is alone and passed over.
-                Err(e @ DeliveryError::TooLarge(_)) => {
+                // The batch is halved already: while it can still shrink,
+                // try again at once, to find the record the sink refuses.
+                Err(e @ DeliveryError::TooLarge(_)) if self.batch > 1 => {
                     tracing::warn!(sink = %name, error = %e, batch = self.batch, "audit export refused for its size; trying a smaller batch");
                     continue;
                 }
                 Err(e) => {
-                    let backlog = self.log.backlog(&name).unwrap_or(0);
+                    // Counting scans every record after the cursor (a
+                    // second or more after a long outage): off the worker,
+                    // and stop does not wait for it.
+                    let backlog = tokio::select! {
+                        backlog = self.on_log(|log, sink| Ok(log.backlog(sink)?)) => backlog.unwrap_or(0),
+                        _ = stop.wait_for(|stop| *stop) => return,
+                    };
                     tracing::warn!(sink = %name, error = %e, backlog, "audit export failed; will retry");
                     let wait = backoff;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -215,68 +246,94 @@ impl Exporter {
     /// Deliver the next batch, if there is one. Returns how many records
     /// the sink's cursor moved past: delivered, or skipped as damaged.
     pub async fn deliver_next(&mut self) -> Result<usize, DeliveryError> {
-        let io = |e: super::AuditError| DeliveryError::Io(std::io::Error::other(e));
-        let cursor = self.log.cursor(self.sink.name()).map_err(io)?;
-        let page = self.log.read(cursor, self.batch).map_err(io)?;
+        let batch = self.batch;
+        let page = self
+            .on_log(move |log, sink| Ok(log.read(log.cursor(sink)?, batch)?))
+            .await?;
         let Some(last) = page.last else {
             return Ok(0);
         };
-        // A page of damaged records only (skipped and counted by `read`)
-        // moves the cursor too.
-        let delivered = match page.records.as_slice() {
-            [] => Ok(()),
-            records => tokio::time::timeout(self.deadline, self.deliver(records))
+        let delivered = match (&self.sink, page.records.as_slice()) {
+            // A page of damaged records only (skipped and counted by
+            // `read`) moves the cursor too; a file's lines are appended
+            // below, with no deadline, by the task that moves the cursor.
+            (_, []) | (SinkConfig::File { .. }, _) => Ok(()),
+            (_, records) => tokio::time::timeout(self.deadline, self.deliver(records))
                 .await
                 .unwrap_or(Err(DeliveryError::Timeout(self.deadline))),
         };
         match (delivered, page.records.as_slice()) {
             (Ok(()), _) => self.batch = self.batch.saturating_mul(2).min(BATCH),
-            (Err(e @ DeliveryError::TooLarge(_)), [record]) => {
+            (Err(e @ DeliveryError::TooLarge(_)), [record])
+                if self.rendered(record).len() >= PASS_OVER_AT =>
+            {
                 self.undeliverable = self.undeliverable.saturating_add(1);
                 tracing::error!(
                     sink = %self.sink.name(),
                     record = record.id,
                     error = %e,
                     undeliverable = self.undeliverable,
-                    "audit record refused by the sink even alone; passed over (it stays in the audit trail)"
+                    "audit record refused by the sink for its size even alone, and rendered near the cap; passed over (it stays in the audit trail)"
                 );
             }
-            (Err(e), _) => {
-                self.batch = (self.batch / 2).max(1);
+            (Err(e), records) => {
+                self.batch = (records.len() / 2).max(1);
                 return Err(e);
             }
         }
-        self.log.advance(self.sink.name(), last).map_err(io)?;
+        let file = match &self.sink {
+            SinkConfig::File { path, .. } => Some((path.clone(), json_lines(&page.records))),
+            _ => None,
+        };
+        // A task on the blocking pool runs to its end even if the attempt
+        // that started it is dropped (by stop, or by serve giving up on the
+        // exporter), so a file's lines go with the cursor past them: had the
+        // attempt been cut short between the two, the lines would go again,
+        // twice in the file; cut short within a write (tokio writes a file
+        // 2 MiB at a time, a full batch can be more), a line would stop half
+        // way.
+        self.on_log(move |log, sink| {
+            if let Some((path, lines)) = file {
+                append(&path, &lines)?;
+            }
+            Ok(log.advance(sink, last)?)
+        })
+        .await?;
         Ok(page.records.len() + page.damaged)
+    }
+
+    /// `f` on the audit log and the sink's name, in a task on the blocking
+    /// pool: sled reads, scans and flushes wait for the disk, which an
+    /// async worker must not (its other tasks are sessions).
+    async fn on_log<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&AuditLog, &str) -> Result<T, DeliveryError> + Send + 'static,
+    ) -> Result<T, DeliveryError> {
+        let (log, sink) = (self.log.clone(), self.sink.name().to_owned());
+        tokio::task::spawn_blocking(move || f(&log, &sink))
+            .await
+            .map_err(|e| DeliveryError::Io(std::io::Error::other(e)))?
+    }
+
+    /// `record` as the sink gets it, cut to fit.
+    fn rendered(&self, record: &Record) -> String {
+        match &self.sink {
+            SinkConfig::File { .. } | SinkConfig::Webhook { .. } => json(record),
+            SinkConfig::Syslog { .. } => format::fitted(record, format::MAX_MESSAGE_BYTES, |r| {
+                format::syslog(r, &self.hostname)
+            }),
+        }
     }
 
     async fn deliver(&self, records: &[Record]) -> Result<(), DeliveryError> {
         match &self.sink {
-            SinkConfig::File { path, .. } => {
-                let mut lines = String::new();
-                for record in records {
-                    lines.push_str(&json(record));
-                    lines.push('\n');
-                }
-                let mut file = tokio::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .mode(0o600)
-                    .open(path)
-                    .await?;
-                file.write_all(lines.as_bytes()).await?;
-                file.sync_data().await?;
-                Ok(())
-            }
+            // Appended in `deliver_next`, by the task that moves the cursor.
+            SinkConfig::File { .. } => Ok(()),
             SinkConfig::Webhook { url, .. } => post(url, records).await,
             SinkConfig::Syslog {
                 address, transport, ..
             } => {
-                let messages = records.iter().map(|r| {
-                    format::fitted(r, format::MAX_MESSAGE_BYTES, |r| {
-                        format::syslog(r, &self.hostname)
-                    })
-                });
+                let messages = records.iter().map(|r| self.rendered(r));
                 match transport {
                     SyslogTransport::Tcp => syslog_tcp(address, messages).await,
                     SyslogTransport::Udp => {
@@ -298,6 +355,31 @@ impl Exporter {
             }
         }
     }
+}
+
+/// `records` as JSON lines, each cut to fit.
+fn json_lines(records: &[Record]) -> String {
+    let mut lines = String::new();
+    for record in records {
+        lines.push_str(&json(record));
+        lines.push('\n');
+    }
+    lines
+}
+
+/// Append `lines` to the file at `path` (created 0600), and wait until
+/// they are on disk. Blocks.
+fn append(path: &Path, lines: &str) -> std::io::Result<()> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(lines.as_bytes())?;
+    file.sync_data()
 }
 
 /// `record` as one line of JSON, cut to fit.
@@ -420,7 +502,9 @@ mod tests {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let exporter = rt.spawn(Exporter::new(log.clone(), sink).run(stopped));
 
-        // Sessions that find the writer's queue full append side by side.
+        // Eight threads append at once while the exporter reads: a record
+        // whose identifier became visible after a higher one would be
+        // skipped for good.
         let appenders: Vec<_> = (0..8)
             .map(|_| {
                 let log = log.clone();
@@ -534,9 +618,63 @@ mod tests {
         assert_eq!(log.backlog("udp").unwrap(), 0);
     }
 
-    /// A webhook that answers 413 to any batch holding a finding whose
-    /// reason says `poison`, and keeps the identifiers of the rest.
-    async fn picky_webhook(listener: tokio::net::TcpListener, kept: Arc<Mutex<Vec<u64>>>) {
+    #[test]
+    fn a_stop_during_a_large_file_delivery_leaves_each_line_whole_and_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state")).unwrap();
+        let log = AuditLog::open(&store).unwrap();
+        let out = dir.path().join("audit.jsonl");
+        let sink = SinkConfig::File {
+            name: "file".into(),
+            path: out.clone(),
+        };
+        let rt = runtime();
+        let mut written = Vec::new();
+        for _ in 0..5 {
+            // A full batch of records rendered near the cap: about 2 MiB
+            // of lines, what tokio writes to a file in one go.
+            let big = (0..BATCH).map(|_| publish(&"t".repeat(7_800), "big"));
+            written.extend(log.append(big.collect()).unwrap());
+            let size = std::fs::metadata(&out).map_or(0, |m| m.len());
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let running = rt.spawn(Exporter::new(log.clone(), sink.clone()).run(stopped));
+            // Stop as soon as the delivery has begun to write.
+            let start = Instant::now();
+            while std::fs::metadata(&out).map_or(0, |m| m.len()) == size
+                && start.elapsed() < Duration::from_secs(10)
+            {
+                std::hint::spin_loop();
+            }
+            stop.send(true).unwrap();
+            rt.block_on(running).unwrap();
+        }
+        let mut exporter = Exporter::new(log.clone(), sink);
+        while rt.block_on(exporter.deliver_next()).unwrap() > 0 {}
+
+        let text = std::fs::read_to_string(&out).unwrap();
+        let delivered: Vec<u64> = (text.lines())
+            .map(|l| match serde_json::from_str::<Record>(l) {
+                Ok(record) => record.id,
+                Err(e) => panic!("a torn line ({e}): {}...", &l[..80.min(l.len())]),
+            })
+            .collect();
+        let expected: Vec<u64> = written.iter().map(|r| r.id).collect();
+        assert_eq!(delivered.len(), expected.len(), "each line once");
+        assert_eq!(delivered, expected, "in order");
+        assert!(
+            text.len() > 5 * 2_000_000,
+            "{} bytes: lines cut",
+            text.len()
+        );
+    }
+
+    /// A webhook that answers 413 to the batches `refuses`, and keeps the
+    /// identifiers of the rest.
+    async fn webhook(
+        listener: tokio::net::TcpListener,
+        kept: Arc<Mutex<Vec<u64>>>,
+        mut refuses: impl FnMut(&[Record]) -> bool,
+    ) {
         while let Ok((mut stream, _)) = listener.accept().await {
             let mut request = Vec::new();
             let mut buf = [0u8; 4096];
@@ -556,11 +694,7 @@ mod tests {
                 }
             };
             let records: Vec<Record> = serde_json::from_str(&body).unwrap();
-            let poisoned = records.iter().any(|r| match &r.what {
-                What::Finding { reason, .. } => reason.contains("poison"),
-                What::Action { .. } => false,
-            });
-            let answer = if poisoned {
+            let answer = if refuses(&records) {
                 "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n"
             } else {
                 kept.lock().unwrap().extend(records.iter().map(|r| r.id));
@@ -578,7 +712,14 @@ mod tests {
             .unwrap();
         let url = format!("http://{}/audit", listener.local_addr().unwrap());
         let kept = Arc::default();
-        rt.spawn(picky_webhook(listener, Arc::clone(&kept)));
+        // Any batch that holds a finding whose reason says `poison`.
+        let poisoned = |records: &[Record]| {
+            records.iter().any(|r| match &r.what {
+                What::Finding { reason, .. } => reason.contains("poison"),
+                What::Action { .. } => false,
+            })
+        };
+        rt.spawn(webhook(listener, Arc::clone(&kept), poisoned));
         let store = Store::temporary().unwrap();
         let log = AuditLog::open(&store).unwrap();
         let mut exporter = Exporter::new(
@@ -589,7 +730,10 @@ mod tests {
             },
         );
         let before = log.append(entries(40)).unwrap();
-        let poison = log.append(vec![publish("a/b", "poison")]).unwrap();
+        // Cut to fit, and still refused.
+        let poison = log
+            .append(vec![publish(&"t".repeat(70_000), "poison")])
+            .unwrap();
         let after = log.append(entries(40)).unwrap();
         for _ in 0..40 {
             if log.backlog("webhook").unwrap() == 0 {
@@ -601,6 +745,122 @@ mod tests {
         assert_eq!(*kept.lock().unwrap(), expected, "in order, each once");
         assert_eq!(log.cursor("webhook").unwrap(), after[39].id);
         assert_eq!(exporter.undeliverable(), 1, "{poison:?}");
+    }
+
+    #[test]
+    fn a_webhook_that_answers_413_for_a_while_gets_every_record() {
+        let rt = runtime();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let url = format!("http://{}/audit", listener.local_addr().unwrap());
+        let kept = Arc::default();
+        // A proxy in front of the SIEM answers 413 to the first twelve
+        // requests, whatever their size, then lets everything through.
+        let mut refusals = 12;
+        let refuses = move |_: &[Record]| {
+            let refuse = refusals > 0;
+            refusals -= usize::from(refuse);
+            refuse
+        };
+        rt.spawn(webhook(listener, Arc::clone(&kept), refuses));
+        let store = Store::temporary().unwrap();
+        let log = AuditLog::open(&store).unwrap();
+        let mut exporter = Exporter::new(
+            log.clone(),
+            SinkConfig::Webhook {
+                name: "webhook".into(),
+                url,
+            },
+        );
+        let written = log.append(entries(40)).unwrap();
+        for _ in 0..40 {
+            if log.backlog("webhook").unwrap() == 0 {
+                break;
+            }
+            let _ = rt.block_on(exporter.deliver_next());
+        }
+        let expected: Vec<u64> = written.iter().map(|r| r.id).collect();
+        assert_eq!(*kept.lock().unwrap(), expected, "in order, each once");
+        assert_eq!(exporter.undeliverable(), 0);
+    }
+
+    #[test]
+    fn a_small_record_refused_for_its_size_waits_its_turn_and_does_not_spin() {
+        let rt = runtime();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let url = format!("http://{}/audit", listener.local_addr().unwrap());
+        let kept = Arc::default();
+        let requests = Arc::new(Mutex::new(0));
+        let counted = Arc::clone(&requests);
+        let refuses = move |_: &[Record]| {
+            *counted.lock().unwrap() += 1;
+            true
+        };
+        rt.spawn(webhook(listener, Arc::clone(&kept), refuses));
+        let store = Store::temporary().unwrap();
+        let log = AuditLog::open(&store).unwrap();
+        log.append(entries(40)).unwrap();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let sink = SinkConfig::Webhook {
+            name: "webhook".into(),
+            url,
+        };
+        let running = rt.spawn(Exporter::new(log.clone(), sink).run(stopped));
+        std::thread::sleep(Duration::from_millis(1500));
+        stop.send(true).unwrap();
+        rt.block_on(running).unwrap();
+        // 40, 20, 10, 5 and 2 records at once; then one alone, again
+        // after a second: not a request per millisecond.
+        let requests = *requests.lock().unwrap();
+        assert!((6..=8).contains(&requests), "{requests} requests");
+        assert!(kept.lock().unwrap().is_empty());
+        assert_eq!(log.backlog("webhook").unwrap(), 40, "none passed over");
+    }
+
+    #[test]
+    fn a_failing_sink_counts_its_backlog_off_the_async_worker() {
+        let rt = runtime();
+        let store = Store::temporary().unwrap();
+        let log = AuditLog::open(&store).unwrap();
+        // A SIEM down for a while: a hundred thousand records wait.
+        for _ in 0..100 {
+            log.append(entries(1000)).unwrap();
+        }
+        // Nothing listens there: every attempt fails, and says how far
+        // behind the sink is.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        let sink = SinkConfig::Syslog {
+            name: "syslog".into(),
+            address,
+            transport: SyslogTransport::Tcp,
+            hostname: None,
+        };
+        // A session's task on the same worker: the longest it waits past
+        // its 5 ms timer, over two failed attempts.
+        let late = rt.spawn(async {
+            let mut worst = Duration::ZERO;
+            let end = Instant::now() + Duration::from_millis(1500);
+            while Instant::now() < end {
+                let start = Instant::now();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                worst = worst.max(start.elapsed().saturating_sub(Duration::from_millis(5)));
+            }
+            worst
+        });
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let running = rt.spawn(Exporter::new(log.clone(), sink).run(stopped));
+        let worst = rt.block_on(late).unwrap();
+        stop.send(true).unwrap();
+        rt.block_on(running).unwrap();
+        assert!(
+            worst < Duration::from_millis(30),
+            "the worker stalled {worst:?}"
+        );
     }
 
     /// A receiver that takes whatever it is sent and answers one byte

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, error};
 
 use super::{AuditLog, Entry, Retention};
+use crate::runtime::blocking;
 
 /// Batches of entries waiting for the writer.
 const DEPTH: usize = 1024;
@@ -84,18 +85,6 @@ impl AuditQueue {
         if self.sender.send(Item::Drained(done)).is_ok() {
             let _ = wait.recv_timeout(patience);
         }
-    }
-}
-
-/// Run `f`, which blocks; on a multi-threaded tokio runtime, first let the
-/// worker's other tasks move to another worker, so that sessions on the
-/// same worker carry on.
-fn blocking<R>(f: impl FnOnce() -> R) -> R {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
-        // No runtime, or one whose only thread is this one: nothing to move.
-        _ => f(),
     }
 }
 

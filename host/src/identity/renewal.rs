@@ -171,15 +171,8 @@ async fn handle<S: AsyncRead + Unpin>(
                 .map_err(|e| RenewalError::Issue(e.to_string()))?;
             // The record reaches the disk before the answer goes: that
             // waits for the disk, which an async worker must not.
-            let record = || registry.record_issued(&request, &issued.claims);
-            let multi_thread = tokio::runtime::Handle::try_current()
-                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-            let recorded = if multi_thread {
-                tokio::task::block_in_place(record)
-            } else {
-                record()
-            };
-            recorded.map_err(|e| RenewalError::Issue(e.to_string()))?;
+            crate::runtime::blocking(|| registry.record_issued(&request, &issued.claims))
+                .map_err(|e| RenewalError::Issue(e.to_string()))?;
             Ok((
                 STANDARD.encode(certs_only(&[&issued.der, pki.ca_der()])),
                 Served::Renewed(issued.claims.serial),

@@ -13,10 +13,10 @@
 //! failure ends it before any frame of the chunk is forwarded.
 //!
 //! Plugin calls are synchronous (wasmtime, microseconds, bounded by a 50 ms
-//! deadline). A call on a small input runs in place; one on a large input,
-//! on the multi-threaded runtime, inside [`tokio::task::block_in_place`], so
-//! that a long call costs its own session and not the other sessions of
-//! the same worker thread (see [`INLINE_INPUT`]).
+//! deadline). A call on a small input runs in place; one on a large input
+//! through [`crate::runtime::blocking`], so that a long call costs its own
+//! session and not the other sessions of the same worker thread (see
+//! [`INLINE_INPUT`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -453,7 +453,7 @@ fn lock(pipeline: &Mutex<Pipeline>) -> std::sync::MutexGuard<'_, Pipeline> {
 }
 
 /// Inputs up to this size are parsed in place on the async worker; larger
-/// ones inside [`tokio::task::block_in_place`]. A parser call on a few
+/// ones through [`crate::runtime::blocking`]. A parser call on a few
 /// frames takes microseconds, less than handing the worker's other tasks to
 /// another thread costs (measured: running in place takes about 7 µs off
 /// each call, 14 µs off an MQTT PUBLISH to PUBACK round trip); a call on a
@@ -471,10 +471,8 @@ fn inspect(
 ) -> Result<Inspected, PipelineError> {
     let mut pipeline = lock(pipeline);
     let input = pipeline.pending(direction).saturating_add(bytes.len());
-    let multi_thread = tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if multi_thread && input > INLINE_INPUT {
-        tokio::task::block_in_place(|| pipeline.push(direction, bytes))
+    if input > INLINE_INPUT {
+        crate::runtime::blocking(|| pipeline.push(direction, bytes))
     } else {
         pipeline.push(direction, bytes)
     }
