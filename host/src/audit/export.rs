@@ -820,49 +820,6 @@ mod tests {
         assert_eq!(log.backlog("webhook").unwrap(), 40, "none passed over");
     }
 
-    #[test]
-    fn a_failing_sink_counts_its_backlog_off_the_async_worker() {
-        let rt = runtime();
-        let store = Store::temporary().unwrap();
-        let log = AuditLog::open(&store).unwrap();
-        // A SIEM down for a while: a hundred thousand records wait.
-        for _ in 0..100 {
-            log.append(entries(1000)).unwrap();
-        }
-        // Nothing listens there: every attempt fails, and says how far
-        // behind the sink is.
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let address = closed.local_addr().unwrap().to_string();
-        drop(closed);
-        let sink = SinkConfig::Syslog {
-            name: "syslog".into(),
-            address,
-            transport: SyslogTransport::Tcp,
-            hostname: None,
-        };
-        // A session's task on the same worker: the longest it waits past
-        // its 5 ms timer, over two failed attempts.
-        let late = rt.spawn(async {
-            let mut worst = Duration::ZERO;
-            let end = Instant::now() + Duration::from_millis(1500);
-            while Instant::now() < end {
-                let start = Instant::now();
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                worst = worst.max(start.elapsed().saturating_sub(Duration::from_millis(5)));
-            }
-            worst
-        });
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let running = rt.spawn(Exporter::new(log.clone(), sink).run(stopped));
-        let worst = rt.block_on(late).unwrap();
-        stop.send(true).unwrap();
-        rt.block_on(running).unwrap();
-        assert!(
-            worst < Duration::from_millis(30),
-            "the worker stalled {worst:?}"
-        );
-    }
-
     /// A receiver that takes whatever it is sent and answers one byte
     /// every 100 ms, never closing: a SIEM on its last legs.
     async fn dripping(listener: tokio::net::TcpListener) {
