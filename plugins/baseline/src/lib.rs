@@ -29,7 +29,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 
 use palisade_plugin_sdk::{Batch, Detector, Finding, Session, Severity, same};
 
-pub use profile::{MAX_REASON_LEN, Names, Novelty, Profile, Unlearnt};
+pub use profile::{MAX_REASON_LEN, Names, Novelty, Profile};
 
 /// Events a profile learns from, at least, before it enforces.
 pub const LEARNING_EVENTS: u64 = 100;
@@ -181,7 +181,9 @@ impl Unstored {
     fn refuse<'a>(&mut self, keys: impl Iterator<Item = &'a str>, now: u64) -> Option<usize> {
         for key in keys {
             if self.refused.len() < REFUSED_COUNTED {
-                self.refused.insert(hash(key));
+                let mut hasher = DefaultHasher::new();
+                key.hash(&mut hasher);
+                self.refused.insert(hasher.finish());
             }
         }
         let due = self
@@ -198,36 +200,6 @@ impl Unstored {
 
 thread_local! {
     static UNSTORED: RefCell<Unstored> = RefCell::new(Unstored::default());
-}
-
-/// A hash of the store key `key`, to remember it in a few bytes.
-fn hash(key: &str) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    key.hash(&mut hasher);
-    hasher.finish()
-}
-
-/// Full profiles an instance remembers it told of, by a hash of their key:
-/// more than a site's quota holds (a profile full of topics takes half a
-/// KiB at least, the default quota is 1 MiB), in a few hundred KiB.
-const TOLD_FULL: usize = 1 << 14;
-
-thread_local! {
-    /// The full profiles this instance told of, by a hash of their key.
-    static FULL: RefCell<BTreeSet<u64>> = const { RefCell::new(BTreeSet::new()) };
-}
-
-/// Whether this instance is yet to tell that the profile `key` is full; it
-/// is then remembered as told. Once it remembers [`TOLD_FULL`] profiles it
-/// forgets them all, and each is told once more.
-fn full_untold(key: &str) -> bool {
-    let key = hash(key);
-    FULL.with_borrow_mut(|told| {
-        if told.len() >= TOLD_FULL && !told.contains(&key) {
-            told.clear();
-        }
-        told.insert(key)
-    })
 }
 
 /// `n` profiles, for a person: "at least" once the count is bounded.
@@ -278,7 +250,6 @@ impl Detector for Baseline {
         // A class that judges does not change: it is not stored again.
         let mut class_learnt = false;
         let mut previous = None;
-        let mut unlearnt = Unlearnt::default();
         for event in events.iter() {
             let again = previous.is_some_and(|s| profile::has_signature(&event, &names, s));
             let signature = if again {
@@ -323,17 +294,6 @@ impl Detector for Baseline {
                 }
                 found
             };
-            // A topic a full profile could not learn is told once for the
-            // profile, below, not as the event's departure: an event that
-            // departs in nothing else keeps its signature.
-            let mut novelties = novelties;
-            novelties.retain_mut(|novelty| match novelty.unlearnt.take() {
-                Some(topic) => {
-                    unlearnt.add(event.index(), topic);
-                    false
-                }
-                None => true,
-            });
             previous = if novelties.is_empty() {
                 signature
             } else {
@@ -341,6 +301,7 @@ impl Detector for Baseline {
             };
             // One finding per event: the most serious departure, with the
             // others named.
+            let mut novelties = novelties;
             novelties.sort_by(|a, b| b.score.total_cmp(&a.score));
             if let Some(first) = novelties.first() {
                 findings.push(Finding::new(
@@ -350,15 +311,6 @@ impl Detector for Baseline {
                     reason(&novelties),
                 ));
             }
-        }
-        if let Some(first) = unlearnt.first
-            && full_untold(&device_key)
-        {
-            let reason = profile::bounded(unlearnt.reason(&who, mine.topics.len()));
-            // In the order of the events judged.
-            let at =
-                findings.partition_point(|f| usize::try_from(f.event).is_ok_and(|e| e <= first));
-            findings.insert(at, Finding::new(first, Severity::Medium, 0.7, reason));
         }
         let mut refused = Vec::new();
         if let Err(e) = store(&device_key, mine) {

@@ -8,7 +8,7 @@
 //! in it is short, and the whole is bounded ([`MAX_PROFILE_LEN`]): a
 //! profile stays well inside one stored value, and a site's profiles share
 //! the plugin's quota. What a profile could not learn is new to it once it
-//! enforces; topics it had no room for are told once, not on every publish.
+//! enforces.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -17,9 +17,7 @@ use palisade_plugin_sdk::{Batch, EventRef, Field, KindId, Severity, Value};
 use serde::{Deserialize, Serialize};
 
 /// Items kept per set: beyond it, a profile learns no more of that kind,
-/// and what it did not learn is new to it when it enforces. A topic it had
-/// no room for is told once for the profile ([`Unlearnt`]), not on every
-/// publish: a device may really use more topics than a profile holds.
+/// and what it did not learn is new to it when it enforces.
 pub const MAX_ITEMS: usize = 256;
 
 /// The longest text a profile learns (a topic, a filter, a CoAP request),
@@ -101,13 +99,12 @@ pub struct Profile {
     len: EncodedLen,
 }
 
-/// The encoded length of a profile: the length of the bytes it was decoded
-/// from, or measured when it first learns, then counted on as it learns,
-/// so that learning (and checking, which asks whether learning had room)
-/// tells whether an item fits without encoding the profile again. It is
-/// not what a profile holds (profiles that hold the same are equal,
-/// whatever they counted) and is not stored: a profile changed other than
-/// by learning is measured afresh once it is decoded again.
+/// The encoded length of a profile: measured when it first learns, then
+/// counted on as it learns, so that learning tells whether an item fits
+/// without encoding the profile again. It is not what a profile holds
+/// (profiles that hold the same are equal, whatever they counted) and is
+/// not stored: a profile changed other than by learning is measured afresh
+/// once it is decoded again.
 #[derive(Debug, Clone, Copy, Default)]
 struct EncodedLen(Option<usize>);
 
@@ -124,9 +121,10 @@ impl EncodedLen {
         let Some(len) = self.0 else {
             return false;
         };
-        let fits = within_bound(len, more);
+        let grown = len.saturating_add(more);
+        let fits = grown.saturating_add(NUMBERS_LEN) <= MAX_PROFILE_LEN;
         if fits {
-            self.0 = Some(len.saturating_add(more));
+            self.0 = Some(grown);
         }
         fits
     }
@@ -136,12 +134,6 @@ impl EncodedLen {
             *len = len.saturating_sub(less);
         }
     }
-}
-
-/// Whether a profile of `len` bytes encoded may grow by `more` and stay
-/// within [`MAX_PROFILE_LEN`], with room left for its numbers.
-fn within_bound(len: usize, more: usize) -> bool {
-    len.saturating_add(more).saturating_add(NUMBERS_LEN) <= MAX_PROFILE_LEN
 }
 
 /// Bytes of `n` as a postcard varint.
@@ -203,12 +195,6 @@ pub struct Novelty {
     pub score: f32,
     /// Why, for a person.
     pub reason: String,
-    /// The topic, when the departure is a publish to a topic the profile
-    /// had no room to learn (it holds [`MAX_ITEMS`] topics, or is at its
-    /// [`MAX_PROFILE_LEN`]): the device may have used it all along. The
-    /// caller tells these once for the profile ([`Unlearnt`]), not on
-    /// every publish.
-    pub unlearnt: Option<String>,
 }
 
 fn novelty(severity: Severity, score: f32, reason: String) -> Novelty {
@@ -216,53 +202,6 @@ fn novelty(severity: Severity, score: f32, reason: String) -> Novelty {
         severity,
         score,
         reason,
-        unlearnt: None,
-    }
-}
-
-/// The topics a full profile's device published to in a batch that the
-/// profile had no room to learn: told in one finding, with how many there
-/// were (distinct, counted up to [`MAX_ITEMS`]) and the first few named.
-#[derive(Debug, Default)]
-pub struct Unlearnt {
-    /// The batch's index of the first event to such a topic.
-    pub first: Option<usize>,
-    /// The distinct topics, at most [`MAX_ITEMS`].
-    topics: BTreeSet<String>,
-    /// The first [`NAMED`] of them, in the order published to.
-    shown: Vec<String>,
-}
-
-impl Unlearnt {
-    /// Count a publish, the batch's event `index`, to `topic`.
-    pub fn add(&mut self, index: usize, topic: String) {
-        self.first.get_or_insert(index);
-        if self.topics.len() < MAX_ITEMS && !self.topics.contains(&topic) {
-            if self.shown.len() < NAMED {
-                self.shown.push(topic.clone());
-            }
-            self.topics.insert(topic);
-        }
-    }
-
-    /// Why it is told, for a person: `who` published to these topics,
-    /// and its profile is full with `learnt` topics.
-    pub fn reason(&self, who: &str, learnt: usize) -> String {
-        let n = self.topics.len();
-        let topics = match self.shown.as_slice() {
-            [topic] if n == 1 => format!("{topic}, a topic it never used"),
-            shown => {
-                let shown: Vec<&str> = shown.iter().map(String::as_str).collect();
-                let at_least = if n >= MAX_ITEMS { "at least " } else { "" };
-                format!(
-                    "{at_least}{n} topics it never used: {}",
-                    listed(&shown, n.saturating_sub(shown.len()))
-                )
-            }
-        };
-        format!(
-            "{who} published to {topics}; its profile is full ({learnt} topics learnt): topics it could not learn are told once, not on every publish"
-        )
     }
 }
 
@@ -515,22 +454,7 @@ impl Profile {
     /// The profile stored as `bytes`; `None` when they are not one (a
     /// damaged value, or one a different version of the profile wrote).
     pub fn decode(bytes: &[u8]) -> Option<Profile> {
-        let mut profile: Profile = postcard::from_bytes(bytes).ok()?;
-        // What it takes encoded is what it was stored as, without
-        // encoding it again (more, if another writer left bytes after it:
-        // it then has less room, never more).
-        profile.len = EncodedLen(Some(bytes.len()));
-        Some(profile)
-    }
-
-    /// Whether learning had room for `topic`, a name short enough to
-    /// learn: the set of topics not full, and the profile within its bound
-    /// with the topic added.
-    fn had_room_for_topic(&self, topic: &str) -> bool {
-        let len = (self.len.0).or_else(|| postcard::experimental::serialized_size(self).ok());
-        self.topics.len() < MAX_ITEMS
-            && len
-                .is_some_and(|len| within_bound(len, added_len(self.topics.len(), text_len(topic))))
+        postcard::from_bytes(bytes).ok()
     }
 
     /// The profile as it is stored.
@@ -696,37 +620,21 @@ impl Profile {
             .filter(|_| event.kind_id() == names.publish)
             && !self.topics.contains(topic)
         {
-            // A topic a profile with room never learnt is new to it, on
-            // every publish. A full profile may have seen it while it
-            // learnt: that is told once, by the caller.
-            found.push(if topic.len() > MAX_TEXT_LEN {
-                novelty(
-                    Severity::Medium,
-                    0.7,
+            // Flagged even when the profile holds all the topics it may:
+            // what it could not learn is new to it.
+            found.push(novelty(
+                Severity::Medium,
+                0.7,
+                if topic.len() > MAX_TEXT_LEN {
                     format!(
                         "{who} published to a {}-byte topic ({}…), longer than any it learns",
                         topic.len(),
                         start_of(topic)
-                    ),
-                )
-            } else if self.had_room_for_topic(topic) {
-                novelty(
-                    Severity::Medium,
-                    0.7,
-                    format!("{who} published to {topic}, a topic it never used"),
-                )
-            } else {
-                Novelty {
-                    unlearnt: Some(topic.to_owned()),
-                    ..novelty(
-                        Severity::Medium,
-                        0.7,
-                        format!(
-                            "{who} published to {topic}, a topic its full profile could not learn"
-                        ),
                     )
-                }
-            });
+                } else {
+                    format!("{who} published to {topic}, a topic it never used")
+                },
+            ));
         }
         if event.kind_id() == names.subscribe {
             // One departure for all the new filters, however many: the

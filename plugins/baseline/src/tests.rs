@@ -857,7 +857,6 @@ fn a_reason_names_a_few_departures_and_is_bounded() {
         severity: Severity::Medium,
         score,
         reason,
-        unlearnt: None,
     };
     let many: Vec<Novelty> = (0..8).map(|i| novelty(1.0, format!("r{i}"))).collect();
     assert_eq!(reason(&many), "r0; r1; r2; r3; r4; and 3 more");
@@ -865,69 +864,4 @@ fn a_reason_names_a_few_departures_and_is_bounded() {
     let long: Vec<Novelty> = (0..3).map(|_| novelty(1.0, "é".repeat(1000))).collect();
     let cut = reason(&long);
     assert!(cut.len() <= MAX_REASON_LEN && cut.ends_with('…'), "{cut}");
-}
-
-#[test]
-fn a_full_profile_tells_once_of_the_topics_it_could_not_learn() {
-    Host::reset();
-    let s = quick_learner("busy-2", 300);
-    let mut learning = Batch::new();
-    for i in 0..300 {
-        write_event(&mut learning, &Ev::Publish(format!("site/a/{i}"), 4));
-    }
-    assert!(Baseline::detect(&s, &learning).is_empty());
-    let learnt = Profile::decode(&Host::kv()[&device_key("busy-2")]).unwrap();
-    assert_eq!(
-        learnt.topics.len(),
-        profile::MAX_ITEMS,
-        "the profile is full"
-    );
-
-    // Topics it used while learning but had no room for, and new ones,
-    // each published to again and again.
-    let mut busy = Batch::new();
-    for _ in 0..4 {
-        for i in 250..310 {
-            write_event(&mut busy, &Ev::Publish(format!("site/a/{i}"), 4));
-        }
-    }
-    let findings = Baseline::detect(&s, &busy);
-    assert_eq!(
-        findings.len(),
-        1,
-        "{:?}",
-        &findings[..findings.len().min(3)]
-    );
-    let unlearnt = (250..310)
-        .filter(|i| !learnt.topics.contains(&format!("site/a/{i}")))
-        .count();
-    assert!(
-        findings[0].reason.contains(&format!(
-            "busy-2 (sensor) published to {unlearnt} topics it never used: "
-        )) && findings[0]
-            .reason
-            .contains("its profile is full (256 topics learnt)"),
-        "{}",
-        findings[0].reason
-    );
-    assert!(Baseline::detect(&s, &busy).is_empty(), "told once");
-}
-
-#[test]
-fn a_profile_with_room_flags_every_publish_to_a_new_topic() {
-    Host::reset();
-    let s = quick_learner("roomy-1", 10);
-    let mut learning = Batch::new();
-    for i in 0..10 {
-        write_event(&mut learning, &Ev::Publish(format!("site/a/{}", i % 2), 4));
-    }
-    assert!(Baseline::detect(&s, &learning).is_empty());
-    let mut odd = Batch::new();
-    for topic in ["site/a/x", "site/a/x", "site/a/y", "site/a/0", "site/a/z"] {
-        write_event(&mut odd, &Ev::Publish(topic.into(), 4));
-    }
-    for _ in 0..2 {
-        let flagged: Vec<u32> = Baseline::detect(&s, &odd).iter().map(|f| f.event).collect();
-        assert_eq!(flagged, [0, 1, 2, 4]);
-    }
 }
