@@ -72,10 +72,25 @@ fn read_file(url: &Url) -> Result<Vec<u8>, TransportError> {
     let path = url
         .to_file_path()
         .map_err(|()| other(url, "not a local path"))?;
-    // Opened without waiting (opening a FIFO waits for a writer), then
+    // Looked at before it is opened: opening a device node may act (a
+    // watchdog, a tape), and a link may lead to one. Then opened without
+    // following links nor waiting (opening a FIFO waits for a writer), and
     // refused unless what was opened is a regular file; reading a regular
     // file never waits for anyone.
-    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            return Err(other(url, "a symbolic link, not a regular file"));
+        }
+        Ok(m) if !(m.is_file() || m.is_dir()) => {
+            return Err(other(
+                url,
+                "not a regular file but a device, FIFO or socket",
+            ));
+        }
+        _ => {}
+    }
+    let flags =
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NOFOLLOW;
     let file = match rustix::fs::open(&path, flags, Mode::empty()) {
         Ok(fd) => std::fs::File::from(fd),
         Err(rustix::io::Errno::NOENT) => {
@@ -322,6 +337,17 @@ mod tests {
         let root = metadata.join("1.root.json");
         std::fs::write(&root, b"{}").unwrap();
         assert_eq!(fetch_file(&root).unwrap().unwrap(), b"{}");
+
+        // A link is not followed: it could lead to a device that acts when
+        // opened.
+        let link = metadata.join("snapshot.json");
+        std::os::unix::fs::symlink("/dev/null", &link).unwrap();
+        let e = fetch_file(&link).unwrap().unwrap_err();
+        assert!(
+            chain_text(&e).contains("symbolic link"),
+            "{}",
+            chain_text(&e)
+        );
     }
 
     fn chain_text(e: &dyn std::error::Error) -> String {
