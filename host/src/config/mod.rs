@@ -104,7 +104,8 @@ pub struct Limits {
     /// once, all listeners together; more are refused, with a log line.
     /// Default 20000.
     pub max_connections: usize,
-    /// Handshakes in progress at once from one address; more are refused.
+    /// Handshakes in progress at once from one address (one IPv6 /64: a
+    /// host picks its addresses from one); more are refused.
     /// Connections take their slot before their handshake, so this keeps a
     /// peer that never finishes its handshakes from taking more than this
     /// many slots. Default 1024: a twentieth of the default connections,
