@@ -400,7 +400,13 @@ async fn mqtt(tls: &TlsConnector, broker: u16, relay: u16, palisade: u16) {
 async fn idle_sessions(data: &Path, tls: &TlsConnector) {
     println!("\n== {IDLE_SESSIONS} concurrent idle mTLS sessions");
     let (_sink, sink, accepted) = start_role("sink", &[]);
-    let palisade = Palisade::start(data, &route("idle", Some("mqtt"), sink));
+    // One certificate stands for ten thousand devices here.
+    let config = format!(
+        "[limits]\nmax-connections-per-device = {}\n{}",
+        IDLE_SESSIONS + 1000,
+        route("idle", Some("mqtt"), sink)
+    );
+    let palisade = Palisade::start(data, &config);
     let port = palisade.port("idle");
     // Warm up: the allocator and the runtime reach their working shape.
     let mut warm = Vec::new();

@@ -273,6 +273,42 @@ fn connections_that_never_handshake_leave_slots_for_devices() {
     drop(silent);
 }
 
+/// One device may not hold more connections than its share: past
+/// `max-connections-per-device`, its next one is refused, and the ones it
+/// holds go on.
+#[test]
+fn a_device_past_its_connections_is_refused() {
+    let upstream = CountingUpstream::start();
+    let addr = format!("127.0.0.1:{}", upstream.port);
+    let config = [
+        "[limits]\nmax-connections-per-device = 2\n".to_owned(),
+        route("mqtt-tls", "mqtt", "tls", Some("mqtt"), &addr),
+    ]
+    .concat();
+    let policy = r#"permit(principal, action == Action::"connect", resource);"#;
+    let palisade = Appliance::start_with_policy(&config, Some(policy));
+    let tls = device_tls(&palisade.issue("therm-many", "thermostat", "hall"));
+    let listener = palisade.addr("mqtt-tls");
+    let held: Vec<_> = (0..2)
+        .map(|_| tls_client_with(listener, tls.clone()).unwrap())
+        .collect();
+    common::appliance::wait_until("two sessions open", || {
+        let log = palisade.log();
+        log.iter()
+            .filter(|l| l.contains("session open") && l.contains("device=therm-many"))
+            .count()
+            == 2
+    });
+    let _third = tls_client_with(listener, tls);
+    palisade.wait_refused(&["device=therm-many", "already holds 2 connections"]);
+    let log = palisade.log();
+    let opened = (log.iter())
+        .filter(|l| l.contains("session open") && l.contains("device=therm-many"))
+        .count();
+    assert_eq!(opened, 2, "{log:?}");
+    drop(held);
+}
+
 #[test]
 fn quarantined_device() {
     if !require("mosquitto_pub") {

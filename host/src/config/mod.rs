@@ -112,6 +112,10 @@ pub struct Limits {
     /// and room for a site gateway NATing many devices that all reconnect
     /// at once after a power cut.
     pub max_handshakes_per_address: usize,
+    /// Connections one device may hold open at once (a QUIC connection
+    /// counts once, whatever its streams); more are refused. Default 64:
+    /// a device needs a few, and one device must not take every slot.
+    pub max_connections_per_device: usize,
     /// Seconds a device has to finish its handshake. Default 10.
     pub handshake_timeout_secs: u64,
     /// Seconds a session may stay silent both ways, or a write may stay
@@ -138,6 +142,7 @@ impl Default for Limits {
         Limits {
             max_connections: 20_000,
             max_handshakes_per_address: 1024,
+            max_connections_per_device: 64,
             handshake_timeout_secs: 10,
             idle_timeout_secs: 300,
             connect_timeout_secs: 10,
@@ -473,6 +478,10 @@ impl Config {
             (
                 "max-handshakes-per-address",
                 l.max_handshakes_per_address as u64,
+            ),
+            (
+                "max-connections-per-device",
+                l.max_connections_per_device as u64,
             ),
             ("handshake-timeout-secs", l.handshake_timeout_secs),
             ("idle-timeout-secs", l.idle_timeout_secs),

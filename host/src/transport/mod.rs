@@ -357,6 +357,13 @@ impl Shared {
         let claims = Claims::from_der(cert).map_err(|e| Refusal::new(None, e.to_string()))?;
         let refuse = |reason: String| Refusal::new(Some(&claims.device), reason);
         let membership = self.stages.live.join(&claims.device);
+        // This connection counts among the device's live ones.
+        let limit = self.limits.max_connections_per_device;
+        if self.stages.live.count(&claims.device) > limit {
+            return Err(refuse(format!(
+                "the device already holds {limit} connections (max-connections-per-device)"
+            )));
+        }
         // Checked again, not taken from the handshake: what changed since
         // (a revocation, a quarantine, a new certificate) counts.
         let device = self.stages.verifier.readmit(&claims)?;
