@@ -99,6 +99,17 @@ fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, String> {
     }
 }
 
+/// One change of the plugins at a time (install, activate, roll back,
+/// remove, shadow, promote). Each reads the library, swaps what a slot
+/// serves and records it in the library, in steps: two at once could
+/// leave the slot serving one version and the library naming another,
+/// which the next start would serve. Operators change plugins rarely, and
+/// nothing else waits for this.
+fn one_change_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static CHANGES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    CHANGES.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn parse_version(name: &str, version: &str) -> Result<semver::Version, String> {
     semver::Version::parse(version).map_err(|e| format!("{name}@{version}: not a version: {e}"))
 }
@@ -154,6 +165,7 @@ impl PluginAdmin<'_> {
         shadow: bool,
         progress: Progress<'_>,
     ) -> Result<Value, String> {
+        let _changing = one_change_at_a_time();
         // Checked before anything is fetched or stored: a refused shadow
         // must not count as installed (versions only grow).
         let slot = self.slot(name);
@@ -269,6 +281,7 @@ impl PluginAdmin<'_> {
         version: &str,
         progress: Progress<'_>,
     ) -> Result<Value, String> {
+        let _changing = one_change_at_a_time();
         let version = match version {
             "first-party" => None,
             v => Some(parse_version(name, v)?),
@@ -281,6 +294,7 @@ impl PluginAdmin<'_> {
     }
 
     pub fn rollback(&self, name: &str, progress: Progress<'_>) -> Result<Value, String> {
+        let _changing = one_change_at_a_time();
         let entry = self.library.entry(name).map_err(|e| chain(&e))?;
         let Some(previous) = entry.previous.last() else {
             return Err(format!("{name} has no earlier version to roll back to"));
@@ -291,6 +305,7 @@ impl PluginAdmin<'_> {
     }
 
     pub fn remove(&self, name: &str, version: &str) -> Result<Value, String> {
+        let _changing = one_change_at_a_time();
         let version = parse_version(name, version)?;
         let shadow = self.slot(name).and_then(|s| s.shadow());
         if shadow.is_some_and(|s| s.version() == version.to_string()) {
@@ -309,6 +324,7 @@ impl PluginAdmin<'_> {
         version: Option<&str>,
         progress: Progress<'_>,
     ) -> Result<Value, String> {
+        let _changing = one_change_at_a_time();
         let slot = self
             .slot(name)
             .ok_or_else(|| format!("no route of the running appliance uses {name}"))?;
@@ -327,6 +343,7 @@ impl PluginAdmin<'_> {
     }
 
     pub fn promote(&self, name: &str) -> Result<Value, String> {
+        let _changing = one_change_at_a_time();
         let slot = self
             .slot(name)
             .ok_or_else(|| format!("no route of the running appliance uses {name}"))?;
