@@ -726,14 +726,59 @@ mod tests {
         }
     }
 
+    /// A webhook SIEM answering 413 to the batches `refuses`, and an empty
+    /// audit trail to export to it.
+    struct Webhook {
+        rt: tokio::runtime::Runtime,
+        /// The identifiers of the records the webhook took, in order.
+        kept: Arc<Mutex<Vec<u64>>>,
+        log: AuditLog,
+        sink: SinkConfig,
+        _store: Store,
+    }
+
+    impl Webhook {
+        fn start(refuses: impl FnMut(&[Record]) -> bool + Send + 'static) -> Webhook {
+            let rt = runtime();
+            let listener = rt
+                .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+                .unwrap();
+            let url = format!("http://{}/audit", listener.local_addr().unwrap());
+            let kept = Arc::default();
+            rt.spawn(webhook(listener, Arc::clone(&kept), refuses));
+            let store = Store::temporary().unwrap();
+            let log = AuditLog::open(&store).unwrap();
+            let sink = SinkConfig::Webhook {
+                name: "webhook".into(),
+                url,
+            };
+            Webhook {
+                rt,
+                kept,
+                log,
+                sink,
+                _store: store,
+            }
+        }
+
+        /// Deliver with `exporter` until nothing is left, 40 attempts at
+        /// most.
+        fn drain(&self, exporter: &mut Exporter) {
+            for _ in 0..40 {
+                if self.log.backlog("webhook").unwrap() == 0 {
+                    break;
+                }
+                let _ = self.rt.block_on(exporter.deliver_next());
+            }
+        }
+
+        fn kept(&self) -> Vec<u64> {
+            self.kept.lock().unwrap().clone()
+        }
+    }
+
     #[test]
     fn a_record_refused_even_alone_is_passed_over_and_the_rest_arrive() {
-        let rt = runtime();
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let url = format!("http://{}/audit", listener.local_addr().unwrap());
-        let kept = Arc::default();
         // Any batch that holds a finding whose reason says `poison`.
         let poisoned = |records: &[Record]| {
             records.iter().any(|r| match &r.what {
@@ -741,42 +786,24 @@ mod tests {
                 What::Action { .. } => false,
             })
         };
-        rt.spawn(webhook(listener, Arc::clone(&kept), poisoned));
-        let store = Store::temporary().unwrap();
-        let log = AuditLog::open(&store).unwrap();
-        let mut exporter = Exporter::new(
-            log.clone(),
-            SinkConfig::Webhook {
-                name: "webhook".into(),
-                url,
-            },
-        );
+        let siem = Webhook::start(poisoned);
+        let log = &siem.log;
+        let mut exporter = Exporter::new(log.clone(), siem.sink.clone());
         let before = log.append(entries(40)).unwrap();
         // Cut to fit, and still refused.
         let poison = log
             .append(vec![publish(&"t".repeat(70_000), "poison")])
             .unwrap();
         let after = log.append(entries(40)).unwrap();
-        for _ in 0..40 {
-            if log.backlog("webhook").unwrap() == 0 {
-                break;
-            }
-            let _ = rt.block_on(exporter.deliver_next());
-        }
+        siem.drain(&mut exporter);
         let expected: Vec<u64> = before.iter().chain(&after).map(|r| r.id).collect();
-        assert_eq!(*kept.lock().unwrap(), expected, "in order, each once");
+        assert_eq!(siem.kept(), expected, "in order, each once");
         assert_eq!(log.cursor("webhook").unwrap(), after[39].id);
         assert_eq!(exporter.undeliverable(), 1, "{poison:?}");
     }
 
     #[test]
     fn a_webhook_that_answers_413_for_a_while_gets_every_record() {
-        let rt = runtime();
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let url = format!("http://{}/audit", listener.local_addr().unwrap());
-        let kept = Arc::default();
         // A proxy in front of the SIEM answers 413 to the first twelve
         // requests, whatever their size, then lets everything through.
         let mut refusals = 12;
@@ -785,25 +812,12 @@ mod tests {
             refusals -= usize::from(refuse);
             refuse
         };
-        rt.spawn(webhook(listener, Arc::clone(&kept), refuses));
-        let store = Store::temporary().unwrap();
-        let log = AuditLog::open(&store).unwrap();
-        let mut exporter = Exporter::new(
-            log.clone(),
-            SinkConfig::Webhook {
-                name: "webhook".into(),
-                url,
-            },
-        );
-        let written = log.append(entries(40)).unwrap();
-        for _ in 0..40 {
-            if log.backlog("webhook").unwrap() == 0 {
-                break;
-            }
-            let _ = rt.block_on(exporter.deliver_next());
-        }
+        let siem = Webhook::start(refuses);
+        let mut exporter = Exporter::new(siem.log.clone(), siem.sink.clone());
+        let written = siem.log.append(entries(40)).unwrap();
+        siem.drain(&mut exporter);
         let expected: Vec<u64> = written.iter().map(|r| r.id).collect();
-        assert_eq!(*kept.lock().unwrap(), expected, "in order, each once");
+        assert_eq!(siem.kept(), expected, "in order, each once");
         assert_eq!(exporter.undeliverable(), 0);
     }
 
@@ -812,78 +826,48 @@ mod tests {
     /// held up behind it for ever.
     #[test]
     fn a_record_longer_than_any_the_sink_takes_is_passed_over() {
-        let rt = runtime();
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let url = format!("http://{}/audit", listener.local_addr().unwrap());
-        let kept = Arc::default();
         let refuses = |records: &[Record]| {
             records
                 .iter()
                 .any(|r| matches!(&r.what, What::Finding { reason, .. } if reason.len() > 1000))
         };
-        rt.spawn(webhook(listener, Arc::clone(&kept), refuses));
-        let store = Store::temporary().unwrap();
-        let log = AuditLog::open(&store).unwrap();
-        let mut exporter = Exporter::new(
-            log.clone(),
-            SinkConfig::Webhook {
-                name: "webhook".into(),
-                url,
-            },
-        );
+        let siem = Webhook::start(refuses);
+        let mut exporter = Exporter::new(siem.log.clone(), siem.sink.clone());
         let mut list = entries(21);
         if let What::Finding { reason, .. } = &mut list[10].what {
             *reason = "r".repeat(2000);
         }
-        let written = log.append(list).unwrap();
-        for _ in 0..40 {
-            if log.backlog("webhook").unwrap() == 0 {
-                break;
-            }
-            let _ = rt.block_on(exporter.deliver_next());
-        }
+        let written = siem.log.append(list).unwrap();
+        siem.drain(&mut exporter);
         let expected: Vec<u64> = (written.iter().map(|r| r.id))
             .filter(|&id| id != written[10].id)
             .collect();
-        assert_eq!(*kept.lock().unwrap(), expected);
+        assert_eq!(siem.kept(), expected);
         assert_eq!(exporter.undeliverable(), 1);
     }
 
     #[test]
     fn a_small_record_refused_for_its_size_waits_its_turn_and_does_not_spin() {
-        let rt = runtime();
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let url = format!("http://{}/audit", listener.local_addr().unwrap());
-        let kept = Arc::default();
         let requests = Arc::new(Mutex::new(0));
         let counted = Arc::clone(&requests);
         let refuses = move |_: &[Record]| {
             *counted.lock().unwrap() += 1;
             true
         };
-        rt.spawn(webhook(listener, Arc::clone(&kept), refuses));
-        let store = Store::temporary().unwrap();
-        let log = AuditLog::open(&store).unwrap();
-        log.append(entries(40)).unwrap();
+        let siem = Webhook::start(refuses);
+        siem.log.append(entries(40)).unwrap();
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let sink = SinkConfig::Webhook {
-            name: "webhook".into(),
-            url,
-        };
-        let running = rt.spawn(Exporter::new(log.clone(), sink).run(stopped));
+        let exporter = Exporter::new(siem.log.clone(), siem.sink.clone());
+        let running = siem.rt.spawn(exporter.run(stopped));
         std::thread::sleep(Duration::from_millis(1500));
         stop.send(true).unwrap();
-        rt.block_on(running).unwrap();
+        siem.rt.block_on(running).unwrap();
         // 40, 20, 10, 5 and 2 records at once; then one alone, again
         // after a second: not a request per millisecond.
         let requests = *requests.lock().unwrap();
         assert!((1..=8).contains(&requests), "{requests} requests");
-        assert!(kept.lock().unwrap().is_empty());
-        assert_eq!(log.backlog("webhook").unwrap(), 40, "none passed over");
+        assert!(siem.kept().is_empty());
+        assert_eq!(siem.log.backlog("webhook").unwrap(), 40, "none passed over");
     }
 
     /// A receiver that takes whatever it is sent and answers one byte

@@ -333,10 +333,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::plugins::{CONTRACT, FailMode, Limits};
     use crate::registry::Bundle;
-    use crate::registry::bundle::{COMPONENT, MANIFEST, sha256_hex};
-    use crate::registry::manifest::ComponentRef;
+    use crate::registry::bundle::MANIFEST;
 
     #[test]
     fn an_unservable_active_version_is_named_with_what_to_do() {
@@ -345,23 +343,7 @@ mod tests {
         let runtime = Runtime::new(&RuntimeConfig::default(), store.clone()).unwrap();
         let library = Library::open(data.path(), &store).unwrap();
         let component = crate::plugins::first_party::component("new-topic").unwrap();
-        let manifest = crate::registry::Manifest {
-            name: "acme-topics".into(),
-            version: semver::Version::new(1, 0, 0),
-            world: World::Detector,
-            protocols: Vec::new(),
-            contract: CONTRACT.into(),
-            fail_mode: FailMode::Closed,
-            capabilities: Vec::new(),
-            limits: Limits::default(),
-            component: Some(ComponentRef {
-                file: COMPONENT.into(),
-                size: component.len() as u64,
-                sha256: sha256_hex(component),
-            }),
-            sbom: Vec::new(),
-        };
-        let bundle = Bundle::new(manifest, component.to_vec()).unwrap();
+        let bundle = Bundle::detector("acme-topics", "1.0.0", component.to_vec());
         library.add(&bundle, "acme").unwrap();
         library
             .set_active("acme-topics", Some(&bundle.manifest.version))

@@ -53,6 +53,30 @@ impl Bundle {
         })
     }
 
+    /// A detector's bundle of `name` at `version`, holding `component`,
+    /// with a manifest that asks for nothing: for tests.
+    #[cfg(test)]
+    pub(crate) fn detector(name: &str, version: &str, component: Vec<u8>) -> Bundle {
+        use crate::plugins::{CONTRACT, FailMode, Limits, World};
+        let manifest = Manifest {
+            name: name.into(),
+            version: semver::Version::parse(version).unwrap_or_else(|e| panic!("{version}: {e}")),
+            world: World::Detector,
+            protocols: Vec::new(),
+            contract: CONTRACT.into(),
+            fail_mode: FailMode::Closed,
+            capabilities: Vec::new(),
+            limits: Limits::default(),
+            component: Some(ComponentRef {
+                file: COMPONENT.into(),
+                size: component.len() as u64,
+                sha256: sha256_hex(&component),
+            }),
+            sbom: Vec::new(),
+        };
+        Bundle::new(manifest, component).unwrap_or_else(|e| panic!("{name} {version}: {e:#}"))
+    }
+
     /// Read the bundle in `dir`.
     pub fn read(dir: &Path) -> anyhow::Result<Bundle> {
         let manifest = read_capped(&dir.join(MANIFEST), MAX_MANIFEST)?;

@@ -264,6 +264,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+    use crate::registry::library::chain;
 
     #[test]
     fn bodies_are_read_by_length_or_chunks_and_404_is_not_found() {
@@ -319,13 +320,9 @@ mod tests {
         let refused = fetch_file(&fifo).expect("the FIFO hung the fetch");
         let e = refused.unwrap_err();
         assert_eq!(e.kind(), TransportErrorKind::Other);
-        assert!(
-            chain_text(&e).contains("not a regular file"),
-            "{}",
-            chain_text(&e)
-        );
+        assert!(chain(&e).contains("not a regular file"), "{}", chain(&e));
         let e = fetch_file(&metadata).unwrap().unwrap_err();
-        assert!(chain_text(&e).contains("not a regular file"));
+        assert!(chain(&e).contains("not a regular file"));
 
         // A missing file is "not found", which ends the root-rotation probe.
         let missing = fetch_file(&metadata.join("2.root.json")).unwrap();
@@ -343,21 +340,6 @@ mod tests {
         let link = metadata.join("snapshot.json");
         std::os::unix::fs::symlink("/dev/null", &link).unwrap();
         let e = fetch_file(&link).unwrap().unwrap_err();
-        assert!(
-            chain_text(&e).contains("symbolic link"),
-            "{}",
-            chain_text(&e)
-        );
-    }
-
-    fn chain_text(e: &dyn std::error::Error) -> String {
-        let mut text = e.to_string();
-        let mut source = e.source();
-        while let Some(s) = source {
-            text.push_str(": ");
-            text.push_str(&s.to_string());
-            source = s.source();
-        }
-        text
+        assert!(chain(&e).contains("symbolic link"), "{}", chain(&e));
     }
 }

@@ -192,7 +192,7 @@ fn root_version(root: &[u8]) -> u64 {
 
 /// An error and its causes on one line: tough's errors say what failed at
 /// the top and why underneath.
-fn chain(e: &dyn std::error::Error) -> String {
+pub(super) fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -450,30 +450,14 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::plugins::{CONTRACT, FailMode, Limits, World};
-    use crate::registry::bundle::sha256_hex;
-    use crate::registry::manifest::ComponentRef;
 
     /// A bundle of `name` at `version`; the component is never run here.
     fn bundle(name: &str, version: &str) -> Bundle {
-        let component = format!("\0asm {name} {version}").into_bytes();
-        let manifest = Manifest {
-            name: name.into(),
-            version: semver::Version::parse(version).unwrap(),
-            world: World::Detector,
-            protocols: Vec::new(),
-            contract: CONTRACT.into(),
-            fail_mode: FailMode::Closed,
-            capabilities: Vec::new(),
-            limits: Limits::default(),
-            component: Some(ComponentRef {
-                file: COMPONENT.into(),
-                size: component.len() as u64,
-                sha256: sha256_hex(&component),
-            }),
-            sbom: Vec::new(),
-        };
-        Bundle::new(manifest, component).unwrap()
+        Bundle::detector(
+            name,
+            version,
+            format!("\0asm {name} {version}").into_bytes(),
+        )
     }
 
     #[test]
