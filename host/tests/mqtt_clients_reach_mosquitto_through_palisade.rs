@@ -13,8 +13,8 @@ use rcgen::{
 };
 
 use common::appliance::{
-    Appliance, Mosquitto, aioquic_publish, free_port, mosquitto_pub, mosquitto_sub, peer_script,
-    require, require_python, route, tls_args, wait_for_port,
+    Appliance, Mosquitto, aioquic, aioquic_publish, free_port, mosquitto_pub, mosquitto_sub,
+    peer_script, require, require_python, route, tls_args, wait_for_port,
 };
 
 fn appliance(broker: &Mosquitto) -> Appliance {
@@ -144,11 +144,7 @@ fn a_quic_device_may_not_make_the_appliance_hold_much() {
     let broker = Mosquitto::start();
     let palisade = appliance(&broker);
     let device = palisade.issue("quic-2", "meter", "roof");
-    let out = std::process::Command::new("python3")
-        .arg(peer_script("aioquic_mqtt.py"))
-        .args(["127.0.0.1", &palisade.port("mqtt-quic").to_string()])
-        .arg(&device)
-        .args(["t", "m", "limits"])
+    let out = aioquic(&palisade, "mqtt-quic", &device, &["t", "m", "limits"])
         .output()
         .unwrap();
     assert!(
@@ -174,15 +170,16 @@ fn a_new_quic_stream_is_judged_by_the_policy_in_force() {
     let broker = Mosquitto::start();
     let palisade = appliance(&broker);
     let device = palisade.issue("quic-3", "meter", "roof");
-    let mut peer = std::process::Command::new("python3")
-        .arg(peer_script("aioquic_mqtt.py"))
-        .args(["127.0.0.1", &palisade.port("mqtt-quic").to_string()])
-        .arg(&device)
-        .args(["roof/meter/kwh", "1", "second"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut peer = aioquic(
+        &palisade,
+        "mqtt-quic",
+        &device,
+        &["roof/meter/kwh", "1", "second"],
+    )
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
     let mut lines = std::io::BufReader::new(peer.stdout.take().unwrap()).lines();
     assert_eq!(lines.next().unwrap().unwrap(), "puback");
     std::fs::write(

@@ -193,6 +193,23 @@ impl Site {
         assert!(self.accept(&outbox).0);
     }
 
+    /// Rotate the registry's root to the next version, signed by both.
+    fn rotate_root(&self) {
+        ok(&[
+            "registry",
+            "rotate-root",
+            s(&self.reg),
+            "--keys",
+            s(&self.keys),
+        ]);
+    }
+
+    /// The version of the root the appliance trusts.
+    fn trusted_root_version(&self) -> serde_json::Value {
+        let root = std::fs::read(self.data.join("registry/root.json")).unwrap();
+        serde_json::from_slice::<serde_json::Value>(&root).unwrap()["signed"]["version"].clone()
+    }
+
     fn install(&self, plugin: &str) -> (bool, String) {
         run(&["--data", s(&self.data), "plugin", "install", plugin])
     }
@@ -488,39 +505,21 @@ fn expired_and_replayed_metadata_are_refused() {
 #[test]
 fn appliances_follow_a_rotated_root() {
     let site = site_with("acme-topics");
-    ok(&[
-        "registry",
-        "rotate-root",
-        s(&site.reg),
-        "--keys",
-        s(&site.keys),
-    ]);
+    site.rotate_root();
     // The appliance still holds root 1; it accepts root 2 because root 1's
     // key signed it too.
     let (success, text) = site.install("acme-topics");
     assert!(success, "{text}");
-    let trusted: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(site.data.join("registry/root.json")).unwrap())
-            .unwrap();
-    assert_eq!(trusted["signed"]["version"], 2);
+    assert_eq!(site.trusted_root_version(), 2);
 }
 
 #[test]
 fn a_rotated_root_is_not_trusted_back_without_force() {
     let site = site_with("acme-topics");
-    ok(&[
-        "registry",
-        "rotate-root",
-        s(&site.reg),
-        "--keys",
-        s(&site.keys),
-    ]);
+    site.rotate_root();
     let (success, text) = site.install("acme-topics");
     assert!(success, "{text}");
-    let trusted_version = || {
-        let root = std::fs::read(site.data.join("registry/root.json")).unwrap();
-        serde_json::from_slice::<serde_json::Value>(&root).unwrap()["signed"]["version"].clone()
-    };
+    let trusted_version = || site.trusted_root_version();
     assert_eq!(trusted_version(), 2);
     let seen = site.data.join("registry/tuf/timestamp.json");
     assert!(seen.exists());

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{component, load, mqtt_connect, mqtt_publish, runtime, session};
-use palisade::plugins::{Direction, Limits, Slot, SwapError};
+use palisade::plugins::{Direction, Limits, Runtime, Slot, SwapError};
 use palisade::session::{FrameSpan, Pipeline};
 
 /// The frames and events of `stream`, fed in chunks of `chunk` bytes,
@@ -28,6 +28,24 @@ fn run(
         between(i);
     }
     (spans, events)
+}
+
+/// A session of sensor-1 through the MQTT parser whose `detectors` have
+/// learnt its telemetry to site/a/temp.
+fn learnt(runtime: &Runtime, detectors: &Slot) -> Pipeline {
+    let mut pipeline = Pipeline::with_slots(
+        session(1, "sensor-1"),
+        Slot::new(load(runtime, "mqtt", Limits::default())),
+        vec![detectors.clone()],
+        vec![],
+        1 << 16,
+    );
+    let mut learning = mqtt_connect("sensor-1");
+    for _ in 0..new_topic::LEARNING_PUBLISHES {
+        learning.extend(mqtt_publish("site/a/temp", b"20"));
+    }
+    pipeline.push(Direction::ToUpstream, &learning).unwrap();
+    pipeline
 }
 
 fn stream() -> Vec<u8> {
@@ -111,18 +129,7 @@ fn a_shadow_detector_is_compared_and_never_acted_on() {
         )
         .unwrap();
     let detectors = Slot::new(active);
-    let mut pipeline = Pipeline::with_slots(
-        session(1, "sensor-1"),
-        Slot::new(load(&runtime, "mqtt", Limits::default())),
-        vec![detectors.clone()],
-        vec![],
-        1 << 16,
-    );
-    let mut learning = mqtt_connect("sensor-1");
-    for _ in 0..new_topic::LEARNING_PUBLISHES {
-        learning.extend(mqtt_publish("site/a/temp", b"20"));
-    }
-    pipeline.push(Direction::ToUpstream, &learning).unwrap();
+    let mut pipeline = learnt(&runtime, &detectors);
 
     detectors.set_shadow(Some(shadow.clone())).unwrap();
     let normal = pipeline
@@ -157,18 +164,7 @@ fn a_shadow_detector_is_compared_and_never_acted_on() {
 fn a_shadow_of_the_next_version_reads_the_baselines_and_writes_nothing() {
     let runtime = runtime();
     let detectors = Slot::new(load(&runtime, "new-topic", Limits::default()));
-    let mut pipeline = Pipeline::with_slots(
-        session(1, "sensor-1"),
-        Slot::new(load(&runtime, "mqtt", Limits::default())),
-        vec![detectors.clone()],
-        vec![],
-        1 << 16,
-    );
-    let mut learning = mqtt_connect("sensor-1");
-    for _ in 0..new_topic::LEARNING_PUBLISHES {
-        learning.extend(mqtt_publish("site/a/temp", b"20"));
-    }
-    pipeline.push(Direction::ToUpstream, &learning).unwrap();
+    let mut pipeline = learnt(&runtime, &detectors);
 
     // The same plugin name: the next version shares the store.
     let next = load(&runtime, "new-topic", Limits::default());
@@ -198,19 +194,7 @@ fn a_shadow_of_the_next_version_reads_the_baselines_and_writes_nothing() {
 fn a_shadow_stopped_mid_call_still_writes_nothing() {
     let runtime = runtime();
     let detectors = Slot::new(load(&runtime, "new-topic", Limits::default()));
-    let parser = || Slot::new(load(&runtime, "mqtt", Limits::default()));
-    let mut pipeline = Pipeline::with_slots(
-        session(1, "sensor-1"),
-        parser(),
-        vec![detectors.clone()],
-        vec![],
-        1 << 16,
-    );
-    let mut learning = mqtt_connect("sensor-1");
-    for _ in 0..new_topic::LEARNING_PUBLISHES {
-        learning.extend(mqtt_publish("site/a/temp", b"20"));
-    }
-    pipeline.push(Direction::ToUpstream, &learning).unwrap();
+    let mut pipeline = learnt(&runtime, &detectors);
 
     // A session takes the shadow for its next call (as the pipeline does
     // at every batch); meanwhile the operator stops the shadow.
@@ -225,7 +209,7 @@ fn a_shadow_stopped_mid_call_still_writes_nothing() {
     // write kept, the active version would find the topic known.
     let mut late = Pipeline::with_slots(
         session(2, "sensor-1"),
-        parser(),
+        Slot::new(load(&runtime, "mqtt", Limits::default())),
         vec![Slot::new(taken)],
         vec![],
         1 << 16,

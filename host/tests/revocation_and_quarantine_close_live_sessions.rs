@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 
 use common::appliance::{
-    Appliance, Child, Mosquitto, PATIENCE, peer_script, require, require_python, route, tls_args,
+    Appliance, Child, Mosquitto, PATIENCE, aioquic, require, require_python, route, tls_args,
 };
 
 /// A mosquitto_sub through Palisade, and its output lines as they come.
@@ -201,11 +201,7 @@ fn quarantine_closes_a_live_quic_connection() {
     let upstream = format!("127.0.0.1:{}", broker.port);
     let palisade = Appliance::start(&route("mqtt-quic", "mqtt", "quic", Some("mqtt"), &upstream));
     let device = palisade.issue("quic-q", "meter", "roof");
-    let mut peer = Command::new("python3")
-        .arg(peer_script("aioquic_mqtt.py"))
-        .args(["127.0.0.1", &palisade.port("mqtt-quic").to_string()])
-        .arg(&device)
-        .args(["roof/q", "1", "hold"])
+    let mut peer = aioquic(&palisade, "mqtt-quic", &device, &["roof/q", "1", "hold"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

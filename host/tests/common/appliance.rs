@@ -579,13 +579,21 @@ pub fn aioquic_publish(
     topic: &str,
     payload: &str,
 ) -> Output {
-    Command::new("python3")
-        .arg(peer_script("aioquic_mqtt.py"))
-        .args(["127.0.0.1", &palisade.port(route).to_string()])
-        .arg(dir)
-        .args([topic, payload])
+    aioquic(palisade, route, dir, &[topic, payload])
         .output()
         .unwrap()
+}
+
+/// The aioquic MQTT-over-QUIC peer (`tests/peers/aioquic_mqtt.py`) as the
+/// device in `dir`, on QUIC route `route`, with `args` (topic, payload and
+/// a mode), to run.
+pub fn aioquic(palisade: &Appliance, route: &str, dir: &Path, args: &[&str]) -> Command {
+    let mut peer = Command::new("python3");
+    peer.arg(peer_script("aioquic_mqtt.py"))
+        .args(["127.0.0.1", &palisade.port(route).to_string()])
+        .arg(dir)
+        .args(args);
+    peer
 }
 
 /// The path of a peer script in `tests/peers/`.
