@@ -190,7 +190,8 @@ impl Exporter {
     }
 
     /// How many records the sink refused for their size even alone,
-    /// rendered near the cap ([`PASS_OVER_AT`]), and were passed over.
+    /// rendered near the cap ([`PASS_OVER_AT`]) or longer than any it took,
+    /// and were passed over.
     pub fn undeliverable(&self) -> u64 {
         self.undeliverable
     }
@@ -261,31 +262,35 @@ impl Exporter {
         let Some(last) = page.last else {
             return Ok(0);
         };
-        let delivered = match (&self.sink, page.records.as_slice()) {
-            // A page of damaged records only (skipped and counted by
-            // `read`) moves the cursor too; a file's lines are appended
-            // below, with no deadline, by the task that moves the cursor.
-            (_, []) | (SinkConfig::File { .. }, _) => Ok(()),
-            (_, records) => tokio::time::timeout(self.deadline, self.deliver(records))
-                .await
-                .unwrap_or(Err(DeliveryError::Timeout(self.deadline))),
+        // Each record as the network sink gets it, rendered once. A page of
+        // damaged records only (skipped and counted by `read`) moves the
+        // cursor too; a file's lines are appended below, with no deadline,
+        // by the task that moves the cursor.
+        let messages: Vec<String> = match self.sink {
+            SinkConfig::File { .. } => Vec::new(),
+            _ => page.records.iter().map(|r| self.rendered(r)).collect(),
         };
+        let delivered = if messages.is_empty() {
+            Ok(())
+        } else {
+            tokio::time::timeout(self.deadline, self.deliver(&messages))
+                .await
+                .unwrap_or(Err(DeliveryError::Timeout(self.deadline)))
+        };
+        let longest = messages.iter().map(String::len).max().unwrap_or(0);
         match (delivered, page.records.as_slice()) {
-            (Ok(()), records) => {
+            (Ok(()), _) => {
                 self.batch = self.batch.saturating_mul(2).min(BATCH);
-                if !matches!(self.sink, SinkConfig::File { .. }) {
-                    let longest = records.iter().map(|r| self.rendered(r).len()).max();
-                    self.longest_taken = self.longest_taken.max(longest.unwrap_or(0));
-                }
+                self.longest_taken = self.longest_taken.max(longest);
             }
-            (Err(e @ DeliveryError::TooLarge(_)), [record]) if self.never_taken(record) => {
+            (Err(e @ DeliveryError::TooLarge(_)), [record]) if self.never_taken(longest) => {
                 self.undeliverable = self.undeliverable.saturating_add(1);
                 tracing::error!(
                     sink = %self.sink.name(),
                     record = record.id,
                     error = %e,
                     undeliverable = self.undeliverable,
-                    "audit record refused by the sink for its size even alone, and rendered near the cap; passed over (it stays in the audit trail)"
+                    "audit record refused by the sink for its size even alone, and rendered near the cap or longer than any it took; passed over (it stays in the audit trail)"
                 );
             }
             (Err(e), records) => {
@@ -327,17 +332,16 @@ impl Exporter {
             .map_err(|e| DeliveryError::Io(std::io::Error::other(e)))?
     }
 
-    /// `record` as the sink gets it, cut to fit.
-    /// Whether `record`, refused alone for its size, is one the sink will
-    /// never take: rendered near the cap (it cannot get smaller), or longer
-    /// than any the sink took while it takes others (a size limit between
-    /// them). A record no longer than one it took was refused by a passing
-    /// fault, and is tried again.
-    fn never_taken(&self, record: &Record) -> bool {
-        let length = self.rendered(record).len();
+    /// Whether a record rendered `length` bytes long, refused alone for
+    /// its size, is one the sink will never take: near the cap (it cannot
+    /// get smaller), or longer than any the sink took while it takes
+    /// others (a size limit between them). A record no longer than one it
+    /// took was refused by a passing fault, and is tried again.
+    fn never_taken(&self, length: usize) -> bool {
         length >= PASS_OVER_AT || (self.longest_taken > 0 && length > self.longest_taken)
     }
 
+    /// `record` as the sink gets it, cut to fit.
     fn rendered(&self, record: &Record) -> String {
         match &self.sink {
             SinkConfig::File { .. } | SinkConfig::Webhook { .. } => json(record),
@@ -347,34 +351,32 @@ impl Exporter {
         }
     }
 
-    async fn deliver(&self, records: &[Record]) -> Result<(), DeliveryError> {
+    /// Send `messages`, the records rendered for this network sink.
+    async fn deliver(&self, messages: &[String]) -> Result<(), DeliveryError> {
         match &self.sink {
             // Appended in `deliver_next`, by the task that moves the cursor.
             SinkConfig::File { .. } => Ok(()),
-            SinkConfig::Webhook { url, .. } => post(url, records).await,
+            SinkConfig::Webhook { url, .. } => post(url, messages).await,
             SinkConfig::Syslog {
                 address, transport, ..
-            } => {
-                let messages = records.iter().map(|r| self.rendered(r));
-                match transport {
-                    SyslogTransport::Tcp => syslog_tcp(address, messages).await,
-                    SyslogTransport::Udp => {
-                        let socket = UdpSocket::bind(("0.0.0.0", 0)).await?;
-                        socket.connect(address).await?;
-                        for message in messages {
-                            socket.send(message.as_bytes()).await.map_err(|e| {
-                                match rustix::io::Errno::from_io_error(&e) {
-                                    Some(rustix::io::Errno::MSGSIZE) => {
-                                        DeliveryError::TooLarge(e.to_string())
-                                    }
-                                    _ => DeliveryError::Io(e),
+            } => match transport {
+                SyslogTransport::Tcp => syslog_tcp(address, messages).await,
+                SyslogTransport::Udp => {
+                    let socket = UdpSocket::bind(("0.0.0.0", 0)).await?;
+                    socket.connect(address).await?;
+                    for message in messages {
+                        socket.send(message.as_bytes()).await.map_err(|e| {
+                            match rustix::io::Errno::from_io_error(&e) {
+                                Some(rustix::io::Errno::MSGSIZE) => {
+                                    DeliveryError::TooLarge(e.to_string())
                                 }
-                            })?;
-                        }
-                        Ok(())
+                                _ => DeliveryError::Io(e),
+                            }
+                        })?;
                     }
+                    Ok(())
                 }
-            }
+            },
         }
     }
 }
@@ -411,10 +413,7 @@ fn json(record: &Record) -> String {
 
 /// Send `messages` octet-counted over one connection, then wait for the
 /// receiver to close its side: it has read everything.
-async fn syslog_tcp(
-    address: &str,
-    messages: impl Iterator<Item = String>,
-) -> Result<(), DeliveryError> {
+async fn syslog_tcp(address: &str, messages: &[String]) -> Result<(), DeliveryError> {
     let mut stream = TcpStream::connect(address).await?;
     let mut frames = Vec::new();
     for message in messages {
@@ -432,8 +431,9 @@ async fn syslog_tcp(
     }
 }
 
-/// POST `records` as a JSON array to `url` over HTTP/1.1.
-async fn post(url: &str, records: &[Record]) -> Result<(), DeliveryError> {
+/// POST `records`, each one rendered as JSON, as a JSON array to `url`
+/// over HTTP/1.1.
+async fn post(url: &str, records: &[String]) -> Result<(), DeliveryError> {
     let Some(rest) = url.strip_prefix("http://") else {
         return Err(DeliveryError::Config(format!(
             "webhook {url}: only http:// URLs are supported"
@@ -448,10 +448,7 @@ async fn post(url: &str, records: &[Record]) -> Result<(), DeliveryError> {
     } else {
         format!("{authority}:80")
     };
-    let body = format!(
-        "[{}]",
-        records.iter().map(json).collect::<Vec<_>>().join(",")
-    );
+    let body = format!("[{}]", records.join(","));
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
