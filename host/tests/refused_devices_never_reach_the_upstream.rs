@@ -240,20 +240,29 @@ fn revoked_certificate_cannot_resume_its_session() {
     );
 }
 
+/// An appliance with the `[limits]` lines `limits`, whose policy lets every
+/// device connect to its one TLS route, relaying to an upstream that
+/// counts what reaches it.
+fn limited(limits: &str) -> (Appliance, CountingUpstream) {
+    let upstream = CountingUpstream::start();
+    let addr = format!("127.0.0.1:{}", upstream.port);
+    let config = format!(
+        "[limits]\n{limits}{}",
+        route("mqtt-tls", "mqtt", "tls", Some("mqtt"), &addr)
+    );
+    let policy = r#"permit(principal, action == Action::"connect", resource);"#;
+    (
+        Appliance::start_with_policy(&config, Some(policy)),
+        upstream,
+    )
+}
+
 /// Connections that never send a handshake take connection slots only up
 /// to the bound per address; the device, from another address, still gets
 /// one.
 #[test]
 fn connections_that_never_handshake_leave_slots_for_devices() {
-    let upstream = CountingUpstream::start();
-    let addr = format!("127.0.0.1:{}", upstream.port);
-    let config = [
-        "[limits]\nmax-connections = 4\nmax-handshakes-per-address = 2\n".to_owned(),
-        route("mqtt-tls", "mqtt", "tls", Some("mqtt"), &addr),
-    ]
-    .concat();
-    let policy = r#"permit(principal, action == Action::"connect", resource);"#;
-    let palisade = Appliance::start_with_policy(&config, Some(policy));
+    let (palisade, _upstream) = limited("max-connections = 4\nmax-handshakes-per-address = 2\n");
     let device = palisade.issue("therm-slot", "thermostat", "hall");
     let listener = palisade.addr("mqtt-tls");
     // Five silent connections from 127.0.0.2.
@@ -278,15 +287,7 @@ fn connections_that_never_handshake_leave_slots_for_devices() {
 /// holds go on.
 #[test]
 fn a_device_past_its_connections_is_refused() {
-    let upstream = CountingUpstream::start();
-    let addr = format!("127.0.0.1:{}", upstream.port);
-    let config = [
-        "[limits]\nmax-connections-per-device = 2\n".to_owned(),
-        route("mqtt-tls", "mqtt", "tls", Some("mqtt"), &addr),
-    ]
-    .concat();
-    let policy = r#"permit(principal, action == Action::"connect", resource);"#;
-    let palisade = Appliance::start_with_policy(&config, Some(policy));
+    let (palisade, _upstream) = limited("max-connections-per-device = 2\n");
     let tls = device_tls(&palisade.issue("therm-many", "thermostat", "hall"));
     let listener = palisade.addr("mqtt-tls");
     let held: Vec<_> = (0..2)
