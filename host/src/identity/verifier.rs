@@ -305,7 +305,182 @@ impl ClientCertVerifier for ClientVerifier {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::time::Duration;
+
+    use rcgen::KeyPair;
+
     use super::*;
+    use crate::identity::{DeviceCertRequest, DeviceState, IssuedCert, now_unix};
+    use crate::store::Store;
+
+    /// A site CA, an external CA the site trusts, and a device verifier over
+    /// a fresh registry. The directory holds both CAs.
+    struct Site {
+        _dir: tempfile::TempDir,
+        ca: Pki,
+        external: Pki,
+        registry: Registry,
+        verifier: Arc<ClientVerifier>,
+    }
+
+    fn site() -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, _) = Pki::init(&dir.path().join("site")).unwrap();
+        let (external, _) = Pki::init(&dir.path().join("external")).unwrap();
+        let registry = Registry::open(&Store::temporary().unwrap()).unwrap();
+        let verifier =
+            ClientVerifier::devices(&ca, &[external.ca_der().clone()], registry.clone()).unwrap();
+        Site {
+            _dir: dir,
+            ca,
+            external,
+            registry,
+            verifier,
+        }
+    }
+
+    /// `device`, of class sensor in the hall, for an hour.
+    fn request(device: &str) -> DeviceCertRequest {
+        DeviceCertRequest {
+            device: device.into(),
+            class: "sensor".into(),
+            zone: "hall".into(),
+            role: None,
+            lifetime: Duration::from_secs(3600),
+        }
+    }
+
+    /// A certificate `ca` issues to `device`.
+    fn certificate(ca: &Pki, device: &str) -> IssuedCert {
+        ca.issue_device(&request(device), &KeyPair::generate().unwrap())
+            .unwrap()
+    }
+
+    impl Site {
+        /// A certificate the site CA issues to `device`, recorded in the
+        /// registry as `palisade device issue` does.
+        fn issue(&self, device: &str) -> Claims {
+            let issued = certificate(&self.ca, device);
+            self.registry
+                .record_issued(&request(device), &issued.claims)
+                .unwrap();
+            issued.claims
+        }
+
+        /// Why readmit refuses `claims`.
+        #[track_caller]
+        fn refusal(&self, claims: &Claims) -> String {
+            let refusal = self.verifier.readmit(claims).unwrap_err();
+            assert_eq!(refusal.device.as_deref(), Some(claims.device.as_str()));
+            refusal.reason
+        }
+    }
+
+    /// What changed in the registry after a handshake counts: a device
+    /// quarantined or revoked since, or whose certificate was replaced, is
+    /// refused with the reason; the same certificate is admitted while
+    /// nothing changed.
+    #[test]
+    fn readmit_sees_the_registry_as_it_is_now() {
+        let site = site();
+        let old = site.issue("plc-7");
+        let device = site.verifier.readmit(&old).unwrap();
+        assert_eq!(
+            (device.id.as_str(), device.state),
+            ("plc-7", DeviceState::Active)
+        );
+
+        site.registry.quarantine("plc-7").unwrap();
+        assert_eq!(site.refusal(&old), "quarantined");
+        site.registry.release("plc-7").unwrap();
+        assert!(site.verifier.readmit(&old).is_ok());
+
+        site.registry.revoke("plc-7").unwrap();
+        assert_eq!(site.refusal(&old), "revoked");
+
+        // Re-issued: the device is active again on its new certificate
+        // only; the one it held when it was revoked stays refused.
+        let new = site.issue("plc-7");
+        assert!(site.verifier.readmit(&new).is_ok());
+        assert_eq!(
+            site.refusal(&old),
+            format!("certificate {} revoked", old.serial)
+        );
+
+        // Signed by the site CA, but not recorded for the device (never
+        // recorded, or dropped since): not a current certificate.
+        let unrecorded = certificate(&site.ca, "plc-7").claims;
+        assert_eq!(
+            site.refusal(&unrecorded),
+            format!(
+                "certificate {} is not one the registry holds for it",
+                unrecorded.serial
+            )
+        );
+
+        let unknown = certificate(&site.ca, "plc-8").claims;
+        assert_eq!(site.refusal(&unknown), "not enrolled");
+    }
+
+    /// A certificate's dates are checked against the clock now, not at the
+    /// handshake: one that expired since is refused, though the registry
+    /// still holds it unrevoked.
+    #[test]
+    fn readmit_checks_the_certificates_dates_now() {
+        let site = site();
+        let claims = site.issue("plc-7");
+        let now = now_unix();
+
+        let mut expired = claims.clone();
+        expired.not_after = now - 1;
+        assert_eq!(site.refusal(&expired), "certificate expired");
+
+        let mut early = claims.clone();
+        early.not_before = now + 60;
+        assert_eq!(site.refusal(&early), "certificate not valid yet");
+
+        assert!(site.verifier.readmit(&claims).is_ok());
+    }
+
+    /// The CA that issued a certificate must be the one the device was
+    /// enrolled with: the site CA's serials are checked, an external CA's
+    /// certificate stands for a device enrolled as external only.
+    #[test]
+    fn readmit_checks_which_ca_issued_the_certificate() {
+        let site = site();
+        site.issue("plc-7");
+        site.registry
+            .add_external("badge-1", "sensor", "hall")
+            .unwrap();
+
+        let external = certificate(&site.external, "badge-1").claims;
+        assert_eq!(site.verifier.readmit(&external).unwrap().id, "badge-1");
+        assert_eq!(
+            site.refusal(&certificate(&site.ca, "badge-1").claims),
+            "enrolled with an external CA but presented a site certificate"
+        );
+        assert_eq!(
+            site.refusal(&certificate(&site.external, "plc-7").claims),
+            "enrolled with the site CA but presented a certificate from another CA"
+        );
+
+        site.registry.revoke("badge-1").unwrap();
+        assert_eq!(site.refusal(&external), "revoked");
+    }
+
+    /// The operators' verifier (the admin API's) never admits a device.
+    #[test]
+    fn readmit_on_the_admin_listener_refuses_devices() {
+        let site = site();
+        let claims = site.issue("plc-7");
+        let operators = Operators::open(&Store::temporary().unwrap()).unwrap();
+        let admin = ClientVerifier::operators(&site.ca, operators).unwrap();
+        assert_eq!(
+            admin.readmit(&claims).unwrap_err().reason,
+            "this listener admits operators, not devices"
+        );
+    }
 
     #[test]
     fn refusal_survives_the_text_of_a_handshake_error() {
