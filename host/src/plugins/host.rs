@@ -137,12 +137,7 @@ impl host::Host for PluginState {
             self.counters_add("palisade.log-lines-dropped", 1);
             return Ok(());
         }
-        let message = printable(&message);
-        let mut end = message.len().min(MAX_LOG_LINE);
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        let message = message.get(..end).unwrap_or_default();
+        let message = log_line(&message);
         let plugin = &*self.plugin;
         match level {
             Level::Debug => tracing::debug!(plugin, "{message}"),
@@ -228,24 +223,31 @@ impl PluginState {
     }
 }
 
-/// `message` with its control characters (line breaks above all) escaped:
-/// one log call of a plugin is one line of the appliance's log, and cannot
-/// pass for a line of the appliance's own.
-fn printable(message: &str) -> std::borrow::Cow<'_, str> {
-    if !message.chars().any(char::is_control) {
+/// `message` as one line of the appliance's log: its control characters
+/// (line breaks above all) escaped, so that it cannot pass for a line of the
+/// appliance's own, then cut to [`MAX_LOG_LINE`] bytes. Escaping comes
+/// first, so that it cannot grow the line past the limit; the cut falls
+/// between whole characters and whole escapes, so that the line never ends
+/// in half of one; and no more of the message is read than the line holds,
+/// however long the guest made it.
+fn log_line(message: &str) -> std::borrow::Cow<'_, str> {
+    if message.len() <= MAX_LOG_LINE && !message.chars().any(char::is_control) {
         return message.into();
     }
-    message
-        .chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect::<String>()
-        .into()
+    let mut line = String::with_capacity(MAX_LOG_LINE);
+    for c in message.chars() {
+        let kept = line.len();
+        if c.is_control() {
+            line.extend(c.escape_default());
+        } else {
+            line.push(c);
+        }
+        if line.len() > MAX_LOG_LINE {
+            line.truncate(kept);
+            break;
+        }
+    }
+    line.into()
 }
 
 fn kv_error(refusal: KvRefusal) -> KvError {
@@ -289,12 +291,62 @@ mod tests {
 
     #[test]
     fn a_log_line_is_one_line() {
-        assert_eq!(printable("plain é"), "plain é");
+        assert_eq!(log_line("plain é"), "plain é");
         assert_eq!(
-            printable("x\n2026-11-27T00:00:00Z  INFO palisade::admin: forged\r"),
+            log_line("x\n2026-11-27T00:00:00Z  INFO palisade::admin: forged\r"),
             "x\\n2026-11-27T00:00:00Z  INFO palisade::admin: forged\\r"
         );
-        assert_eq!(printable("\u{1b}[31m"), "\\u{1b}[31m");
+        assert_eq!(log_line("\u{1b}[31m"), "\\u{1b}[31m");
+    }
+
+    /// The last few characters of `line`.
+    fn tail(line: &str) -> String {
+        let start = line.char_indices().rev().nth(7).map_or(0, |(i, _)| i);
+        line.get(start..).unwrap_or_default().to_owned()
+    }
+
+    /// A line that escaping makes longer than the limit is cut after
+    /// escaping: it stays within the limit, holds no raw control character,
+    /// and ends on a whole escape and a whole character, with as many of
+    /// them as fit, wherever the cut falls among their bytes.
+    #[test]
+    fn a_log_line_is_escaped_then_cut_between_whole_escapes() {
+        // Characters a plugin repeats, each with its escape.
+        for unit in [
+            &[("\n", "\\n")][..],
+            &[("\r", "\\r"), ("\n", "\\n")],
+            &[("\u{1b}", "\\u{1b}")],
+            // NEL: a two-byte control character, escaped into six.
+            &[("\u{85}", "\\u{85}")],
+            &[("é", "é"), ("\u{7}", "\\u{7}")],
+            &[("€", "€")],
+        ] {
+            for lead in 0..8 {
+                let message = "a".repeat(lead)
+                    + &unit
+                        .iter()
+                        .map(|(c, _)| *c)
+                        .collect::<String>()
+                        .repeat(MAX_LOG_LINE);
+                let mut expected = "a".repeat(lead);
+                for (_, escaped) in unit.iter().cycle() {
+                    if expected.len() + escaped.len() > MAX_LOG_LINE {
+                        break;
+                    }
+                    expected.push_str(escaped);
+                }
+                let line = log_line(&message);
+                let what = format!("{unit:?} after {lead} bytes");
+                assert!(line.len() <= MAX_LOG_LINE, "{what}: {} bytes", line.len());
+                assert!(!line.chars().any(char::is_control), "{what}");
+                assert!(
+                    line == expected,
+                    "{what}: ends {:?}, not {:?}",
+                    tail(&line),
+                    tail(&expected),
+                );
+            }
+        }
     }
 
     #[test]
