@@ -158,6 +158,32 @@ fn a_quic_device_may_not_make_the_appliance_hold_much() {
     );
 }
 
+/// A QUIC device proves it receives at its address before it takes a
+/// connection slot, and keeps that address: as aioquic sees it, the first
+/// packet the appliance sends is a retry, and its transport parameters
+/// disable active migration.
+#[test]
+fn a_quic_device_proves_its_address_and_keeps_it() {
+    if !(require("mosquitto") && require_python("aioquic")) {
+        return;
+    }
+    let broker = Mosquitto::start();
+    let palisade = appliance(&broker);
+    let device = palisade.issue("quic-4", "meter", "roof");
+    let out = aioquic(&palisade, "mqtt-quic", &device, &["t", "m", "address"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "first-packet=retry disable-active-migration=True\n"
+    );
+}
+
 /// Each QUIC stream is a session of its own, which the connection policy
 /// in force when it opens decides: after a reload that takes the route
 /// from the device's class, a new stream on a connection opened before is

@@ -6,13 +6,17 @@ broker acknowledged the message, and exits 0; exits 1 otherwise. With
 closes, and then prints `closed`. With `limits`, it prints what the
 server's transport parameters allow it instead, and exits 0: the
 datagram frame size (`None`: no datagrams), and the flow-control windows
-of the connection and of a stream.
+of the connection and of a stream. With `address`, it prints what it saw
+of the server's address validation and migration instead, and exits 0:
+the type of the first packet it received from the server (`retry` when
+the server made it prove its address before the handshake), and whether
+the server's transport parameters disable active migration.
 
 With `second`, after the PUBACK it waits for a line on stdin, then opens a
 second stream and sends CONNECT on it: it prints `connack` if the broker
 answers within five seconds, `no connack` otherwise.
 
-usage: aioquic_mqtt.py HOST PORT CERT_DIR TOPIC PAYLOAD [hold|limits|second]
+usage: aioquic_mqtt.py HOST PORT CERT_DIR TOPIC PAYLOAD [hold|limits|address|second]
 """
 
 import asyncio
@@ -21,6 +25,7 @@ import sys
 
 from aioquic.asyncio.client import connect
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.logger import QuicLogger
 
 
 def packet(header: int, body: bytes) -> bytes:
@@ -46,7 +51,29 @@ async def main(host, port, certs, topic, payload, mode):
     config.server_name = "localhost"
     # Offered, so that a server that accepts datagrams says so.
     config.max_datagram_frame_size = 65536
+    # aioquic answers a retry itself; its qlog events show whether one came.
+    config.quic_logger = QuicLogger()
     async with connect(host, port, configuration=config) as client:
+        if mode == "address":
+            # connect() returns once the handshake is complete.
+            events = config.quic_logger.to_dict()["traces"][0]["events"]
+            received = [
+                e["data"]["header"]["packet_type"]
+                for e in events
+                if e["name"] == "transport:packet_received"
+            ]
+            remote = [
+                e["data"]
+                for e in events
+                if e["name"] == "transport:parameters_set"
+                and e["data"]["owner"] == "remote"
+            ]
+            print(
+                f"first-packet={received[0] if received else None}"
+                f" disable-active-migration={remote[0]['disable_active_migration']}",
+                flush=True,
+            )
+            return
         if mode == "limits":
             quic = client._quic
             print(
