@@ -224,20 +224,23 @@ impl PluginState {
 }
 
 /// `message` as one line of the appliance's log: its control characters
-/// (line breaks above all) escaped, so that it cannot pass for a line of the
-/// appliance's own, then cut to [`MAX_LOG_LINE`] bytes. Escaping comes
-/// first, so that it cannot grow the line past the limit; the cut falls
-/// between whole characters and whole escapes, so that the line never ends
-/// in half of one; and no more of the message is read than the line holds,
-/// however long the guest made it.
+/// (line breaks above all), the Unicode line and paragraph separators and
+/// the bidirectional controls (which some log viewers show as line breaks,
+/// or use to reorder what a line reads) escaped, so that it cannot pass for
+/// a line of the appliance's own; backslashes escaped too, so that an
+/// escape in the line is one the appliance wrote. Then cut to
+/// [`MAX_LOG_LINE`] bytes. Escaping comes first, so that it cannot grow the
+/// line past the limit; the cut falls between whole characters and whole
+/// escapes, so that the line never ends in half of one; and no more of the
+/// message is read than the line holds, however long the guest made it.
 fn log_line(message: &str) -> std::borrow::Cow<'_, str> {
-    if message.len() <= MAX_LOG_LINE && !message.chars().any(char::is_control) {
+    if message.len() <= MAX_LOG_LINE && !message.chars().any(escaped) {
         return message.into();
     }
     let mut line = String::with_capacity(MAX_LOG_LINE);
     for c in message.chars() {
         let kept = line.len();
-        if c.is_control() {
+        if escaped(c) {
             line.extend(c.escape_default());
         } else {
             line.push(c);
@@ -248,6 +251,16 @@ fn log_line(message: &str) -> std::borrow::Cow<'_, str> {
         }
     }
     line.into()
+}
+
+/// Whether `c` is written as an escape in a plugin's log line.
+fn escaped(c: char) -> bool {
+    c.is_control()
+        || c == '\\'
+        // Line and paragraph separators; bidirectional marks, embeddings,
+        // overrides and isolates.
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{061c}')
+        || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 fn kv_error(refusal: KvRefusal) -> KvError {
@@ -297,6 +310,11 @@ mod tests {
             "x\\n2026-11-27T00:00:00Z  INFO palisade::admin: forged\\r"
         );
         assert_eq!(log_line("\u{1b}[31m"), "\\u{1b}[31m");
+        // A backslash the plugin wrote is not taken for an escape.
+        assert_eq!(log_line("a\\nb"), "a\\\\nb");
+        // Separators some viewers break lines at, and a right-to-left
+        // override that would make the rest read backwards.
+        assert_eq!(log_line("a\u{2028}b\u{202e}c"), "a\\u{2028}b\\u{202e}c");
     }
 
     /// The last few characters of `line`.
@@ -320,6 +338,8 @@ mod tests {
             &[("\u{85}", "\\u{85}")],
             &[("é", "é"), ("\u{7}", "\\u{7}")],
             &[("€", "€")],
+            &[("\\", "\\\\")],
+            &[("\u{2028}", "\\u{2028}")],
         ] {
             for lead in 0..8 {
                 let message = "a".repeat(lead)
@@ -338,7 +358,10 @@ mod tests {
                 let line = log_line(&message);
                 let what = format!("{unit:?} after {lead} bytes");
                 assert!(line.len() <= MAX_LOG_LINE, "{what}: {} bytes", line.len());
-                assert!(!line.chars().any(char::is_control), "{what}");
+                assert!(
+                    !(line.chars()).any(|c| c.is_control() || c == '\u{2028}'),
+                    "{what}"
+                );
                 assert!(
                     line == expected,
                     "{what}: ends {:?}, not {:?}",
