@@ -405,3 +405,80 @@ fn a_viewer_dripping_after_a_refusal_neither_lingers_nor_blocks_a_quarantine() {
         assert!(open < Duration::from_secs(5), "held open for {open:?}");
     }
 }
+
+/// A TLS connection to the API at `port` as `tls`'s operator, handshake
+/// done, on which nothing is sent.
+fn idle_connection(
+    port: u16,
+    tls: Arc<rustls::ClientConfig>,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut session = rustls::ClientConnection::new(tls, name).unwrap();
+    while session.is_handshaking() {
+        session.complete_io(&mut tcp).unwrap();
+    }
+    rustls::StreamOwned::new(session, tcp)
+}
+
+/// curl's status for a listing as the operator in `dir`, until it is
+/// `wanted` (within ten seconds: the appliance counts a connection a moment
+/// after the client's handshake ends); the body of that answer.
+fn listing_until(port: u16, dir: &Path, wanted: u16) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = curl(port, Some(dir), r#"{"op":"plugin-list"}"#);
+        if status == wanted {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {status}, not {wanted}: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// An operator's credential that opens connections and holds them, as a
+/// stolen one might, is answered 503 past the cap at once, while another
+/// operator is served; a connection it closes frees its place.
+#[test]
+fn an_operator_holding_connections_open_locks_no_one_out() {
+    if !require("curl") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let appliance = Appliance::start("[admin]\nlisten = \"127.0.0.1:0\"\n");
+    let port = appliance.port("admin");
+    let operator = |name: &str, role: &str| {
+        let out = w.join(name);
+        let dir = out.to_str().unwrap();
+        appliance.cli_ok(&["operator", "issue", name, "--role", role, "--out", dir]);
+        out
+    };
+    let (ann, val) = (operator("ann", "operator"), operator("val", "viewer"));
+
+    // Ann's credential opens as many connections as an operator may,
+    // and says nothing on them.
+    let tls = operator_tls(&ann);
+    let mut held: Vec<_> = (0..palisade::admin::MAX_CONNECTIONS_PER_OPERATOR)
+        .map(|_| idle_connection(port, tls.clone()))
+        .collect();
+    let refused = listing_until(port, &ann, 503);
+    assert!(
+        refused.contains("ann already has 16 connections open"),
+        "{refused}"
+    );
+    // Another operator is served meanwhile.
+    let (status, body) = curl(port, Some(&val), r#"{"op":"plugin-list"}"#);
+    assert_eq!(status, 200, "{body}");
+    // A connection Ann closes frees its place.
+    held.pop();
+    listing_until(port, &ann, 200);
+    // And the ones she keeps still count.
+    held.pop();
+    held.push(idle_connection(port, tls.clone()));
+    held.push(idle_connection(port, tls));
+    listing_until(port, &ann, 503);
+}

@@ -28,16 +28,22 @@
 //! credential, however slow its client, keeps an operator's quarantine
 //! waiting for longer than the requests before it take to run.
 //!
+//! An operator has at most [`MAX_CONNECTIONS_PER_OPERATOR`] connections
+//! open at once, counted from the handshake to the close; more are
+//! answered 503 at once. So a credential gone astray cannot pin the
+//! appliance's memory with connections, nor lock the other operators out.
+//!
 //! The roles ([`Role`]): `viewer` lists; `operator` also installs,
 //! activates, rolls back, removes, shadows and promotes plugins, changes
 //! their settings, and quarantines and releases devices; `admin` also
 //! issues and revokes device certificates and enrolls devices. Who the
 //! operators are is decided only on the appliance itself.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
@@ -62,6 +68,10 @@ const MAX_BODY: usize = 64 << 10;
 const MAX_HANDSHAKES: usize = 64;
 /// Requests of admitted operators executed at once; more wait.
 const MAX_REQUESTS: usize = 16;
+/// Connections one operator may have open at once: as many as the API
+/// executes requests at once, which is more than a person or a script
+/// needs.
+pub const MAX_CONNECTIONS_PER_OPERATOR: usize = MAX_REQUESTS;
 /// Longest wait for a handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait for a request, and for each write of the answer.
@@ -88,6 +98,7 @@ pub async fn serve_https(
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     let requests = Arc::new(Semaphore::new(MAX_REQUESTS));
+    let open = Open::default();
     loop {
         let permit = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -107,8 +118,9 @@ pub async fn serve_https(
             },
         };
         let (acceptor, admin, requests) = (acceptor.clone(), admin.clone(), requests.clone());
+        let open = open.clone();
         tokio::spawn(async move {
-            connection(stream, peer, &acceptor, permit, &requests, admin).await;
+            connection(stream, peer, &acceptor, permit, &requests, &open, admin).await;
         });
     }
 }
@@ -119,6 +131,7 @@ async fn connection(
     acceptor: &tokio_rustls::TlsAcceptor,
     handshake: tokio::sync::OwnedSemaphorePermit,
     requests: &Arc<Semaphore>,
+    open: &Open,
     admin: Admin,
 ) {
     let handshaken = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
@@ -153,6 +166,15 @@ async fn connection(
             let _ = reply(&mut tls, "403 Forbidden", &Response::Error(e)).await;
             return;
         }
+    };
+    let Some(_open) = open.enter(&name) else {
+        warn!(%peer, operator = %name, "admin API: refused, too many connections");
+        let error = format!(
+            "operator {name} already has {MAX_CONNECTIONS_PER_OPERATOR} connections open to \
+             this API: close one"
+        );
+        let _ = reply(&mut tls, "503 Service Unavailable", &Response::Error(error)).await;
+        return;
     };
     let request =
         match tokio::time::timeout(IO_TIMEOUT, crate::http::read_request(&mut tls, MAX_BODY)).await
@@ -206,6 +228,45 @@ async fn connection(
         }
     }
     let _ = tokio::time::timeout(IO_TIMEOUT, tls.shutdown()).await;
+}
+
+/// The connections each operator has open, by name.
+#[derive(Debug, Default, Clone)]
+struct Open(Arc<Mutex<HashMap<String, usize>>>);
+
+/// One connection of an operator, counted in [`Open`] while it lives.
+struct Held {
+    open: Open,
+    name: String,
+}
+
+impl Open {
+    /// Count a connection of operator `name`, unless it has
+    /// [`MAX_CONNECTIONS_PER_OPERATOR`] open already.
+    fn enter(&self, name: &str) -> Option<Held> {
+        let mut open = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(name.to_owned()).or_default();
+        if *count >= MAX_CONNECTIONS_PER_OPERATOR {
+            return None;
+        }
+        *count += 1;
+        Some(Held {
+            open: self.clone(),
+            name: name.to_owned(),
+        })
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut open = self.open.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.name) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.name);
+            }
+        }
+    }
 }
 
 /// The request in `http`, if an operator with `role` may make it.

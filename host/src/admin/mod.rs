@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tracing::info;
 
-pub use https::{API_PATH, RemoteAdmin, serve_https};
+pub use https::{API_PATH, MAX_CONNECTIONS_PER_OPERATOR, RemoteAdmin, serve_https};
 pub use plugins::{RegistrySource, self_check};
 pub use socket::{ADMIN_SOCKET, Console, bind_socket, serve_socket};
 
