@@ -204,6 +204,18 @@ impl Site {
         ]);
     }
 
+    /// Trust the registry's `root` (a file in its metadata) on the
+    /// appliance, with `--force` or not.
+    fn trust(&self, root: &str, force: bool) -> (bool, String) {
+        let root = self.reg.join("metadata").join(root);
+        let mut args = vec!["--data", s(&self.data), "registry", "trust", s(&root)];
+        args.extend(["--registry", s(&self.reg)]);
+        if force {
+            args.push("--force");
+        }
+        run(&args)
+    }
+
     /// The version of the root the appliance trusts.
     fn trusted_root_version(&self) -> serde_json::Value {
         let root = std::fs::read(self.data.join("registry/root.json")).unwrap();
@@ -523,15 +535,7 @@ fn a_rotated_root_is_not_trusted_back_without_force() {
     assert_eq!(trusted_version(), 2);
     let seen = site.data.join("registry/tuf/timestamp.json");
     assert!(seen.exists());
-    let trust = |root: &str, force: bool| {
-        let root = site.reg.join("metadata").join(root);
-        let mut args = vec!["--data", s(&site.data), "registry", "trust", s(&root)];
-        args.extend(["--registry", s(&site.reg)]);
-        if force {
-            args.push("--force");
-        }
-        run(&args)
-    };
+    let trust = |root: &str, force: bool| site.trust(root, force);
 
     // Provisioning again with the original root: the appliance keeps the
     // rotated one, and what it saw of the registry.
@@ -561,6 +565,48 @@ fn a_rotated_root_is_not_trusted_back_without_force() {
     assert!(success, "{text}");
     assert_eq!(trusted_version(), 1);
     assert!(!seen.exists(), "a new root of trust starts a new history");
+}
+
+#[test]
+fn a_damaged_trusted_root_is_replaced_only_with_force() {
+    let site = site_with("acme-topics");
+    let trusted = site.data.join("registry/root.json");
+    let whole = std::fs::read(&trusted).unwrap();
+    let mut unsigned: serde_json::Value = serde_json::from_slice(&whole).unwrap();
+    unsigned["signatures"][0]["sig"] = "not hex".into();
+    let damages = [
+        ("not JSON", b"\x00\x00\x00 garbage".to_vec()),
+        ("truncated", whole[..whole.len() / 2].to_vec()),
+        (
+            "a signature not in hex",
+            serde_json::to_vec(&unsigned).unwrap(),
+        ),
+    ];
+    for (damage, bytes) in damages {
+        std::fs::write(&trusted, &bytes).unwrap();
+        // Without --force: refused, saying which file, what is wrong with
+        // it, and the way out; nothing changed.
+        let (success, text) = site.trust("1.root.json", false);
+        assert!(!success, "{damage}: trusted anyway: {text}");
+        for says in [s(&trusted), "damaged", "--force"] {
+            assert!(
+                text.contains(says),
+                "{damage}: does not say {says:?}: {text}"
+            );
+        }
+        assert_eq!(std::fs::read(&trusted).unwrap(), bytes, "{damage}");
+
+        // With --force: replaced, and said so.
+        let (success, text) = site.trust("1.root.json", true);
+        assert!(success, "{damage}: {text}");
+        assert!(
+            text.contains(s(&trusted)) && text.contains("damaged") && text.contains("replaced"),
+            "{damage}: does not say the damaged root was replaced: {text}"
+        );
+        assert_eq!(site.trusted_root_version(), 1, "{damage}");
+    }
+    let (success, text) = site.install("acme-topics");
+    assert!(success, "the replaced root does not work: {text}");
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -9,9 +9,11 @@
 //! Stopping does not wait for an attempt to a network sink: what it was
 //! sending goes again at the next start. A delivery to a file is never cut
 //! short, by the deadline or by stop: its lines and the cursor past them
-//! are written together, so each line is in the file once, and whole. The
-//! audit log on disk is the buffer, so a slow or absent SIEM never slows
-//! the traffic; its backlog is in the log lines.
+//! are written together, so each line is in the file once, and whole; an
+//! append that fails (a full disk) leaves the file as it was, and the same
+//! lines go again at the next attempt. The audit log on disk is the
+//! buffer, so a slow or absent SIEM never slows the traffic; its backlog
+//! is in the log lines.
 //!
 //! What "accepted" means depends on the sink:
 //! - `file`: appended and synced to disk;
@@ -392,7 +394,14 @@ fn json_lines(records: &[Record]) -> String {
 }
 
 /// Append `lines` to the file at `path` (created 0600), and wait until
-/// they are on disk. Blocks.
+/// they are on disk; or, when that fails, leave the file as it was. Blocks.
+///
+/// A write can fail part way (the disk full, the file at its size limit,
+/// an I/O error): the batch is tried again later, and a torn line left
+/// behind would be glued to the first line of the next attempt. A sync
+/// that fails leaves lines that may or may not be on disk, and the next
+/// attempt writes them again. So on any failure the file is cut back to
+/// its length before the attempt.
 fn append(path: &Path, lines: &str) -> std::io::Result<()> {
     if lines.is_empty() {
         return Ok(());
@@ -402,8 +411,22 @@ fn append(path: &Path, lines: &str) -> std::io::Result<()> {
         .append(true)
         .mode(0o600)
         .open(path)?;
-    file.write_all(lines.as_bytes())?;
-    file.sync_data()
+    // Only this sink's exporter appends to the file, one batch at a time:
+    // its end does not move between here and the write.
+    let before = file.metadata()?.len();
+    let Err(error) = (file.write_all(lines.as_bytes())).and_then(|()| file.sync_data()) else {
+        return Ok(());
+    };
+    match file.set_len(before).and_then(|()| file.sync_data()) {
+        Ok(()) => Err(error),
+        Err(undo) => Err(std::io::Error::new(
+            error.kind(),
+            format!(
+                "{error}; and cutting {} back to its {before} bytes failed too (it may end in a partial line): {undo}",
+                path.display()
+            ),
+        )),
+    }
 }
 
 /// `record` as one line of JSON, cut to fit.
@@ -685,6 +708,96 @@ mod tests {
             "{} bytes: lines cut",
             text.len()
         );
+    }
+
+    /// Set only in the child process of
+    /// [`an_append_that_fails_part_way_leaves_the_file_as_it_was`]: the file
+    /// it appends to under a file size limit.
+    const LIMITED: &str = "PALISADE_TEST_APPEND_UNDER_A_SIZE_LIMIT";
+    /// What that child prints once its append has failed.
+    const REFUSED: &str = "append refused by the size limit:";
+
+    #[test]
+    fn an_append_that_fails_part_way_leaves_the_file_as_it_was() {
+        if let Some(out) = std::env::var_os(LIMITED) {
+            return append_under_a_size_limit(Path::new(&out));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(&Store::temporary().unwrap()).unwrap();
+        let earlier = log.append(entries(2)).unwrap();
+        let batch = log.append(entries(40)).unwrap();
+        let out = dir.path().join("audit.jsonl");
+        append(&out, &json_lines(&earlier)).unwrap();
+        let before = std::fs::read_to_string(&out).unwrap();
+        std::fs::write(out.with_extension("batch"), json_lines(&batch)).unwrap();
+
+        // The file size limit is process-wide and this process runs other
+        // tests at once: the append runs in a child, this same test alone.
+        // A process the limit stops gets SIGXFSZ, which kills it unless
+        // ignored; ignored (the shell's `trap ''`), it stays ignored
+        // through exec, and the write fails with EFBIG instead. The limit
+        // binds root too.
+        let test = concat!(
+            module_path!(),
+            "::an_append_that_fails_part_way_leaves_the_file_as_it_was"
+        );
+        let test = test.split_once("::").unwrap().1;
+        let child = std::process::Command::new("sh")
+            .args(["-c", r#"trap '' XFSZ && exec "$0" "$@""#])
+            .arg(std::env::current_exe().unwrap())
+            .args([test, "--exact", "--nocapture", "--test-threads=1"])
+            .env(LIMITED, &out)
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&child.stdout),
+            String::from_utf8_lossy(&child.stderr)
+        );
+        assert!(
+            child.status.success() && said.contains(REFUSED),
+            "the append under a size limit did not run, or did not fail: {said}"
+        );
+        let after = std::fs::read_to_string(&out).unwrap();
+        assert!(
+            after == before,
+            "the failed append left the file {} bytes long, {} before it; it ends {:?}",
+            after.len(),
+            before.len(),
+            after
+                .get(after.len().saturating_sub(60)..)
+                .unwrap_or_default()
+        );
+
+        // The exporter tries the same batch again, and the file holds each
+        // line once, whole.
+        append(&out, &json_lines(&batch)).unwrap();
+        let expected: Vec<u64> = earlier.iter().chain(&batch).map(|r| r.id).collect();
+        assert_eq!(ids_in(&out), expected);
+    }
+
+    /// In the child: append the batch beside `out` under a file size limit
+    /// that stops it half way, and say how it failed.
+    fn append_under_a_size_limit(out: &Path) {
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        let batch = std::fs::read_to_string(out.with_extension("batch")).unwrap();
+        let half_way = std::fs::metadata(out).unwrap().len() + batch.len() as u64 / 2;
+        let hard = getrlimit(Resource::Fsize).maximum;
+        setrlimit(
+            Resource::Fsize,
+            Rlimit {
+                current: Some(half_way),
+                maximum: hard,
+            },
+        )
+        .unwrap();
+        let error = append(out, &batch).unwrap_err();
+        assert_eq!(
+            rustix::io::Errno::from_io_error(&error),
+            Some(rustix::io::Errno::FBIG),
+            "{error}"
+        );
+        println!("{REFUSED} {error}");
     }
 
     /// A webhook that answers 413 to the batches `refuses`, and keeps the

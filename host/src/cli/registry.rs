@@ -148,7 +148,9 @@ pub enum Command {
         /// trusts (a lower version: the registry rotated its root since).
         /// Dangerous: it forgets what the appliance saw of the registry,
         /// so a registry or mirror may again serve anything ROOT's keys
-        /// sign. Only to start over, for example with another registry.
+        /// sign. Only to start over, for example with another registry,
+        /// or from a trusted root that is damaged (cannot be read or
+        /// parsed).
         #[arg(long)]
         force: bool,
     },
@@ -271,6 +273,12 @@ pub(crate) fn run(data: &Path, command: &Command) -> anyhow::Result<ExitCode> {
             match trusted {
                 Trusted::Kept => println!("trusting the registry at {registry}, as before"),
                 Trusted::New => println!("trusting the registry at {registry}"),
+                Trusted::Replaced(why) => println!(
+                    "the trusted registry root {} was damaged ({why}): replaced by {}; \
+                     trusting the registry at {registry}, starting over",
+                    crate::registry::trusted_root(data).display(),
+                    root.display()
+                ),
             }
         }
     }

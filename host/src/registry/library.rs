@@ -29,13 +29,17 @@ pub fn trusted_root(data: &Path) -> PathBuf {
 }
 
 /// What [`trust_root`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trusted {
     /// The root was the one already trusted: what the appliance saw of the
     /// registry is kept.
     Kept,
     /// A new root of trust, starting a new history of the registry.
     New,
+    /// A new root of trust, starting a new history of the registry, in
+    /// place of a trusted root that could not be read or parsed (why,
+    /// said here): only with `force`.
+    Replaced(String),
 }
 
 /// Make `root` (a TUF root, JSON) the registry's root of trust in `data`.
@@ -47,13 +51,27 @@ pub enum Trusted {
 /// `force`: after the registry rotated its root and the appliance followed,
 /// going back to the original root would let a mirror withhold the
 /// rotation and serve what the retired keys sign.
+///
+/// A trusted root that cannot be read or parsed (a truncated write, a
+/// damaged disk) is refused too, unless `force`: without it, the appliance
+/// cannot tell which root it followed; with it, `root` replaces it, and
+/// the operator can start over without deleting files by hand.
 pub fn trust_root(data: &Path, root: &[u8], force: bool) -> anyhow::Result<Trusted> {
     let new: Signed<Root> = parse_root(root)?;
     let path = trusted_root(data);
     let trusted = match std::fs::read(&path) {
-        Ok(bytes) => Some(parse_root(&bytes).with_context(|| format!("{}", path.display()))?),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        Ok(bytes) => parse_root(&bytes).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow::Error::new(e).context("cannot be read")),
+    };
+    let (trusted, damaged) = match trusted {
+        Ok(trusted) => (trusted, None),
+        Err(e) if force => (None, Some(format!("{e:#}"))),
+        Err(e) => anyhow::bail!(
+            "the trusted registry root {} is damaged ({e:#}): nothing changed. Pass --force \
+             to start over from this root, forgetting what the appliance saw of the registry",
+            path.display()
+        ),
     };
     let datastore = data.join("registry").join("tuf");
     if let Some(trusted) = trusted {
@@ -80,7 +98,7 @@ pub fn trust_root(data: &Path, root: &[u8], force: bool) -> anyhow::Result<Trust
     }
     crate::store::write_atomic(&path, root, 0o644)
         .with_context(|| format!("writing {}", path.display()))?;
-    Ok(Trusted::New)
+    Ok(damaged.map_or(Trusted::New, Trusted::Replaced))
 }
 
 fn parse_root(bytes: &[u8]) -> anyhow::Result<Signed<Root>> {

@@ -215,18 +215,9 @@ fn profiles(n: usize) -> String {
 /// (`novelties` sorted so): it names the first [`profile::NAMED`] and
 /// counts the rest, within [`MAX_REASON_LEN`].
 fn reason(novelties: &[Novelty]) -> String {
-    let mut reason = String::new();
-    for novelty in novelties.iter().take(profile::NAMED) {
-        if !reason.is_empty() {
-            reason.push_str("; ");
-        }
-        reason.push_str(&novelty.reason);
-    }
-    let more = novelties.len().saturating_sub(profile::NAMED);
-    if more > 0 {
-        reason.push_str(&format!("; and {more} more"));
-    }
-    profile::bounded(reason)
+    let named = profile::FirstNamed::of(novelties.iter().map(|n| n.reason.as_str()));
+    // Each departure whole; the reason as a whole is bounded.
+    profile::bounded(named.list("; ", "; ", usize::MAX))
 }
 
 impl Detector for Baseline {

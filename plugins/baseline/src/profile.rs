@@ -242,24 +242,54 @@ fn start_of(text: &str) -> &str {
     cut(text, SHOWN)
 }
 
-/// `shown` names, each cut to [`LISTED`] bytes, then how many `more`
-/// there are: `a, b and 3 more`.
-fn listed(shown: &[&str], more: usize) -> String {
-    let mut list = String::new();
-    for (i, name) in shown.iter().enumerate() {
-        if i > 0 {
-            list.push_str(", ");
-        }
-        let start = cut(name, LISTED);
-        list.push_str(start);
-        if start.len() < name.len() {
-            list.push('…');
+/// The first [`NAMED`] of some names, and how many more there are: what
+/// a reason names, and what it counts ("a, b, c, d, e and 38 more").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirstNamed<'a> {
+    /// The names shown, [`NAMED`] at most.
+    pub shown: Vec<&'a str>,
+    /// How many more there are.
+    pub more: usize,
+}
+
+impl<'a> FirstNamed<'a> {
+    /// The first [`NAMED`] of `names`; the rest are counted, not kept (a
+    /// SUBSCRIBE may carry tens of thousands of filters).
+    pub fn of(names: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut names = names.into_iter();
+        let shown = names.by_ref().take(NAMED).collect();
+        FirstNamed {
+            shown,
+            more: names.count(),
         }
     }
-    if more > 0 {
-        let _ = write!(list, " and {more} more");
+
+    /// How many names there are in all.
+    pub fn total(&self) -> usize {
+        self.shown.len().saturating_add(self.more)
     }
-    list
+
+    /// The names shown, each cut to `longest` bytes (with an ellipsis
+    /// where cut), with `separator` between them, then `before_more` and
+    /// how many more there are: `a, b and 3 more` (separated by `", "`,
+    /// `" "` before the count), `a; b; and 3 more` (`"; "` and `"; "`).
+    pub fn list(&self, separator: &str, before_more: &str, longest: usize) -> String {
+        let mut list = String::new();
+        for (i, name) in self.shown.iter().enumerate() {
+            if i > 0 {
+                list.push_str(separator);
+            }
+            let start = cut(name, longest);
+            list.push_str(start);
+            if start.len() < name.len() {
+                list.push('…');
+            }
+        }
+        if self.more > 0 {
+            let _ = write!(list, "{before_more}and {} more", self.more);
+        }
+        list
+    }
 }
 
 /// `reason` cut to [`MAX_REASON_LEN`] bytes, on a character, with an
@@ -639,16 +669,8 @@ impl Profile {
         if event.kind_id() == names.subscribe {
             // One departure for all the new filters, however many: the
             // first few named, the rest counted.
-            let mut shown = Vec::with_capacity(NAMED);
-            let mut more = 0_usize;
-            for filter in filters(event).filter(|f| !self.filters.contains(*f)) {
-                if shown.len() < NAMED {
-                    shown.push(filter);
-                } else {
-                    more = more.saturating_add(1);
-                }
-            }
-            let reason = match (shown.as_slice(), more) {
+            let new = FirstNamed::of(filters(event).filter(|f| !self.filters.contains(*f)));
+            let reason = match (new.shown.as_slice(), new.more) {
                 ([], _) => None,
                 ([filter], 0) if filter.len() > MAX_TEXT_LEN => Some(format!(
                     "{who} subscribed to a {}-byte filter ({}…), longer than any it learns",
@@ -658,10 +680,10 @@ impl Profile {
                 ([filter], 0) => Some(format!(
                     "{who} subscribed to {filter}, a filter it never used"
                 )),
-                (shown, more) => Some(format!(
+                _ => Some(format!(
                     "{who} subscribed to {} filters it never used: {}",
-                    shown.len().saturating_add(more),
-                    listed(shown, more)
+                    new.total(),
+                    new.list(", ", " ", LISTED)
                 )),
             };
             if let Some(reason) = reason {
@@ -1041,5 +1063,21 @@ mod tests {
                 "{n}"
             );
         }
+    }
+
+    #[test]
+    fn a_list_names_the_first_few_each_cut_and_counts_the_rest() {
+        let long = "é".repeat(40);
+        let named = FirstNamed::of(["a", long.as_str(), "c", "d", "e", "f", "g"]);
+        assert_eq!(named.total(), 7);
+        assert_eq!(
+            named.list(", ", " ", LISTED),
+            format!("a, {}…, c, d, e and 2 more", "é".repeat(32))
+        );
+        assert_eq!(
+            named.list("; ", "; ", usize::MAX),
+            format!("a; {long}; c; d; e; and 2 more")
+        );
+        assert_eq!(FirstNamed::of(["a", "b"]).list(", ", " ", LISTED), "a, b");
     }
 }
