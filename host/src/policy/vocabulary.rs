@@ -232,6 +232,11 @@ const MODBUS_OPTIONAL: &[Attribute] = &[
     ("vendor-name", Text),
     ("product-code", Text),
     ("revision", Text),
+    // Set on a response or exception whose request the parser does not
+    // know (its transaction id reused while in flight, the request
+    // forgotten or never seen, or of another function): it names no
+    // registers, whatever its request asked for.
+    ("unmatched-request", Flag),
 ];
 
 const MODBUS_ACCESS_OPTIONAL: &[Attribute] = &[
@@ -346,7 +351,11 @@ pub fn markdown() -> String {
          UDP (RFC 7252), never over TCP (RFC 8323). A Modbus write's \
          `value-min` and `value-max` bound the register values it leaves; \
          for a mask write (function 22), whatever the register held \
-         before.\n",
+         before. A Modbus response names the registers its request asked \
+         for; one whose request is not known (its transaction id reused \
+         while in flight, the request forgotten, as all but the latest 32 \
+         outstanding are, or never seen) names none and has \
+         `unmatched-request`, and so does such an exception.\n",
     );
     let name = |ty: Type| match ty {
         Type::Text => "text",
