@@ -93,7 +93,8 @@ const MQTT5_PROPERTIES: &[Attribute] = &[
     ("receive-maximum", Int),
     ("topic-alias-maximum", Int),
     // A PUBLISH's Topic Alias; its `topic` is the topic the alias stands
-    // for.
+    // for. Never above the Topic Alias Maximum the receiver allowed: a
+    // PUBLISH with one higher is malformed.
     ("topic-alias", Int),
     ("maximum-qos", Int),
     ("retain-available", Int),
@@ -231,6 +232,11 @@ const MODBUS_OPTIONAL: &[Attribute] = &[
     ("vendor-name", Text),
     ("product-code", Text),
     ("revision", Text),
+    // Set on a response or exception whose request the parser does not
+    // know (its transaction id reused while in flight, the request
+    // forgotten or never seen, or of another function): it names no
+    // registers, whatever its request asked for.
+    ("unmatched-request", Flag),
 ];
 
 const MODBUS_ACCESS_OPTIONAL: &[Attribute] = &[
@@ -338,12 +344,18 @@ pub fn markdown() -> String {
          names its topic by an MQTT 5 topic alias has in `topic` the topic \
          the alias stands for; one that binds an alias has \
          `changes-session`, and dropping it closes the session, since the \
-         broker would keep the binding the appliance's reading lost. A CoAP message has `type` \
+         broker would keep the binding the appliance's reading lost. Its \
+         `topic-alias`, if any, is never above the Topic Alias Maximum its receiver \
+         allowed (a PUBLISH that uses one is malformed). A CoAP message has `type` \
          (`con`, `non`, `ack` or `rst`) and `message-id` when it came over \
          UDP (RFC 7252), never over TCP (RFC 8323). A Modbus write's \
          `value-min` and `value-max` bound the register values it leaves; \
          for a mask write (function 22), whatever the register held \
-         before.\n",
+         before. A Modbus response names the registers its request asked \
+         for; one whose request is not known (its transaction id reused \
+         while in flight, the request forgotten, as all but the latest 32 \
+         outstanding are, or never seen) names none and has \
+         `unmatched-request`, and so does such an exception.\n",
     );
     let name = |ty: Type| match ty {
         Type::Text => "text",

@@ -9,7 +9,9 @@
 //! response's event names the same register range as its request's. It
 //! never names another's: the answer under a transaction id reused for
 //! another request while in flight, or to a request forgotten (the memory
-//! keeps the latest 32), is described without registers.
+//! keeps the latest 32), is described without registers, and says so with
+//! `unmatched-request`, so that a detector or policy can tell it from a
+//! response that has no registers to name.
 
 use std::collections::VecDeque;
 
@@ -42,6 +44,10 @@ const OUTSTANDING: usize = 32;
 const UNKNOWN: u8 = 0;
 /// Bytes one remembered request takes in the state.
 const ENTRY: usize = 7;
+/// The flag of a response or exception whose request is not known: none
+/// remembered under its transaction id, one that cannot be told apart
+/// from another, or one of another function.
+const UNMATCHED_REQUEST: &str = "unmatched-request";
 
 /// A request, as its response needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -376,11 +382,17 @@ fn response(
     parsed: &mut Parsed,
 ) -> Result<(), &'static str> {
     let function = frame.function();
-    let asked = take(pending, frame.transaction);
+    // The request this answers, if it can be known: an exception answers
+    // a request of its function without the high bit.
+    let asked = take(pending, frame.transaction)
+        .filter(|p| p.function != UNKNOWN && p.function == function & 0x7f);
     if function & 0x80 != 0 {
         let code = frame.u8_at(1)?;
         let mut event = frame.event(parsed, "modbus.exception");
         event.int("exception-code", code);
+        if asked.is_none() {
+            event.flag(UNMATCHED_REQUEST, true);
+        }
         return Ok(());
     }
     if frame.pdu.is_empty() {
@@ -434,7 +446,10 @@ fn response(
             event.text(name, text);
         }
     }
-    if let Some(p) = asked.filter(|p| p.function == function)
+    if asked.is_none() {
+        event.flag(UNMATCHED_REQUEST, true);
+    }
+    if let Some(p) = asked
         && let Some(register_type) = register_type(function)
     {
         let access = match function {
@@ -738,5 +753,68 @@ mod tests {
         let latest = OUTSTANDING as u16 + 7;
         let down = parse(Direction::ToDevice, &p.state, &mbap(latest, &[3, 2, 0, 5]));
         assert_eq!(down.events.get(0).unwrap().int("count"), Some(1));
+    }
+
+    #[test]
+    fn an_answer_under_a_reused_id_is_flagged_unmatched() {
+        let reads = [mbap(7, &[3, 0, 10, 0, 4]), mbap(7, &[3, 0, 100, 0, 2])].concat();
+        let up = parse(Direction::ToUpstream, &[], &reads);
+        let answer = mbap(7, &[3, 4, 0, 0, 0, 0]);
+        let down = parse(Direction::ToDevice, &up.state, &answer);
+        let e = down.events.get(0).unwrap();
+        assert_eq!(e.flag("unmatched-request"), Some(true), "{e}");
+        assert_eq!(e.int("address"), None);
+        // So is an exception under it.
+        let down = parse(Direction::ToDevice, &up.state, &mbap(7, &[0x83, 2]));
+        let e = down.events.get(0).unwrap();
+        assert_eq!(e.kind(), "modbus.exception");
+        assert_eq!(e.flag("unmatched-request"), Some(true), "{e}");
+        // The answer to a request known is not flagged, whether it names
+        // registers or has none to name.
+        let known = [mbap(1, &[3, 0, 10, 0, 1]), mbap(2, &[8, 0, 0, 0, 0])].concat();
+        let up = parse(Direction::ToUpstream, &[], &known);
+        let answers = [
+            mbap(1, &[3, 2, 0, 5]),
+            mbap(2, &[8, 0, 0, 0, 0]),
+            mbap(9, &[8, 0, 0, 0, 0]),
+        ]
+        .concat();
+        let down = parse(Direction::ToDevice, &up.state, &answers);
+        let flags: Vec<_> = (down.events.iter())
+            .map(|e| e.flag("unmatched-request"))
+            .collect();
+        assert_eq!(flags, [None, None, Some(true)]);
+        // Nor is an exception to one; an answer of another function is.
+        let up = parse(Direction::ToUpstream, &[], &known);
+        let answers = [mbap(1, &[0x83, 2]), mbap(2, &[4, 2, 0, 5])].concat();
+        let down = parse(Direction::ToDevice, &up.state, &answers);
+        let flags: Vec<_> = (down.events.iter())
+            .map(|e| e.flag("unmatched-request"))
+            .collect();
+        assert_eq!(flags, [None, Some(true)]);
+    }
+
+    #[test]
+    fn an_answer_to_a_forgotten_request_is_flagged_unmatched() {
+        let many: Vec<u8> = (0..OUTSTANDING as u16 + 1)
+            .flat_map(|t| mbap(t, &[3, 0, 0, 0, 1]))
+            .collect();
+        let up = parse(Direction::ToUpstream, &[], &many);
+        let answers = [
+            mbap(0, &[3, 2, 0, 5]),
+            mbap(0, &[0x83, 4]),
+            mbap(1, &[3, 2, 0, 5]),
+        ]
+        .concat();
+        let down = parse(Direction::ToDevice, &up.state, &answers);
+        assert_eq!(down.malformed, None);
+        let seen: Vec<_> = (down.events.iter())
+            .map(|e| (e.flag("unmatched-request"), e.int("count")))
+            .collect();
+        assert_eq!(
+            seen,
+            [(Some(true), None), (Some(true), None), (None, Some(1))],
+            "the oldest forgotten, the next remembered"
+        );
     }
 }

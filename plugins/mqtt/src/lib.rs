@@ -24,10 +24,16 @@
 //! It also holds each direction's MQTT 5 topic aliases, so that a PUBLISH
 //! naming its topic by alias alone is described with the topic the alias
 //! stands for, the one the receiver publishes to: a policy or detector
-//! never judges an empty topic. An alias never bound, or aliases that
-//! would outgrow the state's bound, are malformed.
+//! never judges an empty topic. And it holds the Topic Alias Maximum each
+//! receiver allowed: the device's CONNECT bounds the broker's aliases, the
+//! broker's CONNACK the device's, and a packet without one allows none
+//! (MQTT 5 §3.3.2.3.4). An alias never bound, an alias above its
+//! receiver's maximum (any alias of the device's before the CONNACK), or
+//! aliases that would outgrow the state's bound, are malformed.
 
 mod state;
+
+use std::borrow::Cow;
 
 use palisade_plugin_sdk::host::config;
 use palisade_plugin_sdk::{Direction, EventWriter, Parsed, Parser, Session};
@@ -42,6 +48,10 @@ pub const MAX_PAYLOAD_BYTES: usize = 4096;
 /// The parser as a plugin.
 #[derive(Debug)]
 pub struct Mqtt;
+
+/// Why a packet is malformed: most often a fixed text, sometimes with the
+/// packet's own numbers in it.
+type Reason = Cow<'static, str>;
 
 impl Parser for Mqtt {
     const PROTOCOL: &'static str = "mqtt";
@@ -167,19 +177,19 @@ fn publish<'a>(
     session: &mut SessionState<'a>,
     payload_cap: &mut Option<usize>,
     parsed: &mut Parsed,
-) -> Result<(), &'static str> {
+) -> Result<(), Reason> {
     let level = session.level(direction);
     let v5 = level == 5;
     let qos = (flags >> 1) & 0x03;
     if qos == 3 {
-        return Err("PUBLISH with QoS 3");
+        return Err("PUBLISH with QoS 3".into());
     }
     if qos == 0 && flags & 0x08 != 0 {
-        return Err("PUBLISH with DUP set at QoS 0");
+        return Err("PUBLISH with DUP set at QoS 0".into());
     }
     let topic = r.string()?;
     if has_wildcard(topic) {
-        return Err("wildcard in a PUBLISH topic");
+        return Err("wildcard in a PUBLISH topic".into());
     }
     let packet_id = if qos > 0 { Some(r.u16()?) } else { None };
     let properties = if v5 {
@@ -192,10 +202,19 @@ fn publish<'a>(
     // §3.3.2.3.4). The last thing that can fail: nothing is bound unless
     // the packet reads well.
     let binds = properties.topic_alias().is_some() && !topic.is_empty();
+    let maximum = session.alias_maximum(direction);
     let topic = match (properties.topic_alias(), topic.is_empty()) {
-        (None, true) => return Err("empty PUBLISH topic without a topic alias"),
+        (None, true) => return Err("empty PUBLISH topic without a topic alias".into()),
         (None, false) => topic,
-        (Some(0), _) => return Err("PUBLISH with topic alias 0"),
+        (Some(0), _) => return Err("PUBLISH with topic alias 0".into()),
+        // The receiver allowed no higher (§3.3.2.3.4), and before it said
+        // anything, none at all.
+        (Some(alias), _) if alias > maximum => {
+            return Err(format!(
+                "topic alias {alias} above the maximum {maximum} the receiver allowed"
+            )
+            .into());
+        }
         (Some(alias), true) => session
             .topic(direction, alias)
             .ok_or("PUBLISH with a topic alias never bound")?,
@@ -272,7 +291,7 @@ fn describe<'a>(
     session: &mut SessionState<'a>,
     payload_cap: &mut Option<usize>,
     parsed: &mut Parsed,
-) -> Result<(), &'static str> {
+) -> Result<(), Reason> {
     let mut r = Reader(packet.body);
     let (kind, flags, len) = (packet.kind(), packet.flags(), packet.len);
     let upstream = packet.direction == Direction::ToUpstream;
@@ -281,7 +300,8 @@ fn describe<'a>(
             "a server's packet sent by the client"
         } else {
             "a client's packet sent by the server"
-        });
+        }
+        .into());
     }
     let fixed_flags = match kind {
         3 => None,
@@ -289,26 +309,26 @@ fn describe<'a>(
         _ => Some(0),
     };
     if fixed_flags.is_some_and(|f| f != flags) {
-        return Err("reserved flags in the fixed header");
+        return Err("reserved flags in the fixed header".into());
     }
     let level = session.level(packet.direction);
     let v5 = level == 5;
     match kind {
-        0 => return Err("packet type 0 (reserved)"),
+        0 => return Err("packet type 0 (reserved)".into()),
         1 => {
             if level != 0 {
-                return Err("second CONNECT on a session");
+                return Err("second CONNECT on a session".into());
             }
             let name = r.string()?;
             let version = r.u8()?;
             match (name, version) {
                 ("MQTT", 4 | 5) | ("MQIsdp", 3) => {}
-                _ => return Err("unsupported protocol name or level"),
+                _ => return Err("unsupported protocol name or level".into()),
             }
             let connect_flags = r.u8()?;
             let keep_alive = r.u16()?;
             if connect_flags & 0x01 != 0 {
-                return Err("CONNECT reserved flag set");
+                return Err("CONNECT reserved flag set".into());
             }
             let (will, will_qos, will_retain) = (
                 connect_flags & 0x04 != 0,
@@ -316,12 +336,12 @@ fn describe<'a>(
                 connect_flags & 0x20 != 0,
             );
             if will_qos == 3 || (!will && (will_qos != 0 || will_retain)) {
-                return Err("CONNECT will flags inconsistent");
+                return Err("CONNECT will flags inconsistent".into());
             }
             let (has_username, has_password) =
                 (connect_flags & 0x80 != 0, connect_flags & 0x40 != 0);
             if version < 5 && has_password && !has_username {
-                return Err("CONNECT password without a username");
+                return Err("CONNECT password without a username".into());
             }
             let properties = if version == 5 {
                 r.properties()?
@@ -349,7 +369,9 @@ fn describe<'a>(
                 r.binary()?;
             }
             r.end()?;
-            session.set_level(packet.direction, version);
+            // The highest alias the broker may use towards the device.
+            let maximum = properties.topic_alias_maximum().unwrap_or(0);
+            session.learn(packet.direction, version, maximum)?;
             let mut event = parsed.frame(len, "mqtt.connect");
             event
                 .int("protocol-version", version)
@@ -372,7 +394,7 @@ fn describe<'a>(
         2 => {
             let ack = r.u8()?;
             if ack & 0xfe != 0 {
-                return Err("CONNACK reserved flags set");
+                return Err("CONNACK reserved flags set".into());
             }
             let code = r.u8()?;
             // The broker's side learns the level here: MQTT 5's CONNACK
@@ -384,10 +406,12 @@ fn describe<'a>(
                 Properties::default()
             };
             r.end()?;
+            // The highest alias the device may use towards the broker.
+            let maximum = properties.topic_alias_maximum().unwrap_or(0);
             if v5_form {
-                session.set_level(packet.direction, 5);
+                session.learn(packet.direction, 5, maximum)?;
             } else if level == 0 {
-                session.set_level(packet.direction, 4);
+                session.learn(packet.direction, 4, maximum)?;
             }
             let mut event = parsed.frame(len, "mqtt.connack");
             event
@@ -435,13 +459,13 @@ fn describe<'a>(
                     let options = r.u8()?;
                     let reserved = if v5 { 0xc0 } else { 0xfc };
                     if options & reserved != 0 || options & 0x03 == 3 {
-                        return Err("SUBSCRIBE options invalid");
+                        return Err("SUBSCRIBE options invalid".into());
                     }
                 }
                 count += 1;
             }
             if count == 0 {
-                return Err("SUBSCRIBE or UNSUBSCRIBE without a topic filter");
+                return Err("SUBSCRIBE or UNSUBSCRIBE without a topic filter".into());
             }
             let mut event = parsed.frame(len, packet_name(kind));
             event.int("packet-id", packet_id);
@@ -471,7 +495,7 @@ fn describe<'a>(
                 Properties::default()
             };
             if kind == 9 && r.0.is_empty() {
-                return Err("SUBACK without a reason code");
+                return Err("SUBACK without a reason code".into());
             }
             let codes = r.0;
             let mut event = parsed.frame(len, packet_name(kind));
@@ -490,7 +514,7 @@ fn describe<'a>(
             // has no level yet: the client's CONNECT says whether the
             // session is MQTT 5.
             if kind == 15 && session.client_level() != 5 {
-                return Err("AUTH before an MQTT 5 CONNECT");
+                return Err("AUTH before an MQTT 5 CONNECT".into());
             }
             let code = if r.0.is_empty() { None } else { Some(r.u8()?) };
             let properties = if r.0.is_empty() {
@@ -505,7 +529,7 @@ fn describe<'a>(
             }
             properties.write(&mut event);
         }
-        _ => return Err("unknown packet type"),
+        _ => return Err("unknown packet type".into()),
     }
     Ok(())
 }
@@ -676,8 +700,18 @@ struct Properties<'a>(Vec<(&'static str, Property<'a>)>);
 impl Properties<'_> {
     /// The Topic Alias property, if present.
     fn topic_alias(&self) -> Option<u16> {
+        self.two_bytes("topic-alias")
+    }
+
+    /// The Topic Alias Maximum property, if present.
+    fn topic_alias_maximum(&self) -> Option<u16> {
+        self.two_bytes("topic-alias-maximum")
+    }
+
+    /// The two-byte integer property described as `attribute`, if present.
+    fn two_bytes(&self, attribute: &str) -> Option<u16> {
         self.0.iter().find_map(|(name, value)| match value {
-            Property::Int(alias) if *name == "topic-alias" => u16::try_from(*alias).ok(),
+            Property::Int(v) if *name == attribute => u16::try_from(*v).ok(),
             _ => None,
         })
     }
@@ -701,7 +735,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
     use super::*;
-    use palisade_plugin_sdk::testing::parse_stream;
+    use palisade_plugin_sdk::testing::{parse_stream, parse_stream_after};
 
     #[test]
     fn wildcards_are_found_at_every_position() {
@@ -753,6 +787,51 @@ mod tests {
         body.extend_from_slice(topic.as_bytes());
         body.extend_from_slice(payload);
         packet(0x30, &body)
+    }
+
+    /// An MQTT 5 CONNECT whose Topic Alias Maximum allows the broker
+    /// aliases up to `maximum`.
+    fn connect_allowing(maximum: u16) -> Vec<u8> {
+        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60, 3, 0x22];
+        body.extend_from_slice(&maximum.to_be_bytes());
+        body.extend_from_slice(&[0, 2, b'c', b'1']);
+        packet(0x10, &body)
+    }
+
+    /// An MQTT 5 CONNACK whose Topic Alias Maximum allows the device
+    /// aliases up to `maximum`.
+    fn connack_allowing(maximum: u16) -> Vec<u8> {
+        let [m0, m1] = maximum.to_be_bytes();
+        packet(0x20, &[0, 0, 3, 0x22, m0, m1])
+    }
+
+    /// The state of an MQTT 5 session once the broker's CONNACK allowed
+    /// the device aliases up to `device_may_use`, and the device's CONNECT
+    /// the broker up to `broker_may_use`.
+    fn connected(device_may_use: u16, broker_may_use: u16) -> Vec<u8> {
+        let up = parse(&[], &connect_allowing(broker_may_use));
+        let down = parse_from(
+            Direction::ToDevice,
+            &up.state,
+            &connack_allowing(device_may_use),
+        );
+        assert_eq!((up.malformed, &down.malformed), (None, &None));
+        down.state
+    }
+
+    /// A PUBLISH at QoS 0 that binds `alias` to `topic`.
+    fn bind(topic: &str, alias: u16) -> Vec<u8> {
+        let mut body = (topic.len() as u16).to_be_bytes().to_vec();
+        body.extend_from_slice(topic.as_bytes());
+        body.extend_from_slice(&[3, 0x23]);
+        body.extend_from_slice(&alias.to_be_bytes());
+        packet(0x30, &body)
+    }
+
+    /// A PUBLISH at QoS 0 that names its topic by `alias` alone.
+    fn by_alias(alias: u16) -> Vec<u8> {
+        let [a0, a1] = alias.to_be_bytes();
+        packet(0x30, &[0, 0, 3, 0x23, a0, a1, b'x'])
     }
 
     #[test]
@@ -860,7 +939,7 @@ mod tests {
         let stream = [connack5, suback, puback].concat();
         let parsed = parse_from(Direction::ToDevice, &[], &stream);
         assert!(parsed.malformed.is_none(), "{:?}", parsed.malformed);
-        assert_eq!(parsed.state, [0, 5], "the device side still unknown");
+        assert_eq!(parsed.state[..2], [0, 5], "the device side still unknown");
         let events: Vec<_> = parsed.events.iter().collect();
         assert_eq!(events[0].kind(), "mqtt.connack");
         assert_eq!(events[0].int("reason-code"), Some(0));
@@ -905,10 +984,10 @@ mod tests {
                 0x18, 14, 0x15, 0, 5, b'S', b'C', b'R', b'A', b'M', 0x16, 0, 3, 1, 2, 3,
             ],
         );
-        let stream = [connect(5), packet(0x30, &body), subscribe, auth].concat();
-        let parsed = parse(&[], &stream);
+        let stream = [packet(0x30, &body), subscribe, auth].concat();
+        let parsed = parse(&connected(7, 0), &stream);
         assert!(parsed.malformed.is_none(), "{:?}", parsed.malformed);
-        let e = parsed.events.get(1).unwrap();
+        let e = parsed.events.get(0).unwrap();
         assert_eq!(e.text("content-type"), Some("json"));
         assert_eq!(
             (e.int("message-expiry"), e.int("topic-alias")),
@@ -926,13 +1005,13 @@ mod tests {
             None,
             "payloads are off unless configured"
         );
-        let s = parsed.events.get(2).unwrap();
+        let s = parsed.events.get(1).unwrap();
         assert_eq!(s.int("subscribe-qos"), Some(1));
         assert_eq!(
             (s.flag("no-local"), s.int("retain-handling")),
             (Some(true), Some(2))
         );
-        let a = parsed.events.get(3).unwrap();
+        let a = parsed.events.get(2).unwrap();
         assert_eq!(a.text("authentication-method"), Some("SCRAM"));
         assert_eq!(a.flag("has-authentication-data"), Some(true));
         assert!(
@@ -948,11 +1027,11 @@ mod tests {
         assert_eq!(bad.events.len(), 1, "only the CONNECT");
     }
 
-    /// The review's stream: a v5 CONNECT, a PUBLISH binding topic alias 1
-    /// to a/config, then a retained PUBLISH by the alias alone.
+    /// The review's stream, after an MQTT 5 CONNECT and a CONNACK that
+    /// allows alias 1: a PUBLISH binding topic alias 1 to a/config, then a
+    /// retained PUBLISH by the alias alone.
     fn aliased_stream() -> Vec<u8> {
         [
-            connect(5),
             b"\x30\x10\x00\x08a/config\x03\x23\x00\x01ok".to_vec(),
             b"\x31\x0a\x00\x00\x03\x23\x00\x01evil".to_vec(),
         ]
@@ -962,9 +1041,11 @@ mod tests {
     #[test]
     fn a_topic_alias_is_reported_as_the_topic_it_stands_for() {
         let stream = aliased_stream();
-        let whole = parse_stream::<Mqtt>(&session(), Direction::ToUpstream, &[&stream]);
+        let state = connected(1, 0);
+        let up = Direction::ToUpstream;
+        let whole = parse_stream_after::<Mqtt>(&session(), up, &state, &[&stream]);
         assert_eq!(whole.malformed, None);
-        let e = whole.events.get(2).unwrap();
+        let e = whole.events.get(1).unwrap();
         assert_eq!(e.text("topic"), Some("a/config"), "{e}");
         assert_eq!(
             (e.flag("retain"), e.int("topic-alias")),
@@ -973,26 +1054,19 @@ mod tests {
         assert_eq!(e.int("payload-size"), Some(4));
         // Only the PUBLISH that binds the alias changes the session: it may
         // not be dropped alone.
-        let binding = whole.events.get(1).unwrap();
+        let binding = whole.events.get(0).unwrap();
         assert_eq!(binding.flag("changes-session"), Some(true));
         assert_eq!(e.flag("changes-session"), None);
         for cut in 0..stream.len() {
             let (a, b) = stream.split_at(cut);
-            let split = parse_stream::<Mqtt>(&session(), Direction::ToUpstream, &[a, b]);
+            let split = parse_stream_after::<Mqtt>(&session(), up, &state, &[a, b]);
             assert_eq!(split, whole, "split at {cut}");
         }
         // One byte at a time.
         let bytes: Vec<&[u8]> = stream.chunks(1).collect();
-        let trickled = parse_stream::<Mqtt>(&session(), Direction::ToUpstream, &bytes);
+        let trickled = parse_stream_after::<Mqtt>(&session(), up, &state, &bytes);
         assert_eq!(trickled, whole);
-        // A state from before aliases (the two levels) still reads.
-        let parsed = parse(&[5, 0], &stream[connect(5).len()..]);
-        assert_eq!(parsed.malformed, None);
-        assert_eq!(
-            parsed.events.get(1).unwrap().text("topic"),
-            Some("a/config")
-        );
-        assert_eq!(parsed.state[..2], [5, 0], "the levels come first");
+        assert_eq!(whole.state[..2], [5, 5], "the levels come first");
     }
 
     #[test]
@@ -1003,73 +1077,211 @@ mod tests {
             (b"\x30\x04\x00\x00\x00x", "empty PUBLISH topic"),
         ];
         for (publish, reason) in cases {
-            let parsed = parse(&[], &[connect(5), publish.to_vec()].concat());
-            assert_eq!(parsed.events.len(), 1, "only the CONNECT");
+            let parsed = parse(&connected(10, 0), publish);
+            assert!(parsed.events.is_empty());
             let m = (parsed.malformed).unwrap_or_else(|| panic!("{publish:?} accepted"));
             assert!(m.reason.contains(reason), "{publish:?}: {}", m.reason);
         }
         // Alias 2 after only alias 1 was bound.
-        let bound = aliased_stream();
-        let unbound = b"\x30\x07\x00\x00\x03\x23\x00\x02x";
-        let parsed = parse(&[], &[bound, unbound.to_vec()].concat());
-        assert_eq!(parsed.events.len(), 3);
+        let stream = [aliased_stream(), by_alias(2)].concat();
+        let parsed = parse(&connected(10, 0), &stream);
+        assert_eq!(parsed.events.len(), 2);
         assert!(parsed.malformed.unwrap().reason.contains("never bound"));
     }
 
     #[test]
     fn each_direction_has_its_own_aliases() {
-        let bind = |topic: &str, alias: u8| {
-            let mut body = (topic.len() as u16).to_be_bytes().to_vec();
-            body.extend_from_slice(topic.as_bytes());
-            body.extend_from_slice(&[3, 0x23, 0, alias]);
-            packet(0x30, &body)
-        };
-        let by_alias = |alias: u8| packet(0x30, &[0, 0, 3, 0x23, 0, alias, b'x']);
-        let up = parse_from(
-            Direction::ToUpstream,
-            &[],
-            &[connect(5), bind("a/config", 1)].concat(),
-        );
-        let connack = packet(0x20, &[0, 0, 0]);
+        let up = parse(&[], &connect_allowing(2));
         let down = parse_from(
             Direction::ToDevice,
             &up.state,
-            &[connack, bind("b/state", 1), by_alias(1)].concat(),
+            &[connack_allowing(2), bind("b/state", 1), by_alias(1)].concat(),
         );
         assert_eq!(down.malformed, None);
         assert_eq!(down.events.get(2).unwrap().text("topic"), Some("b/state"));
-        let up = parse_from(Direction::ToUpstream, &down.state, &by_alias(1));
-        assert_eq!(up.events.get(0).unwrap().text("topic"), Some("a/config"));
+        let up = parse(
+            &down.state,
+            &[bind("a/config", 1), bind("a/two", 2), by_alias(1)].concat(),
+        );
+        assert_eq!(up.malformed, None);
+        assert_eq!(up.events.get(2).unwrap().text("topic"), Some("a/config"));
         // A client's alias means nothing from the broker.
         let down = parse_from(Direction::ToDevice, &up.state, &by_alias(2));
         assert!(down.malformed.unwrap().reason.contains("never bound"));
         // Bound again, an alias stands for its new topic.
-        let up = parse_from(
-            Direction::ToUpstream,
-            &up.state,
-            &[bind("a/other", 1), by_alias(1)].concat(),
-        );
+        let up = parse(&up.state, &[bind("a/other", 1), by_alias(1)].concat());
         assert_eq!(up.events.get(1).unwrap().text("topic"), Some("a/other"));
     }
 
     #[test]
     fn aliases_past_the_session_state_bound_are_malformed() {
         let topic = "t".repeat(1000);
-        let mut stream = connect(5);
-        for alias in 1..=5u8 {
-            let mut body = (topic.len() as u16).to_be_bytes().to_vec();
-            body.extend_from_slice(topic.as_bytes());
-            body.extend_from_slice(&[3, 0x23, 0, alias]);
-            stream.extend(packet(0x30, &body));
-        }
-        let parsed = parse(&[], &stream);
-        assert_eq!(parsed.events.len(), 5, "four aliases of 1000 bytes fit");
+        let stream: Vec<u8> = (1..=5).flat_map(|alias| bind(&topic, alias)).collect();
+        let parsed = parse(&connected(5, 0), &stream);
+        assert_eq!(parsed.events.len(), 4, "four aliases of 1000 bytes fit");
         assert!(parsed.state.len() <= MAX_STATE_BYTES);
         let m = (parsed.malformed).unwrap_or_else(|| panic!("a fifth alias accepted"));
         assert!(m.reason.contains("topic aliases"), "{}", m.reason);
         // A state in a format this parser does not know ends the session.
         let parsed = parse(&[5, 5, 9], &connect(5));
         assert!(parsed.malformed.unwrap().reason.contains("session state"));
+    }
+
+    #[test]
+    fn a_device_alias_above_the_connacks_maximum_is_malformed() {
+        let parsed = parse(&connected(5, 0), &[bind("a/b", 5), by_alias(5)].concat());
+        assert_eq!(parsed.malformed, None, "alias 5 of at most 5");
+        assert_eq!(parsed.events.get(1).unwrap().text("topic"), Some("a/b"));
+        let above = [
+            (bind("a/c", 6), 6),
+            (by_alias(6), 6),
+            (bind("a/d", u16::MAX), u16::MAX),
+        ];
+        for (publish, alias) in above {
+            let parsed = parse(&connected(5, 0), &publish);
+            assert!(parsed.events.is_empty(), "{publish:?}");
+            let m = (parsed.malformed).unwrap_or_else(|| panic!("{publish:?} accepted"));
+            assert_eq!(
+                m.reason,
+                format!("topic alias {alias} above the maximum 5 the receiver allowed")
+            );
+        }
+    }
+
+    #[test]
+    fn a_device_alias_without_a_connack_maximum_is_malformed() {
+        // Before the broker's CONNACK: no maximum returned yet.
+        let parsed = parse(&[], &[connect_allowing(10), bind("a/b", 1)].concat());
+        assert_eq!(parsed.events.len(), 1, "only the CONNECT");
+        let m = (parsed.malformed).unwrap_or_else(|| panic!("alias before CONNACK accepted"));
+        assert!(m.reason.contains("above the maximum 0"), "{}", m.reason);
+        // A CONNACK without a Topic Alias Maximum allows none.
+        let down = parse_from(
+            Direction::ToDevice,
+            &parsed.state,
+            &packet(0x20, &[0, 0, 0]),
+        );
+        assert_eq!(down.malformed, None);
+        let up = parse(&down.state, &bind("a/b", 1));
+        let m = (up.malformed).unwrap_or_else(|| panic!("alias without a maximum accepted"));
+        assert!(m.reason.contains("above the maximum 0"), "{}", m.reason);
+        // MQTT 3.1.1 has no aliases: its PUBLISH has no properties to hold
+        // one, and its sessions keep the two levels alone.
+        let parsed = parse(&[4, 4], &publish("a/b", b"1"));
+        assert_eq!((parsed.malformed, parsed.state), (None, vec![4, 4]));
+    }
+
+    #[test]
+    fn a_broker_alias_is_bounded_by_the_devices_connect() {
+        let up = parse(&[], &connect_allowing(2));
+        let stream = [connack_allowing(10), bind("b/x", 2), by_alias(2)].concat();
+        let down = parse_from(Direction::ToDevice, &up.state, &stream);
+        assert_eq!(down.malformed, None);
+        let down = parse_from(Direction::ToDevice, &down.state, &bind("b/y", 3));
+        let m = (down.malformed).unwrap_or_else(|| panic!("alias 3 of at most 2 accepted"));
+        assert_eq!(
+            m.reason,
+            "topic alias 3 above the maximum 2 the receiver allowed"
+        );
+        // The device's own bound is the CONNACK's, not its CONNECT's.
+        let up = parse(&down.state, &bind("a/x", 10));
+        assert_eq!(up.malformed, None);
+        // A CONNECT without a Topic Alias Maximum allows the broker none.
+        let up = parse(&[], &connect(5));
+        let stream = [connack_allowing(10), bind("b/x", 1)].concat();
+        let down = parse_from(Direction::ToDevice, &up.state, &stream);
+        assert_eq!(down.events.len(), 1, "only the CONNACK");
+        let m = (down.malformed).unwrap_or_else(|| panic!("alias without a maximum accepted"));
+        assert!(m.reason.contains("above the maximum 0"), "{}", m.reason);
+    }
+
+    #[test]
+    fn the_maxima_are_followed_across_every_split() {
+        // The broker's side, after a CONNECT that allows it alias 2: its
+        // CONNACK, a binding, a PUBLISH by alias, then alias 3.
+        let state = parse(&[], &connect_allowing(2)).state;
+        let stream = [
+            connack_allowing(4),
+            bind("b/x", 2),
+            by_alias(2),
+            bind("b/y", 3),
+        ]
+        .concat();
+        let down = Direction::ToDevice;
+        let whole = parse_stream_after::<Mqtt>(&session(), down, &state, &[&stream]);
+        assert_eq!(whole.events.len(), 3);
+        let reason = |p: &Parsed| p.malformed.as_ref().map(|m| m.reason.clone());
+        assert_eq!(
+            reason(&whole).as_deref(),
+            Some("topic alias 3 above the maximum 2 the receiver allowed")
+        );
+        let seen = |p: &Parsed| (p.events.clone(), p.state.clone(), reason(p));
+        for cut in 0..stream.len() {
+            let (a, b) = stream.split_at(cut);
+            let split = parse_stream_after::<Mqtt>(&session(), down, &state, &[a, b]);
+            assert_eq!(seen(&split), seen(&whole), "split at {cut}");
+        }
+        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+        let trickled = parse_stream_after::<Mqtt>(&session(), down, &state, &bytes);
+        assert_eq!(seen(&trickled), seen(&whole));
+    }
+
+    #[test]
+    fn states_from_before_the_maxima_still_read() {
+        // Levels alone, an MQTT 5 session whose CONNECT and CONNACK a
+        // parser before the maxima read: what they allowed cannot be
+        // known, so no alias is refused for being too high, now or later.
+        let up = parse(&[5, 5], &[bind("a/b", 9), by_alias(9)].concat());
+        assert_eq!(up.malformed, None);
+        assert_eq!(up.events.get(1).unwrap().text("topic"), Some("a/b"));
+        assert_eq!(up.state[..3], [5, 5, 1], "still the format of aliases");
+        let down = parse_from(Direction::ToDevice, &up.state, &bind("b/c", 700));
+        assert_eq!(down.malformed, None);
+        let up = parse(&down.state, &bind("a/c", 65535));
+        assert_eq!(up.malformed, None);
+        // Aliases bound, in the format before the maxima.
+        let mut old = vec![5, 5, 1, 0, 0, 1, 0, 8];
+        old.extend_from_slice(b"a/config");
+        let up = parse(&old, &by_alias(1));
+        assert_eq!(up.malformed, None);
+        assert_eq!(up.events.get(0).unwrap().text("topic"), Some("a/config"));
+        assert_eq!(up.state, old, "written back as it was");
+        // The CONNECT read before the upgrade, the CONNACK after: the
+        // device is held to the CONNACK's maximum, the broker to none.
+        let before = parse(&[5, 0], &bind("a/b", 1));
+        assert!(before.malformed.unwrap().reason.contains("maximum 0"));
+        let down = parse_from(
+            Direction::ToDevice,
+            &[5, 0],
+            &[connack_allowing(3), bind("b/c", 300)].concat(),
+        );
+        assert_eq!(down.malformed, None);
+        let up = parse(&down.state, &[bind("a/b", 3), bind("a/c", 4)].concat());
+        assert_eq!(up.events.len(), 1);
+        assert!(up.malformed.unwrap().reason.contains("above the maximum 3"));
+        // MQTT 3.1.1 sessions are as they were.
+        let parsed = parse(&[], &connect(4));
+        assert_eq!(parsed.state, [4, 0]);
+    }
+
+    #[test]
+    fn a_connack_that_would_outgrow_the_state_is_malformed() {
+        // Aliases a device bound before the CONNACK under a parser before
+        // the maxima, filling the state: the maximum the CONNACK gives
+        // needs room the bound does not leave.
+        let mut old = vec![5, 0, 1];
+        let topic = "t".repeat(MAX_STATE_BYTES - old.len() - 5);
+        old.extend_from_slice(&[0, 0, 1]);
+        old.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+        old.extend_from_slice(topic.as_bytes());
+        assert_eq!(old.len(), MAX_STATE_BYTES);
+        let down = parse_from(Direction::ToDevice, &old, &connack_allowing(3));
+        let m = (down.malformed).unwrap_or_else(|| panic!("the state outgrew its bound"));
+        assert!(m.reason.contains("outgrow"), "{}", m.reason);
+        assert!(down.state.len() <= MAX_STATE_BYTES);
+        // One that allows no bound at all needs no room.
+        let down = parse_from(Direction::ToDevice, &old, &connack_allowing(u16::MAX));
+        assert_eq!((down.malformed, down.state.len()), (None, MAX_STATE_BYTES));
     }
 
     #[test]
@@ -1106,7 +1318,7 @@ mod tests {
             }
             state = parsed.state;
         }
-        assert_eq!(state, [5, 5]);
+        assert_eq!(state[..2], [5, 5]);
         // A broker's AUTH on a 3.1.1 session is still malformed.
         let parsed = parse_from(Direction::ToDevice, &[4, 0], &auth(1));
         let m = (parsed.malformed).unwrap_or_else(|| panic!("AUTH on 3.1.1 accepted"));
