@@ -59,6 +59,15 @@ fn remote(port: u16, dir: &Path, args: &[&str]) -> (bool, String, String) {
     outcome(&out)
 }
 
+/// A configuration with the admin API and one route, each on a port of
+/// its own: the embedded defaults listen on fixed ports, which tests
+/// running at once would share.
+fn admin_and_a_route() -> String {
+    let upstream = "127.0.0.1:9";
+    let route = route("mqtt-tls", "mqtt", "tls", Some("mqtt"), upstream);
+    format!("[admin]\nlisten = \"127.0.0.1:0\"\n{route}")
+}
+
 #[test]
 fn operators_administer_by_role_over_https() {
     if !require("curl") {
@@ -354,7 +363,7 @@ fn a_viewer_dripping_after_a_refusal_neither_lingers_nor_blocks_a_quarantine() {
     }
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let appliance = Appliance::start("[admin]\nlisten = \"127.0.0.1:0\"\n");
+    let appliance = Appliance::start(&admin_and_a_route());
     let port = appliance.port("admin");
     let operator = |name: &str, role: &str| {
         let out = w.join(name);
@@ -449,7 +458,7 @@ fn an_operator_holding_connections_open_locks_no_one_out() {
     }
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let appliance = Appliance::start("[admin]\nlisten = \"127.0.0.1:0\"\n");
+    let appliance = Appliance::start(&admin_and_a_route());
     let port = appliance.port("admin");
     let operator = |name: &str, role: &str| {
         let out = w.join(name);
@@ -467,7 +476,10 @@ fn an_operator_holding_connections_open_locks_no_one_out() {
         .collect();
     let refused = listing_until(port, &ann, 503);
     assert!(
-        refused.contains("ann already has 16 connections open"),
+        refused.contains(&format!(
+            "ann already has {} connections open",
+            palisade::admin::MAX_CONNECTIONS_PER_OPERATOR
+        )),
         "{refused}"
     );
     // Another operator is served meanwhile.

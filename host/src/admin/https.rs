@@ -68,10 +68,10 @@ const MAX_BODY: usize = 64 << 10;
 const MAX_HANDSHAKES: usize = 64;
 /// Requests of admitted operators executed at once; more wait.
 const MAX_REQUESTS: usize = 16;
-/// Connections one operator may have open at once: as many as the API
-/// executes requests at once, which is more than a person or a script
-/// needs.
-pub const MAX_CONNECTIONS_PER_OPERATOR: usize = MAX_REQUESTS;
+/// Connections one operator may have open at once: twice as many as the
+/// API executes requests at once, so that a script keeping every request
+/// slot busy still has room for connections closing and opening.
+pub const MAX_CONNECTIONS_PER_OPERATOR: usize = 2 * MAX_REQUESTS;
 /// Longest wait for a handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait for a request, and for each write of the answer.
