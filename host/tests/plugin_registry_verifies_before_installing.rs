@@ -595,6 +595,15 @@ fn a_damaged_trusted_root_is_replaced_only_with_force() {
             );
         }
         assert_eq!(std::fs::read(&trusted).unwrap(), bytes, "{damage}");
+        // An install says so too, not that the registry is at fault.
+        let (success, text) = site.install("acme-topics");
+        assert!(!success, "{damage}: installed anyway: {text}");
+        for says in [s(&trusted), "damaged", "--force"] {
+            assert!(
+                text.contains(says),
+                "{damage}: the install does not say {says:?}: {text}"
+            );
+        }
 
         // With --force: replaced, and said so.
         let (success, text) = site.trust("1.root.json", true);

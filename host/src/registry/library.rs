@@ -145,6 +145,15 @@ impl RegistryClient {
                 root_path.display()
             )
         })?;
+        // A damaged root would be refused below as the registry's fault:
+        // said here as the appliance's, with the way out.
+        parse_root(&root).with_context(|| {
+            format!(
+                "the trusted registry root {} is damaged: `palisade registry trust ROOT.json \
+                 --force` starts over from a root you trust",
+                root_path.display()
+            )
+        })?;
         let datastore = self.data.join("registry").join("tuf");
         std::fs::create_dir_all(&datastore)?;
         let (ca_file, safe) = (self.ca_file.clone(), ExpirationEnforcement::Safe);
