@@ -191,6 +191,17 @@ fn register_type(function: u8) -> Option<&'static str> {
     })
 }
 
+/// Check that `count` items from `address` stay within the 65536 a
+/// register or coil type has: the specification makes a range past 65535
+/// illegal (exception 02), and a 16-bit server that increments its address
+/// would wrap round to 0, past a policy that bounds `address`.
+fn within_address_space(address: u16, count: u16) -> Result<(), &'static str> {
+    if u32::from(address) + u32::from(count) > 1 << 16 {
+        return Err("address range runs past 65535 (the server would wrap to 0)");
+    }
+    Ok(())
+}
+
 /// Function codes the specification reserves for users.
 fn user_defined(function: u8) -> bool {
     matches!(function, 65..=72 | 100..=110)
@@ -257,6 +268,7 @@ fn request<'p>(
             if frame.pdu.len() != 5 {
                 return Err("read request of the wrong length");
             }
+            within_address_space(address, count)?;
             remember(address, count);
             access(parsed, "modbus.read", "read", address, count);
         }
@@ -292,6 +304,7 @@ fn request<'p>(
             if u16::from(bytes) != expected || frame.pdu.len() != 6 + usize::from(bytes) {
                 return Err("write byte count does not match the quantity");
             }
+            within_address_space(address, count)?;
             remember(address, count);
             let values = frame.pdu.get(6..).unwrap_or_default();
             let mut event = access(parsed, "modbus.write", "write", address, count);
@@ -329,6 +342,8 @@ fn request<'p>(
             if u16::from(bytes) != write_count * 2 || frame.pdu.len() != 10 + usize::from(bytes) {
                 return Err("write byte count does not match the quantity");
             }
+            within_address_space(address, count)?;
+            within_address_space(write_address, write_count)?;
             remember(address, count);
             let mut event = frame.event(parsed, "modbus.read-write");
             event
@@ -709,6 +724,44 @@ mod tests {
         assert!(m.reason.contains("quantity"), "{}", m.reason);
         bad[2] = 1;
         assert!(parse(Direction::ToUpstream, &[], &bad).malformed.is_some());
+    }
+
+    #[test]
+    fn address_ranges_past_65535_are_malformed() {
+        // FC16 at 0xffff, 2 registers: a 16-bit server writes 0xffff and
+        // then, wrapping, register 0, past a policy forbidding address < 10.
+        let wrapping = [
+            0x00, 0x01, 0x00, 0x00, 0x00, 0x0b, 0x01, 0x10, 0xff, 0xff, 0x00, 0x02, 0x04, 0x00,
+            0x64, 0x00, 0x64,
+        ];
+        for pdu in [
+            &wrapping[MBAP..],
+            &[1, 0xff, 0xff, 0, 2],
+            &[2, 0xf8, 0x31, 0x07, 0xd0],
+            &[3, 0xff, 0x84, 0, 125],
+            &[4, 0xff, 0xff, 0, 2],
+            &[15, 0xff, 0xf9, 0, 8, 1, 0xff],
+            &[23, 0xff, 0xff, 0, 2, 0, 0, 0, 1, 2, 0, 7],
+            &[23, 0, 0, 0, 1, 0xff, 0xff, 0, 2, 4, 0, 7, 0, 7],
+        ] {
+            let p = parse(Direction::ToUpstream, &[], &mbap(1, pdu));
+            assert!(p.events.is_empty(), "{pdu:02x?} left an event");
+            let m = (p.malformed).unwrap_or_else(|| panic!("{pdu:02x?} accepted"));
+            assert!(m.reason.contains("past 65535"), "{pdu:02x?}: {}", m.reason);
+        }
+        let p = parse(Direction::ToUpstream, &[], &wrapping);
+        assert!(p.malformed.is_some() && p.events.is_empty());
+        // The last registers themselves are still there to be read and written.
+        for pdu in [
+            &[3, 0xff, 0xfe, 0, 2][..],
+            &[16, 0xff, 0xff, 0, 1, 2, 0, 100],
+            &[15, 0xff, 0xf8, 0, 8, 1, 0xff],
+            &[23, 0xff, 0xff, 0, 1, 0xff, 0xff, 0, 1, 2, 0, 7],
+        ] {
+            let p = parse(Direction::ToUpstream, &[], &mbap(1, pdu));
+            assert_eq!(p.malformed, None, "{pdu:02x?}");
+            assert_eq!(p.events.len(), 1);
+        }
     }
 
     #[test]
