@@ -26,6 +26,12 @@
 //! assert_eq!(event.int("message-id"), Some(0x1234));
 //! ```
 //!
+//! The policy is to judge what the server will act on, so a message the
+//! server could read otherwise than its event says is malformed: an
+//! option RFC 7252 and its extensions do not let repeat, repeated (a
+//! server reads the first copy, a parser keeping the last would show
+//! another).
+//!
 //! Messages are independent: the parser keeps no session state.
 
 use palisade_plugin_sdk::{DatagramParser, Direction, EventWriter, Parsed, Parser, Session};
@@ -287,6 +293,37 @@ struct Options<'a> {
     payload: usize,
 }
 
+/// Why a second copy of option `number` is malformed, for the options
+/// their RFCs do not let repeat (RFC 7252 §5.10, 7641, 7959, 7967, 8613,
+/// 8768, 9175, 9177, 9668); `None` for a repeatable or unknown one. A
+/// server reads one copy (libcoap's `coap_check_option` finds the
+/// first), which need not be the one the event would show.
+fn not_repeatable(number: u32) -> Option<&'static str> {
+    Some(match number {
+        3 => "Uri-Host option repeated (not repeatable)",
+        5 => "If-None-Match option repeated (not repeatable)",
+        6 => "Observe option repeated (not repeatable)",
+        7 => "Uri-Port option repeated (not repeatable)",
+        9 => "OSCORE option repeated (not repeatable)",
+        12 => "Content-Format option repeated (not repeatable)",
+        14 => "Max-Age option repeated (not repeatable)",
+        16 => "Hop-Limit option repeated (not repeatable)",
+        17 => "Accept option repeated (not repeatable)",
+        19 => "Q-Block1 option repeated (not repeatable)",
+        21 => "EDHOC option repeated (not repeatable)",
+        23 => "Block2 option repeated (not repeatable)",
+        27 => "Block1 option repeated (not repeatable)",
+        28 => "Size2 option repeated (not repeatable)",
+        31 => "Q-Block2 option repeated (not repeatable)",
+        35 => "Proxy-Uri option repeated (not repeatable)",
+        39 => "Proxy-Scheme option repeated (not repeatable)",
+        60 => "Size1 option repeated (not repeatable)",
+        252 => "Echo option repeated (not repeatable)",
+        258 => "No-Response option repeated (not repeatable)",
+        _ => return None,
+    })
+}
+
 fn uint(value: &[u8]) -> Result<u64, &'static str> {
     if value.len() > 4 {
         return Err("uint option longer than 4 bytes");
@@ -294,9 +331,12 @@ fn uint(value: &[u8]) -> Result<u64, &'static str> {
     Ok(value.iter().fold(0, |v, b| (v << 8) | u64::from(*b)))
 }
 
-fn options(body: &[u8]) -> Result<Options<'_>, &'static str> {
+/// The options of a message's `body`; a signalling message's (7.xx) are
+/// numbered by its signal (RFC 8323 §5), not as RFC 7252 numbers them.
+fn options(body: &[u8], signalling: bool) -> Result<Options<'_>, &'static str> {
     let mut found = Options::default();
     let mut number = 0u32;
+    let mut previous = None;
     let mut rest = body;
     while let Some((&first, after)) = rest.split_first() {
         if first == 0xff {
@@ -337,6 +377,14 @@ fn options(body: &[u8]) -> Result<Options<'_>, &'static str> {
             .checked_add(delta)
             .filter(|&n| n <= u32::from(u16::MAX))
             .ok_or("option number past 65535")?;
+        // Options come in order of their numbers: a copy follows the first.
+        if previous == Some(number)
+            && !signalling
+            && let Some(reason) = not_repeatable(number)
+        {
+            return Err(reason);
+        }
+        previous = Some(number);
         match number {
             11 => found.path.push(value),
             15 => found.query.push(value),
@@ -375,7 +423,7 @@ fn describe(
 ) -> Result<(), &'static str> {
     let Header { code, token, .. } = *header;
     let (class, detail) = (code >> 5, code & 0x1f);
-    let found = options(body)?;
+    let found = options(body, class == 7)?;
     let mut event = match (class, detail) {
         (0, 0) => {
             // Nothing but the header: RFC 7252 §4.1 forbids more over UDP,
@@ -708,6 +756,74 @@ mod tests {
             assert_eq!(m.offset, 0);
             assert!(m.reason.contains(reason), "{datagram:02x?}: {}", m.reason);
         }
+    }
+
+    /// A confirmable datagram of `code`, message ID 1, no token, with
+    /// `options` (number and value, in order) and no payload.
+    fn with_options(code: u8, options: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut d = vec![0x40, code, 0, 1];
+        let mut last = 0;
+        for (number, value) in options {
+            let delta = number - last;
+            last = *number;
+            let nibble = |n: usize| match n {
+                0..13 => (n as u8, vec![]),
+                13..269 => (13, vec![(n - 13) as u8]),
+                _ => (14, ((n - 269) as u16).to_be_bytes().to_vec()),
+            };
+            let (d_nibble, d_ext) = nibble(usize::from(delta));
+            let (l_nibble, l_ext) = nibble(value.len());
+            d.push(d_nibble << 4 | l_nibble);
+            d.extend_from_slice(&d_ext);
+            d.extend_from_slice(&l_ext);
+            d.extend_from_slice(value);
+        }
+        d
+    }
+
+    /// The reason a datagram that must not parse is malformed.
+    fn malformed_reason(datagram: &[u8]) -> String {
+        let p = parse_datagram(datagram);
+        assert!(p.events.is_empty(), "{datagram:02x?} left an event");
+        let m = (p.malformed).unwrap_or_else(|| panic!("{datagram:02x?} accepted"));
+        m.reason.to_string()
+    }
+
+    #[test]
+    fn a_non_repeatable_option_repeated_is_malformed() {
+        // GET /sensors/temp with Observe 0, then Observe 1: libcoap acts
+        // on the first and registers the observer.
+        let observe_twice = [
+            &[0x40, 0x01, 0x12, 0x35, 0x60, 0x01, 0x01, 0x57][..],
+            b"sensors",
+            &[0x04],
+            b"temp",
+        ]
+        .concat();
+        let reason = malformed_reason(&observe_twice);
+        assert!(reason.contains("Observe option repeated"), "{reason}");
+        for number in [
+            3, 5, 6, 7, 9, 12, 14, 16, 17, 19, 21, 23, 27, 28, 31, 35, 39, 60, 252, 258,
+        ] {
+            let twice = with_options(0x01, &[(number, b"1"), (number, b"1")]);
+            let reason = malformed_reason(&twice);
+            assert!(reason.contains("repeated"), "option {number}: {reason}");
+        }
+        // A response too: the client reads the first Content-Format.
+        let mut content = with_options(0x45, &[(12, &[50]), (12, &[0])]);
+        content[0] = 0x60;
+        let reason = malformed_reason(&content);
+        assert!(reason.contains("Content-Format"), "{reason}");
+        // If-Match, ETag, Location-Path, Uri-Path, Uri-Query and
+        // Location-Query repeat; so may an option no RFC defines.
+        for number in [1, 4, 8, 11, 15, 20, 2050] {
+            let twice = with_options(0x01, &[(number, b"1"), (number, b"1")]);
+            datagram_event(&twice);
+        }
+        // Signalling options are numbered by their signal (RFC 8323 §5):
+        // a Release's Alternative-Address (2) repeats.
+        let release = message(0xe4, &[], &[0x21, b'a', 0x01, b'b']);
+        assert_eq!(parse(&release).malformed, None);
     }
 
     #[test]
