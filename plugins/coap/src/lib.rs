@@ -30,7 +30,11 @@
 //! server could read otherwise than its event says is malformed: an
 //! option RFC 7252 and its extensions do not let repeat, repeated (a
 //! server reads the first copy, a parser keeping the last would show
-//! another).
+//! another); a `.` or `..` Uri-Path segment. Within the joined `path`,
+//! `%`, `/` and `?` in a segment are percent-encoded, and `%` and `&`
+//! within a query item in `query`, as RFC 7252 §6.5 encodes them when it
+//! makes a URI of the options, so that one string stands for one list of
+//! options.
 //!
 //! Messages are independent: the parser keeps no session state.
 
@@ -399,7 +403,26 @@ fn options(body: &[u8], signalling: bool) -> Result<Options<'_>, &'static str> {
     Ok(found)
 }
 
-fn joined(parts: &[&[u8]], lead: &str, separator: char) -> Result<String, &'static str> {
+fn text(value: &[u8]) -> Result<&str, &'static str> {
+    std::str::from_utf8(value).map_err(|_| "option text not UTF-8")
+}
+
+/// The characters percent-encoded within a Uri-Path segment: `%` and the
+/// separators of a path and of its query.
+const PATH_ESCAPED: &[char] = &['%', '/', '?'];
+/// The characters percent-encoded within a Uri-Query item: `%` and the
+/// separator of items.
+const QUERY_ESCAPED: &[char] = &['%', '&'];
+
+/// `parts` joined by `separator` after `lead`, the characters `escaped`
+/// names percent-encoded within each part (RFC 7252 §6.5), so that the
+/// joined text maps back to one list of parts.
+fn joined(
+    parts: &[&[u8]],
+    lead: &str,
+    separator: char,
+    escaped: &[char],
+) -> Result<String, &'static str> {
     let len = lead.len() + parts.iter().map(|p| p.len() + 1).sum::<usize>();
     let mut out = String::with_capacity(len);
     out.push_str(lead);
@@ -407,7 +430,21 @@ fn joined(parts: &[&[u8]], lead: &str, separator: char) -> Result<String, &'stat
         if i > 0 {
             out.push(separator);
         }
-        out.push_str(std::str::from_utf8(part).map_err(|_| "option text not UTF-8")?);
+        let mut rest = text(part)?;
+        while let Some(at) = rest.find(escaped) {
+            let (before, after) = rest.split_at(at);
+            out.push_str(before);
+            // Every escaped character is ASCII: one byte, and a char
+            // boundary after it.
+            out.push_str(match after.bytes().next() {
+                Some(b'/') => "%2F",
+                Some(b'?') => "%3F",
+                Some(b'&') => "%26",
+                _ => "%25",
+            });
+            rest = after.get(1..).unwrap_or_default();
+        }
+        out.push_str(rest);
     }
     Ok(out)
 }
@@ -433,17 +470,20 @@ fn describe(
         }
         (0, _) => {
             let method = method(detail).ok_or("unknown request method")?;
+            if (found.path.iter()).any(|segment| matches!(*segment, b"." | b"..")) {
+                return Err("Uri-Path segment . or .. (RFC 7252 §6.4 removes dot-segments)");
+            }
             let path = if found.path.is_empty() {
                 "/".to_owned()
             } else {
-                joined(&found.path, "/", '/')?
+                joined(&found.path, "/", '/', PATH_ESCAPED)?
             };
             // Everything that can fail is read before the frame is written:
             // a malformed message leaves no event behind.
             let query = if found.query.is_empty() {
                 None
             } else {
-                Some(joined(&found.query, "", '&')?)
+                Some(joined(&found.query, "", '&', QUERY_ESCAPED)?)
             };
             let mut event = parsed.frame(len, "coap.request");
             event
@@ -824,6 +864,41 @@ mod tests {
         // a Release's Alternative-Address (2) repeats.
         let release = message(0xe4, &[], &[0x21, b'a', 0x01, b'b']);
         assert_eq!(parse(&release).malformed, None);
+    }
+
+    #[test]
+    fn a_path_and_query_stand_for_one_list_of_options() {
+        let target = |path: &[&[u8]], query: &[&[u8]]| {
+            let options: Vec<(u16, &[u8])> = (path.iter().map(|s| (11, *s)))
+                .chain(query.iter().map(|q| (15, *q)))
+                .collect();
+            let p = parse_datagram(&with_options(0x01, &options));
+            assert_eq!(p.malformed, None);
+            let e = p.events.get(0).unwrap();
+            let query = e.text("query").map(str::to_owned);
+            (e.text("path").unwrap().to_owned(), query)
+        };
+        assert_eq!(target(&[b"a", b"b"], &[]).0, "/a/b");
+        assert_eq!(target(&[b"a/b"], &[]).0, "/a%2Fb");
+        assert_eq!(target(&[b"50%", b"a?b"], &[]).0, "/50%25/a%3Fb");
+        assert_eq!(target(&[b"...", b".a"], &[]).0, "/.../.a");
+        assert_eq!(
+            target(&[], &[b"a", b"b"]),
+            ("/".to_owned(), Some("a&b".to_owned()))
+        );
+        assert_eq!(target(&[], &[b"a&b"]).1.unwrap(), "a%26b");
+        assert_eq!(target(&[], &[b"x=5%", b"y=/?"]).1.unwrap(), "x=5%25&y=/?");
+        // A client following RFC 7252 §6.4 never sends a dot-segment; a
+        // server may resolve one: /public/../admin is /admin.
+        for path in [
+            &[&b"public"[..], b"..", b"admin"][..],
+            &[b"."],
+            &[b"a", b".", b"b"],
+        ] {
+            let options: Vec<(u16, &[u8])> = path.iter().map(|s| (11, *s)).collect();
+            let reason = malformed_reason(&with_options(0x01, &options));
+            assert!(reason.contains("dot-segments"), "{path:?}: {reason}");
+        }
     }
 
     #[test]
