@@ -184,6 +184,19 @@ const COAP_OPTIONAL: &[Attribute] = &[
     ("observe", Int),
     ("block1", Int),
     ("block2", Int),
+    // A request's Uri-Host and Uri-Port options: the host and port the
+    // client named, which a server with several names or a proxy heeds.
+    ("uri-host", Text),
+    ("uri-port", Int),
+    // A request for a proxy, when the parser's `proxy-requests` setting
+    // allows one (otherwise it is malformed): the target it is forwarded
+    // to. A request with `proxy-uri` has no other target (its `path` is
+    // `/`); one with `proxy-scheme` has `uri-host`, `uri-port`, `path`.
+    ("proxy-uri", Text),
+    ("proxy-scheme", Text),
+    // An OSCORE option (RFC 8613): the real method, path and options are
+    // encrypted in the payload; `method` and `path` are the outer ones.
+    ("oscore", Flag),
 ];
 
 const COAP_REQUEST: &[Attribute] = &[
@@ -348,7 +361,20 @@ pub fn markdown() -> String {
          `topic-alias`, if any, is never above the Topic Alias Maximum its receiver \
          allowed (a PUBLISH that uses one is malformed). A CoAP message has `type` \
          (`con`, `non`, `ack` or `rst`) and `message-id` when it came over \
-         UDP (RFC 7252), never over TCP (RFC 8323). A Modbus write's \
+         UDP (RFC 7252), never over TCP (RFC 8323). A CoAP request's `path` \
+         and `query` are its Uri-Path and Uri-Query options joined with `/` \
+         and `&`, each option's `%`, `/` and `?` (path) or `%` and `&` \
+         (query) percent-encoded, so one string is one list of options; one \
+         with a `.` or `..` segment is malformed, and so is any CoAP message \
+         with a second copy of an option that may not repeat. A CoAP request for a proxy (Proxy-Uri, Proxy-Scheme) is \
+         malformed unless the parser's `proxy-requests` setting allows it, \
+         and then has `proxy-uri` (the whole target: its `path` is `/`) or \
+         `proxy-scheme`. A CoAP message with `oscore` (RFC 8613) carries its \
+         real method, path and options encrypted: its `method` and `path` \
+         are the outer ones (`POST` or `FETCH`, `/`), so a policy that has \
+         not decided to let end-to-end protected requests through unjudged \
+         forbids `context has oscore`. A Modbus request whose address range \
+         runs past 65535 is malformed. A Modbus write's \
          `value-min` and `value-max` bound the register values it leaves; \
          for a mask write (function 22), whatever the register held \
          before. A Modbus response names the registers its request asked \

@@ -30,14 +30,18 @@
 //! server could read otherwise than its event says is malformed: an
 //! option RFC 7252 and its extensions do not let repeat, repeated (a
 //! server reads the first copy, a parser keeping the last would show
-//! another); a `.` or `..` Uri-Path segment. Within the joined `path`,
-//! `%`, `/` and `?` in a segment are percent-encoded, and `%` and `&`
-//! within a query item in `query`, as RFC 7252 §6.5 encodes them when it
-//! makes a URI of the options, so that one string stands for one list of
-//! options.
+//! another); a `.` or `..` Uri-Path segment; a Proxy-Uri beside Uri-Host,
+//! Uri-Port, Uri-Path or Uri-Query (RFC 7252 §5.10.2). A request for a
+//! proxy (Proxy-Uri, Proxy-Scheme) is malformed too unless the operator
+//! allows them with the `proxy-requests` setting; its target is then in
+//! `proxy-uri` or `proxy-scheme`. Within the joined `path`, `%`, `/` and
+//! `?` in a segment are percent-encoded, and `%` and `&` within a query
+//! item in `query`, as RFC 7252 §6.5 encodes them when it makes a URI of
+//! the options, so that one string stands for one list of options.
 //!
 //! Messages are independent: the parser keeps no session state.
 
+use palisade_plugin_sdk::host::config;
 use palisade_plugin_sdk::{DatagramParser, Direction, EventWriter, Parsed, Parser, Session};
 
 /// The parser as a plugin.
@@ -284,6 +288,11 @@ fn signal(detail: u8) -> Option<&'static str> {
     })
 }
 
+/// The setting that lets requests for a proxy through to the policy (a
+/// bool, `false` unless set): the upstream forwards them to, or serves
+/// them as, the target their Proxy-Uri or Proxy-Scheme names.
+pub const PROXY_REQUESTS: &str = "proxy-requests";
+
 /// The options and payload of a message, as far as the events need them.
 #[derive(Default)]
 struct Options<'a> {
@@ -294,6 +303,12 @@ struct Options<'a> {
     observe: Option<u64>,
     block1: Option<u64>,
     block2: Option<u64>,
+    uri_host: Option<&'a [u8]>,
+    uri_port: Option<u64>,
+    proxy_uri: Option<&'a [u8]>,
+    proxy_scheme: Option<&'a [u8]>,
+    /// An OSCORE option (RFC 8613): the real request is in the payload.
+    oscore: bool,
     payload: usize,
 }
 
@@ -397,6 +412,13 @@ fn options(body: &[u8], signalling: bool) -> Result<Options<'_>, &'static str> {
             6 => found.observe = Some(uint(value)?),
             27 => found.block1 = Some(uint(value)?),
             23 => found.block2 = Some(uint(value)?),
+            // A signal's options are not numbered as the rest below.
+            _ if signalling => {}
+            3 => found.uri_host = Some(value),
+            7 => found.uri_port = Some(uint(value)?),
+            9 => found.oscore = true,
+            35 => found.proxy_uri = Some(value),
+            39 => found.proxy_scheme = Some(value),
             _ => {}
         }
     }
@@ -470,30 +492,16 @@ fn describe(
         }
         (0, _) => {
             let method = method(detail).ok_or("unknown request method")?;
-            if (found.path.iter()).any(|segment| matches!(*segment, b"." | b"..")) {
-                return Err("Uri-Path segment . or .. (RFC 7252 §6.4 removes dot-segments)");
-            }
-            let path = if found.path.is_empty() {
-                "/".to_owned()
-            } else {
-                joined(&found.path, "/", '/', PATH_ESCAPED)?
-            };
             // Everything that can fail is read before the frame is written:
             // a malformed message leaves no event behind.
-            let query = if found.query.is_empty() {
-                None
-            } else {
-                Some(joined(&found.query, "", '&', QUERY_ESCAPED)?)
-            };
+            let target = Target::of(&found)?;
             let mut event = parsed.frame(len, "coap.request");
             event
                 .text("method", method)
-                .text("path", &path)
+                .text("path", &target.path)
                 .bytes("token", token)
                 .size("payload-size", found.payload);
-            if let Some(query) = &query {
-                event.text("query", query);
-            }
+            target.write(&mut event);
             event
         }
         (2..=5, _) => {
@@ -527,8 +535,86 @@ fn describe(
             event.int(name, i64::try_from(v).unwrap_or(i64::MAX));
         }
     }
+    if found.oscore {
+        event.flag("oscore", true);
+    }
     datagram_attributes(header, &mut event);
     Ok(())
+}
+
+/// What a request asks for: its path and query, the host and port it
+/// names, and, where the operator allows requests for a proxy, the
+/// Proxy-Uri or Proxy-Scheme it is to be forwarded by.
+struct Target<'a> {
+    path: String,
+    query: Option<String>,
+    uri_host: Option<&'a str>,
+    uri_port: Option<u64>,
+    proxy_uri: Option<&'a str>,
+    proxy_scheme: Option<&'a str>,
+}
+
+impl<'a> Target<'a> {
+    fn of(found: &Options<'a>) -> Result<Self, &'static str> {
+        if found.proxy_uri.is_some()
+            && (found.uri_host.is_some()
+                || found.uri_port.is_some()
+                || !found.path.is_empty()
+                || !found.query.is_empty())
+        {
+            return Err(
+                "Proxy-Uri with Uri-Host, Uri-Port, Uri-Path or Uri-Query (RFC 7252 §5.10.2)",
+            );
+        }
+        // Read only when a request asks for a proxy: most never do.
+        if (found.proxy_uri.is_some() || found.proxy_scheme.is_some())
+            && !config::get::<bool>(PROXY_REQUESTS).unwrap_or(false)
+        {
+            return Err(
+                "Proxy-Uri or Proxy-Scheme: the upstream would act on a target the policy does not see (the proxy-requests setting allows them)",
+            );
+        }
+        if (found.path.iter()).any(|segment| matches!(*segment, b"." | b"..")) {
+            return Err("Uri-Path segment . or .. (RFC 7252 §6.4 removes dot-segments)");
+        }
+        let path = if found.path.is_empty() {
+            "/".to_owned()
+        } else {
+            joined(&found.path, "/", '/', PATH_ESCAPED)?
+        };
+        let query = if found.query.is_empty() {
+            None
+        } else {
+            Some(joined(&found.query, "", '&', QUERY_ESCAPED)?)
+        };
+        Ok(Target {
+            path,
+            query,
+            uri_host: found.uri_host.map(text).transpose()?,
+            uri_port: found.uri_port,
+            proxy_uri: found.proxy_uri.map(text).transpose()?,
+            proxy_scheme: found.proxy_scheme.map(text).transpose()?,
+        })
+    }
+
+    /// The attributes besides the path.
+    fn write(&self, event: &mut EventWriter<'_>) {
+        if let Some(query) = &self.query {
+            event.text("query", query);
+        }
+        if let Some(host) = self.uri_host {
+            event.text("uri-host", host);
+        }
+        if let Some(port) = self.uri_port {
+            event.int("uri-port", i64::try_from(port).unwrap_or(i64::MAX));
+        }
+        if let Some(uri) = self.proxy_uri {
+            event.text("proxy-uri", uri);
+        }
+        if let Some(scheme) = self.proxy_scheme {
+            event.text("proxy-scheme", scheme);
+        }
+    }
 }
 
 /// What the UDP header adds to an event: the message type and ID.
@@ -693,6 +779,7 @@ mod tests {
             (e.text("method"), e.text("path"), e.int("observe")),
             (Some("GET"), Some("/time"), Some(0))
         );
+        assert_eq!(e.int("uri-port"), Some(0xaa1a));
         assert_eq!(
             (e.text("type"), e.int("message-id"), e.bytes("token")),
             (Some("con"), Some(0xe2cc), Some(&[1u8][..]))
@@ -827,6 +914,94 @@ mod tests {
         assert!(p.events.is_empty(), "{datagram:02x?} left an event");
         let m = (p.malformed).unwrap_or_else(|| panic!("{datagram:02x?} accepted"));
         m.reason.to_string()
+    }
+
+    /// Allow requests for a proxy, as `palisade plugin config coap
+    /// proxy-requests true` does, or not (`None`: unset).
+    fn proxy_requests(setting: Option<&[u8]>) {
+        palisade_plugin_sdk::testing::Host::reset();
+        if let Some(value) = setting {
+            let key = format!("config/{PROXY_REQUESTS}");
+            palisade_plugin_sdk::host::kv::set(&key, value).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_request_for_a_proxy_is_malformed_unless_the_operator_allows_it() {
+        // Uri-Path "public", then Proxy-Uri coap://plc.local/admin: the
+        // upstream acts on the Proxy-Uri, the path said /public.
+        let mixed = [
+            &[0x40, 0x01, 0x12, 0x34, 0xb6][..],
+            b"public",
+            &[0xdd, 0x0b, 0x09],
+            b"coap://plc.local/admin",
+        ]
+        .concat();
+        let proxy_uri = with_options(0x01, &[(35, b"coap://plc.local/admin")]);
+        let proxy_scheme = with_options(0x01, &[(3, b"plc.local"), (11, b"admin"), (39, b"coap")]);
+        for setting in [None, Some(&b"false"[..]), Some(b"yes")] {
+            proxy_requests(setting);
+            malformed_reason(&mixed);
+            for request in [&proxy_uri, &proxy_scheme] {
+                let reason = malformed_reason(request);
+                assert!(reason.contains("does not see"), "{setting:?}: {reason}");
+            }
+            let tcp = message(0x01, &[], &proxy_uri[4..]);
+            assert!(parse(&tcp).malformed.is_some(), "{setting:?}: over TCP");
+        }
+
+        proxy_requests(Some(b"true"));
+        let e = datagram_event(&proxy_uri);
+        assert!(e.contains("path=\"/\""), "{e}");
+        assert!(e.contains("proxy-uri=\"coap://plc.local/admin\""), "{e}");
+        let e = datagram_event(&proxy_scheme);
+        assert!(e.contains("path=\"/admin\""), "{e}");
+        assert!(e.contains("uri-host=\"plc.local\""), "{e}");
+        assert!(e.contains("proxy-scheme=\"coap\""), "{e}");
+        // Allowed or not, a Proxy-Uri beside any Uri-* option is one the
+        // RFC forbids (§5.10.2): which of the two would the server follow?
+        for request in [
+            mixed,
+            with_options(0x01, &[(3, b"plc"), (35, b"coap://plc.local/admin")]),
+            with_options(0x01, &[(7, &[0x16, 0x33]), (35, b"coap://plc/")]),
+            with_options(0x01, &[(15, b"a=1"), (35, b"coap://plc/")]),
+        ] {
+            let reason = malformed_reason(&request);
+            assert!(reason.contains("§5.10.2"), "{reason}");
+        }
+        palisade_plugin_sdk::testing::Host::reset();
+    }
+
+    #[test]
+    fn uri_host_uri_port_and_oscore_are_seen() {
+        // What libcoap's coap-client sends for coap://localhost:5683/temp.
+        let get = with_options(
+            0x01,
+            &[(3, b"localhost"), (7, &[0x16, 0x33]), (11, b"temp")],
+        );
+        let p = parse_datagram(&get);
+        let e = p.events.get(0).unwrap();
+        assert_eq!(
+            (e.text("uri-host"), e.int("uri-port"), e.text("path")),
+            (Some("localhost"), Some(5683), Some("/temp"))
+        );
+        assert_eq!(e.flag("oscore"), None);
+        // An OSCORE request (RFC 8613): the outer POST to / is all there
+        // is to see; the real request is in the payload.
+        let protected = [
+            with_options(0x02, &[(9, &[0x09, 0x14, 0x01])]),
+            vec![0xff, 0x61, 0x62],
+        ]
+        .concat();
+        let p = parse_datagram(&protected);
+        let e = p.events.get(0).unwrap();
+        assert_eq!(
+            (e.text("method"), e.text("path"), e.flag("oscore")),
+            (Some("POST"), Some("/"), Some(true))
+        );
+        let answer = [&[0x60, 0x44, 0, 1, 0x90, 0xff][..], b"x"].concat();
+        let p = parse_datagram(&answer);
+        assert_eq!(p.events.get(0).unwrap().flag("oscore"), Some(true));
     }
 
     #[test]
