@@ -301,9 +301,14 @@ impl Pump {
                 }
                 Ok(Ok(0)) => {
                     // The peer may already be gone; its own direction
-                    // reports it.
-                    let _ = to.shutdown().await;
-                    return Ok(self.forwarded);
+                    // reports it. A TLS shutdown writes close_notify,
+                    // which waits on a peer that stopped reading as long
+                    // as any write: as long as a write may.
+                    let (_, writer) = self.sides();
+                    return match tokio::time::timeout(settings.idle, to.shutdown()).await {
+                        Err(_) => Err(RelayError::Stalled(writer, settings.idle)),
+                        Ok(_) => Ok(self.forwarded),
+                    };
                 }
                 Ok(Ok(n)) => n,
             };
@@ -475,5 +480,79 @@ fn inspect(
         crate::runtime::blocking(|| pipeline.push(direction, bytes))
     } else {
         pipeline.push(direction, bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::expect_used)]
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use tokio::io::ReadBuf;
+
+    use super::*;
+
+    fn settings(idle_ms: u64) -> RelaySettings {
+        RelaySettings {
+            idle: Duration::from_millis(idle_ms),
+            chunk: 16 << 10,
+        }
+    }
+
+    /// A device with nothing more to send that stopped reading: no write
+    /// to it finishes, nor its TLS shutdown (a close_notify to write).
+    struct Deaf;
+
+    impl AsyncRead for Deaf {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Deaf {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Poll::Pending
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Pending
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    /// Both sides closed their sending half, and the device reads nothing:
+    /// passing on the upstream's end to the device waits on the device,
+    /// for no longer than a write may.
+    #[tokio::test]
+    async fn a_device_that_stopped_reading_cannot_keep_a_half_closed_session() {
+        let (upstream, upstream_end) = tokio::io::duplex(1024);
+        drop(upstream_end);
+        let relayed = relay(
+            Deaf,
+            upstream,
+            Vec::new(),
+            None,
+            settings(100),
+            Arc::new(NoEnforcer),
+        );
+        let ended = tokio::time::timeout(Duration::from_secs(10), relayed)
+            .await
+            .expect("the session outlived its idle timeout");
+        assert!(
+            matches!(ended, Err(RelayError::Stalled(Side::Device, _))),
+            "{ended:?}"
+        );
     }
 }
