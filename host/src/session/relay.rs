@@ -510,8 +510,8 @@ fn inspect(
     bytes: &[u8],
 ) -> Result<Inspected, PipelineError> {
     let mut pipeline = lock(pipeline);
-    let input = pipeline.pending(direction).saturating_add(bytes.len());
-    if input > INLINE_INPUT {
+    let input = pipeline.parser_input(direction, bytes.len());
+    if input.is_some_and(|input| input > INLINE_INPUT) {
         crate::runtime::blocking(|| pipeline.push(direction, bytes))
     } else {
         pipeline.push(direction, bytes)
