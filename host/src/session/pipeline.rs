@@ -200,6 +200,8 @@ struct Gate {
     /// repeats itself (the same topics, the same registers), and a repeated
     /// event costs a lookup instead of an evaluation.
     decisions: HashMap<Vec<u8>, Decision>,
+    /// Bytes of the keys in `decisions`.
+    decision_bytes: usize,
     key: Vec<u8>,
     /// The key of the last event allowed, empty when there is none.
     last_allowed: Vec<u8>,
@@ -208,12 +210,24 @@ struct Gate {
 /// Decisions a session keeps; past this many the cache starts afresh.
 const DECISIONS: usize = 256;
 
+/// Bytes of keys a session's decisions hold at most; past this the cache
+/// starts afresh. A key holds the values the policy reads (a topic, a
+/// path, a few numbers): some 100 bytes for the usual event, so 256 of
+/// them fit, while a peer sending long ones pins no more than this.
+const DECISION_BYTES: usize = 32 << 10;
+
+/// An event whose key is longer than this (a long path, topic or query)
+/// is decided every time, not kept: its decision would pin its values, and
+/// a device rarely repeats such an event.
+const CACHED_KEY: usize = 1 << 10;
+
 impl Gate {
     fn policy(&mut self, session: &Session) {
         let active = self.engine.active();
         let stale = (self.current.as_ref()).is_none_or(|(p, _)| !Arc::ptr_eq(p, &active));
         if stale {
             self.decisions.clear();
+            self.decision_bytes = 0;
             self.last_allowed.clear();
             let subject = active.subject(
                 &session.device,
@@ -284,6 +298,7 @@ impl Pipeline {
             protocol: protocol.to_owned(),
             current: None,
             decisions: HashMap::new(),
+            decision_bytes: 0,
             key: Vec::new(),
             last_allowed: Vec::new(),
         });
@@ -428,6 +443,7 @@ impl Pipeline {
         let Gate {
             current: Some((policy, subject)),
             decisions,
+            decision_bytes,
             key,
             last_allowed,
             ..
@@ -443,20 +459,30 @@ impl Pipeline {
             if key == last_allowed {
                 continue;
             }
-            let decision = match decisions.get(key.as_slice()) {
+            let cached = (key.len() <= CACHED_KEY)
+                .then(|| decisions.get(key.as_slice()))
+                .flatten();
+            let decision = match cached {
                 Some(d) if d.allowed => None,
                 Some(d) => Some(d.clone()),
                 None => {
                     let d = policy.event(subject, direction, event);
-                    if decisions.len() >= DECISIONS {
-                        decisions.clear();
+                    if key.len() <= CACHED_KEY {
+                        let bytes = *decision_bytes + key.len();
+                        if decisions.len() >= DECISIONS || bytes > DECISION_BYTES {
+                            decisions.clear();
+                            *decision_bytes = 0;
+                        }
+                        *decision_bytes += key.len();
+                        decisions.insert(key.clone(), d.clone());
                     }
-                    decisions.insert(key.clone(), d.clone());
                     (!d.allowed).then_some(d)
                 }
             };
             let Some(decision) = decision else {
-                std::mem::swap(key, last_allowed);
+                if key.len() <= CACHED_KEY {
+                    std::mem::swap(key, last_allowed);
+                }
                 continue;
             };
             let index = event.index() as u32;
@@ -476,6 +502,14 @@ impl Pipeline {
                 Response::DropFrame => {}
                 Response::CloseSession => act(Action::CloseSession),
                 Response::QuarantineDevice => act(Action::QuarantineDevice),
+            }
+        }
+        // A long key grew the buffers it went through: they give the
+        // memory back (`last_allowed` holds a short key at most).
+        key.clear();
+        for buffer in [key, last_allowed] {
+            if buffer.capacity() > 2 * CACHED_KEY {
+                buffer.shrink_to(CACHED_KEY);
             }
         }
     }
@@ -769,6 +803,63 @@ mod tests {
             blocked: false,
             oversize: None,
         }
+    }
+
+    /// Judge, with `pipeline`'s policy, PUBLISHes to `topics`, as frames of
+    /// one chunk; the indices of those denied.
+    fn denied(pipeline: &mut Pipeline, topics: &[String]) -> Vec<u32> {
+        let mut batch = Batch::new();
+        for topic in topics {
+            batch
+                .push("mqtt.publish")
+                .text("topic", topic)
+                .int("qos", 0);
+        }
+        let mut inspected = inspected(0, &[], vec![]);
+        inspected.spans = vec![FrameSpan { offset: 0, len: 1 }; topics.len()];
+        inspected.batch = batch;
+        pipeline.enforce_policy(Direction::ToUpstream, &mut inspected);
+        inspected.findings.iter().map(|(_, f)| f.event).collect()
+    }
+
+    /// Bytes the policy's decisions and keys hold on to.
+    fn decisions_held(pipeline: &Pipeline) -> usize {
+        let gate = pipeline.gate.as_ref().unwrap();
+        let keys: usize = gate.decisions.keys().map(Vec::capacity).sum();
+        keys + gate.key.capacity() + gate.last_allowed.capacity()
+    }
+
+    /// A device sending long topics (or CoAP paths, queries) cannot make
+    /// its session keep them by the hundred: their decisions are not kept,
+    /// and still right; short ones are kept as before.
+    #[test]
+    fn long_keys_do_not_make_the_decisions_grow() {
+        let runtime = runtime();
+        let policy = Policy::parse(
+            r#"permit(principal, action == Action::"mqtt.publish", resource)
+when { context.topic like "*/telemetry" };"#,
+        )
+        .unwrap();
+        let mut pipeline = Pipeline::new(session(), mqtt(&runtime), vec![], vec![], 1 << 18)
+            .with_policy(PolicyEngine::new(policy), None, "mqtt");
+        let long = "x".repeat(8 << 10);
+        for chunk in 0..40 {
+            let topics: Vec<String> = (0..10)
+                .map(|i| {
+                    let leaf = if i % 3 == 0 { "cmd" } else { "telemetry" };
+                    format!("site/{chunk}-{i}/{long}/{leaf}")
+                })
+                .collect();
+            assert_eq!(denied(&mut pipeline, &topics), [0, 3, 6, 9]);
+            let held = decisions_held(&pipeline);
+            assert!(held <= 64 << 10, "{held} bytes held after chunk {chunk}");
+        }
+        // Short keys are kept, and decided alike from the cache.
+        let short = ["a/telemetry", "a/cmd", "b/telemetry"].map(String::from);
+        for _ in 0..3 {
+            assert_eq!(denied(&mut pipeline, &short), [1]);
+        }
+        assert_eq!(pipeline.gate.as_ref().unwrap().decisions.len(), 3);
     }
 
     #[test]
