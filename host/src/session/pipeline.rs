@@ -315,6 +315,25 @@ impl Pipeline {
         self.stream(direction).pending.len()
     }
 
+    /// Give back the memory a large frame of `direction` left: once the
+    /// bytes pending fit in `keep` (the caller's read chunk, say), a buffer
+    /// grown to over four times that shrinks to them. A buffer of the size
+    /// reads bring is kept, so a busy session does not reallocate.
+    pub fn shrink(&mut self, direction: Direction, keep: usize) {
+        let [up, down] = &mut self.streams;
+        let stream = match direction {
+            Direction::ToUpstream => up,
+            Direction::ToDevice => down,
+        };
+        shrink(&mut stream.pending, keep);
+    }
+
+    /// The capacity of `direction`'s buffer of pending bytes.
+    #[cfg(test)]
+    pub(super) fn pending_capacity(&self, direction: Direction) -> usize {
+        self.stream(direction).pending.capacity()
+    }
+
     fn stream(&self, direction: Direction) -> &Stream {
         let [up, down] = &self.streams;
         match direction {
@@ -562,6 +581,14 @@ impl Pipeline {
                 Err(e) => inspected.fail(&responder, e),
             }
         }
+    }
+}
+
+/// Shrink `buffer` to its bytes when they fit in `keep` and it holds over
+/// four times that: what a large frame grew it to.
+pub(super) fn shrink(buffer: &mut Vec<u8>, keep: usize) {
+    if buffer.len() <= keep && buffer.capacity() / 4 > keep {
+        buffer.shrink_to_fit();
     }
 }
 

@@ -6,9 +6,11 @@
 //! cut, in order; the bytes of an incomplete frame wait for the next chunk.
 //! A direction does not read again before its write finished: a slow
 //! reader slows its writer down (backpressure), and a session holds at most
-//! one chunk and one incomplete frame per direction. Read buffers start
-//! small and grow to the configured chunk only while reads fill them, so an
-//! idle session holds little. A malformed stream
+//! one chunk and one incomplete frame per direction (twice: here and in
+//! the pipeline). Read buffers start small and grow to the configured
+//! chunk only while reads fill them, and the buffers of an incomplete frame
+//! give back what a large frame grew them to once it is out, so an idle
+//! session holds little. A malformed stream
 //! ends the session after the frames before the fault; a fail-closed plugin
 //! failure ends it before any frame of the chunk is forwarded.
 //!
@@ -24,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::pipeline::shrink;
 use super::{Inspected, Pipeline, PipelineError};
 use crate::plugins::{Direction, Session};
 
@@ -361,8 +364,9 @@ impl Pump {
             self.forwarded += bytes.len() as u64;
             return Ok(());
         };
+        let keep = settings.chunk.max(FIRST_READ);
         let inspected =
-            inspect(pipeline, direction, bytes).map_err(|source| RelayError::Pipeline {
+            inspect(pipeline, direction, bytes, keep).map_err(|source| RelayError::Pipeline {
                 direction: name(direction),
                 source,
             })?;
@@ -451,6 +455,7 @@ impl Pump {
         }
         if held {
             self.held.drain(..frames);
+            shrink(&mut self.held, keep);
         } else {
             self.held
                 .extend_from_slice(bytes.get(frames..).unwrap_or_default());
@@ -503,24 +508,28 @@ fn lock(pipeline: &Mutex<Pipeline>) -> std::sync::MutexGuard<'_, Pipeline> {
 const INLINE_INPUT: usize = 4096;
 
 /// Run the pipeline on `bytes`: in place when the input is small, off the
-/// reactor when it is large and the runtime allows.
+/// reactor when it is large and the runtime allows. The pipeline's
+/// buffer then gives back what a large frame grew it to beyond `chunk`.
 fn inspect(
     pipeline: &Mutex<Pipeline>,
     direction: Direction,
     bytes: &[u8],
+    chunk: usize,
 ) -> Result<Inspected, PipelineError> {
     let mut pipeline = lock(pipeline);
     let input = pipeline.parser_input(direction, bytes.len());
-    if input.is_some_and(|input| input > INLINE_INPUT) {
+    let inspected = if input.is_some_and(|input| input > INLINE_INPUT) {
         crate::runtime::blocking(|| pipeline.push(direction, bytes))
     } else {
         pipeline.push(direction, bytes)
-    }
+    };
+    pipeline.shrink(direction, chunk);
+    inspected
 }
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use std::pin::Pin;
     use std::task::{Context, Poll};
 
@@ -628,6 +637,50 @@ mod tests {
         assert!(
             matches!(ended, Err(RelayError::Stalled(Side::Device, _))),
             "{ended:?}"
+        );
+    }
+
+    /// A session that carried a frame far larger than its reads holds, once
+    /// the frame is out, about what it held before: the relay's and the
+    /// pipeline's buffers of the frame give their memory back.
+    #[tokio::test]
+    async fn after_a_large_frame_the_buffers_shrink_back() {
+        let pipeline = Arc::new(Mutex::new(mqtt_pipeline(
+            r#"permit(principal, action in Action::"mqtt", resource);"#,
+        )));
+        let mut pump = Pump {
+            direction: Direction::ToUpstream,
+            pipeline: Some(pipeline.clone()),
+            enforcer: Arc::new(NoEnforcer),
+            held: Vec::new(),
+            forwarded: 0,
+        };
+        let activity = Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
+        };
+        let settings = settings(10_000);
+        let (large, small) = (
+            publish("site/a/blob", &[7; 200 << 10]),
+            publish("a/t", b"1"),
+        );
+        // The small frame's first bytes stay behind, incomplete.
+        let stream = [&large[..], &small, &small[..4]].concat();
+        let mut upstream = Vec::new();
+        for chunk in stream.chunks(settings.chunk) {
+            (pump
+                .forward(&mut upstream, chunk, &activity, settings)
+                .await)
+                .unwrap();
+        }
+        assert_eq!(upstream, [large, small].concat());
+        let held = pump.held.capacity();
+        let pending = lock(&pipeline).pending_capacity(Direction::ToUpstream);
+        assert!(held <= settings.chunk, "the relay holds {held} bytes");
+        assert!(
+            pending <= settings.chunk,
+            "the pipeline holds {pending} bytes"
         );
     }
 
