@@ -2,9 +2,11 @@
 //!
 //! For each direction the pipeline holds what a session needs to continue
 //! on any parser instance or version: the bytes not yet cut into frames and
-//! the parser's state. A chunk of bytes goes to the parser in one call; the
-//! events of its complete frames go to every detector in one batch; the
-//! findings go to every responder. Nothing here touches a socket.
+//! the parser's state. A chunk of bytes goes to the parser in one call
+//! (none while the parser said the frame it waits for needs more bytes
+//! than came); the events of its complete frames go to every detector in
+//! one batch; the findings go to every responder. Nothing here touches a
+//! socket.
 //!
 //! Each plugin is read from its [`Slot`] at every chunk, so a version an
 //! operator activates takes over at the next frame boundary; a shadow in a
@@ -155,6 +157,20 @@ impl Inspected {
 struct Stream {
     pending: Vec<u8>,
     offset: u64,
+    /// The length `pending` must reach before the parser is called again:
+    /// the parser said how many more bytes its next frame needs, and with
+    /// fewer no frame can be cut. A peer that trickles a large frame byte
+    /// by byte would otherwise cost a copy of all of `pending` into the
+    /// plugin, and a call, per byte. Zero when the parser did not say.
+    parse_at: usize,
+}
+
+impl Stream {
+    /// Forget what the parser said the next frame needs: the session
+    /// state it said it with has changed.
+    fn reconsider(&mut self) {
+        self.parse_at = 0;
+    }
 }
 
 /// The pipeline of one session.
@@ -184,6 +200,8 @@ struct Gate {
     /// repeats itself (the same topics, the same registers), and a repeated
     /// event costs a lookup instead of an evaluation.
     decisions: HashMap<Vec<u8>, Decision>,
+    /// Bytes of the keys in `decisions`.
+    decision_bytes: usize,
     key: Vec<u8>,
     /// The key of the last event allowed, empty when there is none.
     last_allowed: Vec<u8>,
@@ -192,12 +210,24 @@ struct Gate {
 /// Decisions a session keeps; past this many the cache starts afresh.
 const DECISIONS: usize = 256;
 
+/// Bytes of keys a session's decisions hold at most; past this the cache
+/// starts afresh. A key holds the values the policy reads (a topic, a
+/// path, a few numbers): some 100 bytes for the usual event, so 256 of
+/// them fit, while a peer sending long ones pins no more than this.
+const DECISION_BYTES: usize = 32 << 10;
+
+/// An event whose key is longer than this (a long path, topic or query)
+/// is decided every time, not kept: its decision would pin its values, and
+/// a device rarely repeats such an event.
+const CACHED_KEY: usize = 1 << 10;
+
 impl Gate {
     fn policy(&mut self, session: &Session) {
         let active = self.engine.active();
         let stale = (self.current.as_ref()).is_none_or(|(p, _)| !Arc::ptr_eq(p, &active));
         if stale {
             self.decisions.clear();
+            self.decision_bytes = 0;
             self.last_allowed.clear();
             let subject = active.subject(
                 &session.device,
@@ -268,6 +298,7 @@ impl Pipeline {
             protocol: protocol.to_owned(),
             current: None,
             decisions: HashMap::new(),
+            decision_bytes: 0,
             key: Vec::new(),
             last_allowed: Vec::new(),
         });
@@ -284,6 +315,25 @@ impl Pipeline {
         self.stream(direction).pending.len()
     }
 
+    /// Give back the memory a large frame of `direction` left: once the
+    /// bytes pending fit in `keep` (the caller's read chunk, say), a buffer
+    /// grown to over four times that shrinks to them. A buffer of the size
+    /// reads bring is kept, so a busy session does not reallocate.
+    pub fn shrink(&mut self, direction: Direction, keep: usize) {
+        let [up, down] = &mut self.streams;
+        let stream = match direction {
+            Direction::ToUpstream => up,
+            Direction::ToDevice => down,
+        };
+        shrink(&mut stream.pending, keep);
+    }
+
+    /// The capacity of `direction`'s buffer of pending bytes.
+    #[cfg(test)]
+    pub(super) fn pending_capacity(&self, direction: Direction) -> usize {
+        self.stream(direction).pending.capacity()
+    }
+
     fn stream(&self, direction: Direction) -> &Stream {
         let [up, down] = &self.streams;
         match direction {
@@ -292,14 +342,28 @@ impl Pipeline {
         }
     }
 
+    /// How many bytes the parser is given if `arriving` more bytes arrive
+    /// in `direction`; `None` when it is not called, because they cannot
+    /// complete the frame it waits for.
+    pub fn parser_input(&self, direction: Direction, arriving: usize) -> Option<usize> {
+        let stream = self.stream(direction);
+        let input = stream.pending.len().saturating_add(arriving);
+        (input >= stream.parse_at).then_some(input)
+    }
+
     /// Inspect `bytes` arriving in `direction`.
     pub fn push(&mut self, direction: Direction, bytes: &[u8]) -> Result<Inspected, PipelineError> {
         let [up, down] = &mut self.streams;
-        let stream = match direction {
-            Direction::ToUpstream => up,
-            Direction::ToDevice => down,
+        let (stream, other) = match direction {
+            Direction::ToUpstream => (up, down),
+            Direction::ToDevice => (down, up),
         };
         stream.pending.extend_from_slice(bytes);
+        if stream.pending.len() < stream.parse_at {
+            // Whichever version is active then, and its shadow, are called
+            // when the bytes the frame needs are in.
+            return Ok(framed(&self.parser, stream.offset, Parsed::new(Vec::new())));
+        }
         let mut parsed = self
             .parser
             .active()
@@ -313,19 +377,30 @@ impl Pipeline {
         // event each.
         let consumed = parsed.consumed();
         let needed = parsed.needed;
+        if parsed.state != self.state {
+            // What the parser said the other direction's next frame needs
+            // may depend on the state it had then.
+            other.reconsider();
+        }
         self.state = std::mem::take(&mut parsed.state);
         let mut inspected = framed(&self.parser, stream.offset, parsed);
         stream.pending.drain(..consumed);
         stream.offset += consumed as u64;
+        stream.parse_at = 0;
         if inspected.malformed.is_none() {
-            let needed = needed.map_or(0, |n| n as usize);
-            if stream.pending.len().saturating_add(needed) > self.max_frame {
+            let next = stream
+                .pending
+                .len()
+                .saturating_add(needed.map_or(0, |n| n as usize));
+            if next > self.max_frame {
                 if inspected.spans.is_empty() {
                     return Err(PipelineError::FrameTooLarge {
                         limit: self.max_frame,
                     });
                 }
                 inspected.oversize = Some(self.max_frame);
+            } else if needed.is_some() {
+                stream.parse_at = next;
             }
         }
         self.enforce_policy(direction, &mut inspected);
@@ -361,6 +436,9 @@ impl Pipeline {
             let theirs = shadow.parse_datagram(&self.session, direction, &self.state, datagram);
             compare_parsed(&self.parser, &parsed, theirs);
         }
+        if parsed.state != self.state {
+            self.streams.iter_mut().for_each(Stream::reconsider);
+        }
         let [up, down] = &mut self.streams;
         let stream = match direction {
             Direction::ToUpstream => up,
@@ -384,6 +462,7 @@ impl Pipeline {
         let Gate {
             current: Some((policy, subject)),
             decisions,
+            decision_bytes,
             key,
             last_allowed,
             ..
@@ -399,20 +478,30 @@ impl Pipeline {
             if key == last_allowed {
                 continue;
             }
-            let decision = match decisions.get(key.as_slice()) {
+            let cached = (key.len() <= CACHED_KEY)
+                .then(|| decisions.get(key.as_slice()))
+                .flatten();
+            let decision = match cached {
                 Some(d) if d.allowed => None,
                 Some(d) => Some(d.clone()),
                 None => {
                     let d = policy.event(subject, direction, event);
-                    if decisions.len() >= DECISIONS {
-                        decisions.clear();
+                    if key.len() <= CACHED_KEY {
+                        let bytes = *decision_bytes + key.len();
+                        if decisions.len() >= DECISIONS || bytes > DECISION_BYTES {
+                            decisions.clear();
+                            *decision_bytes = 0;
+                        }
+                        *decision_bytes += key.len();
+                        decisions.insert(key.clone(), d.clone());
                     }
-                    decisions.insert(key.clone(), d.clone());
                     (!d.allowed).then_some(d)
                 }
             };
             let Some(decision) = decision else {
-                std::mem::swap(key, last_allowed);
+                if key.len() <= CACHED_KEY {
+                    std::mem::swap(key, last_allowed);
+                }
                 continue;
             };
             let index = event.index() as u32;
@@ -432,6 +521,14 @@ impl Pipeline {
                 Response::DropFrame => {}
                 Response::CloseSession => act(Action::CloseSession),
                 Response::QuarantineDevice => act(Action::QuarantineDevice),
+            }
+        }
+        // A long key grew the buffers it went through: they give the
+        // memory back (`last_allowed` holds a short key at most).
+        key.clear();
+        for buffer in [key, last_allowed] {
+            if buffer.capacity() > 2 * CACHED_KEY {
+                buffer.shrink_to(CACHED_KEY);
             }
         }
     }
@@ -484,6 +581,14 @@ impl Pipeline {
                 Err(e) => inspected.fail(&responder, e),
             }
         }
+    }
+}
+
+/// Shrink `buffer` to its bytes when they fit in `keep` and it holds over
+/// four times that: what a large frame grew it to.
+pub(super) fn shrink(buffer: &mut Vec<u8>, keep: usize) {
+    if buffer.len() <= keep && buffer.capacity() / 4 > keep {
+        buffer.shrink_to_fit();
     }
 }
 
@@ -572,7 +677,132 @@ fn compare<T, K: PartialEq + std::fmt::Debug>(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
-    use crate::plugins::Severity;
+    use crate::plugins::{Device, Limits, Runtime, RuntimeConfig, Severity, first_party};
+    use crate::store::Store;
+
+    fn runtime() -> Runtime {
+        Runtime::new(&RuntimeConfig::default(), Store::temporary().unwrap()).unwrap()
+    }
+
+    fn mqtt(runtime: &Runtime) -> Plugin {
+        let component = first_party::component("mqtt").unwrap();
+        runtime.load("mqtt", component, Limits::default()).unwrap()
+    }
+
+    fn session() -> Session {
+        Session {
+            id: 1,
+            device: Device {
+                id: "sensor-1".into(),
+                class: "sensor".into(),
+                zone: "cell-1".into(),
+            },
+            route: "mqtt".into(),
+        }
+    }
+
+    /// An MQTT 3.1.1 PUBLISH at QoS 0.
+    fn publish(topic: &str, payload: &[u8]) -> Vec<u8> {
+        let mut body = (topic.len() as u16).to_be_bytes().to_vec();
+        body.extend_from_slice(topic.as_bytes());
+        body.extend_from_slice(payload);
+        let mut packet = vec![0x30];
+        let mut n = body.len();
+        loop {
+            let digit = (n % 128) as u8;
+            n /= 128;
+            packet.push(if n > 0 { digit | 0x80 } else { digit });
+            if n == 0 {
+                break;
+            }
+        }
+        packet.extend(body);
+        packet
+    }
+
+    /// The frames of both directions' streams, pushed `chunk` bytes at a
+    /// time, one direction's chunk then the other's; each with its
+    /// direction and the length of its stream pushed when it came out.
+    /// `between` is called after each chunk with how many bytes of the
+    /// device's stream were pushed.
+    fn frames(
+        pipeline: &mut Pipeline,
+        streams: [&[u8]; 2],
+        chunk: usize,
+        mut between: impl FnMut(usize),
+    ) -> Vec<(Direction, usize, FrameSpan, String)> {
+        let mut out = Vec::new();
+        let mut pushed = [0; 2];
+        let directions = [Direction::ToUpstream, Direction::ToDevice];
+        while pushed != [streams[0].len(), streams[1].len()] {
+            for i in 0..2 {
+                if pushed[i] == streams[i].len() {
+                    continue;
+                }
+                let end = (pushed[i] + chunk).min(streams[i].len());
+                let inspected = pipeline
+                    .push(directions[i], &streams[i][pushed[i]..end])
+                    .unwrap();
+                pushed[i] = end;
+                for (span, event) in inspected.frames() {
+                    out.push((directions[i], end, span, event.to_string()));
+                }
+            }
+            between(pushed[0]);
+        }
+        out
+    }
+
+    /// A device that starts a large frame and sends it a byte at a time
+    /// costs a parser call per byte no longer, in either direction: the
+    /// parser said how many bytes the frame needs. A version swapped in
+    /// mid-frame, and the shadow, take over that promise; each frame comes
+    /// out on the byte that completes it, as it would in one chunk.
+    #[test]
+    fn a_frame_trickled_byte_by_byte_is_parsed_a_few_times_not_once_a_byte() {
+        let runtime = runtime();
+        let up = [publish("site/a/blob", &[7; 16 << 10]), publish("a/t", b"1")].concat();
+        let down = [publish("site/a/cmd", &[8; 12 << 10]), publish("a/c", b"2")].concat();
+
+        let mut whole = Pipeline::new(session(), mqtt(&runtime), vec![], vec![], 1 << 18);
+        let expected = frames(&mut whole, [&up, &down], up.len().max(down.len()), |_| {});
+        assert_eq!(expected.len(), 4);
+
+        let (first, second, shadow) = (mqtt(&runtime), mqtt(&runtime), mqtt(&runtime));
+        let slot = Slot::new(first.clone());
+        slot.set_shadow(Some(shadow.clone())).unwrap();
+        let mut trickled = Pipeline::with_slots(session(), slot.clone(), vec![], vec![], 1 << 18);
+        let got = frames(&mut trickled, [&up, &down], 1, |pushed| {
+            if pushed == 8 << 10 {
+                slot.activate(second.clone()).unwrap();
+            }
+        });
+        // In each direction's order.
+        let without_ends = |f: &[(Direction, usize, FrameSpan, String)]| {
+            let mut f: Vec<_> = (f.iter())
+                .map(|(d, _, span, e)| (*d as u8, span.offset, span.len, e.clone()))
+                .collect();
+            f.sort();
+            f
+        };
+        assert_eq!(without_ends(&got), without_ends(&expected));
+        for (direction, end, span, _) in &got {
+            assert_eq!(
+                *end as u64,
+                span.offset + u64::from(span.len),
+                "{direction:?}"
+            );
+        }
+        // A few calls for each frame's fixed header, one when it is in.
+        let calls = first.calls() + second.calls();
+        assert!(
+            calls <= 24,
+            "{calls} parser calls for {} bytes",
+            up.len() + down.len()
+        );
+        assert!(second.calls() >= 2, "the new version cut the frames");
+        assert_eq!(shadow.calls(), calls, "the shadow was called alike");
+    }
 
     fn inspected(frames: usize, findings: &[u32], actions: Vec<Action>) -> Inspected {
         let mut batch = Batch::new();
@@ -600,6 +830,63 @@ mod tests {
             blocked: false,
             oversize: None,
         }
+    }
+
+    /// Judge, with `pipeline`'s policy, PUBLISHes to `topics`, as frames of
+    /// one chunk; the indices of those denied.
+    fn denied(pipeline: &mut Pipeline, topics: &[String]) -> Vec<u32> {
+        let mut batch = Batch::new();
+        for topic in topics {
+            batch
+                .push("mqtt.publish")
+                .text("topic", topic)
+                .int("qos", 0);
+        }
+        let mut inspected = inspected(0, &[], vec![]);
+        inspected.spans = vec![FrameSpan { offset: 0, len: 1 }; topics.len()];
+        inspected.batch = batch;
+        pipeline.enforce_policy(Direction::ToUpstream, &mut inspected);
+        inspected.findings.iter().map(|(_, f)| f.event).collect()
+    }
+
+    /// Bytes the policy's decisions and keys hold on to.
+    fn decisions_held(pipeline: &Pipeline) -> usize {
+        let gate = pipeline.gate.as_ref().unwrap();
+        let keys: usize = gate.decisions.keys().map(Vec::capacity).sum();
+        keys + gate.key.capacity() + gate.last_allowed.capacity()
+    }
+
+    /// A device sending long topics (or CoAP paths, queries) cannot make
+    /// its session keep them by the hundred: their decisions are not kept,
+    /// and still right; short ones are kept as before.
+    #[test]
+    fn long_keys_do_not_make_the_decisions_grow() {
+        let runtime = runtime();
+        let policy = Policy::parse(
+            r#"permit(principal, action == Action::"mqtt.publish", resource)
+when { context.topic like "*/telemetry" };"#,
+        )
+        .unwrap();
+        let mut pipeline = Pipeline::new(session(), mqtt(&runtime), vec![], vec![], 1 << 18)
+            .with_policy(PolicyEngine::new(policy), None, "mqtt");
+        let long = "x".repeat(8 << 10);
+        for chunk in 0..40 {
+            let topics: Vec<String> = (0..10)
+                .map(|i| {
+                    let leaf = if i % 3 == 0 { "cmd" } else { "telemetry" };
+                    format!("site/{chunk}-{i}/{long}/{leaf}")
+                })
+                .collect();
+            assert_eq!(denied(&mut pipeline, &topics), [0, 3, 6, 9]);
+            let held = decisions_held(&pipeline);
+            assert!(held <= 64 << 10, "{held} bytes held after chunk {chunk}");
+        }
+        // Short keys are kept, and decided alike from the cache.
+        let short = ["a/telemetry", "a/cmd", "b/telemetry"].map(String::from);
+        for _ in 0..3 {
+            assert_eq!(denied(&mut pipeline, &short), [1]);
+        }
+        assert_eq!(pipeline.gate.as_ref().unwrap().decisions.len(), 3);
     }
 
     #[test]

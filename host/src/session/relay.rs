@@ -6,9 +6,11 @@
 //! cut, in order; the bytes of an incomplete frame wait for the next chunk.
 //! A direction does not read again before its write finished: a slow
 //! reader slows its writer down (backpressure), and a session holds at most
-//! one chunk and one incomplete frame per direction. Read buffers start
-//! small and grow to the configured chunk only while reads fill them, so an
-//! idle session holds little. A malformed stream
+//! one chunk and one incomplete frame per direction (twice: here and in
+//! the pipeline). Read buffers start small and grow to the configured
+//! chunk only while reads fill them, and the buffers of an incomplete frame
+//! give back what a large frame grew them to once it is out, so an idle
+//! session holds little. A malformed stream
 //! ends the session after the frames before the fault; a fail-closed plugin
 //! failure ends it before any frame of the chunk is forwarded.
 //!
@@ -18,12 +20,13 @@
 //! session and not the other sessions of the same worker thread (see
 //! [`INLINE_INPUT`]).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::pipeline::shrink;
 use super::{Inspected, Pipeline, PipelineError};
 use crate::plugins::{Direction, Session};
 
@@ -116,7 +119,8 @@ pub trait Enforcer: Send + Sync {
     /// Quarantine the session's device: close all its sessions and refuse
     /// it from now on, saying `reason`. With `spare`, this session's own
     /// connection is left to its relay, which still has frames to deliver
-    /// to the device; the others close at once.
+    /// to the device (and forwards nothing more to the upstream); the
+    /// others close at once.
     fn quarantine(&self, session: &Session, reason: &str, spare: bool);
 }
 
@@ -139,11 +143,16 @@ pub struct Forwarded {
     pub to_device: u64,
 }
 
-/// When the session last moved a byte either way.
+/// When the session last moved a byte either way, and whether it is
+/// closing.
 #[derive(Debug)]
 struct Activity {
     start: Instant,
     last_ms: AtomicU64,
+    /// Set when this session quarantined its device on a frame bound for
+    /// the device: that direction still delivers the frames allowed before
+    /// the offence, and nothing more goes to the upstream.
+    closing: AtomicBool,
 }
 
 impl Activity {
@@ -181,6 +190,7 @@ where
     let activity = Activity {
         start: Instant::now(),
         last_ms: AtomicU64::new(0),
+        closing: AtomicBool::new(false),
     };
     let up = Pump {
         direction: Direction::ToUpstream,
@@ -279,7 +289,7 @@ impl Pump {
         let reader = self.sides().0;
         if !first.is_empty() {
             activity.touch();
-            self.forward(&mut to, &first, settings).await?;
+            self.forward(&mut to, &first, activity, settings).await?;
         }
         let mut chunk: Vec<u8> = Vec::new();
         let mut size = FIRST_READ.min(settings.chunk.max(1));
@@ -301,9 +311,14 @@ impl Pump {
                 }
                 Ok(Ok(0)) => {
                     // The peer may already be gone; its own direction
-                    // reports it.
-                    let _ = to.shutdown().await;
-                    return Ok(self.forwarded);
+                    // reports it. A TLS shutdown writes close_notify,
+                    // which waits on a peer that stopped reading as long
+                    // as any write: as long as a write may.
+                    let (_, writer) = self.sides();
+                    return match tokio::time::timeout(settings.idle, to.shutdown()).await {
+                        Err(_) => Err(RelayError::Stalled(writer, settings.idle)),
+                        Ok(_) => Ok(self.forwarded),
+                    };
                 }
                 Ok(Ok(n)) => n,
             };
@@ -311,9 +326,24 @@ impl Pump {
             if n == size {
                 size = (size * 2).min(settings.chunk.max(1));
             }
-            self.forward(&mut to, chunk.get(..n).unwrap_or_default(), settings)
-                .await?;
+            self.forward(
+                &mut to,
+                chunk.get(..n).unwrap_or_default(),
+                activity,
+                settings,
+            )
+            .await?;
+            if self.halted(activity) {
+                return Ok(self.forwarded);
+            }
         }
+    }
+
+    /// Whether this direction forwards nothing more: it goes to the
+    /// upstream, and the session quarantined its device. The session ends
+    /// when the other direction has delivered what was allowed.
+    fn halted(&self, activity: &Activity) -> bool {
+        self.direction == Direction::ToUpstream && activity.closing.load(Ordering::Relaxed)
     }
 
     /// Inspect `bytes` and write the complete frames among what is held.
@@ -321,17 +351,22 @@ impl Pump {
         &mut self,
         to: &mut W,
         bytes: &[u8],
+        activity: &Activity,
         settings: RelaySettings,
     ) -> Result<(), RelayError> {
         let (_, writer) = self.sides();
         let direction = self.direction;
+        if self.halted(activity) {
+            return Ok(());
+        }
         let Some(pipeline) = &self.pipeline else {
             write(to, bytes, writer, settings.idle).await?;
             self.forwarded += bytes.len() as u64;
             return Ok(());
         };
+        let keep = settings.chunk.max(FIRST_READ);
         let inspected =
-            inspect(pipeline, direction, bytes).map_err(|source| RelayError::Pipeline {
+            inspect(pipeline, direction, bytes, keep).map_err(|source| RelayError::Pipeline {
                 direction: name(direction),
                 source,
             })?;
@@ -350,6 +385,7 @@ impl Pump {
                 // device's sessions close now, but for this one when the
                 // frames allowed before the offence still go to the device.
                 let spare = direction == Direction::ToDevice;
+                activity.closing.store(true, Ordering::Relaxed);
                 self.enforcer.quarantine(&session, reason, spare);
             }
             self.enforcer.record(&session, &inspected);
@@ -381,6 +417,11 @@ impl Pump {
                     run.start..end
                 };
             } else if !run.is_empty() {
+                // The other direction may have quarantined the device
+                // while the last write waited.
+                if self.halted(activity) {
+                    return Ok(());
+                }
                 write(
                     to,
                     data.get(run.clone()).unwrap_or_default(),
@@ -394,6 +435,9 @@ impl Pump {
             start = end;
         }
         if !run.is_empty() {
+            if self.halted(activity) {
+                return Ok(());
+            }
             write(
                 to,
                 data.get(run.clone()).unwrap_or_default(),
@@ -411,6 +455,7 @@ impl Pump {
         }
         if held {
             self.held.drain(..frames);
+            shrink(&mut self.held, keep);
         } else {
             self.held
                 .extend_from_slice(bytes.get(frames..).unwrap_or_default());
@@ -463,17 +508,244 @@ fn lock(pipeline: &Mutex<Pipeline>) -> std::sync::MutexGuard<'_, Pipeline> {
 const INLINE_INPUT: usize = 4096;
 
 /// Run the pipeline on `bytes`: in place when the input is small, off the
-/// reactor when it is large and the runtime allows.
+/// reactor when it is large and the runtime allows. The pipeline's
+/// buffer then gives back what a large frame grew it to beyond `chunk`.
 fn inspect(
     pipeline: &Mutex<Pipeline>,
     direction: Direction,
     bytes: &[u8],
+    chunk: usize,
 ) -> Result<Inspected, PipelineError> {
     let mut pipeline = lock(pipeline);
-    let input = pipeline.pending(direction).saturating_add(bytes.len());
-    if input > INLINE_INPUT {
+    let input = pipeline.parser_input(direction, bytes.len());
+    let inspected = if input.is_some_and(|input| input > INLINE_INPUT) {
         crate::runtime::blocking(|| pipeline.push(direction, bytes))
     } else {
         pipeline.push(direction, bytes)
+    };
+    pipeline.shrink(direction, chunk);
+    inspected
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use tokio::io::ReadBuf;
+
+    use super::*;
+    use crate::plugins::{Device, Limits, Runtime, RuntimeConfig, first_party};
+    use crate::policy::{Policy, PolicyEngine};
+    use crate::store::Store;
+
+    fn settings(idle_ms: u64) -> RelaySettings {
+        RelaySettings {
+            idle: Duration::from_millis(idle_ms),
+            chunk: 16 << 10,
+        }
+    }
+
+    /// An MQTT 3.1.1 PUBLISH at QoS 0.
+    fn publish(topic: &str, payload: &[u8]) -> Vec<u8> {
+        let mut body = (topic.len() as u16).to_be_bytes().to_vec();
+        body.extend_from_slice(topic.as_bytes());
+        body.extend_from_slice(payload);
+        let mut packet = vec![0x30];
+        let mut n = body.len();
+        loop {
+            let digit = (n % 128) as u8;
+            n /= 128;
+            packet.push(if n > 0 { digit | 0x80 } else { digit });
+            if n == 0 {
+                break;
+            }
+        }
+        packet.extend(body);
+        packet
+    }
+
+    /// A pipeline through the MQTT parser, judged by `policy`.
+    fn mqtt_pipeline(policy: &str) -> Pipeline {
+        let runtime = Runtime::new(&RuntimeConfig::default(), Store::temporary().unwrap()).unwrap();
+        let component = first_party::component("mqtt").unwrap();
+        let parser = runtime.load("mqtt", component, Limits::default()).unwrap();
+        let session = Session {
+            id: 1,
+            device: Device {
+                id: "sensor-1".into(),
+                class: "sensor".into(),
+                zone: "cell-1".into(),
+            },
+            route: "mqtt".into(),
+        };
+        let engine = PolicyEngine::new(Policy::parse(policy).unwrap());
+        Pipeline::new(session, parser, vec![], vec![], 1 << 18).with_policy(engine, None, "mqtt")
+    }
+
+    /// A device with nothing more to send that stopped reading: no write
+    /// to it finishes, nor its TLS shutdown (a close_notify to write).
+    struct Deaf;
+
+    impl AsyncRead for Deaf {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Deaf {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Poll::Pending
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Pending
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    /// Both sides closed their sending half, and the device reads nothing:
+    /// passing on the upstream's end to the device waits on the device,
+    /// for no longer than a write may.
+    #[tokio::test]
+    async fn a_device_that_stopped_reading_cannot_keep_a_half_closed_session() {
+        let (upstream, upstream_end) = tokio::io::duplex(1024);
+        drop(upstream_end);
+        let relayed = relay(
+            Deaf,
+            upstream,
+            Vec::new(),
+            None,
+            settings(100),
+            Arc::new(NoEnforcer),
+        );
+        let ended = tokio::time::timeout(Duration::from_secs(10), relayed)
+            .await
+            .expect("the session outlived its idle timeout");
+        assert!(
+            matches!(ended, Err(RelayError::Stalled(Side::Device, _))),
+            "{ended:?}"
+        );
+    }
+
+    /// A session that carried a frame far larger than its reads holds, once
+    /// the frame is out, about what it held before: the relay's and the
+    /// pipeline's buffers of the frame give their memory back.
+    #[tokio::test]
+    async fn after_a_large_frame_the_buffers_shrink_back() {
+        let pipeline = Arc::new(Mutex::new(mqtt_pipeline(
+            r#"permit(principal, action in Action::"mqtt", resource);"#,
+        )));
+        let mut pump = Pump {
+            direction: Direction::ToUpstream,
+            pipeline: Some(pipeline.clone()),
+            enforcer: Arc::new(NoEnforcer),
+            held: Vec::new(),
+            forwarded: 0,
+        };
+        let activity = Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
+        };
+        let settings = settings(10_000);
+        let (large, small) = (
+            publish("site/a/blob", &[7; 200 << 10]),
+            publish("a/t", b"1"),
+        );
+        // The small frame's first bytes stay behind, incomplete.
+        let stream = [&large[..], &small, &small[..4]].concat();
+        let mut upstream = Vec::new();
+        for chunk in stream.chunks(settings.chunk) {
+            (pump
+                .forward(&mut upstream, chunk, &activity, settings)
+                .await)
+                .unwrap();
+        }
+        assert_eq!(upstream, [large, small].concat());
+        let held = pump.held.capacity();
+        let pending = lock(&pipeline).pending_capacity(Direction::ToUpstream);
+        assert!(held <= settings.chunk, "the relay holds {held} bytes");
+        assert!(
+            pending <= settings.chunk,
+            "the pipeline holds {pending} bytes"
+        );
+    }
+
+    /// Counts quarantines.
+    #[derive(Default)]
+    struct Quarantines(AtomicU64);
+
+    impl Enforcer for Quarantines {
+        fn record(&self, _: &Session, _: &Inspected) {}
+        fn quarantine(&self, _: &Session, _: &str, _: bool) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A frame from the broker quarantines the device while the frame
+    /// before it, allowed, still goes to the device: what the device sends
+    /// meanwhile is not forwarded.
+    #[tokio::test]
+    async fn once_a_frame_for_the_device_quarantined_it_nothing_more_reaches_the_upstream() {
+        let policy = r#"permit(principal, action in Action::"mqtt", resource);
+@response("quarantine-device")
+forbid(principal, action == Action::"mqtt.publish", resource) when { context.topic like "*/firmware" };
+"#;
+        // The device's socket takes 64 bytes: the allowed frame's delivery
+        // waits on the device, which reads nothing yet.
+        let (device, mut device_end) = tokio::io::duplex(64);
+        let (upstream, mut upstream_end) = tokio::io::duplex(1 << 16);
+        let allowed = publish("site/a/news", &[7; 512]);
+        let from_broker = [allowed.clone(), publish("site/a/firmware", b"evil")].concat();
+        upstream_end.write_all(&from_broker).await.unwrap();
+        let quarantines = Arc::new(Quarantines::default());
+        let relayed = tokio::spawn(relay(
+            device,
+            upstream,
+            Vec::new(),
+            Some(mqtt_pipeline(policy)),
+            settings(10_000),
+            quarantines.clone(),
+        ));
+        let start = Instant::now();
+        while quarantines.0.load(Ordering::SeqCst) == 0 {
+            assert!(start.elapsed() < Duration::from_secs(10), "no quarantine");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The device speaks before the session ends, and has time to be
+        // heard.
+        device_end
+            .write_all(&publish("site/a/telemetry", b"20"))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut delivered = Vec::new();
+        device_end.read_to_end(&mut delivered).await.unwrap();
+        assert_eq!(delivered, allowed, "what came before the offence arrives");
+        let ended = relayed.await.unwrap();
+        assert!(
+            matches!(ended, Err(RelayError::Enforced { .. })),
+            "{ended:?}"
+        );
+        let mut reached = Vec::new();
+        upstream_end.read_to_end(&mut reached).await.unwrap();
+        assert!(
+            reached.is_empty(),
+            "{} bytes from the quarantined device reached the upstream",
+            reached.len()
+        );
     }
 }
