@@ -9,6 +9,8 @@
 //! before rendering it, so that the result is still valid syslog, CEF or
 //! JSON. The audit trail itself keeps the whole record.
 
+use std::sync::Arc;
+
 use super::{Record, What};
 use crate::plugins::Severity;
 
@@ -54,6 +56,7 @@ pub fn fitted(record: &Record, budget: usize, render: impl Fn(&Record) -> String
     // Many attributes, each short: leave them out.
     let mut bare = shortened(record, MIN_KEEP);
     if let Some(event) = &mut bare.event {
+        let event = Arc::make_mut(event);
         let note = format!("{} attributes left out", event.attributes.len());
         event.attributes = serde_json::Map::from_iter([("truncated".to_owned(), note.into())]);
     }
@@ -77,6 +80,7 @@ fn shortened(record: &Record, keep: usize) -> Record {
         cut(version, keep);
     }
     if let Some(event) = &mut r.event {
+        let event = Arc::make_mut(event);
         cut(&mut event.kind, keep);
         event.attributes = (std::mem::take(&mut event.attributes).into_iter())
             .map(|(mut name, mut value)| {
@@ -359,7 +363,7 @@ mod tests {
     /// A record whose event carries `attributes`.
     fn record_with(attributes: &[(&str, &str)]) -> Record {
         let mut record = record();
-        let event = record.event.as_mut().unwrap();
+        let event = Arc::make_mut(record.event.as_mut().unwrap());
         for (name, value) in attributes {
             event.attributes.insert((*name).to_owned(), (*value).into());
         }
