@@ -755,7 +755,9 @@ impl Columns {
             }
         }
         if let Some(i) = self.kinds.iter().position(|k| k.chars().any(breaks_lines)) {
-            return Err(format!("kind {i} holds a control or line-breaking character"));
+            return Err(format!(
+                "kind {i} holds a control or line-breaking character"
+            ));
         }
         if let Some(i) = (self.fields.iter()).position(|(n, _)| n.chars().any(breaks_lines)) {
             return Err(format!(
@@ -833,7 +835,10 @@ impl Columns {
 /// and isolates.
 fn breaks_lines(c: char) -> bool {
     c.is_control()
-        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{061c}')
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{061c}'
+        )
         || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
@@ -1134,7 +1139,15 @@ mod tests {
         full.fields
             .resize(MAX_TABLE_ENTRIES + 1, ("x".into(), ValueType::Int));
         assert!(full.check().is_err(), "no room left for the host's fields");
-        for name in ["a\nb", "a\rb", "\u{1b}[31m", "a\u{0}", "a\u{85}", "a\u{2028}", "a\u{202e}"] {
+        for name in [
+            "a\nb",
+            "a\rb",
+            "\u{1b}[31m",
+            "a\u{0}",
+            "a\u{85}",
+            "a\u{2028}",
+            "a\u{202e}",
+        ] {
             let mut bad = good.clone();
             bad.kinds[0] = format!("mqtt.{name}");
             assert!(bad.check().is_err(), "kind {name:?}");

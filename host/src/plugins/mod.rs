@@ -1220,11 +1220,15 @@ mod tests {
     #[test]
     fn a_malformed_reason_is_escaped_and_cut() {
         let forged = "bad\n2026-11-27T00:00:00Z  INFO palisade: session closed\u{2028}";
-        let mut p = Parsed::new(Vec::new()).malformed(0, format!("{forged}{}", "x".repeat(1 << 20)));
+        let mut p =
+            Parsed::new(Vec::new()).malformed(0, format!("{forged}{}", "x".repeat(1 << 20)));
         escape_malformed(&mut p);
         let reason = &p.malformed.unwrap().reason;
         assert!(reason.starts_with("bad\\n2026"), "{reason}");
-        assert!(!reason.contains('\n') && !reason.contains('\u{2028}'), "{reason}");
+        assert!(
+            !reason.contains('\n') && !reason.contains('\u{2028}'),
+            "{reason}"
+        );
         assert!(reason.len() <= limits::MAX_LOG_LINE, "{}", reason.len());
     }
 
@@ -1256,7 +1260,9 @@ mod tests {
         for (kinds, fields) in [(65_536, 0), (0, 65_536), (65_535, 0), (0, 65_535)] {
             let mut columns = Columns::default();
             columns.kinds.resize(kinds, String::new());
-            columns.fields.resize(fields, (String::new(), ValueType::Int));
+            columns
+                .fields
+                .resize(fields, (String::new(), ValueType::Int));
             let mut p = Parsed::new(Vec::new()).malformed(0, "no frames");
             p.events = Batch::from_columns(columns);
             assert!(

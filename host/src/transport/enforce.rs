@@ -116,7 +116,9 @@ mod tests {
             route: "mqtt".into(),
         };
         let mut batch = Batch::new();
-        batch.push("mqtt.publish").text("topic", &"t".repeat(64_000));
+        batch
+            .push("mqtt.publish")
+            .text("topic", &"t".repeat(64_000));
         batch.push("mqtt.pingreq");
         let finding = |event| Finding {
             event,
