@@ -30,6 +30,27 @@
 //!
 //! The contract these types come from is `wit/plugin.wit`
 //! (`palisade:plugin@0.1.0`).
+//!
+//! # Limits
+//!
+//! The appliance bounds every call (its deadline, memory, the bytes a
+//! call hands back: see "Limits on every plugin call" in the README), and
+//! what a plugin returns:
+//!
+//! - a batch names at most [`MAX_TABLE_ENTRIES`] kinds and as many
+//!   attribute names, none holding a control, line-separator or
+//!   bidirectional character ([`Columns::check`]);
+//! - a detector raises at most [`MAX_FINDINGS_PER_EVENT`] findings about
+//!   any one event in one call;
+//! - a responder asks for at most [`MAX_ACTIONS_PER_FINDING`] actions per
+//!   finding it was given, and [`SPARE_ACTIONS`] more;
+//! - a finding's reason and an alert's message are kept up to
+//!   [`MAX_REASON_BYTES`], and cut past it; a parser's malformed reason is
+//!   escaped and cut to a line of the appliance's log.
+//!
+//! Breaking a limit that is not cut is a breach of the contract: the
+//! appliance discards what the call returned, and the plugin gets a
+//! strike; after a few it is disabled.
 #![deny(missing_docs)]
 
 extern crate self as palisade_plugin_sdk;
