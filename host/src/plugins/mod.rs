@@ -1131,7 +1131,7 @@ fn check_parsed(parsed: &Parsed, input_len: usize, state_cap: usize) -> Result<(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::indexing_slicing)]
+    #![allow(clippy::indexing_slicing, clippy::unwrap_used)]
 
     use super::*;
 
