@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{load, mqtt_connect, mqtt_publish, runtime, session, tight_limits};
 use palisade::plugins::{CallError, Direction, FailMode, Fault, Lifecycle, Limits, Plugin};
+use palisade::session::{Pipeline, PipelineError};
 
 /// Run the hostile plugin's misbehaviour `word` once and return the fault.
 fn provoke(plugin: &Plugin, word: &str) -> (Fault, CallError) {
@@ -71,6 +72,33 @@ fn runaway_recursion_is_stopped() {
             || matches!(&fault, Fault::Trap(t) if t.contains("out of bounds")),
         "{error}"
     );
+}
+
+/// A parser that fills its table of kinds and reports the rest malformed
+/// left the host no room for the malformed event it appends: the session's
+/// task panicked, and the parser went without a strike. The result is now
+/// a breach of the contract.
+#[test]
+fn a_parser_that_fills_its_tables_gets_a_strike_not_a_panic() {
+    // 65536 names cross in about 1.5 MiB: within the default output limit.
+    let limits = Limits {
+        output_bytes: Limits::default().output_bytes,
+        ..tight_limits()
+    };
+    let plugin = load(&runtime(), "hostile", limits);
+    let mut pipeline = Pipeline::new(session(1, "evil"), plugin.clone(), vec![], vec![], 1 << 16);
+    let result = pipeline.push(Direction::ToUpstream, b"kinds");
+    assert!(
+        matches!(
+            &result,
+            Err(PipelineError::Parser(CallError::Fault {
+                fault: Fault::Contract(_),
+                ..
+            }))
+        ),
+        "{result:?}"
+    );
+    assert_eq!(plugin.strikes(), 1);
 }
 
 #[test]
