@@ -919,7 +919,7 @@ impl Plugin {
             }
             Err(e) => Err(CallError::Instantiate {
                 plugin: self.name().to_owned(),
-                reason: format!("{e:#}"),
+                reason: one_line(&e),
             }),
         }
     }
@@ -1085,7 +1085,22 @@ fn classify(e: &wasmtime::Error, limits: &Limits) -> Fault {
     if message.contains("fuel allocated for hostcalls has been exhausted") {
         return Fault::Output(limits.output_bytes);
     }
-    Fault::Trap(message)
+    Fault::Trap(one_line(e))
+}
+
+/// What wasmtime says of `e`, as one line of the appliance's log: its
+/// message may carry a backtrace, which names the plugin's functions as the
+/// plugin named them. The root cause comes first, so that the cut to a log
+/// line keeps it.
+fn one_line(e: &wasmtime::Error) -> String {
+    let message = format!("{e:#}");
+    let cause = e.root_cause().to_string();
+    let line = if message.starts_with(&cause) {
+        message
+    } else {
+        format!("{cause} ({message})")
+    };
+    log_line(&line).into_owned()
 }
 
 /// Check a parser's result against its input: one event per frame, frames
@@ -1230,6 +1245,23 @@ mod tests {
             "{reason}"
         );
         assert!(reason.len() <= limits::MAX_LOG_LINE, "{}", reason.len());
+    }
+
+    /// wasmtime's message for a failed call may hold a backtrace naming the
+    /// plugin's functions, which the plugin names: it reaches the log as one
+    /// line, its cause first.
+    #[test]
+    fn a_trap_message_is_one_line_with_its_cause_first() {
+        let e = wasmtime::Error::msg("invalid utf-8")
+            .context("backtrace:\n  0: forged\n2026-11-27T00:00:00Z  INFO palisade: x");
+        let Fault::Trap(message) = classify(&e, &Limits::default()) else {
+            panic!("not a trap")
+        };
+        assert!(
+            message.starts_with("invalid utf-8 (backtrace:\\n"),
+            "{message}"
+        );
+        assert!(!message.contains('\n'), "{message}");
     }
 
     #[test]
