@@ -740,7 +740,7 @@ impl Plugin {
                 state,
                 datagram,
             )?;
-            let parsed = match answer {
+            let mut parsed = match answer {
                 Ok(message) if message.event.events.len() != 1 => {
                     return Err(breach(format!(
                         "{} events for one datagram, not one",
@@ -760,7 +760,6 @@ impl Plugin {
                 }
                 Err(reason) => Parsed::new(state.to_vec()).malformed(0, reason),
             };
-            let mut parsed = parsed;
             escape_malformed(&mut parsed);
             Ok(parsed)
         })
