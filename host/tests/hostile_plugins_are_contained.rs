@@ -10,7 +10,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{load, mqtt_connect, mqtt_publish, runtime, session, tight_limits};
-use palisade::plugins::{CallError, Direction, FailMode, Fault, Lifecycle, Limits, Plugin};
+use palisade::plugins::{
+    Batch, CallError, Direction, FailMode, Fault, Finding, Lifecycle, Limits, Plugin, Severity,
+    WireBatch,
+};
+use palisade::session::{Pipeline, PipelineError};
 
 /// Run the hostile plugin's misbehaviour `word` once and return the fault.
 fn provoke(plugin: &Plugin, word: &str) -> (Fault, CallError) {
@@ -71,6 +75,65 @@ fn runaway_recursion_is_stopped() {
             || matches!(&fault, Fault::Trap(t) if t.contains("out of bounds")),
         "{error}"
     );
+}
+
+/// A parser that fills its table of kinds and reports the rest malformed
+/// left the host no room for the malformed event it appends: the session's
+/// task panicked, and the parser went without a strike. The result is now
+/// a breach of the contract.
+#[test]
+fn a_parser_that_fills_its_tables_gets_a_strike_not_a_panic() {
+    // 65536 names cross in about 1.5 MiB: within the default output limit.
+    let limits = Limits {
+        output_bytes: Limits::default().output_bytes,
+        ..tight_limits()
+    };
+    let plugin = load(&runtime(), "hostile", limits);
+    let mut pipeline = Pipeline::new(session(1, "evil"), plugin.clone(), vec![], vec![], 1 << 16);
+    let result = pipeline.push(Direction::ToUpstream, b"kinds");
+    assert!(
+        matches!(
+            &result,
+            Err(PipelineError::Parser(CallError::Fault {
+                fault: Fault::Contract(_),
+                ..
+            }))
+        ),
+        "{result:?}"
+    );
+    assert_eq!(plugin.strikes(), 1);
+}
+
+/// A detector may raise up to four findings about every event, within its
+/// own output limit: some 100 000 on a long batch. The escalate responder
+/// answers each with an alert and a dropped frame, which crosses in more
+/// bytes than the finding did; were its output limit fixed, the strike
+/// would land on escalate, and five would disable it, fail-closed.
+#[test]
+fn a_flood_of_findings_does_not_push_the_responder_past_its_limit() {
+    let limits = Limits {
+        // Lowering 100 000 findings into the guest takes a while in a
+        // debug build; the output limit is what this test is about.
+        deadline_ms: 10_000,
+        ..Limits::default()
+    };
+    let escalate = load(&runtime(), "escalate", limits);
+    let mut batch = Batch::new();
+    for _ in 0..25_000 {
+        batch.push("mqtt.pingreq");
+    }
+    let findings: Vec<Finding> = (0..100_000)
+        .map(|i| Finding {
+            event: i / 4,
+            severity: Severity::High,
+            score: 1.0,
+            reason: String::new(),
+        })
+        .collect();
+    let batch = WireBatch::from(batch);
+    let actions = escalate.respond(&session(1, "evil"), &batch, &findings);
+    assert_eq!(actions.map(|a| a.len()).ok(), Some(200_000));
+    assert_eq!(escalate.strikes(), 0);
 }
 
 #[test]

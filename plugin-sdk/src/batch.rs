@@ -21,6 +21,14 @@ const SCAN: usize = 32;
 /// Slots of the cache of literals' fields: more than a parser's names.
 const LITERAL_SLOTS: usize = 32;
 
+/// Entries a batch's table of kinds, or of attribute names, may hold. The
+/// contract's indices are 16-bit, so a table reaches 65536 entries; the
+/// appliance adds entries of its own to a parser's batch (the kind of the
+/// `PROTOCOL.malformed` event that follows the frames, and its `offset` and
+/// `reason` fields), so a plugin's table leaves two of them free.
+/// [`Columns::check`] refuses larger tables.
+pub const MAX_TABLE_ENTRIES: usize = 65536 - 2;
+
 /// The events a batch makes room for when its first event is written: a
 /// 4 KiB chunk of small frames holds a few dozen.
 pub(crate) const FIRST_EVENTS: usize = 64;
@@ -726,11 +734,36 @@ impl Columns {
         self.data.get(data_range(raw))
     }
 
-    /// Check that the columns keep the layout: every index in range, the
-    /// event runs in order and covering the attributes, every text and bytes
-    /// range inside `data`, every text valid UTF-8. The appliance checks
-    /// each batch a plugin returns with this before anything reads it.
+    /// Check that the columns keep the layout: tables of at most
+    /// [`MAX_TABLE_ENTRIES`] names, none holding a character that breaks or
+    /// reorders a line (a control character, a Unicode line or paragraph
+    /// separator, a bidirectional control), every index in range, the event
+    /// runs in order and covering the attributes, every text and bytes range
+    /// inside `data`, every text valid UTF-8. The appliance checks each
+    /// batch a plugin returns with this before anything reads it.
+    ///
+    /// The contract's vocabulary says what names look like (kinds
+    /// `protocol.what`, names lowercase kebab-case) but the appliance has
+    /// never held plugins to it, so it refuses only the names that could
+    /// pass for something else in a log line or a SIEM's view.
     pub fn check(&self) -> Result<(), String> {
+        for (what, len) in [("kinds", self.kinds.len()), ("fields", self.fields.len())] {
+            if len > MAX_TABLE_ENTRIES {
+                return Err(format!(
+                    "{len} {what}, more than the {MAX_TABLE_ENTRIES} a batch may name"
+                ));
+            }
+        }
+        if let Some(i) = self.kinds.iter().position(|k| k.chars().any(breaks_lines)) {
+            return Err(format!(
+                "kind {i} holds a control or line-breaking character"
+            ));
+        }
+        if let Some(i) = (self.fields.iter()).position(|(n, _)| n.chars().any(breaks_lines)) {
+            return Err(format!(
+                "field {i} holds a control or line-breaking character"
+            ));
+        }
         let attributes = self.attribute_fields.len();
         if self.attribute_values.len() != attributes {
             return Err(format!(
@@ -774,23 +807,50 @@ impl Columns {
             match ty {
                 ValueType::Int => {}
                 ValueType::Flag if raw == 0 || raw == 1 => {}
-                ValueType::Flag => return Err(format!("flag {name} is {raw}, not 0 or 1")),
+                ValueType::Flag => {
+                    return Err(format!("flag {} is {raw}, not 0 or 1", shown(name)));
+                }
                 ValueType::Text | ValueType::Bytes => {
                     let range = data_range(raw);
                     let Some(bytes) = self.data.get(range.clone()) else {
                         return Err(format!(
-                            "{name} at {range:?} outside {} bytes of data",
+                            "{} at {range:?} outside {} bytes of data",
+                            shown(name),
                             self.data.len()
                         ));
                     };
                     if *ty == ValueType::Text && !ascii && std::str::from_utf8(bytes).is_err() {
-                        return Err(format!("text {name} is not UTF-8"));
+                        return Err(format!("text {} is not UTF-8", shown(name)));
                     }
                 }
             }
         }
         Ok(())
     }
+}
+
+/// Whether `c` breaks or reorders a line where a person reads it: a control
+/// character (line breaks, escape sequences, NUL, NEL), the Unicode line and
+/// paragraph separators, and the bidirectional marks, embeddings, overrides
+/// and isolates.
+fn breaks_lines(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{061c}'
+        )
+        || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// A plugin's attribute name as an error message shows it: quoted, its
+/// special characters escaped, and at most 64 characters of it. The message
+/// ends up in the appliance's log, and the name is the plugin's choice.
+fn shown(name: &str) -> String {
+    const SHOWN: usize = 64;
+    let mut chars = name.chars();
+    let head: String = chars.by_ref().take(SHOWN).collect();
+    let more = if chars.next().is_some() { "..." } else { "" };
+    format!("{head:?}{more}")
 }
 
 fn index16(i: usize) -> u16 {
@@ -1062,6 +1122,48 @@ mod tests {
             ruin(&mut bad);
             assert!(bad.check().is_err(), "{what}");
         }
+    }
+
+    /// Tables the appliance could not add its malformed event to, and names
+    /// that would break a log line, are refused; a name in a message is
+    /// shown escaped and short.
+    #[test]
+    fn check_refuses_full_tables_and_names_that_break_lines() {
+        let good = publishes(1).into_columns();
+        let mut full = good.clone();
+        full.kinds.resize(MAX_TABLE_ENTRIES, String::new());
+        assert_eq!(full.check(), Ok(()), "a table with room for the host");
+        full.kinds.push(String::new());
+        assert!(full.check().is_err(), "no room left for the host's kind");
+        let mut full = good.clone();
+        full.fields
+            .resize(MAX_TABLE_ENTRIES + 1, ("x".into(), ValueType::Int));
+        assert!(full.check().is_err(), "no room left for the host's fields");
+        for name in [
+            "a\nb",
+            "a\rb",
+            "\u{1b}[31m",
+            "a\u{0}",
+            "a\u{85}",
+            "a\u{2028}",
+            "a\u{202e}",
+        ] {
+            let mut bad = good.clone();
+            bad.kinds[0] = format!("mqtt.{name}");
+            assert!(bad.check().is_err(), "kind {name:?}");
+            let mut bad = good.clone();
+            bad.fields[0].0 = name.into();
+            assert!(bad.check().is_err(), "field {name:?}");
+        }
+        let mut bad = good.clone();
+        bad.fields[1].0 = format!("\"{}", "q".repeat(5000));
+        bad.attribute_values[1] = 7;
+        let qos = bad.fields[1].1;
+        assert_eq!(qos, ValueType::Int);
+        bad.fields[1].1 = ValueType::Flag;
+        let message = bad.check().unwrap_err();
+        assert!(message.starts_with("flag \"\\\"qqq"), "{message}");
+        assert!(message.len() < 100, "{message}");
     }
 
     #[test]

@@ -30,6 +30,27 @@
 //!
 //! The contract these types come from is `wit/plugin.wit`
 //! (`palisade:plugin@0.1.0`).
+//!
+//! # Limits
+//!
+//! The appliance bounds every call (its deadline, memory, the bytes a
+//! call hands back: see "Limits on every plugin call" in the README), and
+//! what a plugin returns:
+//!
+//! - a batch names at most [`MAX_TABLE_ENTRIES`] kinds and as many
+//!   attribute names, none holding a control, line-separator or
+//!   bidirectional character ([`Columns::check`]);
+//! - a detector raises at most [`MAX_FINDINGS_PER_EVENT`] findings about
+//!   any one event in one call;
+//! - a responder asks for at most [`MAX_ACTIONS_PER_FINDING`] actions per
+//!   finding it was given, and [`SPARE_ACTIONS`] more;
+//! - a finding's reason and an alert's message are kept up to
+//!   [`MAX_REASON_BYTES`], and cut past it; a parser's malformed reason is
+//!   escaped and cut to a line of the appliance's log.
+//!
+//! Breaking a limit that is not cut is a breach of the contract: the
+//! appliance discards what the call returned, and the plugin gets a
+//! strike; after a few it is disabled.
 #![deny(missing_docs)]
 
 extern crate self as palisade_plugin_sdk;
@@ -43,11 +64,15 @@ mod types;
 pub mod wit;
 
 pub use batch::{
-    Batch, Columns, EventRef, EventWriter, Field, KindId, Name, Value, ValueType, same,
+    Batch, Columns, EventRef, EventWriter, Field, KindId, MAX_TABLE_ENTRIES, Name, Value,
+    ValueType, same,
 };
 #[doc(hidden)]
 pub use types::wire as __wire;
-pub use types::{Action, Device, Direction, Finding, Malformed, Parsed, Session, Severity};
+pub use types::{
+    Action, Device, Direction, Finding, MAX_ACTIONS_PER_FINDING, MAX_FINDINGS_PER_EVENT,
+    MAX_REASON_BYTES, Malformed, Parsed, SPARE_ACTIONS, Session, Severity,
+};
 
 /// A protocol parser: cuts one direction of a session's byte stream into
 /// frames and describes each with one event in a [`Batch`]; for a datagram
@@ -131,12 +156,26 @@ pub trait Detector {
     /// Judge `events`, all from `session` and in order. Return a [`Finding`]
     /// for each event worth reporting (by [`EventRef::index`]); normal
     /// events need none.
+    ///
+    /// At most [`MAX_FINDINGS_PER_EVENT`] findings about any one event: more
+    /// is a breach of the contract, and the appliance discards the call's
+    /// findings and gives the detector a strike. A reason longer than
+    /// [`MAX_REASON_BYTES`] is cut.
     fn detect(session: &Session, events: &Batch) -> Vec<Finding>;
 }
 
 /// A responder: turns findings into the actions it asks the host to take.
 pub trait Responder {
     /// Decide what to do about `findings`, raised on `events` of `session`.
+    ///
+    /// At most [`MAX_ACTIONS_PER_FINDING`] actions per finding, and
+    /// [`SPARE_ACTIONS`] more: more is a breach of the contract, and the
+    /// appliance carries out none of the call's actions and gives the
+    /// responder a strike. An alert's message longer than
+    /// [`MAX_REASON_BYTES`] is cut. The findings come from every detector;
+    /// the bytes the call may hand back grow with them, so that a responder
+    /// that answers each finding is not pushed past its output limit by a
+    /// detector that raises many.
     fn respond(session: &Session, events: &Batch, findings: &[Finding]) -> Vec<Action>;
 }
 

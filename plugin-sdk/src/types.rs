@@ -20,6 +20,36 @@ pub use types::Session;
 /// How serious a finding is.
 pub use types::Severity;
 
+/// Findings one call of a detector may raise about any one event. The
+/// contract asks for a finding for each event worth reporting; a detector
+/// that sees several things wrong with one event may report them apart, up
+/// to this many. More breaks the contract: the appliance refuses the call's
+/// findings and the detector gets a strike. The cap is per event, not per
+/// call, so that no device can push an honest detector past it by sending
+/// many frames that each deserve a finding, and it bounds what a detector
+/// can make the appliance record about one event (each finding is an audit
+/// record carrying the event).
+pub const MAX_FINDINGS_PER_EVENT: usize = 4;
+
+/// Actions one call of a responder may ask for, per finding it was given:
+/// an alert and a dropped frame each, as the first-party `escalate` asks.
+/// On top, [`SPARE_ACTIONS`] more, for what concerns the session as a whole
+/// (close it, quarantine the device). More breaks the contract: the
+/// appliance carries out none of the call's actions and the responder gets
+/// a strike.
+pub const MAX_ACTIONS_PER_FINDING: usize = 2;
+
+/// Actions a responder may ask for beyond [`MAX_ACTIONS_PER_FINDING`] per
+/// finding.
+pub const SPARE_ACTIONS: usize = 8;
+
+/// Bytes of a finding's reason, or of an alert's message, that the
+/// appliance keeps. A reason is for a person to read; it often quotes what a
+/// device sent (a topic, a parser's reason), so its length is the device's
+/// choice as much as the plugin's, and a longer one is cut, not refused: at
+/// a character boundary, ending in `...[cut N bytes]`.
+pub const MAX_REASON_BYTES: usize = 1024;
+
 impl Finding {
     /// A finding on the event at `event` in the batch. `score` is clamped to
     /// 0.0..=1.0.

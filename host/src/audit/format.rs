@@ -9,6 +9,8 @@
 //! before rendering it, so that the result is still valid syslog, CEF or
 //! JSON. The audit trail itself keeps the whole record.
 
+use std::sync::Arc;
+
 use super::{Record, What};
 use crate::plugins::Severity;
 
@@ -54,6 +56,7 @@ pub fn fitted(record: &Record, budget: usize, render: impl Fn(&Record) -> String
     // Many attributes, each short: leave them out.
     let mut bare = shortened(record, MIN_KEEP);
     if let Some(event) = &mut bare.event {
+        let event = Arc::make_mut(event);
         let note = format!("{} attributes left out", event.attributes.len());
         event.attributes = serde_json::Map::from_iter([("truncated".to_owned(), note.into())]);
     }
@@ -77,6 +80,7 @@ fn shortened(record: &Record, keep: usize) -> Record {
         cut(version, keep);
     }
     if let Some(event) = &mut r.event {
+        let event = Arc::make_mut(event);
         cut(&mut event.kind, keep);
         event.attributes = (std::mem::take(&mut event.attributes).into_iter())
             .map(|(mut name, mut value)| {
@@ -252,7 +256,9 @@ fn syslog_severity(severity: Severity) -> u8 {
     }
 }
 
-/// CEF header fields escape `\` and `|`, and hold no line breaks.
+/// CEF header fields escape `\` and `|`, and hold no line breaks: those
+/// become spaces, and other characters that break or reorder a line are
+/// written as escapes ([`push_escape`]).
 fn escape_header(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -260,13 +266,16 @@ fn escape_header(s: &str) -> String {
             '\\' => out.push_str("\\\\"),
             '|' => out.push_str("\\|"),
             '\n' | '\r' => out.push(' '),
+            c if breaks_lines(c) => push_escape(&mut out, c),
             c => out.push(c),
         }
     }
     out
 }
 
-/// CEF extension values escape `\` and `=`, and spell line breaks `\n`.
+/// CEF extension values escape `\` and `=`, and spell line breaks `\n`
+/// and `\r`; other characters that break or reorder a line are written as
+/// escapes ([`push_escape`]).
 fn escape_extension(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -275,22 +284,53 @@ fn escape_extension(s: &str) -> String {
             '=' => out.push_str("\\="),
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
+            c if breaks_lines(c) => push_escape(&mut out, c),
             c => out.push(c),
         }
     }
     out
 }
 
-/// RFC 5424 structured-data parameter values escape `"`, `\` and `]`.
+/// RFC 5424 structured-data parameter values escape `"`, `\` and `]`; the
+/// characters that break or reorder a line are written as escapes
+/// ([`push_escape`]): a line break would end the message on a receiver
+/// that frames messages by lines.
 fn escape_param(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
+        if breaks_lines(c) {
+            push_escape(&mut out, c);
+            continue;
+        }
         if matches!(c, '"' | '\\' | ']') {
             out.push('\\');
         }
         out.push(c);
     }
     out
+}
+
+/// Whether `c` breaks or reorders a line where a SIEM shows it, or cuts a
+/// message short on a receiver: a control character (NUL, escape
+/// sequences, NEL, line breaks), the Unicode line and paragraph
+/// separators, the bidirectional marks, embeddings, overrides and
+/// isolates. The same characters the log import escapes.
+fn breaks_lines(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{061c}'
+        )
+        || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Write `c` as `\uXXXX`, its backslash escaped as CEF and syslog's
+/// structured data escape one (`\\`): a receiver reads `\u001b`, which JSON (the
+/// attributes in `cs6`) reads back as the character itself, and a person
+/// as its code. Every such character is in the Basic Multilingual Plane,
+/// so four digits spell it.
+fn push_escape(out: &mut String, c: char) {
+    out.push_str(&format!("\\\\u{:04x}", u32::from(c)));
 }
 
 /// RFC 5424 header fields are printable ASCII without spaces, at most 255
@@ -356,10 +396,46 @@ mod tests {
         assert!(line.contains("] CEF:0|"), "{line}");
     }
 
+    /// Characters that break or reorder a line, from a plugin's reason, an
+    /// event's kind and attribute names, and a device's identifier: none
+    /// reaches a syslog message raw, and the formats stay valid.
+    #[test]
+    fn every_control_and_separator_is_escaped_in_cef_and_syslog() {
+        let hostile = "a\0b\tc\u{1b}[31md\u{7f}e\u{85}f\u{2028}g\u{2029}h\u{202e}i\rj\nk";
+        let mut record = record_with(&[(hostile, hostile)]);
+        record.device.id = hostile.into();
+        Arc::make_mut(record.event.as_mut().unwrap()).kind = format!("mqtt.{hostile}");
+        if let What::Finding { reason, .. } = &mut record.what {
+            *reason = hostile.into();
+        }
+        let line = syslog(&record, "gate-1");
+        let raw: Vec<char> = line.chars().filter(|&c| breaks_lines(c)).collect();
+        assert!(raw.is_empty(), "{raw:?} in {line}");
+        assert!(
+            line.contains("device=\"a\\\\u0000b\\\\u0009c\\\\u001b[31m"),
+            "{line}"
+        );
+        assert!(line.contains("msg=a\\\\u0000b\\\\u0009c\\\\u001b[31md\\\\u007fe\\\\u0085f\\\\u2028g\\\\u2029h\\\\u202ei\\rj\\nk"), "{line}");
+        // The header keeps its fields: no `|` but the separators.
+        let cef = line.split("] ").nth(1).unwrap();
+        assert_eq!(cef.split('|').count(), 8, "{cef}");
+        // The attributes in cs6 read back as JSON, with the characters.
+        let cs6 = line
+            .split(" cs6=")
+            .nth(1)
+            .unwrap()
+            .split(" msg=")
+            .next()
+            .unwrap();
+        let json = cs6.replace("\\\\", "\\").replace("\\=", "=");
+        let attributes: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(attributes[hostile], hostile, "{json}");
+    }
+
     /// A record whose event carries `attributes`.
     fn record_with(attributes: &[(&str, &str)]) -> Record {
         let mut record = record();
-        let event = record.event.as_mut().unwrap();
+        let event = Arc::make_mut(record.event.as_mut().unwrap());
         for (name, value) in attributes {
             event.attributes.insert((*name).to_owned(), (*value).into());
         }

@@ -120,10 +120,35 @@ pub struct Record {
     pub route: String,
     /// The plugin that raised it.
     pub plugin: PluginRef,
-    /// The event, where there is one.
-    pub event: Option<EventRecord>,
+    /// The event, where there is one: shared with the other records about
+    /// it until they are written.
+    #[serde(default, with = "shared_event")]
+    pub event: Option<Arc<EventRecord>>,
     /// The finding or action.
     pub what: What,
+}
+
+/// A record's event as its JSON has it, inline: shared in memory, written
+/// out whole in each record.
+mod shared_event {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::EventRecord;
+
+    pub fn serialize<S: Serializer>(
+        event: &Option<Arc<EventRecord>>,
+        to: S,
+    ) -> Result<S::Ok, S::Error> {
+        event.as_deref().serialize(to)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        from: D,
+    ) -> Result<Option<Arc<EventRecord>>, D::Error> {
+        Ok(Option::<EventRecord>::deserialize(from)?.map(Arc::new))
+    }
 }
 
 impl Record {
@@ -156,8 +181,8 @@ pub struct Entry {
     pub session: Session,
     /// The plugin.
     pub plugin: PluginRef,
-    /// The event.
-    pub event: Option<EventRecord>,
+    /// The event: one record of it, shared by every entry about it.
+    pub event: Option<Arc<EventRecord>>,
     /// The finding or action.
     pub what: What,
 }
@@ -170,10 +195,22 @@ impl Entry {
         event: Option<EventRef<'_>>,
         finding: &Finding,
     ) -> Self {
+        let event = event.map(|e| Arc::new(event_record(e)));
+        Entry::finding_about(session, plugin, event, finding)
+    }
+
+    /// The entry for `finding`, raised by `plugin` on the event recorded as
+    /// `event`, which other entries may share.
+    pub fn finding_about(
+        session: &Session,
+        plugin: PluginRef,
+        event: Option<Arc<EventRecord>>,
+        finding: &Finding,
+    ) -> Self {
         Entry {
             session: session.clone(),
             plugin,
-            event: event.map(event_record),
+            event,
             what: What::Finding {
                 severity: severity_name(finding.severity).to_owned(),
                 // A non-finite score would be stored as `null` and never
@@ -191,6 +228,18 @@ impl Entry {
         event: Option<EventRef<'_>>,
         action: &Action,
     ) -> Self {
+        let event = event.map(|e| Arc::new(event_record(e)));
+        Entry::action_about(session, plugin, event, action)
+    }
+
+    /// The entry for `action`, asked for by `plugin` about the event
+    /// recorded as `event`, which other entries may share.
+    pub fn action_about(
+        session: &Session,
+        plugin: PluginRef,
+        event: Option<Arc<EventRecord>>,
+        action: &Action,
+    ) -> Self {
         let (action, detail) = match action {
             Action::Allow => ("allow", None),
             Action::Alert(message) => ("alert", Some(message.clone())),
@@ -201,7 +250,7 @@ impl Entry {
         Entry {
             session: session.clone(),
             plugin,
-            event: event.map(event_record),
+            event,
             what: What::Action {
                 action: action.to_owned(),
                 detail,

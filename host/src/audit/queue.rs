@@ -18,8 +18,13 @@ use tracing::{debug, error};
 use super::{AuditLog, Entry, Retention};
 use crate::runtime::blocking;
 
-/// Batches of entries waiting for the writer.
+/// Items waiting for the writer.
 const DEPTH: usize = 1024;
+/// Entries one item carries at most: a session's entries go in items of
+/// this many, so that the queue's depth bounds the entries waiting,
+/// however many findings one chunk raised (a record's event is shared, its
+/// reason at most 1 KiB: DEPTH items hold some 100 MB at the very worst).
+const ENTRIES_PER_ITEM: usize = 64;
 /// How often the writer prunes the log.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Records one prune removes at most. The writer appends between two
@@ -55,12 +60,17 @@ impl AuditQueue {
         Ok(AuditQueue { log, sender })
     }
 
-    /// Record `entries`, soon.
+    /// Record `entries`, soon, in order.
     pub fn push(&self, entries: Vec<Entry>) {
-        if entries.is_empty() {
-            return;
+        let mut entries = entries.into_iter().peekable();
+        while entries.peek().is_some() {
+            let item = entries.by_ref().take(ENTRIES_PER_ITEM).collect();
+            self.send(Item::Entries(item));
         }
-        match self.sender.try_send(Item::Entries(entries)) {
+    }
+
+    fn send(&self, item: Item) {
+        match self.sender.try_send(item) {
             Ok(()) => {}
             Err(TrySendError::Full(item)) => blocking(|| {
                 if let Err(SendError(item)) = self.sender.send(item) {
@@ -164,6 +174,28 @@ mod tests {
     use super::*;
     use crate::audit::tests::entries;
     use crate::store::Store;
+
+    /// The queue's depth counts items: a chunk's thousands of entries go
+    /// in items of a bounded size, in order, so that a full queue holds a
+    /// bounded number of entries.
+    #[test]
+    fn a_flood_of_entries_queues_in_items_of_bounded_size() {
+        let store = Store::temporary().unwrap();
+        let log = AuditLog::open(&store).unwrap();
+        let (sender, receiver) = sync_channel(DEPTH);
+        let queue = AuditQueue { log, sender };
+        queue.push(entries(1000));
+        drop(queue);
+        let mut count = 0;
+        for item in receiver {
+            let Item::Entries(entries) = item else {
+                panic!("only entries were pushed")
+            };
+            assert!(entries.len() <= ENTRIES_PER_ITEM, "{}", entries.len());
+            count += entries.len();
+        }
+        assert_eq!(count, 1000);
+    }
 
     #[test]
     fn the_writer_prunes_to_the_retention_and_keeps_the_undelivered() {

@@ -233,7 +233,7 @@ impl PluginState {
 /// line past the limit; the cut falls between whole characters and whole
 /// escapes, so that the line never ends in half of one; and no more of the
 /// message is read than the line holds, however long the guest made it.
-fn log_line(message: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn log_line(message: &str) -> std::borrow::Cow<'_, str> {
     if message.len() <= MAX_LOG_LINE && !message.chars().any(escaped) {
         return message.into();
     }

@@ -40,9 +40,13 @@ pub use bindings::{Action, Device, Direction, Finding, Session, Severity};
 pub use cache::Cache;
 pub use host::Counters;
 use host::PluginState;
+pub(crate) use host::log_line;
 pub use installed::{Installed, Served};
 pub use limits::{FailMode, Limits};
 pub use palisade_plugin_sdk::{Batch, Columns, EventRef, Malformed, Parsed, Value, ValueType};
+use palisade_plugin_sdk::{
+    MAX_ACTIONS_PER_FINDING, MAX_FINDINGS_PER_EVENT, MAX_REASON_BYTES, SPARE_ACTIONS,
+};
 pub use slot::{ShadowReport, Slot, SwapError};
 
 use crate::store::{Store, StoreError};
@@ -692,8 +696,9 @@ impl Plugin {
                 state,
                 input,
             )?;
-            let parsed = batch::parsed_from_wire(parsed);
+            let mut parsed = batch::parsed_from_wire(parsed);
             check_parsed(&parsed, input.len(), state_cap).map_err(breach)?;
+            escape_malformed(&mut parsed);
             Ok(parsed)
         })
     }
@@ -735,7 +740,7 @@ impl Plugin {
                 state,
                 datagram,
             )?;
-            let parsed = match answer {
+            let mut parsed = match answer {
                 Ok(message) if message.event.events.len() != 1 => {
                     return Err(breach(format!(
                         "{} events for one datagram, not one",
@@ -755,6 +760,7 @@ impl Plugin {
                 }
                 Err(reason) => Parsed::new(state.to_vec()).malformed(0, reason),
             };
+            escape_malformed(&mut parsed);
             Ok(parsed)
         })
     }
@@ -779,11 +785,28 @@ impl Plugin {
         batch: &WireBatch,
         findings: &[Finding],
     ) -> Result<Vec<Action>, CallError> {
+        let output_bytes = self.shared.limits.output_bytes;
         self.call(World::Responder, |store, bound| {
             let Bound::Responder(r) = bound else {
                 return unreachable_world();
             };
-            (r.palisade_plugin_responder()).call_respond(&mut *store, session, &batch.0, findings)
+            // A responder answers each finding, and the findings come from
+            // every detector: its output limit grows by an answer to each
+            // (an alert quoting the reason, a dropped frame), so that a
+            // detector raising many findings, within its own limits, does
+            // not push an honest responder past its own and the strike
+            // lands on the plugin that misbehaved.
+            let answers = (findings.iter())
+                .map(|f| MAX_ACTIONS_PER_FINDING * size_of::<Action>() + f.reason.len())
+                .fold(0usize, usize::saturating_add);
+            store.set_hostcall_fuel(output_bytes.saturating_add(answers));
+            let actions = (r.palisade_plugin_responder()).call_respond(
+                &mut *store,
+                session,
+                &batch.0,
+                findings,
+            )?;
+            checked_actions(actions, findings.len()).map_err(breach)
         })
     }
 
@@ -895,7 +918,7 @@ impl Plugin {
             }
             Err(e) => Err(CallError::Instantiate {
                 plugin: self.name().to_owned(),
-                reason: format!("{e:#}"),
+                reason: one_line(&e),
             }),
         }
     }
@@ -939,8 +962,11 @@ fn deadline_ticks(limits: &Limits) -> u64 {
 /// A detector's `findings` on a batch of `events` events, each score
 /// brought into 0..=1 (NaN as 0, as the SDK's `Finding::new` does): a
 /// non-finite score would be written to the audit trail as `null`, which
-/// no reader takes back. A finding on an event past the batch breaks the
-/// contract.
+/// no reader takes back. Each reason is cut to [`MAX_REASON_BYTES`]. A
+/// finding on an event past the batch, or more than
+/// [`MAX_FINDINGS_PER_EVENT`] about one event, breaks the contract: each
+/// finding becomes an audit record carrying its event and goes to every
+/// responder, so a detector must not multiply them at will.
 fn checked_findings(mut findings: Vec<Finding>, events: usize) -> Result<Vec<Finding>, String> {
     if let Some(f) = findings.iter().find(|f| f.event as usize >= events) {
         return Err(format!(
@@ -948,10 +974,76 @@ fn checked_findings(mut findings: Vec<Finding>, events: usize) -> Result<Vec<Fin
             f.event
         ));
     }
+    if findings.len() > MAX_FINDINGS_PER_EVENT {
+        // Every event is inside the batch: checked above.
+        let mut about = vec![0u8; events];
+        for f in &findings {
+            if let Some(n) = about.get_mut(f.event as usize) {
+                *n = n.saturating_add(1);
+                if usize::from(*n) > MAX_FINDINGS_PER_EVENT {
+                    return Err(format!(
+                        "more than {MAX_FINDINGS_PER_EVENT} findings about event {}",
+                        f.event
+                    ));
+                }
+            }
+        }
+    }
     for finding in &mut findings {
         finding.score = score_in_range(finding.score);
+        cut_reason(&mut finding.reason);
     }
     Ok(findings)
+}
+
+/// A responder's `actions` on `findings` findings, each alert's message cut
+/// to [`MAX_REASON_BYTES`]. More than [`MAX_ACTIONS_PER_FINDING`] per
+/// finding and [`SPARE_ACTIONS`] breaks the contract: each action becomes
+/// an audit record.
+fn checked_actions(mut actions: Vec<Action>, findings: usize) -> Result<Vec<Action>, String> {
+    let most = findings
+        .saturating_mul(MAX_ACTIONS_PER_FINDING)
+        .saturating_add(SPARE_ACTIONS);
+    if actions.len() > most {
+        return Err(format!(
+            "{} actions on {findings} findings, more than {most}",
+            actions.len()
+        ));
+    }
+    for action in &mut actions {
+        if let Action::Alert(message) = action {
+            cut_reason(message);
+        }
+    }
+    Ok(actions)
+}
+
+/// Cut `reason` to at most [`MAX_REASON_BYTES`], at a character boundary,
+/// ending in a marker that says how much was cut. A reason often quotes
+/// what a device sent, so a long one is the device's doing as much as the
+/// plugin's: it is cut, not refused.
+fn cut_reason(reason: &mut String) {
+    if reason.len() <= MAX_REASON_BYTES {
+        return;
+    }
+    // Room for the marker: `...[cut ` and ` bytes]` around at most 20 digits.
+    const MARKER: usize = 8 + 20 + 7;
+    let end = reason.floor_char_boundary(MAX_REASON_BYTES - MARKER);
+    let cut = reason.len() - end;
+    reason.truncate(end);
+    reason.push_str(&format!("...[cut {cut} bytes]"));
+}
+
+/// Escape the parser's malformed report's reason, and cut it, as a line of
+/// the appliance's log shows it ([`host::log_line`]): it closes the session
+/// with that reason, which the appliance logs, and it becomes the reason
+/// attribute of the malformed event.
+fn escape_malformed(parsed: &mut Parsed) {
+    if let Some(m) = &mut parsed.malformed
+        && let std::borrow::Cow::Owned(escaped) = host::log_line(&m.reason)
+    {
+        m.reason = escaped;
+    }
 }
 
 /// `score` in 0..=1, NaN as 0.
@@ -992,7 +1084,22 @@ fn classify(e: &wasmtime::Error, limits: &Limits) -> Fault {
     if message.contains("fuel allocated for hostcalls has been exhausted") {
         return Fault::Output(limits.output_bytes);
     }
-    Fault::Trap(message)
+    Fault::Trap(one_line(e))
+}
+
+/// What wasmtime says of `e`, as one line of the appliance's log: its
+/// message may carry a backtrace, which names the plugin's functions as the
+/// plugin named them. The root cause comes first, so that the cut to a log
+/// line keeps it.
+fn one_line(e: &wasmtime::Error) -> String {
+    let message = format!("{e:#}");
+    let cause = e.root_cause().to_string();
+    let line = if message.starts_with(&cause) {
+        message
+    } else {
+        format!("{cause} ({message})")
+    };
+    log_line(&line).into_owned()
 }
 
 /// Check a parser's result against its input: one event per frame, frames
@@ -1038,7 +1145,7 @@ fn check_parsed(parsed: &Parsed, input_len: usize, state_cap: usize) -> Result<(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::indexing_slicing)]
+    #![allow(clippy::indexing_slicing, clippy::unwrap_used)]
 
     use super::*;
 
@@ -1059,10 +1166,101 @@ mod tests {
             reason: "r".into(),
         };
         let odd = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.5, 0.25];
-        let findings = odd.iter().map(|&s| finding(0, s)).collect();
-        let scores = checked_findings(findings, 1).map(|f| f.iter().map(|f| f.score).collect());
+        let findings = (0..).zip(odd).map(|(i, s)| finding(i, s)).collect();
+        let scores = checked_findings(findings, 5).map(|f| f.iter().map(|f| f.score).collect());
         assert_eq!(scores, Ok(vec![0.0, 1.0, 0.0, 0.0, 0.25]));
         assert!(checked_findings(vec![finding(1, 0.5)], 1).is_err());
+    }
+
+    /// A detector that raises findings by the thousand about one event (each
+    /// an audit record carrying the event, each given to every responder)
+    /// breaks the contract; one that finds something about every event of
+    /// a long batch does not. Long reasons are cut, not refused.
+    #[test]
+    fn findings_are_capped_per_event_and_reasons_cut() {
+        let finding = |event, reason: &str| Finding {
+            event,
+            severity: Severity::High,
+            score: 0.5,
+            reason: reason.into(),
+        };
+        let every: Vec<Finding> = (0..10_000).map(|e| finding(e, "r")).collect();
+        assert_eq!(checked_findings(every, 10_000).map(|f| f.len()), Ok(10_000));
+        let several: Vec<Finding> = (0..MAX_FINDINGS_PER_EVENT as u32)
+            .flat_map(|_| (0..3).map(|e| finding(e, "r")))
+            .collect();
+        assert!(checked_findings(several, 3).is_ok());
+        let flood: Vec<Finding> = (0..105_000).map(|_| finding(0, "")).collect();
+        let refused = checked_findings(flood, 64).unwrap_err();
+        assert!(refused.contains("findings about event 0"), "{refused}");
+
+        let long = "é".repeat(40_000);
+        let kept = checked_findings(vec![finding(0, &long)], 1).unwrap();
+        let reason = &kept[0].reason;
+        assert!(reason.len() <= MAX_REASON_BYTES, "{}", reason.len());
+        assert!(reason.starts_with("éé"), "{reason}");
+        assert!(reason.ends_with(" bytes]"), "{reason}");
+        let short = checked_findings(vec![finding(0, "short")], 1).unwrap();
+        assert_eq!(short[0].reason, "short");
+    }
+
+    /// A responder may answer each finding with an alert and a dropped
+    /// frame, and the session as a whole with a few more; not with actions
+    /// by the thousand. An alert's message is cut as a reason is.
+    #[test]
+    fn actions_are_capped_per_finding_and_alerts_cut() {
+        let answers = |findings: usize| -> Vec<Action> {
+            (0..findings)
+                .flat_map(|i| [Action::Alert("why".into()), Action::DropFrame(i as u32)])
+                .chain([Action::CloseSession, Action::QuarantineDevice])
+                .collect()
+        };
+        assert!(checked_actions(answers(1000), 1000).is_ok());
+        assert!(checked_actions(answers(1), 1).is_ok());
+        let flood = vec![Action::Allow; 100_000];
+        assert!(checked_actions(flood, 3).is_err());
+        let long = vec![Action::Alert("x".repeat(4 << 20))];
+        let kept = checked_actions(long, 1).unwrap();
+        let Action::Alert(message) = &kept[0] else {
+            panic!("{kept:?}")
+        };
+        assert!(message.len() <= MAX_REASON_BYTES, "{}", message.len());
+        assert!(message.ends_with(" bytes]"), "{message}");
+    }
+
+    /// A parser's reason for a malformed stream reaches the appliance's log
+    /// as the session's close reason: it is escaped and cut when the host
+    /// receives it.
+    #[test]
+    fn a_malformed_reason_is_escaped_and_cut() {
+        let forged = "bad\n2026-11-27T00:00:00Z  INFO palisade: session closed\u{2028}";
+        let mut p =
+            Parsed::new(Vec::new()).malformed(0, format!("{forged}{}", "x".repeat(1 << 20)));
+        escape_malformed(&mut p);
+        let reason = &p.malformed.unwrap().reason;
+        assert!(reason.starts_with("bad\\n2026"), "{reason}");
+        assert!(
+            !reason.contains('\n') && !reason.contains('\u{2028}'),
+            "{reason}"
+        );
+        assert!(reason.len() <= limits::MAX_LOG_LINE, "{}", reason.len());
+    }
+
+    /// wasmtime's message for a failed call may hold a backtrace naming the
+    /// plugin's functions, which the plugin names: it reaches the log as one
+    /// line, its cause first.
+    #[test]
+    fn a_trap_message_is_one_line_with_its_cause_first() {
+        let e = wasmtime::Error::msg("invalid utf-8")
+            .context("backtrace:\n  0: forged\n2026-11-27T00:00:00Z  INFO palisade: x");
+        let Fault::Trap(message) = classify(&e, &Limits::default()) else {
+            panic!("not a trap")
+        };
+        assert!(
+            message.starts_with("invalid utf-8 (backtrace:\\n"),
+            "{message}"
+        );
+        assert!(!message.contains('\n'), "{message}");
     }
 
     #[test]
@@ -1083,6 +1281,26 @@ mod tests {
         columns.kinds.clear();
         p.events = Batch::from_columns(columns);
         assert!(check_parsed(&p, 5, 16).is_err(), "kind past the table");
+    }
+
+    /// A parser that fills the table of kinds (or of names) and reports
+    /// the rest malformed left the host no room for its malformed event,
+    /// and appending it panicked in the session's task, with no strike.
+    #[test]
+    fn tables_leave_room_for_the_hosts_malformed_event() {
+        for (kinds, fields) in [(65_536, 0), (0, 65_536), (65_535, 0), (0, 65_535)] {
+            let mut columns = Columns::default();
+            columns.kinds.resize(kinds, String::new());
+            columns
+                .fields
+                .resize(fields, (String::new(), ValueType::Int));
+            let mut p = Parsed::new(Vec::new()).malformed(0, "no frames");
+            p.events = Batch::from_columns(columns);
+            assert!(
+                check_parsed(&p, 5, 16).is_err(),
+                "{kinds} kinds, {fields} fields"
+            );
+        }
     }
 
     #[test]

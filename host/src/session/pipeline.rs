@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use crate::plugins::{
     Action, Batch, CallError, Direction, EventRef, FailMode, Finding, Malformed, Parsed, Plugin,
-    Session, Slot, WireBatch,
+    Session, Slot, WireBatch, log_line,
 };
 use crate::policy::vocabulary::CHANGES_SESSION;
 use crate::policy::{Decision, Policy, PolicyEngine, Response, Subject};
@@ -132,9 +132,12 @@ impl Inspected {
             let first = self.findings.iter().min_by_key(|(_, f)| f.event);
             let cut = first.map_or(0, |(_, f)| f.event as usize);
             let cut = out_of_step.map_or(cut, |i| cut.min(i as usize));
+            // The reason is a plugin's text, and the appliance logs it as
+            // the session's close reason (and every other session's of a
+            // quarantined device): escaped, so it stays one line.
             let reason = first.map_or_else(
                 || "a responder closed it".to_owned(),
-                |(by, f)| format!("{by}: {}", f.reason),
+                |(by, f)| format!("{by}: {}", log_line(&f.reason)),
             );
             Some((cut.min(forward.len()), reason))
         } else {
@@ -613,11 +616,17 @@ fn framed(parser: &Slot, offset: u64, parsed: Parsed) -> Inspected {
         blocked: false,
         oversize: None,
     };
-    if let Some(m) = &inspected.malformed {
+    // The runtime checked that the parser's tables leave room for the
+    // kind and the two fields written here (`MAX_TABLE_ENTRIES`); were
+    // they full, the event is left out rather than the batch overflowed.
+    let room = |len: usize| len <= palisade_plugin_sdk::MAX_TABLE_ENTRIES;
+    let columns = inspected.batch.columns();
+    let room = room(columns.kinds.len()) && room(columns.fields.len());
+    if let Some(m) = inspected.malformed.as_ref().filter(|_| room) {
         let protocol = (parser.active().protocol()).unwrap_or_else(|_| "unknown".into());
         inspected
             .batch
-            .push(&format!("{protocol}.malformed"))
+            .push(&format!("{}.malformed", log_line(&protocol)))
             .int(
                 "offset",
                 i64::try_from(offset + u64::from(m.offset)).unwrap_or(i64::MAX),
@@ -920,6 +929,19 @@ when { context.topic like "*/telemetry" };"#,
         assert_eq!(cut, 2);
         assert!(reason.contains("frame 2 was dropped"), "{reason}");
         assert!(!v.quarantine);
+    }
+
+    /// A detector's reason becomes the close reason the appliance logs (and
+    /// the reason every other session of a quarantined device closes
+    /// with): a line break in it would forge a line of the log.
+    #[test]
+    fn a_close_reason_from_a_plugin_is_one_line() {
+        let mut closed = inspected(2, &[1], vec![Action::QuarantineDevice]);
+        closed.findings[0].1.reason =
+            "x\n2026-11-27T00:00:00Z  INFO palisade::admin: device released\u{2028}".into();
+        let (_, reason) = closed.verdict().close.unwrap();
+        assert!(!reason.contains(['\n', '\u{2028}']), "{reason}");
+        assert!(reason.starts_with("d: x\\n2026"), "{reason}");
     }
 
     #[test]

@@ -6,7 +6,10 @@
 
 use tracing::{error, warn};
 
-use crate::audit::{AuditQueue, Entry, PluginRef};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::audit::{AuditQueue, Entry, EventRecord, PluginRef, event_record};
 use crate::identity::Registry;
 use crate::plugins::{Action, Installed, Session};
 use crate::session::{Enforcer, Inspected, LiveSessions, POLICY};
@@ -55,18 +58,98 @@ impl Enforcer for Enforcement {
 
     fn record(&self, session: &Session, inspected: &Inspected) {
         let Some(audit) = &self.audit else { return };
-        let event = |i: u32| inspected.batch.get(i as usize);
-        let findings = (inspected.findings.iter())
-            .map(|(by, f)| Entry::finding(session, self.plugin(by), event(f.event), f));
-        let actions = (inspected.actions.iter())
-            .filter(|(_, a)| !matches!(a, Action::Allow))
-            .map(|(by, a)| {
-                let about = match a {
-                    Action::DropFrame(i) => event(*i),
-                    _ => None,
-                };
-                Entry::action(session, self.plugin(by), about, a)
-            });
-        audit.push(findings.chain(actions).collect());
+        audit.push(entries(session, inspected, |by| self.plugin(by)));
+    }
+}
+
+/// The audit entries for a chunk's findings and actions (allows record
+/// nothing), each naming its plugin as `plugin` says. An event's record is
+/// made once and shared by every entry about it: a copy per entry would
+/// cost the event's attributes (a 64 KB topic, say) again for each finding
+/// and each dropped frame.
+fn entries(
+    session: &Session,
+    inspected: &Inspected,
+    plugin: impl Fn(&str) -> PluginRef,
+) -> Vec<Entry> {
+    let mut recorded: HashMap<u32, Arc<EventRecord>> = HashMap::new();
+    let mut event = |i: u32| {
+        if let Some(record) = recorded.get(&i) {
+            return Some(record.clone());
+        }
+        let record = Arc::new(event_record(inspected.batch.get(i as usize)?));
+        recorded.insert(i, record.clone());
+        Some(record)
+    };
+    let mut entries = Vec::with_capacity(inspected.findings.len() + inspected.actions.len());
+    for (by, f) in &inspected.findings {
+        entries.push(Entry::finding_about(session, plugin(by), event(f.event), f));
+    }
+    for (by, a) in &inspected.actions {
+        let about = match a {
+            Action::Allow => continue,
+            Action::DropFrame(i) => event(*i),
+            _ => None,
+        };
+        entries.push(Entry::action_about(session, plugin(by), about, a));
+    }
+    entries
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+    use crate::plugins::{Batch, Device, Finding, Severity};
+
+    /// Findings by the thousand about one event with a long topic: one
+    /// record of the event, shared, not a copy per finding and per drop.
+    #[test]
+    fn an_event_is_recorded_once_for_all_its_findings_and_drops() {
+        let session = Session {
+            id: 1,
+            device: Device {
+                id: "d".into(),
+                class: "c".into(),
+                zone: "z".into(),
+            },
+            route: "mqtt".into(),
+        };
+        let mut batch = Batch::new();
+        batch
+            .push("mqtt.publish")
+            .text("topic", &"t".repeat(64_000));
+        batch.push("mqtt.pingreq");
+        let finding = |event| Finding {
+            event,
+            severity: Severity::High,
+            score: 1.0,
+            reason: "r".into(),
+        };
+        let inspected = Inspected {
+            spans: Vec::new(),
+            batch,
+            findings: (0..1000).map(|i| ("d".into(), finding(i % 2))).collect(),
+            actions: (0..1000)
+                .flat_map(|i| [Action::Alert("a".into()), Action::DropFrame(i % 2)])
+                .chain([Action::Allow])
+                .map(|a| ("r".into(), a))
+                .collect(),
+            malformed: None,
+            errors: Vec::new(),
+            blocked: false,
+            oversize: None,
+        };
+        let entries = entries(&session, &inspected, |name| PluginRef {
+            name: name.into(),
+            version: None,
+        });
+        assert_eq!(entries.len(), 3000, "allows record nothing");
+        let events: Vec<&Arc<EventRecord>> =
+            entries.iter().filter_map(|e| e.event.as_ref()).collect();
+        assert_eq!(events.len(), 2000);
+        let publish = events.iter().find(|e| e.kind == "mqtt.publish").unwrap();
+        let shared = events.iter().filter(|e| Arc::ptr_eq(e, publish)).count();
+        assert_eq!(shared, 1000, "one record of the publish for all");
     }
 }

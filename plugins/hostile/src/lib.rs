@@ -7,12 +7,17 @@
 //! `flood` returns an enormous result, `kvspam` writes to the
 //! key-value store without stopping, `logspam` writes ten thousand long log
 //! lines, `halves` returns the input as two frames (fine for a stream, a
-//! breach of the contract for a datagram). Any other input is one
+//! breach of the contract for a datagram), `kinds` fills the batch's
+//! table of kinds, 65536 empty names and no event, and reports the input
+//! malformed (no room left for the appliance's malformed event). Any
+//! other input is one
 //! well-formed frame of kind `hostile.ok`. Datagrams get the same
 //! treatment as stream input.
 
 use palisade_plugin_sdk::host::{self, Level, kv};
-use palisade_plugin_sdk::{DatagramParser, Direction, Parsed, Parser, Session, Value};
+use palisade_plugin_sdk::{
+    Batch, Columns, DatagramParser, Direction, Parsed, Parser, Session, Value,
+};
 use std::hint::black_box;
 
 /// The plugin.
@@ -64,6 +69,13 @@ impl Parser for Hostile {
                 for i in 0..10_000 {
                     host::log(Level::Info, &format!("log line {i} {}", "x".repeat(4096)));
                 }
+            }
+            b"kinds" => {
+                parsed.events = Batch::from_columns(Columns {
+                    kinds: vec![String::new(); 65536],
+                    ..Columns::default()
+                });
+                return parsed.malformed(0, "nothing here");
             }
             b"halves" => {
                 let half = input.len() / 2;
