@@ -16,7 +16,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::Fault;
 use super::bindings::host::{self, KvError, Level};
 use super::limits::{
-    Limits, MAX_COUNTER_NAME, MAX_COUNTERS, MAX_KEY_LEN, MAX_LOG_LINE, MAX_VALUE_LEN,
+    Limits, MAX_COUNTER_NAME, MAX_COUNTERS, MAX_KEY_LEN, MAX_LOG_LINE, MAX_RANDOM_BYTES,
+    MAX_VALUE_LEN,
 };
 use crate::store::{KvRefusal, PluginKv};
 
@@ -68,7 +69,7 @@ impl PluginState {
             kv_read_only: false,
             // The WASI shapes Rust's standard library imports, with nothing
             // granted: no files, no environment, no sockets, output discarded.
-            wasi: WasiCtx::builder().build(),
+            wasi: WasiCtx::builder().max_random_size(MAX_RANDOM_BYTES).build(),
             table: ResourceTable::new(),
         }
     }
@@ -343,6 +344,18 @@ mod tests {
                 .memory_growing(limit / 2, limit / 2 + page, None)
                 .is_err()
         );
+    }
+
+    /// `wasi:random` gives a plugin what the standard library asks for,
+    /// and traps on more: the host would allocate it outside the deadline.
+    #[test]
+    fn random_bytes_are_given_a_little_at_a_time() {
+        use wasmtime_wasi::p2::bindings::random::random::Host;
+        let mut state = state(&Counters::default());
+        let random = state.wasi.random();
+        assert_eq!(random.get_random_bytes(256).unwrap().len(), 256);
+        assert!(random.get_random_bytes(257).is_err());
+        assert!(random.get_random_bytes(64 << 20).is_err());
     }
 
     #[test]
