@@ -16,8 +16,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::Fault;
 use super::bindings::host::{self, KvError, Level};
 use super::limits::{
-    Limits, MAX_COUNTER_NAME, MAX_COUNTERS, MAX_KEY_LEN, MAX_LOG_LINE, MAX_RANDOM_BYTES,
-    MAX_VALUE_LEN,
+    Limits, MAX_COUNTER_NAME, MAX_COUNTERS, MAX_HANDLES, MAX_KEY_LEN, MAX_LOG_LINE,
+    MAX_RANDOM_BYTES, MAX_VALUE_LEN,
 };
 use crate::store::{KvRefusal, PluginKv};
 
@@ -70,7 +70,11 @@ impl PluginState {
             // The WASI shapes Rust's standard library imports, with nothing
             // granted: no files, no environment, no sockets, output discarded.
             wasi: WasiCtx::builder().max_random_size(MAX_RANDOM_BYTES).build(),
-            table: ResourceTable::new(),
+            table: {
+                let mut table = ResourceTable::new();
+                table.set_max_capacity(MAX_HANDLES);
+                table
+            },
         }
     }
 
@@ -356,6 +360,16 @@ mod tests {
         assert_eq!(random.get_random_bytes(256).unwrap().len(), 256);
         assert!(random.get_random_bytes(257).is_err());
         assert!(random.get_random_bytes(64 << 20).is_err());
+    }
+
+    /// The host keeps only a few WASI resources for an instance.
+    #[test]
+    fn an_instance_holds_few_host_resources() {
+        let mut state = state(&Counters::default());
+        for _ in 0..MAX_HANDLES {
+            state.table.push(()).unwrap();
+        }
+        assert!(state.table.push(()).is_err());
     }
 
     #[test]

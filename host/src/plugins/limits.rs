@@ -100,3 +100,9 @@ pub const MAX_COUNTERS: usize = 256;
 /// `getentropy`, through which Rust's standard library draws, asks for at
 /// most 256 at a time.
 pub const MAX_RANDOM_BYTES: u64 = 256;
+/// Handles an instance may hold at once, in its component handle table and
+/// in the host's table of WASI resources (streams, pollables) alike; past
+/// it, making another traps. A plugin holds a few (its standard streams);
+/// one that never drops what it gets would otherwise pile up wasmtime's
+/// defaults (100,000 and 1,000,000) in a pooled instance.
+pub const MAX_HANDLES: usize = 256;

@@ -875,6 +875,7 @@ impl Plugin {
         );
         let mut store = wasmtime::Store::new(&shared.runtime.shared.engine, state);
         store.limiter(|s| s);
+        store.set_max_component_handles(limits::MAX_HANDLES);
         // A component may call the host while it starts: under the same
         // budgets as a call, and a shadow's writes discarded.
         store.data_mut().begin_call(self.shadow);
