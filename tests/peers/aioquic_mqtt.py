@@ -16,7 +16,12 @@ With `second`, after the PUBACK it waits for a line on stdin, then opens a
 second stream and sends CONNECT on it: it prints `connack` if the broker
 answers within five seconds, `no connack` otherwise.
 
-usage: aioquic_mqtt.py HOST PORT CERT_DIR TOPIC PAYLOAD [hold|limits|address|second]
+With `streams`, after the PUBACK it opens a second stream and sends
+CONNECT on it at once, prints `connack` or `no connack` as `second` does,
+then publishes again on the first stream and prints `puback` once the
+broker acknowledged that too.
+
+usage: aioquic_mqtt.py HOST PORT CERT_DIR TOPIC PAYLOAD [hold|limits|address|second|streams]
 """
 
 import asyncio
@@ -95,8 +100,9 @@ async def main(host, port, certs, topic, payload, mode):
         if puback != bytes([0x40, 2, 0, 1]):
             raise SystemExit(f"bad PUBACK {puback.hex()}")
         print("puback", flush=True)
-        if mode == "second":
-            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        if mode in ("second", "streams"):
+            if mode == "second":
+                await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
             reader2, writer2 = await client.create_stream()
             writer2.write(packet(0x10, string("MQTT") + bytes([4, 2, 0, 60]) + string("second")))
             try:
@@ -104,6 +110,12 @@ async def main(host, port, certs, topic, payload, mode):
                 print("connack", flush=True)
             except (asyncio.TimeoutError, asyncio.IncompleteReadError):
                 print("no connack", flush=True)
+            if mode == "streams":
+                writer.write(packet(0x32, string(topic) + struct.pack(">H", 2) + payload.encode()))
+                puback = await asyncio.wait_for(reader.readexactly(4), 30)
+                if puback != bytes([0x40, 2, 0, 2]):
+                    raise SystemExit(f"bad PUBACK {puback.hex()}")
+                print("puback", flush=True)
             return
         if mode == "hold":
             while await reader.read(4096):

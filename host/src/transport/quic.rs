@@ -1,7 +1,8 @@
 //! QUIC listeners: one endpoint per UDP address; the ALPN a client offers
 //! picks among the routes on it. Each bidirectional stream of an admitted
 //! connection is a session of its own, relayed to its own upstream
-//! connection.
+//! connection, and counts, as the connection does, among the device's
+//! connections (`max-connections-per-device`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -253,11 +254,25 @@ async fn connection(
                     close(REFUSED, reason.as_bytes());
                     break reason;
                 }
-                Ok((send, recv)) => {
+                Ok((mut send, mut recv)) => {
+                    // Each stream's session counts among the device's live
+                    // ones, as a connection of its own would: a device
+                    // holds no more sessions, and upstream connections,
+                    // than its limit, whatever it has them on. One past it
+                    // is refused alone; the device's other streams go on.
+                    let stream_membership = shared.stages.live.join(&device.id);
+                    let within =
+                        shared.within_device_limit(&device.id, "connections and streams");
+                    if let Err(reason) = within {
+                        refused(peer, name, &Refusal::new(Some(&device.id), reason));
+                        let _ = send.reset(VarInt::from_u32(REFUSED));
+                        let _ = recv.stop(VarInt::from_u32(REFUSED));
+                        continue;
+                    }
                     let stream = Stream {
                         send,
                         recv,
-                        membership: shared.stages.live.join(&device.id),
+                        membership: stream_membership,
                         ending: ending.clone(),
                     };
                     let (shared, route, device, role) =
