@@ -21,7 +21,13 @@ CONNECT on it at once, prints `connack` or `no connack` as `second` does,
 then publishes again on the first stream and prints `puback` once the
 broker acknowledged that too.
 
-usage: aioquic_mqtt.py HOST PORT CERT_DIR TOPIC PAYLOAD [hold|limits|address|second|streams]
+With `unanswered`, it sends CONNECT and a QoS 0 PUBLISH without waiting
+for any answer and prints `sent`, sends another PUBLISH a moment later
+and prints `sent` again, then stays connected until the connection
+closes, and prints `closed`.
+
+usage: aioquic_mqtt.py HOST PORT CERT_DIR TOPIC PAYLOAD
+       [hold|limits|address|second|streams|unanswered]
 """
 
 import asyncio
@@ -91,6 +97,16 @@ async def main(host, port, certs, topic, payload, mode):
         reader, writer = await client.create_stream()
         # CONNECT: protocol MQTT level 4, clean session, keep-alive 60 s.
         writer.write(packet(0x10, string("MQTT") + bytes([4, 2, 0, 60]) + string("quic-peer")))
+        if mode == "unanswered":
+            for _ in range(2):
+                writer.write(packet(0x30, string(topic) + payload.encode()))
+                # Long enough for the packets to leave.
+                await asyncio.sleep(0.3)
+                print("sent", flush=True)
+            while await reader.read(4096):
+                pass
+            print("closed", flush=True)
+            return
         connack = await asyncio.wait_for(reader.readexactly(4), 30)
         if connack[0] != 0x20 or connack[3] != 0:
             raise SystemExit(f"bad CONNACK {connack.hex()}")
