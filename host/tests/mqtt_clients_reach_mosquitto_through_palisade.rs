@@ -221,6 +221,44 @@ fn a_new_quic_stream_is_judged_by_the_policy_in_force() {
     assert!(peer.wait().unwrap().success());
 }
 
+/// Each QUIC stream is a session, with an upstream connection of its own,
+/// and counts among the device's connections: past
+/// `max-connections-per-device` (here 2: the connection and one stream), a
+/// new stream is refused, and the stream the device holds goes on.
+#[test]
+fn a_quic_device_holds_no_more_streams_than_its_connection_limit() {
+    if !(require("mosquitto") && require_python("aioquic")) {
+        return;
+    }
+    let broker = Mosquitto::start();
+    let upstream = format!("127.0.0.1:{}", broker.port);
+    let palisade = Appliance::start(&format!(
+        "[limits]\nmax-connections-per-device = 2\n{}",
+        route("mqtt-quic", "mqtt", "quic", Some("mqtt"), &upstream)
+    ));
+    let device = palisade.issue("quic-4", "meter", "roof");
+    let out = aioquic(
+        &palisade,
+        "mqtt-quic",
+        &device,
+        &["roof/meter/kwh", "1", "streams"],
+    )
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout, "puback\nno connack\npuback\n");
+    palisade.wait_refused(&["device=quic-4", "already holds 2 connections and streams"]);
+    let opened = (palisade.log().iter())
+        .filter(|l| l.contains("session open") && l.contains("device=quic-4"))
+        .count();
+    assert_eq!(opened, 1);
+}
+
 #[test]
 fn upstream_over_tls_with_a_client_certificate() {
     if !(require("mosquitto") && require("mosquitto_pub") && require("mosquitto_sub")) {

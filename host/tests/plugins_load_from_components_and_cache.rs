@@ -43,6 +43,40 @@ fn a_core_module_or_garbage_is_refused_with_the_plugin_name() {
     }
 }
 
+/// Every plugin this workspace builds loads under the limits of what one
+/// plugin may hold of the pool (core instances, memories, tables).
+#[test]
+fn every_built_plugin_fits_a_plugins_share_of_the_pool() {
+    let runtime = runtime();
+    for plugin in palisade::plugins::first_party::names().chain(["hostile"]) {
+        runtime
+            .load(plugin, &component(plugin), Limits::default())
+            .unwrap_or_else(|e| panic!("{plugin}: {e}"));
+    }
+}
+
+/// A component of several core modules, each with a memory of its own,
+/// would hold several times its memory limit and that many of the pool's
+/// memory slots: it is refused when it loads, saying why.
+#[test]
+fn a_component_with_more_memories_than_a_plugin_may_have_is_refused() {
+    // A core module that defines one memory of one page.
+    let module: &[u8] = b"\0asm\x01\x00\x00\x00\x05\x03\x01\x00\x01";
+    let mut bytes = b"\0asm\x0d\x00\x01\x00".to_vec();
+    for _ in 0..3 {
+        bytes.push(0x01); // core module section
+        bytes.push(u8::try_from(module.len()).unwrap());
+        bytes.extend_from_slice(module);
+    }
+    // A core instance section: each module instantiated, without arguments.
+    bytes.extend_from_slice(&[0x02, 10, 3, 0, 0, 0, 0, 1, 0, 0, 2, 0]);
+    let err = runtime()
+        .load("many-memories", &bytes, Limits::default())
+        .unwrap_err();
+    assert!(matches!(err, LoadError::Invalid { .. }), "{err}");
+    assert!(err.to_string().contains("3 Wasm linear memories"), "{err}");
+}
+
 #[test]
 fn precompiled_components_are_cached_and_a_corrupt_cache_is_recompiled() {
     let dir = tempfile::tempdir().unwrap();

@@ -5,10 +5,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use common::appliance::{
     Appliance, Child, Mosquitto, PATIENCE, aioquic, require, require_python, route, tls_args,
@@ -210,14 +214,116 @@ fn quarantine_closes_a_live_quic_connection() {
     assert_eq!(lines.next().unwrap().unwrap(), "puback");
     let peer = Child(peer);
 
+    // The connection and the session of its one stream.
     let out = palisade.cli_ok(&["device", "quarantine", "quic-q"]);
-    assert_eq!(out, "quarantined quic-q; 1 live session(s) closed\n");
+    assert_eq!(out, "quarantined quic-q; 2 live session(s) closed\n");
     palisade.wait_log(|l| {
         l.contains("quic connection closed")
+            && l.contains("device=quic-q")
+            && l.contains("reason=device quarantined")
+    });
+    // The stream's session ends with the quarantine itself, not later when
+    // its relay finds the connection gone: quinn hands a relay what the
+    // device sent before the close, which it would go on forwarding.
+    palisade.wait_log(|l| {
+        l.contains("session closed")
             && l.contains("device=quic-q")
             && l.contains("reason=device quarantined")
     });
     assert_eq!(lines.next().unwrap().unwrap(), "closed");
     let (status, _, _) = peer.output();
     assert!(status.success());
+}
+
+/// An upstream that keeps a connection waiting: its accept queue is full,
+/// so the SYNs of a new connection are dropped (and sent again, a second
+/// later, then three) until [`GatedUpstream::open`] takes the queued one.
+struct GatedUpstream {
+    listener: TcpListener,
+    addr: SocketAddr,
+    _queued: Vec<TcpStream>,
+}
+
+impl GatedUpstream {
+    fn start() -> GatedUpstream {
+        use rustix::net::{AddressFamily, SocketType, bind, listen, socket};
+        let fd = socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+        bind(&fd, &SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        listen(&fd, 0).unwrap();
+        let listener = TcpListener::from(fd);
+        let addr = listener.local_addr().unwrap();
+        let mut queued = Vec::new();
+        while let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+            queued.push(s);
+        }
+        assert!(!queued.is_empty(), "the accept queue never filled");
+        GatedUpstream {
+            listener,
+            addr,
+            _queued: queued,
+        }
+    }
+
+    /// Accept every connection for `time`; the bytes they sent.
+    fn open(self, time: Duration) -> usize {
+        let bytes = Arc::new(AtomicUsize::new(0));
+        self.listener.set_nonblocking(true).unwrap();
+        let start = Instant::now();
+        while start.elapsed() < time {
+            match self.listener.accept() {
+                Ok((mut stream, _)) => {
+                    let bytes = bytes.clone();
+                    stream.set_nonblocking(false).unwrap();
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 4096];
+                        while let Ok(n @ 1..) = stream.read(&mut buf) {
+                            bytes.fetch_add(n, Ordering::SeqCst);
+                        }
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        bytes.load(Ordering::SeqCst)
+    }
+}
+
+/// What a QUIC device sent before its quarantine and the appliance had not
+/// forwarded yet (its session was still connecting to the upstream) is
+/// never forwarded: the stream's session ends with the quarantine.
+#[test]
+fn nothing_a_quarantined_quic_device_sent_reaches_the_upstream_after() {
+    if !require_python("aioquic") {
+        return;
+    }
+    let upstream = GatedUpstream::start();
+    let palisade = Appliance::start(&route(
+        "mqtt-quic",
+        "mqtt",
+        "quic",
+        Some("mqtt"),
+        &upstream.addr.to_string(),
+    ));
+    let device = palisade.issue("quic-g", "meter", "roof");
+    let mut peer = aioquic(
+        &palisade,
+        "mqtt-quic",
+        &device,
+        &["roof/g", "1", "unanswered"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut lines = BufReader::new(peer.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "sent");
+    assert_eq!(lines.next().unwrap().unwrap(), "sent");
+    let peer = Child(peer);
+    palisade.wait_log(|l| l.contains("session open") && l.contains("device=quic-g"));
+
+    palisade.cli_ok(&["device", "quarantine", "quic-g"]);
+    assert_eq!(lines.next().unwrap().unwrap(), "closed");
+    // The session's connection would get through within three seconds.
+    assert_eq!(upstream.open(Duration::from_secs(5)), 0);
+    drop(peer);
 }

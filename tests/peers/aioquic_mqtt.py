@@ -16,7 +16,18 @@ With `second`, after the PUBACK it waits for a line on stdin, then opens a
 second stream and sends CONNECT on it: it prints `connack` if the broker
 answers within five seconds, `no connack` otherwise.
 
-usage: aioquic_mqtt.py HOST PORT CERT_DIR TOPIC PAYLOAD [hold|limits|address|second]
+With `streams`, after the PUBACK it opens a second stream and sends
+CONNECT on it at once, prints `connack` or `no connack` as `second` does,
+then publishes again on the first stream and prints `puback` once the
+broker acknowledged that too.
+
+With `unanswered`, it sends CONNECT and a QoS 0 PUBLISH without waiting
+for any answer and prints `sent`, sends another PUBLISH a moment later
+and prints `sent` again, then stays connected until the connection
+closes, and prints `closed`.
+
+usage: aioquic_mqtt.py HOST PORT CERT_DIR TOPIC PAYLOAD
+       [hold|limits|address|second|streams|unanswered]
 """
 
 import asyncio
@@ -86,6 +97,16 @@ async def main(host, port, certs, topic, payload, mode):
         reader, writer = await client.create_stream()
         # CONNECT: protocol MQTT level 4, clean session, keep-alive 60 s.
         writer.write(packet(0x10, string("MQTT") + bytes([4, 2, 0, 60]) + string("quic-peer")))
+        if mode == "unanswered":
+            for _ in range(2):
+                writer.write(packet(0x30, string(topic) + payload.encode()))
+                # Long enough for the packets to leave.
+                await asyncio.sleep(0.3)
+                print("sent", flush=True)
+            while await reader.read(4096):
+                pass
+            print("closed", flush=True)
+            return
         connack = await asyncio.wait_for(reader.readexactly(4), 30)
         if connack[0] != 0x20 or connack[3] != 0:
             raise SystemExit(f"bad CONNACK {connack.hex()}")
@@ -95,8 +116,9 @@ async def main(host, port, certs, topic, payload, mode):
         if puback != bytes([0x40, 2, 0, 1]):
             raise SystemExit(f"bad PUBACK {puback.hex()}")
         print("puback", flush=True)
-        if mode == "second":
-            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        if mode in ("second", "streams"):
+            if mode == "second":
+                await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
             reader2, writer2 = await client.create_stream()
             writer2.write(packet(0x10, string("MQTT") + bytes([4, 2, 0, 60]) + string("second")))
             try:
@@ -104,6 +126,12 @@ async def main(host, port, certs, topic, payload, mode):
                 print("connack", flush=True)
             except (asyncio.TimeoutError, asyncio.IncompleteReadError):
                 print("no connack", flush=True)
+            if mode == "streams":
+                writer.write(packet(0x32, string(topic) + struct.pack(">H", 2) + payload.encode()))
+                puback = await asyncio.wait_for(reader.readexactly(4), 30)
+                if puback != bytes([0x40, 2, 0, 2]):
+                    raise SystemExit(f"bad PUBACK {puback.hex()}")
+                print("puback", flush=True)
             return
         if mode == "hold":
             while await reader.read(4096):

@@ -112,9 +112,10 @@ pub struct Limits {
     /// and room for a site gateway NATing many devices that all reconnect
     /// at once after a power cut.
     pub max_handshakes_per_address: usize,
-    /// Connections one device may hold open at once (a QUIC connection
-    /// counts once, whatever its streams); more are refused. Default 64:
-    /// a device needs a few, and one device must not take every slot.
+    /// Connections one device may hold open at once, each QUIC stream
+    /// counted as one more (a stream is a session, with an upstream
+    /// connection of its own); more are refused. Default 64: a device
+    /// needs a few, and one device must not take every slot.
     pub max_connections_per_device: usize,
     /// Seconds a device has to finish its handshake. Default 10.
     pub handshake_timeout_secs: u64,

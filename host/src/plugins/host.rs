@@ -16,7 +16,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::Fault;
 use super::bindings::host::{self, KvError, Level};
 use super::limits::{
-    Limits, MAX_COUNTER_NAME, MAX_COUNTERS, MAX_KEY_LEN, MAX_LOG_LINE, MAX_VALUE_LEN,
+    Limits, MAX_COUNTER_NAME, MAX_COUNTERS, MAX_HANDLES, MAX_KEY_LEN, MAX_LOG_LINE,
+    MAX_RANDOM_BYTES, MAX_VALUE_LEN,
 };
 use crate::store::{KvRefusal, PluginKv};
 
@@ -35,6 +36,12 @@ pub struct PluginState {
     clock_origin: Instant,
     kv_ops: u32,
     log_lines: u32,
+    /// Bytes of all the instance's linear memories together: the memory
+    /// limit is the instance's, however many memories it has.
+    memory_bytes: usize,
+    /// What the last growth allowed added to `memory_bytes`, taken back if
+    /// the growth then failed.
+    memory_pending: usize,
     /// Set for a shadow's calls: its writes to the store are discarded.
     kv_read_only: bool,
     wasi: WasiCtx,
@@ -57,11 +64,17 @@ impl PluginState {
             clock_origin,
             kv_ops: 0,
             log_lines: 0,
+            memory_bytes: 0,
+            memory_pending: 0,
             kv_read_only: false,
             // The WASI shapes Rust's standard library imports, with nothing
             // granted: no files, no environment, no sockets, output discarded.
-            wasi: WasiCtx::builder().build(),
-            table: ResourceTable::new(),
+            wasi: WasiCtx::builder().max_random_size(MAX_RANDOM_BYTES).build(),
+            table: {
+                let mut table = ResourceTable::new();
+                table.set_max_capacity(MAX_HANDLES);
+                table
+            },
         }
     }
 
@@ -94,20 +107,33 @@ impl std::fmt::Debug for PluginState {
 }
 
 impl ResourceLimiter for PluginState {
+    /// Called for each memory's first allocation (from `current` 0) and
+    /// each growth; the limit bounds the sum over all of them, since a
+    /// component may hold several.
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _max: Option<usize>,
     ) -> Result<bool> {
-        if desired > self.limits.memory_bytes {
+        let more = desired.saturating_sub(current);
+        let total = self.memory_bytes.saturating_add(more);
+        if total > self.limits.memory_bytes {
             // A trap, not a failed `memory.grow`: the guest would abort
             // anyway, and this way the operator learns which limit was hit.
             return Err(wasmtime::Error::new(Fault::Memory(
                 self.limits.memory_bytes,
             )));
         }
+        self.memory_bytes = total;
+        self.memory_pending = more;
         Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> Result<()> {
+        self.memory_bytes = self.memory_bytes.saturating_sub(self.memory_pending);
+        self.memory_pending = 0;
+        Ok(())
     }
 
     fn table_growing(
@@ -300,6 +326,50 @@ mod tests {
         });
         let kv = store.plugin_kv("p", limits.kv_quota_bytes).unwrap();
         PluginState::new("p".into(), limits, kv, counters.clone(), Instant::now())
+    }
+
+    /// The memory limit bounds all of an instance's memories together: a
+    /// second memory gets only what the first left, and a growth that
+    /// failed is not counted.
+    #[test]
+    fn the_memory_limit_is_for_all_memories_together() {
+        let mut state = state(&Counters::default());
+        let limit = state.limits.memory_bytes;
+        let page = 64 << 10;
+        assert!(state.memory_growing(0, limit / 2, None).unwrap());
+        state
+            .memory_grow_failed(wasmtime::Error::msg("no room"))
+            .unwrap();
+        assert!(state.memory_growing(0, limit / 2, None).unwrap());
+        assert!(state.memory_growing(0, limit / 2, None).unwrap());
+        assert!(state.memory_growing(0, page, None).is_err());
+        assert!(
+            state
+                .memory_growing(limit / 2, limit / 2 + page, None)
+                .is_err()
+        );
+    }
+
+    /// `wasi:random` gives a plugin what the standard library asks for,
+    /// and traps on more: the host would allocate it outside the deadline.
+    #[test]
+    fn random_bytes_are_given_a_little_at_a_time() {
+        use wasmtime_wasi::p2::bindings::random::random::Host;
+        let mut state = state(&Counters::default());
+        let random = state.wasi.random();
+        assert_eq!(random.get_random_bytes(256).unwrap().len(), 256);
+        assert!(random.get_random_bytes(257).is_err());
+        assert!(random.get_random_bytes(64 << 20).is_err());
+    }
+
+    /// The host keeps only a few WASI resources for an instance.
+    #[test]
+    fn an_instance_holds_few_host_resources() {
+        let mut state = state(&Counters::default());
+        for _ in 0..MAX_HANDLES {
+            state.table.push(()).unwrap();
+        }
+        assert!(state.table.push(()).is_err());
     }
 
     #[test]

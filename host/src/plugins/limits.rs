@@ -94,3 +94,15 @@ pub const MAX_LOG_LINE: usize = 1024;
 pub const MAX_COUNTER_NAME: usize = 64;
 /// Distinct counters one plugin may create: each is a metric series.
 pub const MAX_COUNTERS: usize = 256;
+/// Bytes one call to `wasi:random` may ask for; more is a trap. The host
+/// allocates and fills them outside the epoch deadline, so wasmtime-wasi's
+/// default (64 MiB a call) would let a plugin make it do much. wasi-libc's
+/// `getentropy`, through which Rust's standard library draws, asks for at
+/// most 256 at a time.
+pub const MAX_RANDOM_BYTES: u64 = 256;
+/// Handles an instance may hold at once, in its component handle table and
+/// in the host's table of WASI resources (streams, pollables) alike; past
+/// it, making another traps. A plugin holds a few (its standard streams);
+/// one that never drops what it gets would otherwise pile up wasmtime's
+/// defaults (100,000 and 1,000,000) in a pooled instance.
+pub const MAX_HANDLES: usize = 256;

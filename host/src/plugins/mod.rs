@@ -71,6 +71,16 @@ pub enum World {
 /// The optional export of a parser plugin that also reads datagrams.
 const DATAGRAM_EXPORT: &str = "palisade:plugin/datagram-parser@0.1.0";
 
+/// Core instances one plugin may have. A Rust wasm32-wasip2 component has
+/// three (the program and two shims for its imports; a wasip1 program
+/// built with the WASI adapter one more): room for a little more.
+const CORE_INSTANCES_PER_PLUGIN: u32 = 8;
+/// Linear memories one plugin may have: a Rust component has one (the
+/// WASI adapter, when used, shares the program's).
+const MEMORIES_PER_PLUGIN: u32 = 2;
+/// Tables one plugin may have: a Rust component has two.
+const TABLES_PER_PLUGIN: u32 = 4;
+
 impl World {
     fn export(self) -> &'static str {
         match self {
@@ -314,9 +324,17 @@ impl Runtime {
         pool.total_component_instances(config.max_instances)
             // A Rust wasm32-wasip2 component has a few core instances (the
             // program, the WASI adapter, shims) and one or two memories.
-            .total_core_instances(config.max_instances * 8)
-            .total_memories(config.max_instances * 2)
-            .total_tables(config.max_instances * 4)
+            .total_core_instances(config.max_instances * CORE_INSTANCES_PER_PLUGIN)
+            .total_memories(config.max_instances * MEMORIES_PER_PLUGIN)
+            .total_tables(config.max_instances * TABLES_PER_PLUGIN)
+            // No one component takes more than its share of the pool:
+            // without these, one with many core modules, each with its own
+            // memory, could hold every memory slot and leave none for the
+            // others. wasmtime refuses a component past them when it is
+            // loaded.
+            .max_core_instances_per_component(CORE_INSTANCES_PER_PLUGIN)
+            .max_memories_per_component(MEMORIES_PER_PLUGIN)
+            .max_tables_per_component(TABLES_PER_PLUGIN)
             .max_memory_size(config.max_memory_bytes);
         let mut wasm = Config::new();
         wasm.epoch_interruption(true)
@@ -880,6 +898,7 @@ impl Plugin {
         );
         let mut store = wasmtime::Store::new(&shared.runtime.shared.engine, state);
         store.limiter(|s| s);
+        store.set_max_component_handles(limits::MAX_HANDLES);
         // A component may call the host while it starts: under the same
         // budgets as a call, and a shadow's writes discarded.
         store.data_mut().begin_call(self.shadow);

@@ -147,6 +147,12 @@ impl Membership {
         }
     }
 
+    /// Why the session must close, if it must: what [`Membership::closed`]
+    /// says, without waiting.
+    pub fn reason(&self) -> Option<String> {
+        self.closing.borrow().clone()
+    }
+
     /// Have [`LiveSessions::close_device`] end the connection of session
     /// `session` with `hang_up` itself, besides waking
     /// [`Membership::closed`].

@@ -358,12 +358,8 @@ impl Shared {
         let refuse = |reason: String| Refusal::new(Some(&claims.device), reason);
         let membership = self.stages.live.join(&claims.device);
         // This connection counts among the device's live ones.
-        let limit = self.limits.max_connections_per_device;
-        if self.stages.live.count(&claims.device) > limit {
-            return Err(refuse(format!(
-                "the device already holds {limit} connections (max-connections-per-device)"
-            )));
-        }
+        self.within_device_limit(&claims.device, "connections")
+            .map_err(refuse)?;
         // Checked again, not taken from the handshake: what changed since
         // (a revocation, a quarantine, a new certificate) counts.
         let device = self.stages.verifier.readmit(&claims)?;
@@ -386,6 +382,18 @@ impl Shared {
             claims,
             membership,
         })
+    }
+
+    /// Whether `device` holds no more live sessions than its limit, those
+    /// just joined included; why not if not, naming them `what`.
+    fn within_device_limit(&self, device: &str, what: &str) -> Result<(), String> {
+        let limit = self.limits.max_connections_per_device;
+        if self.stages.live.count(device) > limit {
+            return Err(format!(
+                "the device already holds {limit} {what} (max-connections-per-device)"
+            ));
+        }
+        Ok(())
     }
 
     /// Whether the connection policy, as it is now, lets `device` (in

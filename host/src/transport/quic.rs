@@ -1,21 +1,25 @@
 //! QUIC listeners: one endpoint per UDP address; the ALPN a client offers
 //! picks among the routes on it. Each bidirectional stream of an admitted
 //! connection is a session of its own, relayed to its own upstream
-//! connection.
+//! connection, and counts, as the connection does, among the device's
+//! connections (`max-connections-per-device`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use quinn::VarInt;
 use rustls::pki_types::CertificateDer;
 use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::certs::{ServerCertResolver, server_config};
 use super::handshakes::Handshake;
 use super::{Admitted, Route, Shared, TransportError, expiry, refused};
-use crate::identity::Refusal;
+use crate::identity::{Device, Refusal};
+use crate::session::Membership;
 
 /// Bytes a device may send on one stream ahead of the appliance reading
 /// them: four reads of the default chunk.
@@ -223,11 +227,19 @@ async fn connection(
     info!(%peer, route = %name, device = %device.id, "quic connection open");
     let device = Arc::new(device);
     let role: Option<Arc<str>> = claims.role.as_deref().map(Arc::from);
+    // Cancelled when this connection ends, however it ends, and before it
+    // is closed: its streams' sessions end with it, and read nothing more.
+    let ending = CancellationToken::new();
+    let _ending = ending.clone().drop_guard();
+    let close = |code: u32, reason: &[u8]| {
+        ending.cancel();
+        conn.close(VarInt::from_u32(code), reason);
+    };
     let ended = loop {
         tokio::select! {
             biased;
             reason = membership.closed() => {
-                conn.close(VarInt::from_u32(CLOSED), reason.as_bytes());
+                close(CLOSED, reason.as_bytes());
                 break reason;
             }
             stream = conn.accept_bi() => match stream {
@@ -239,31 +251,147 @@ async fn connection(
                     shared.may_connect(&device, role.as_deref(), &route.config, peer) =>
                 {
                     refused(peer, name, &Refusal::new(Some(&device.id), reason.clone()));
-                    conn.close(VarInt::from_u32(REFUSED), reason.as_bytes());
+                    close(REFUSED, reason.as_bytes());
                     break reason;
                 }
-                Ok((send, recv)) => {
-                    let (shared2, route, device, role) =
+                Ok((mut send, mut recv)) => {
+                    // Each stream's session counts among the device's live
+                    // ones, as a connection of its own would: a device
+                    // holds no more sessions, and upstream connections,
+                    // than its limit, whatever it has them on. One past it
+                    // is refused alone; the device's other streams go on.
+                    let stream_membership = shared.stages.live.join(&device.id);
+                    let within =
+                        shared.within_device_limit(&device.id, "connections and streams");
+                    if let Err(reason) = within {
+                        refused(peer, name, &Refusal::new(Some(&device.id), reason));
+                        let _ = send.reset(VarInt::from_u32(REFUSED));
+                        let _ = recv.stop(VarInt::from_u32(REFUSED));
+                        continue;
+                    }
+                    let stream = Stream {
+                        send,
+                        recv,
+                        membership: stream_membership,
+                        ending: ending.clone(),
+                    };
+                    let (shared, route, device, role) =
                         (shared.clone(), route.clone(), device.clone(), role.clone());
-                    let id = shared.session_id();
-                    shared.tasks.spawn(async move {
-                        let stream = tokio::io::join(recv, send);
-                        shared2.session(id, &route, &device, role.as_deref(), peer, stream).await;
+                    shared.tasks.clone().spawn(async move {
+                        stream.relay(&shared, &route, &device, role.as_deref(), peer).await;
                     });
                 }
                 Err(e) => break format!("connection closed: {e}"),
             },
             () = shared.shutdown.cancelled() => {
-                conn.close(VarInt::from_u32(SHUTDOWN), b"shutting down");
+                close(SHUTDOWN, b"shutting down");
                 break "appliance shutting down".to_owned();
             }
             () = expiry(&claims) => {
-                conn.close(VarInt::from_u32(CLOSED), b"certificate expired");
+                close(CLOSED, b"certificate expired");
                 break "certificate expired".to_owned();
             }
         }
     };
     info!(%peer, route = %name, device = %device.id, reason = %ended, "quic connection closed");
+}
+
+/// One bidirectional stream of an admitted connection: a session.
+struct Stream {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    /// The session's place among the device's live ones.
+    membership: Membership,
+    /// Cancelled when the stream's connection ends.
+    ending: CancellationToken,
+}
+
+impl Stream {
+    /// Relay the stream until it ends, its device is closed (revoked,
+    /// quarantined) or its connection ends.
+    ///
+    /// A close ends it before anything else, and the relay reads nothing
+    /// from the device from the moment of the close: after
+    /// `Connection::close`, quinn still hands out what the device sent
+    /// before and the relay had not read yet (up to the stream's window),
+    /// which the relay would otherwise go on judging and forwarding.
+    async fn relay(
+        mut self,
+        shared: &Shared,
+        route: &Route,
+        device: &Device,
+        role: Option<&str>,
+        peer: SocketAddr,
+    ) {
+        let id = shared.session_id();
+        // Set by the close itself, before `closed()` can wake this task.
+        let hung_up = Arc::new(AtomicBool::new(false));
+        let flag = hung_up.clone();
+        self.membership
+            .hang_up_with(id, Box::new(move |_| flag.store(true, Ordering::Release)));
+        let recv = Closable {
+            recv: &mut self.recv,
+            hung_up,
+            ending: self.ending.clone(),
+            shutdown: shared.shutdown.clone(),
+        };
+        let session = shared.session(
+            id,
+            route,
+            device,
+            role,
+            peer,
+            tokio::io::join(recv, &mut self.send),
+        );
+        let ended = tokio::select! {
+            biased;
+            reason = self.membership.closed() => reason,
+            () = shared.shutdown.cancelled() => "appliance shutting down".to_owned(),
+            () = self.ending.cancelled() => "its QUIC connection closed".to_owned(),
+            _ = session => return,
+        };
+        // tokio may defer a ready `closed()` (when the task has used up its
+        // budget), and the connection, closed for the same reason, can end
+        // first: a close's reason is the one to give.
+        let ended = self.membership.reason().unwrap_or(ended);
+        // What the device sent and the relay had not read is discarded,
+        // and the device told to send no more on the stream.
+        let _ = self.recv.stop(VarInt::from_u32(CLOSED));
+        let _ = self.send.reset(VarInt::from_u32(CLOSED));
+        info!(session = id, %peer, route = %route.config.name, device = %device.id, reason = %ended, "session closed");
+    }
+}
+
+/// A stream's device side, read by its session's relay until the session
+/// is closed, and not a byte after: a read then waits, for ever, and
+/// [`Stream::relay`], woken by the same close, ends the session. Without
+/// this, a relay polled before it (tokio may defer a ready `closed()` when
+/// the task has used up its budget; the tests saw it) could still forward
+/// what quinn holds.
+struct Closable<'a> {
+    recv: &'a mut quinn::RecvStream,
+    /// The device's sessions were closed (revoked, quarantined).
+    hung_up: Arc<AtomicBool>,
+    /// The connection ended.
+    ending: CancellationToken,
+    /// The appliance is shutting down.
+    shutdown: CancellationToken,
+}
+
+impl tokio::io::AsyncRead for Closable<'_> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.hung_up.load(Ordering::Acquire)
+            || self.ending.is_cancelled()
+            || self.shutdown.is_cancelled()
+        {
+            return std::task::Poll::Pending;
+        }
+        std::pin::Pin::new(&mut *self.recv).poll_read(cx, buf)
+    }
 }
 
 /// A failed QUIC handshake in an operator's words. The verifier's refusal
