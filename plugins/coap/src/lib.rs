@@ -419,7 +419,14 @@ fn options<'a>(
             23 => found.block2 = Some(uint(value)?),
             // A signal's options are not numbered as the rest below.
             _ if signalling => {}
+            // Lengths outside RFC 7252 §5.10's table make a critical
+            // option unrecognised, and the request is refused (4.02): a
+            // server reads them no further, and neither does the policy.
+            3 if !(1..=255).contains(&value.len()) => {
+                return Err("Uri-Host not 1 to 255 bytes long");
+            }
             3 => found.uri_host = Some(value),
+            7 if value.len() > 2 => return Err("Uri-Port longer than 2 bytes"),
             7 => found.uri_port = Some(uint(value)?),
             9 => found.oscore = true,
             35 => found.proxy_uri = Some(value),
@@ -1009,6 +1016,27 @@ mod tests {
         let answer = [&[0x60, 0x44, 0, 1, 0x90, 0xff][..], b"x"].concat();
         let p = parse_datagram(&answer);
         assert_eq!(p.events.get(0).unwrap().flag("oscore"), Some(true));
+    }
+
+    #[test]
+    fn uri_host_and_uri_port_of_lengths_outside_the_rfcs_are_malformed() {
+        let long_host = [b'h'; 256];
+        for (options, reason) in [
+            (&[(3, &b""[..])][..], "Uri-Host not 1 to 255 bytes long"),
+            (&[(3, &long_host[..])], "Uri-Host not 1 to 255 bytes long"),
+            (&[(7, &[0, 0x16, 0x33][..])], "Uri-Port longer than 2 bytes"),
+        ] {
+            let p = parse_datagram(&with_options(0x01, options));
+            assert!(p.events.is_empty());
+            assert_eq!(p.malformed.unwrap().reason, reason);
+        }
+        // At the bounds: read.
+        let p = parse_datagram(&with_options(0x01, &[(3, &long_host[..255]), (7, &[])]));
+        let e = p.events.get(0).unwrap();
+        assert_eq!(
+            (e.text("uri-host").map(str::len), e.int("uri-port")),
+            (Some(255), Some(0))
+        );
     }
 
     #[test]
