@@ -12,3 +12,26 @@ pub use pipeline::{FrameSpan, Inspected, POLICY, Pipeline, PipelineError, Verdic
 pub use relay::{
     Enforcer, Forwarded, NoEnforcer, RelayError, RelaySettings, Side, first_bytes, relay,
 };
+
+/// Frames the session tests send.
+#[cfg(test)]
+mod frames {
+    /// An MQTT 3.1.1 PUBLISH at QoS 0.
+    pub(super) fn publish(topic: &str, payload: &[u8]) -> Vec<u8> {
+        let mut body = (topic.len() as u16).to_be_bytes().to_vec();
+        body.extend_from_slice(topic.as_bytes());
+        body.extend_from_slice(payload);
+        let mut packet = vec![0x30];
+        let mut n = body.len();
+        loop {
+            let digit = (n % 128) as u8;
+            n /= 128;
+            packet.push(if n > 0 { digit | 0x80 } else { digit });
+            if n == 0 {
+                break;
+            }
+        }
+        packet.extend(body);
+        packet
+    }
+}

@@ -687,6 +687,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
     use crate::plugins::{Device, Limits, Runtime, RuntimeConfig, Severity, first_party};
+    use crate::session::frames::publish;
     use crate::store::Store;
 
     fn runtime() -> Runtime {
@@ -708,25 +709,6 @@ mod tests {
             },
             route: "mqtt".into(),
         }
-    }
-
-    /// An MQTT 3.1.1 PUBLISH at QoS 0.
-    fn publish(topic: &str, payload: &[u8]) -> Vec<u8> {
-        let mut body = (topic.len() as u16).to_be_bytes().to_vec();
-        body.extend_from_slice(topic.as_bytes());
-        body.extend_from_slice(payload);
-        let mut packet = vec![0x30];
-        let mut n = body.len();
-        loop {
-            let digit = (n % 128) as u8;
-            n /= 128;
-            packet.push(if n > 0 { digit | 0x80 } else { digit });
-            if n == 0 {
-                break;
-            }
-        }
-        packet.extend(body);
-        packet
     }
 
     /// The frames of both directions' streams, pushed `chunk` bytes at a

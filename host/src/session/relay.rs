@@ -538,6 +538,7 @@ mod tests {
     use super::*;
     use crate::plugins::{Device, Limits, Runtime, RuntimeConfig, first_party};
     use crate::policy::{Policy, PolicyEngine};
+    use crate::session::frames::publish;
     use crate::store::Store;
 
     fn settings(idle_ms: u64) -> RelaySettings {
@@ -545,25 +546,6 @@ mod tests {
             idle: Duration::from_millis(idle_ms),
             chunk: 16 << 10,
         }
-    }
-
-    /// An MQTT 3.1.1 PUBLISH at QoS 0.
-    fn publish(topic: &str, payload: &[u8]) -> Vec<u8> {
-        let mut body = (topic.len() as u16).to_be_bytes().to_vec();
-        body.extend_from_slice(topic.as_bytes());
-        body.extend_from_slice(payload);
-        let mut packet = vec![0x30];
-        let mut n = body.len();
-        loop {
-            let digit = (n % 128) as u8;
-            n /= 128;
-            packet.push(if n > 0 { digit | 0x80 } else { digit });
-            if n == 0 {
-                break;
-            }
-        }
-        packet.extend(body);
-        packet
     }
 
     /// A pipeline through the MQTT parser, judged by `policy`.
