@@ -221,20 +221,9 @@ impl Entry {
         }
     }
 
-    /// The entry for `action`, asked for by `plugin` on `session`.
+    /// The entry for `action`, asked for by `plugin` on `session`, about
+    /// the event recorded as `event`, which other entries may share.
     pub fn action(
-        session: &Session,
-        plugin: PluginRef,
-        event: Option<EventRef<'_>>,
-        action: &Action,
-    ) -> Self {
-        let event = event.map(|e| Arc::new(event_record(e)));
-        Entry::action_about(session, plugin, event, action)
-    }
-
-    /// The entry for `action`, asked for by `plugin` about the event
-    /// recorded as `event`, which other entries may share.
-    pub fn action_about(
         session: &Session,
         plugin: PluginRef,
         event: Option<Arc<EventRecord>>,

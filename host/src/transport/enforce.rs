@@ -91,7 +91,7 @@ fn entries(
             Action::DropFrame(i) => event(*i),
             _ => None,
         };
-        entries.push(Entry::action_about(session, plugin(by), about, a));
+        entries.push(Entry::action(session, plugin(by), about, a));
     }
     entries
 }
