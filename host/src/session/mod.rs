@@ -13,9 +13,37 @@ pub use relay::{
     Enforcer, Forwarded, NoEnforcer, RelayError, RelaySettings, Side, first_bytes, relay,
 };
 
-/// Frames the session tests send.
+/// What the session tests run: an MQTT parser, a session, its frames.
 #[cfg(test)]
-mod frames {
+mod testing {
+    #![allow(clippy::unwrap_used)]
+
+    use crate::plugins::{Device, Limits, Plugin, Runtime, RuntimeConfig, Session, first_party};
+    use crate::store::Store;
+
+    pub(super) fn runtime() -> Runtime {
+        Runtime::new(&RuntimeConfig::default(), Store::temporary().unwrap()).unwrap()
+    }
+
+    /// The first-party MQTT parser, loaded in `runtime`.
+    pub(super) fn mqtt(runtime: &Runtime) -> Plugin {
+        let component = first_party::component("mqtt").unwrap();
+        runtime.load("mqtt", component, Limits::default()).unwrap()
+    }
+
+    /// A sensor's session on the `mqtt` route.
+    pub(super) fn session() -> Session {
+        Session {
+            id: 1,
+            device: Device {
+                id: "sensor-1".into(),
+                class: "sensor".into(),
+                zone: "cell-1".into(),
+            },
+            route: "mqtt".into(),
+        }
+    }
+
     /// An MQTT 3.1.1 PUBLISH at QoS 0.
     pub(super) fn publish(topic: &str, payload: &[u8]) -> Vec<u8> {
         let mut body = (topic.len() as u16).to_be_bytes().to_vec();

@@ -686,30 +686,8 @@ fn compare<T, K: PartialEq + std::fmt::Debug>(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
-    use crate::plugins::{Device, Limits, Runtime, RuntimeConfig, Severity, first_party};
-    use crate::session::frames::publish;
-    use crate::store::Store;
-
-    fn runtime() -> Runtime {
-        Runtime::new(&RuntimeConfig::default(), Store::temporary().unwrap()).unwrap()
-    }
-
-    fn mqtt(runtime: &Runtime) -> Plugin {
-        let component = first_party::component("mqtt").unwrap();
-        runtime.load("mqtt", component, Limits::default()).unwrap()
-    }
-
-    fn session() -> Session {
-        Session {
-            id: 1,
-            device: Device {
-                id: "sensor-1".into(),
-                class: "sensor".into(),
-                zone: "cell-1".into(),
-            },
-            route: "mqtt".into(),
-        }
-    }
+    use crate::plugins::Severity;
+    use crate::session::testing::{mqtt, publish, runtime, session};
 
     /// The frames of both directions' streams, pushed `chunk` bytes at a
     /// time, one direction's chunk then the other's; each with its

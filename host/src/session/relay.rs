@@ -536,10 +536,8 @@ mod tests {
     use tokio::io::ReadBuf;
 
     use super::*;
-    use crate::plugins::{Device, Limits, Runtime, RuntimeConfig, first_party};
     use crate::policy::{Policy, PolicyEngine};
-    use crate::session::frames::publish;
-    use crate::store::Store;
+    use crate::session::testing::{mqtt, publish, runtime, session};
 
     fn settings(idle_ms: u64) -> RelaySettings {
         RelaySettings {
@@ -550,20 +548,9 @@ mod tests {
 
     /// A pipeline through the MQTT parser, judged by `policy`.
     fn mqtt_pipeline(policy: &str) -> Pipeline {
-        let runtime = Runtime::new(&RuntimeConfig::default(), Store::temporary().unwrap()).unwrap();
-        let component = first_party::component("mqtt").unwrap();
-        let parser = runtime.load("mqtt", component, Limits::default()).unwrap();
-        let session = Session {
-            id: 1,
-            device: Device {
-                id: "sensor-1".into(),
-                class: "sensor".into(),
-                zone: "cell-1".into(),
-            },
-            route: "mqtt".into(),
-        };
+        let parser = mqtt(&runtime());
         let engine = PolicyEngine::new(Policy::parse(policy).unwrap());
-        Pipeline::new(session, parser, vec![], vec![], 1 << 18).with_policy(engine, None, "mqtt")
+        Pipeline::new(session(), parser, vec![], vec![], 1 << 18).with_policy(engine, None, "mqtt")
     }
 
     /// A device with nothing more to send that stopped reading: no write
