@@ -7,7 +7,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -294,6 +294,26 @@ fn operator_tls(dir: &Path) -> Arc<rustls::ClientConfig> {
     Arc::new(config)
 }
 
+/// Operator `name` with `role`, issued on `appliance`, its credentials in
+/// a directory of its name under `work`.
+fn issue_operator(appliance: &Appliance, work: &Path, name: &str, role: &str) -> PathBuf {
+    let out = work.join(name);
+    let dir = out.to_str().unwrap();
+    appliance.cli_ok(&["operator", "issue", name, "--role", role, "--out", dir]);
+    out
+}
+
+type OperatorStream = rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>;
+
+/// A TLS connection to the API at `port` as `tls`'s operator, its
+/// handshake to be done by the first read or write.
+fn connect_as(port: u16, tls: Arc<rustls::ClientConfig>) -> std::io::Result<OperatorStream> {
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let session = rustls::ClientConnection::new(tls, name).map_err(std::io::Error::other)?;
+    Ok(rustls::StreamOwned::new(session, tcp))
+}
+
 /// Send `body` to the API at `port` as `tls`'s operator, wait for the
 /// answer's status line, then send one byte every 150 ms (one TLS record
 /// each) until the API closes the connection. The status line, and how
@@ -305,12 +325,11 @@ fn drip_after(
     body: &str,
     answered: &std::sync::mpsc::Sender<()>,
 ) -> Result<(String, Option<Duration>), String> {
-    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+    let mut stream = connect_as(port, tls).map_err(|e| e.to_string())?;
+    stream
+        .sock
+        .set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let session = rustls::ClientConnection::new(tls, name).map_err(|e| e.to_string())?;
-    let mut stream = rustls::StreamOwned::new(session, tcp);
     let request = format!(
         "POST /v1/admin HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
@@ -365,13 +384,8 @@ fn a_viewer_dripping_after_a_refusal_neither_lingers_nor_blocks_a_quarantine() {
     let w = work.path();
     let appliance = Appliance::start(&admin_and_a_route());
     let port = appliance.port("admin");
-    let operator = |name: &str, role: &str| {
-        let out = w.join(name);
-        let dir = out.to_str().unwrap();
-        appliance.cli_ok(&["operator", "issue", name, "--role", role, "--out", dir]);
-        out
-    };
-    let (val, ann) = (operator("val", "viewer"), operator("ann", "operator"));
+    let val = issue_operator(&appliance, w, "val", "viewer");
+    let ann = issue_operator(&appliance, w, "ann", "operator");
     appliance.issue("plc-1", "plc", "cell-1");
 
     // More connections than the API executes requests at once, each
@@ -417,17 +431,12 @@ fn a_viewer_dripping_after_a_refusal_neither_lingers_nor_blocks_a_quarantine() {
 
 /// A TLS connection to the API at `port` as `tls`'s operator, handshake
 /// done, on which nothing is sent.
-fn idle_connection(
-    port: u16,
-    tls: Arc<rustls::ClientConfig>,
-) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
-    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let mut session = rustls::ClientConnection::new(tls, name).unwrap();
-    while session.is_handshaking() {
-        session.complete_io(&mut tcp).unwrap();
+fn idle_connection(port: u16, tls: Arc<rustls::ClientConfig>) -> OperatorStream {
+    let mut stream = connect_as(port, tls).unwrap();
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock).unwrap();
     }
-    rustls::StreamOwned::new(session, tcp)
+    stream
 }
 
 /// curl's status for a listing as the operator in `dir`, until it is
@@ -460,13 +469,8 @@ fn an_operator_holding_connections_open_locks_no_one_out() {
     let w = work.path();
     let appliance = Appliance::start(&admin_and_a_route());
     let port = appliance.port("admin");
-    let operator = |name: &str, role: &str| {
-        let out = w.join(name);
-        let dir = out.to_str().unwrap();
-        appliance.cli_ok(&["operator", "issue", name, "--role", role, "--out", dir]);
-        out
-    };
-    let (ann, val) = (operator("ann", "operator"), operator("val", "viewer"));
+    let ann = issue_operator(&appliance, w, "ann", "operator");
+    let val = issue_operator(&appliance, w, "val", "viewer");
 
     // Ann's credential opens as many connections as an operator may,
     // and says nothing on them.
