@@ -55,6 +55,11 @@ pub mod kv {
     /// The largest value the appliance's store accepts under one key, in
     /// bytes.
     pub const MAX_VALUE_LEN: usize = 64 << 10;
+    /// What each entry costs against the quota besides its key and value,
+    /// in bytes: the store's own bookkeeping for it. Without it a plugin
+    /// could fill the appliance's disk with empty entries that cost
+    /// nothing.
+    pub const ENTRY_OVERHEAD: usize = 64;
 
     /// The value stored under `key`, if any.
     pub fn get(key: &str) -> Option<Vec<u8>> {

@@ -22,8 +22,9 @@ use std::collections::BTreeMap;
 use crate::host::{KvError, Level};
 use crate::{DatagramParser, Direction, Parsed, Parser, Session};
 
-pub use crate::host::kv::{MAX_KEY_LEN, MAX_VALUE_LEN};
-/// The default key-value quota of a plugin (keys and values), in bytes.
+pub use crate::host::kv::{ENTRY_OVERHEAD, MAX_KEY_LEN, MAX_VALUE_LEN};
+/// The default key-value quota of a plugin (keys, values and
+/// [`ENTRY_OVERHEAD`] per entry), in bytes.
 pub const DEFAULT_KV_QUOTA: usize = 1024 * 1024;
 
 /// The state of the native host on this thread.
@@ -67,7 +68,8 @@ impl Host {
         crate::host::config::forget();
     }
 
-    /// Set the key-value quota, in bytes of keys and values together.
+    /// Set the key-value quota, in bytes of keys and values together, with
+    /// [`ENTRY_OVERHEAD`] for each entry.
     pub fn set_kv_quota(bytes: usize) {
         with(|h| h.kv_quota = bytes);
     }
@@ -102,8 +104,14 @@ impl Host {
     }
 
     fn kv_used(&self) -> usize {
-        self.kv.iter().map(|(k, v)| k.len() + v.len()).sum()
+        self.kv.iter().map(|(k, v)| entry_size(k, v.len())).sum()
     }
+}
+
+/// What an entry of `key` and a value of `value_len` bytes costs against
+/// the quota, as the appliance counts it.
+fn entry_size(key: &str, value_len: usize) -> usize {
+    key.len() + value_len + ENTRY_OVERHEAD
 }
 
 /// The native implementations behind [`crate::host`].
@@ -138,8 +146,8 @@ pub(crate) mod native {
             return Err(KvError::TooLarge);
         }
         with(|h| {
-            let old = h.kv.get(key).map_or(0, |v| key.len() + v.len());
-            if h.kv_used() - old + key.len() + value.len() > h.kv_quota {
+            let old = h.kv.get(key).map_or(0, |v| entry_size(key, v.len()));
+            if h.kv_used() - old + entry_size(key, value.len()) > h.kv_quota {
                 return Err(KvError::QuotaExceeded);
             }
             h.kv.insert(key.to_owned(), value.to_vec());

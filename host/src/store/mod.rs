@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use palisade_plugin_sdk::host::kv::ENTRY_OVERHEAD;
+
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -152,7 +154,8 @@ impl Store {
     }
 
     /// The key-value store of plugin `name`, holding at most `quota` bytes of
-    /// keys and values. Every instance of the plugin shares it.
+    /// keys and values, with [`ENTRY_OVERHEAD`] for each entry. Every
+    /// instance of the plugin shares it.
     pub fn plugin_kv(&self, name: &str, quota: u64) -> Result<PluginKv, StoreError> {
         let mut namespaces = lock(&self.namespaces);
         let namespace = match namespaces.get(name) {
@@ -162,7 +165,7 @@ impl Store {
                 let mut used = 0u64;
                 for entry in tree.iter() {
                     let (k, v) = entry?;
-                    used += (k.len() + v.len()) as u64;
+                    used += entry_size(k.len(), v.len());
                 }
                 let namespace = Arc::new(Mutex::new(Namespace {
                     tree,
@@ -259,6 +262,14 @@ impl Drop for Writer {
     }
 }
 
+/// What an entry of a `key_len`-byte key and a `value_len`-byte value
+/// counts for against its plugin's quota: the bookkeeping sled keeps for
+/// each entry is on the disk too, and a quota of keys and values alone
+/// would let a plugin fill the disk with empty entries.
+fn entry_size(key_len: usize, value_len: usize) -> u64 {
+    (key_len + value_len + ENTRY_OVERHEAD) as u64
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -283,7 +294,8 @@ pub struct PluginKv {
 #[derive(Debug)]
 struct Namespace {
     tree: sled::Tree,
-    /// Bytes of keys and values stored, the held writes included.
+    /// Bytes of keys and values stored, with [`ENTRY_OVERHEAD`] for each
+    /// entry, the held writes included.
     used: u64,
     /// Writes not yet in the tree: the new value, or `None` for a removal.
     held: HashMap<String, Option<Vec<u8>>>,
@@ -300,13 +312,14 @@ impl Namespace {
         }
     }
 
-    /// Bytes `key` and its value take; `None` when it has no value.
+    /// Bytes `key` and its value count for against the quota; `None` when it
+    /// has no value.
     fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {
         let value = match self.held.get(key) {
             Some(held) => held.as_ref().map(Vec::len),
             None => self.tree.get(key)?.map(|v| v.len()),
         };
-        Ok(value.map(|len| (key.len() + len) as u64))
+        Ok(value.map(|len| entry_size(key.len(), len)))
     }
 
     /// Hold `value` (`None` for a removal) as the new value of `key`.
@@ -376,7 +389,7 @@ impl PluginKv {
     pub fn set(&self, key: &str, value: &[u8]) -> Result<(), KvRefusal> {
         let mut namespace = self.namespace();
         let old = namespace.size(key)?.unwrap_or(0);
-        let used = namespace.used - old + (key.len() + value.len()) as u64;
+        let used = namespace.used - old + entry_size(key.len(), value.len());
         if used > self.quota {
             return Err(KvRefusal::QuotaExceeded);
         }
@@ -395,7 +408,7 @@ impl PluginKv {
         let mut namespace = self.namespace();
         let old = namespace.size(key)?.unwrap_or(0);
         namespace.hold(key, Some(value.to_vec()))?;
-        namespace.used = namespace.used - old + (key.len() + value.len()) as u64;
+        namespace.used = namespace.used - old + entry_size(key.len(), value.len());
         namespace.changed(key);
         Ok(())
     }
@@ -430,7 +443,8 @@ impl PluginKv {
         Ok(entries)
     }
 
-    /// Bytes of keys and values stored.
+    /// Bytes of keys and values stored, with [`ENTRY_OVERHEAD`] for each
+    /// entry.
     pub fn used(&self) -> u64 {
         self.namespace().used
     }
@@ -464,14 +478,14 @@ mod tests {
     fn an_operator_sets_a_setting_in_a_full_store() {
         let store = Store::temporary().unwrap();
         let kv = store.plugin_kv("p", 1000).unwrap();
-        kv.set("filler", &[0; 990]).unwrap();
+        kv.set("filler", &[0; 900]).unwrap();
         assert!(matches!(
             kv.set("config/mode", b"off"),
             Err(KvRefusal::QuotaExceeded)
         ));
         kv.set_regardless_of_quota("config/mode", b"off").unwrap();
         assert_eq!(kv.get("config/mode").unwrap().as_deref(), Some(&b"off"[..]));
-        assert_eq!(kv.used(), 996 + 14);
+        assert_eq!(kv.used(), (906 + 64) + (14 + 64));
         // The plugin's own writes stay refused while the store is over.
         assert!(matches!(
             kv.set("more", b"x"),
@@ -490,9 +504,9 @@ mod tests {
             Err(KvRefusal::QuotaExceeded)
         ));
         admin.set("a", &[0; 99]).unwrap();
-        assert_eq!(runtime.used(), 100);
+        assert_eq!(runtime.used(), 100 + 64);
         runtime.set("b", &[0; 599]).unwrap();
-        assert_eq!(admin.used(), 700);
+        assert_eq!(admin.used(), 700 + 2 * 64);
         // Another plugin has a store and a quota of its own.
         assert_eq!(store.plugin_kv("q", 1000).unwrap().used(), 0);
     }
@@ -509,7 +523,7 @@ mod tests {
         admin.delete("gone").unwrap();
         assert_eq!(admin.get("profile").unwrap().as_deref(), Some(&b"one"[..]));
         assert_eq!(runtime.get("gone").unwrap(), None);
-        assert_eq!(admin.used(), 10);
+        assert_eq!(admin.used(), 10 + 64);
         // The writer writes them within its interval.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while tree.get("profile").unwrap().is_none() {
@@ -527,7 +541,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let kv = store.plugin_kv("p", 1000).unwrap();
         assert_eq!(kv.get("profile").unwrap().as_deref(), Some(&b"three"[..]));
-        assert_eq!(kv.used(), 12);
+        assert_eq!(kv.used(), 12 + 64);
         // A prefix scan sees the held writes.
         kv.set("profile-2", b"four").unwrap();
         let keys: Vec<String> = kv
@@ -563,25 +577,45 @@ mod tests {
     #[test]
     fn a_value_replaced_near_the_quota_is_counted_once() {
         let store = Store::temporary().unwrap();
-        let kv = store.plugin_kv("p", 100).unwrap();
+        let kv = store.plugin_kv("p", 200).unwrap();
         kv.set("k", &[1; 59]).unwrap();
         // Over the quota if the old value were kept, within it once replaced.
         kv.set("k", &[2; 69]).unwrap();
-        assert_eq!(kv.used(), 70);
+        assert_eq!(kv.used(), 70 + 64);
         // Within the quota either way.
         kv.set("k", &[3; 9]).unwrap();
-        assert_eq!(kv.used(), 10);
+        assert_eq!(kv.used(), 10 + 64);
         assert!(matches!(
-            kv.set("k", &[4; 100]),
+            kv.set("k", &[4; 140]),
             Err(KvRefusal::QuotaExceeded)
         ));
         assert_eq!(kv.get("k").unwrap().unwrap(), vec![3; 9]);
         // A key with nothing in it is still a key, and goes.
         kv.set("", b"").unwrap();
+        assert_eq!(kv.used(), 10 + 2 * 64);
         kv.delete("").unwrap();
         assert_eq!(kv.get("").unwrap(), None);
-        assert_eq!(kv.used(), 10);
+        assert_eq!(kv.used(), 10 + 64);
         kv.delete("k").unwrap();
         assert_eq!(kv.used(), 0);
+    }
+
+    #[test]
+    fn empty_entries_are_not_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let kv = store.plugin_kv("p", 1000).unwrap();
+        // Each empty entry costs its 3-byte key and the store's bookkeeping:
+        // 14 of them fit in 1000 bytes, not the 333 keys alone would allow.
+        let stored = (0..500)
+            .take_while(|i| kv.set(&format!("{i:03}"), b"").is_ok())
+            .count();
+        assert_eq!(stored, 14);
+        assert!(kv.used() <= 1000);
+        // Counted the same when the store is opened again.
+        let used = kv.used();
+        drop((kv, store));
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.plugin_kv("p", 1000).unwrap().used(), used);
     }
 }
