@@ -85,6 +85,30 @@ pub(crate) fn now_unix() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
+/// Why a certificate is not valid at some time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dates {
+    /// Before its `not_before`.
+    NotYetValid,
+    /// After its `not_after`.
+    Expired,
+}
+
+/// Whether a certificate valid from `not_before` through `not_after` is
+/// valid at `now`, all in seconds since the Unix epoch. Both ends are in
+/// its validity, as RFC 5280 §4.1.2.5 says and as the handshake's verifier
+/// counts them: every later check of a device's or an operator's
+/// certificate agrees with the handshake to the second.
+pub(crate) fn check_dates(not_before: i64, not_after: i64, now: i64) -> Result<(), Dates> {
+    if now < not_before {
+        Err(Dates::NotYetValid)
+    } else if now > not_after {
+        Err(Dates::Expired)
+    } else {
+        Ok(())
+    }
+}
+
 /// `unix` seconds as an RFC 3339 time, for people.
 pub fn format_time(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
@@ -106,5 +130,17 @@ mod tests {
         for bad in ["", "a b", "a:b", "a/b", "é", &"x".repeat(65)] {
             assert!(check_name("device id", bad).is_err(), "{bad:?}");
         }
+    }
+
+    /// The admin API's check of an operator's certificate used to refuse
+    /// it in the last second of its validity, which the handshake and a
+    /// device's check both allow.
+    #[test]
+    fn a_certificate_is_valid_through_both_of_its_dates() {
+        let (from, to) = (1_000, 2_000);
+        assert_eq!(check_dates(from, to, from - 1), Err(Dates::NotYetValid));
+        assert_eq!(check_dates(from, to, from), Ok(()));
+        assert_eq!(check_dates(from, to, to), Ok(()));
+        assert_eq!(check_dates(from, to, to + 1), Err(Dates::Expired));
     }
 }

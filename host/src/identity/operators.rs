@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::claims::OperatorClaims;
 use super::registry::{CertRecord, MAX_CERTIFICATES};
-use super::{BadName, check_name, now_unix};
+use super::{BadName, check_dates, check_name, now_unix};
 use crate::store::{Store, StoreError};
 
 /// What an operator may do on the admin API. Each role may do what the
@@ -184,7 +184,7 @@ impl Operators {
             });
             operator.role = role;
             operator.revoked = false;
-            operator.certificates.retain(|c| c.cert.not_after > now);
+            operator.certificates.retain(|c| c.cert.not_after >= now);
             for c in &mut operator.certificates {
                 c.cert.revoked = true;
             }
@@ -230,8 +230,7 @@ impl Operators {
         }
         // The handshake checked the dates, but a resumed TLS session skips
         // the handshake's check.
-        let now = now_unix();
-        if now < claims.not_before || now >= claims.not_after {
+        if check_dates(claims.not_before, claims.not_after, now_unix()).is_err() {
             return Err(refuse(format!(
                 "certificate {} is not valid now",
                 claims.serial

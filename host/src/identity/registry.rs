@@ -204,7 +204,7 @@ impl Registry {
             if device.state == DeviceState::Revoked {
                 device.state = DeviceState::Active;
             }
-            device.certificates.retain(|c| c.not_after > now);
+            device.certificates.retain(|c| c.not_after >= now);
             device.certificates.push(CertRecord {
                 serial: claims.serial.clone(),
                 not_before: claims.not_before,

@@ -189,15 +189,17 @@ impl ClientVerifier {
                 "this listener admits operators, not devices",
             ));
         };
-        let now = super::now_unix();
-        if now > claims.not_after {
-            return Err(Refusal::new(Some(&claims.device), "certificate expired"));
-        }
-        if now < claims.not_before {
-            return Err(Refusal::new(
-                Some(&claims.device),
-                "certificate not valid yet",
-            ));
+        match super::check_dates(claims.not_before, claims.not_after, super::now_unix()) {
+            Ok(()) => {}
+            Err(super::Dates::Expired) => {
+                return Err(Refusal::new(Some(&claims.device), "certificate expired"));
+            }
+            Err(super::Dates::NotYetValid) => {
+                return Err(Refusal::new(
+                    Some(&claims.device),
+                    "certificate not valid yet",
+                ));
+            }
         }
         registry.admit(claims, claims.issuer == self.site_subject)
     }
