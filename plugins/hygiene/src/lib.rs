@@ -7,6 +7,9 @@
 //!   (counted in the store, one key per device);
 //! - a Modbus function code outside the public set (user-defined or
 //!   unassigned);
+//! - a Modbus response or exception to no request the parser saw
+//!   (`unmatched-request`): a spoofed or replayed answer, or a transaction
+//!   id reused while its request was in flight;
 //! - a write (Modbus write, file record write included, CoAP PUT, POST or
 //!   DELETE, MQTT publish to a topic ending in `/cmd` or `/set`) inside the
 //!   read-only window `config/read-only-hours`, for example `22-6` (UTC,
@@ -258,6 +261,18 @@ impl Detector for Hygiene {
                     ));
                 }
             }
+            if class == Class::Modbus && event.flag("unmatched-request") == Some(true) {
+                let function = event.int("function").unwrap_or_default() & 0x7f;
+                let transaction = event.int("transaction").unwrap_or_default();
+                findings.push(Finding::new(
+                    i,
+                    Severity::Medium,
+                    0.6,
+                    format!(
+                        "{device} received a Modbus answer (function {function}, transaction {transaction}) to no request it was seen to send: spoofed, replayed, or a transaction id reused in flight"
+                    ),
+                ));
+            }
             if class == Class::Modbus
                 && let Some(function) = event.int("function")
             {
@@ -306,6 +321,42 @@ mod tests {
 
     fn session() -> Session {
         Session::new(1, "plc-2", "plc", "cell-1", "modbus")
+    }
+
+    #[test]
+    fn answers_to_no_request_are_flagged() {
+        Host::reset();
+        let mut batch = Batch::new();
+        batch
+            .push("modbus.read")
+            .int("transaction", 7)
+            .int("function", 3);
+        batch
+            .push("modbus.response")
+            .int("transaction", 7)
+            .int("function", 3);
+        batch
+            .push("modbus.response")
+            .int("transaction", 9)
+            .int("function", 3)
+            .flag("unmatched-request", true);
+        batch
+            .push("modbus.exception")
+            .int("transaction", 11)
+            .int("function", 0x86)
+            .flag("unmatched-request", true);
+        let findings = Hygiene::detect(&session(), &batch);
+        let flagged: Vec<u32> = findings.iter().map(|f| f.event).collect();
+        assert_eq!(flagged, [2, 3]);
+        assert!(
+            findings[0]
+                .reason
+                .contains("Modbus answer (function 3, transaction 9) to no request"),
+            "{}",
+            findings[0].reason
+        );
+        assert!(findings[1].reason.contains("(function 6, transaction 11)"));
+        assert!(findings.iter().all(|f| f.severity == Severity::Medium));
     }
 
     #[test]
