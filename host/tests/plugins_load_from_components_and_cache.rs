@@ -96,6 +96,28 @@ fn precompiled_components_are_cached_and_a_corrupt_cache_is_recompiled() {
     assert!(hit, "second load comes from the cache");
     assert_eq!(plugin.protocol().unwrap(), "mqtt");
 
+    // One bit changed in the middle of the compiled code: wasmtime would
+    // load it (its header is intact) and run it.
+    let cached = || {
+        let entries = std::fs::read_dir(dir.path().join("cache")).unwrap();
+        let paths: Vec<_> = entries.map(|e| e.unwrap().path()).collect();
+        assert_eq!(paths.len(), 1, "{paths:?}");
+        paths.into_iter().next().unwrap()
+    };
+    let mut file = std::fs::read(cached()).unwrap();
+    let middle = file.len() / 2;
+    file[middle] ^= 0x01;
+    std::fs::write(cached(), &file).unwrap();
+    let (plugin, hit) = runtime
+        .load_cached("mqtt", &mqtt, Limits::default())
+        .unwrap();
+    assert!(!hit, "a changed artifact is compiled again, not run");
+    assert_eq!(plugin.protocol().unwrap(), "mqtt");
+    let (_, hit) = runtime
+        .load_cached("mqtt", &mqtt, Limits::default())
+        .unwrap();
+    assert!(hit, "the artifact compiled again replaced the changed one");
+
     for entry in std::fs::read_dir(dir.path().join("cache")).unwrap() {
         std::fs::write(entry.unwrap().path(), b"torn artifact").unwrap();
     }
