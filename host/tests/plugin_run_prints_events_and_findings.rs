@@ -10,7 +10,13 @@ use common::{mqtt_connect, mqtt_publish};
 use serde_json::Value;
 
 fn run(args: &[&str]) -> (Vec<Value>, bool, String) {
+    run_in(&std::env::current_dir().unwrap(), args)
+}
+
+/// [`run`] from directory `cwd`.
+fn run_in(cwd: &std::path::Path, args: &[&str]) -> (Vec<Value>, bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .current_dir(cwd)
         .args(args)
         .output()
         .unwrap();
@@ -109,7 +115,7 @@ fn unknown_plugin_is_a_clear_error() {
     ]);
     assert!(!ok);
     assert!(
-        stderr.contains("reading plugin nope (not a file, nor one of mqtt, modbus, coap, new-topic, baseline, hygiene, escalate)"),
+        stderr.contains("nope is not a first-party plugin (mqtt, modbus, coap, new-topic, baseline, hygiene, escalate); a component's path has a / or ends in .wasm"),
         "{stderr}"
     );
 }
@@ -191,4 +197,43 @@ fn a_parser_of_streams_only_is_refused_datagrams() {
         stderr.contains("plugin mqtt reads byte streams only"),
         "{stderr}"
     );
+}
+
+/// A first-party plugin's name is never looked for in the current
+/// directory: a file there named `mqtt` became the parser.
+#[test]
+fn a_plugin_name_is_not_a_file_in_the_current_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mqtt"), b"not a component").unwrap();
+    let mut stream = mqtt_connect("sensor-1");
+    stream.extend(mqtt_publish("site/a/telemetry", b"21.5"));
+    std::fs::write(dir.path().join("stream.bin"), &stream).unwrap();
+    let args = [
+        "--data",
+        "data",
+        "plugin",
+        "run",
+        "--parser",
+        "mqtt",
+        "--input",
+        "stream.bin",
+    ];
+    let (lines, ok, stderr) = run_in(dir.path(), &args);
+    assert!(ok, "{stderr}");
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[1]["event"]["kind"], "mqtt.publish");
+    // The file is reached by its path.
+    let args = [
+        "--data",
+        "data",
+        "plugin",
+        "run",
+        "--parser",
+        "./mqtt",
+        "--input",
+        "stream.bin",
+    ];
+    let (_, ok, stderr) = run_in(dir.path(), &args);
+    assert!(!ok);
+    assert!(stderr.contains("mqtt"), "{stderr}");
 }

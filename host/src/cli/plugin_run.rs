@@ -212,24 +212,40 @@ fn datagrams(text: &str) -> anyhow::Result<Vec<(usize, Vec<u8>)>> {
     Ok(found)
 }
 
-/// Load `plugin`, a path to a component or a first-party plugin's name.
+/// Load `plugin`: a path to a component when it has a `/` or ends in
+/// `.wasm`, otherwise a first-party plugin's name. A bare name is never
+/// looked for in the current directory: a file there named `mqtt` would
+/// otherwise become the parser on the security path.
+///
+/// A component loaded from a path is named by its absolute path, which is
+/// also the name its key-value store goes by: apart from every first-party
+/// or installed plugin's (their names have no `/`), so that
+/// `/opt/x/baseline.wasm` can neither read nor rewrite the first-party
+/// baseline's profiles, and apart from another file's of the same name.
 pub(crate) fn load(runtime: &Runtime, plugin: &str) -> anyhow::Result<Plugin> {
-    let (name, bytes) = match first_party::component(plugin) {
-        Some(bytes) if !Path::new(plugin).exists() => (plugin.to_owned(), bytes.to_vec()),
-        _ => {
-            let path = Path::new(plugin);
-            let bytes = std::fs::read(path).with_context(|| {
-                let names: Vec<_> = first_party::names().collect();
-                format!(
-                    "reading plugin {plugin} (not a file, nor one of {})",
-                    names.join(", ")
-                )
-            })?;
-            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or(plugin);
-            (stem.replace('_', "-"), bytes)
-        }
+    let names = || first_party::names().collect::<Vec<_>>().join(", ");
+    let (name, bytes) = if is_path(plugin) {
+        let path =
+            std::path::absolute(plugin).with_context(|| format!("reading plugin {plugin}"))?;
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("reading plugin {}", path.display()))?;
+        (path.display().to_string(), bytes)
+    } else {
+        let bytes = first_party::component(plugin).with_context(|| {
+            format!(
+                "{plugin} is not a first-party plugin ({}); a component's path has a / or ends in .wasm",
+                names()
+            )
+        })?;
+        (plugin.to_owned(), bytes.to_vec())
     };
     Ok(runtime.load(&name, &bytes, Limits::default())?)
+}
+
+/// Whether `plugin`, as a command line or a route names it, is a path to a
+/// component rather than a first-party plugin's name.
+fn is_path(plugin: &str) -> bool {
+    plugin.contains('/') || plugin.ends_with(".wasm")
 }
 
 /// Print what a chunk became; `datagram` is the input line of the datagram
@@ -319,6 +335,26 @@ fn action_json(a: &Action) -> Json {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// A component from a path keeps its state apart from the first-party
+    /// plugin its file is named after.
+    #[test]
+    fn a_component_from_a_path_is_named_by_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = Runtime::new(
+            &crate::plugins::RuntimeConfig::default(),
+            Store::temporary().unwrap(),
+        )
+        .unwrap();
+        let file = dir.path().join("baseline.wasm");
+        std::fs::write(&file, first_party::component("baseline").unwrap()).unwrap();
+        let from_file = load(&runtime, file.to_str().unwrap()).unwrap();
+        assert_eq!(from_file.name(), file.to_str().unwrap());
+        assert_eq!(load(&runtime, "baseline").unwrap().name(), "baseline");
+        let unknown = load(&runtime, "baselin").unwrap_err().to_string();
+        assert!(unknown.contains("not a first-party plugin"), "{unknown}");
+        assert!(is_path("x.wasm") && is_path("./mqtt") && !is_path("mqtt"));
+    }
 
     #[test]
     fn datagrams_are_read_as_tshark_prints_them() {

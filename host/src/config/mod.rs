@@ -271,7 +271,8 @@ pub struct RouteConfig {
     /// none (any client ALPN, or none, is accepted).
     pub alpn: Option<String>,
     /// The parser plugin that cuts the traffic into frames: a first-party
-    /// plugin's name or a path to a component. `None`: frames are relayed
+    /// or installed plugin's name, or a path to a component (with a `/`, or
+    /// ending in `.wasm`). `None`: frames are relayed
     /// uninspected, and the log says so at start.
     pub parser: Option<String>,
     /// Detector plugins that judge the parser's events, in order (names or
