@@ -43,20 +43,40 @@ pub fn create_data_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Write `bytes` to `path` with permission `mode`, atomically: a reader
-/// (or a crash) sees the old file or the new one, never half of one.
+/// (or a crash) sees the old file or the new one, never half of one, and
+/// once it returns the new one survives a power cut.
+///
+/// Each write has a temporary file of its own, so writers of one path (two
+/// loads of a plugin caching it at once) never write into each other's.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let mut tmp = path.as_os_str().to_owned();
+    let write = WRITES.fetch_add(1, Ordering::Relaxed);
+    tmp.push(format!(".tmp{}-{write}", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp);
+    // Left by a crashed process that had this process's id.
     let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        return written;
+    }
+    // The rename is durable once the directory is.
+    match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => std::fs::File::open(".")?.sync_all(),
+    }
 }
 
 /// The appliance's state database.
@@ -455,6 +475,32 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    /// Writers of one path used to share one temporary file: one removed
+    /// or renamed the other's, and its rename then failed.
+    #[test]
+    fn writers_of_one_path_do_not_write_into_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("artifact.cwasm");
+        let contents: Vec<Vec<u8>> = (0..8u8).map(|i| vec![i; 1000 + usize::from(i)]).collect();
+        std::thread::scope(|s| {
+            for content in &contents {
+                let path = &path;
+                s.spawn(move || {
+                    for _ in 0..100 {
+                        write_atomic(path, content, 0o600).unwrap();
+                    }
+                });
+            }
+        });
+        let written = std::fs::read(&path).unwrap();
+        assert!(contents.contains(&written), "a torn file");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["artifact.cwasm"], "temporary files left");
+    }
 
     #[test]
     fn flush_soon_has_the_writer_write_everything_to_disk() {
