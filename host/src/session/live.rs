@@ -17,7 +17,7 @@
 //! and its way upstream, for as long as it liked.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
@@ -42,6 +42,9 @@ struct Sessions {
     /// gone leave the device's next entry alone.
     generation: u64,
     closing: watch::Sender<Option<String>>,
+    /// Set by the close, for [`Closed`]: apart from `closing`, whose
+    /// receivers count the live sessions.
+    closed: Arc<AtomicBool>,
     /// By membership: the session's id, and how to hang it up.
     hang_ups: HashMap<u64, (u64, HangUp)>,
 }
@@ -57,6 +60,7 @@ impl std::fmt::Debug for Sessions {
 
 impl Sessions {
     fn close(&self, reason: &str, except: Option<u64>) {
+        self.closed.store(true, Ordering::Release);
         self.closing.send_replace(Some(reason.to_owned()));
         for (session, hang_up) in self.hang_ups.values() {
             if except != Some(*session) {
@@ -79,12 +83,14 @@ impl LiveSessions {
             .or_insert_with(|| Sessions {
                 generation: self.next_id.fetch_add(1, Ordering::Relaxed),
                 closing: watch::channel(None).0,
+                closed: Arc::new(AtomicBool::new(false)),
                 hang_ups: HashMap::new(),
             });
         Membership {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             generation: sessions.generation,
             closing: sessions.closing.subscribe(),
+            closed: sessions.closed.clone(),
             device: device.to_owned(),
             live: self.clone(),
         }
@@ -124,6 +130,24 @@ impl LiveSessions {
     }
 }
 
+/// Whether a session's device was closed, read without waiting: for a
+/// relay about to forward what it judged while the close happened.
+#[derive(Debug, Clone)]
+pub struct Closed(Arc<AtomicBool>);
+
+impl Closed {
+    /// A session no one closes: one relayed outside the appliance (a test,
+    /// a benchmark).
+    pub fn never() -> Closed {
+        Closed(Arc::new(AtomicBool::new(false)))
+    }
+
+    /// Whether the device was closed.
+    pub fn is_closed(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
 /// One session's place among the live ones; leaving is dropping it.
 #[derive(Debug)]
 pub struct Membership {
@@ -131,6 +155,8 @@ pub struct Membership {
     /// The generation of the device's entry joined.
     generation: u64,
     closing: watch::Receiver<Option<String>>,
+    /// The entry's [`Sessions::closed`].
+    closed: Arc<AtomicBool>,
     device: String,
     live: LiveSessions,
 }
@@ -151,6 +177,12 @@ impl Membership {
     /// says, without waiting.
     pub fn reason(&self) -> Option<String> {
         self.closing.borrow().clone()
+    }
+
+    /// Whether the device was closed, for whoever cannot wait on
+    /// [`Membership::closed`] (the relay, mid-chunk).
+    pub fn watch(&self) -> Closed {
+        Closed(self.closed.clone())
     }
 
     /// Have [`LiveSessions::close_device`] end the connection of session

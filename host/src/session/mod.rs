@@ -7,7 +7,7 @@ mod live;
 mod pipeline;
 mod relay;
 
-pub use live::{HangUp, LiveSessions, Membership};
+pub use live::{Closed, HangUp, LiveSessions, Membership};
 pub use pipeline::{FrameSpan, Inspected, POLICY, Pipeline, PipelineError, Verdict};
 pub use relay::{
     Enforcer, Forwarded, NoEnforcer, RelayError, RelaySettings, Side, first_bytes, relay,

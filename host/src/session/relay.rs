@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::pipeline::shrink;
-use super::{Inspected, Pipeline, PipelineError};
+use super::{Closed, Inspected, Pipeline, PipelineError};
 use crate::plugins::{Direction, Session};
 
 /// Bounds of one relayed session.
@@ -153,6 +153,11 @@ struct Activity {
     /// the device: that direction still delivers the frames allowed before
     /// the offence, and nothing more goes to the upstream.
     closing: AtomicBool,
+    /// Whether the device was closed from elsewhere (another session's
+    /// quarantine, a revocation). The close hangs the session up, but a
+    /// chunk read before it may be in the middle of being judged: none of
+    /// it goes to the upstream once the device is closed.
+    device: Closed,
 }
 
 impl Activity {
@@ -171,7 +176,8 @@ impl Activity {
 /// something ends the session. `first` holds bytes already read from the
 /// device (see [`first_bytes`]); they are handled before anything else.
 /// With `pipeline`, only the bytes of the frames its parser cut are
-/// forwarded; without, bytes pass uninspected.
+/// forwarded; without, bytes pass uninspected. Nothing more goes to the
+/// upstream once `closed` says the device was closed.
 pub async fn relay<D, U>(
     device: D,
     upstream: U,
@@ -179,6 +185,7 @@ pub async fn relay<D, U>(
     pipeline: Option<Pipeline>,
     settings: RelaySettings,
     enforcer: Arc<dyn Enforcer>,
+    closed: Closed,
 ) -> Result<Forwarded, RelayError>
 where
     D: AsyncRead + AsyncWrite + Send + Unpin,
@@ -191,6 +198,7 @@ where
         start: Instant::now(),
         last_ms: AtomicU64::new(0),
         closing: AtomicBool::new(false),
+        device: closed,
     };
     let up = Pump {
         direction: Direction::ToUpstream,
@@ -340,10 +348,12 @@ impl Pump {
     }
 
     /// Whether this direction forwards nothing more: it goes to the
-    /// upstream, and the session quarantined its device. The session ends
-    /// when the other direction has delivered what was allowed.
+    /// upstream, and the session quarantined its device or the device was
+    /// closed. The session ends when the other direction has delivered what
+    /// was allowed, or at once when the close hung it up.
     fn halted(&self, activity: &Activity) -> bool {
-        self.direction == Direction::ToUpstream && activity.closing.load(Ordering::Relaxed)
+        self.direction == Direction::ToUpstream
+            && (activity.closing.load(Ordering::Relaxed) || activity.device.is_closed())
     }
 
     /// Inspect `bytes` and write the complete frames among what is held.
@@ -537,6 +547,7 @@ mod tests {
 
     use super::*;
     use crate::policy::{Policy, PolicyEngine};
+    use crate::session::LiveSessions;
     use crate::session::testing::{mqtt, publish, runtime, session};
 
     fn settings(idle_ms: u64) -> RelaySettings {
@@ -599,6 +610,7 @@ mod tests {
             None,
             settings(100),
             Arc::new(NoEnforcer),
+            Closed::never(),
         );
         let ended = tokio::time::timeout(Duration::from_secs(10), relayed)
             .await
@@ -628,6 +640,7 @@ mod tests {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
             closing: AtomicBool::new(false),
+            device: Closed::never(),
         };
         let settings = settings(10_000);
         let (large, small) = (
@@ -688,6 +701,7 @@ forbid(principal, action == Action::"mqtt.publish", resource) when { context.top
             Some(mqtt_pipeline(policy)),
             settings(10_000),
             quarantines.clone(),
+            Closed::never(),
         ));
         let start = Instant::now();
         while quarantines.0.load(Ordering::SeqCst) == 0 {
@@ -716,5 +730,90 @@ forbid(principal, action == Action::"mqtt.publish", resource) when { context.top
             "{} bytes from the quarantined device reached the upstream",
             reached.len()
         );
+    }
+
+    /// A device whose every read is also the moment another session
+    /// quarantines it: the chunk read is judged after the close.
+    struct ClosedAsItReads {
+        stream: tokio::io::DuplexStream,
+        live: LiveSessions,
+    }
+
+    impl AsyncRead for ClosedAsItReads {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let before = buf.filled().len();
+            let read = Pin::new(&mut self.stream).poll_read(cx, buf);
+            if buf.filled().len() > before {
+                self.live
+                    .close_device("sensor-1", "quarantined by another session");
+            }
+            read
+        }
+    }
+
+    impl AsyncWrite for ClosedAsItReads {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bytes: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Pin::new(&mut self.stream).poll_write(cx, bytes)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.stream).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.stream).poll_shutdown(cx)
+        }
+    }
+
+    /// Another session quarantined the device while this one judged what
+    /// it had just read: none of it reaches the upstream, though the
+    /// policy allows it and the hang-up has not ended this relay yet.
+    #[tokio::test]
+    async fn nothing_judged_after_the_device_was_closed_reaches_the_upstream() {
+        let live = LiveSessions::default();
+        let membership = live.join("sensor-1");
+        let (device, mut device_end) = tokio::io::duplex(1 << 16);
+        let (upstream, mut upstream_end) = tokio::io::duplex(1 << 16);
+        device_end
+            .write_all(&publish("site/a/telemetry", b"20"))
+            .await
+            .unwrap();
+        drop(device_end);
+        let relayed = tokio::spawn(relay(
+            ClosedAsItReads {
+                stream: device,
+                live,
+            },
+            upstream,
+            Vec::new(),
+            Some(mqtt_pipeline(
+                r#"permit(principal, action in Action::"mqtt", resource);"#,
+            )),
+            settings(10_000),
+            Arc::new(NoEnforcer),
+            membership.watch(),
+        ));
+        // What the relay forwards it forwards at once: half a second is
+        // long.
+        let mut reached = vec![0; 1024];
+        let read =
+            tokio::time::timeout(Duration::from_millis(500), upstream_end.read(&mut reached)).await;
+        relayed.abort();
+        assert!(
+            matches!(read, Err(_) | Ok(Ok(0))),
+            "judged after the close, {read:?} bytes reached the upstream"
+        );
+        assert!(membership.reason().is_some());
     }
 }

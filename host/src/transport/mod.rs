@@ -49,7 +49,7 @@ use crate::config::{Config, Limits, PkiConfig, RouteConfig, Transport, UpstreamC
 use crate::identity::{Claims, ClientVerifier, Device, Pki, Refusal, Registry};
 use crate::plugins::{Installed, Slot};
 use crate::policy::PolicyEngine;
-use crate::session::{Enforcer, LiveSessions, Membership, Pipeline, RelaySettings};
+use crate::session::{Closed, Enforcer, LiveSessions, Membership, Pipeline, RelaySettings};
 
 /// Why the transport could not start.
 #[derive(Debug, thiserror::Error)]
@@ -320,6 +320,15 @@ impl Server {
     }
 }
 
+/// Whom a session serves: its id, the device admitted and its role, and
+/// whether the device was closed since (see [`Membership::watch`]).
+struct Holder<'a> {
+    id: u64,
+    device: &'a Device,
+    role: Option<&'a str>,
+    closed: Closed,
+}
+
 /// A device that passed the handshake, the registry and the policy.
 #[derive(Debug)]
 pub(crate) struct Admitted {
@@ -453,13 +462,17 @@ impl Shared {
     /// new upstream connection, until it ends; log both ends.
     async fn session(
         &self,
-        id: u64,
+        holder: Holder<'_>,
         route: &Route,
-        device: &Device,
-        role: Option<&str>,
         peer: SocketAddr,
         mut device_stream: impl Duplex,
     ) -> String {
+        let Holder {
+            id,
+            device,
+            role,
+            closed: device_closed,
+        } = holder;
         let name = &route.config.name;
         let settings = self.relay_settings();
         let lazy = route.config.upstream_connect == UpstreamConnect::FirstBytes;
@@ -497,6 +510,7 @@ impl Shared {
             pipeline,
             settings,
             self.enforcer.clone(),
+            device_closed,
         )
         .await;
         match result {

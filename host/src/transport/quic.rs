@@ -17,7 +17,7 @@ use tracing::info;
 
 use super::certs::{ServerCertResolver, server_config};
 use super::handshakes::Handshake;
-use super::{Admitted, Route, Shared, TransportError, expiry, refused};
+use super::{Admitted, Holder, Route, Shared, TransportError, expiry, refused};
 use crate::identity::{Device, Refusal};
 use crate::session::Membership;
 
@@ -335,14 +335,13 @@ impl Stream {
             ending: self.ending.clone(),
             shutdown: shared.shutdown.clone(),
         };
-        let session = shared.session(
+        let holder = Holder {
             id,
-            route,
             device,
             role,
-            peer,
-            tokio::io::join(recv, &mut self.send),
-        );
+            closed: self.membership.watch(),
+        };
+        let session = shared.session(holder, route, peer, tokio::io::join(recv, &mut self.send));
         let ended = tokio::select! {
             biased;
             reason = self.membership.closed() => reason,

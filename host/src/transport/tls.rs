@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use super::certs::{ServerCertResolver, server_config};
 use super::handshakes::Handshake;
 use super::socket::SharedTcp;
-use super::{Admitted, Route, Shared, TransportError, expiry, refused};
+use super::{Admitted, Holder, Route, Shared, TransportError, expiry, refused};
 use crate::identity::Refusal;
 
 /// What a TLS listener serves.
@@ -181,13 +181,19 @@ async fn connection(
     };
     let id = shared.session_id();
     membership.hang_up_with(id, hang_up);
+    let closed = membership.watch();
     let ended = match &serves {
         Serves::Route(route) => tokio::select! {
             // A close says why first: hanging up the connection also ends
             // the session's relay, and the reason is the close's.
             biased;
             reason = membership.closed() => reason,
-            _ = shared.session(id, route, &device, claims.role.as_deref(), peer, stream) => return,
+            _ = shared.session(
+                Holder { id, device: &device, role: claims.role.as_deref(), closed },
+                route,
+                peer,
+                stream,
+            ) => return,
             () = shared.shutdown.cancelled() => "appliance shutting down".to_owned(),
             () = expiry(&claims) => "certificate expired".to_owned(),
         },
