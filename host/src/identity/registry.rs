@@ -329,8 +329,9 @@ impl Registry {
     }
 
     /// Decide whether the holder of a certificate with `claims`, which
-    /// chains to a trusted CA (the site CA when `site_issued`), is an
-    /// enrolled device that may connect.
+    /// chains to a trusted CA, is an enrolled device that may connect.
+    /// `site_issued` says the site CA itself signed it, as its signature
+    /// shows (the issuer name it carries shows nothing).
     pub fn admit(&self, claims: &Claims, site_issued: bool) -> Result<Device, Refusal> {
         let refuse = |reason: String| Refusal::new(Some(&claims.device), reason);
         let device = self
@@ -448,7 +449,7 @@ mod tests {
             serial: serial.into(),
             not_before: now - 10,
             not_after: now + 3600,
-            issuer: Vec::new(),
+            der: Vec::new().into(),
         }
     }
 
