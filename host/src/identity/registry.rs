@@ -50,6 +50,15 @@ pub enum RegistryError {
     /// A name is not usable.
     #[error(transparent)]
     BadName(#[from] BadName),
+    /// A renewal refused: the device or the certificate it presented is no
+    /// longer one that may renew.
+    #[error("device {device} may not renew: {reason}")]
+    NotRenewable {
+        /// The device.
+        device: String,
+        /// Why not.
+        reason: String,
+    },
 }
 
 /// Where a device is in its life.
@@ -204,15 +213,59 @@ impl Registry {
             if device.state == DeviceState::Revoked {
                 device.state = DeviceState::Active;
             }
-            device.certificates.retain(|c| c.not_after >= now);
-            device.certificates.push(CertRecord {
-                serial: claims.serial.clone(),
-                not_before: claims.not_before,
-                not_after: claims.not_after,
-                revoked: false,
-            });
-            let excess = device.certificates.len().saturating_sub(MAX_CERTIFICATES);
-            device.certificates.drain(..excess);
+            add_certificate(&mut device, claims, now);
+            Ok(device)
+        })
+    }
+
+    /// Record that the site CA issued `issued`'s certificate for `request`
+    /// to renew the certificate of `presented`: only for a site device that
+    /// is active, still of `request`'s class and zone, and whose presented
+    /// certificate is recorded and unrevoked, all checked here under the
+    /// write lock. The handshake's check is not enough: a revocation or a
+    /// quarantine that landed since must hold, where
+    /// [`Registry::record_issued`] would make a revoked device active again.
+    pub fn record_renewed(
+        &self,
+        presented: &Claims,
+        request: &DeviceCertRequest,
+        issued: &Claims,
+    ) -> Result<Device, RegistryError> {
+        self.change(&request.device, |existing| {
+            let refuse = |reason: String| RegistryError::NotRenewable {
+                device: request.device.clone(),
+                reason,
+            };
+            let mut device = existing.ok_or_else(|| refuse("not enrolled".into()))?;
+            match device.state {
+                DeviceState::Active => {}
+                state => return Err(refuse(state.to_string())),
+            }
+            if device.authority != Authority::Site || presented.device != device.id {
+                return Err(refuse(
+                    "not a site device renewing its own certificate".into(),
+                ));
+            }
+            if (&device.class, &device.zone) != (&request.class, &request.zone) {
+                return Err(refuse("its class or zone changed meanwhile".into()));
+            }
+            match device
+                .certificates
+                .iter()
+                .find(|c| c.serial == presented.serial)
+            {
+                Some(c) if !c.revoked => {}
+                Some(_) => {
+                    return Err(refuse(format!("certificate {} revoked", presented.serial)));
+                }
+                None => {
+                    return Err(refuse(format!(
+                        "certificate {} is not one the registry holds for it",
+                        presented.serial
+                    )));
+                }
+            }
+            add_certificate(&mut device, issued, now_unix());
             Ok(device)
         })
     }
@@ -415,6 +468,20 @@ impl Registry {
     }
 }
 
+/// Add the certificate of `claims` to `device`'s, dropping those expired
+/// at `now` and, past [`MAX_CERTIFICATES`], the oldest.
+fn add_certificate(device: &mut Device, claims: &Claims, now: i64) {
+    device.certificates.retain(|c| c.not_after >= now);
+    device.certificates.push(CertRecord {
+        serial: claims.serial.clone(),
+        not_before: claims.not_before,
+        not_after: claims.not_after,
+        revoked: false,
+    });
+    let excess = device.certificates.len().saturating_sub(MAX_CERTIFICATES);
+    device.certificates.drain(..excess);
+}
+
 fn decode(id: &str, bytes: &[u8]) -> Result<Device, RegistryError> {
     serde_json::from_slice(bytes).map_err(|e| RegistryError::Corrupt {
         device: id.to_owned(),
@@ -485,6 +552,69 @@ mod tests {
                 .reason
                 .contains("revoked")
         );
+    }
+
+    /// A renewal admitted at the handshake reaches the registry after a
+    /// revocation or a quarantine: it is refused, and the device stays as
+    /// the operator left it (record_issued made a revoked device active).
+    #[test]
+    fn a_renewal_never_undoes_a_revocation_or_a_quarantine() {
+        let registry = Registry::open(&Store::temporary().unwrap()).unwrap();
+        let c1 = claims("s1", "c1");
+        registry.record_issued(&request("s1"), &c1).unwrap();
+        let renewed = registry
+            .record_renewed(&c1, &request("s1"), &claims("s1", "c2"))
+            .unwrap();
+        assert_eq!(renewed.certificates.len(), 2);
+
+        registry.quarantine("s1").unwrap();
+        let refused = registry.record_renewed(&c1, &request("s1"), &claims("s1", "c3"));
+        assert!(matches!(refused, Err(RegistryError::NotRenewable { .. })));
+        let d = registry.device("s1").unwrap().unwrap();
+        assert_eq!(
+            (d.state, d.certificates.len()),
+            (DeviceState::Quarantined, 2)
+        );
+
+        registry.release("s1").unwrap();
+        registry.revoke("s1").unwrap();
+        let refused = registry.record_renewed(&c1, &request("s1"), &claims("s1", "c4"));
+        assert!(matches!(refused, Err(RegistryError::NotRenewable { .. })));
+        let d = registry.device("s1").unwrap().unwrap();
+        assert_eq!(d.state, DeviceState::Revoked);
+        assert!(d.certificates.iter().all(|c| c.revoked && c.serial != "c4"));
+        assert_eq!(
+            registry
+                .admit(&claims("s1", "c4"), true)
+                .unwrap_err()
+                .reason,
+            "revoked"
+        );
+    }
+
+    /// Only a certificate the registry holds unrevoked for a site device
+    /// renews.
+    #[test]
+    fn a_renewal_needs_a_current_site_certificate() {
+        let registry = Registry::open(&Store::temporary().unwrap()).unwrap();
+        registry
+            .record_issued(&request("s1"), &claims("s1", "c1"))
+            .unwrap();
+        for presented in [claims("s1", "c0"), claims("s2", "c1")] {
+            assert!(
+                registry
+                    .record_renewed(&presented, &request("s1"), &claims("s1", "c2"))
+                    .is_err()
+            );
+        }
+        registry.add_external("x1", "sensor", "hall").unwrap();
+        assert!(
+            registry
+                .record_renewed(&claims("x1", "aa"), &request("x1"), &claims("x1", "c2"))
+                .is_err()
+        );
+        let d = registry.device("s1").unwrap().unwrap();
+        assert_eq!(d.certificates.len(), 1);
     }
 
     #[test]
