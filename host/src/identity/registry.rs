@@ -4,11 +4,14 @@
 //! JSON: class, zone, state, when it was enrolled, first and last seen, and
 //! the certificates issued to it that have not expired yet. State changes
 //! are flushed to disk before they are acknowledged, so a quarantine
-//! survives a crash or a power cut.
+//! survives a crash or a power cut. A quarantine the store could not
+//! write holds anyway, in memory, for as long as the appliance runs.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
+use tracing::error;
 
 use super::claims::Claims;
 use super::verifier::Refusal;
@@ -149,6 +152,15 @@ pub struct Registry {
     devices: sled::Tree,
     /// Makes each read-modify-write of a record one step.
     write: Arc<Mutex<()>>,
+    /// Devices quarantined whose record may not say so: the write failed,
+    /// and sled, after a failed write (a full disk, say), fails every
+    /// later one until it is reopened. Read as quarantined (see
+    /// [`Registry::device`]) until a write of their record succeeds or an
+    /// operator releases them.
+    unrecorded_quarantines: Arc<Mutex<HashSet<String>>>,
+    /// Makes every write fail, as a broken store does.
+    #[cfg(test)]
+    fail_writes: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Registry {
@@ -158,14 +170,18 @@ impl Registry {
             store: store.clone(),
             devices: store.tree("devices")?,
             write: Arc::default(),
+            unrecorded_quarantines: Arc::default(),
+            #[cfg(test)]
+            fail_writes: Arc::default(),
         })
     }
 
-    /// The device `id`.
+    /// The device `id`: quarantined if a quarantine of it could not be
+    /// written, whatever its record says.
     pub fn device(&self, id: &str) -> Result<Option<Device>, RegistryError> {
         match self.devices.get(id)? {
             None => Ok(None),
-            Some(bytes) => decode(id, &bytes).map(Some),
+            Some(bytes) => decode(id, &bytes).map(|d| Some(self.with_quarantine(d))),
         }
     }
 
@@ -175,9 +191,21 @@ impl Registry {
             .iter()
             .map(|entry| {
                 let (key, value) = entry?;
-                decode(&String::from_utf8_lossy(&key), &value)
+                decode(&String::from_utf8_lossy(&key), &value).map(|d| self.with_quarantine(d))
             })
             .collect()
+    }
+
+    /// `device`, quarantined if its quarantine could not be written.
+    fn with_quarantine(&self, mut device: Device) -> Device {
+        if device.state == DeviceState::Active && self.unrecorded().contains(&device.id) {
+            device.state = DeviceState::Quarantined;
+        }
+        device
+    }
+
+    fn unrecorded(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        (self.unrecorded_quarantines.lock()).unwrap_or_else(|p| p.into_inner())
     }
 
     /// Record that the site CA issued `claims`' certificate for `request`.
@@ -313,17 +341,32 @@ impl Registry {
     /// handshake sees it, but it reaches the disk only with the next
     /// [`Registry::flush_soon`] (which the caller asks for right after) or
     /// sled's own flush within half a second.
+    ///
+    /// If the store cannot write it, the quarantine holds all the same
+    /// until the appliance stops (or an operator releases the device): the
+    /// registry keeps it in memory, and says so in the log.
     pub fn quarantine_unflushed(&self, id: &str) -> Result<Device, RegistryError> {
         let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
-        let mut d = self
-            .device(id)?
-            .ok_or_else(|| RegistryError::Unknown(id.to_owned()))?;
-        if d.state == DeviceState::Revoked {
-            return Err(RegistryError::Revoked(d.id));
+        let result = self.device(id).and_then(|d| {
+            let mut d = d.ok_or_else(|| RegistryError::Unknown(id.to_owned()))?;
+            if d.state == DeviceState::Revoked {
+                return Err(RegistryError::Revoked(d.id));
+            }
+            // Held before the write, so that no handshake between a failed
+            // write and this finds the device active.
+            self.unrecorded().insert(d.id.clone());
+            d.state = DeviceState::Quarantined;
+            self.store_record(&d)?;
+            Ok(d)
+        });
+        match result {
+            Err(RegistryError::Unknown(_) | RegistryError::Revoked(_)) | Ok(_) => result,
+            Err(e) => {
+                self.unrecorded().insert(id.to_owned());
+                error!(device = %id, error = %e, "quarantine not written to the state store: held in memory until released or the appliance stops");
+                Err(e)
+            }
         }
-        d.state = DeviceState::Quarantined;
-        self.store_record(&d)?;
-        Ok(d)
     }
 
     /// Write every change to disk.
@@ -458,12 +501,22 @@ impl Registry {
         Ok(device)
     }
 
+    /// Write `device`'s record. Every writer read the record through
+    /// [`Registry::device`], which shows a quarantine the store could not
+    /// write: once a record is written, it no longer needs holding.
     fn store_record(&self, device: &Device) -> Result<(), RegistryError> {
         let bytes = serde_json::to_vec(device).map_err(|e| RegistryError::Corrupt {
             device: device.id.clone(),
             reason: e.to_string(),
         })?;
+        #[cfg(test)]
+        if self.fail_writes.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(RegistryError::Sled(sled::Error::Io(std::io::Error::other(
+                "no space left on device",
+            ))));
+        }
         self.devices.insert(device.id.as_str(), bytes)?;
+        self.unrecorded().remove(&device.id);
         Ok(())
     }
 }
@@ -590,6 +643,39 @@ mod tests {
                 .reason,
             "revoked"
         );
+    }
+
+    /// The store fails every write (as sled does after a full disk): a
+    /// quarantine it cannot write holds all the same, and so does a release
+    /// it cannot write; a release once writes work again lifts it.
+    #[test]
+    fn a_quarantine_the_store_could_not_write_holds() {
+        use std::sync::atomic::Ordering;
+        let registry = Registry::open(&Store::temporary().unwrap()).unwrap();
+        let c = claims("s1", "aa");
+        registry.record_issued(&request("s1"), &c).unwrap();
+
+        registry.fail_writes.store(true, Ordering::SeqCst);
+        assert!(matches!(
+            registry.quarantine_unflushed("s1"),
+            Err(RegistryError::Sled(_))
+        ));
+        assert_eq!(registry.admit(&c, true).unwrap_err().reason, "quarantined");
+        let state = |registry: &Registry| registry.device("s1").unwrap().unwrap().state;
+        assert_eq!(state(&registry), DeviceState::Quarantined);
+        assert!(registry.release("s1").is_err());
+        assert_eq!(registry.admit(&c, true).unwrap_err().reason, "quarantined");
+        // Only known devices are held.
+        assert!(matches!(
+            registry.quarantine_unflushed("s2"),
+            Err(RegistryError::Unknown(_))
+        ));
+        assert_eq!(registry.unrecorded().len(), 1);
+
+        registry.fail_writes.store(false, Ordering::SeqCst);
+        registry.release("s1").unwrap();
+        assert!(registry.admit(&c, true).is_ok());
+        assert_eq!(state(&registry), DeviceState::Active);
     }
 
     /// Only a certificate the registry holds unrevoked for a site device
