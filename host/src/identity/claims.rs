@@ -4,6 +4,7 @@
 //! claims only name the device, so that a refusal can say who was refused
 //! and an admitted device can be looked up in the registry.
 
+use rustls::pki_types::CertificateDer;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -56,8 +57,10 @@ pub struct Claims {
     pub not_after: i64,
     /// The start of the validity period, in Unix seconds.
     pub not_before: i64,
-    /// The DER bytes of the issuer's name, to tell which CA issued it.
-    pub issuer: Vec<u8>,
+    /// The certificate itself. Which CA issued it is decided by checking
+    /// its signature (see [`super::ClientVerifier`]), never by the issuer
+    /// name it carries: any CA can write another CA's name there.
+    pub der: CertificateDer<'static>,
 }
 
 impl Claims {
@@ -107,7 +110,7 @@ impl Claims {
             serial: hex(cert.raw_serial()),
             not_before: validity.not_before.timestamp(),
             not_after: validity.not_after.timestamp(),
-            issuer: cert.issuer().as_raw().to_vec(),
+            der: CertificateDer::from(der.to_vec()),
         })
     }
 }

@@ -134,6 +134,10 @@ pub struct Pki {
     ca_pem: String,
     ca_der: CertificateDer<'static>,
     issuer: Issuer<'static, KeyPair>,
+    /// The DER bytes of the site CA's subject, to tell the server
+    /// certificate this CA wrote to disk from one left by another. Only a
+    /// name: whether the site CA issued a certificate a device presents is
+    /// decided by its signature, never by this.
     subject: Vec<u8>,
 }
 
@@ -231,12 +235,6 @@ impl Pki {
     /// The site CA's certificate, DER.
     pub fn ca_der(&self) -> &CertificateDer<'static> {
         &self.ca_der
-    }
-
-    /// The DER bytes of the site CA's subject: a certificate whose issuer is
-    /// this was issued by the site CA (the verifier checks the signature).
-    pub fn subject(&self) -> &[u8] {
-        &self.subject
     }
 
     /// Issue a certificate for the device of `request`, for the key
@@ -501,7 +499,7 @@ mod tests {
         assert_eq!(c.class.as_deref(), Some("plc"));
         assert_eq!(c.zone.as_deref(), Some("cell-1"));
         assert_eq!(c.role.as_deref(), Some("operator"));
-        assert_eq!(c.issuer, pki.subject());
+        assert_eq!(c.der, issued.der);
         assert_eq!(c.serial.len(), 32);
         assert!((c.not_after - c.not_before - 3600 - 300).abs() <= 1);
     }

@@ -4,11 +4,14 @@
 //! JSON: class, zone, state, when it was enrolled, first and last seen, and
 //! the certificates issued to it that have not expired yet. State changes
 //! are flushed to disk before they are acknowledged, so a quarantine
-//! survives a crash or a power cut.
+//! survives a crash or a power cut. A quarantine the store could not
+//! write holds anyway, in memory, for as long as the appliance runs.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
+use tracing::error;
 
 use super::claims::Claims;
 use super::verifier::Refusal;
@@ -50,6 +53,15 @@ pub enum RegistryError {
     /// A name is not usable.
     #[error(transparent)]
     BadName(#[from] BadName),
+    /// A renewal refused: the device or the certificate it presented is no
+    /// longer one that may renew.
+    #[error("device {device} may not renew: {reason}")]
+    NotRenewable {
+        /// The device.
+        device: String,
+        /// Why not.
+        reason: String,
+    },
 }
 
 /// Where a device is in its life.
@@ -140,6 +152,15 @@ pub struct Registry {
     devices: sled::Tree,
     /// Makes each read-modify-write of a record one step.
     write: Arc<Mutex<()>>,
+    /// Devices quarantined whose record may not say so: the write failed,
+    /// and sled, after a failed write (a full disk, say), fails every
+    /// later one until it is reopened. Read as quarantined (see
+    /// [`Registry::device`]) until a write of their record succeeds or an
+    /// operator releases them.
+    unrecorded_quarantines: Arc<Mutex<HashSet<String>>>,
+    /// Makes every write fail, as a broken store does.
+    #[cfg(test)]
+    fail_writes: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Registry {
@@ -149,14 +170,18 @@ impl Registry {
             store: store.clone(),
             devices: store.tree("devices")?,
             write: Arc::default(),
+            unrecorded_quarantines: Arc::default(),
+            #[cfg(test)]
+            fail_writes: Arc::default(),
         })
     }
 
-    /// The device `id`.
+    /// The device `id`: quarantined if a quarantine of it could not be
+    /// written, whatever its record says.
     pub fn device(&self, id: &str) -> Result<Option<Device>, RegistryError> {
         match self.devices.get(id)? {
             None => Ok(None),
-            Some(bytes) => decode(id, &bytes).map(Some),
+            Some(bytes) => decode(id, &bytes).map(|d| Some(self.with_quarantine(d))),
         }
     }
 
@@ -166,9 +191,21 @@ impl Registry {
             .iter()
             .map(|entry| {
                 let (key, value) = entry?;
-                decode(&String::from_utf8_lossy(&key), &value)
+                decode(&String::from_utf8_lossy(&key), &value).map(|d| self.with_quarantine(d))
             })
             .collect()
+    }
+
+    /// `device`, quarantined if its quarantine could not be written.
+    fn with_quarantine(&self, mut device: Device) -> Device {
+        if device.state == DeviceState::Active && self.unrecorded().contains(&device.id) {
+            device.state = DeviceState::Quarantined;
+        }
+        device
+    }
+
+    fn unrecorded(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        (self.unrecorded_quarantines.lock()).unwrap_or_else(|p| p.into_inner())
     }
 
     /// Record that the site CA issued `claims`' certificate for `request`.
@@ -204,15 +241,59 @@ impl Registry {
             if device.state == DeviceState::Revoked {
                 device.state = DeviceState::Active;
             }
-            device.certificates.retain(|c| c.not_after >= now);
-            device.certificates.push(CertRecord {
-                serial: claims.serial.clone(),
-                not_before: claims.not_before,
-                not_after: claims.not_after,
-                revoked: false,
-            });
-            let excess = device.certificates.len().saturating_sub(MAX_CERTIFICATES);
-            device.certificates.drain(..excess);
+            add_certificate(&mut device, claims, now);
+            Ok(device)
+        })
+    }
+
+    /// Record that the site CA issued `issued`'s certificate for `request`
+    /// to renew the certificate of `presented`: only for a site device that
+    /// is active, still of `request`'s class and zone, and whose presented
+    /// certificate is recorded and unrevoked, all checked here under the
+    /// write lock. The handshake's check is not enough: a revocation or a
+    /// quarantine that landed since must hold, where
+    /// [`Registry::record_issued`] would make a revoked device active again.
+    pub fn record_renewed(
+        &self,
+        presented: &Claims,
+        request: &DeviceCertRequest,
+        issued: &Claims,
+    ) -> Result<Device, RegistryError> {
+        self.change(&request.device, |existing| {
+            let refuse = |reason: String| RegistryError::NotRenewable {
+                device: request.device.clone(),
+                reason,
+            };
+            let mut device = existing.ok_or_else(|| refuse("not enrolled".into()))?;
+            match device.state {
+                DeviceState::Active => {}
+                state => return Err(refuse(state.to_string())),
+            }
+            if device.authority != Authority::Site || presented.device != device.id {
+                return Err(refuse(
+                    "not a site device renewing its own certificate".into(),
+                ));
+            }
+            if (&device.class, &device.zone) != (&request.class, &request.zone) {
+                return Err(refuse("its class or zone changed meanwhile".into()));
+            }
+            match device
+                .certificates
+                .iter()
+                .find(|c| c.serial == presented.serial)
+            {
+                Some(c) if !c.revoked => {}
+                Some(_) => {
+                    return Err(refuse(format!("certificate {} revoked", presented.serial)));
+                }
+                None => {
+                    return Err(refuse(format!(
+                        "certificate {} is not one the registry holds for it",
+                        presented.serial
+                    )));
+                }
+            }
+            add_certificate(&mut device, issued, now_unix());
             Ok(device)
         })
     }
@@ -260,17 +341,32 @@ impl Registry {
     /// handshake sees it, but it reaches the disk only with the next
     /// [`Registry::flush_soon`] (which the caller asks for right after) or
     /// sled's own flush within half a second.
+    ///
+    /// If the store cannot write it, the quarantine holds all the same
+    /// until the appliance stops (or an operator releases the device): the
+    /// registry keeps it in memory, and says so in the log.
     pub fn quarantine_unflushed(&self, id: &str) -> Result<Device, RegistryError> {
         let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
-        let mut d = self
-            .device(id)?
-            .ok_or_else(|| RegistryError::Unknown(id.to_owned()))?;
-        if d.state == DeviceState::Revoked {
-            return Err(RegistryError::Revoked(d.id));
+        let result = self.device(id).and_then(|d| {
+            let mut d = d.ok_or_else(|| RegistryError::Unknown(id.to_owned()))?;
+            if d.state == DeviceState::Revoked {
+                return Err(RegistryError::Revoked(d.id));
+            }
+            // Held before the write, so that no handshake between a failed
+            // write and this finds the device active.
+            self.unrecorded().insert(d.id.clone());
+            d.state = DeviceState::Quarantined;
+            self.store_record(&d)?;
+            Ok(d)
+        });
+        match result {
+            Err(RegistryError::Unknown(_) | RegistryError::Revoked(_)) | Ok(_) => result,
+            Err(e) => {
+                self.unrecorded().insert(id.to_owned());
+                error!(device = %id, error = %e, "quarantine not written to the state store: held in memory until released or the appliance stops");
+                Err(e)
+            }
         }
-        d.state = DeviceState::Quarantined;
-        self.store_record(&d)?;
-        Ok(d)
     }
 
     /// Write every change to disk.
@@ -329,8 +425,9 @@ impl Registry {
     }
 
     /// Decide whether the holder of a certificate with `claims`, which
-    /// chains to a trusted CA (the site CA when `site_issued`), is an
-    /// enrolled device that may connect.
+    /// chains to a trusted CA, is an enrolled device that may connect.
+    /// `site_issued` says the site CA itself signed it, as its signature
+    /// shows (the issuer name it carries shows nothing).
     pub fn admit(&self, claims: &Claims, site_issued: bool) -> Result<Device, Refusal> {
         let refuse = |reason: String| Refusal::new(Some(&claims.device), reason);
         let device = self
@@ -404,14 +501,38 @@ impl Registry {
         Ok(device)
     }
 
+    /// Write `device`'s record. Every writer read the record through
+    /// [`Registry::device`], which shows a quarantine the store could not
+    /// write: once a record is written, it no longer needs holding.
     fn store_record(&self, device: &Device) -> Result<(), RegistryError> {
         let bytes = serde_json::to_vec(device).map_err(|e| RegistryError::Corrupt {
             device: device.id.clone(),
             reason: e.to_string(),
         })?;
+        #[cfg(test)]
+        if self.fail_writes.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(RegistryError::Sled(sled::Error::Io(std::io::Error::other(
+                "no space left on device",
+            ))));
+        }
         self.devices.insert(device.id.as_str(), bytes)?;
+        self.unrecorded().remove(&device.id);
         Ok(())
     }
+}
+
+/// Add the certificate of `claims` to `device`'s, dropping those expired
+/// at `now` and, past [`MAX_CERTIFICATES`], the oldest.
+fn add_certificate(device: &mut Device, claims: &Claims, now: i64) {
+    device.certificates.retain(|c| c.not_after >= now);
+    device.certificates.push(CertRecord {
+        serial: claims.serial.clone(),
+        not_before: claims.not_before,
+        not_after: claims.not_after,
+        revoked: false,
+    });
+    let excess = device.certificates.len().saturating_sub(MAX_CERTIFICATES);
+    device.certificates.drain(..excess);
 }
 
 fn decode(id: &str, bytes: &[u8]) -> Result<Device, RegistryError> {
@@ -448,7 +569,7 @@ mod tests {
             serial: serial.into(),
             not_before: now - 10,
             not_after: now + 3600,
-            issuer: Vec::new(),
+            der: Vec::new().into(),
         }
     }
 
@@ -484,6 +605,102 @@ mod tests {
                 .reason
                 .contains("revoked")
         );
+    }
+
+    /// A renewal admitted at the handshake reaches the registry after a
+    /// revocation or a quarantine: it is refused, and the device stays as
+    /// the operator left it (record_issued made a revoked device active).
+    #[test]
+    fn a_renewal_never_undoes_a_revocation_or_a_quarantine() {
+        let registry = Registry::open(&Store::temporary().unwrap()).unwrap();
+        let c1 = claims("s1", "c1");
+        registry.record_issued(&request("s1"), &c1).unwrap();
+        let renewed = registry
+            .record_renewed(&c1, &request("s1"), &claims("s1", "c2"))
+            .unwrap();
+        assert_eq!(renewed.certificates.len(), 2);
+
+        registry.quarantine("s1").unwrap();
+        let refused = registry.record_renewed(&c1, &request("s1"), &claims("s1", "c3"));
+        assert!(matches!(refused, Err(RegistryError::NotRenewable { .. })));
+        let d = registry.device("s1").unwrap().unwrap();
+        assert_eq!(
+            (d.state, d.certificates.len()),
+            (DeviceState::Quarantined, 2)
+        );
+
+        registry.release("s1").unwrap();
+        registry.revoke("s1").unwrap();
+        let refused = registry.record_renewed(&c1, &request("s1"), &claims("s1", "c4"));
+        assert!(matches!(refused, Err(RegistryError::NotRenewable { .. })));
+        let d = registry.device("s1").unwrap().unwrap();
+        assert_eq!(d.state, DeviceState::Revoked);
+        assert!(d.certificates.iter().all(|c| c.revoked && c.serial != "c4"));
+        assert_eq!(
+            registry
+                .admit(&claims("s1", "c4"), true)
+                .unwrap_err()
+                .reason,
+            "revoked"
+        );
+    }
+
+    /// The store fails every write (as sled does after a full disk): a
+    /// quarantine it cannot write holds all the same, and so does a release
+    /// it cannot write; a release once writes work again lifts it.
+    #[test]
+    fn a_quarantine_the_store_could_not_write_holds() {
+        use std::sync::atomic::Ordering;
+        let registry = Registry::open(&Store::temporary().unwrap()).unwrap();
+        let c = claims("s1", "aa");
+        registry.record_issued(&request("s1"), &c).unwrap();
+
+        registry.fail_writes.store(true, Ordering::SeqCst);
+        assert!(matches!(
+            registry.quarantine_unflushed("s1"),
+            Err(RegistryError::Sled(_))
+        ));
+        assert_eq!(registry.admit(&c, true).unwrap_err().reason, "quarantined");
+        let state = |registry: &Registry| registry.device("s1").unwrap().unwrap().state;
+        assert_eq!(state(&registry), DeviceState::Quarantined);
+        assert!(registry.release("s1").is_err());
+        assert_eq!(registry.admit(&c, true).unwrap_err().reason, "quarantined");
+        // Only known devices are held.
+        assert!(matches!(
+            registry.quarantine_unflushed("s2"),
+            Err(RegistryError::Unknown(_))
+        ));
+        assert_eq!(registry.unrecorded().len(), 1);
+
+        registry.fail_writes.store(false, Ordering::SeqCst);
+        registry.release("s1").unwrap();
+        assert!(registry.admit(&c, true).is_ok());
+        assert_eq!(state(&registry), DeviceState::Active);
+    }
+
+    /// Only a certificate the registry holds unrevoked for a site device
+    /// renews.
+    #[test]
+    fn a_renewal_needs_a_current_site_certificate() {
+        let registry = Registry::open(&Store::temporary().unwrap()).unwrap();
+        registry
+            .record_issued(&request("s1"), &claims("s1", "c1"))
+            .unwrap();
+        for presented in [claims("s1", "c0"), claims("s2", "c1")] {
+            assert!(
+                registry
+                    .record_renewed(&presented, &request("s1"), &claims("s1", "c2"))
+                    .is_err()
+            );
+        }
+        registry.add_external("x1", "sensor", "hall").unwrap();
+        assert!(
+            registry
+                .record_renewed(&claims("x1", "aa"), &request("x1"), &claims("x1", "c2"))
+                .is_err()
+        );
+        let d = registry.device("s1").unwrap().unwrap();
+        assert_eq!(d.certificates.len(), 1);
     }
 
     #[test]

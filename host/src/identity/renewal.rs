@@ -14,7 +14,9 @@
 //! What the new certificate says comes from the registry and the current
 //! certificate, never from the request: a device renews only itself, with
 //! its own class, zone and Modbus role. Revoked, quarantined and expired
-//! devices never get this far (the handshake refuses them). Devices renew
+//! devices never get this far (the handshake refuses them), and one
+//! revoked or quarantined during its renewal is refused (403) as the new
+//! certificate is recorded: the renewal never undoes either. Devices renew
 //! at about two thirds of their certificate's lifetime; the old certificate
 //! stays valid until it expires.
 //!
@@ -53,6 +55,10 @@ pub enum RenewalError {
     /// Issuing or recording the certificate failed.
     #[error("issuing: {0}")]
     Issue(String),
+    /// The device may no longer renew: revoked, quarantined or its
+    /// certificate replaced since its handshake.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// What a renewal connection did.
@@ -101,6 +107,9 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         Err(RenewalError::Io(e)) => return Err(RenewalError::Io(e)),
         Err(e @ RenewalError::BadRequest(_)) => {
             ("400 Bad Request", "text/plain", format!("{e}\n"), Err(e))
+        }
+        Err(e @ RenewalError::Refused(_)) => {
+            ("403 Forbidden", "text/plain", format!("{e}\n"), Err(e))
         }
         Err(e) => (
             "500 Internal Server Error",
@@ -169,10 +178,18 @@ async fn handle<S: AsyncRead + Unpin>(
             let issued = pki
                 .issue_device(&request, &csr.public_key)
                 .map_err(|e| RenewalError::Issue(e.to_string()))?;
-            // The record reaches the disk before the answer goes: that
-            // waits for the disk, which an async worker must not.
-            crate::runtime::blocking(|| registry.record_issued(&request, &issued.claims))
-                .map_err(|e| RenewalError::Issue(e.to_string()))?;
+            // The registry checks again, as it records the certificate,
+            // that the device may renew: a revocation or a quarantine since
+            // the handshake holds. The record reaches the disk before the
+            // answer goes: that waits for the disk, which an async worker
+            // must not.
+            crate::runtime::blocking(|| registry.record_renewed(claims, &request, &issued.claims))
+                .map_err(|e| match e {
+                    e @ crate::identity::RegistryError::NotRenewable { .. } => {
+                        RenewalError::Refused(e.to_string())
+                    }
+                    e => RenewalError::Issue(e.to_string()),
+                })?;
             Ok((
                 STANDARD.encode(certs_only(&[&issued.der, pki.ca_der()])),
                 Served::Renewed(issued.claims.serial),
@@ -226,7 +243,70 @@ fn certs_only(certs: &[&rustls::pki_types::CertificateDer<'_>]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+    use rcgen::{CertificateParams, KeyPair};
+    use tokio::io::AsyncReadExt;
+
     use super::*;
+    use crate::identity::DeviceState;
+    use crate::store::Store;
+
+    /// A device admitted at its handshake is revoked before its renewal
+    /// request reaches the registry: the renewal is refused and the device
+    /// stays revoked, where recording the new certificate used to make it
+    /// active again.
+    #[tokio::test]
+    async fn a_device_revoked_during_its_renewal_stays_revoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pki, _) = Pki::init(dir.path()).unwrap();
+        let registry = Registry::open(&Store::temporary().unwrap()).unwrap();
+        let request = DeviceCertRequest {
+            device: "plc-7".into(),
+            class: "plc".into(),
+            zone: "cell-1".into(),
+            role: None,
+            lifetime: Duration::from_secs(3600),
+        };
+        let current = pki
+            .issue_device(&request, &KeyPair::generate().unwrap())
+            .unwrap()
+            .claims;
+        registry.record_issued(&request, &current).unwrap();
+        let device = registry.admit(&current, true).unwrap();
+        registry.revoke("plc-7").unwrap();
+
+        let csr = CertificateParams::default()
+            .serialize_request(&KeyPair::generate().unwrap())
+            .unwrap();
+        let body = STANDARD.encode(csr.der());
+        let (mut client, server) = tokio::io::duplex(64 << 10);
+        client
+            .write_all(
+                format!(
+                    "POST /.well-known/est/simplereenroll HTTP/1.1\r\n\
+                     Content-Type: application/pkcs10\r\n\
+                     Content-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+        let idle = Duration::from_secs(5);
+        let lifetime = request.lifetime;
+        let served = serve(server, &device, &current, &pki, &registry, lifetime, idle).await;
+        assert!(
+            matches!(served, Err(RenewalError::Refused(_))),
+            "{served:?}"
+        );
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+
+        let after = registry.device("plc-7").unwrap().unwrap();
+        assert_eq!(after.state, DeviceState::Revoked);
+        assert!(after.certificates.iter().all(|c| c.revoked));
+    }
 
     #[test]
     fn der_lengths() {

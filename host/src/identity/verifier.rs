@@ -97,9 +97,16 @@ pub enum VerifierError {
 /// routes, operators' on the admin API.
 #[derive(Debug)]
 pub struct ClientVerifier {
+    /// Trusts the site CA and every external CA, with the intermediates
+    /// the client sends.
     chain: Arc<dyn ClientCertVerifier>,
+    /// Trusts the site CA alone, with no intermediates: the site CA signs
+    /// device certificates itself (its path length is 0), so a certificate
+    /// this accepts is one the site CA signed. An issuer name equal to the
+    /// site CA's proves nothing: an external CA can give an intermediate
+    /// that name.
+    site: Arc<dyn ClientCertVerifier>,
     admits: Admits,
-    site_subject: Vec<u8>,
 }
 
 /// Whom a [`ClientVerifier`] lets in.
@@ -160,21 +167,19 @@ impl ClientVerifier {
         external: &[CertificateDer<'static>],
         admits: Admits,
     ) -> Result<Arc<ClientVerifier>, VerifierError> {
-        let mut roots = RootCertStore::empty();
-        for ca in std::iter::once(pki.ca_der()).chain(external) {
-            roots.add(ca.clone()).map_err(VerifierError::Anchor)?;
-        }
-        let chain = WebPkiClientVerifier::builder_with_provider(
-            Arc::new(roots),
-            Arc::new(rustls::crypto::ring::default_provider()),
-        )
-        .build()
-        .map_err(VerifierError::Build)?;
+        let chain = webpki(std::iter::once(pki.ca_der()).chain(external))?;
+        let site = webpki(std::iter::once(pki.ca_der()))?;
         Ok(Arc::new(ClientVerifier {
             chain,
+            site,
             admits,
-            site_subject: pki.subject().to_vec(),
         }))
+    }
+
+    /// Whether the site CA itself signed `certificate`, a valid client
+    /// certificate at `now`.
+    fn site_issued(&self, certificate: &CertificateDer<'_>, now: UnixTime) -> bool {
+        self.site.verify_client_cert(certificate, &[], now).is_ok()
     }
 
     /// Check again, after the handshake, that the holder of a device
@@ -189,7 +194,8 @@ impl ClientVerifier {
                 "this listener admits operators, not devices",
             ));
         };
-        match super::check_dates(claims.not_before, claims.not_after, super::now_unix()) {
+        let now = super::now_unix();
+        match super::check_dates(claims.not_before, claims.not_after, now) {
             Ok(()) => {}
             Err(super::Dates::Expired) => {
                 return Err(Refusal::new(Some(&claims.device), "certificate expired"));
@@ -201,7 +207,12 @@ impl ClientVerifier {
                 ));
             }
         }
-        registry.admit(claims, claims.issuer == self.site_subject)
+        // The same second as the dates just checked: a certificate valid
+        // now is not taken for another CA's for having expired meanwhile.
+        let now = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+            u64::try_from(now).unwrap_or(0),
+        ));
+        registry.admit(claims, self.site_issued(&claims.der, now))
     }
 
     fn check(
@@ -214,10 +225,14 @@ impl ClientVerifier {
             Admits::Devices(registry) => {
                 let claims = Claims::from_der(end_entity)
                     .map_err(|e| Refusal::new(None, e.to_string()).into_rustls())?;
-                self.chain
-                    .verify_client_cert(end_entity, intermediates, now)
-                    .map_err(|e| Refusal::new(Some(&claims.device), describe(&e)).into_rustls())?;
-                let site_issued = claims.issuer == self.site_subject;
+                let site_issued = self.site_issued(end_entity, now);
+                if !site_issued {
+                    self.chain
+                        .verify_client_cert(end_entity, intermediates, now)
+                        .map_err(|e| {
+                            Refusal::new(Some(&claims.device), describe(&e)).into_rustls()
+                        })?;
+                }
                 registry
                     .admit(&claims, site_issued)
                     .map(|_| ())
@@ -238,6 +253,22 @@ impl ClientVerifier {
             }
         }
     }
+}
+
+/// A webpki client verifier trusting `cas`.
+fn webpki<'a>(
+    cas: impl IntoIterator<Item = &'a CertificateDer<'static>>,
+) -> Result<Arc<dyn ClientCertVerifier>, VerifierError> {
+    let mut roots = RootCertStore::empty();
+    for ca in cas {
+        roots.add(ca.clone()).map_err(VerifierError::Anchor)?;
+    }
+    WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .map_err(VerifierError::Build)
 }
 
 /// A chain error in words an operator reads in a log.
@@ -307,10 +338,14 @@ impl ClientCertVerifier for ClientVerifier {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use std::time::Duration;
 
-    use rcgen::KeyPair;
+    use rcgen::{
+        BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+        IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    };
+    use x509_parser::prelude::{FromDer, X509Certificate};
 
     use super::*;
     use crate::identity::{DeviceCertRequest, DeviceState, IssuedCert, now_unix};
@@ -469,6 +504,105 @@ mod tests {
 
         site.registry.revoke("badge-1").unwrap();
         assert_eq!(site.refusal(&external), "revoked");
+    }
+
+    /// An external CA the site trusts, of the usual enterprise kind that
+    /// signs intermediates: its certificate and its issuer.
+    fn enterprise_ca() -> (CertificateDer<'static>, Issuer<'static, KeyPair>) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Enterprise root");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let der = params.self_signed(&key).unwrap().der().clone();
+        let issuer = Issuer::from_ca_cert_der(&der, key).unwrap();
+        (der, issuer)
+    }
+
+    /// An external CA gives an intermediate the site CA's exact name and,
+    /// under it, forges site device plc-7's certificate with the serial the
+    /// registry holds for it (serials are no secret). The chain checks out
+    /// against the trusted CAs, but the site CA signed none of it: the
+    /// handshake and the check after it refuse it as another CA's.
+    #[test]
+    fn a_certificate_under_the_site_cas_name_is_not_the_site_cas() {
+        let site = site();
+        let genuine = site.issue("plc-7");
+        let (root, enterprise) = enterprise_ca();
+        let verifier = ClientVerifier::devices(&site.ca, &[root], site.registry.clone()).unwrap();
+
+        // The site CA's name, attribute by attribute as rcgen wrote it
+        // (UTF8Strings): checked byte for byte below.
+        let (_, ca) = X509Certificate::from_der(site.ca.ca_der()).unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        let subject = ca.subject();
+        let organization = subject.iter_organization().next().unwrap();
+        let common_name = subject.iter_common_name().next().unwrap();
+        let name = &mut params.distinguished_name;
+        name.push(DnType::OrganizationName, organization.as_str().unwrap());
+        name.push(DnType::CommonName, common_name.as_str().unwrap());
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let impostor_key = KeyPair::generate().unwrap();
+        let intermediate = params
+            .signed_by(&impostor_key, &enterprise)
+            .unwrap()
+            .der()
+            .clone();
+        let impostor = Issuer::from_ca_cert_der(&intermediate, impostor_key).unwrap();
+
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, "plc-7");
+        params.subject_alt_names = [
+            "urn:palisade:device:plc-7",
+            "urn:palisade:class:sensor",
+            "urn:palisade:zone:hall",
+        ]
+        .map(|uri| SanType::URI(uri.try_into().unwrap()))
+        .to_vec();
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let serial: Vec<u8> = (0..genuine.serial.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&genuine.serial[i..i + 2], 16).unwrap())
+            .collect();
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
+        let forged = params
+            .signed_by(&KeyPair::generate().unwrap(), &impostor)
+            .unwrap()
+            .der()
+            .clone();
+
+        let claims = Claims::from_der(&forged).unwrap();
+        assert_eq!(claims.serial, genuine.serial);
+        let (_, parsed) = X509Certificate::from_der(&forged).unwrap();
+        assert_eq!(parsed.issuer().as_raw(), ca.subject().as_raw());
+        let now = UnixTime::now();
+        assert!(
+            (verifier.chain)
+                .verify_client_cert(&forged, std::slice::from_ref(&intermediate), now)
+                .is_ok(),
+            "the chain alone checks out: the attack is real"
+        );
+
+        let another_ca = "enrolled with the site CA but presented a certificate from another CA";
+        let refused = verifier
+            .verify_client_cert(&forged, std::slice::from_ref(&intermediate), now)
+            .unwrap_err();
+        assert_eq!(
+            Refusal::of(&refused).map(|r| r.reason.as_str()),
+            Some(another_ca)
+        );
+        assert_eq!(verifier.readmit(&claims).unwrap_err().reason, another_ca);
+
+        // The genuine certificate still passes both.
+        assert!(verifier.verify_client_cert(&genuine.der, &[], now).is_ok());
+        assert!(verifier.readmit(&genuine).is_ok());
     }
 
     /// The operators' verifier (the admin API's) never admits a device.
