@@ -308,24 +308,33 @@ type OperatorStream = rustls::StreamOwned<rustls::ClientConnection, std::net::Tc
 /// A TLS connection to the API at `port` as `tls`'s operator, its
 /// handshake to be done by the first read or write.
 fn connect_as(port: u16, tls: Arc<rustls::ClientConfig>) -> std::io::Result<OperatorStream> {
-    let tcp = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    connect_as_from(std::net::TcpStream::connect(("127.0.0.1", port))?, tls)
+}
+
+/// A TLS connection on `tcp` as `tls`'s operator, its handshake to be done
+/// by the first read or write.
+fn connect_as_from(
+    tcp: std::net::TcpStream,
+    tls: Arc<rustls::ClientConfig>,
+) -> std::io::Result<OperatorStream> {
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
     let session = rustls::ClientConnection::new(tls, name).map_err(std::io::Error::other)?;
     Ok(rustls::StreamOwned::new(session, tcp))
 }
 
-/// Send `body` to the API at `port` as `tls`'s operator, wait for the
+/// Send `body` to the API at `port` from `source` as `tls`'s operator, wait for the
 /// answer's status line, then send one byte every 150 ms (one TLS record
 /// each) until the API closes the connection. The status line, and how
 /// long after it the connection stayed open (`None`: still open after 20
 /// seconds). `answered` is told when the status line came.
 fn drip_after(
     port: u16,
+    source: [u8; 4],
     tls: Arc<rustls::ClientConfig>,
     body: &str,
     answered: &std::sync::mpsc::Sender<()>,
 ) -> Result<(String, Option<Duration>), String> {
-    let mut stream = connect_as(port, tls).map_err(|e| e.to_string())?;
+    let mut stream = connect_as_from(tcp_from(source, port), tls).map_err(|e| e.to_string())?;
     stream
         .sock
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -389,15 +398,18 @@ fn a_viewer_dripping_after_a_refusal_neither_lingers_nor_blocks_a_quarantine() {
     appliance.issue("plc-1", "plc", "cell-1");
 
     // More connections than the API executes requests at once, each
-    // refused (a viewer may not quarantine), then dripping.
+    // refused (a viewer may not quarantine), then dripping. Each from an
+    // address of its own: the API handshakes only a few connections at once
+    // from one address.
     let tls = operator_tls(&val);
     let (answered, answers) = std::sync::mpsc::channel();
-    let drippers: Vec<_> = (0..20)
-        .map(|_| {
+    let drippers: Vec<_> = (1..=20)
+        .map(|i| {
             let (tls, answered) = (tls.clone(), answered.clone());
             std::thread::spawn(move || {
                 drip_after(
                     port,
+                    [127, 0, 1, i],
                     tls,
                     r#"{"op":"quarantine","device":"plc-1"}"#,
                     &answered,
@@ -427,6 +439,47 @@ fn a_viewer_dripping_after_a_refusal_neither_lingers_nor_blocks_a_quarantine() {
         let open = open.expect("a dripping connection was held open for 20 s");
         assert!(open < Duration::from_secs(5), "held open for {open:?}");
     }
+}
+
+/// A TCP connection to `port` on 127.0.0.1 from `source`, another
+/// loopback address (Linux answers on the whole 127/8), as a second host
+/// would open it.
+fn tcp_from(source: [u8; 4], port: u16) -> std::net::TcpStream {
+    use rustix::net::{AddressFamily, SocketType, bind, connect, socket};
+    let fd = socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+    bind(&fd, &std::net::SocketAddr::from((source, 0))).unwrap();
+    connect(&fd, &std::net::SocketAddr::from(([127, 0, 0, 1], port))).unwrap();
+    std::net::TcpStream::from(fd)
+}
+
+/// A host that opens connections to the API and sends nothing on them,
+/// which anyone may without a certificate, locks no operator out: past
+/// its share of the handshakes its connections are closed at once, and an
+/// operator's request from another address is answered.
+#[test]
+fn idle_connections_from_one_address_lock_no_operator_out() {
+    if !require("curl") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let appliance = Appliance::start(&admin_and_a_route());
+    let port = appliance.port("admin");
+    let ann = issue_operator(&appliance, work.path(), "ann", "operator");
+
+    // Four times as many connections as the API handshakes at once, each
+    // of which, let wait, holds a handshake for its whole timeout.
+    let idle: Vec<_> = (0..256).map(|_| tcp_from([127, 0, 0, 2], port)).collect();
+    let started = Instant::now();
+    let (status, body) = curl(port, Some(&ann), r#"{"op":"plugin-list"}"#);
+    assert_eq!(status, 200, "{body}");
+    // Answered in a moment; waiting behind the idle connections took
+    // twenty seconds.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the operator waited {:?}",
+        started.elapsed()
+    );
+    drop(idle);
 }
 
 /// A TLS connection to the API at `port` as `tls`'s operator, handshake

@@ -28,6 +28,12 @@
 //! credential, however slow its client, keeps an operator's quarantine
 //! waiting for longer than the requests before it take to run.
 //!
+//! A connection is accepted at once, whatever comes before it, and closed
+//! at once when [`MAX_HANDSHAKES`] handshakes are under way, or
+//! [`MAX_HANDSHAKES_PER_ADDRESS`] from its address: so that one host
+//! opening connections and saying nothing, which takes no certificate,
+//! keeps no operator waiting behind them.
+//!
 //! An operator has at most [`MAX_CONNECTIONS_PER_OPERATOR`] connections
 //! open at once, counted from the handshake to the close; more are
 //! answered 503 at once. So a credential gone astray cannot pin the
@@ -56,16 +62,23 @@ use tracing::{info, warn};
 
 use super::{Admin, Request, Response, Running};
 use crate::identity::{OperatorClaims, Role};
+use crate::transport::handshakes::{Handshake, Handshakes};
 
 /// The API's one path.
 pub const API_PATH: &str = "/v1/admin";
 /// Largest request body: a request with a public key fits many times.
 const MAX_BODY: usize = 64 << 10;
-/// Handshakes under way at once; more connections wait to be accepted.
+/// Handshakes under way at once; connections past it are closed at once.
 /// Kept apart from the requests' limit, so that connections that never
 /// finish a handshake (no certificate needed for that) cannot lock the
 /// operators out: each gives way after [`HANDSHAKE_TIMEOUT`].
 const MAX_HANDSHAKES: usize = 64;
+/// Handshakes under way at once from one address (an IPv6 peer: its /64);
+/// connections past it are closed at once. An eighth of
+/// [`MAX_HANDSHAKES`], so that one host, which needs no certificate to
+/// open connections, holds at most an eighth of the handshakes; a script
+/// of an operator's opening a few connections at once still has room.
+const MAX_HANDSHAKES_PER_ADDRESS: usize = MAX_HANDSHAKES / 8;
 /// Requests of admitted operators executed at once; more wait.
 const MAX_REQUESTS: usize = 16;
 /// Connections one operator may have open at once: twice as many as the
@@ -97,16 +110,13 @@ pub async fn serve_https(
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let per_address = Handshakes::new(MAX_HANDSHAKES_PER_ADDRESS);
     let requests = Arc::new(Semaphore::new(MAX_REQUESTS));
     let open = Open::default();
     loop {
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => return,
-            permit = handshakes.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
+        // Accept whatever comes, and close what is over a limit at once: a
+        // connection left waiting to be accepted would wait behind every
+        // one before it, an operator's behind a flood's.
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
@@ -117,10 +127,19 @@ pub async fn serve_https(
                 }
             },
         };
+        let Some(from_peer) = per_address.begin(peer.ip()) else {
+            warn!(%peer, "admin API: refused, too many handshakes from this address");
+            continue;
+        };
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            warn!(%peer, "admin API: refused, too many handshakes");
+            continue;
+        };
         let (acceptor, admin, requests) = (acceptor.clone(), admin.clone(), requests.clone());
         let open = open.clone();
         tokio::spawn(async move {
-            connection(stream, peer, &acceptor, permit, &requests, &open, admin).await;
+            let handshake = (permit, from_peer);
+            connection(stream, peer, &acceptor, handshake, &requests, &open, admin).await;
         });
     }
 }
@@ -129,7 +148,7 @@ async fn connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     acceptor: &tokio_rustls::TlsAcceptor,
-    handshake: tokio::sync::OwnedSemaphorePermit,
+    handshake: (tokio::sync::OwnedSemaphorePermit, Handshake),
     requests: &Arc<Semaphore>,
     open: &Open,
     admin: Admin,
