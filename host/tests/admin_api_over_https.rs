@@ -551,3 +551,51 @@ fn an_operator_holding_connections_open_locks_no_one_out() {
     held.push(idle_connection(port, tls));
     listing_until(port, &ann, 503);
 }
+
+/// The status line of the answer on `stream`.
+fn status_line(stream: &mut OperatorStream) -> String {
+    stream
+        .sock
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            other => panic!("no answer: {other:?}, after {head:?}"),
+        }
+    }
+    String::from_utf8_lossy(&head).trim().to_owned()
+}
+
+/// An operator revoked while their request is on its way is refused when
+/// it arrives: revoking takes effect at the next request, not at the next
+/// connection.
+#[test]
+fn an_operator_revoked_while_sending_a_request_is_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let appliance = Appliance::start(&admin_and_a_route());
+    let port = appliance.port("admin");
+    let ann = issue_operator(&appliance, work.path(), "ann", "operator");
+    appliance.issue("plc-1", "plc", "cell-1");
+
+    // Ann's connection is admitted and her request's head sent ...
+    let body = r#"{"op":"quarantine","device":"plc-1"}"#;
+    let mut stream = connect_as(port, operator_tls(&ann)).unwrap();
+    let head = format!(
+        "POST /v1/admin HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.flush().unwrap();
+    // ... when she is revoked; then the rest of it comes.
+    appliance.cli_ok(&["operator", "revoke", "ann"]);
+    stream.write_all(body.as_bytes()).unwrap();
+    stream.flush().unwrap();
+
+    let status = status_line(&mut stream);
+    assert!(status.contains("403"), "{status}");
+    let show = appliance.cli_ok(&["device", "show", "plc-1"]);
+    assert!(show.contains("\"state\": \"active\""), "{show}");
+}

@@ -177,8 +177,8 @@ async fn connection(
         .and_then(|c| c.first())
         .ok_or_else(|| "no client certificate".to_owned())
         .and_then(|cert| OperatorClaims::from_der(cert).map_err(|e| e.to_string()))
-        .and_then(|claims| Ok((admin.operators.admit(&claims)?, claims.name)));
-    let (role, name) = match operator {
+        .and_then(|claims| Ok((admin.operators.admit(&claims)?, claims)));
+    let (role, claims) = match operator {
         Ok(o) => o,
         Err(e) => {
             warn!(%peer, reason = %e, "admin API: refused");
@@ -186,6 +186,7 @@ async fn connection(
             return;
         }
     };
+    let name = claims.name.clone();
     let Some(_open) = open.enter(&name) else {
         warn!(%peer, operator = %name, "admin API: refused, too many connections");
         let error = format!(
@@ -223,6 +224,15 @@ async fn connection(
     let Ok(slot) = requests.clone().acquire_owned().await else {
         return;
     };
+    // Reading the request and waiting for the slot took a while: an
+    // operator revoked meanwhile, or whose role changed, is refused now,
+    // before the request executes, as a revocation promises.
+    if let Err(e) = still_admitted(&admin, &claims, role) {
+        warn!(%peer, operator = %name, reason = %e, "admin API: refused");
+        drop(slot);
+        let _ = reply(&mut tls, "403 Forbidden", &Response::Error(e)).await;
+        return;
+    }
     info!(%peer, operator = %name, %role, op = %request.op(), "admin API request");
     let mut running = Running::start_holding(admin, request, slot);
     let first = running.next().await;
@@ -247,6 +257,18 @@ async fn connection(
         }
     }
     let _ = tokio::time::timeout(IO_TIMEOUT, tls.shutdown()).await;
+}
+
+/// Whether the operator `claims` names, admitted with `role`, is still
+/// admitted with it.
+fn still_admitted(admin: &Admin, claims: &OperatorClaims, role: Role) -> Result<(), String> {
+    match admin.operators.admit(claims)? {
+        now if now == role => Ok(()),
+        now => Err(format!(
+            "operator {}: role changed from {role} to {now}",
+            claims.name
+        )),
+    }
 }
 
 /// The connections each operator has open, by name.
