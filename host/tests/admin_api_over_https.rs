@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::appliance::{
     Appliance, CountingUpstream, first_party_registry, install_before_start, outcome, palisade,
-    require, route,
+    require, route, wait_until,
 };
 
 /// `curl` posting `body` to the API at `port` with the credentials in
@@ -598,4 +598,63 @@ fn an_operator_revoked_while_sending_a_request_is_refused() {
     assert!(status.contains("403"), "{status}");
     let show = appliance.cli_ok(&["device", "show", "plc-1"]);
     assert!(show.contains("\"state\": \"active\""), "{show}");
+}
+
+/// The operator-action records in the SIEM file at `path`.
+fn operator_actions(path: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["what"]["type"] == "operator-action")
+        .collect()
+}
+
+/// Operators' requests reach the audit trail, and through it the SIEM:
+/// who, with which role, asked what about which device, and how it ended.
+#[test]
+fn operators_requests_reach_the_audit_trail() {
+    if !require("curl") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let siem = w.join("siem.jsonl");
+    let config = format!(
+        "{}[[siem]]\nkind = \"file\"\nname = \"siem\"\npath = \"{}\"\n",
+        admin_and_a_route(),
+        siem.display()
+    );
+    let appliance = Appliance::start(&config);
+    let port = appliance.port("admin");
+    let ann = issue_operator(&appliance, w, "ann", "operator");
+    let val = issue_operator(&appliance, w, "val", "viewer");
+    appliance.issue("plc-1", "plc", "cell-1");
+
+    let quarantine = r#"{"op":"quarantine","device":"plc-1"}"#;
+    let (status, body) = curl(port, Some(&ann), quarantine);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = curl(port, Some(&val), quarantine);
+    assert_eq!(status, 403, "{body}");
+
+    wait_until("two operator actions exported", || {
+        operator_actions(&siem).len() >= 2
+    });
+    let records = operator_actions(&siem);
+    let by = |name: &str| {
+        records
+            .iter()
+            .find(|r| r["what"]["operator"] == name)
+            .unwrap_or_else(|| panic!("nothing by {name}: {records:?}"))
+    };
+    let done = by("ann");
+    assert_eq!(done["what"]["request"], "quarantine", "{done}");
+    assert_eq!(done["what"]["role"], "operator", "{done}");
+    assert_eq!(done["what"]["outcome"], "ok", "{done}");
+    assert_eq!(done["what"]["arguments"]["device"], "plc-1", "{done}");
+    assert_eq!(done["device"]["id"], "plc-1", "{done}");
+    assert_eq!(done["device"]["class"], "plc", "{done}");
+    let refused = by("val");
+    assert_eq!(refused["what"]["outcome"], "refused", "{refused}");
+    let reason = refused["what"]["reason"].as_str().unwrap();
+    assert!(reason.contains("has the viewer role"), "{reason}");
 }

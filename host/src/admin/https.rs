@@ -39,6 +39,10 @@
 //! answered 503 at once. So a credential gone astray cannot pin the
 //! appliance's memory with connections, nor lock the other operators out.
 //!
+//! Every request an operator makes, allowed or not, is recorded in the
+//! audit trail once answered, with its outcome: an `operator-action`
+//! record, which the SIEM sinks export like any other.
+//!
 //! The roles ([`Role`]): `viewer` lists; `operator` also installs,
 //! activates, rolls back, removes, shadows and promotes plugins, changes
 //! their settings, and quarantines and releases devices; `admin` also
@@ -60,7 +64,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{Admin, Request, Response, Running};
+use super::{Admin, OperatorRef, Request, Response, Running};
 use crate::identity::{OperatorClaims, Role};
 use crate::transport::handshakes::{Handshake, Handshakes};
 
@@ -211,7 +215,7 @@ async fn connection(
                 return;
             }
         };
-    let request = match decide(&request, role, &name) {
+    let request = match decide(&request) {
         Ok(r) => r,
         Err((status, reason)) => {
             warn!(%peer, operator = %name, %role, reason = %reason, "admin API: request refused");
@@ -219,6 +223,16 @@ async fn connection(
             return;
         }
     };
+    let by = OperatorRef {
+        name: name.clone(),
+        role,
+    };
+    if let Err(reason) = allowed(&request, role, &name) {
+        warn!(%peer, operator = %name, %role, reason = %reason, "admin API: request refused");
+        refused(&admin, &by, &request, &reason).await;
+        let _ = reply(&mut tls, "403 Forbidden", &Response::Error(reason)).await;
+        return;
+    }
     // Only a request an operator may make waits for a slot, and holds it
     // only while it executes.
     let Ok(slot) = requests.clone().acquire_owned().await else {
@@ -230,11 +244,12 @@ async fn connection(
     if let Err(e) = still_admitted(&admin, &claims, role) {
         warn!(%peer, operator = %name, reason = %e, "admin API: refused");
         drop(slot);
+        refused(&admin, &by, &request, &e).await;
         let _ = reply(&mut tls, "403 Forbidden", &Response::Error(e)).await;
         return;
     }
     info!(%peer, operator = %name, %role, op = %request.op(), "admin API request");
-    let mut running = Running::start_holding(admin, request, slot);
+    let mut running = Running::start_holding(admin, request, slot, Some(by));
     let first = running.next().await;
     let status = match first {
         Response::Error(_) => "422 Unprocessable Content",
@@ -310,12 +325,20 @@ impl Drop for Held {
     }
 }
 
-/// The request in `http`, if an operator with `role` may make it.
-fn decide(
-    http: &crate::http::Request,
-    role: Role,
-    name: &str,
-) -> Result<Request, (&'static str, String)> {
+/// Record in the audit trail that `by` was refused `request`, for
+/// `reason`. Off the runtime's workers: the audit queue may make it wait.
+async fn refused(admin: &Admin, by: &OperatorRef, request: &Request, reason: &str) {
+    let (admin, by, request, reason) = (
+        admin.clone(),
+        by.clone(),
+        request.clone(),
+        reason.to_owned(),
+    );
+    let _ = tokio::task::spawn_blocking(move || admin.record(&by, &request, Err(&reason))).await;
+}
+
+/// The request in `http`.
+fn decide(http: &crate::http::Request) -> Result<Request, (&'static str, String)> {
     if http.path != API_PATH {
         return Err((
             "404 Not Found",
@@ -331,24 +354,22 @@ fn decide(
             format!("{} {API_PATH}: send the request with POST", http.method),
         ));
     }
-    let request: Request = serde_json::from_slice(&http.body)
-        .map_err(|e| ("400 Bad Request", format!("not an admin request: {e}")))?;
+    serde_json::from_slice(&http.body)
+        .map_err(|e| ("400 Bad Request", format!("not an admin request: {e}")))
+}
+
+/// Whether operator `name` with `role` may make `request`; why not.
+fn allowed(request: &Request, role: Role, name: &str) -> Result<(), String> {
     match request.role() {
-        None => Err((
-            "403 Forbidden",
-            format!(
-                "{} is done only on the appliance itself, through its admin socket",
-                request.op()
-            ),
+        None => Err(format!(
+            "{} is done only on the appliance itself, through its admin socket",
+            request.op()
         )),
-        Some(needed) if role < needed => Err((
-            "403 Forbidden",
-            format!(
-                "operator {name} has the {role} role; {} needs {needed}",
-                request.op()
-            ),
+        Some(needed) if role < needed => Err(format!(
+            "operator {name} has the {role} role; {} needs {needed}",
+            request.op()
         )),
-        Some(_) => Ok(request),
+        Some(_) => Ok(()),
     }
 }
 

@@ -34,6 +34,7 @@ pub use https::{API_PATH, MAX_CONNECTIONS_PER_OPERATOR, RemoteAdmin, serve_https
 pub use plugins::{RegistrySource, self_check};
 pub use socket::{ADMIN_SOCKET, Console, bind_socket, serve_socket};
 
+use crate::audit::{AuditQueue, Entry, PluginRef, What};
 use crate::identity::{Device, DeviceCertRequest, Operators, Pki, Registry, Role, format_time};
 use crate::plugins::{Installed, Runtime, RuntimeConfig};
 use crate::registry::Library;
@@ -234,23 +235,34 @@ pub(crate) struct Running {
 impl Running {
     /// Start executing `request` with `admin`.
     pub(crate) fn start(admin: Admin, request: Request) -> Running {
-        Running::start_holding(admin, request, ())
+        Running::start_holding(admin, request, (), None)
     }
 
     /// Start executing `request` with `admin`, holding `held` (a request
     /// slot) while it executes: it is released when the execution ends,
-    /// however slowly the answer is then read.
+    /// however slowly the answer is then read. A request `by` an operator
+    /// is recorded in the audit trail once answered, whether or not they
+    /// are still there to read the answer.
     pub(crate) fn start_holding<H: Send + 'static>(
         admin: Admin,
         request: Request,
         held: H,
+        by: Option<OperatorRef>,
     ) -> Running {
         let (tx, steps) = tokio::sync::mpsc::unbounded_channel::<String>();
         let job = tokio::task::spawn_blocking(move || {
+            let made = by.map(|by| (by, request.clone()));
             let answer = admin.execute_with(request, &mut |step| {
                 let _ = tx.send(step);
             });
             drop(held);
+            if let Some((by, request)) = made {
+                let outcome = match &answer {
+                    Response::Error(e) => Err(e.as_str()),
+                    _ => Ok(()),
+                };
+                admin.record(&by, &request, outcome);
+            }
             answer
         });
         Running {
@@ -289,10 +301,28 @@ pub struct Admin {
     plugins: Option<(Runtime, Installed)>,
     /// The data directory and the installed plugin bundles.
     library: Option<(std::path::PathBuf, Library)>,
+    /// The running appliance's audit trail, where operators' requests on
+    /// the HTTPS admin API are recorded; `None` in the command line.
+    audit: Option<AuditQueue>,
     /// Held while a plugin setting is counted and changed, so that two
     /// operators setting at once cannot both pass the settings' caps.
     settings: Arc<std::sync::Mutex<()>>,
 }
+
+/// An operator making a request on the HTTPS admin API, as their
+/// certificate names them.
+#[derive(Debug, Clone)]
+pub(crate) struct OperatorRef {
+    /// Their name.
+    pub(crate) name: String,
+    /// Their role.
+    pub(crate) role: Role,
+}
+
+/// Bytes of each string argument an audit record keeps: any valid name,
+/// device id or setting name whole, while a setting's value (up to 64 KiB,
+/// and perhaps a credential a plugin needs) shows only its start.
+const MAX_ARGUMENT_BYTES: usize = crate::identity::MAX_NAME;
 
 /// Settings one plugin may have. A plugin reads a handful (the first-party
 /// ones one to three); past this many, a script is writing names no
@@ -325,6 +355,7 @@ impl Admin {
             live,
             plugins: None,
             library: None,
+            audit: None,
             settings: Arc::default(),
         }
     }
@@ -340,6 +371,12 @@ impl Admin {
     /// `installed` with `runtime`.
     pub fn serving(mut self, runtime: Runtime, installed: Installed) -> Admin {
         self.plugins = Some((runtime, installed));
+        self
+    }
+
+    /// Record operators' requests in `audit`.
+    pub fn recording(mut self, audit: AuditQueue) -> Admin {
+        self.audit = Some(audit);
         self
     }
 
@@ -575,6 +612,69 @@ impl Admin {
 }
 
 impl Admin {
+    /// Record in the audit trail, if this executor has one, that `by` made
+    /// `request`, and how it ended: `Err` with the reason when refused.
+    pub(crate) fn record(&self, by: &OperatorRef, request: &Request, outcome: Result<(), &str>) {
+        let Some(audit) = &self.audit else {
+            return;
+        };
+        let mut arguments = match serde_json::to_value(request) {
+            Ok(Value::Object(arguments)) => arguments,
+            _ => serde_json::Map::new(),
+        };
+        arguments.remove("op");
+        // Long, and of no use to a SIEM.
+        arguments.remove("public_key");
+        for value in arguments.values_mut() {
+            if let Value::String(s) = value {
+                cut(s, MAX_ARGUMENT_BYTES);
+            }
+        }
+        let device = match arguments.get("device").and_then(Value::as_str) {
+            Some(id) => match self.registry.device(id) {
+                Ok(Some(d)) => crate::plugins::Device {
+                    id: d.id,
+                    class: d.class,
+                    zone: d.zone,
+                },
+                _ => crate::plugins::Device {
+                    id: id.to_owned(),
+                    class: String::new(),
+                    zone: String::new(),
+                },
+            },
+            None => crate::plugins::Device {
+                id: String::new(),
+                class: String::new(),
+                zone: String::new(),
+            },
+        };
+        let (outcome, reason) = match outcome {
+            Ok(()) => ("ok", None),
+            Err(reason) => ("refused", Some(reason.to_owned())),
+        };
+        audit.push(vec![Entry {
+            session: crate::plugins::Session {
+                id: 0,
+                device,
+                route: "admin".into(),
+            },
+            plugin: PluginRef {
+                name: String::new(),
+                version: None,
+            },
+            event: None,
+            what: What::OperatorAction {
+                operator: by.name.clone(),
+                role: by.role.to_string(),
+                request: request.op(),
+                arguments,
+                outcome: outcome.to_owned(),
+                reason,
+            },
+        }]);
+    }
+
     /// Plugin `name`'s settings: `key`'s value, or all of them; set to
     /// `value`, or removed when `unset`. Plugins read them with the SDK's
     /// `host::config::get`, so a change applies from their next call.
@@ -690,6 +790,18 @@ fn within_caps(
         ));
     }
     Ok(())
+}
+
+/// Cut `s` to `keep` bytes (fewer at a character boundary), marked as the
+/// audit exports mark what they cut.
+fn cut(s: &mut String, keep: usize) {
+    if s.len() <= keep {
+        return;
+    }
+    let end = s.floor_char_boundary(keep);
+    let cut = s.len() - end;
+    s.truncate(end);
+    s.push_str(&format!("...[truncated {cut} bytes]"));
 }
 
 /// The public key in a request: SubjectPublicKeyInfo, DER, base64.
