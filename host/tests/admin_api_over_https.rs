@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::appliance::{
     Appliance, CountingUpstream, first_party_registry, install_before_start, outcome, palisade,
-    require, route,
+    require, route, wait_until,
 };
 
 /// `curl` posting `body` to the API at `port` with the credentials in
@@ -308,24 +308,33 @@ type OperatorStream = rustls::StreamOwned<rustls::ClientConnection, std::net::Tc
 /// A TLS connection to the API at `port` as `tls`'s operator, its
 /// handshake to be done by the first read or write.
 fn connect_as(port: u16, tls: Arc<rustls::ClientConfig>) -> std::io::Result<OperatorStream> {
-    let tcp = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    connect_as_from(std::net::TcpStream::connect(("127.0.0.1", port))?, tls)
+}
+
+/// A TLS connection on `tcp` as `tls`'s operator, its handshake to be done
+/// by the first read or write.
+fn connect_as_from(
+    tcp: std::net::TcpStream,
+    tls: Arc<rustls::ClientConfig>,
+) -> std::io::Result<OperatorStream> {
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
     let session = rustls::ClientConnection::new(tls, name).map_err(std::io::Error::other)?;
     Ok(rustls::StreamOwned::new(session, tcp))
 }
 
-/// Send `body` to the API at `port` as `tls`'s operator, wait for the
+/// Send `body` to the API at `port` from `source` as `tls`'s operator, wait for the
 /// answer's status line, then send one byte every 150 ms (one TLS record
 /// each) until the API closes the connection. The status line, and how
 /// long after it the connection stayed open (`None`: still open after 20
 /// seconds). `answered` is told when the status line came.
 fn drip_after(
     port: u16,
+    source: [u8; 4],
     tls: Arc<rustls::ClientConfig>,
     body: &str,
     answered: &std::sync::mpsc::Sender<()>,
 ) -> Result<(String, Option<Duration>), String> {
-    let mut stream = connect_as(port, tls).map_err(|e| e.to_string())?;
+    let mut stream = connect_as_from(tcp_from(source, port), tls).map_err(|e| e.to_string())?;
     stream
         .sock
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -389,15 +398,18 @@ fn a_viewer_dripping_after_a_refusal_neither_lingers_nor_blocks_a_quarantine() {
     appliance.issue("plc-1", "plc", "cell-1");
 
     // More connections than the API executes requests at once, each
-    // refused (a viewer may not quarantine), then dripping.
+    // refused (a viewer may not quarantine), then dripping. Each from an
+    // address of its own: the API handshakes only a few connections at once
+    // from one address.
     let tls = operator_tls(&val);
     let (answered, answers) = std::sync::mpsc::channel();
-    let drippers: Vec<_> = (0..20)
-        .map(|_| {
+    let drippers: Vec<_> = (1..=20)
+        .map(|i| {
             let (tls, answered) = (tls.clone(), answered.clone());
             std::thread::spawn(move || {
                 drip_after(
                     port,
+                    [127, 0, 1, i],
                     tls,
                     r#"{"op":"quarantine","device":"plc-1"}"#,
                     &answered,
@@ -427,6 +439,47 @@ fn a_viewer_dripping_after_a_refusal_neither_lingers_nor_blocks_a_quarantine() {
         let open = open.expect("a dripping connection was held open for 20 s");
         assert!(open < Duration::from_secs(5), "held open for {open:?}");
     }
+}
+
+/// A TCP connection to `port` on 127.0.0.1 from `source`, another
+/// loopback address (Linux answers on the whole 127/8), as a second host
+/// would open it.
+fn tcp_from(source: [u8; 4], port: u16) -> std::net::TcpStream {
+    use rustix::net::{AddressFamily, SocketType, bind, connect, socket};
+    let fd = socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+    bind(&fd, &std::net::SocketAddr::from((source, 0))).unwrap();
+    connect(&fd, &std::net::SocketAddr::from(([127, 0, 0, 1], port))).unwrap();
+    std::net::TcpStream::from(fd)
+}
+
+/// A host that opens connections to the API and sends nothing on them,
+/// which anyone may without a certificate, locks no operator out: past
+/// its share of the handshakes its connections are closed at once, and an
+/// operator's request from another address is answered.
+#[test]
+fn idle_connections_from_one_address_lock_no_operator_out() {
+    if !require("curl") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let appliance = Appliance::start(&admin_and_a_route());
+    let port = appliance.port("admin");
+    let ann = issue_operator(&appliance, work.path(), "ann", "operator");
+
+    // Four times as many connections as the API handshakes at once, each
+    // of which, let wait, holds a handshake for its whole timeout.
+    let idle: Vec<_> = (0..256).map(|_| tcp_from([127, 0, 0, 2], port)).collect();
+    let started = Instant::now();
+    let (status, body) = curl(port, Some(&ann), r#"{"op":"plugin-list"}"#);
+    assert_eq!(status, 200, "{body}");
+    // Answered in a moment; waiting behind the idle connections took
+    // twenty seconds.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the operator waited {:?}",
+        started.elapsed()
+    );
+    drop(idle);
 }
 
 /// A TLS connection to the API at `port` as `tls`'s operator, handshake
@@ -497,4 +550,111 @@ fn an_operator_holding_connections_open_locks_no_one_out() {
     held.push(idle_connection(port, tls.clone()));
     held.push(idle_connection(port, tls));
     listing_until(port, &ann, 503);
+}
+
+/// The status line of the answer on `stream`.
+fn status_line(stream: &mut OperatorStream) -> String {
+    stream
+        .sock
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            other => panic!("no answer: {other:?}, after {head:?}"),
+        }
+    }
+    String::from_utf8_lossy(&head).trim().to_owned()
+}
+
+/// An operator revoked while their request is on its way is refused when
+/// it arrives: revoking takes effect at the next request, not at the next
+/// connection.
+#[test]
+fn an_operator_revoked_while_sending_a_request_is_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let appliance = Appliance::start(&admin_and_a_route());
+    let port = appliance.port("admin");
+    let ann = issue_operator(&appliance, work.path(), "ann", "operator");
+    appliance.issue("plc-1", "plc", "cell-1");
+
+    // Ann's connection is admitted and her request's head sent ...
+    let body = r#"{"op":"quarantine","device":"plc-1"}"#;
+    let mut stream = connect_as(port, operator_tls(&ann)).unwrap();
+    let head = format!(
+        "POST /v1/admin HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.flush().unwrap();
+    // ... when she is revoked; then the rest of it comes.
+    appliance.cli_ok(&["operator", "revoke", "ann"]);
+    stream.write_all(body.as_bytes()).unwrap();
+    stream.flush().unwrap();
+
+    let status = status_line(&mut stream);
+    assert!(status.contains("403"), "{status}");
+    let show = appliance.cli_ok(&["device", "show", "plc-1"]);
+    assert!(show.contains("\"state\": \"active\""), "{show}");
+}
+
+/// The operator-action records in the SIEM file at `path`.
+fn operator_actions(path: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["what"]["type"] == "operator-action")
+        .collect()
+}
+
+/// Operators' requests reach the audit trail, and through it the SIEM:
+/// who, with which role, asked what about which device, and how it ended.
+#[test]
+fn operators_requests_reach_the_audit_trail() {
+    if !require("curl") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let siem = w.join("siem.jsonl");
+    let config = format!(
+        "{}[[siem]]\nkind = \"file\"\nname = \"siem\"\npath = \"{}\"\n",
+        admin_and_a_route(),
+        siem.display()
+    );
+    let appliance = Appliance::start(&config);
+    let port = appliance.port("admin");
+    let ann = issue_operator(&appliance, w, "ann", "operator");
+    let val = issue_operator(&appliance, w, "val", "viewer");
+    appliance.issue("plc-1", "plc", "cell-1");
+
+    let quarantine = r#"{"op":"quarantine","device":"plc-1"}"#;
+    let (status, body) = curl(port, Some(&ann), quarantine);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = curl(port, Some(&val), quarantine);
+    assert_eq!(status, 403, "{body}");
+
+    wait_until("two operator actions exported", || {
+        operator_actions(&siem).len() >= 2
+    });
+    let records = operator_actions(&siem);
+    let by = |name: &str| {
+        records
+            .iter()
+            .find(|r| r["what"]["operator"] == name)
+            .unwrap_or_else(|| panic!("nothing by {name}: {records:?}"))
+    };
+    let done = by("ann");
+    assert_eq!(done["what"]["request"], "quarantine", "{done}");
+    assert_eq!(done["what"]["role"], "operator", "{done}");
+    assert_eq!(done["what"]["outcome"], "ok", "{done}");
+    assert_eq!(done["what"]["arguments"]["device"], "plc-1", "{done}");
+    assert_eq!(done["device"]["id"], "plc-1", "{done}");
+    assert_eq!(done["device"]["class"], "plc", "{done}");
+    let refused = by("val");
+    assert_eq!(refused["what"]["outcome"], "refused", "{refused}");
+    let reason = refused["what"]["reason"].as_str().unwrap();
+    assert!(reason.contains("has the viewer role"), "{reason}");
 }

@@ -28,10 +28,20 @@
 //! credential, however slow its client, keeps an operator's quarantine
 //! waiting for longer than the requests before it take to run.
 //!
+//! A connection is accepted at once, whatever comes before it, and closed
+//! at once when [`MAX_HANDSHAKES`] handshakes are under way, or
+//! [`MAX_HANDSHAKES_PER_ADDRESS`] from its address: so that one host
+//! opening connections and saying nothing, which takes no certificate,
+//! keeps no operator waiting behind them.
+//!
 //! An operator has at most [`MAX_CONNECTIONS_PER_OPERATOR`] connections
 //! open at once, counted from the handshake to the close; more are
 //! answered 503 at once. So a credential gone astray cannot pin the
 //! appliance's memory with connections, nor lock the other operators out.
+//!
+//! Every request an operator makes, allowed or not, is recorded in the
+//! audit trail once answered, with its outcome: an `operator-action`
+//! record, which the SIEM sinks export like any other.
 //!
 //! The roles ([`Role`]): `viewer` lists; `operator` also installs,
 //! activates, rolls back, removes, shadows and promotes plugins, changes
@@ -54,18 +64,25 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{Admin, Request, Response, Running};
+use super::{Admin, OperatorRef, Request, Response, Running};
 use crate::identity::{OperatorClaims, Role};
+use crate::transport::handshakes::{Handshake, Handshakes};
 
 /// The API's one path.
 pub const API_PATH: &str = "/v1/admin";
 /// Largest request body: a request with a public key fits many times.
 const MAX_BODY: usize = 64 << 10;
-/// Handshakes under way at once; more connections wait to be accepted.
+/// Handshakes under way at once; connections past it are closed at once.
 /// Kept apart from the requests' limit, so that connections that never
 /// finish a handshake (no certificate needed for that) cannot lock the
 /// operators out: each gives way after [`HANDSHAKE_TIMEOUT`].
 const MAX_HANDSHAKES: usize = 64;
+/// Handshakes under way at once from one address (an IPv6 peer: its /64);
+/// connections past it are closed at once. An eighth of
+/// [`MAX_HANDSHAKES`], so that one host, which needs no certificate to
+/// open connections, holds at most an eighth of the handshakes; a script
+/// of an operator's opening a few connections at once still has room.
+const MAX_HANDSHAKES_PER_ADDRESS: usize = MAX_HANDSHAKES / 8;
 /// Requests of admitted operators executed at once; more wait.
 const MAX_REQUESTS: usize = 16;
 /// Connections one operator may have open at once: twice as many as the
@@ -97,16 +114,13 @@ pub async fn serve_https(
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let per_address = Handshakes::new(MAX_HANDSHAKES_PER_ADDRESS);
     let requests = Arc::new(Semaphore::new(MAX_REQUESTS));
     let open = Open::default();
     loop {
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => return,
-            permit = handshakes.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
+        // Accept whatever comes, and close what is over a limit at once: a
+        // connection left waiting to be accepted would wait behind every
+        // one before it, an operator's behind a flood's.
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
@@ -117,10 +131,19 @@ pub async fn serve_https(
                 }
             },
         };
+        let Some(from_peer) = per_address.begin(peer.ip()) else {
+            warn!(%peer, "admin API: refused, too many handshakes from this address");
+            continue;
+        };
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            warn!(%peer, "admin API: refused, too many handshakes");
+            continue;
+        };
         let (acceptor, admin, requests) = (acceptor.clone(), admin.clone(), requests.clone());
         let open = open.clone();
         tokio::spawn(async move {
-            connection(stream, peer, &acceptor, permit, &requests, &open, admin).await;
+            let handshake = (permit, from_peer);
+            connection(stream, peer, &acceptor, handshake, &requests, &open, admin).await;
         });
     }
 }
@@ -129,7 +152,7 @@ async fn connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     acceptor: &tokio_rustls::TlsAcceptor,
-    handshake: tokio::sync::OwnedSemaphorePermit,
+    handshake: (tokio::sync::OwnedSemaphorePermit, Handshake),
     requests: &Arc<Semaphore>,
     open: &Open,
     admin: Admin,
@@ -158,8 +181,8 @@ async fn connection(
         .and_then(|c| c.first())
         .ok_or_else(|| "no client certificate".to_owned())
         .and_then(|cert| OperatorClaims::from_der(cert).map_err(|e| e.to_string()))
-        .and_then(|claims| Ok((admin.operators.admit(&claims)?, claims.name)));
-    let (role, name) = match operator {
+        .and_then(|claims| Ok((admin.operators.admit(&claims)?, claims)));
+    let (role, claims) = match operator {
         Ok(o) => o,
         Err(e) => {
             warn!(%peer, reason = %e, "admin API: refused");
@@ -167,6 +190,7 @@ async fn connection(
             return;
         }
     };
+    let name = claims.name.clone();
     let Some(_open) = open.enter(&name) else {
         warn!(%peer, operator = %name, "admin API: refused, too many connections");
         let error = format!(
@@ -191,7 +215,7 @@ async fn connection(
                 return;
             }
         };
-    let request = match decide(&request, role, &name) {
+    let request = match decide(&request) {
         Ok(r) => r,
         Err((status, reason)) => {
             warn!(%peer, operator = %name, %role, reason = %reason, "admin API: request refused");
@@ -199,13 +223,33 @@ async fn connection(
             return;
         }
     };
+    let by = OperatorRef {
+        name: name.clone(),
+        role,
+    };
+    if let Err(reason) = allowed(&request, role, &name) {
+        warn!(%peer, operator = %name, %role, reason = %reason, "admin API: request refused");
+        refused(&admin, &by, &request, &reason).await;
+        let _ = reply(&mut tls, "403 Forbidden", &Response::Error(reason)).await;
+        return;
+    }
     // Only a request an operator may make waits for a slot, and holds it
     // only while it executes.
     let Ok(slot) = requests.clone().acquire_owned().await else {
         return;
     };
+    // Reading the request and waiting for the slot took a while: an
+    // operator revoked meanwhile, or whose role changed, is refused now,
+    // before the request executes, as a revocation promises.
+    if let Err(e) = still_admitted(&admin, &claims, role) {
+        warn!(%peer, operator = %name, reason = %e, "admin API: refused");
+        drop(slot);
+        refused(&admin, &by, &request, &e).await;
+        let _ = reply(&mut tls, "403 Forbidden", &Response::Error(e)).await;
+        return;
+    }
     info!(%peer, operator = %name, %role, op = %request.op(), "admin API request");
-    let mut running = Running::start_holding(admin, request, slot);
+    let mut running = Running::start_holding(admin, request, slot, Some(by));
     let first = running.next().await;
     let status = match first {
         Response::Error(_) => "422 Unprocessable Content",
@@ -228,6 +272,18 @@ async fn connection(
         }
     }
     let _ = tokio::time::timeout(IO_TIMEOUT, tls.shutdown()).await;
+}
+
+/// Whether the operator `claims` names, admitted with `role`, is still
+/// admitted with it.
+fn still_admitted(admin: &Admin, claims: &OperatorClaims, role: Role) -> Result<(), String> {
+    match admin.operators.admit(claims)? {
+        now if now == role => Ok(()),
+        now => Err(format!(
+            "operator {}: role changed from {role} to {now}",
+            claims.name
+        )),
+    }
 }
 
 /// The connections each operator has open, by name.
@@ -269,12 +325,20 @@ impl Drop for Held {
     }
 }
 
-/// The request in `http`, if an operator with `role` may make it.
-fn decide(
-    http: &crate::http::Request,
-    role: Role,
-    name: &str,
-) -> Result<Request, (&'static str, String)> {
+/// Record in the audit trail that `by` was refused `request`, for
+/// `reason`. Off the runtime's workers: the audit queue may make it wait.
+async fn refused(admin: &Admin, by: &OperatorRef, request: &Request, reason: &str) {
+    let (admin, by, request, reason) = (
+        admin.clone(),
+        by.clone(),
+        request.clone(),
+        reason.to_owned(),
+    );
+    let _ = tokio::task::spawn_blocking(move || admin.record(&by, &request, Err(&reason))).await;
+}
+
+/// The request in `http`.
+fn decide(http: &crate::http::Request) -> Result<Request, (&'static str, String)> {
     if http.path != API_PATH {
         return Err((
             "404 Not Found",
@@ -290,24 +354,22 @@ fn decide(
             format!("{} {API_PATH}: send the request with POST", http.method),
         ));
     }
-    let request: Request = serde_json::from_slice(&http.body)
-        .map_err(|e| ("400 Bad Request", format!("not an admin request: {e}")))?;
+    serde_json::from_slice(&http.body)
+        .map_err(|e| ("400 Bad Request", format!("not an admin request: {e}")))
+}
+
+/// Whether operator `name` with `role` may make `request`; why not.
+fn allowed(request: &Request, role: Role, name: &str) -> Result<(), String> {
     match request.role() {
-        None => Err((
-            "403 Forbidden",
-            format!(
-                "{} is done only on the appliance itself, through its admin socket",
-                request.op()
-            ),
+        None => Err(format!(
+            "{} is done only on the appliance itself, through its admin socket",
+            request.op()
         )),
-        Some(needed) if role < needed => Err((
-            "403 Forbidden",
-            format!(
-                "operator {name} has the {role} role; {} needs {needed}",
-                request.op()
-            ),
+        Some(needed) if role < needed => Err(format!(
+            "operator {name} has the {role} role; {} needs {needed}",
+            request.op()
         )),
-        Some(_) => Ok(request),
+        Some(_) => Ok(()),
     }
 }
 

@@ -34,6 +34,7 @@ pub use https::{API_PATH, MAX_CONNECTIONS_PER_OPERATOR, RemoteAdmin, serve_https
 pub use plugins::{RegistrySource, self_check};
 pub use socket::{ADMIN_SOCKET, Console, bind_socket, serve_socket};
 
+use crate::audit::{AuditQueue, Entry, PluginRef, What};
 use crate::identity::{Device, DeviceCertRequest, Operators, Pki, Registry, Role, format_time};
 use crate::plugins::{Installed, Runtime, RuntimeConfig};
 use crate::registry::Library;
@@ -234,23 +235,34 @@ pub(crate) struct Running {
 impl Running {
     /// Start executing `request` with `admin`.
     pub(crate) fn start(admin: Admin, request: Request) -> Running {
-        Running::start_holding(admin, request, ())
+        Running::start_holding(admin, request, (), None)
     }
 
     /// Start executing `request` with `admin`, holding `held` (a request
     /// slot) while it executes: it is released when the execution ends,
-    /// however slowly the answer is then read.
+    /// however slowly the answer is then read. A request `by` an operator
+    /// is recorded in the audit trail once answered, whether or not they
+    /// are still there to read the answer.
     pub(crate) fn start_holding<H: Send + 'static>(
         admin: Admin,
         request: Request,
         held: H,
+        by: Option<OperatorRef>,
     ) -> Running {
         let (tx, steps) = tokio::sync::mpsc::unbounded_channel::<String>();
         let job = tokio::task::spawn_blocking(move || {
+            let made = by.map(|by| (by, request.clone()));
             let answer = admin.execute_with(request, &mut |step| {
                 let _ = tx.send(step);
             });
             drop(held);
+            if let Some((by, request)) = made {
+                let outcome = match &answer {
+                    Response::Error(e) => Err(e.as_str()),
+                    _ => Ok(()),
+                };
+                admin.record(&by, &request, outcome);
+            }
             answer
         });
         Running {
@@ -289,7 +301,41 @@ pub struct Admin {
     plugins: Option<(Runtime, Installed)>,
     /// The data directory and the installed plugin bundles.
     library: Option<(std::path::PathBuf, Library)>,
+    /// The running appliance's audit trail, where operators' requests on
+    /// the HTTPS admin API are recorded; `None` in the command line.
+    audit: Option<AuditQueue>,
+    /// Held while a plugin setting is counted and changed, so that two
+    /// operators setting at once cannot both pass the settings' caps.
+    settings: Arc<std::sync::Mutex<()>>,
 }
+
+/// An operator making a request on the HTTPS admin API, as their
+/// certificate names them.
+#[derive(Debug, Clone)]
+pub(crate) struct OperatorRef {
+    /// Their name.
+    pub(crate) name: String,
+    /// Their role.
+    pub(crate) role: Role,
+}
+
+/// Bytes of each string argument an audit record keeps: any valid name,
+/// device id or setting name whole, while a setting's value (up to 64 KiB,
+/// and perhaps a credential a plugin needs) shows only its start.
+const MAX_ARGUMENT_BYTES: usize = crate::identity::MAX_NAME;
+
+/// Settings one plugin may have. A plugin reads a handful (the first-party
+/// ones one to three); past this many, a script is writing names no
+/// plugin reads. Operators' settings are written whatever the plugin's
+/// store quota, so only these caps bound them.
+const MAX_SETTINGS: usize = 256;
+/// Bytes one plugin's settings may take together, counted as its store
+/// counts them (key, value and [`ENTRY_OVERHEAD`] each): the default store
+/// quota, so that a plugin's settings take at most as much disk again as
+/// the plugin's own state may.
+///
+/// [`ENTRY_OVERHEAD`]: palisade_plugin_sdk::host::kv::ENTRY_OVERHEAD
+const MAX_SETTINGS_BYTES: usize = 1 << 20;
 
 impl Admin {
     /// An executor over `store` (plugins' settings), `pki`, `registry` and
@@ -309,6 +355,8 @@ impl Admin {
             live,
             plugins: None,
             library: None,
+            audit: None,
+            settings: Arc::default(),
         }
     }
 
@@ -323,6 +371,12 @@ impl Admin {
     /// `installed` with `runtime`.
     pub fn serving(mut self, runtime: Runtime, installed: Installed) -> Admin {
         self.plugins = Some((runtime, installed));
+        self
+    }
+
+    /// Record operators' requests in `audit`.
+    pub fn recording(mut self, audit: AuditQueue) -> Admin {
+        self.audit = Some(audit);
         self
     }
 
@@ -558,6 +612,69 @@ impl Admin {
 }
 
 impl Admin {
+    /// Record in the audit trail, if this executor has one, that `by` made
+    /// `request`, and how it ended: `Err` with the reason when refused.
+    pub(crate) fn record(&self, by: &OperatorRef, request: &Request, outcome: Result<(), &str>) {
+        let Some(audit) = &self.audit else {
+            return;
+        };
+        let mut arguments = match serde_json::to_value(request) {
+            Ok(Value::Object(arguments)) => arguments,
+            _ => serde_json::Map::new(),
+        };
+        arguments.remove("op");
+        // Long, and of no use to a SIEM.
+        arguments.remove("public_key");
+        for value in arguments.values_mut() {
+            if let Value::String(s) = value {
+                cut(s, MAX_ARGUMENT_BYTES);
+            }
+        }
+        let device = match arguments.get("device").and_then(Value::as_str) {
+            Some(id) => match self.registry.device(id) {
+                Ok(Some(d)) => crate::plugins::Device {
+                    id: d.id,
+                    class: d.class,
+                    zone: d.zone,
+                },
+                _ => crate::plugins::Device {
+                    id: id.to_owned(),
+                    class: String::new(),
+                    zone: String::new(),
+                },
+            },
+            None => crate::plugins::Device {
+                id: String::new(),
+                class: String::new(),
+                zone: String::new(),
+            },
+        };
+        let (outcome, reason) = match outcome {
+            Ok(()) => ("ok", None),
+            Err(reason) => ("refused", Some(reason.to_owned())),
+        };
+        audit.push(vec![Entry {
+            session: crate::plugins::Session {
+                id: 0,
+                device,
+                route: "admin".into(),
+            },
+            plugin: PluginRef {
+                name: String::new(),
+                version: None,
+            },
+            event: None,
+            what: What::OperatorAction {
+                operator: by.name.clone(),
+                role: by.role.to_string(),
+                request: request.op(),
+                arguments,
+                outcome: outcome.to_owned(),
+                reason,
+            },
+        }]);
+    }
+
     /// Plugin `name`'s settings: `key`'s value, or all of them; set to
     /// `value`, or removed when `unset`. Plugins read them with the SDK's
     /// `host::config::get`, so a change applies from their next call.
@@ -616,6 +733,8 @@ impl Admin {
                         palisade_plugin_sdk::host::kv::MAX_VALUE_LEN
                     ));
                 }
+                let _counted = self.settings.lock().unwrap_or_else(|p| p.into_inner());
+                within_caps(name, &kv, &stored, value)?;
                 kv.set_regardless_of_quota(&stored, value.as_bytes())
                     .map_err(|e| format!("{name}'s store refused {key}: {e}"))?;
                 self.store.flush().map_err(|e| e.to_string())?;
@@ -635,10 +754,138 @@ impl Admin {
     }
 }
 
+/// Whether plugin `name`'s settings in `kv` stay within [`MAX_SETTINGS`]
+/// and [`MAX_SETTINGS_BYTES`] with `value` stored under `stored`, in place
+/// of what is there: a setting replaced is always within them when the
+/// new value is no longer than the old.
+fn within_caps(
+    name: &str,
+    kv: &crate::store::PluginKv,
+    stored: &str,
+    value: &str,
+) -> Result<(), String> {
+    use palisade_plugin_sdk::host::config::PREFIX;
+    use palisade_plugin_sdk::host::kv::ENTRY_OVERHEAD;
+    let size = |key: &str, value: usize| key.len() + value + ENTRY_OVERHEAD;
+    let others = (kv.scan_prefix(PREFIX))
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|(k, _)| k != stored);
+    let (mut count, mut bytes) = (0usize, 0usize);
+    for (k, v) in others {
+        count += 1;
+        bytes = bytes.saturating_add(size(&k, v.len()));
+    }
+    let key = stored.strip_prefix(PREFIX).unwrap_or(stored);
+    if count >= MAX_SETTINGS {
+        return Err(format!(
+            "{name} has {count} settings, as many as a plugin may have: unset one before adding {key}"
+        ));
+    }
+    let total = bytes.saturating_add(size(stored, value.len()));
+    if total > MAX_SETTINGS_BYTES {
+        return Err(format!(
+            "{name}'s settings would take {total} bytes with this value of {key}, more than the \
+             {MAX_SETTINGS_BYTES} a plugin's settings may: unset some first"
+        ));
+    }
+    Ok(())
+}
+
+/// Cut `s` to `keep` bytes (fewer at a character boundary), marked as the
+/// audit exports mark what they cut.
+fn cut(s: &mut String, keep: usize) {
+    if s.len() <= keep {
+        return;
+    }
+    let end = s.floor_char_boundary(keep);
+    let cut = s.len() - end;
+    s.truncate(end);
+    s.push_str(&format!("...[truncated {cut} bytes]"));
+}
+
 /// The public key in a request: SubjectPublicKeyInfo, DER, base64.
 fn public_key_of(base64: &str) -> Result<rcgen::SubjectPublicKeyInfo, String> {
     let der = STANDARD
         .decode(base64.as_bytes())
         .map_err(|e| format!("public key is not base64: {e}"))?;
     rcgen::SubjectPublicKeyInfo::from_der(&der).map_err(|e| format!("unusable public key: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    /// An executor over a new data directory in `dir`.
+    fn admin(dir: &std::path::Path) -> Admin {
+        let (pki, _) = Pki::init(dir).unwrap();
+        let store = Store::temporary().unwrap();
+        let registry = Registry::open(&store).unwrap();
+        let operators = Operators::open(&store).unwrap();
+        Admin::new(store, Arc::new(pki), registry, operators, None)
+    }
+
+    fn set(admin: &Admin, key: &str, value: &str) -> Response {
+        admin.execute(Request::PluginConfig {
+            name: "mqtt".into(),
+            key: Some(key.into()),
+            value: Some(value.into()),
+            unset: false,
+        })
+    }
+
+    fn refusal(response: Response) -> String {
+        match response {
+            Response::Error(e) => e,
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_plugin_has_at_most_max_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let admin = admin(dir.path());
+        for i in 0..MAX_SETTINGS {
+            let set = set(&admin, &format!("key-{i}"), "1");
+            assert!(matches!(set, Response::Ok(_)), "{i}: {set:?}");
+        }
+        let refused = refusal(set(&admin, "one-more", "1"));
+        assert!(
+            refused.contains(&format!("mqtt has {MAX_SETTINGS} settings")),
+            "{refused}"
+        );
+        // At the cap, a setting is still changed, and one removed makes
+        // room for another.
+        assert!(matches!(set(&admin, "key-0", "2"), Response::Ok(_)));
+        admin.execute(Request::PluginConfig {
+            name: "mqtt".into(),
+            key: Some("key-1".into()),
+            value: None,
+            unset: true,
+        });
+        assert!(matches!(set(&admin, "one-more", "1"), Response::Ok(_)));
+    }
+
+    #[test]
+    fn a_plugins_settings_take_at_most_max_settings_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let admin = admin(dir.path());
+        let big = "x".repeat(palisade_plugin_sdk::host::kv::MAX_VALUE_LEN);
+        let mut written = 0;
+        let refused = loop {
+            match set(&admin, &format!("big-{written}"), &big) {
+                Response::Ok(_) => written += 1,
+                other => break refusal(other),
+            }
+            assert!(written <= MAX_SETTINGS, "never refused");
+        };
+        assert!(refused.contains("more than the 1048576"), "{refused}");
+        assert_eq!(written, MAX_SETTINGS_BYTES / big.len() - 1);
+        // A setting replaced by one no longer still fits.
+        assert!(matches!(set(&admin, "big-0", &big), Response::Ok(_)));
+        assert!(matches!(set(&admin, "big-1", "small"), Response::Ok(_)));
+        assert!(matches!(set(&admin, "big-1", &big), Response::Ok(_)));
+    }
 }

@@ -893,7 +893,7 @@ mod tests {
         let poisoned = |records: &[Record]| {
             records.iter().any(|r| match &r.what {
                 What::Finding { reason, .. } => reason.contains("poison"),
-                What::Action { .. } => false,
+                What::Action { .. } | What::OperatorAction { .. } => false,
             })
         };
         let siem = Webhook::start(poisoned);

@@ -103,6 +103,22 @@ fn shortened(record: &Record, keep: usize) -> Record {
                 cut(detail, keep);
             }
         }
+        What::OperatorAction {
+            operator,
+            role,
+            request,
+            arguments,
+            outcome,
+            reason,
+        } => {
+            for s in [operator, role, request, outcome] {
+                cut(s, keep);
+            }
+            arguments.values_mut().for_each(|v| cut_json(v, keep));
+            if let Some(reason) = reason {
+                cut(reason, keep);
+            }
+        }
     }
     r
 }
@@ -140,6 +156,15 @@ pub fn cef(record: &Record) -> String {
     let (signature, name) = match &record.what {
         What::Finding { reason, .. } => (format!("finding:{}", record.plugin.name), reason.clone()),
         What::Action { action, .. } => (format!("action:{action}"), action_name(action)),
+        What::OperatorAction {
+            operator,
+            request,
+            outcome,
+            ..
+        } => (
+            format!("operator:{request}"),
+            format!("{request} by operator {operator}: {outcome}"),
+        ),
     };
     let mut extensions = vec![
         ("rt", record_millis(record)),
@@ -183,6 +208,30 @@ pub fn cef(record: &Record) -> String {
                 extensions.push(("msg", detail.clone()));
             }
         }
+        // An operator's record has no event: the operator and the
+        // request's arguments take the event's custom strings.
+        What::OperatorAction {
+            operator,
+            role,
+            request,
+            arguments,
+            outcome,
+            reason,
+        } => {
+            extensions.push(("cs5Label", "operator".to_owned()));
+            extensions.push(("cs5", operator.clone()));
+            extensions.push(("cs6Label", "arguments".to_owned()));
+            extensions.push((
+                "cs6",
+                serde_json::Value::Object(arguments.clone()).to_string(),
+            ));
+            extensions.push(("spriv", role.clone()));
+            extensions.push(("act", request.clone()));
+            extensions.push(("outcome", outcome.clone()));
+            if let Some(reason) = reason {
+                extensions.push(("reason", reason.clone()));
+            }
+        }
     }
     let extensions: Vec<String> = extensions
         .into_iter()
@@ -205,6 +254,7 @@ pub fn syslog(record: &Record, hostname: &str) -> String {
     let msgid = match record.what {
         What::Finding { .. } => "finding",
         What::Action { .. } => "action",
+        What::OperatorAction { .. } => "operator-action",
     };
     format!(
         "<{priority}>1 {} {} palisade - {msgid} [palisade@32473 id=\"{}\" device=\"{}\"] {}",

@@ -103,6 +103,23 @@ pub enum What {
         /// Its detail (an alert's message, a frame index), if any.
         detail: Option<String>,
     },
+    /// A request an operator made on the HTTPS admin API, and how it
+    /// ended. The record's device is the one the request is about (none:
+    /// an empty id), its route `admin`, its session 0, its plugin unnamed.
+    OperatorAction {
+        /// The operator, as their certificate names them.
+        operator: String,
+        /// Their role: `viewer`, `operator` or `admin`.
+        role: String,
+        /// The request, as its JSON `op` says, for example `quarantine`.
+        request: String,
+        /// Its arguments, without public keys, each string cut short.
+        arguments: serde_json::Map<String, serde_json::Value>,
+        /// `ok`, or `refused`: not allowed, or executed and refused.
+        outcome: String,
+        /// Why it was refused.
+        reason: Option<String>,
+    },
 }
 
 /// One audit record.
@@ -168,6 +185,11 @@ impl Record {
                 "close-session" | "drop-frame" => Severity::High,
                 "alert" => Severity::Medium,
                 _ => Severity::Info,
+            },
+            // A refusal may be a credential probing what it may do.
+            What::OperatorAction { outcome, .. } => match outcome.as_str() {
+                "ok" => Severity::Low,
+                _ => Severity::Medium,
             },
         }
     }
@@ -742,7 +764,7 @@ mod tests {
         let scores: Vec<f32> = (log.after(0, 10).unwrap().iter())
             .filter_map(|r| match r.what {
                 What::Finding { score, .. } => Some(score),
-                What::Action { .. } => None,
+                What::Action { .. } | What::OperatorAction { .. } => None,
             })
             .collect();
         assert_eq!(scores, [0.0, 1.0, 0.0, 1.0]);

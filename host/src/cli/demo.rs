@@ -253,6 +253,12 @@ async fn watch_audit(audit: AuditLog, start: Instant, stop: CancellationToken) {
                 What::Action { action, .. } => {
                     format!("action {action} by {}", r.plugin.name)
                 }
+                What::OperatorAction {
+                    operator,
+                    request,
+                    outcome,
+                    ..
+                } => format!("{request} by operator {operator}: {outcome}"),
             };
             println!(
                 "{:>6.2}s  {:<10} audit #{}: {what}",

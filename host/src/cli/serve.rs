@@ -209,7 +209,8 @@ pub(crate) async fn serve(
     };
     let admin = Admin::new(store.clone(), pki, registry.clone(), operators, Some(live))
         .serving(plugins, installed)
-        .with_library(data, library);
+        .with_library(data, library)
+        .recording(recorder.clone());
     for l in server.listening() {
         info!(route = %l.name, transport = %l.transport, addr = %l.addr, "listening");
     }

@@ -23,7 +23,7 @@
 
 mod certs;
 mod enforce;
-mod handshakes;
+pub(crate) mod handshakes;
 mod quic;
 mod socket;
 mod tls;
