@@ -11,7 +11,11 @@
 //! short, by the deadline or by stop: its lines and the cursor past them
 //! are written together, so each line is in the file once, and whole; an
 //! append that fails (a full disk) leaves the file as it was, and the same
-//! lines go again at the next attempt. The audit log on disk is the
+//! lines go again at the next attempt. When the cursor cannot be moved
+//! past records the sink took (the state database failing to write), the
+//! exporter remembers in memory how far it delivered and tries only the
+//! cursor again, so the sink gets no record twice while this process runs.
+//! The audit log on disk is the
 //! buffer, so a slow or absent SIEM never slows the traffic; its backlog
 //! is in the log lines.
 //!
@@ -160,6 +164,11 @@ pub struct Exporter {
     longest_taken: usize,
     /// How long one attempt to a network sink may take.
     deadline: Duration,
+    /// The last record delivered when moving the cursor past it failed
+    /// (the state database failing to write): the next attempt moves the
+    /// cursor again, and delivers nothing before it has, so that the sink
+    /// does not get those records twice.
+    delivered: Option<u64>,
 }
 
 impl Exporter {
@@ -181,6 +190,7 @@ impl Exporter {
             undeliverable: 0,
             longest_taken: 0,
             deadline: DEADLINE,
+            delivered: None,
         }
     }
 
@@ -257,6 +267,11 @@ impl Exporter {
     /// Deliver the next batch, if there is one. Returns how many records
     /// the sink's cursor moved past: delivered, or skipped as damaged.
     pub async fn deliver_next(&mut self) -> Result<usize, DeliveryError> {
+        if let Some(last) = self.delivered {
+            self.on_log(move |log, sink| Ok(log.advance(sink, last)?))
+                .await?;
+            self.delivered = None;
+        }
         let batch = self.batch;
         let page = self
             .on_log(move |log, sink| Ok(log.read(log.cursor(sink)?, batch)?))
@@ -311,13 +326,18 @@ impl Exporter {
         // twice in the file; cut short within a write (tokio writes a file
         // 2 MiB at a time, a full batch can be more), a line would stop half
         // way.
-        self.on_log(move |log, sink| {
-            if let Some((path, lines)) = file {
-                append(&path, &lines)?;
-            }
-            Ok(log.advance(sink, last)?)
-        })
-        .await?;
+        let advanced = self
+            .on_log(move |log, sink| {
+                if let Some((path, lines)) = file {
+                    append(&path, &lines)?;
+                }
+                Ok(log.advance(sink, last))
+            })
+            .await?;
+        if let Err(e) = advanced {
+            self.delivered = Some(last);
+            return Err(e.into());
+        }
         Ok(page.records.len() + page.damaged)
     }
 
@@ -504,6 +524,7 @@ async fn post(url: &str, records: &[String]) -> Result<(), DeliveryError> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use std::collections::BTreeSet;
+    use std::sync::atomic::Ordering;
     use std::sync::{Arc, Mutex};
     use std::time::Instant;
 
@@ -603,6 +624,23 @@ mod tests {
         assert_eq!(ids_in(&out), expected);
         assert_eq!(log.backlog("file").unwrap(), 0);
         assert_eq!(log.damaged(), BATCH as u64);
+    }
+
+    #[test]
+    fn a_cursor_that_cannot_be_moved_once_sends_no_record_twice() {
+        let siem = Webhook::start(|_| false);
+        let log = &siem.log;
+        let written = log.append(entries(5)).unwrap();
+        let mut exporter = Exporter::new(log.clone(), siem.sink.clone());
+        // The sink takes the batch; moving its cursor past it fails once.
+        log.failing().cursors.store(1, Ordering::SeqCst);
+        assert!(siem.rt.block_on(exporter.deliver_next()).is_err());
+        assert_eq!(log.cursor("webhook").unwrap(), 0);
+        let more = log.append(entries(3)).unwrap();
+        siem.drain(&mut exporter);
+        let expected: Vec<u64> = written.iter().chain(&more).map(|r| r.id).collect();
+        assert_eq!(siem.kept(), expected, "each record once, in order");
+        assert_eq!(log.cursor("webhook").unwrap(), more[2].id);
     }
 
     /// A finding on an MQTT publish to `topic`, with `reason`.

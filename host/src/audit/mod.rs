@@ -316,6 +316,36 @@ struct Shared {
     damaged: Mutex<Damaged>,
     /// Records pruned before every sink had them.
     dropped: AtomicU64,
+    /// Test builds: writes made to fail, as a full disk fails them. sled
+    /// keeps its first write error until the database is reopened, so no
+    /// real disk fault fails one write and lets the next one through.
+    #[cfg(test)]
+    failing: Failing,
+}
+
+/// How many of the next writes of each kind fail, in test builds.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct Failing {
+    /// Putting records in the tree.
+    pub(crate) inserts: std::sync::atomic::AtomicU32,
+    /// Flushing them to disk.
+    pub(crate) flushes: std::sync::atomic::AtomicU32,
+    /// Moving a sink's cursor.
+    pub(crate) cursors: std::sync::atomic::AtomicU32,
+}
+
+#[cfg(test)]
+impl Failing {
+    /// Fail, if `count` says the next write of its kind fails.
+    fn check(count: &std::sync::atomic::AtomicU32) -> Result<(), AuditError> {
+        match count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)) {
+            Ok(_) => Err(AuditError::Sled(sled::Error::Io(std::io::Error::other(
+                "injected write failure",
+            )))),
+            Err(_) => Ok(()),
+        }
+    }
 }
 
 /// How much of the audit trail is kept: the `[audit]` settings, and the
@@ -385,23 +415,39 @@ impl AuditLog {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
-        let records = {
-            let mut count = (self.shared.appending.lock()).unwrap_or_else(|p| p.into_inner());
-            let records = self.insert(entries)?;
-            if let Some(count) = &mut *count {
-                *count = count.saturating_add(records.len() as u64);
-            }
-            records
-        };
-        // Outside the lock, so that appenders share one another's flushes.
+        let records = self.write(&entries)?;
+        self.flush()?;
+        Ok(records)
+    }
+
+    /// Give `entries` identifiers and put them in the tree, in order, not
+    /// yet on disk ([`AuditLog::flush`]). On failure none of them is in the
+    /// tree, and they can be written again.
+    fn write(&self, entries: &[Entry]) -> Result<Vec<Record>, AuditError> {
+        let mut count = (self.shared.appending.lock()).unwrap_or_else(|p| p.into_inner());
+        let records = self.insert(entries)?;
+        if let Some(count) = &mut *count {
+            *count = count.saturating_add(records.len() as u64);
+        }
+        Ok(records)
+    }
+
+    /// Wait until the records written so far are on disk, and wake the
+    /// exporters. Outside the appending lock, so that appenders share one
+    /// another's flushes.
+    fn flush(&self) -> Result<(), AuditError> {
+        #[cfg(test)]
+        Failing::check(&self.shared.failing.flushes)?;
         self.records.flush()?;
         self.shared.appended.notify_waiters();
-        Ok(records)
+        Ok(())
     }
 
     /// Give `entries` identifiers and put them in the tree, in one batch.
     /// The caller holds [`Shared::appending`].
-    fn insert(&self, entries: Vec<Entry>) -> Result<Vec<Record>, AuditError> {
+    fn insert(&self, entries: &[Entry]) -> Result<Vec<Record>, AuditError> {
+        #[cfg(test)]
+        Failing::check(&self.shared.failing.inserts)?;
         // Microseconds: the finest RFC 5424 timestamps carry.
         let time = jiff::Timestamp::now()
             .round(jiff::Unit::Microsecond)
@@ -415,15 +461,15 @@ impl AuditLog {
                 id: self.store.next_id()?.saturating_add(1),
                 time: time.clone(),
                 device: DeviceRef {
-                    id: entry.session.device.id,
-                    class: entry.session.device.class,
-                    zone: entry.session.device.zone,
+                    id: entry.session.device.id.clone(),
+                    class: entry.session.device.class.clone(),
+                    zone: entry.session.device.zone.clone(),
                 },
                 session: entry.session.id,
-                route: entry.session.route,
-                plugin: entry.plugin,
-                event: entry.event,
-                what: entry.what,
+                route: entry.session.route.clone(),
+                plugin: entry.plugin.clone(),
+                event: entry.event.clone(),
+                what: entry.what.clone(),
             };
             let bytes = serde_json::to_vec(&record).map_err(|e| AuditError::Damaged {
                 id: record.id,
@@ -434,6 +480,12 @@ impl AuditLog {
         }
         self.records.apply_batch(batch)?;
         Ok(records)
+    }
+
+    /// The writes made to fail, in test builds.
+    #[cfg(test)]
+    pub(crate) fn failing(&self) -> &Failing {
+        &self.shared.failing
     }
 
     /// Resolves when records are next appended through this log or a
@@ -514,6 +566,8 @@ impl AuditLog {
 
     /// Record that `sink` has delivered everything up to `id`.
     pub fn advance(&self, sink: &str, id: u64) -> Result<(), AuditError> {
+        #[cfg(test)]
+        Failing::check(&self.shared.failing.cursors)?;
         self.cursors.insert(sink, &id.to_be_bytes())?;
         self.cursors.flush()?;
         Ok(())
