@@ -79,7 +79,8 @@ pub enum SinkConfig {
         /// The file.
         path: PathBuf,
     },
-    /// Batches POSTed as a JSON array to an `http://` URL.
+    /// Batches POSTed as a JSON array to an `http://` URL: plain HTTP, for
+    /// a collector on the management network or a local forwarder.
     Webhook {
         /// The sink's name.
         name: String,
@@ -121,6 +122,111 @@ impl SinkConfig {
             | SinkConfig::Syslog { name, .. } => name,
         }
     }
+
+    /// Check that the exporter can reach the sink's destination as
+    /// written: the configuration is refused at start, rather than every
+    /// delivery failing and the records piling up. Says which field is
+    /// wrong, and why. Names are not resolved: DNS may not answer yet.
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            SinkConfig::File { path, .. } => {
+                if path.as_os_str().is_empty() || path.is_dir() {
+                    return Err(format!("path {path:?} is not a file name"));
+                }
+                // Not created here: a missing directory is most likely a
+                // typo, or a volume not mounted.
+                match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    Some(dir) if !dir.is_dir() => Err(format!(
+                        "path {path:?}: its directory {dir:?} does not exist"
+                    )),
+                    _ => Ok(()),
+                }
+            }
+            SinkConfig::Webhook { url, .. } => WebhookTarget::parse(url)
+                .map(|_| ())
+                .map_err(|e| format!("url {url:?}: {e}")),
+            SinkConfig::Syslog { address, .. } => host_port(address, None)
+                .map(|_| ())
+                .map_err(|e| format!("address {address:?}: {e}")),
+        }
+    }
+}
+
+/// Where a webhook's batches go: what the plain HTTP/1.1 client speaks,
+/// `http://host[:port][/path]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct WebhookTarget<'a> {
+    /// `host[:port]` as written, for the `Host` header.
+    authority: &'a str,
+    /// Where to connect, `host:port`.
+    address: String,
+    /// The request's path, from `/`.
+    path: &'a str,
+}
+
+impl<'a> WebhookTarget<'a> {
+    fn parse(url: &'a str) -> Result<Self, String> {
+        let Some(rest) = url.strip_prefix("http://") else {
+            return Err(
+                "the webhook speaks plain HTTP only: http://host[:port]/path (no https; use a \
+                 collector on the management network or a local forwarder)"
+                    .into(),
+            );
+        };
+        let (authority, path) = match rest.find(['/', '?', '#']) {
+            Some(i) => rest.split_at(i),
+            None => (rest, "/"),
+        };
+        if !path.starts_with('/') {
+            return Err("the path must start with /".into());
+        }
+        // Written into the request line as it is.
+        if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err("the path holds spaces or control characters".into());
+        }
+        if authority.contains('@') {
+            return Err("user names and passwords in the URL are not supported".into());
+        }
+        let (host, port) = host_port(authority, Some(80))?;
+        Ok(WebhookTarget {
+            authority,
+            address: format!("{host}:{port}"),
+            path,
+        })
+    }
+}
+
+/// `host:port` split into its host (an IPv6 address keeps its brackets)
+/// and port, the port `default` when left out (required without one).
+fn host_port(address: &str, default: Option<u16>) -> Result<(&str, u16), String> {
+    let (host, port) = match address.rsplit_once(':') {
+        // A colon inside an IPv6 address's brackets is not a port's.
+        Some((host, port)) if !port.contains(']') => (host, Some(port)),
+        _ => (address, None),
+    };
+    let port = match (port, default) {
+        (Some(port), _) => match port.parse::<u16>() {
+            Ok(0) | Err(_) => return Err(format!("port {port:?} is not a port from 1 to 65535")),
+            Ok(port) => port,
+        },
+        (None, Some(default)) => default,
+        (None, None) => return Err("not host:port: the port is missing".into()),
+    };
+    let valid = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        }
+    };
+    if !valid {
+        return Err(format!(
+            "host {host:?} is not a name, an IPv4 address or a bracketed IPv6 address"
+        ));
+    }
+    Ok((host, port))
 }
 
 /// Why a delivery failed. The records are tried again.
@@ -477,20 +583,12 @@ async fn syslog_tcp(address: &str, messages: &[String]) -> Result<(), DeliveryEr
 /// POST `records`, each one rendered as JSON, as a JSON array to `url`
 /// over HTTP/1.1.
 async fn post(url: &str, records: &[String]) -> Result<(), DeliveryError> {
-    let Some(rest) = url.strip_prefix("http://") else {
-        return Err(DeliveryError::Config(format!(
-            "webhook {url}: only http:// URLs are supported"
-        )));
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, "/"),
-    };
-    let address = if authority.contains(':') {
-        authority.to_owned()
-    } else {
-        format!("{authority}:80")
-    };
+    let WebhookTarget {
+        authority,
+        address,
+        path,
+    } = WebhookTarget::parse(url)
+        .map_err(|e| DeliveryError::Config(format!("webhook {url}: {e}")))?;
     let body = format!("[{}]", records.join(","));
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -641,6 +739,27 @@ mod tests {
         let expected: Vec<u64> = written.iter().chain(&more).map(|r| r.id).collect();
         assert_eq!(siem.kept(), expected, "each record once, in order");
         assert_eq!(log.cursor("webhook").unwrap(), more[2].id);
+    }
+
+    #[test]
+    fn destinations_the_exporter_can_reach_pass_the_check() {
+        for url in [
+            "http://10.0.0.9:8080/audit",
+            "http://siem.example/audit?token=x",
+            "http://siem",
+            "http://[::1]:8080/",
+            "http://[fe80::1]/a",
+        ] {
+            let target = WebhookTarget::parse(url).unwrap();
+            assert!(target.path.starts_with('/'), "{url}");
+        }
+        assert_eq!(
+            WebhookTarget::parse("http://[::1]/x").unwrap().address,
+            "[::1]:80"
+        );
+        for address in ["10.0.0.9:514", "siem.example:6514", "[::1]:514"] {
+            host_port(address, None).unwrap();
+        }
     }
 
     /// A finding on an MQTT publish to `topic`, with `reason`.
