@@ -386,6 +386,12 @@ struct Damaged {
 /// an exact count.
 const DAMAGED_REMEMBERED: usize = 4096;
 
+/// Stored bytes one read returns at most, past its first record. A
+/// record holds its event whole, and a parser may return megabytes of
+/// event (bytes written as hex, twice as long): a page counted in records
+/// alone could be gigabytes in memory.
+pub const PAGE_BYTES: usize = 8 << 20;
+
 /// Records read from the log, and how far the read went.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Page {
@@ -495,21 +501,28 @@ impl AuditLog {
     }
 
     /// The records among the next `limit` after identifier `after` (0 for
-    /// the first), in order. Damaged ones are left out, as in
-    /// [`AuditLog::read`].
+    /// the first), in order, fewer where they pass [`PAGE_BYTES`]. Damaged
+    /// ones are left out, as in [`AuditLog::read`].
     pub fn after(&self, after: u64, limit: usize) -> Result<Vec<Record>, AuditError> {
         Ok(self.read(after, limit)?.records)
     }
 
     /// The next `limit` records after identifier `after` (0 for the
-    /// first), in order, and the identifier the read reached. A record
-    /// that does not parse is left out, with a warning and
-    /// [`AuditLog::damaged`] counting it, so that it stops no reader.
+    /// first), in order, and the identifier the read reached: fewer where
+    /// their stored lengths would pass [`PAGE_BYTES`], and always at least
+    /// one where there is one. A record that does not parse is left out,
+    /// with a warning and [`AuditLog::damaged`] counting it, so that it
+    /// stops no reader.
     pub fn read(&self, after: u64, limit: usize) -> Result<Page, AuditError> {
         let start = after.saturating_add(1).to_be_bytes();
         let mut page = Page::default();
+        let mut bytes = 0usize;
         for entry in self.records.range(start..).take(limit) {
             let (key, value) = entry?;
+            bytes = bytes.saturating_add(value.len());
+            if bytes > PAGE_BYTES && page.last.is_some() {
+                break;
+            }
             // Keys are written as eight bytes, in `insert`.
             let id = key
                 .as_ref()
@@ -772,6 +785,62 @@ mod tests {
             .collect();
         assert_eq!(steps, [(2, true), (2, true), (1, false)]);
         assert_eq!(log.after(0, 100).unwrap(), more[5..]);
+    }
+
+    #[test]
+    fn a_read_stops_at_its_byte_bound_and_takes_at_least_one_record() {
+        let store = Store::temporary().unwrap();
+        let log = AuditLog::open(&store).unwrap();
+        // 1.5 MiB of bytes, 3 MiB stored as hex: two records fit a page.
+        let mut batch = Batch::new();
+        batch
+            .push("mqtt.publish")
+            .bytes("payload", &vec![0xab; 3 << 19]);
+        let plugin = PluginRef {
+            name: "new-topic".into(),
+            version: None,
+        };
+        let finding = Finding {
+            event: 0,
+            severity: Severity::High,
+            score: 0.9,
+            reason: "a large publish".into(),
+        };
+        let entry = Entry::finding(&session(), plugin, batch.get(0), &finding);
+        let written = log.append(vec![entry; 9]).unwrap();
+        let stored = |records: &[Record]| -> usize {
+            (records.iter())
+                .map(|r| log.records.get(r.id.to_be_bytes()).unwrap().unwrap().len())
+                .sum()
+        };
+        let mut read = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = log.read(after, 256).unwrap();
+            let Some(last) = page.last else { break };
+            assert!(
+                stored(&page.records) <= PAGE_BYTES,
+                "{} records, {} bytes",
+                page.records.len(),
+                stored(&page.records)
+            );
+            assert!(!page.records.is_empty());
+            read.extend(page.records);
+            after = last;
+        }
+        assert_eq!(read, written, "every record, once, in order");
+
+        // A record larger than the bound alone still comes, alone.
+        let mut huge = Batch::new();
+        huge.push("mqtt.publish")
+            .bytes("payload", &vec![0xcd; 5 << 20]);
+        let plugin = PluginRef {
+            name: "new-topic".into(),
+            version: None,
+        };
+        let entry = Entry::finding(&session(), plugin, huge.get(0), &finding);
+        let more = log.append(vec![entry.clone(), entry]).unwrap();
+        assert_eq!(log.read(after, 256).unwrap().records, more[..1]);
     }
 
     #[test]
