@@ -14,12 +14,17 @@
 //!
 //! The writer also keeps the log within its [`Retention`]: at start, then
 //! every minute, a bounded prune between two appends.
+//!
+//! At shutdown, [`AuditQueue::close`] has the writer write everything
+//! queued and end, and joins it, within a bound; past the bound it says at
+//! error level how many entries were not written.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{
     Receiver, RecvTimeoutError, SendError, SyncSender, TrySendError, sync_channel,
 };
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, error};
@@ -56,6 +61,8 @@ pub struct AuditQueue {
     sender: SyncSender<Item>,
     /// Entries pushed and not yet on disk.
     unwritten: Arc<AtomicU64>,
+    /// The writer thread, until [`AuditQueue::close`] joins it.
+    writer: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
 #[derive(Debug)]
@@ -63,6 +70,8 @@ enum Item {
     Entries(Vec<Entry>),
     /// Answered once everything queued before it is appended.
     Drained(SyncSender<()>),
+    /// The writer writes everything queued, then ends.
+    Close,
 }
 
 impl AuditQueue {
@@ -73,13 +82,14 @@ impl AuditQueue {
         let (sender, receiver) = sync_channel(DEPTH);
         let unwritten = Arc::new(AtomicU64::new(0));
         let writer = Writer::new(log.clone(), Arc::clone(&unwritten));
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("palisade-audit".into())
             .spawn(move || writer.run(&receiver, &retention))?;
         Ok(AuditQueue {
             log,
             sender,
             unwritten,
+            writer: Arc::new(Mutex::new(Some(writer))),
         })
     }
 
@@ -127,12 +137,62 @@ impl AuditQueue {
         }
     }
 
-    /// Wait until everything pushed so far is appended (at shutdown), for
-    /// at most `patience`.
-    pub fn drain(&self, patience: std::time::Duration) {
+    /// Wait until everything pushed so far is appended, for at most
+    /// `patience`.
+    pub fn drain(&self, patience: Duration) {
+        let deadline = Instant::now() + patience;
         let (done, wait) = sync_channel(1);
-        if self.sender.send(Item::Drained(done)).is_ok() {
-            let _ = wait.recv_timeout(patience);
+        if self.send_by(Item::Drained(done), deadline) {
+            let _ = wait.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+        }
+    }
+
+    /// At shutdown: have the writer write everything pushed so far and
+    /// end, and join it, waiting at most `patience` in all. If that passes,
+    /// say at error level how many entries are not on disk. Entries a
+    /// clone pushes after the writer ended are written by the pushing
+    /// thread itself.
+    pub fn close(self, patience: Duration) {
+        let deadline = Instant::now() + patience;
+        let writer = (self.writer.lock())
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(writer) = writer
+            && self.send_by(Item::Close, deadline)
+        {
+            while !writer.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if writer.is_finished() && writer.join().is_err() {
+                error!("the audit writer thread panicked");
+            }
+        }
+        let unwritten = self.unwritten();
+        if unwritten > 0 {
+            error!(
+                entries = unwritten,
+                ?patience,
+                "the audit writer did not write everything before shutdown; these findings and actions are not recorded"
+            );
+        }
+    }
+
+    /// Queue `item`, waiting for room until `deadline`. Returns whether it
+    /// was queued.
+    fn send_by(&self, item: Item, deadline: Instant) -> bool {
+        let mut item = item;
+        loop {
+            match self.sender.try_send(item) {
+                Ok(()) => return true,
+                Err(TrySendError::Disconnected(_)) => return false,
+                Err(TrySendError::Full(back)) => {
+                    if Instant::now() >= deadline {
+                        return false;
+                    }
+                    item = back;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
         }
     }
 }
@@ -170,6 +230,7 @@ impl Writer {
     /// written, and prune the log between writes.
     fn run(mut self, receiver: &Receiver<Item>, retention: &Retention) {
         let mut prune_at = Instant::now();
+        let mut closing = false;
         loop {
             match self.retry {
                 // Nothing more from the queue until what the writer holds
@@ -181,11 +242,19 @@ impl Writer {
                         self.write();
                     }
                 }
+                // Closing: what the queue still holds, then the end.
+                None if closing => match receiver.try_recv() {
+                    Ok(item) => {
+                        self.take(item, receiver);
+                        self.write();
+                    }
+                    Err(_) => return,
+                },
                 None => {
                     match receiver.recv_timeout(prune_at.saturating_duration_since(Instant::now()))
                     {
                         Ok(item) => {
-                            self.take(item, receiver);
+                            closing = self.take(item, receiver);
                             self.write();
                         }
                         Err(RecvTimeoutError::Timeout) => {}
@@ -193,7 +262,7 @@ impl Writer {
                     }
                 }
             }
-            if Instant::now() >= prune_at {
+            if !closing && Instant::now() >= prune_at {
                 // Again at once while there is more to remove.
                 let wait = if prune(&self.log, retention) {
                     Duration::ZERO
@@ -206,17 +275,21 @@ impl Writer {
     }
 
     /// Take `item` and whatever else has queued meanwhile, for one write.
-    fn take(&mut self, item: Item, receiver: &Receiver<Item>) {
+    /// Returns whether they asked the writer to close.
+    fn take(&mut self, item: Item, receiver: &Receiver<Item>) -> bool {
+        let mut close = false;
         let mut next = Some(item);
         while let Some(item) = next {
             match item {
                 Item::Entries(more) => self.entries.extend(more),
                 Item::Drained(done) => self.drained.push(done),
+                Item::Close => close = true,
             }
             next = (self.entries.len() < ENTRIES_PER_WRITE)
                 .then(|| receiver.try_recv().ok())
                 .flatten();
         }
+        close
     }
 
     /// Write the entries taken, in one batch and one flush; on failure,
@@ -306,6 +379,7 @@ mod tests {
             log,
             sender,
             unwritten: Arc::default(),
+            writer: Arc::default(),
         };
         queue.push(entries(1000));
         drop(queue);
@@ -371,5 +445,86 @@ mod tests {
             .collect();
         assert_eq!(reasons, expected, "each entry recorded once, in order");
         assert_eq!(queue.unwritten(), 0);
+    }
+
+    fn retention() -> Retention {
+        Retention {
+            max_records: 1_000_000,
+            max_backlog: 1_000_000,
+            sinks: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn close_writes_everything_queued_before_the_store_is_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let pushed = 20_000;
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let log = AuditLog::open(&store).unwrap();
+            let queue = AuditQueue::start(log, retention()).unwrap();
+            // A session past the grace period still holds a clone at
+            // shutdown, and records after the writer closed: on disk when
+            // its push returns, as the process is about to exit.
+            let session = queue.clone();
+            for _ in 0..pushed / 100 {
+                queue.push(entries(100));
+            }
+            queue.close(Duration::from_secs(60));
+            session.push(entries(5));
+            assert_eq!(session.unwritten(), 0);
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let log = AuditLog::open(&store).unwrap();
+        let mut count = 0;
+        let mut after = 0;
+        loop {
+            let page = log.read(after, 10_000).unwrap();
+            let Some(last) = page.last else { break };
+            count += page.records.len();
+            after = last;
+        }
+        assert_eq!(count, pushed + 5);
+    }
+
+    #[test]
+    fn close_returns_within_its_bound_when_the_writer_is_stuck() {
+        let store = Store::temporary().unwrap();
+        let log = AuditLog::open(&store).unwrap();
+        // Every write fails: the writer backs off, and the queue fills.
+        log.failing().inserts.store(u32::MAX, Ordering::SeqCst);
+        let queue = AuditQueue::start(log.clone(), retention()).unwrap();
+        let session = queue.clone();
+        let pushing = std::thread::spawn(move || {
+            for _ in 0..DEPTH + 10 {
+                session.push(entries(1));
+            }
+        });
+        // Fill what room the queue has left, with empty items.
+        let start = Instant::now();
+        let full = loop {
+            match queue.sender.try_send(Item::Entries(Vec::new())) {
+                Err(TrySendError::Full(_)) => break true,
+                _ if start.elapsed() > Duration::from_secs(10) => break false,
+                _ => std::thread::sleep(Duration::from_millis(1)),
+            }
+        };
+        assert!(full, "the queue never filled");
+        let (closed, wait) = sync_channel(1);
+        let closing = queue.clone();
+        std::thread::spawn(move || {
+            closing.close(Duration::from_millis(300));
+            closed.send(()).unwrap();
+        });
+        assert!(
+            wait.recv_timeout(Duration::from_secs(5)).is_ok(),
+            "close did not return"
+        );
+        assert!(queue.unwritten() > 0);
+        // The disk recovers: everything is written after all.
+        log.failing().inserts.store(0, Ordering::SeqCst);
+        pushing.join().unwrap();
+        queue.drain(Duration::from_secs(60));
+        assert_eq!(log.after(0, 10_000).unwrap().len(), DEPTH + 10);
     }
 }
