@@ -11,7 +11,11 @@
 //! short, by the deadline or by stop: its lines and the cursor past them
 //! are written together, so each line is in the file once, and whole; an
 //! append that fails (a full disk) leaves the file as it was, and the same
-//! lines go again at the next attempt. The audit log on disk is the
+//! lines go again at the next attempt. When the cursor cannot be moved
+//! past records the sink took (the state database failing to write), the
+//! exporter remembers in memory how far it delivered and tries only the
+//! cursor again, so the sink gets no record twice while this process runs.
+//! The audit log on disk is the
 //! buffer, so a slow or absent SIEM never slows the traffic; its backlog
 //! is in the log lines.
 //!
@@ -75,7 +79,8 @@ pub enum SinkConfig {
         /// The file.
         path: PathBuf,
     },
-    /// Batches POSTed as a JSON array to an `http://` URL.
+    /// Batches POSTed as a JSON array to an `http://` URL: plain HTTP, for
+    /// a collector on the management network or a local forwarder.
     Webhook {
         /// The sink's name.
         name: String,
@@ -117,6 +122,111 @@ impl SinkConfig {
             | SinkConfig::Syslog { name, .. } => name,
         }
     }
+
+    /// Check that the exporter can reach the sink's destination as
+    /// written: the configuration is refused at start, rather than every
+    /// delivery failing and the records piling up. Says which field is
+    /// wrong, and why. Names are not resolved: DNS may not answer yet.
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            SinkConfig::File { path, .. } => {
+                if path.as_os_str().is_empty() || path.is_dir() {
+                    return Err(format!("path {path:?} is not a file name"));
+                }
+                // Not created here: a missing directory is most likely a
+                // typo, or a volume not mounted.
+                match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    Some(dir) if !dir.is_dir() => Err(format!(
+                        "path {path:?}: its directory {dir:?} does not exist"
+                    )),
+                    _ => Ok(()),
+                }
+            }
+            SinkConfig::Webhook { url, .. } => WebhookTarget::parse(url)
+                .map(|_| ())
+                .map_err(|e| format!("url {url:?}: {e}")),
+            SinkConfig::Syslog { address, .. } => host_port(address, None)
+                .map(|_| ())
+                .map_err(|e| format!("address {address:?}: {e}")),
+        }
+    }
+}
+
+/// Where a webhook's batches go: what the plain HTTP/1.1 client speaks,
+/// `http://host[:port][/path]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct WebhookTarget<'a> {
+    /// `host[:port]` as written, for the `Host` header.
+    authority: &'a str,
+    /// Where to connect, `host:port`.
+    address: String,
+    /// The request's path, from `/`.
+    path: &'a str,
+}
+
+impl<'a> WebhookTarget<'a> {
+    fn parse(url: &'a str) -> Result<Self, String> {
+        let Some(rest) = url.strip_prefix("http://") else {
+            return Err(
+                "the webhook speaks plain HTTP only: http://host[:port]/path (no https; use a \
+                 collector on the management network or a local forwarder)"
+                    .into(),
+            );
+        };
+        let (authority, path) = match rest.find(['/', '?', '#']) {
+            Some(i) => rest.split_at(i),
+            None => (rest, "/"),
+        };
+        if !path.starts_with('/') {
+            return Err("the path must start with /".into());
+        }
+        // Written into the request line as it is.
+        if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err("the path holds spaces or control characters".into());
+        }
+        if authority.contains('@') {
+            return Err("user names and passwords in the URL are not supported".into());
+        }
+        let (host, port) = host_port(authority, Some(80))?;
+        Ok(WebhookTarget {
+            authority,
+            address: format!("{host}:{port}"),
+            path,
+        })
+    }
+}
+
+/// `host:port` split into its host (an IPv6 address keeps its brackets)
+/// and port, the port `default` when left out (required without one).
+fn host_port(address: &str, default: Option<u16>) -> Result<(&str, u16), String> {
+    let (host, port) = match address.rsplit_once(':') {
+        // A colon inside an IPv6 address's brackets is not a port's.
+        Some((host, port)) if !port.contains(']') => (host, Some(port)),
+        _ => (address, None),
+    };
+    let port = match (port, default) {
+        (Some(port), _) => match port.parse::<u16>() {
+            Ok(0) | Err(_) => return Err(format!("port {port:?} is not a port from 1 to 65535")),
+            Ok(port) => port,
+        },
+        (None, Some(default)) => default,
+        (None, None) => return Err("not host:port: the port is missing".into()),
+    };
+    let valid = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        }
+    };
+    if !valid {
+        return Err(format!(
+            "host {host:?} is not a name, an IPv4 address or a bracketed IPv6 address"
+        ));
+    }
+    Ok((host, port))
 }
 
 /// Why a delivery failed. The records are tried again.
@@ -160,6 +270,11 @@ pub struct Exporter {
     longest_taken: usize,
     /// How long one attempt to a network sink may take.
     deadline: Duration,
+    /// The last record delivered when moving the cursor past it failed
+    /// (the state database failing to write): the next attempt moves the
+    /// cursor again, and delivers nothing before it has, so that the sink
+    /// does not get those records twice.
+    delivered: Option<u64>,
 }
 
 impl Exporter {
@@ -181,6 +296,7 @@ impl Exporter {
             undeliverable: 0,
             longest_taken: 0,
             deadline: DEADLINE,
+            delivered: None,
         }
     }
 
@@ -257,6 +373,11 @@ impl Exporter {
     /// Deliver the next batch, if there is one. Returns how many records
     /// the sink's cursor moved past: delivered, or skipped as damaged.
     pub async fn deliver_next(&mut self) -> Result<usize, DeliveryError> {
+        if let Some(last) = self.delivered {
+            self.on_log(move |log, sink| Ok(log.advance(sink, last)?))
+                .await?;
+            self.delivered = None;
+        }
         let batch = self.batch;
         let page = self
             .on_log(move |log, sink| Ok(log.read(log.cursor(sink)?, batch)?))
@@ -311,13 +432,18 @@ impl Exporter {
         // twice in the file; cut short within a write (tokio writes a file
         // 2 MiB at a time, a full batch can be more), a line would stop half
         // way.
-        self.on_log(move |log, sink| {
-            if let Some((path, lines)) = file {
-                append(&path, &lines)?;
-            }
-            Ok(log.advance(sink, last)?)
-        })
-        .await?;
+        let advanced = self
+            .on_log(move |log, sink| {
+                if let Some((path, lines)) = file {
+                    append(&path, &lines)?;
+                }
+                Ok(log.advance(sink, last))
+            })
+            .await?;
+        if let Err(e) = advanced {
+            self.delivered = Some(last);
+            return Err(e.into());
+        }
         Ok(page.records.len() + page.damaged)
     }
 
@@ -457,20 +583,12 @@ async fn syslog_tcp(address: &str, messages: &[String]) -> Result<(), DeliveryEr
 /// POST `records`, each one rendered as JSON, as a JSON array to `url`
 /// over HTTP/1.1.
 async fn post(url: &str, records: &[String]) -> Result<(), DeliveryError> {
-    let Some(rest) = url.strip_prefix("http://") else {
-        return Err(DeliveryError::Config(format!(
-            "webhook {url}: only http:// URLs are supported"
-        )));
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, "/"),
-    };
-    let address = if authority.contains(':') {
-        authority.to_owned()
-    } else {
-        format!("{authority}:80")
-    };
+    let WebhookTarget {
+        authority,
+        address,
+        path,
+    } = WebhookTarget::parse(url)
+        .map_err(|e| DeliveryError::Config(format!("webhook {url}: {e}")))?;
     let body = format!("[{}]", records.join(","));
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -504,6 +622,7 @@ async fn post(url: &str, records: &[String]) -> Result<(), DeliveryError> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use std::collections::BTreeSet;
+    use std::sync::atomic::Ordering;
     use std::sync::{Arc, Mutex};
     use std::time::Instant;
 
@@ -603,6 +722,44 @@ mod tests {
         assert_eq!(ids_in(&out), expected);
         assert_eq!(log.backlog("file").unwrap(), 0);
         assert_eq!(log.damaged(), BATCH as u64);
+    }
+
+    #[test]
+    fn a_cursor_that_cannot_be_moved_once_sends_no_record_twice() {
+        let siem = Webhook::start(|_| false);
+        let log = &siem.log;
+        let written = log.append(entries(5)).unwrap();
+        let mut exporter = Exporter::new(log.clone(), siem.sink.clone());
+        // The sink takes the batch; moving its cursor past it fails once.
+        log.failing().cursors.store(1, Ordering::SeqCst);
+        assert!(siem.rt.block_on(exporter.deliver_next()).is_err());
+        assert_eq!(log.cursor("webhook").unwrap(), 0);
+        let more = log.append(entries(3)).unwrap();
+        siem.drain(&mut exporter);
+        let expected: Vec<u64> = written.iter().chain(&more).map(|r| r.id).collect();
+        assert_eq!(siem.kept(), expected, "each record once, in order");
+        assert_eq!(log.cursor("webhook").unwrap(), more[2].id);
+    }
+
+    #[test]
+    fn destinations_the_exporter_can_reach_pass_the_check() {
+        for url in [
+            "http://10.0.0.9:8080/audit",
+            "http://siem.example/audit?token=x",
+            "http://siem",
+            "http://[::1]:8080/",
+            "http://[fe80::1]/a",
+        ] {
+            let target = WebhookTarget::parse(url).unwrap();
+            assert!(target.path.starts_with('/'), "{url}");
+        }
+        assert_eq!(
+            WebhookTarget::parse("http://[::1]/x").unwrap().address,
+            "[::1]:80"
+        );
+        for address in ["10.0.0.9:514", "siem.example:6514", "[::1]:514"] {
+            host_port(address, None).unwrap();
+        }
     }
 
     /// A finding on an MQTT publish to `topic`, with `reason`.

@@ -338,6 +338,36 @@ struct Shared {
     damaged: Mutex<Damaged>,
     /// Records pruned before every sink had them.
     dropped: AtomicU64,
+    /// Test builds: writes made to fail, as a full disk fails them. sled
+    /// keeps its first write error until the database is reopened, so no
+    /// real disk fault fails one write and lets the next one through.
+    #[cfg(test)]
+    failing: Failing,
+}
+
+/// How many of the next writes of each kind fail, in test builds.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct Failing {
+    /// Putting records in the tree.
+    pub(crate) inserts: std::sync::atomic::AtomicU32,
+    /// Flushing them to disk.
+    pub(crate) flushes: std::sync::atomic::AtomicU32,
+    /// Moving a sink's cursor.
+    pub(crate) cursors: std::sync::atomic::AtomicU32,
+}
+
+#[cfg(test)]
+impl Failing {
+    /// Fail, if `count` says the next write of its kind fails.
+    fn check(count: &std::sync::atomic::AtomicU32) -> Result<(), AuditError> {
+        match count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)) {
+            Ok(_) => Err(AuditError::Sled(sled::Error::Io(std::io::Error::other(
+                "injected write failure",
+            )))),
+            Err(_) => Ok(()),
+        }
+    }
 }
 
 /// How much of the audit trail is kept: the `[audit]` settings, and the
@@ -378,6 +408,12 @@ struct Damaged {
 /// an exact count.
 const DAMAGED_REMEMBERED: usize = 4096;
 
+/// Stored bytes one read returns at most, past its first record. A
+/// record holds its event whole, and a parser may return megabytes of
+/// event (bytes written as hex, twice as long): a page counted in records
+/// alone could be gigabytes in memory.
+pub const PAGE_BYTES: usize = 8 << 20;
+
 /// Records read from the log, and how far the read went.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Page {
@@ -407,23 +443,39 @@ impl AuditLog {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
-        let records = {
-            let mut count = (self.shared.appending.lock()).unwrap_or_else(|p| p.into_inner());
-            let records = self.insert(entries)?;
-            if let Some(count) = &mut *count {
-                *count = count.saturating_add(records.len() as u64);
-            }
-            records
-        };
-        // Outside the lock, so that appenders share one another's flushes.
+        let records = self.write(&entries)?;
+        self.flush()?;
+        Ok(records)
+    }
+
+    /// Give `entries` identifiers and put them in the tree, in order, not
+    /// yet on disk ([`AuditLog::flush`]). On failure none of them is in the
+    /// tree, and they can be written again.
+    fn write(&self, entries: &[Entry]) -> Result<Vec<Record>, AuditError> {
+        let mut count = (self.shared.appending.lock()).unwrap_or_else(|p| p.into_inner());
+        let records = self.insert(entries)?;
+        if let Some(count) = &mut *count {
+            *count = count.saturating_add(records.len() as u64);
+        }
+        Ok(records)
+    }
+
+    /// Wait until the records written so far are on disk, and wake the
+    /// exporters. Outside the appending lock, so that appenders share one
+    /// another's flushes.
+    fn flush(&self) -> Result<(), AuditError> {
+        #[cfg(test)]
+        Failing::check(&self.shared.failing.flushes)?;
         self.records.flush()?;
         self.shared.appended.notify_waiters();
-        Ok(records)
+        Ok(())
     }
 
     /// Give `entries` identifiers and put them in the tree, in one batch.
     /// The caller holds [`Shared::appending`].
-    fn insert(&self, entries: Vec<Entry>) -> Result<Vec<Record>, AuditError> {
+    fn insert(&self, entries: &[Entry]) -> Result<Vec<Record>, AuditError> {
+        #[cfg(test)]
+        Failing::check(&self.shared.failing.inserts)?;
         // Microseconds: the finest RFC 5424 timestamps carry.
         let time = jiff::Timestamp::now()
             .round(jiff::Unit::Microsecond)
@@ -437,15 +489,15 @@ impl AuditLog {
                 id: self.store.next_id()?.saturating_add(1),
                 time: time.clone(),
                 device: DeviceRef {
-                    id: entry.session.device.id,
-                    class: entry.session.device.class,
-                    zone: entry.session.device.zone,
+                    id: entry.session.device.id.clone(),
+                    class: entry.session.device.class.clone(),
+                    zone: entry.session.device.zone.clone(),
                 },
                 session: entry.session.id,
-                route: entry.session.route,
-                plugin: entry.plugin,
-                event: entry.event,
-                what: entry.what,
+                route: entry.session.route.clone(),
+                plugin: entry.plugin.clone(),
+                event: entry.event.clone(),
+                what: entry.what.clone(),
             };
             let bytes = serde_json::to_vec(&record).map_err(|e| AuditError::Damaged {
                 id: record.id,
@@ -458,6 +510,12 @@ impl AuditLog {
         Ok(records)
     }
 
+    /// The writes made to fail, in test builds.
+    #[cfg(test)]
+    pub(crate) fn failing(&self) -> &Failing {
+        &self.shared.failing
+    }
+
     /// Resolves when records are next appended through this log or a
     /// clone of it.
     pub fn appended(&self) -> tokio::sync::futures::Notified<'_> {
@@ -465,21 +523,28 @@ impl AuditLog {
     }
 
     /// The records among the next `limit` after identifier `after` (0 for
-    /// the first), in order. Damaged ones are left out, as in
-    /// [`AuditLog::read`].
+    /// the first), in order, fewer where they pass [`PAGE_BYTES`]. Damaged
+    /// ones are left out, as in [`AuditLog::read`].
     pub fn after(&self, after: u64, limit: usize) -> Result<Vec<Record>, AuditError> {
         Ok(self.read(after, limit)?.records)
     }
 
     /// The next `limit` records after identifier `after` (0 for the
-    /// first), in order, and the identifier the read reached. A record
-    /// that does not parse is left out, with a warning and
-    /// [`AuditLog::damaged`] counting it, so that it stops no reader.
+    /// first), in order, and the identifier the read reached: fewer where
+    /// their stored lengths would pass [`PAGE_BYTES`], and always at least
+    /// one where there is one. A record that does not parse is left out,
+    /// with a warning and [`AuditLog::damaged`] counting it, so that it
+    /// stops no reader.
     pub fn read(&self, after: u64, limit: usize) -> Result<Page, AuditError> {
         let start = after.saturating_add(1).to_be_bytes();
         let mut page = Page::default();
+        let mut bytes = 0usize;
         for entry in self.records.range(start..).take(limit) {
             let (key, value) = entry?;
+            bytes = bytes.saturating_add(value.len());
+            if bytes > PAGE_BYTES && page.last.is_some() {
+                break;
+            }
             // Keys are written as eight bytes, in `insert`.
             let id = key
                 .as_ref()
@@ -536,6 +601,8 @@ impl AuditLog {
 
     /// Record that `sink` has delivered everything up to `id`.
     pub fn advance(&self, sink: &str, id: u64) -> Result<(), AuditError> {
+        #[cfg(test)]
+        Failing::check(&self.shared.failing.cursors)?;
         self.cursors.insert(sink, &id.to_be_bytes())?;
         self.cursors.flush()?;
         Ok(())
@@ -740,6 +807,62 @@ mod tests {
             .collect();
         assert_eq!(steps, [(2, true), (2, true), (1, false)]);
         assert_eq!(log.after(0, 100).unwrap(), more[5..]);
+    }
+
+    #[test]
+    fn a_read_stops_at_its_byte_bound_and_takes_at_least_one_record() {
+        let store = Store::temporary().unwrap();
+        let log = AuditLog::open(&store).unwrap();
+        // 1.5 MiB of bytes, 3 MiB stored as hex: two records fit a page.
+        let mut batch = Batch::new();
+        batch
+            .push("mqtt.publish")
+            .bytes("payload", &vec![0xab; 3 << 19]);
+        let plugin = PluginRef {
+            name: "new-topic".into(),
+            version: None,
+        };
+        let finding = Finding {
+            event: 0,
+            severity: Severity::High,
+            score: 0.9,
+            reason: "a large publish".into(),
+        };
+        let entry = Entry::finding(&session(), plugin, batch.get(0), &finding);
+        let written = log.append(vec![entry; 9]).unwrap();
+        let stored = |records: &[Record]| -> usize {
+            (records.iter())
+                .map(|r| log.records.get(r.id.to_be_bytes()).unwrap().unwrap().len())
+                .sum()
+        };
+        let mut read = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = log.read(after, 256).unwrap();
+            let Some(last) = page.last else { break };
+            assert!(
+                stored(&page.records) <= PAGE_BYTES,
+                "{} records, {} bytes",
+                page.records.len(),
+                stored(&page.records)
+            );
+            assert!(!page.records.is_empty());
+            read.extend(page.records);
+            after = last;
+        }
+        assert_eq!(read, written, "every record, once, in order");
+
+        // A record larger than the bound alone still comes, alone.
+        let mut huge = Batch::new();
+        huge.push("mqtt.publish")
+            .bytes("payload", &vec![0xcd; 5 << 20]);
+        let plugin = PluginRef {
+            name: "new-topic".into(),
+            version: None,
+        };
+        let entry = Entry::finding(&session(), plugin, huge.get(0), &finding);
+        let more = log.append(vec![entry.clone(), entry]).unwrap();
+        assert_eq!(log.read(after, 256).unwrap().records, more[..1]);
     }
 
     #[test]

@@ -5,17 +5,31 @@
 //! a device that makes findings faster than the disk takes them is slowed
 //! down, and no record is dropped. The writer is the only appender.
 //!
+//! A write that fails (a full disk) loses nothing either: the writer keeps
+//! the entries it could not write and writes them again, after one second,
+//! doubling to half a minute, saying at error level how many wait. Until
+//! they are written it takes nothing more from the queue, which fills, and
+//! the sessions wait for room as they do for a slow disk. Records that
+//! reached the tree but not the disk are flushed again, not written twice.
+//!
 //! The writer also keeps the log within its [`Retention`]: at start, then
 //! every minute, a bounded prune between two appends.
+//!
+//! At shutdown, [`AuditQueue::close`] has the writer write everything
+//! queued and end, and joins it, within a bound; past the bound it says at
+//! error level how many entries were not written.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{
     Receiver, RecvTimeoutError, SendError, SyncSender, TrySendError, sync_channel,
 };
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, error};
 
-use super::{AuditLog, Entry, Retention};
+use super::{AuditError, AuditLog, Entry, Retention};
 use crate::runtime::blocking;
 
 /// Items waiting for the writer.
@@ -25,6 +39,8 @@ const DEPTH: usize = 1024;
 /// however many findings one chunk raised (a record's event is shared, its
 /// reason at most 1 KiB: DEPTH items hold some 100 MB at the very worst).
 const ENTRIES_PER_ITEM: usize = 64;
+/// Entries the writer takes from the queue for one write at most.
+const ENTRIES_PER_WRITE: usize = 4096;
 /// How often the writer prunes the log.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Records one prune removes at most. The writer appends between two
@@ -32,12 +48,21 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// start after an upgrade) comes down a chunk at a time without holding
 /// up the sessions' records.
 const PRUNE_AT_MOST: u64 = 10_000;
+/// The wait before writing again after a failed write; it doubles after
+/// each further failure, up to [`MAX_RETRY_WAIT`].
+const FIRST_RETRY_WAIT: Duration = Duration::from_secs(1);
+/// The longest wait between two attempts at a write that fails.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(30);
 
 /// The sending side of the audit writer. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AuditQueue {
     log: AuditLog,
     sender: SyncSender<Item>,
+    /// Entries pushed and not yet on disk.
+    unwritten: Arc<AtomicU64>,
+    /// The writer thread, until [`AuditQueue::close`] joins it.
+    writer: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
 #[derive(Debug)]
@@ -45,6 +70,8 @@ enum Item {
     Entries(Vec<Entry>),
     /// Answered once everything queued before it is appended.
     Drained(SyncSender<()>),
+    /// The writer writes everything queued, then ends.
+    Close,
 }
 
 impl AuditQueue {
@@ -53,20 +80,32 @@ impl AuditQueue {
     /// dropped.
     pub fn start(log: AuditLog, retention: Retention) -> std::io::Result<Self> {
         let (sender, receiver) = sync_channel(DEPTH);
-        let writer = log.clone();
-        std::thread::Builder::new()
+        let unwritten = Arc::new(AtomicU64::new(0));
+        let writer = Writer::new(log.clone(), Arc::clone(&unwritten));
+        let writer = std::thread::Builder::new()
             .name("palisade-audit".into())
-            .spawn(move || write(&writer, &receiver, &retention))?;
-        Ok(AuditQueue { log, sender })
+            .spawn(move || writer.run(&receiver, &retention))?;
+        Ok(AuditQueue {
+            log,
+            sender,
+            unwritten,
+            writer: Arc::new(Mutex::new(Some(writer))),
+        })
     }
 
     /// Record `entries`, soon, in order.
     pub fn push(&self, entries: Vec<Entry>) {
+        (self.unwritten).fetch_add(entries.len() as u64, Ordering::Relaxed);
         let mut entries = entries.into_iter().peekable();
         while entries.peek().is_some() {
             let item = entries.by_ref().take(ENTRIES_PER_ITEM).collect();
             self.send(Item::Entries(item));
         }
+    }
+
+    /// How many entries pushed are not on disk yet.
+    pub fn unwritten(&self) -> u64 {
+        self.unwritten.load(Ordering::Relaxed)
     }
 
     fn send(&self, item: Item) {
@@ -83,59 +122,222 @@ impl AuditQueue {
     }
 
     fn append_here(&self, item: Item) {
-        if let Item::Entries(entries) = item {
-            append(&self.log, entries);
+        let Item::Entries(entries) = item else { return };
+        let count = entries.len() as u64;
+        match self.log.append(entries) {
+            Ok(_) => {
+                self.unwritten.fetch_sub(count, Ordering::Relaxed);
+            }
+            Err(e) => error!(
+                records = count,
+                unwritten = self.unwritten(),
+                error = %e,
+                "the audit writer is gone and findings and actions could not be recorded"
+            ),
         }
     }
 
-    /// Wait until everything pushed so far is appended (at shutdown), for
-    /// at most `patience`.
-    pub fn drain(&self, patience: std::time::Duration) {
+    /// Wait until everything pushed so far is appended, for at most
+    /// `patience`.
+    pub fn drain(&self, patience: Duration) {
+        let deadline = Instant::now() + patience;
         let (done, wait) = sync_channel(1);
-        if self.sender.send(Item::Drained(done)).is_ok() {
-            let _ = wait.recv_timeout(patience);
+        if self.send_by(Item::Drained(done), deadline) {
+            let _ = wait.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+        }
+    }
+
+    /// At shutdown: have the writer write everything pushed so far and
+    /// end, and join it, waiting at most `patience` in all. If that passes,
+    /// say at error level how many entries are not on disk. Entries a
+    /// clone pushes after the writer ended are written by the pushing
+    /// thread itself.
+    pub fn close(self, patience: Duration) {
+        let deadline = Instant::now() + patience;
+        let writer = (self.writer.lock())
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(writer) = writer
+            && self.send_by(Item::Close, deadline)
+        {
+            while !writer.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if writer.is_finished() && writer.join().is_err() {
+                error!("the audit writer thread panicked");
+            }
+        }
+        let unwritten = self.unwritten();
+        if unwritten > 0 {
+            error!(
+                entries = unwritten,
+                ?patience,
+                "the audit writer did not write everything before shutdown; these findings and actions are not recorded"
+            );
+        }
+    }
+
+    /// Queue `item`, waiting for room until `deadline`. Returns whether it
+    /// was queued.
+    fn send_by(&self, item: Item, deadline: Instant) -> bool {
+        let mut item = item;
+        loop {
+            match self.sender.try_send(item) {
+                Ok(()) => return true,
+                Err(TrySendError::Disconnected(_)) => return false,
+                Err(TrySendError::Full(back)) => {
+                    if Instant::now() >= deadline {
+                        return false;
+                    }
+                    item = back;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
         }
     }
 }
 
-fn write(log: &AuditLog, receiver: &Receiver<Item>, retention: &Retention) {
-    let mut prune_at = Instant::now();
-    loop {
-        match receiver.recv_timeout(prune_at.saturating_duration_since(Instant::now())) {
-            Ok(item) => write_queued(log, receiver, item),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return,
-        }
-        if Instant::now() >= prune_at {
-            // Again at once while there is more to remove.
-            let wait = if prune(log, retention) {
-                Duration::ZERO
-            } else {
-                PRUNE_EVERY
-            };
-            prune_at = Instant::now() + wait;
-        }
-    }
+/// The writer thread's state.
+struct Writer {
+    log: AuditLog,
+    /// Entries pushed and not yet on disk, shared with the queue.
+    unwritten: Arc<AtomicU64>,
+    /// Entries taken from the queue and not yet in the tree, in order. A
+    /// write that fails keeps them for the next attempt.
+    entries: Vec<Entry>,
+    /// Records in the tree whose flush to disk failed: only the flush is
+    /// tried again, so that they are not written twice.
+    unflushed: u64,
+    /// Drain markers, answered once everything before them is on disk.
+    drained: Vec<SyncSender<()>>,
+    /// After a failed write: when to try again, and the wait before it.
+    retry: Option<(Instant, Duration)>,
 }
 
-/// Append `item` and whatever else has queued meanwhile, in one flush.
-fn write_queued(log: &AuditLog, receiver: &Receiver<Item>, item: Item) {
-    let mut entries = Vec::new();
-    let mut drained = Vec::new();
-    let mut next = Some(item);
-    // Whatever else queued meanwhile goes in the same flush.
-    while let Some(item) = next {
-        match item {
-            Item::Entries(more) => entries.extend(more),
-            Item::Drained(done) => drained.push(done),
+impl Writer {
+    fn new(log: AuditLog, unwritten: Arc<AtomicU64>) -> Self {
+        Writer {
+            log,
+            unwritten,
+            entries: Vec::new(),
+            unflushed: 0,
+            drained: Vec::new(),
+            retry: None,
         }
-        next = (entries.len() < 4096)
-            .then(|| receiver.try_recv().ok())
-            .flatten();
     }
-    append(log, entries);
-    for done in drained {
-        let _ = done.send(());
+
+    /// Write what the queue brings until every sender is gone and all is
+    /// written, and prune the log between writes.
+    fn run(mut self, receiver: &Receiver<Item>, retention: &Retention) {
+        let mut prune_at = Instant::now();
+        let mut closing = false;
+        loop {
+            match self.retry {
+                // Nothing more from the queue until what the writer holds
+                // is written: the queue fills, and sessions wait for room.
+                Some((retry_at, _)) => {
+                    let until = retry_at.min(prune_at);
+                    std::thread::sleep(until.saturating_duration_since(Instant::now()));
+                    if Instant::now() >= retry_at {
+                        self.write();
+                    }
+                }
+                // Closing: what the queue still holds, then the end.
+                None if closing => match receiver.try_recv() {
+                    Ok(item) => {
+                        self.take(item, receiver);
+                        self.write();
+                    }
+                    Err(_) => return,
+                },
+                None => {
+                    match receiver.recv_timeout(prune_at.saturating_duration_since(Instant::now()))
+                    {
+                        Ok(item) => {
+                            closing = self.take(item, receiver);
+                            self.write();
+                        }
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    }
+                }
+            }
+            if !closing && Instant::now() >= prune_at {
+                // Again at once while there is more to remove.
+                let wait = if prune(&self.log, retention) {
+                    Duration::ZERO
+                } else {
+                    PRUNE_EVERY
+                };
+                prune_at = Instant::now() + wait;
+            }
+        }
+    }
+
+    /// Take `item` and whatever else has queued meanwhile, for one write.
+    /// Returns whether they asked the writer to close.
+    fn take(&mut self, item: Item, receiver: &Receiver<Item>) -> bool {
+        let mut close = false;
+        let mut next = Some(item);
+        while let Some(item) = next {
+            match item {
+                Item::Entries(more) => self.entries.extend(more),
+                Item::Drained(done) => self.drained.push(done),
+                Item::Close => close = true,
+            }
+            next = (self.entries.len() < ENTRIES_PER_WRITE)
+                .then(|| receiver.try_recv().ok())
+                .flatten();
+        }
+        close
+    }
+
+    /// Write the entries taken, in one batch and one flush; on failure,
+    /// keep them and set when to try again.
+    fn write(&mut self) {
+        if !self.entries.is_empty() {
+            match self.log.write(&self.entries) {
+                Ok(records) => {
+                    self.unflushed = self.unflushed.saturating_add(records.len() as u64);
+                    self.entries.clear();
+                }
+                // A record that cannot be serialized never will be: writing
+                // it again would stop the trail for good.
+                Err(e @ AuditError::Damaged { .. }) => {
+                    let count = self.entries.len() as u64;
+                    error!(records = count, error = %e, "findings and actions cannot be recorded");
+                    self.unwritten.fetch_sub(count, Ordering::Relaxed);
+                    self.entries.clear();
+                }
+                Err(e) => return self.failed(&e),
+            }
+        }
+        if self.unflushed > 0 {
+            if let Err(e) = self.log.flush() {
+                return self.failed(&e);
+            }
+            self.unwritten.fetch_sub(self.unflushed, Ordering::Relaxed);
+            self.unflushed = 0;
+        }
+        self.retry = None;
+        for done in self.drained.drain(..) {
+            let _ = done.send(());
+        }
+    }
+
+    /// After a failed write: say what waits, and when it goes again.
+    fn failed(&mut self, e: &AuditError) {
+        let wait = self
+            .retry
+            .map_or(FIRST_RETRY_WAIT, |(_, wait)| (wait * 2).min(MAX_RETRY_WAIT));
+        error!(
+            error = %e,
+            pending = self.entries.len() as u64 + self.unflushed,
+            unwritten = self.unwritten.load(Ordering::Relaxed),
+            retry_in = ?wait,
+            "cannot write the audit trail; its entries are kept and written again, and sessions wait once the queue is full"
+        );
+        self.retry = Some((Instant::now() + wait, wait));
     }
 }
 
@@ -158,16 +360,6 @@ fn prune(log: &AuditLog, retention: &Retention) -> bool {
     }
 }
 
-fn append(log: &AuditLog, entries: Vec<Entry>) {
-    if entries.is_empty() {
-        return;
-    }
-    let count = entries.len();
-    if let Err(e) = log.append(entries) {
-        error!(records = count, error = %e, "findings and actions not recorded");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
@@ -183,7 +375,12 @@ mod tests {
         let store = Store::temporary().unwrap();
         let log = AuditLog::open(&store).unwrap();
         let (sender, receiver) = sync_channel(DEPTH);
-        let queue = AuditQueue { log, sender };
+        let queue = AuditQueue {
+            log,
+            sender,
+            unwritten: Arc::default(),
+            writer: Arc::default(),
+        };
         queue.push(entries(1000));
         drop(queue);
         let mut count = 0;
@@ -219,5 +416,115 @@ mod tests {
         queue.push(entries(1));
         queue.drain(Duration::from_secs(5));
         assert_eq!(log.backlog("siem").unwrap(), 4);
+    }
+
+    #[test]
+    fn entries_a_failed_write_kept_are_written_once_when_the_disk_recovers() {
+        let store = Store::temporary().unwrap();
+        let log = AuditLog::open(&store).unwrap();
+        let retention = Retention {
+            max_records: 1000,
+            max_backlog: 1000,
+            sinks: Vec::new(),
+        };
+        let queue = AuditQueue::start(log.clone(), retention).unwrap();
+        // The first write fails before its records are in the tree; the
+        // second puts them there and fails to flush.
+        log.failing().inserts.store(1, Ordering::SeqCst);
+        log.failing().flushes.store(1, Ordering::SeqCst);
+        queue.push(entries(5));
+        queue.drain(Duration::from_secs(10));
+        let reasons: Vec<String> = (log.after(0, 100).unwrap().into_iter())
+            .map(|r| match r.what {
+                crate::audit::What::Finding { reason, .. } => reason,
+                crate::audit::What::Action { action, .. } => action,
+            })
+            .collect();
+        let expected: Vec<String> = (0..5)
+            .map(|i| format!("write {i} to a register only ever read"))
+            .collect();
+        assert_eq!(reasons, expected, "each entry recorded once, in order");
+        assert_eq!(queue.unwritten(), 0);
+    }
+
+    fn retention() -> Retention {
+        Retention {
+            max_records: 1_000_000,
+            max_backlog: 1_000_000,
+            sinks: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn close_writes_everything_queued_before_the_store_is_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let pushed = 20_000;
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let log = AuditLog::open(&store).unwrap();
+            let queue = AuditQueue::start(log, retention()).unwrap();
+            // A session past the grace period still holds a clone at
+            // shutdown, and records after the writer closed: on disk when
+            // its push returns, as the process is about to exit.
+            let session = queue.clone();
+            for _ in 0..pushed / 100 {
+                queue.push(entries(100));
+            }
+            queue.close(Duration::from_secs(60));
+            session.push(entries(5));
+            assert_eq!(session.unwritten(), 0);
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let log = AuditLog::open(&store).unwrap();
+        let mut count = 0;
+        let mut after = 0;
+        loop {
+            let page = log.read(after, 10_000).unwrap();
+            let Some(last) = page.last else { break };
+            count += page.records.len();
+            after = last;
+        }
+        assert_eq!(count, pushed + 5);
+    }
+
+    #[test]
+    fn close_returns_within_its_bound_when_the_writer_is_stuck() {
+        let store = Store::temporary().unwrap();
+        let log = AuditLog::open(&store).unwrap();
+        // Every write fails: the writer backs off, and the queue fills.
+        log.failing().inserts.store(u32::MAX, Ordering::SeqCst);
+        let queue = AuditQueue::start(log.clone(), retention()).unwrap();
+        let session = queue.clone();
+        let pushing = std::thread::spawn(move || {
+            for _ in 0..DEPTH + 10 {
+                session.push(entries(1));
+            }
+        });
+        // Fill what room the queue has left, with empty items.
+        let start = Instant::now();
+        let full = loop {
+            match queue.sender.try_send(Item::Entries(Vec::new())) {
+                Err(TrySendError::Full(_)) => break true,
+                _ if start.elapsed() > Duration::from_secs(10) => break false,
+                _ => std::thread::sleep(Duration::from_millis(1)),
+            }
+        };
+        assert!(full, "the queue never filled");
+        let (closed, wait) = sync_channel(1);
+        let closing = queue.clone();
+        std::thread::spawn(move || {
+            closing.close(Duration::from_millis(300));
+            closed.send(()).unwrap();
+        });
+        assert!(
+            wait.recv_timeout(Duration::from_secs(5)).is_ok(),
+            "close did not return"
+        );
+        assert!(queue.unwritten() > 0);
+        // The disk recovers: everything is written after all.
+        log.failing().inserts.store(0, Ordering::SeqCst);
+        pushing.join().unwrap();
+        queue.drain(Duration::from_secs(60));
+        assert_eq!(log.after(0, 10_000).unwrap().len(), DEPTH + 10);
     }
 }

@@ -30,6 +30,11 @@ use crate::transport::{Route, Server, Stages, Upstream};
 /// mid-delivery too; this bounds a shutdown against a defect all the same.
 const EXPORTERS_STOP: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How long shutdown waits for the audit writer to write what is queued
+/// and end: a full queue is some 65,000 entries, seconds of disk. Past it,
+/// the error log says how many findings and actions were not written.
+const AUDIT_WRITER_STOP: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Arguments of `palisade serve`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -232,7 +237,10 @@ pub(crate) async fn serve(
     });
     server.run().await;
     let _ = admin_task.await;
-    tokio::task::block_in_place(|| recorder.drain(std::time::Duration::from_secs(5)));
+    // Sessions past the grace period may still hold clones of the queue:
+    // close ends the writer all the same, and what they push after it is
+    // written by the session itself.
+    tokio::task::block_in_place(|| recorder.close(AUDIT_WRITER_STOP));
     let _ = stop_exporters.send(true);
     let stopped = async {
         for exporter in &mut exporters {

@@ -590,6 +590,9 @@ impl Config {
             if !sinks.insert(sink.name()) {
                 return invalid(format!("two [[siem]] sinks are named {}", sink.name()));
             }
+            if let Err(reason) = sink.check() {
+                return invalid(format!("[[siem]] sink {}: {reason}", sink.name()));
+            }
         }
         if let Some(renewal) = self.renewal.listen
             && renewal.port() != 0
@@ -652,6 +655,49 @@ mod tests {
         let err = Config::parse("[audit]\nmax-records = 10\nmax-backlog = 9\n").unwrap_err();
         assert!(err.to_string().contains("max-backlog"), "{err}");
         assert!(Config::parse("[audit]\nmax-records = 0\n").is_err());
+    }
+
+    #[test]
+    fn siem_destinations_the_exporter_cannot_reach_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("no-such-dir/audit.jsonl");
+        let here = dir.path().join("audit.jsonl");
+        let webhook = |url: &str| format!("kind = \"webhook\"\nurl = \"{url}\"\n");
+        let syslog = |address: &str| format!("kind = \"syslog\"\naddress = \"{address}\"\n");
+        let file = |path: &Path| format!("kind = \"file\"\npath = {:?}\n", path);
+        for (sink, field) in [
+            (webhook("https://siem.example/audit"), "url"),
+            (webhook("siem.example/audit"), "url"),
+            (webhook("http://"), "url"),
+            (webhook("http://siem.example:http/audit"), "url"),
+            (webhook("http://siem.example:99999/audit"), "url"),
+            (webhook("http://user:secret@siem.example/audit"), "url"),
+            (webhook("http://siem example/audit"), "url"),
+            (webhook("http://siem.example/a b"), "url"),
+            (syslog("10.0.0.9"), "address"),
+            (syslog("10.0.0.9:"), "address"),
+            (syslog("10.0.0.9:syslog"), "address"),
+            (syslog(":514"), "address"),
+            (syslog("::1:514"), "address"),
+            (syslog("10.0.0.9:0"), "address"),
+            (file(&missing), "path"),
+            (file(dir.path()), "path"),
+        ] {
+            let text = format!("[[siem]]\nname = \"soc\"\n{sink}");
+            let err = Config::parse(&text).unwrap_err().to_string();
+            assert!(
+                err.contains("sink soc") && err.contains(field),
+                "{sink}: {err}"
+            );
+        }
+        for sink in [
+            webhook("http://10.0.0.9:8080/audit"),
+            syslog("siem.example:6514"),
+            file(&here),
+        ] {
+            let text = format!("[[siem]]\nname = \"soc\"\n{sink}");
+            assert!(Config::parse(&text).is_ok(), "{sink}");
+        }
     }
 
     #[test]
