@@ -453,6 +453,7 @@ fn describe<'a>(
             };
             let filters = r.0;
             let mut count = 0;
+            let mut most = Options::LEAST;
             while !r.0.is_empty() {
                 r.string()?;
                 if kind == 8 {
@@ -461,6 +462,7 @@ fn describe<'a>(
                     if options & reserved != 0 || options & 0x03 == 3 {
                         return Err("SUBSCRIBE options invalid".into());
                     }
+                    most.add(options);
                 }
                 count += 1;
             }
@@ -469,20 +471,23 @@ fn describe<'a>(
             }
             let mut event = parsed.frame(len, packet_name(kind));
             event.int("packet-id", packet_id);
-            // Each filter, and a subscription's options, in order: the
-            // options repeat once per filter.
+            // Each filter, in order; a subscription's options once, the
+            // most its filters ask for (see `Options`).
             let mut r = Reader(filters);
             while let Ok(filter) = r.string() {
                 event.text("filter", filter);
                 if kind == 8 {
-                    let options = r.u8().unwrap_or(0);
-                    event.int("subscribe-qos", options & 0x03);
-                    if v5 {
-                        event
-                            .flag("no-local", options & 0x04 != 0)
-                            .flag("retain-as-published", options & 0x08 != 0)
-                            .int("retain-handling", (options >> 4) & 0x03);
-                    }
+                    // Its options, taken in above.
+                    let _ = r.u8();
+                }
+            }
+            if kind == 8 {
+                event.int("subscribe-qos", most.qos);
+                if v5 {
+                    event
+                        .flag("no-local", most.no_local)
+                        .flag("retain-as-published", most.retain_as_published)
+                        .int("retain-handling", most.retain_handling);
                 }
             }
             properties.write(&mut event);
@@ -532,6 +537,44 @@ fn describe<'a>(
         _ => return Err("unknown packet type".into()),
     }
     Ok(())
+}
+
+/// A SUBSCRIBE's options as its event describes them: of each option, the
+/// value that asks the most of the broker among its filters'. The policy
+/// sees one value per option (only the filters are a set), so the options
+/// of one filter, the first, would hide another's: a device could ask QoS
+/// 2 for its second filter under a rule that forbids QoS 2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Options {
+    /// The highest QoS asked for: the most the broker keeps and resends.
+    qos: u8,
+    /// Whether every filter asked for No Local: one without it has the
+    /// device's own messages sent back to it.
+    no_local: bool,
+    /// Whether any filter asked for Retain As Published.
+    retain_as_published: bool,
+    /// The lowest Retain Handling asked for: 0 has the broker send the
+    /// retained messages at every subscribe, 2 never.
+    retain_handling: u8,
+}
+
+impl Options {
+    /// What no subscription asks less than: the starting point of
+    /// [`Options::add`].
+    const LEAST: Options = Options {
+        qos: 0,
+        no_local: true,
+        retain_as_published: false,
+        retain_handling: 2,
+    };
+
+    /// Take in one filter's subscription options byte.
+    fn add(&mut self, options: u8) {
+        self.qos = self.qos.max(options & 0x03);
+        self.no_local &= options & 0x04 != 0;
+        self.retain_as_published |= options & 0x08 != 0;
+        self.retain_handling = self.retain_handling.min((options >> 4) & 0x03);
+    }
 }
 
 fn packet_name(kind: u8) -> &'static str {
@@ -735,6 +778,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
     use super::*;
+    use palisade_plugin_sdk::EventRef;
     use palisade_plugin_sdk::testing::{parse_stream, parse_stream_after};
 
     #[test]
@@ -1025,6 +1069,62 @@ mod tests {
         let bad = parse(&[], &twice);
         assert_eq!(bad.malformed.unwrap().reason, "MQTT 5 property repeated");
         assert_eq!(bad.events.len(), 1, "only the CONNECT");
+    }
+
+    /// A SUBSCRIBE, packet id 9, of `filters` with their options bytes.
+    fn subscribe(filters: &[(&str, u8)], v5: bool) -> Vec<u8> {
+        let mut body = vec![0, 9];
+        if v5 {
+            body.push(0);
+        }
+        for (filter, options) in filters {
+            body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+            body.extend_from_slice(filter.as_bytes());
+            body.push(*options);
+        }
+        packet(0x82, &body)
+    }
+
+    #[test]
+    fn a_subscribes_options_are_the_most_any_filter_asks_for() {
+        // Each option is written once; `filter` once per filter.
+        let count = |e: &EventRef<'_>, name| e.attributes().filter(|(n, _)| *n == name).count();
+        // MQTT 3.1.1: QoS 0 for the first filter, 2 for the second.
+        let bytes = subscribe(&[("a/b", 0), ("site/cmd/#", 2), ("c", 1)], false);
+        let parsed = parse(&[4, 4], &bytes);
+        assert_eq!(parsed.malformed, None);
+        let e = parsed.events.get(0).unwrap();
+        assert_eq!(count(&e, "filter"), 3, "{e}");
+        assert_eq!(count(&e, "subscribe-qos"), 1, "{e}");
+        assert_eq!(e.int("subscribe-qos"), Some(2), "{e}");
+        assert_eq!(e.flag("no-local"), None, "MQTT 5 only");
+        // MQTT 5: the second filter asks the most of each option but No
+        // Local, which the first has.
+        let bytes = subscribe(&[("a/b", 0x24), ("site/cmd/#", 0x0a), ("c", 0x14)], true);
+        let parsed = parse(&[5, 5], &bytes);
+        assert_eq!(parsed.malformed, None);
+        let e = parsed.events.get(0).unwrap();
+        for name in [
+            "subscribe-qos",
+            "no-local",
+            "retain-as-published",
+            "retain-handling",
+        ] {
+            assert_eq!(count(&e, name), 1, "{name}: {e}");
+        }
+        assert_eq!(e.int("subscribe-qos"), Some(2), "{e}");
+        assert_eq!(e.flag("no-local"), Some(false), "{e}");
+        assert_eq!(e.flag("retain-as-published"), Some(true), "{e}");
+        assert_eq!(e.int("retain-handling"), Some(0), "{e}");
+        // Every filter with No Local, none with Retain As Published.
+        let parsed = parse(&[5, 5], &subscribe(&[("a", 0x24), ("b", 0x14)], true));
+        let e = parsed.events.get(0).unwrap();
+        assert_eq!(
+            (e.flag("no-local"), e.flag("retain-as-published")),
+            (Some(true), Some(false)),
+            "{e}"
+        );
+        assert_eq!(e.int("retain-handling"), Some(1), "{e}");
     }
 
     /// The review's stream, after an MQTT 5 CONNECT and a CONNACK that
