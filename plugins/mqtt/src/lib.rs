@@ -6,8 +6,9 @@
 //! UNSUBSCRIBE with their filters, SUBACK, UNSUBACK, PINGREQ, PINGRESP,
 //! DISCONNECT and AUTH. MQTT 5 properties are checked, every one, and
 //! skipped. Protocol violations (reserved flags, a second CONNECT, a
-//! wildcard in a PUBLISH topic, invalid UTF-8, an unknown property) end
-//! the stream as malformed, with the reason.
+//! wildcard in a PUBLISH topic, invalid UTF-8, U+0000, a control
+//! character or a noncharacter in a string, an unknown property) end the
+//! stream as malformed, with the reason.
 //!
 //! It sits at the start of the detection path: the host hands it the bytes a
 //! device sent, it returns one event per packet, and the host forwards each
@@ -142,27 +143,88 @@ fn frame(input: &[u8]) -> Framing {
     Framing::Invalid("remaining length longer than 4 bytes")
 }
 
-/// Whether `topic` holds a wildcard, `+` or `#`. Every PUBLISH's topic is
-/// searched: eight bytes at a time, not a character at a time; the last
-/// eight bytes of a topic longer than a word are read as one, overlapping
-/// the word before.
-fn has_wildcard(topic: &str) -> bool {
-    const ONES: u64 = u64::from_le_bytes([1; 8]);
-    const HIGH_BITS: u64 = ONES << 7;
-    // Whether a byte of `x` is zero (exactly; only which one would be
-    // blurred by the borrow).
-    let any_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH_BITS != 0;
-    let wildcard = |w: &[u8]| {
-        let x = u64::from_le_bytes(w.try_into().unwrap_or_default());
-        any_zero(x ^ (ONES * u64::from(b'+'))) || any_zero(x ^ (ONES * u64::from(b'#')))
-    };
-    let bytes = topic.as_bytes();
-    match bytes.len().checked_sub(8) {
-        None => bytes.iter().any(|b| matches!(b, b'+' | b'#')),
-        Some(last) => {
-            bytes.chunks_exact(8).any(wildcard) || bytes.get(last..).is_some_and(wildcard)
+/// Eight ones, one per byte of a word.
+const ONES: u64 = u64::from_le_bytes([1; 8]);
+/// The high bit of each byte of a word.
+const HIGH_BITS: u64 = ONES << 7;
+
+/// The high bits of the bytes of `x` below `n`, at most 128; perhaps also
+/// of bytes after one of those, blurred by the borrow: whether there is
+/// one is exact, which one is not.
+fn below(x: u64, n: u8) -> u64 {
+    x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH_BITS
+}
+
+/// The high bits of the bytes of `x` that are `b` (as [`below`]).
+fn equal(x: u64, b: u8) -> u64 {
+    below(x ^ (ONES * u64::from(b)), 1)
+}
+
+/// The high bits of the bytes of `x` that are a wildcard, `+` or `#`.
+fn wildcards(x: u64) -> u64 {
+    equal(x, b'+') | equal(x, b'#')
+}
+
+/// The high bits of the bytes of `x` below 0x20, or 0x7f and above: a
+/// control character, or part of a character beyond ASCII. Those of 0x7f
+/// and above have their high bit set before or after adding one (a 0xff's
+/// carry blurs only which byte: its own high bit is set).
+fn suspects(x: u64) -> u64 {
+    (below(x, 0x20) | x | x.wrapping_add(ONES)) & HIGH_BITS
+}
+
+/// Whether `mark` marks a byte of `bytes`, read eight bytes at a time,
+/// not a byte at a time: the last eight bytes of a text longer than a word
+/// are read as one, overlapping the word before, and a shorter text is
+/// padded with `a`, which nothing marks. The marks of every word are
+/// gathered and tested once, at the end.
+fn any_marked(bytes: &[u8], mark: impl Fn(u64) -> u64) -> bool {
+    let word = |w: &[u8]| mark(u64::from_le_bytes(w.try_into().unwrap_or_default()));
+    let marks = match bytes.len().checked_sub(8) {
+        None => {
+            let mut padded = [b'a'; 8];
+            if let Some(start) = padded.get_mut(..bytes.len()) {
+                start.copy_from_slice(bytes);
+            }
+            mark(u64::from_le_bytes(padded))
         }
+        Some(last) => {
+            (bytes.chunks_exact(8)).fold(0, |marks, w| marks | word(w))
+                | bytes.get(last..).map_or(0, word)
+        }
+    };
+    marks != 0
+}
+
+/// Whether `topic` holds a wildcard, `+` or `#`.
+fn has_wildcard(topic: &str) -> bool {
+    any_marked(topic.as_bytes(), wildcards)
+}
+
+/// Why `text`, an MQTT string, holds a character the broker refuses, if it
+/// does. U+0000 is forbidden (MQTT 3.1.1 §1.5.3, 5.0 §1.5.4): a receiver
+/// that reads strings as C strings acts on what comes before it, so that
+/// `site/cmd\0/telemetry` would be judged as one topic and published to
+/// `site/cmd`. The control characters (U+0001 to U+001F, U+007F to U+009F)
+/// and the noncharacters should not be sent and may be refused; mosquitto
+/// refuses them in every string, closing the connection, so the appliance
+/// does too: what it passes, mosquitto takes.
+///
+/// Every string is read a word at a time for a byte below 0x20, a 0x7f or
+/// a byte of a character beyond ASCII; only a string with one is read a
+/// character at a time.
+fn forbidden_character(text: &str) -> Option<&'static str> {
+    if !any_marked(text.as_bytes(), suspects) {
+        return None;
     }
+    text.chars().find_map(|c| match c {
+        '\0' => Some("string holds U+0000"),
+        c if c.is_control() => Some("string holds a control character"),
+        // U+FDD0 to U+FDEF, and the last two of every plane.
+        '\u{fdd0}'..='\u{fdef}' => Some("string holds a Unicode noncharacter"),
+        c if u32::from(c) & 0xfffe == 0xfffe => Some("string holds a Unicode noncharacter"),
+        _ => None,
+    })
 }
 
 /// Describe a PUBLISH with fixed-header `flags`, `len` bytes long, whose
@@ -187,10 +249,7 @@ fn publish<'a>(
     if qos == 0 && flags & 0x08 != 0 {
         return Err("PUBLISH with DUP set at QoS 0".into());
     }
-    let topic = r.string()?;
-    if has_wildcard(topic) {
-        return Err("wildcard in a PUBLISH topic".into());
-    }
+    let topic = r.topic()?;
     let packet_id = if qos > 0 { Some(r.u16()?) } else { None };
     let properties = if v5 {
         r.properties()?
@@ -620,7 +679,35 @@ impl<'a> Reader<'a> {
         ]))
     }
 
+    /// A UTF-8 string without the characters [`forbidden_character`]
+    /// refuses.
     fn string(&mut self) -> Result<&'a str, &'static str> {
+        let text = self.utf8()?;
+        match forbidden_character(text) {
+            None => Ok(text),
+            Some(reason) => Err(reason),
+        }
+    }
+
+    /// A string that names the topic of a PUBLISH: also without a
+    /// wildcard. Most of a device's packets are
+    /// PUBLISH, so a topic is read once, a word at a time, for anything
+    /// either check refuses; only a topic with one is read again.
+    fn topic(&mut self) -> Result<&'a str, &'static str> {
+        let text = self.utf8()?;
+        if any_marked(text.as_bytes(), |x| suspects(x) | wildcards(x)) {
+            if let Some(reason) = forbidden_character(text) {
+                return Err(reason);
+            }
+            if has_wildcard(text) {
+                return Err("wildcard in a PUBLISH topic");
+            }
+        }
+        Ok(text)
+    }
+
+    /// A string's bytes, checked to be UTF-8 and nothing more.
+    fn utf8(&mut self) -> Result<&'a str, &'static str> {
         let len = self.u16()?;
         std::str::from_utf8(self.take(usize::from(len))?).map_err(|_| "string is not UTF-8")
     }
@@ -791,6 +878,51 @@ mod tests {
                 for w in ["+", "#"] {
                     let topic = format!("{}{w}{}", &plain[..at], &plain[at..]);
                     assert!(has_wildcard(&topic), "{topic:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn forbidden_characters_are_found_at_every_position() {
+        let refused = [
+            ('\0', "U+0000"),
+            ('\u{1}', "control"),
+            ('\t', "control"),
+            ('\u{1f}', "control"),
+            ('\u{7f}', "control"),
+            ('\u{80}', "control"),
+            ('\u{9f}', "control"),
+            ('\u{fdd0}', "noncharacter"),
+            ('\u{fdef}', "noncharacter"),
+            ('\u{fffe}', "noncharacter"),
+            ('\u{ffff}', "noncharacter"),
+            ('\u{1fffe}', "noncharacter"),
+            ('\u{10ffff}', "noncharacter"),
+        ];
+        // What mosquitto takes: beyond ASCII, next to the refused.
+        let taken = [
+            "",
+            " ~",
+            "\u{a0}",
+            "é/\u{e000}",
+            "\u{fdcf}\u{fdf0}\u{fffd}",
+            "\u{1f600}",
+        ];
+        for len in 0..40 {
+            let plain = "a/b".repeat(len / 3 + 1)[..len].to_owned();
+            for also in taken {
+                let text = format!("{also}{plain}{also}");
+                assert_eq!(forbidden_character(&text), None, "{text:?}");
+            }
+            for at in 0..=len {
+                for (c, reason) in refused {
+                    let text = format!("{}{c}{}", &plain[..at], &plain[at..]);
+                    let found = forbidden_character(&text);
+                    assert!(
+                        found.is_some_and(|r| r.contains(reason)),
+                        "{text:?}: {found:?}"
+                    );
                 }
             }
         }
@@ -1460,6 +1592,60 @@ mod tests {
         assert_eq!(e.text("username"), Some("alice"));
         assert_eq!(e.flag("has-password"), Some(true));
         assert!(!e.to_string().contains("s3cret"));
+    }
+
+    /// `text` as an MQTT string: its length, then its bytes.
+    fn string(text: &str) -> Vec<u8> {
+        [&(text.len() as u16).to_be_bytes()[..], text.as_bytes()].concat()
+    }
+
+    #[test]
+    fn a_string_with_u0000_a_control_or_a_noncharacter_is_malformed() {
+        let up = Direction::ToUpstream;
+        let down = Direction::ToDevice;
+        // The review's topic: judged whole, acted on up to the U+0000.
+        let topic = string("site/cmd\0/telemetry");
+        let publish4 = packet(0x30, &[&topic[..], b"1"].concat());
+        let publish5 = packet(0x30, &[&topic[..], b"\x001"].concat());
+        let mut user_property = vec![0x26];
+        user_property.extend_from_slice(&string("k"));
+        user_property.extend_from_slice(&string("v\u{85}"));
+        let mut with_property = string("a/b");
+        with_property.push(user_property.len() as u8);
+        with_property.extend_from_slice(&user_property);
+        let mut connect = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60];
+        connect.extend_from_slice(&string("dev\u{ffff}"));
+        let cases: [(Direction, &[u8], Vec<u8>, &str); 8] = [
+            (up, &[4, 4], publish4.clone(), "U+0000"),
+            (down, &[4, 4], publish4, "U+0000"),
+            (up, &[5, 5], publish5.clone(), "U+0000"),
+            (down, &[5, 5], publish5, "U+0000"),
+            (up, &[4, 4], publish("a\u{1}b", b"1"), "control"),
+            (
+                up,
+                &[5, 5],
+                subscribe(&[("a/b", 0), ("site/cmd\0/#", 1)], true),
+                "U+0000",
+            ),
+            (
+                up,
+                &[5, 5],
+                packet(0x30, &[&with_property[..], b"1"].concat()),
+                "control",
+            ),
+            (up, &[], packet(0x10, &connect), "noncharacter"),
+        ];
+        for (direction, state, bytes, reason) in cases {
+            let parsed = parse_from(direction, state, &bytes);
+            assert!(parsed.events.is_empty(), "{bytes:?}");
+            let m = (parsed.malformed).unwrap_or_else(|| panic!("{bytes:?} accepted"));
+            assert!(m.reason.contains(reason), "{bytes:?}: {}", m.reason);
+        }
+        // Beyond ASCII, what mosquitto takes reads as before.
+        let parsed = parse(&[4, 4], &publish("café/\u{a0}/\u{fffd}", b"1"));
+        assert_eq!(parsed.malformed, None);
+        let e = parsed.events.get(0).unwrap();
+        assert_eq!(e.text("topic"), Some("café/\u{a0}/\u{fffd}"));
     }
 
     #[test]
