@@ -6,7 +6,7 @@
 //! UNSUBSCRIBE with their filters, SUBACK, UNSUBACK, PINGREQ, PINGRESP,
 //! DISCONNECT and AUTH. MQTT 5 properties are checked, every one, and
 //! skipped. Protocol violations (reserved flags, a second CONNECT, a
-//! wildcard in a PUBLISH topic, invalid UTF-8, U+0000, a control
+//! wildcard in a PUBLISH or will topic, invalid UTF-8, U+0000, a control
 //! character or a noncharacter in a string, an unknown property) end the
 //! stream as malformed, with the reason.
 //!
@@ -413,7 +413,9 @@ fn describe<'a>(
                 if version == 5 {
                     r.properties()?;
                 }
-                let topic = r.string()?;
+                // Published as the device's message when it goes away:
+                // a PUBLISH's topic, without a wildcard.
+                let topic = r.topic()?;
                 r.binary()?;
                 Some(topic)
             } else {
@@ -689,8 +691,8 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// A string that names the topic of a PUBLISH: also without a
-    /// wildcard. Most of a device's packets are
+    /// A string that names the topic of a message, a PUBLISH's or a
+    /// will's: also without a wildcard. Most of a device's packets are
     /// PUBLISH, so a topic is read once, a word at a time, for anything
     /// either check refuses; only a topic with one is read again.
     fn topic(&mut self) -> Result<&'a str, &'static str> {
@@ -700,7 +702,7 @@ impl<'a> Reader<'a> {
                 return Err(reason);
             }
             if has_wildcard(text) {
-                return Err("wildcard in a PUBLISH topic");
+                return Err("wildcard in a PUBLISH or will topic");
             }
         }
         Ok(text)
@@ -1646,6 +1648,37 @@ mod tests {
         assert_eq!(parsed.malformed, None);
         let e = parsed.events.get(0).unwrap();
         assert_eq!(e.text("topic"), Some("café/\u{a0}/\u{fffd}"));
+    }
+
+    /// A CONNECT at `level` with a will on `topic`.
+    fn connect_with_will(level: u8, topic: &str) -> Vec<u8> {
+        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', level, 0x06, 0, 60];
+        let properties: &[u8] = if level == 5 { &[0] } else { &[] };
+        body.extend_from_slice(properties);
+        body.extend_from_slice(&string("c1"));
+        body.extend_from_slice(properties);
+        body.extend_from_slice(&string(topic));
+        body.extend_from_slice(&string("gone"));
+        packet(0x10, &body)
+    }
+
+    #[test]
+    fn a_will_topic_with_a_wildcard_is_malformed() {
+        for level in [4, 5] {
+            let parsed = parse(&[], &connect_with_will(level, "dev/1/status"));
+            assert_eq!(parsed.malformed, None, "MQTT level {level}");
+            let e = parsed.events.get(0).unwrap();
+            assert_eq!(e.text("will-topic"), Some("dev/1/status"));
+            for topic in ["dev/+/status", "dev/#", "#", "+"] {
+                let parsed = parse(&[], &connect_with_will(level, topic));
+                assert!(parsed.events.is_empty(), "{topic}");
+                let m = (parsed.malformed).unwrap_or_else(|| panic!("{topic} accepted"));
+                assert!(m.reason.contains("wildcard"), "{topic}: {}", m.reason);
+            }
+            let parsed = parse(&[], &connect_with_will(level, "dev\0/+"));
+            let m = (parsed.malformed).unwrap_or_else(|| panic!("U+0000 accepted"));
+            assert!(m.reason.contains("U+0000"), "{}", m.reason);
+        }
     }
 
     #[test]
