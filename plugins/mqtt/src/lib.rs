@@ -519,8 +519,10 @@ fn describe<'a>(
                 r.string()?;
                 if kind == 8 {
                     let options = r.u8()?;
+                    // QoS 3 and Retain Handling 3 do not exist (MQTT 5
+                    // §3.8.3.1); mosquitto refuses both.
                     let reserved = if v5 { 0xc0 } else { 0xfc };
-                    if options & reserved != 0 || options & 0x03 == 3 {
+                    if options & reserved != 0 || options & 0x03 == 3 || options & 0x30 == 0x30 {
                         return Err("SUBSCRIBE options invalid".into());
                     }
                     most.add(options);
@@ -1259,6 +1261,27 @@ mod tests {
             "{e}"
         );
         assert_eq!(e.int("retain-handling"), Some(1), "{e}");
+    }
+
+    #[test]
+    fn subscription_options_that_do_not_exist_are_malformed() {
+        // QoS 3 in either version; Retain Handling 3 in MQTT 5, and in
+        // 3.1.1 any option bit but the QoS's.
+        let cases = [
+            (0x03, false),
+            (0x03, true),
+            (0x30, true),
+            (0x04, false),
+            (0x40, true),
+        ];
+        for (options, v5) in cases {
+            let state: &[u8] = if v5 { &[5, 5] } else { &[4, 4] };
+            let bytes = subscribe(&[("a/b", 0), ("c", options)], v5);
+            let parsed = parse(state, &bytes);
+            assert!(parsed.events.is_empty(), "{options:#x}");
+            let m = (parsed.malformed).unwrap_or_else(|| panic!("{options:#x} accepted"));
+            assert_eq!(m.reason, "SUBSCRIBE options invalid");
+        }
     }
 
     /// The review's stream, after an MQTT 5 CONNECT and a CONNACK that
