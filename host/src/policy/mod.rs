@@ -994,6 +994,40 @@ when { context has qos && context.qos == 2 };
         );
     }
 
+    /// A rule on a subscription option holds for every filter of a
+    /// SUBSCRIBE, as the MQTT parser describes it, not for the first
+    /// alone.
+    #[test]
+    fn a_subscription_option_of_any_filter_is_judged() {
+        let policy = Policy::parse(
+            r#"permit(principal, action in Action::"mqtt", resource);
+@id("no qos 2 subscriptions")
+forbid(principal, action == Action::"mqtt.subscribe", resource)
+when { context has "subscribe-qos" && context["subscribe-qos"] == 2 };"#,
+        )
+        .unwrap();
+        let subject = policy.subject(&device("x"), None, "mqtt", "mqtt");
+        // SUBSCRIBE, packet id 1: a/b at QoS 0, site/cmd/# at QoS `qos`.
+        let judge = |qos: u8| {
+            let mut body = vec![0, 1, 0, 3, b'a', b'/', b'b', 0, 0, 10];
+            body.extend_from_slice(b"site/cmd/#");
+            body.push(qos);
+            let mut frame = vec![0x82, body.len() as u8];
+            frame.extend_from_slice(&body);
+            let parsed = mqtt::parse(&[4, 4], &frame);
+            assert_eq!(parsed.malformed, None);
+            policy.event(
+                &subject,
+                Direction::ToUpstream,
+                parsed.events.get(0).unwrap(),
+            )
+        };
+        let d = judge(2);
+        assert!(!d.allowed, "QoS 2 for the second filter passed: {d:?}");
+        assert!(d.reason.contains("no qos 2 subscriptions"), "{}", d.reason);
+        assert!(judge(1).allowed);
+    }
+
     #[test]
     fn a_forbid_says_how_grave_and_what_to_do() {
         let policy = Policy::parse(

@@ -162,7 +162,12 @@ pub const CHANGES_SESSION: &str = "changes-session";
 
 const MQTT_SUBSCRIBE: &[Attribute] = &[("packet-id", Int), ("filter", TextSet)];
 
-/// A subscription's options, once per filter in the filters' order.
+/// A subscription's options, once for all its filters: of each, the value
+/// that asks the most of the broker among the filters' (the policy sees one
+/// value, and the first filter's would hide the others'). `subscribe-qos`
+/// is the highest QoS asked for, `retain-handling` the lowest (0: retained
+/// messages at every subscribe), `no-local` set only if every filter has
+/// it, `retain-as-published` if any has. The last three are MQTT 5's.
 const MQTT_SUBSCRIBE_OPTIONAL: &[Attribute] = &[
     ("protocol-version", Int),
     ("reason-code", Int),
@@ -359,7 +364,12 @@ pub fn markdown() -> String {
          `changes-session`, and dropping it closes the session, since the \
          broker would keep the binding the appliance's reading lost. Its \
          `topic-alias`, if any, is never above the Topic Alias Maximum its receiver \
-         allowed (a PUBLISH that uses one is malformed). A CoAP message has `type` \
+         allowed (a PUBLISH that uses one is malformed). An `mqtt.subscribe` \
+         has every filter in `filter`, and each subscription option once, \
+         the most any of its filters asks of the broker: `subscribe-qos` the \
+         highest QoS, `retain-handling` the lowest (0 has retained messages \
+         sent at every subscribe), `no-local` only if every filter has it, \
+         `retain-as-published` if any has. A CoAP message has `type` \
          (`con`, `non`, `ack` or `rst`) and `message-id` when it came over \
          UDP (RFC 7252), never over TCP (RFC 8323). A CoAP request's `path` \
          and `query` are its Uri-Path and Uri-Query options joined with `/` \

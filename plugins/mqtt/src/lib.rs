@@ -6,8 +6,9 @@
 //! UNSUBSCRIBE with their filters, SUBACK, UNSUBACK, PINGREQ, PINGRESP,
 //! DISCONNECT and AUTH. MQTT 5 properties are checked, every one, and
 //! skipped. Protocol violations (reserved flags, a second CONNECT, a
-//! wildcard in a PUBLISH topic, invalid UTF-8, an unknown property) end
-//! the stream as malformed, with the reason.
+//! wildcard in a PUBLISH or will topic, invalid UTF-8, U+0000, a control
+//! character or a noncharacter in a string, an unknown property) end the
+//! stream as malformed, with the reason.
 //!
 //! It sits at the start of the detection path: the host hands it the bytes a
 //! device sent, it returns one event per packet, and the host forwards each
@@ -142,27 +143,88 @@ fn frame(input: &[u8]) -> Framing {
     Framing::Invalid("remaining length longer than 4 bytes")
 }
 
-/// Whether `topic` holds a wildcard, `+` or `#`. Every PUBLISH's topic is
-/// searched: eight bytes at a time, not a character at a time; the last
-/// eight bytes of a topic longer than a word are read as one, overlapping
-/// the word before.
-fn has_wildcard(topic: &str) -> bool {
-    const ONES: u64 = u64::from_le_bytes([1; 8]);
-    const HIGH_BITS: u64 = ONES << 7;
-    // Whether a byte of `x` is zero (exactly; only which one would be
-    // blurred by the borrow).
-    let any_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH_BITS != 0;
-    let wildcard = |w: &[u8]| {
-        let x = u64::from_le_bytes(w.try_into().unwrap_or_default());
-        any_zero(x ^ (ONES * u64::from(b'+'))) || any_zero(x ^ (ONES * u64::from(b'#')))
-    };
-    let bytes = topic.as_bytes();
-    match bytes.len().checked_sub(8) {
-        None => bytes.iter().any(|b| matches!(b, b'+' | b'#')),
-        Some(last) => {
-            bytes.chunks_exact(8).any(wildcard) || bytes.get(last..).is_some_and(wildcard)
+/// Eight ones, one per byte of a word.
+const ONES: u64 = u64::from_le_bytes([1; 8]);
+/// The high bit of each byte of a word.
+const HIGH_BITS: u64 = ONES << 7;
+
+/// The high bits of the bytes of `x` below `n`, at most 128; perhaps also
+/// of bytes after one of those, blurred by the borrow: whether there is
+/// one is exact, which one is not.
+fn below(x: u64, n: u8) -> u64 {
+    x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH_BITS
+}
+
+/// The high bits of the bytes of `x` that are `b` (as [`below`]).
+fn equal(x: u64, b: u8) -> u64 {
+    below(x ^ (ONES * u64::from(b)), 1)
+}
+
+/// The high bits of the bytes of `x` that are a wildcard, `+` or `#`.
+fn wildcards(x: u64) -> u64 {
+    equal(x, b'+') | equal(x, b'#')
+}
+
+/// The high bits of the bytes of `x` below 0x20, or 0x7f and above: a
+/// control character, or part of a character beyond ASCII. Those of 0x7f
+/// and above have their high bit set before or after adding one (a 0xff's
+/// carry blurs only which byte: its own high bit is set).
+fn suspects(x: u64) -> u64 {
+    (below(x, 0x20) | x | x.wrapping_add(ONES)) & HIGH_BITS
+}
+
+/// Whether `mark` marks a byte of `bytes`, read eight bytes at a time,
+/// not a byte at a time: the last eight bytes of a text longer than a word
+/// are read as one, overlapping the word before, and a shorter text is
+/// padded with `a`, which nothing marks. The marks of every word are
+/// gathered and tested once, at the end.
+fn any_marked(bytes: &[u8], mark: impl Fn(u64) -> u64) -> bool {
+    let word = |w: &[u8]| mark(u64::from_le_bytes(w.try_into().unwrap_or_default()));
+    let marks = match bytes.len().checked_sub(8) {
+        None => {
+            let mut padded = [b'a'; 8];
+            if let Some(start) = padded.get_mut(..bytes.len()) {
+                start.copy_from_slice(bytes);
+            }
+            mark(u64::from_le_bytes(padded))
         }
+        Some(last) => {
+            (bytes.chunks_exact(8)).fold(0, |marks, w| marks | word(w))
+                | bytes.get(last..).map_or(0, word)
+        }
+    };
+    marks != 0
+}
+
+/// Whether `topic` holds a wildcard, `+` or `#`.
+fn has_wildcard(topic: &str) -> bool {
+    any_marked(topic.as_bytes(), wildcards)
+}
+
+/// Why `text`, an MQTT string, holds a character the broker refuses, if it
+/// does. U+0000 is forbidden (MQTT 3.1.1 §1.5.3, 5.0 §1.5.4): a receiver
+/// that reads strings as C strings acts on what comes before it, so that
+/// `site/cmd\0/telemetry` would be judged as one topic and published to
+/// `site/cmd`. The control characters (U+0001 to U+001F, U+007F to U+009F)
+/// and the noncharacters should not be sent and may be refused; mosquitto
+/// refuses them in every string, closing the connection, so the appliance
+/// does too: what it passes, mosquitto takes.
+///
+/// Every string is read a word at a time for a byte below 0x20, a 0x7f or
+/// a byte of a character beyond ASCII; only a string with one is read a
+/// character at a time.
+fn forbidden_character(text: &str) -> Option<&'static str> {
+    if !any_marked(text.as_bytes(), suspects) {
+        return None;
     }
+    text.chars().find_map(|c| match c {
+        '\0' => Some("string holds U+0000"),
+        c if c.is_control() => Some("string holds a control character"),
+        // U+FDD0 to U+FDEF, and the last two of every plane.
+        '\u{fdd0}'..='\u{fdef}' => Some("string holds a Unicode noncharacter"),
+        c if u32::from(c) & 0xfffe == 0xfffe => Some("string holds a Unicode noncharacter"),
+        _ => None,
+    })
 }
 
 /// Describe a PUBLISH with fixed-header `flags`, `len` bytes long, whose
@@ -187,10 +249,7 @@ fn publish<'a>(
     if qos == 0 && flags & 0x08 != 0 {
         return Err("PUBLISH with DUP set at QoS 0".into());
     }
-    let topic = r.string()?;
-    if has_wildcard(topic) {
-        return Err("wildcard in a PUBLISH topic".into());
-    }
+    let topic = r.topic()?;
     let packet_id = if qos > 0 { Some(r.u16()?) } else { None };
     let properties = if v5 {
         r.properties()?
@@ -354,7 +413,9 @@ fn describe<'a>(
                 if version == 5 {
                     r.properties()?;
                 }
-                let topic = r.string()?;
+                // Published as the device's message when it goes away:
+                // a PUBLISH's topic, without a wildcard.
+                let topic = r.topic()?;
                 r.binary()?;
                 Some(topic)
             } else {
@@ -453,14 +514,18 @@ fn describe<'a>(
             };
             let filters = r.0;
             let mut count = 0;
+            let mut most = Options::LEAST;
             while !r.0.is_empty() {
                 r.string()?;
                 if kind == 8 {
                     let options = r.u8()?;
+                    // QoS 3 and Retain Handling 3 do not exist (MQTT 5
+                    // §3.8.3.1); mosquitto refuses both.
                     let reserved = if v5 { 0xc0 } else { 0xfc };
-                    if options & reserved != 0 || options & 0x03 == 3 {
+                    if options & reserved != 0 || options & 0x03 == 3 || options & 0x30 == 0x30 {
                         return Err("SUBSCRIBE options invalid".into());
                     }
+                    most.add(options);
                 }
                 count += 1;
             }
@@ -469,20 +534,23 @@ fn describe<'a>(
             }
             let mut event = parsed.frame(len, packet_name(kind));
             event.int("packet-id", packet_id);
-            // Each filter, and a subscription's options, in order: the
-            // options repeat once per filter.
+            // Each filter, in order; a subscription's options once, the
+            // most its filters ask for (see `Options`).
             let mut r = Reader(filters);
             while let Ok(filter) = r.string() {
                 event.text("filter", filter);
                 if kind == 8 {
-                    let options = r.u8().unwrap_or(0);
-                    event.int("subscribe-qos", options & 0x03);
-                    if v5 {
-                        event
-                            .flag("no-local", options & 0x04 != 0)
-                            .flag("retain-as-published", options & 0x08 != 0)
-                            .int("retain-handling", (options >> 4) & 0x03);
-                    }
+                    // Its options, taken in above.
+                    let _ = r.u8();
+                }
+            }
+            if kind == 8 {
+                event.int("subscribe-qos", most.qos);
+                if v5 {
+                    event
+                        .flag("no-local", most.no_local)
+                        .flag("retain-as-published", most.retain_as_published)
+                        .int("retain-handling", most.retain_handling);
                 }
             }
             properties.write(&mut event);
@@ -534,6 +602,44 @@ fn describe<'a>(
     Ok(())
 }
 
+/// A SUBSCRIBE's options as its event describes them: of each option, the
+/// value that asks the most of the broker among its filters'. The policy
+/// sees one value per option (only the filters are a set), so the options
+/// of one filter, the first, would hide another's: a device could ask QoS
+/// 2 for its second filter under a rule that forbids QoS 2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Options {
+    /// The highest QoS asked for: the most the broker keeps and resends.
+    qos: u8,
+    /// Whether every filter asked for No Local: one without it has the
+    /// device's own messages sent back to it.
+    no_local: bool,
+    /// Whether any filter asked for Retain As Published.
+    retain_as_published: bool,
+    /// The lowest Retain Handling asked for: 0 has the broker send the
+    /// retained messages at every subscribe, 2 never.
+    retain_handling: u8,
+}
+
+impl Options {
+    /// What no subscription asks less than: the starting point of
+    /// [`Options::add`].
+    const LEAST: Options = Options {
+        qos: 0,
+        no_local: true,
+        retain_as_published: false,
+        retain_handling: 2,
+    };
+
+    /// Take in one filter's subscription options byte.
+    fn add(&mut self, options: u8) {
+        self.qos = self.qos.max(options & 0x03);
+        self.no_local &= options & 0x04 != 0;
+        self.retain_as_published |= options & 0x08 != 0;
+        self.retain_handling = self.retain_handling.min((options >> 4) & 0x03);
+    }
+}
+
 fn packet_name(kind: u8) -> &'static str {
     match kind {
         2 => "mqtt.connack",
@@ -577,7 +683,35 @@ impl<'a> Reader<'a> {
         ]))
     }
 
+    /// A UTF-8 string without the characters [`forbidden_character`]
+    /// refuses.
     fn string(&mut self) -> Result<&'a str, &'static str> {
+        let text = self.utf8()?;
+        match forbidden_character(text) {
+            None => Ok(text),
+            Some(reason) => Err(reason),
+        }
+    }
+
+    /// A string that names the topic of a message, a PUBLISH's or a
+    /// will's: also without a wildcard. Most of a device's packets are
+    /// PUBLISH, so a topic is read once, a word at a time, for anything
+    /// either check refuses; only a topic with one is read again.
+    fn topic(&mut self) -> Result<&'a str, &'static str> {
+        let text = self.utf8()?;
+        if any_marked(text.as_bytes(), |x| suspects(x) | wildcards(x)) {
+            if let Some(reason) = forbidden_character(text) {
+                return Err(reason);
+            }
+            if has_wildcard(text) {
+                return Err("wildcard in a PUBLISH or will topic");
+            }
+        }
+        Ok(text)
+    }
+
+    /// A string's bytes, checked to be UTF-8 and nothing more.
+    fn utf8(&mut self) -> Result<&'a str, &'static str> {
         let len = self.u16()?;
         std::str::from_utf8(self.take(usize::from(len))?).map_err(|_| "string is not UTF-8")
     }
@@ -735,6 +869,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
     use super::*;
+    use palisade_plugin_sdk::EventRef;
     use palisade_plugin_sdk::testing::{parse_stream, parse_stream_after};
 
     #[test]
@@ -747,6 +882,51 @@ mod tests {
                 for w in ["+", "#"] {
                     let topic = format!("{}{w}{}", &plain[..at], &plain[at..]);
                     assert!(has_wildcard(&topic), "{topic:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn forbidden_characters_are_found_at_every_position() {
+        let refused = [
+            ('\0', "U+0000"),
+            ('\u{1}', "control"),
+            ('\t', "control"),
+            ('\u{1f}', "control"),
+            ('\u{7f}', "control"),
+            ('\u{80}', "control"),
+            ('\u{9f}', "control"),
+            ('\u{fdd0}', "noncharacter"),
+            ('\u{fdef}', "noncharacter"),
+            ('\u{fffe}', "noncharacter"),
+            ('\u{ffff}', "noncharacter"),
+            ('\u{1fffe}', "noncharacter"),
+            ('\u{10ffff}', "noncharacter"),
+        ];
+        // What mosquitto takes: beyond ASCII, next to the refused.
+        let taken = [
+            "",
+            " ~",
+            "\u{a0}",
+            "é/\u{e000}",
+            "\u{fdcf}\u{fdf0}\u{fffd}",
+            "\u{1f600}",
+        ];
+        for len in 0..40 {
+            let plain = "a/b".repeat(len / 3 + 1)[..len].to_owned();
+            for also in taken {
+                let text = format!("{also}{plain}{also}");
+                assert_eq!(forbidden_character(&text), None, "{text:?}");
+            }
+            for at in 0..=len {
+                for (c, reason) in refused {
+                    let text = format!("{}{c}{}", &plain[..at], &plain[at..]);
+                    let found = forbidden_character(&text);
+                    assert!(
+                        found.is_some_and(|r| r.contains(reason)),
+                        "{text:?}: {found:?}"
+                    );
                 }
             }
         }
@@ -1025,6 +1205,83 @@ mod tests {
         let bad = parse(&[], &twice);
         assert_eq!(bad.malformed.unwrap().reason, "MQTT 5 property repeated");
         assert_eq!(bad.events.len(), 1, "only the CONNECT");
+    }
+
+    /// A SUBSCRIBE, packet id 9, of `filters` with their options bytes.
+    fn subscribe(filters: &[(&str, u8)], v5: bool) -> Vec<u8> {
+        let mut body = vec![0, 9];
+        if v5 {
+            body.push(0);
+        }
+        for (filter, options) in filters {
+            body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+            body.extend_from_slice(filter.as_bytes());
+            body.push(*options);
+        }
+        packet(0x82, &body)
+    }
+
+    #[test]
+    fn a_subscribes_options_are_the_most_any_filter_asks_for() {
+        // Each option is written once; `filter` once per filter.
+        let count = |e: &EventRef<'_>, name| e.attributes().filter(|(n, _)| *n == name).count();
+        // MQTT 3.1.1: QoS 0 for the first filter, 2 for the second.
+        let bytes = subscribe(&[("a/b", 0), ("site/cmd/#", 2), ("c", 1)], false);
+        let parsed = parse(&[4, 4], &bytes);
+        assert_eq!(parsed.malformed, None);
+        let e = parsed.events.get(0).unwrap();
+        assert_eq!(count(&e, "filter"), 3, "{e}");
+        assert_eq!(count(&e, "subscribe-qos"), 1, "{e}");
+        assert_eq!(e.int("subscribe-qos"), Some(2), "{e}");
+        assert_eq!(e.flag("no-local"), None, "MQTT 5 only");
+        // MQTT 5: the second filter asks the most of each option but No
+        // Local, which the first has.
+        let bytes = subscribe(&[("a/b", 0x24), ("site/cmd/#", 0x0a), ("c", 0x14)], true);
+        let parsed = parse(&[5, 5], &bytes);
+        assert_eq!(parsed.malformed, None);
+        let e = parsed.events.get(0).unwrap();
+        for name in [
+            "subscribe-qos",
+            "no-local",
+            "retain-as-published",
+            "retain-handling",
+        ] {
+            assert_eq!(count(&e, name), 1, "{name}: {e}");
+        }
+        assert_eq!(e.int("subscribe-qos"), Some(2), "{e}");
+        assert_eq!(e.flag("no-local"), Some(false), "{e}");
+        assert_eq!(e.flag("retain-as-published"), Some(true), "{e}");
+        assert_eq!(e.int("retain-handling"), Some(0), "{e}");
+        // Every filter with No Local, none with Retain As Published.
+        let parsed = parse(&[5, 5], &subscribe(&[("a", 0x24), ("b", 0x14)], true));
+        let e = parsed.events.get(0).unwrap();
+        assert_eq!(
+            (e.flag("no-local"), e.flag("retain-as-published")),
+            (Some(true), Some(false)),
+            "{e}"
+        );
+        assert_eq!(e.int("retain-handling"), Some(1), "{e}");
+    }
+
+    #[test]
+    fn subscription_options_that_do_not_exist_are_malformed() {
+        // QoS 3 in either version; Retain Handling 3 in MQTT 5, and in
+        // 3.1.1 any option bit but the QoS's.
+        let cases = [
+            (0x03, false),
+            (0x03, true),
+            (0x30, true),
+            (0x04, false),
+            (0x40, true),
+        ];
+        for (options, v5) in cases {
+            let state: &[u8] = if v5 { &[5, 5] } else { &[4, 4] };
+            let bytes = subscribe(&[("a/b", 0), ("c", options)], v5);
+            let parsed = parse(state, &bytes);
+            assert!(parsed.events.is_empty(), "{options:#x}");
+            let m = (parsed.malformed).unwrap_or_else(|| panic!("{options:#x} accepted"));
+            assert_eq!(m.reason, "SUBSCRIBE options invalid");
+        }
     }
 
     /// The review's stream, after an MQTT 5 CONNECT and a CONNACK that
@@ -1360,6 +1617,91 @@ mod tests {
         assert_eq!(e.text("username"), Some("alice"));
         assert_eq!(e.flag("has-password"), Some(true));
         assert!(!e.to_string().contains("s3cret"));
+    }
+
+    /// `text` as an MQTT string: its length, then its bytes.
+    fn string(text: &str) -> Vec<u8> {
+        [&(text.len() as u16).to_be_bytes()[..], text.as_bytes()].concat()
+    }
+
+    #[test]
+    fn a_string_with_u0000_a_control_or_a_noncharacter_is_malformed() {
+        let up = Direction::ToUpstream;
+        let down = Direction::ToDevice;
+        // The review's topic: judged whole, acted on up to the U+0000.
+        let topic = string("site/cmd\0/telemetry");
+        let publish4 = packet(0x30, &[&topic[..], b"1"].concat());
+        let publish5 = packet(0x30, &[&topic[..], b"\x001"].concat());
+        let mut user_property = vec![0x26];
+        user_property.extend_from_slice(&string("k"));
+        user_property.extend_from_slice(&string("v\u{85}"));
+        let mut with_property = string("a/b");
+        with_property.push(user_property.len() as u8);
+        with_property.extend_from_slice(&user_property);
+        let mut connect = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60];
+        connect.extend_from_slice(&string("dev\u{ffff}"));
+        let cases: [(Direction, &[u8], Vec<u8>, &str); 8] = [
+            (up, &[4, 4], publish4.clone(), "U+0000"),
+            (down, &[4, 4], publish4, "U+0000"),
+            (up, &[5, 5], publish5.clone(), "U+0000"),
+            (down, &[5, 5], publish5, "U+0000"),
+            (up, &[4, 4], publish("a\u{1}b", b"1"), "control"),
+            (
+                up,
+                &[5, 5],
+                subscribe(&[("a/b", 0), ("site/cmd\0/#", 1)], true),
+                "U+0000",
+            ),
+            (
+                up,
+                &[5, 5],
+                packet(0x30, &[&with_property[..], b"1"].concat()),
+                "control",
+            ),
+            (up, &[], packet(0x10, &connect), "noncharacter"),
+        ];
+        for (direction, state, bytes, reason) in cases {
+            let parsed = parse_from(direction, state, &bytes);
+            assert!(parsed.events.is_empty(), "{bytes:?}");
+            let m = (parsed.malformed).unwrap_or_else(|| panic!("{bytes:?} accepted"));
+            assert!(m.reason.contains(reason), "{bytes:?}: {}", m.reason);
+        }
+        // Beyond ASCII, what mosquitto takes reads as before.
+        let parsed = parse(&[4, 4], &publish("café/\u{a0}/\u{fffd}", b"1"));
+        assert_eq!(parsed.malformed, None);
+        let e = parsed.events.get(0).unwrap();
+        assert_eq!(e.text("topic"), Some("café/\u{a0}/\u{fffd}"));
+    }
+
+    /// A CONNECT at `level` with a will on `topic`.
+    fn connect_with_will(level: u8, topic: &str) -> Vec<u8> {
+        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', level, 0x06, 0, 60];
+        let properties: &[u8] = if level == 5 { &[0] } else { &[] };
+        body.extend_from_slice(properties);
+        body.extend_from_slice(&string("c1"));
+        body.extend_from_slice(properties);
+        body.extend_from_slice(&string(topic));
+        body.extend_from_slice(&string("gone"));
+        packet(0x10, &body)
+    }
+
+    #[test]
+    fn a_will_topic_with_a_wildcard_is_malformed() {
+        for level in [4, 5] {
+            let parsed = parse(&[], &connect_with_will(level, "dev/1/status"));
+            assert_eq!(parsed.malformed, None, "MQTT level {level}");
+            let e = parsed.events.get(0).unwrap();
+            assert_eq!(e.text("will-topic"), Some("dev/1/status"));
+            for topic in ["dev/+/status", "dev/#", "#", "+"] {
+                let parsed = parse(&[], &connect_with_will(level, topic));
+                assert!(parsed.events.is_empty(), "{topic}");
+                let m = (parsed.malformed).unwrap_or_else(|| panic!("{topic} accepted"));
+                assert!(m.reason.contains("wildcard"), "{topic}: {}", m.reason);
+            }
+            let parsed = parse(&[], &connect_with_will(level, "dev\0/+"));
+            let m = (parsed.malformed).unwrap_or_else(|| panic!("U+0000 accepted"));
+            assert!(m.reason.contains("U+0000"), "{}", m.reason);
+        }
     }
 
     #[test]
