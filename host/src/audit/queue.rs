@@ -438,6 +438,7 @@ mod tests {
             .map(|r| match r.what {
                 crate::audit::What::Finding { reason, .. } => reason,
                 crate::audit::What::Action { action, .. } => action,
+                crate::audit::What::OperatorAction { request, .. } => request,
             })
             .collect();
         let expected: Vec<String> = (0..5)
