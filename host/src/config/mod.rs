@@ -128,6 +128,14 @@ pub struct Limits {
     /// Default 256 KiB: more than any MQTT, CoAP or Modbus frame a device
     /// sends, and bounded memory for thousands of sessions.
     pub max_frame_bytes: usize,
+    /// Bytes of incomplete frames held at once, all sessions together
+    /// (a frame waiting for its end is held twice: as read, and as the
+    /// parser will be given it). A session whose frame would take the
+    /// appliance past it is closed, with a log line, so that devices
+    /// together cannot make the appliance hold `max-connections` times
+    /// `max-frame-bytes`. Default 256 MiB: a thousand sessions halfway
+    /// through the largest frame; at least twice `max-frame-bytes`.
+    pub max_buffered_bytes: usize,
     /// Bytes read from a socket at once, and handed to the parser in one
     /// call. Default 16 KiB.
     pub read_chunk_bytes: usize,
@@ -148,6 +156,7 @@ impl Default for Limits {
             idle_timeout_secs: 300,
             connect_timeout_secs: 10,
             max_frame_bytes: 256 << 10,
+            max_buffered_bytes: 256 << 20,
             read_chunk_bytes: 16 << 10,
             quic_streams_per_connection: 16,
             shutdown_grace_secs: 5,
@@ -513,6 +522,12 @@ impl Config {
                 "max-frame-bytes must be at most 256 MiB, MQTT's largest packet".into(),
             );
         }
+        if l.max_buffered_bytes / 2 < l.max_frame_bytes {
+            return invalid(format!(
+                "max-buffered-bytes must be at least twice max-frame-bytes ({}): a frame waiting for its end is held twice",
+                l.max_frame_bytes
+            ));
+        }
         if self.pki.device_cert_hours > 24 * 3650 || self.pki.server_cert_days > 3650 {
             return invalid("certificate lifetimes must be at most 10 years".into());
         }
@@ -645,6 +660,14 @@ mod tests {
             assert!(err.to_string().contains(key), "{err}");
         }
         assert!(Config::parse("[limits]\nmax-connections = 1000000\n").is_ok());
+        let err =
+            Config::parse("[limits]\nmax-frame-bytes = 1048576\nmax-buffered-bytes = 2097151\n")
+                .unwrap_err();
+        assert!(err.to_string().contains("max-buffered-bytes"), "{err}");
+        assert!(
+            Config::parse("[limits]\nmax-frame-bytes = 1048576\nmax-buffered-bytes = 2097152\n")
+                .is_ok()
+        );
     }
 
     #[test]

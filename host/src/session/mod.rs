@@ -10,7 +10,8 @@ mod relay;
 pub use live::{Closed, HangUp, LiveSessions, Membership};
 pub use pipeline::{FrameSpan, Inspected, POLICY, Pipeline, PipelineError, Verdict};
 pub use relay::{
-    Enforcer, Forwarded, NoEnforcer, RelayError, RelaySettings, Side, first_bytes, relay,
+    BufferBudget, Enforcer, Forwarded, Guards, NoEnforcer, RelayError, RelaySettings, Side,
+    first_bytes, relay,
 };
 
 /// What the session tests run: an MQTT parser, a session, its frames.

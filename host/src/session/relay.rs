@@ -20,7 +20,7 @@
 //! session and not the other sessions of the same worker thread (see
 //! [`INLINE_INPUT`]).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,96 @@ pub struct RelaySettings {
     pub idle: Duration,
     /// Bytes read at once.
     pub chunk: usize,
+}
+
+/// The bytes of incomplete frames every session together holds, and the
+/// most they may: `max-buffered-bytes`. Each session's relay holds what it
+/// read of a frame not yet whole, and its pipeline the same bytes for the
+/// parser; one device is bounded by its connections, but devices together
+/// are bounded only by this. Clones share it.
+#[derive(Debug, Clone)]
+pub struct BufferBudget {
+    held: Arc<AtomicUsize>,
+    max: usize,
+}
+
+impl BufferBudget {
+    /// A budget of `max` bytes.
+    pub fn new(max: usize) -> Self {
+        BufferBudget {
+            held: Arc::new(AtomicUsize::new(0)),
+            max,
+        }
+    }
+
+    /// Bytes held now, all sessions together.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Take `bytes` more, if they fit.
+    fn take(&self, bytes: usize) -> bool {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(bytes).filter(|&total| total <= self.max)
+            })
+            .is_ok()
+    }
+
+    fn give(&self, bytes: usize) {
+        self.held.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+/// What one direction of a session holds of a [`BufferBudget`]; given back
+/// when it is dropped.
+#[derive(Debug)]
+struct Share {
+    budget: BufferBudget,
+    bytes: usize,
+}
+
+impl Share {
+    /// Hold `bytes` in all, taking or giving back the difference; `false`
+    /// (and nothing changed) when the budget has no room for them.
+    fn set(&mut self, bytes: usize) -> bool {
+        if bytes > self.bytes {
+            if !self.budget.take(bytes - self.bytes) {
+                return false;
+            }
+        } else {
+            self.budget.give(self.bytes - bytes);
+        }
+        self.bytes = bytes;
+        true
+    }
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        self.budget.give(self.bytes);
+    }
+}
+
+/// What the appliance bounds and watches a session by, beyond its
+/// settings.
+#[derive(Debug, Clone)]
+pub struct Guards {
+    /// Whether the device was closed (see [`Activity::device`]).
+    pub closed: Closed,
+    /// The bytes of incomplete frames all sessions may hold.
+    pub buffers: BufferBudget,
+}
+
+impl Guards {
+    /// A session nobody closes, whose frames are bounded by its pipeline
+    /// alone: one relayed outside the appliance (a test, a benchmark).
+    pub fn none() -> Self {
+        Guards {
+            closed: Closed::never(),
+            buffers: BufferBudget::new(usize::MAX),
+        }
+    }
 }
 
 /// Which side of a session.
@@ -109,6 +199,21 @@ pub enum RelayError {
     /// A write to one side stayed blocked for the idle timeout.
     #[error("{0} stopped reading for {1:?}")]
     Stalled(Side, Duration),
+    /// The sessions together hold as many bytes of incomplete frames as
+    /// the appliance allows, and this one's frame needs more.
+    #[error(
+        "{direction} frame of {holding} bytes so far cannot wait: the sessions together hold {held} bytes of incomplete frames, and max-buffered-bytes is {max}"
+    )]
+    OverBudget {
+        /// The direction.
+        direction: &'static str,
+        /// Bytes the session's direction would hold.
+        holding: usize,
+        /// Bytes all sessions hold.
+        held: usize,
+        /// The budget.
+        max: usize,
+    },
 }
 
 /// What the relay asks of the rest of the appliance when the policy or a
@@ -177,7 +282,8 @@ impl Activity {
 /// device (see [`first_bytes`]); they are handled before anything else.
 /// With `pipeline`, only the bytes of the frames its parser cut are
 /// forwarded; without, bytes pass uninspected. Nothing more goes to the
-/// upstream once `closed` says the device was closed.
+/// upstream once `guards` say the device was closed, and the bytes of an
+/// incomplete frame count against their budget.
 pub async fn relay<D, U>(
     device: D,
     upstream: U,
@@ -185,7 +291,7 @@ pub async fn relay<D, U>(
     pipeline: Option<Pipeline>,
     settings: RelaySettings,
     enforcer: Arc<dyn Enforcer>,
-    closed: Closed,
+    guards: Guards,
 ) -> Result<Forwarded, RelayError>
 where
     D: AsyncRead + AsyncWrite + Send + Unpin,
@@ -198,13 +304,18 @@ where
         start: Instant::now(),
         last_ms: AtomicU64::new(0),
         closing: AtomicBool::new(false),
-        device: closed,
+        device: guards.closed,
+    };
+    let share = || Share {
+        budget: guards.buffers.clone(),
+        bytes: 0,
     };
     let up = Pump {
         direction: Direction::ToUpstream,
         pipeline: pipeline.clone(),
         enforcer: enforcer.clone(),
         held: Vec::new(),
+        share: share(),
         forwarded: 0,
     }
     .run(device_read, upstream_write, first, &activity, settings);
@@ -213,6 +324,7 @@ where
         pipeline,
         enforcer,
         held: Vec::new(),
+        share: share(),
         forwarded: 0,
     }
     .run(upstream_read, device_write, Vec::new(), &activity, settings);
@@ -268,6 +380,9 @@ struct Pump {
     /// Bytes read but not yet forwarded: the start of an incomplete frame.
     /// The pipeline bounds it by refusing frames over its limit.
     held: Vec<u8>,
+    /// What `held` and the pipeline's copy of it take of the appliance's
+    /// budget.
+    share: Share,
     forwarded: u64,
 }
 
@@ -375,7 +490,7 @@ impl Pump {
             return Ok(());
         };
         let keep = settings.chunk.max(FIRST_READ);
-        let inspected =
+        let (inspected, pending) =
             inspect(pipeline, direction, bytes, keep).map_err(|source| RelayError::Pipeline {
                 direction: name(direction),
                 source,
@@ -476,6 +591,16 @@ impl Pump {
                 source: PipelineError::FrameTooLarge { limit },
             });
         }
+        let holding = self.held.len() + pending;
+        if !self.share.set(holding) {
+            let budget = &self.share.budget;
+            return Err(RelayError::OverBudget {
+                direction: name(direction),
+                holding,
+                held: budget.held(),
+                max: budget.max,
+            });
+        }
         if let Some(m) = inspected.malformed {
             return Err(RelayError::Malformed {
                 direction: name(direction),
@@ -520,12 +645,14 @@ const INLINE_INPUT: usize = 4096;
 /// Run the pipeline on `bytes`: in place when the input is small, off the
 /// reactor when it is large and the runtime allows. The pipeline's
 /// buffer then gives back what a large frame grew it to beyond `chunk`.
+/// Returns what came of it, and the bytes the pipeline now holds of the
+/// direction's incomplete frame.
 fn inspect(
     pipeline: &Mutex<Pipeline>,
     direction: Direction,
     bytes: &[u8],
     chunk: usize,
-) -> Result<Inspected, PipelineError> {
+) -> Result<(Inspected, usize), PipelineError> {
     let mut pipeline = lock(pipeline);
     let input = pipeline.parser_input(direction, bytes.len());
     let inspected = if input.is_some_and(|input| input > INLINE_INPUT) {
@@ -534,7 +661,7 @@ fn inspect(
         pipeline.push(direction, bytes)
     };
     pipeline.shrink(direction, chunk);
-    inspected
+    Ok((inspected?, pipeline.pending(direction)))
 }
 
 #[cfg(test)]
@@ -610,7 +737,7 @@ mod tests {
             None,
             settings(100),
             Arc::new(NoEnforcer),
-            Closed::never(),
+            Guards::none(),
         );
         let ended = tokio::time::timeout(Duration::from_secs(10), relayed)
             .await
@@ -634,6 +761,10 @@ mod tests {
             pipeline: Some(pipeline.clone()),
             enforcer: Arc::new(NoEnforcer),
             held: Vec::new(),
+            share: Share {
+                budget: BufferBudget::new(usize::MAX),
+                bytes: 0,
+            },
             forwarded: 0,
         };
         let activity = Activity {
@@ -701,7 +832,7 @@ forbid(principal, action == Action::"mqtt.publish", resource) when { context.top
             Some(mqtt_pipeline(policy)),
             settings(10_000),
             quarantines.clone(),
-            Closed::never(),
+            Guards::none(),
         ));
         let start = Instant::now();
         while quarantines.0.load(Ordering::SeqCst) == 0 {
@@ -802,7 +933,10 @@ forbid(principal, action == Action::"mqtt.publish", resource) when { context.top
             )),
             settings(10_000),
             Arc::new(NoEnforcer),
-            membership.watch(),
+            Guards {
+                closed: membership.watch(),
+                ..Guards::none()
+            },
         ));
         // What the relay forwards it forwards at once: half a second is
         // long.
@@ -815,5 +949,63 @@ forbid(principal, action == Action::"mqtt.publish", resource) when { context.top
             "judged after the close, {read:?} bytes reached the upstream"
         );
         assert!(membership.reason().is_some());
+    }
+
+    /// Sessions halfway through large frames hold their bytes of one
+    /// budget: a session whose frame would take them past it is closed,
+    /// and what a session held is given back once its frame has passed.
+    #[tokio::test]
+    async fn incomplete_frames_count_against_one_budget_for_all_sessions() {
+        let budget = BufferBudget::new(64 << 10);
+        let pump = || Pump {
+            direction: Direction::ToUpstream,
+            pipeline: Some(Arc::new(Mutex::new(mqtt_pipeline(
+                r#"permit(principal, action in Action::"mqtt", resource);"#,
+            )))),
+            enforcer: Arc::new(NoEnforcer),
+            held: Vec::new(),
+            share: Share {
+                budget: budget.clone(),
+                bytes: 0,
+            },
+            forwarded: 0,
+        };
+        let (mut a, mut b) = (pump(), pump());
+        let activity = Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
+            device: Closed::never(),
+        };
+        let settings = settings(10_000);
+        let frame = publish("site/a/blob", &[7; 100 << 10]);
+        let (start, rest) = frame.split_at(20 << 10);
+        let mut upstream = Vec::new();
+        // The relay holds what it read of the frame, and the pipeline the
+        // same bytes for the parser.
+        (a.forward(&mut upstream, start, &activity, settings).await).unwrap();
+        assert_eq!(budget.held(), 40 << 10);
+        let over = (b.forward(&mut upstream, start, &activity, settings).await).unwrap_err();
+        assert!(
+            matches!(
+                over,
+                RelayError::OverBudget {
+                    holding: 40960,
+                    held: 40960,
+                    max: 65536,
+                    ..
+                }
+            ),
+            "{over}"
+        );
+        (a.forward(&mut upstream, rest, &activity, settings).await).unwrap();
+        assert_eq!(upstream, frame);
+        assert_eq!(budget.held(), 0, "the frame passed, its bytes given back");
+        // A session that ends gives back what it held.
+        let mut c = pump();
+        (c.forward(&mut upstream, start, &activity, settings).await).unwrap();
+        assert_eq!(budget.held(), 40 << 10);
+        drop((b, c));
+        assert_eq!(budget.held(), 0);
     }
 }

@@ -49,7 +49,9 @@ use crate::config::{Config, Limits, PkiConfig, RouteConfig, Transport, UpstreamC
 use crate::identity::{Claims, ClientVerifier, Device, Pki, Refusal, Registry};
 use crate::plugins::{Installed, Slot};
 use crate::policy::PolicyEngine;
-use crate::session::{Closed, Enforcer, LiveSessions, Membership, Pipeline, RelaySettings};
+use crate::session::{
+    BufferBudget, Closed, Enforcer, Guards, LiveSessions, Membership, Pipeline, RelaySettings,
+};
 
 /// Why the transport could not start.
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +134,8 @@ pub(crate) struct Shared {
     pki: PkiConfig,
     connections: Arc<Semaphore>,
     handshakes: Arc<handshakes::Handshakes>,
+    /// The bytes of incomplete frames the sessions may hold together.
+    buffers: BufferBudget,
     next_session: AtomicU64,
     tasks: TaskTracker,
     shutdown: CancellationToken,
@@ -188,6 +192,7 @@ impl Server {
             pki: config.pki.clone(),
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             handshakes: handshakes::Handshakes::new(config.limits.max_handshakes_per_address),
+            buffers: BufferBudget::new(config.limits.max_buffered_bytes),
             next_session: AtomicU64::new(1),
             tasks: TaskTracker::new(),
             shutdown,
@@ -510,7 +515,10 @@ impl Shared {
             pipeline,
             settings,
             self.enforcer.clone(),
-            device_closed,
+            Guards {
+                closed: device_closed,
+                buffers: self.buffers.clone(),
+            },
         )
         .await;
         match result {
