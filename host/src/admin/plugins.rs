@@ -116,7 +116,7 @@ fn parse_version(name: &str, version: &str) -> Result<semver::Version, String> {
 
 impl PluginAdmin<'_> {
     /// Load `bundle` as a plugin and check it: its world, then its
-    /// self-checks.
+    /// self-checks, whose writes to the key-value store are discarded.
     fn prepare(&self, bundle: &Bundle, progress: Progress<'_>) -> Result<Plugin, String> {
         let m = &bundle.manifest;
         progress(format!("precompiling {} {}", m.name, m.version));
@@ -149,7 +149,11 @@ impl PluginAdmin<'_> {
             ));
         }
         progress("running self-checks".into());
-        self_check(&plugin, m)?;
+        // On a read-only handle: the candidate is not active yet, and it
+        // shares its key-value store with the active version of its name.
+        // A self-check that wrote would let a shadow (or a candidate
+        // refused a moment later) change the active version's state.
+        self_check(&plugin.as_shadow(), m)?;
         Ok(plugin)
     }
 
@@ -462,4 +466,111 @@ pub fn self_check(plugin: &Plugin, manifest: &Manifest) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::plugins::{Installed, RuntimeConfig};
+    use crate::registry::Capability;
+    use crate::store::Store;
+
+    /// An appliance's plugin state: a library, a runtime, and a route
+    /// serving the first-party `new-topic` detector.
+    struct Appliance {
+        data: tempfile::TempDir,
+        store: Store,
+        library: Library,
+        runtime: Runtime,
+        installed: Installed,
+    }
+
+    impl Appliance {
+        fn new() -> Appliance {
+            let data = tempfile::tempdir().unwrap();
+            let store = Store::temporary().unwrap();
+            let library = Library::open(data.path(), &store).unwrap();
+            let runtime = Runtime::new(&RuntimeConfig::default(), store.clone()).unwrap();
+            let installed = Installed::default();
+            installed
+                .slot_for("new-topic", World::Detector, "mqtt-in", || {
+                    let component = first_party::component("new-topic").unwrap();
+                    Ok(runtime.load("new-topic", component, Limits::default())?)
+                })
+                .unwrap();
+            Appliance {
+                data,
+                store,
+                library,
+                runtime,
+                installed,
+            }
+        }
+
+        fn admin(&self) -> PluginAdmin<'_> {
+            PluginAdmin {
+                data: self.data.path(),
+                library: &self.library,
+                runtime: &self.runtime,
+                installed: Some(&self.installed),
+            }
+        }
+
+        /// The first-party `new-topic` component as `name` `version`,
+        /// allowed to keep state, in the library.
+        fn add(&self, name: &str, version: &str) {
+            let component = first_party::component("new-topic").unwrap().to_vec();
+            let mut manifest = Bundle::detector(name, version, component.clone()).manifest;
+            manifest.capabilities = vec![Capability::Store];
+            let bundle = Bundle::new(manifest, component).unwrap();
+            self.library.add(&bundle, "acme").unwrap();
+        }
+
+        /// The value of `key` in the store of `name`.
+        fn kv(&self, name: &str, key: &str) -> Option<Vec<u8>> {
+            self.store.plugin_kv(name, 0).unwrap().get(key).unwrap()
+        }
+    }
+
+    #[test]
+    fn a_shadow_candidates_self_check_writes_nothing_to_the_active_versions_store() {
+        let appliance = Appliance::new();
+        appliance.add("new-topic", "2.0.0");
+        // The detector's self-check call (an empty batch from device
+        // `self-check`) stores that device's publish count, were it let.
+        let key = "self-check/publishes";
+        assert_eq!(appliance.kv("new-topic", key), None);
+
+        let answer = appliance
+            .admin()
+            .shadow("new-topic", Some("2.0.0"), &mut |_| {})
+            .unwrap();
+        assert_eq!(answer["shadow"], "2.0.0");
+        assert_eq!(
+            appliance.kv("new-topic", key),
+            None,
+            "the shadow's self-check wrote to the active version's store"
+        );
+
+        // Activated, the same version's self-check writes nothing either;
+        // once active, its calls keep their writes.
+        appliance
+            .admin()
+            .activate("new-topic", "2.0.0", &mut |_| {})
+            .unwrap();
+        assert_eq!(appliance.kv("new-topic", key), None);
+        let active = appliance.installed.get("new-topic").unwrap().active();
+        let manifest = appliance
+            .library
+            .bundle("new-topic", &semver::Version::new(2, 0, 0))
+            .unwrap()
+            .manifest;
+        self_check(&active, &manifest).unwrap();
+        assert!(
+            appliance.kv("new-topic", key).is_some(),
+            "the active version's calls keep their writes"
+        );
+    }
 }
