@@ -20,6 +20,7 @@ use crate::plugins::{
     Batch, Device, Direction, Installed, Limits, Plugin, Runtime, Session, WireBatch, World,
     first_party,
 };
+use crate::registry::manifest::valid_name;
 use crate::registry::{Bundle, Library, Manifest, RegistryClient};
 
 /// Where the appliance's registry is: `<data>/registry/source.json`,
@@ -110,6 +111,19 @@ fn one_change_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     CHANGES.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Refuse `name` unless it is a plugin name as manifests give them: it is
+/// a directory of the library and a namespace of the store, and a path
+/// (`../x`) would read a bundle no one verified from anywhere on disk.
+fn check_name(name: &str) -> Result<(), String> {
+    if valid_name(name) {
+        return Ok(());
+    }
+    Err(format!(
+        "{name:?} is not a plugin name (1 to 64 lowercase letters, digits and dashes, \
+         starting with a letter)"
+    ))
+}
+
 fn parse_version(name: &str, version: &str) -> Result<semver::Version, String> {
     semver::Version::parse(version).map_err(|e| format!("{name}@{version}: not a version: {e}"))
 }
@@ -169,6 +183,7 @@ impl PluginAdmin<'_> {
         shadow: bool,
         progress: Progress<'_>,
     ) -> Result<Value, String> {
+        check_name(name)?;
         let _changing = one_change_at_a_time();
         // Checked before anything is fetched or stored: a refused shadow
         // must not count as installed (versions only grow).
@@ -285,6 +300,7 @@ impl PluginAdmin<'_> {
         version: &str,
         progress: Progress<'_>,
     ) -> Result<Value, String> {
+        check_name(name)?;
         let _changing = one_change_at_a_time();
         let version = match version {
             "first-party" => None,
@@ -298,6 +314,7 @@ impl PluginAdmin<'_> {
     }
 
     pub fn rollback(&self, name: &str, progress: Progress<'_>) -> Result<Value, String> {
+        check_name(name)?;
         let _changing = one_change_at_a_time();
         let entry = self.library.entry(name).map_err(|e| chain(&e))?;
         let Some(previous) = entry.previous.last() else {
@@ -309,6 +326,7 @@ impl PluginAdmin<'_> {
     }
 
     pub fn remove(&self, name: &str, version: &str) -> Result<Value, String> {
+        check_name(name)?;
         let _changing = one_change_at_a_time();
         let version = parse_version(name, version)?;
         let shadow = self.slot(name).and_then(|s| s.shadow());
@@ -328,6 +346,7 @@ impl PluginAdmin<'_> {
         version: Option<&str>,
         progress: Progress<'_>,
     ) -> Result<Value, String> {
+        check_name(name)?;
         let _changing = one_change_at_a_time();
         let slot = self
             .slot(name)
@@ -347,6 +366,7 @@ impl PluginAdmin<'_> {
     }
 
     pub fn promote(&self, name: &str) -> Result<Value, String> {
+        check_name(name)?;
         let _changing = one_change_at_a_time();
         let slot = self
             .slot(name)
@@ -572,5 +592,63 @@ mod tests {
             appliance.kv("new-topic", key).is_some(),
             "the active version's calls keep their writes"
         );
+    }
+
+    #[test]
+    fn a_bundle_outside_the_library_or_of_another_name_is_never_activated() {
+        let appliance = Appliance::new();
+        let serving = || {
+            let slot = appliance.installed.get("new-topic").unwrap();
+            slot.active().version().to_owned()
+        };
+        let first_party = serving();
+
+        // A bundle consistent in itself, on a stick beside the data
+        // directory, named by a path from the library's directory.
+        let stick = tempfile::tempdir().unwrap();
+        let component = first_party::component("new-topic").unwrap().to_vec();
+        Bundle::detector("new-topic", "1.0.0", component.clone())
+            .write(&stick.path().join("x/1.0.0"))
+            .unwrap();
+        let library_dir = appliance.data.path().join("plugins");
+        std::fs::create_dir_all(&library_dir).unwrap();
+        let up: PathBuf = (library_dir.components().skip(1)).map(|_| "..").collect();
+        let path = up.join(stick.path().strip_prefix("/").unwrap()).join("x");
+        assert!(library_dir.join(&path).join("1.0.0/manifest.json").exists());
+        let path = path.to_str().unwrap();
+        let admin = appliance.admin();
+        for refused in [
+            admin.activate(path, "1.0.0", &mut |_| {}),
+            admin.shadow(path, Some("1.0.0"), &mut |_| {}),
+            admin.rollback(path, &mut |_| {}),
+            admin.remove(path, "1.0.0"),
+            admin.promote(path),
+            admin.install(path, None, false, &mut |_| {}),
+        ] {
+            let e = refused.unwrap_err();
+            assert!(e.contains("is not a plugin name"), "{e}");
+        }
+        // The library refuses such a name itself.
+        let e = appliance
+            .library
+            .bundle(path, &semver::Version::new(1, 0, 0))
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("not a plugin name"), "{e:#}");
+
+        // A library entry whose manifest names another plugin: it would
+        // run under this name, with this name's store.
+        appliance.add("acme-other", "1.0.0");
+        Bundle::read(&library_dir.join("acme-other/1.0.0"))
+            .unwrap()
+            .write(&library_dir.join("new-topic/3.0.0"))
+            .unwrap();
+        let e = admin
+            .activate("new-topic", "3.0.0", &mut |_| {})
+            .unwrap_err();
+        assert!(
+            e.contains("is of acme-other 1.0.0, not new-topic 3.0.0"),
+            "{e}"
+        );
+        assert_eq!(serving(), first_party, "a refused bundle was activated");
     }
 }

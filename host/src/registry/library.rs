@@ -401,7 +401,7 @@ impl Library {
         let m = &bundle.manifest;
         self.change(&m.name, |entry| {
             newer(entry, m)?;
-            bundle.write(&self.bundle_dir(&m.name, &m.version))?;
+            bundle.write(&self.bundle_dir(&m.name, &m.version)?)?;
             entry.versions.push(InstalledVersion {
                 version: m.version.clone(),
                 publisher: publisher.to_owned(),
@@ -412,11 +412,22 @@ impl Library {
         })
     }
 
-    /// The installed bundle of `name` at `version`, read back and checked.
+    /// The installed bundle of `name` at `version`, read back and checked:
+    /// its manifest must be of this name and version, or a bundle copied
+    /// under another name would run with that name's store and slot.
     pub fn bundle(&self, name: &str, version: &semver::Version) -> anyhow::Result<Bundle> {
-        let dir = self.bundle_dir(name, version);
+        let dir = self.bundle_dir(name, version)?;
         anyhow::ensure!(dir.exists(), "{name} {version} is not installed");
-        Bundle::read(&dir)
+        let bundle = Bundle::read(&dir)?;
+        let m = &bundle.manifest;
+        anyhow::ensure!(
+            m.name == name && m.version == *version,
+            "bundle {} is of {} {}, not {name} {version}: not installed as it was verified",
+            dir.display(),
+            m.name,
+            m.version
+        );
+        Ok(bundle)
     }
 
     /// Record `version` (or the first-party plugin, `None`) as the active
@@ -462,13 +473,16 @@ impl Library {
                 "{name} {version} is not installed"
             );
             entry.previous.retain(|v| v.as_ref() != Some(version));
-            let dir = self.bundle_dir(name, version);
+            let dir = self.bundle_dir(name, version)?;
             std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))
         })
     }
 
-    fn bundle_dir(&self, name: &str, version: &semver::Version) -> PathBuf {
-        self.dir.join(name).join(version.to_string())
+    /// Where the bundle of `name` at `version` is kept. A name is one path
+    /// segment, never `..` or a path of its own.
+    fn bundle_dir(&self, name: &str, version: &semver::Version) -> anyhow::Result<PathBuf> {
+        anyhow::ensure!(valid_name(name), "{name:?} is not a plugin name");
+        Ok(self.dir.join(name).join(version.to_string()))
     }
 }
 
