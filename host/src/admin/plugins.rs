@@ -105,7 +105,8 @@ fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, String> {
 /// serves and records it in the library, in steps: two at once could
 /// leave the slot serving one version and the library naming another,
 /// which the next start would serve. Operators change plugins rarely, and
-/// nothing else waits for this.
+/// nothing else waits for this. Held for the changes only: an install
+/// fetches and checks its bundle before, however slow the registry.
 fn one_change_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     static CHANGES: std::sync::Mutex<()> = std::sync::Mutex::new(());
     CHANGES.lock().unwrap_or_else(|p| p.into_inner())
@@ -122,6 +123,13 @@ fn check_name(name: &str) -> Result<(), String> {
         "{name:?} is not a plugin name (1 to 64 lowercase letters, digits and dashes, \
          starting with a letter)"
     ))
+}
+
+fn no_route_to_shadow(name: &str) -> String {
+    format!(
+        "no route of the running appliance uses {name}: nothing to shadow \
+         (install without --shadow to make it active)"
+    )
 }
 
 fn parse_version(name: &str, version: &str) -> Result<semver::Version, String> {
@@ -176,6 +184,14 @@ impl PluginAdmin<'_> {
         self.installed.and_then(|i| i.get(name))
     }
 
+    /// Install `name` at `version` (the newest when `None`) from the
+    /// registry, and make it active or (`shadow`) its slot's shadow.
+    ///
+    /// Fetching, verifying, precompiling and self-checking take no lock:
+    /// a slow registry (each fetch may take a minute, and the whole
+    /// [`FETCH_DEADLINE`](crate::registry::library::FETCH_DEADLINE)) must
+    /// not hold every activation and rollback behind it. Only the last
+    /// steps, which change the library and the slot, are one change.
     pub fn install(
         &self,
         name: &str,
@@ -184,15 +200,10 @@ impl PluginAdmin<'_> {
         progress: Progress<'_>,
     ) -> Result<Value, String> {
         check_name(name)?;
-        let _changing = one_change_at_a_time();
         // Checked before anything is fetched or stored: a refused shadow
         // must not count as installed (versions only grow).
-        let slot = self.slot(name);
-        if shadow && slot.is_none() {
-            return Err(format!(
-                "no route of the running appliance uses {name}: nothing to shadow \
-                 (install without --shadow to make it active)"
-            ));
+        if shadow && self.slot(name).is_none() {
+            return Err(no_route_to_shadow(name));
         }
         let source = RegistrySource::read(self.data)?;
         let client = source.client(self.data)?;
@@ -205,8 +216,12 @@ impl PluginAdmin<'_> {
             "verified {} {}, signed by {}",
             m.name, m.version, fetched.publisher
         ));
+        // Refused before it is compiled; checked again as it is added.
         self.library.check_newer(&bundle).map_err(|e| chain(&e))?;
         let plugin = self.prepare(&bundle, progress)?;
+
+        let _changing = one_change_at_a_time();
+        let slot = self.slot(name);
         if let Some(slot) = &slot {
             let world = slot.active().world();
             if world != plugin.world() {
@@ -218,6 +233,9 @@ impl PluginAdmin<'_> {
                 ));
             }
         }
+        if shadow && slot.is_none() {
+            return Err(no_route_to_shadow(name));
+        }
         self.library
             .add(&bundle, &fetched.publisher)
             .map_err(|e| chain(&e))?;
@@ -227,8 +245,8 @@ impl PluginAdmin<'_> {
                 slot.set_shadow(Some(plugin)).map_err(text)?;
                 "shadowing"
             }
-            // Refused before the fetch; kept for the match.
-            (None, true) => return Err(format!("no route uses {name} to shadow")),
+            // Refused before the library changed; kept for the match.
+            (None, true) => return Err(no_route_to_shadow(name)),
             (slot, false) => {
                 self.library
                     .set_active(name, Some(&m.version))
@@ -650,5 +668,141 @@ mod tests {
             "{e}"
         );
         assert_eq!(serving(), first_party, "a refused bundle was activated");
+    }
+
+    /// A registry at `http://127.0.0.1:PORT` that says it has no newer
+    /// root and never answers anything else, until dropped: a mirror
+    /// stalling on timestamp.json.
+    struct StallingMirror {
+        port: u16,
+        stalled: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl StallingMirror {
+        fn start() -> StallingMirror {
+            use std::io::{Read, Write};
+            use std::sync::atomic::Ordering;
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.set_nonblocking(true).unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let stalled = std::sync::Arc::<std::sync::atomic::AtomicUsize>::default();
+            let stop = std::sync::Arc::<std::sync::atomic::AtomicBool>::default();
+            let (count, stopped) = (std::sync::Arc::clone(&stalled), stop.clone());
+            let thread = std::thread::spawn(move || {
+                let mut held = Vec::new();
+                while !stopped.load(Ordering::SeqCst) {
+                    let Ok((mut stream, _)) = listener.accept() else {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                        continue;
+                    };
+                    stream.set_nonblocking(false).unwrap();
+                    let mut request = [0; 1024];
+                    let n = stream.read(&mut request).unwrap_or(0);
+                    let line = String::from_utf8_lossy(&request[..n]).into_owned();
+                    if line.contains("root.json") {
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+                        continue;
+                    }
+                    count.fetch_add(1, Ordering::SeqCst);
+                    held.push(stream);
+                }
+            });
+            StallingMirror {
+                port,
+                stalled,
+                stop,
+                thread: Some(thread),
+            }
+        }
+
+        /// Wait until a request is being stalled.
+        fn stalling(&self) {
+            let started = Instant::now();
+            while self.stalled.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                assert!(
+                    started.elapsed().as_secs() < 60,
+                    "nothing asked the mirror for its metadata"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
+
+    impl Drop for StallingMirror {
+        /// Close the stalled connections: what waited on them fails.
+        fn drop(&mut self) {
+            self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            if let Some(thread) = self.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+
+    impl Appliance {
+        /// Trust a new, empty registry served by `mirror`.
+        fn trust(&self, mirror: &StallingMirror) {
+            let owner = tempfile::tempdir().unwrap();
+            let (registry, keys) = (owner.path().join("reg"), owner.path().join("keys"));
+            block_on(crate::registry::publish::init(&registry, &keys, 365))
+                .unwrap()
+                .unwrap();
+            let root = std::fs::read(registry.join("metadata/1.root.json")).unwrap();
+            crate::registry::trust_root(self.data.path(), &root, false).unwrap();
+            RegistrySource {
+                location: format!("http://127.0.0.1:{}", mirror.port),
+                ca_file: None,
+            }
+            .write(self.data.path())
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn an_install_waiting_on_a_stalling_registry_holds_no_rollback() {
+        let appliance = Appliance::new();
+        appliance.add("new-topic", "2.0.0");
+        let admin = appliance.admin();
+        admin.activate("new-topic", "2.0.0", &mut |_| {}).unwrap();
+        let mirror = StallingMirror::start();
+        appliance.trust(&mirror);
+
+        let (done, rolled_back) = std::sync::mpsc::channel();
+        let mut mirror = Some(mirror);
+        let admin = &admin;
+        std::thread::scope(|s| {
+            let install = s.spawn(move || admin.install("new-topic", None, false, &mut |_| {}));
+            mirror.as_ref().unwrap().stalling();
+            s.spawn(move || {
+                let _ = done.send(admin.rollback("new-topic", &mut |_| {}));
+            });
+            // Generous: a rollback loads a plugin, on a busy machine too.
+            let waited = rolled_back.recv_timeout(std::time::Duration::from_secs(30));
+            // Let the install fail (and a waiting rollback go on) either way.
+            drop(mirror.take());
+            let refused = install.join().unwrap().unwrap_err();
+            assert!(refused.contains("refused"), "{refused}");
+            let answer = waited.expect("the rollback waited for the stalled install");
+            assert_eq!(answer.unwrap()["version"], "first-party");
+        });
+    }
+
+    #[test]
+    fn an_install_gives_up_on_a_registry_at_its_deadline() {
+        let appliance = Appliance::new();
+        let mirror = StallingMirror::start();
+        appliance.trust(&mirror);
+        let client = RegistrySource::read(appliance.data.path())
+            .unwrap()
+            .client(appliance.data.path())
+            .unwrap()
+            .with_deadline(std::time::Duration::from_millis(500));
+        let e = block_on(client.fetch("new-topic", None))
+            .unwrap()
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("took longer than 0.5 s"), "{e:#}");
+        assert!(mirror.stalled.load(std::sync::atomic::Ordering::SeqCst) > 0);
     }
 }
