@@ -746,9 +746,13 @@ mod tests {
         fn trust(&self, mirror: &StallingMirror) {
             let owner = tempfile::tempdir().unwrap();
             let (registry, keys) = (owner.path().join("reg"), owner.path().join("keys"));
-            block_on(crate::registry::publish::init(&registry, &keys, 365))
-                .unwrap()
-                .unwrap();
+            block_on(crate::registry::publish::init(
+                &registry,
+                &keys,
+                &crate::registry::publish::Lifetimes::new(365),
+            ))
+            .unwrap()
+            .unwrap();
             let root = std::fs::read(registry.join("metadata/1.root.json")).unwrap();
             crate::registry::trust_root(self.data.path(), &root, false).unwrap();
             RegistrySource {
