@@ -508,7 +508,7 @@ pub fn self_check(plugin: &Plugin, manifest: &Manifest) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
     use super::*;
     use crate::plugins::{Installed, RuntimeConfig};
