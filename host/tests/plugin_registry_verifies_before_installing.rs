@@ -663,3 +663,116 @@ fn a_registry_served_over_http_installs_the_same() {
         "{text}"
     );
 }
+
+/// When the role in `file` of the metadata of registry `reg` expires, in
+/// days from now.
+fn expires_in_days(reg: &Path, file: &str) -> f64 {
+    let bytes = std::fs::read(reg.join("metadata").join(file)).unwrap();
+    let role: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    let expires: jiff::Timestamp = role["signed"]["expires"].as_str().unwrap().parse().unwrap();
+    let left = expires.duration_since(jiff::Timestamp::now());
+    left.as_secs_f64() / 86_400.0
+}
+
+fn role_version(site: &Site, file: &str) -> u64 {
+    let bytes = std::fs::read(site.reg.join("metadata").join(file)).unwrap();
+    let role: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    role["signed"]["version"].as_u64().unwrap()
+}
+
+#[test]
+fn the_timestamp_expires_in_a_day_and_is_refreshed_with_its_key_alone() {
+    // A mirror may serve a frozen registry only until the timestamp
+    // expires: a day, and the snapshot a week, whatever --days says; so
+    // from the first metadata on, and after every change.
+    let check = |reg: &Path| {
+        let timestamp = expires_in_days(reg, "timestamp.json");
+        let snapshot = expires_in_days(reg, "snapshot.json");
+        let targets = expires_in_days(reg, "targets.json");
+        assert!(
+            0.9 < timestamp && timestamp <= 1.01,
+            "timestamp: {timestamp} days"
+        );
+        assert!(
+            6.9 < snapshot && snapshot <= 7.01,
+            "snapshot: {snapshot} days"
+        );
+        assert!(targets > 300.0, "targets: {targets} days");
+    };
+    let owner = tempfile::tempdir().unwrap();
+    let reg = owner.path().join("reg");
+    let keys = owner.path().join("keys");
+    ok(&[
+        "registry",
+        "init",
+        s(&reg),
+        "--keys",
+        s(&keys),
+        "--days",
+        "400",
+    ]);
+    check(&reg);
+    let site = site_with("acme-topics");
+    check(&site.reg);
+
+    // A timer on an online machine holds the timestamp key only.
+    let online = site.root.join("online-keys");
+    std::fs::create_dir_all(&online).unwrap();
+    std::fs::copy(
+        site.keys.join("timestamp.pem"),
+        online.join("timestamp.pem"),
+    )
+    .unwrap();
+    let before = role_version(&site, "timestamp.json");
+    let text = ok(&[
+        "registry",
+        "refresh",
+        s(&site.reg),
+        "--keys",
+        s(&online),
+        "--timestamp",
+        "--timestamp-days",
+        "2",
+    ]);
+    assert!(text.contains("snapshot expires"), "{text}");
+    assert_eq!(role_version(&site, "timestamp.json"), before + 1);
+    let timestamp = expires_in_days(&site.reg, "timestamp.json");
+    assert!(
+        1.9 < timestamp && timestamp <= 2.01,
+        "timestamp: {timestamp} days"
+    );
+    let (success, text) = site.install("acme-topics");
+    assert!(success, "the refreshed timestamp is refused: {text}");
+
+    // The snapshot too, with its key and the timestamp's.
+    std::fs::copy(site.keys.join("snapshot.pem"), online.join("snapshot.pem")).unwrap();
+    let snapshot_before = role_version(&site, "snapshot.json");
+    ok(&[
+        "registry",
+        "refresh",
+        s(&site.reg),
+        "--keys",
+        s(&online),
+        "--snapshot",
+    ]);
+    assert_eq!(role_version(&site, "snapshot.json"), snapshot_before + 1);
+    // Verified: refused only for what it serves.
+    let (success, text) = site.install("acme-topics");
+    assert!(!success && text.contains("not newer"), "{text}");
+    site.publish("acme-topics", "1.1.0", "detector", "new-topic");
+    let (success, text) = site.install("acme-topics");
+    assert!(success && text.contains("1.1.0"), "{text}");
+
+    // A timestamp let expire (no timer ran) is refused.
+    ok(&[
+        "registry",
+        "refresh",
+        s(&site.reg),
+        "--keys",
+        s(&online),
+        "--timestamp",
+        "--timestamp-days",
+        "0",
+    ]);
+    site.refused("acme-topics", "expired");
+}

@@ -10,6 +10,32 @@ use crate::admin::RegistrySource;
 use crate::registry::bundle::{self, Bundle};
 use crate::registry::{Trusted, publish, trust_root};
 
+/// How long what the owner signs stays valid.
+#[derive(Debug, clap::Args)]
+pub struct Lifetimes {
+    /// Days until the root and targets metadata expire (signed with the
+    /// offline keys).
+    #[arg(long, default_value_t = 365)]
+    days: u32,
+    /// Days until the snapshot expires: refresh at least this often.
+    #[arg(long, default_value_t = publish::SNAPSHOT_DAYS)]
+    snapshot_days: u32,
+    /// Days until the timestamp expires: how long a mirror may serve a
+    /// frozen registry. Refresh it daily (`refresh --timestamp`).
+    #[arg(long, default_value_t = publish::TIMESTAMP_DAYS)]
+    timestamp_days: u32,
+}
+
+impl From<&Lifetimes> for publish::Lifetimes {
+    fn from(l: &Lifetimes) -> Self {
+        publish::Lifetimes {
+            days: l.days,
+            snapshot_days: l.snapshot_days,
+            timestamp_days: l.timestamp_days,
+        }
+    }
+}
+
 /// `palisade registry` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -20,9 +46,8 @@ pub enum Command {
         /// Where the owner's keys are kept (offline).
         #[arg(long)]
         keys: PathBuf,
-        /// Days until the metadata expires.
-        #[arg(long, default_value_t = 365)]
-        days: u32,
+        #[command(flatten)]
+        lifetimes: Lifetimes,
     },
     /// Publisher: create a signing key and a card to send the registry
     /// owner.
@@ -53,9 +78,8 @@ pub enum Command {
         /// Plugin name patterns.
         #[arg(long = "names", required = true, num_args = 1..)]
         names: Vec<String>,
-        /// Days until the metadata expires.
-        #[arg(long, default_value_t = 365)]
-        days: u32,
+        #[command(flatten)]
+        lifetimes: Lifetimes,
     },
     /// Publisher: make a bundle of a built component and its
     /// palisade-plugin.toml, with its hashes and the SBOM of Cargo.lock.
@@ -107,20 +131,29 @@ pub enum Command {
         /// The owner's keys.
         #[arg(long)]
         keys: PathBuf,
-        /// Days until the metadata expires.
-        #[arg(long, default_value_t = 365)]
-        days: u32,
+        #[command(flatten)]
+        lifetimes: Lifetimes,
     },
-    /// Owner: re-sign the metadata with fresh expiries.
+    /// Owner: re-sign the metadata with fresh expiries: all of it but the
+    /// root with the four owner keys, or only the timestamp (daily, from a
+    /// timer, with the timestamp key alone) or the snapshot and timestamp
+    /// (weekly, with those two keys).
     Refresh {
         /// The registry directory.
         dir: PathBuf,
-        /// The owner's keys.
+        /// The owner's keys; only timestamp.pem with --timestamp, only
+        /// snapshot.pem and timestamp.pem with --snapshot.
         #[arg(long)]
         keys: PathBuf,
-        /// Days until the metadata expires.
-        #[arg(long, default_value_t = 365)]
-        days: u32,
+        /// Re-sign the timestamp only, with timestamp.pem alone.
+        #[arg(long, conflicts_with = "snapshot")]
+        timestamp: bool,
+        /// Re-sign the snapshot and the timestamp only, with snapshot.pem
+        /// and timestamp.pem alone.
+        #[arg(long)]
+        snapshot: bool,
+        #[command(flatten)]
+        lifetimes: Lifetimes,
     },
     /// Owner: replace the root key; the new root is signed by the old key
     /// too, so appliances follow.
@@ -130,9 +163,8 @@ pub enum Command {
         /// The owner's keys.
         #[arg(long)]
         keys: PathBuf,
-        /// Days until the metadata expires.
-        #[arg(long, default_value_t = 365)]
-        days: u32,
+        #[command(flatten)]
+        lifetimes: Lifetimes,
     },
     /// Appliance: trust the registry whose root is ROOT, found at LOCATION.
     Trust {
@@ -161,8 +193,12 @@ pub(crate) fn run(data: &Path, command: &Command) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     match command {
-        Command::Init { dir, keys, days } => {
-            rt.block_on(publish::init(dir, keys, *days))?;
+        Command::Init {
+            dir,
+            keys,
+            lifetimes,
+        } => {
+            rt.block_on(publish::init(dir, keys, &lifetimes.into()))?;
             println!(
                 "registry created in {}; its root of trust is {}",
                 dir.display(),
@@ -188,9 +224,9 @@ pub(crate) fn run(data: &Path, command: &Command) -> anyhow::Result<ExitCode> {
             keys,
             card,
             names,
-            days,
+            lifetimes,
         } => {
-            rt.block_on(publish::delegate(dir, keys, card, names, *days))?;
+            rt.block_on(publish::delegate(dir, keys, card, names, &lifetimes.into()))?;
             println!(
                 "delegated {} to the publisher of {}",
                 names.join(" "),
@@ -233,17 +269,45 @@ pub(crate) fn run(data: &Path, command: &Command) -> anyhow::Result<ExitCode> {
             outbox,
             registry,
             keys,
-            days,
+            lifetimes,
         } => {
-            rt.block_on(publish::accept(registry, keys, outbox, *days))?;
+            rt.block_on(publish::accept(registry, keys, outbox, &lifetimes.into()))?;
             println!("accepted {} into {}", outbox.display(), registry.display());
         }
-        Command::Refresh { dir, keys, days } => {
-            rt.block_on(publish::refresh(dir, keys, *days))?;
-            println!("re-signed {}", dir.display());
+        Command::Refresh {
+            dir,
+            keys,
+            timestamp,
+            snapshot,
+            lifetimes,
+        } => {
+            if *timestamp {
+                let until = rt.block_on(publish::refresh_timestamp(
+                    dir,
+                    keys,
+                    lifetimes.timestamp_days,
+                ))?;
+                println!(
+                    "re-signed the timestamp of {}; its snapshot expires at {until}",
+                    dir.display()
+                );
+            } else if *snapshot {
+                let until = rt.block_on(publish::refresh_snapshot(dir, keys, &lifetimes.into()))?;
+                println!(
+                    "re-signed the snapshot and timestamp of {}; its targets expire at {until}",
+                    dir.display()
+                );
+            } else {
+                rt.block_on(publish::refresh(dir, keys, &lifetimes.into()))?;
+                println!("re-signed {}", dir.display());
+            }
         }
-        Command::RotateRoot { dir, keys, days } => {
-            let id = rt.block_on(publish::rotate_root(dir, keys, *days))?;
+        Command::RotateRoot {
+            dir,
+            keys,
+            lifetimes,
+        } => {
+            let id = rt.block_on(publish::rotate_root(dir, keys, &lifetimes.into()))?;
             println!("new root key {id}; appliances follow on their next fetch");
         }
         Command::Trust {

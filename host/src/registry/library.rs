@@ -11,6 +11,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -105,12 +106,20 @@ fn parse_root(bytes: &[u8]) -> anyhow::Result<Signed<Root>> {
     serde_json::from_slice(bytes).context("not a TUF root")
 }
 
+/// How long fetching and verifying one plugin may take in all: the
+/// metadata and both files, each fetch also bounded on its own. A mirror
+/// that drip-feeds its answers keeps an install waiting no longer than
+/// this, whatever the number of files; a real one, even slow, serves a
+/// bundle well within it.
+pub const FETCH_DEADLINE: Duration = Duration::from_secs(5 * 60);
+
 /// A registry as the appliance sees it.
 #[derive(Debug, Clone)]
 pub struct RegistryClient {
     url: Url,
     data: PathBuf,
     ca_file: Option<PathBuf>,
+    deadline: Duration,
 }
 
 /// A bundle fetched and verified, and who signed it.
@@ -129,7 +138,13 @@ impl RegistryClient {
             url,
             data: data.to_owned(),
             ca_file,
+            deadline: FETCH_DEADLINE,
         }
+    }
+
+    /// The same client, with `deadline` instead of [`FETCH_DEADLINE`].
+    pub fn with_deadline(self, deadline: Duration) -> Self {
+        RegistryClient { deadline, ..self }
     }
 
     /// The registry's URL.
@@ -171,18 +186,55 @@ impl RegistryClient {
 
     /// The versions of `name` the registry offers, oldest first.
     pub async fn versions(&self, name: &str) -> anyhow::Result<Vec<semver::Version>> {
-        let repo = self.load().await?;
-        Ok(versions_in(&repo, name))
+        self.bounded(name, async {
+            let repo = self.load().await?;
+            Ok(versions_in(&repo, name))
+        })
+        .await
+    }
+
+    /// Run `work` (reading the registry about `name`) alone and within the
+    /// client's deadline. Alone: each reading records the newest metadata
+    /// it saw in the datastore, and two at once could record an older
+    /// timestamp over a newer one. The wait for another's reading counts
+    /// against the deadline too.
+    async fn bounded<T>(
+        &self,
+        name: &str,
+        work: impl std::future::Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
+        let alone = async {
+            let _alone = one_fetch_at_a_time().await;
+            work.await
+        };
+        tokio::time::timeout(self.deadline, alone)
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "registry {} took longer than {} s to serve {name}: nothing installed",
+                    self.url,
+                    self.deadline.as_secs_f64()
+                )
+            })?
     }
 
     /// Fetch `name` at `version` (the newest when `None`), verified by TUF
-    /// and against its manifest.
+    /// and against its manifest, within the client's deadline
+    /// ([`FETCH_DEADLINE`] unless set otherwise).
     pub async fn fetch(
         &self,
         name: &str,
         version: Option<&semver::Version>,
     ) -> anyhow::Result<Fetched> {
         anyhow::ensure!(valid_name(name), "{name:?} is not a plugin name");
+        self.bounded(name, self.fetch_now(name, version)).await
+    }
+
+    async fn fetch_now(
+        &self,
+        name: &str,
+        version: Option<&semver::Version>,
+    ) -> anyhow::Result<Fetched> {
         let repo = self.load().await?;
         let version = match version {
             Some(v) => v.clone(),
@@ -208,6 +260,14 @@ impl RegistryClient {
         let bundle = Bundle::new(manifest, component)?;
         Ok(Fetched { bundle, publisher })
     }
+}
+
+/// Held while a registry is read and its datastore written (see
+/// [`RegistryClient::bounded`]). Async, so that a reading waiting for
+/// another blocks no thread and gives up at its deadline.
+async fn one_fetch_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static FETCHES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    FETCHES.lock().await
 }
 
 fn root_version(root: &[u8]) -> u64 {
@@ -401,7 +461,7 @@ impl Library {
         let m = &bundle.manifest;
         self.change(&m.name, |entry| {
             newer(entry, m)?;
-            bundle.write(&self.bundle_dir(&m.name, &m.version))?;
+            bundle.write(&self.bundle_dir(&m.name, &m.version)?)?;
             entry.versions.push(InstalledVersion {
                 version: m.version.clone(),
                 publisher: publisher.to_owned(),
@@ -412,11 +472,22 @@ impl Library {
         })
     }
 
-    /// The installed bundle of `name` at `version`, read back and checked.
+    /// The installed bundle of `name` at `version`, read back and checked:
+    /// its manifest must be of this name and version, or a bundle copied
+    /// under another name would run with that name's store and slot.
     pub fn bundle(&self, name: &str, version: &semver::Version) -> anyhow::Result<Bundle> {
-        let dir = self.bundle_dir(name, version);
+        let dir = self.bundle_dir(name, version)?;
         anyhow::ensure!(dir.exists(), "{name} {version} is not installed");
-        Bundle::read(&dir)
+        let bundle = Bundle::read(&dir)?;
+        let m = &bundle.manifest;
+        anyhow::ensure!(
+            m.name == name && m.version == *version,
+            "bundle {} is of {} {}, not {name} {version}: not installed as it was verified",
+            dir.display(),
+            m.name,
+            m.version
+        );
+        Ok(bundle)
     }
 
     /// Record `version` (or the first-party plugin, `None`) as the active
@@ -462,13 +533,16 @@ impl Library {
                 "{name} {version} is not installed"
             );
             entry.previous.retain(|v| v.as_ref() != Some(version));
-            let dir = self.bundle_dir(name, version);
+            let dir = self.bundle_dir(name, version)?;
             std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))
         })
     }
 
-    fn bundle_dir(&self, name: &str, version: &semver::Version) -> PathBuf {
-        self.dir.join(name).join(version.to_string())
+    /// Where the bundle of `name` at `version` is kept. A name is one path
+    /// segment, never `..` or a path of its own.
+    fn bundle_dir(&self, name: &str, version: &semver::Version) -> anyhow::Result<PathBuf> {
+        anyhow::ensure!(valid_name(name), "{name:?} is not a plugin name");
+        Ok(self.dir.join(name).join(version.to_string()))
     }
 }
 

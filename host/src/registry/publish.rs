@@ -5,13 +5,21 @@
 //! A registry is a directory of static files: `metadata/` (the TUF roles)
 //! and `targets/` (bundles, as `plugins/NAME/VERSION/{manifest.json,
 //! component.wasm}`), served as they are by any web server or copied to a
-//! USB stick. The owner keeps four keys offline in a key directory
-//! (`root.pem`, `targets.pem`, `snapshot.pem`, `timestamp.pem`). A
+//! USB stick. The owner keeps four keys in a key directory (`root.pem`,
+//! `targets.pem`, `snapshot.pem`, `timestamp.pem`), the first two offline. A
 //! publisher holds one key; the owner's delegation lets it sign only the
 //! names `plugins/PATTERN/*`. Publishing writes the publisher's signed role
 //! and its bundle into an outbox; the owner accepts the outbox into the
 //! registry, which checks the signature and the names and re-signs the
 //! snapshot and timestamp.
+//!
+//! The snapshot and the timestamp expire soon ([`SNAPSHOT_DAYS`],
+//! [`TIMESTAMP_DAYS`]): the timestamp is what tells an appliance that it
+//! sees the registry as it is now, so a mirror can serve a frozen registry
+//! (hiding a new version or a revocation) only until it expires. Their
+//! keys can therefore live online: [`refresh_timestamp`] needs only the
+//! timestamp key, [`refresh_snapshot`] the snapshot and timestamp keys,
+//! and a timer runs them. Root and targets stay offline.
 
 use std::collections::HashMap;
 use std::num::NonZeroU64;
@@ -27,7 +35,8 @@ use tough::key_source::KeySource;
 use tough::schema::decoded::{Decoded, Hex};
 use tough::schema::key::Key;
 use tough::schema::{
-    KeyHolder, PathPattern, PathSet, RoleKeys, RoleType, Root, Signed, Target, Targets,
+    Hashes, KeyHolder, Metafile, PathPattern, PathSet, Role, RoleKeys, RoleType, Root, Signed,
+    Target, Targets,
 };
 use tough::{ExpirationEnforcement, Repository, RepositoryLoader, TargetName};
 use url::Url;
@@ -57,6 +66,37 @@ pub fn dir_url(dir: &Path) -> anyhow::Result<Url> {
     Url::from_directory_path(&dir).map_err(|()| anyhow::anyhow!("{} is not a path", dir.display()))
 }
 
+/// Default days until the snapshot expires: a full `refresh` (or a
+/// `refresh --snapshot`) at least weekly.
+pub const SNAPSHOT_DAYS: u32 = 7;
+/// Default days until the timestamp expires: how long a mirror may serve a
+/// frozen registry unnoticed. A daily `refresh --timestamp` keeps it fresh.
+pub const TIMESTAMP_DAYS: u32 = 1;
+
+/// How long the metadata the owner signs stays valid, in days.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetimes {
+    /// The root and targets roles (the delegations with them), signed
+    /// with the offline keys.
+    pub days: u32,
+    /// The snapshot.
+    pub snapshot_days: u32,
+    /// The timestamp.
+    pub timestamp_days: u32,
+}
+
+impl Lifetimes {
+    /// `days` for root and targets, the defaults for snapshot and
+    /// timestamp.
+    pub fn new(days: u32) -> Self {
+        Lifetimes {
+            days,
+            snapshot_days: SNAPSHOT_DAYS,
+            timestamp_days: TIMESTAMP_DAYS,
+        }
+    }
+}
+
 fn key_file(keys: &Path, role: RoleType) -> PathBuf {
     keys.join(format!("{role}.pem"))
 }
@@ -83,8 +123,10 @@ fn next(version: NonZeroU64) -> NonZeroU64 {
 }
 
 /// Create an empty registry in `registry`, with new owner keys in `keys`
-/// (existing keys there are used as they are). Metadata expires in `days`.
-pub async fn init(registry: &Path, keys: &Path, days: u32) -> anyhow::Result<()> {
+/// (existing keys there are used as they are), its metadata valid for
+/// `lifetimes`.
+pub async fn init(registry: &Path, keys: &Path, lifetimes: &Lifetimes) -> anyhow::Result<()> {
+    let days = lifetimes.days;
     let metadata = registry.join("metadata");
     anyhow::ensure!(
         !metadata.join("root.json").exists(),
@@ -129,9 +171,9 @@ pub async fn init(registry: &Path, keys: &Path, days: u32) -> anyhow::Result<()>
         .targets_version(one)?
         .targets_expires(expiry(days))?
         .snapshot_version(one)
-        .snapshot_expires(expiry(days))
+        .snapshot_expires(expiry(lifetimes.snapshot_days))
         .timestamp_version(one)
-        .timestamp_expires(expiry(days));
+        .timestamp_expires(expiry(lifetimes.timestamp_days));
     editor
         .sign(&owner_keys(keys)?)
         .await?
@@ -185,8 +227,8 @@ async fn load_own(registry: &Path) -> anyhow::Result<Repository> {
 }
 
 /// An editor over the owner's registry with every version bumped and every
-/// expiry set `days` ahead; the caller changes what it needs and signs.
-async fn edit_own(registry: &Path, days: u32) -> anyhow::Result<RepositoryEditor> {
+/// expiry set by `lifetimes`; the caller changes what it needs and signs.
+async fn edit_own(registry: &Path, lifetimes: &Lifetimes) -> anyhow::Result<RepositoryEditor> {
     let repo = load_own(registry).await?;
     let versions = (
         repo.targets().signed.version,
@@ -197,11 +239,11 @@ async fn edit_own(registry: &Path, days: u32) -> anyhow::Result<RepositoryEditor
     let mut editor = RepositoryEditor::from_repo(&root, repo).await?;
     editor
         .targets_version(next(versions.0))?
-        .targets_expires(expiry(days))?
+        .targets_expires(expiry(lifetimes.days))?
         .snapshot_version(next(versions.1))
-        .snapshot_expires(expiry(days))
+        .snapshot_expires(expiry(lifetimes.snapshot_days))
         .timestamp_version(next(versions.2))
-        .timestamp_expires(expiry(days));
+        .timestamp_expires(expiry(lifetimes.timestamp_days));
     Ok(editor)
 }
 
@@ -248,7 +290,7 @@ pub async fn delegate(
     keys: &Path,
     card: &Path,
     patterns: &[String],
-    days: u32,
+    lifetimes: &Lifetimes,
 ) -> anyhow::Result<()> {
     let card: Card = serde_json::from_slice(
         &std::fs::read(card).with_context(|| format!("reading {}", card.display()))?,
@@ -270,7 +312,7 @@ pub async fn delegate(
     let staging = tempfile::tempdir()?;
     let file = staging.path().join(format!("{}.json", card.publisher));
     std::fs::write(&file, serde_json::to_vec(&card.role)?)?;
-    let mut editor = edit_own(registry, days).await?;
+    let mut editor = edit_own(registry, lifetimes).await?;
     let keyid = card.key.key_id()?;
     editor
         .add_role(
@@ -381,7 +423,12 @@ pub async fn publish_files(
 /// by the key delegated to it, name only what it was delegated, and list
 /// exactly the files the outbox holds. The snapshot and timestamp are
 /// re-signed.
-pub async fn accept(registry: &Path, keys: &Path, outbox: &Path, days: u32) -> anyhow::Result<()> {
+pub async fn accept(
+    registry: &Path,
+    keys: &Path,
+    outbox: &Path,
+    lifetimes: &Lifetimes,
+) -> anyhow::Result<()> {
     let mut roles = Vec::new();
     for entry in std::fs::read_dir(outbox.join("metadata"))
         .with_context(|| format!("{} is not an outbox", outbox.display()))?
@@ -392,7 +439,7 @@ pub async fn accept(registry: &Path, keys: &Path, outbox: &Path, days: u32) -> a
         }
     }
     anyhow::ensure!(!roles.is_empty(), "{} holds no role", outbox.display());
-    let mut editor = edit_own(registry, days).await?;
+    let mut editor = edit_own(registry, lifetimes).await?;
     let mut copies = Vec::new();
     for (role, file) in &roles {
         let signed: Signed<Targets> = serde_json::from_slice(&std::fs::read(file)?)
@@ -431,10 +478,10 @@ pub async fn accept(registry: &Path, keys: &Path, outbox: &Path, days: u32) -> a
     Ok(())
 }
 
-/// Re-sign the registry's metadata with fresh expiries (the timestamp is
-/// short-lived by design; run this from a timer).
-pub async fn refresh(registry: &Path, keys: &Path, days: u32) -> anyhow::Result<()> {
-    let editor = edit_own(registry, days).await?;
+/// Re-sign all the registry's metadata but the root with fresh expiries,
+/// with the four owner keys.
+pub async fn refresh(registry: &Path, keys: &Path, lifetimes: &Lifetimes) -> anyhow::Result<()> {
+    let editor = edit_own(registry, lifetimes).await?;
     editor
         .sign(&owner_keys(keys)?)
         .await?
@@ -443,10 +490,95 @@ pub async fn refresh(registry: &Path, keys: &Path, days: u32) -> anyhow::Result<
     Ok(())
 }
 
+/// Re-sign the timestamp alone, valid for `days`, with the timestamp key
+/// alone (`keys` need hold nothing else): what a daily timer runs online.
+/// Returns when the snapshot it points at expires, which this does not
+/// change.
+pub async fn refresh_timestamp(
+    registry: &Path,
+    keys: &Path,
+    days: u32,
+) -> anyhow::Result<jiff::Timestamp> {
+    let repo = load_own(registry).await?;
+    let mut timestamp = repo.timestamp().signed.clone();
+    timestamp.version = next(timestamp.version);
+    timestamp.expires = expiry(days);
+    let timestamp = sign_online(&repo, timestamp, keys, RoleType::Timestamp).await?;
+    write_metadata(registry, "timestamp.json", timestamp.buffer())?;
+    Ok(repo.snapshot().signed.expires)
+}
+
+/// Re-sign the snapshot (over the same roles) and the timestamp, valid
+/// for `lifetimes`, with the snapshot and timestamp keys alone. Returns
+/// when the targets role expires, which this does not change.
+pub async fn refresh_snapshot(
+    registry: &Path,
+    keys: &Path,
+    lifetimes: &Lifetimes,
+) -> anyhow::Result<jiff::Timestamp> {
+    let repo = load_own(registry).await?;
+    let mut snapshot = repo.snapshot().signed.clone();
+    snapshot.version = next(snapshot.version);
+    snapshot.expires = expiry(lifetimes.snapshot_days);
+    let snapshot = sign_online(&repo, snapshot, keys, RoleType::Snapshot).await?;
+    let mut timestamp = repo.timestamp().signed.clone();
+    timestamp.version = next(timestamp.version);
+    timestamp.expires = expiry(lifetimes.timestamp_days);
+    let bytes = snapshot.buffer();
+    let sha256 = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    timestamp.meta.insert(
+        "snapshot.json".into(),
+        Metafile {
+            length: Some(bytes.len() as u64),
+            hashes: Some(Hashes {
+                sha256: Decoded::from(sha256.as_ref().to_vec()),
+                _extra: HashMap::new(),
+            }),
+            version: snapshot.signed().signed.version,
+            _extra: HashMap::new(),
+        },
+    );
+    let timestamp = sign_online(&repo, timestamp, keys, RoleType::Timestamp).await?;
+    // The snapshot first: the timestamp names it.
+    write_metadata(registry, "snapshot.json", bytes)?;
+    write_metadata(registry, "timestamp.json", timestamp.buffer())?;
+    Ok(repo.targets().signed.expires)
+}
+
+/// Sign `role` with `which`'s key in `keys`, as `repo`'s root says.
+async fn sign_online<T: Role + Serialize>(
+    repo: &Repository,
+    role: T,
+    keys: &Path,
+    which: RoleType,
+) -> anyhow::Result<SignedRole<T>> {
+    let path = key_file(keys, which);
+    anyhow::ensure!(path.exists(), "no {which} key {}", path.display());
+    let holder = KeyHolder::Root(repo.root().signed.clone());
+    SignedRole::new(
+        role,
+        &holder,
+        &[PemKey { path }.source()],
+        &SystemRandom::new(),
+    )
+    .await
+    .with_context(|| format!("signing the {which} role"))
+}
+
+fn write_metadata(registry: &Path, file: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    let path = registry.join("metadata").join(file);
+    crate::store::write_atomic(&path, bytes, 0o644)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
+}
+
 /// Replace the root key: the new root is signed by the new key and by the
 /// old one, so appliances trusting the old root accept it. The old key is
 /// kept as `root.VERSION.pem`.
-pub async fn rotate_root(registry: &Path, keys: &Path, days: u32) -> anyhow::Result<String> {
+pub async fn rotate_root(
+    registry: &Path,
+    keys: &Path,
+    lifetimes: &Lifetimes,
+) -> anyhow::Result<String> {
     let metadata = registry.join("metadata");
     let old: Signed<Root> = serde_json::from_slice(&std::fs::read(metadata.join("root.json"))?)?;
     let old_root = old.signed;
@@ -458,7 +590,7 @@ pub async fn rotate_root(registry: &Path, keys: &Path, days: u32) -> anyhow::Res
     let new_id = public.key_id()?;
     let mut root = old_root.clone();
     root.version = next(old_root.version);
-    root.expires = expiry(days);
+    root.expires = expiry(lifetimes.days);
     let old_ids: Vec<Decoded<Hex>> = root
         .roles
         .get(&RoleType::Root)
@@ -507,7 +639,7 @@ pub async fn rotate_root(registry: &Path, keys: &Path, days: u32) -> anyhow::Res
         keys.join(format!("root.{}.pem", old_root.version)),
     )?;
     std::fs::rename(&new_path, &old_key)?;
-    refresh(registry, keys, days).await?;
+    refresh(registry, keys, lifetimes).await?;
     Ok(hex(&new_id))
 }
 
