@@ -627,7 +627,7 @@ impl Admin {
         arguments.remove("public_key");
         for value in arguments.values_mut() {
             if let Value::String(s) = value {
-                cut(s, MAX_ARGUMENT_BYTES);
+                crate::audit::format::cut(s, MAX_ARGUMENT_BYTES);
             }
         }
         let device = match arguments.get("device").and_then(Value::as_str) {
@@ -790,18 +790,6 @@ fn within_caps(
         ));
     }
     Ok(())
-}
-
-/// Cut `s` to `keep` bytes (fewer at a character boundary), marked as the
-/// audit exports mark what they cut.
-fn cut(s: &mut String, keep: usize) {
-    if s.len() <= keep {
-        return;
-    }
-    let end = s.floor_char_boundary(keep);
-    let cut = s.len() - end;
-    s.truncate(end);
-    s.push_str(&format!("...[truncated {cut} bytes]"));
 }
 
 /// The public key in a request: SubjectPublicKeyInfo, DER, base64.

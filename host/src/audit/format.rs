@@ -133,8 +133,9 @@ fn cut_json(value: &mut serde_json::Value, keep: usize) {
     }
 }
 
-/// Cut `s` to `keep` bytes (fewer at a character boundary), marked.
-fn cut(s: &mut String, keep: usize) {
+/// Cut `s` to `keep` bytes (fewer at a character boundary), marked as the
+/// audit exports mark what they cut.
+pub(crate) fn cut(s: &mut String, keep: usize) {
     if s.len() <= keep {
         return;
     }

@@ -691,6 +691,34 @@ mod tests {
         Pipeline::new(session(), parser, vec![], vec![], 1 << 18).with_policy(engine, None, "mqtt")
     }
 
+    /// The device-to-upstream direction of a session whose policy allows
+    /// every MQTT frame, its incomplete frames held of `budget`.
+    fn pump(budget: &BufferBudget) -> Pump {
+        Pump {
+            direction: Direction::ToUpstream,
+            pipeline: Some(Arc::new(Mutex::new(mqtt_pipeline(
+                r#"permit(principal, action in Action::"mqtt", resource);"#,
+            )))),
+            enforcer: Arc::new(NoEnforcer),
+            held: Vec::new(),
+            share: Share {
+                budget: budget.clone(),
+                bytes: 0,
+            },
+            forwarded: 0,
+        }
+    }
+
+    /// A session that nothing closed.
+    fn activity() -> Activity {
+        Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
+            device: Closed::never(),
+        }
+    }
+
     /// A device with nothing more to send that stopped reading: no write
     /// to it finishes, nor its TLS shutdown (a close_notify to write).
     struct Deaf;
@@ -753,26 +781,9 @@ mod tests {
     /// pipeline's buffers of the frame give their memory back.
     #[tokio::test]
     async fn after_a_large_frame_the_buffers_shrink_back() {
-        let pipeline = Arc::new(Mutex::new(mqtt_pipeline(
-            r#"permit(principal, action in Action::"mqtt", resource);"#,
-        )));
-        let mut pump = Pump {
-            direction: Direction::ToUpstream,
-            pipeline: Some(pipeline.clone()),
-            enforcer: Arc::new(NoEnforcer),
-            held: Vec::new(),
-            share: Share {
-                budget: BufferBudget::new(usize::MAX),
-                bytes: 0,
-            },
-            forwarded: 0,
-        };
-        let activity = Activity {
-            start: Instant::now(),
-            last_ms: AtomicU64::new(0),
-            closing: AtomicBool::new(false),
-            device: Closed::never(),
-        };
+        let mut pump = pump(&BufferBudget::new(usize::MAX));
+        let pipeline = pump.pipeline.clone().unwrap();
+        let activity = activity();
         let settings = settings(10_000);
         let (large, small) = (
             publish("site/a/blob", &[7; 200 << 10]),
@@ -957,26 +968,8 @@ forbid(principal, action == Action::"mqtt.publish", resource) when { context.top
     #[tokio::test]
     async fn incomplete_frames_count_against_one_budget_for_all_sessions() {
         let budget = BufferBudget::new(64 << 10);
-        let pump = || Pump {
-            direction: Direction::ToUpstream,
-            pipeline: Some(Arc::new(Mutex::new(mqtt_pipeline(
-                r#"permit(principal, action in Action::"mqtt", resource);"#,
-            )))),
-            enforcer: Arc::new(NoEnforcer),
-            held: Vec::new(),
-            share: Share {
-                budget: budget.clone(),
-                bytes: 0,
-            },
-            forwarded: 0,
-        };
-        let (mut a, mut b) = (pump(), pump());
-        let activity = Activity {
-            start: Instant::now(),
-            last_ms: AtomicU64::new(0),
-            closing: AtomicBool::new(false),
-            device: Closed::never(),
-        };
+        let (mut a, mut b) = (pump(&budget), pump(&budget));
+        let activity = activity();
         let settings = settings(10_000);
         let frame = publish("site/a/blob", &[7; 100 << 10]);
         let (start, rest) = frame.split_at(20 << 10);
@@ -1002,7 +995,7 @@ forbid(principal, action == Action::"mqtt.publish", resource) when { context.top
         assert_eq!(upstream, frame);
         assert_eq!(budget.held(), 0, "the frame passed, its bytes given back");
         // A session that ends gives back what it held.
-        let mut c = pump();
+        let mut c = pump(&budget);
         (c.forward(&mut upstream, start, &activity, settings).await).unwrap();
         assert_eq!(budget.held(), 40 << 10);
         drop((b, c));
