@@ -233,11 +233,6 @@ pub(crate) struct Running {
 }
 
 impl Running {
-    /// Start executing `request` with `admin`.
-    pub(crate) fn start(admin: Admin, request: Request) -> Running {
-        Running::start_holding(admin, request, (), None)
-    }
-
     /// Start executing `request` with `admin`, holding `held` (a request
     /// slot) while it executes: it is released when the execution ends,
     /// however slowly the answer is then read. A request `by` an operator
@@ -302,7 +297,8 @@ pub struct Admin {
     /// The data directory and the installed plugin bundles.
     library: Option<(std::path::PathBuf, Library)>,
     /// The running appliance's audit trail, where operators' requests on
-    /// the HTTPS admin API are recorded; `None` in the command line.
+    /// the HTTPS admin API and on the admin socket are recorded; `None` in
+    /// the command line.
     audit: Option<AuditQueue>,
     /// Held while a plugin setting is counted and changed, so that two
     /// operators setting at once cannot both pass the settings' caps.
@@ -813,6 +809,60 @@ mod tests {
         let registry = Registry::open(&store).unwrap();
         let operators = Operators::open(&store).unwrap();
         Admin::new(store, Arc::new(pki), registry, operators, None)
+    }
+
+    /// A request on the admin socket (every command of `palisade` on the
+    /// appliance's box) reaches the audit trail, naming the local user who
+    /// made it, as an operator's over HTTPS does.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_on_the_admin_socket_reach_the_audit_trail() {
+        use crate::audit::Retention;
+        let dir = tempfile::tempdir().unwrap();
+        let (pki, _) = Pki::init(dir.path()).unwrap();
+        let store = Store::temporary().unwrap();
+        let log = crate::audit::AuditLog::open(&store).unwrap();
+        let retention = Retention {
+            max_records: 100,
+            max_backlog: 100,
+            sinks: Vec::new(),
+        };
+        let queue = AuditQueue::start(log.clone(), retention).unwrap();
+        let (registry, operators) = (Registry::open(&store).unwrap(), Operators::open(&store));
+        let admin = Admin::new(store, Arc::new(pki), registry, operators.unwrap(), None)
+            .recording(queue.clone());
+        let listener = socket::bind_socket(dir.path()).unwrap();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(socket::serve_socket(listener, admin, shutdown.clone()));
+        let console = socket::Console::Remote(dir.path().join(socket::ADMIN_SOCKET));
+        let request = Request::Quarantine {
+            device: "plc-9".into(),
+        };
+        let response = tokio::task::spawn_blocking(move || console.execute(&request))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(response, Response::Error(_)), "{response:?}");
+        queue.drain(std::time::Duration::from_secs(10));
+        shutdown.cancel();
+        let records = log.after(0, 10).unwrap();
+        let [record] = &records[..] else {
+            panic!("{records:?}");
+        };
+        let What::OperatorAction {
+            operator,
+            role,
+            request,
+            outcome,
+            ..
+        } = &record.what
+        else {
+            panic!("{record:?}");
+        };
+        let uid = rustix::process::getuid().as_raw();
+        assert_eq!(operator, &format!("local user {uid}"));
+        assert_eq!((role.as_str(), request.as_str()), ("admin", "quarantine"));
+        assert_eq!(outcome, "refused");
+        assert_eq!(record.device.id, "plc-9");
     }
 
     fn set(admin: &Admin, key: &str, value: &str) -> Response {

@@ -10,8 +10,8 @@ use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::{Admin, Request, Response, Running};
-use crate::identity::{Operators, Pki, Registry};
+use super::{Admin, OperatorRef, Request, Response, Running};
+use crate::identity::{Operators, Pki, Registry, Role};
 use crate::registry::Library;
 use crate::store::Store;
 
@@ -35,6 +35,16 @@ pub async fn serve_socket(listener: UnixListener, admin: Admin, shutdown: Cancel
                 continue;
             }
         };
+        // Whoever may open the socket (mode 0600 in a 0700 directory: the
+        // appliance's own user, or root) has every role; the audit trail
+        // names them by their user id.
+        let by = OperatorRef {
+            name: match stream.peer_cred() {
+                Ok(cred) => format!("local user {}", cred.uid()),
+                Err(_) => "local user".to_owned(),
+            },
+            role: Role::Admin,
+        };
         let admin = admin.clone();
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
@@ -46,7 +56,7 @@ pub async fn serve_socket(listener: UnixListener, admin: Admin, shutdown: Cancel
             }
             let response = match serde_json::from_str::<Request>(&line) {
                 Ok(request) => {
-                    let mut running = Running::start(admin, request);
+                    let mut running = Running::start_holding(admin, request, (), Some(by));
                     loop {
                         match running.next().await {
                             Response::Progress(step) => {

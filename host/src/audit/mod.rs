@@ -103,11 +103,13 @@ pub enum What {
         /// Its detail (an alert's message, a frame index), if any.
         detail: Option<String>,
     },
-    /// A request an operator made on the HTTPS admin API, and how it
-    /// ended. The record's device is the one the request is about (none:
-    /// an empty id), its route `admin`, its session 0, its plugin unnamed.
+    /// A request an operator made on the HTTPS admin API or the admin
+    /// socket, and how it ended. The record's device is the one the
+    /// request is about (none: an empty id), its route `admin`, its session
+    /// 0, its plugin unnamed.
     OperatorAction {
-        /// The operator, as their certificate names them.
+        /// The operator, as their certificate names them (on the admin
+        /// socket: `local user UID`).
         operator: String,
         /// Their role: `viewer`, `operator` or `admin`.
         role: String,
