@@ -313,6 +313,18 @@ impl Pipeline {
         &self.session
     }
 
+    /// Drop the bytes of `direction` not yet cut into frames: its sender
+    /// closed, and the frame they began can never end.
+    pub fn end(&mut self, direction: Direction) {
+        let [up, down] = &mut self.streams;
+        let stream = match direction {
+            Direction::ToUpstream => up,
+            Direction::ToDevice => down,
+        };
+        stream.pending = Vec::new();
+        stream.parse_at = 0;
+    }
+
     /// Bytes of `direction` received but not yet cut into frames.
     pub fn pending(&self, direction: Direction) -> usize {
         self.stream(direction).pending.len()

@@ -433,6 +433,14 @@ impl Pump {
                     });
                 }
                 Ok(Ok(0)) => {
+                    // What is held of an incomplete frame can never be
+                    // forwarded: it goes now, with its share of the
+                    // budget, though the other direction goes on.
+                    self.held = Vec::new();
+                    if let Some(pipeline) = &self.pipeline {
+                        lock(pipeline).end(self.direction);
+                    }
+                    self.share.set(0);
                     // The peer may already be gone; its own direction
                     // reports it. A TLS shutdown writes close_notify,
                     // which waits on a peer that stopped reading as long
@@ -999,6 +1007,34 @@ forbid(principal, action == Action::"mqtt.publish", resource) when { context.top
         (c.forward(&mut upstream, start, &activity, settings).await).unwrap();
         assert_eq!(budget.held(), 40 << 10);
         drop((b, c));
+        assert_eq!(budget.held(), 0);
+    }
+
+    /// A device that sends the start of a frame and then closes its
+    /// sending half: the frame can never end, and while the session goes
+    /// on the other way, neither the relay nor the pipeline holds it, and
+    /// the budget has it back.
+    #[tokio::test]
+    async fn a_frame_its_sender_closed_on_is_dropped_at_once() {
+        let budget = BufferBudget::new(1 << 20);
+        let pump = pump(&budget);
+        let pipeline = pump.pipeline.clone().unwrap();
+        let frame = publish("site/a/blob", &[7; 100 << 10]);
+        let (mut from, mut sender) = tokio::io::duplex(1 << 20);
+        sender.write_all(&frame[..20 << 10]).await.unwrap();
+        sender.shutdown().await.unwrap();
+        let forwarded = pump
+            .run(
+                &mut from,
+                Vec::new(),
+                Vec::new(),
+                &activity(),
+                settings(10_000),
+            )
+            .await
+            .unwrap();
+        assert_eq!(forwarded, 0);
+        assert_eq!(lock(&pipeline).pending(Direction::ToUpstream), 0);
         assert_eq!(budget.held(), 0);
     }
 }
