@@ -12,6 +12,14 @@
 //! the sessions wait for room as they do for a slow disk. Records that
 //! reached the tree but not the disk are flushed again, not written twice.
 //!
+//! A session waits for room for at most [`PUSH_PATIENCE`], twice the
+//! longest wait between two attempts: the database keeps its first write
+//! error until it is opened again, so a disk that failed for good never
+//! makes room, and a session that waited on it would hold its thread until
+//! the appliance stopped, and keep it from stopping. Past it, or once
+//! [`AuditQueue::close`] gave up on the writer, the entries are counted
+//! lost and said so at error level.
+//!
 //! The writer also keeps the log within its [`Retention`]: at start, then
 //! every minute, a bounded prune between two appends.
 //!
@@ -19,10 +27,8 @@
 //! queued and end, and joins it, within a bound; past the bound it says at
 //! error level how many entries were not written.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{
-    Receiver, RecvTimeoutError, SendError, SyncSender, TrySendError, sync_channel,
-};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -53,6 +59,10 @@ const PRUNE_AT_MOST: u64 = 10_000;
 const FIRST_RETRY_WAIT: Duration = Duration::from_secs(1);
 /// The longest wait between two attempts at a write that fails.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(30);
+/// The longest a session waits for room in a full queue.
+const PUSH_PATIENCE: Duration = Duration::from_secs(60);
+/// How often a session waiting for room tries again.
+const PUSH_POLL: Duration = Duration::from_millis(2);
 
 /// The sending side of the audit writer. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -61,6 +71,13 @@ pub struct AuditQueue {
     sender: SyncSender<Item>,
     /// Entries pushed and not yet on disk.
     unwritten: Arc<AtomicU64>,
+    /// Entries given up on: no room in the queue for [`PUSH_PATIENCE`],
+    /// or none after [`AuditQueue::close`] gave up on the writer.
+    lost: Arc<AtomicU64>,
+    /// Set when [`AuditQueue::close`] gave up on the writer.
+    abandoned: Arc<AtomicBool>,
+    /// How long a push waits for room: [`PUSH_PATIENCE`], shorter in tests.
+    patience: Duration,
     /// The writer thread, until [`AuditQueue::close`] joins it.
     writer: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
@@ -89,6 +106,9 @@ impl AuditQueue {
             log,
             sender,
             unwritten,
+            lost: Arc::default(),
+            abandoned: Arc::default(),
+            patience: PUSH_PATIENCE,
             writer: Arc::new(Mutex::new(Some(writer))),
         })
     }
@@ -108,17 +128,50 @@ impl AuditQueue {
         self.unwritten.load(Ordering::Relaxed)
     }
 
+    /// How many entries pushed were given up on (see [`PUSH_PATIENCE`]).
+    pub fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
+    }
+
     fn send(&self, item: Item) {
         match self.sender.try_send(item) {
             Ok(()) => {}
-            Err(TrySendError::Full(item)) => blocking(|| {
-                if let Err(SendError(item)) = self.sender.send(item) {
-                    self.append_here(item);
-                }
-            }),
+            Err(TrySendError::Full(item)) => blocking(|| self.send_patiently(item)),
             // Only if the writer thread died: record in this thread.
             Err(TrySendError::Disconnected(item)) => blocking(|| self.append_here(item)),
         }
+    }
+
+    /// Wait for room for `item` for at most the queue's patience, or until
+    /// [`AuditQueue::close`] gave up on the writer; then give it up.
+    fn send_patiently(&self, mut item: Item) {
+        let deadline = Instant::now() + self.patience;
+        loop {
+            if self.abandoned.load(Ordering::Acquire) || Instant::now() >= deadline {
+                return self.lose(item);
+            }
+            match self.sender.try_send(item) {
+                Ok(()) => return,
+                Err(TrySendError::Disconnected(back)) => return self.append_here(back),
+                Err(TrySendError::Full(back)) => {
+                    item = back;
+                    std::thread::sleep(PUSH_POLL);
+                }
+            }
+        }
+    }
+
+    fn lose(&self, item: Item) {
+        let Item::Entries(entries) = item else { return };
+        let count = entries.len() as u64;
+        self.unwritten.fetch_sub(count, Ordering::Relaxed);
+        let lost = self.lost.fetch_add(count, Ordering::Relaxed) + count;
+        error!(
+            records = count,
+            lost,
+            patience = ?self.patience,
+            "the audit writer has taken nothing for too long (see its errors): findings and actions are not recorded"
+        );
     }
 
     fn append_here(&self, item: Item) {
@@ -167,6 +220,9 @@ impl AuditQueue {
                 error!("the audit writer thread panicked");
             }
         }
+        // Whoever still waits for room would wait on a writer that is not
+        // coming back: they give up, so the appliance can stop.
+        self.abandoned.store(true, Ordering::Release);
         let unwritten = self.unwritten();
         if unwritten > 0 {
             error!(
@@ -379,6 +435,9 @@ mod tests {
             log,
             sender,
             unwritten: Arc::default(),
+            lost: Arc::default(),
+            abandoned: Arc::default(),
+            patience: PUSH_PATIENCE,
             writer: Arc::default(),
         };
         queue.push(entries(1000));
@@ -496,8 +555,10 @@ mod tests {
         log.failing().inserts.store(u32::MAX, Ordering::SeqCst);
         let queue = AuditQueue::start(log.clone(), retention()).unwrap();
         let session = queue.clone();
+        // More than the writer takes for one write and the queue holds
+        // together: this session ends up waiting for room.
         let pushing = std::thread::spawn(move || {
-            for _ in 0..DEPTH + 10 {
+            for _ in 0..ENTRIES_PER_WRITE + DEPTH + 10 {
                 session.push(entries(1));
             }
         });
@@ -522,10 +583,45 @@ mod tests {
             "close did not return"
         );
         assert!(queue.unwritten() > 0);
-        // The disk recovers: everything is written after all.
-        log.failing().inserts.store(0, Ordering::SeqCst);
-        pushing.join().unwrap();
-        queue.drain(Duration::from_secs(60));
-        assert_eq!(log.after(0, 10_000).unwrap().len(), DEPTH + 10);
+        // The session still waiting for room gives up, rather than keep
+        // the appliance from stopping.
+        let (joined, wait) = sync_channel(1);
+        std::thread::spawn(move || {
+            pushing.join().unwrap();
+            joined.send(()).unwrap();
+        });
+        assert!(
+            wait.recv_timeout(Duration::from_secs(5)).is_ok(),
+            "a session still waits on the writer"
+        );
+        assert!(queue.lost() > 0);
+    }
+
+    /// A disk that failed for good never makes room: a session waits for
+    /// it no longer than the queue's patience, and says what it lost.
+    #[test]
+    fn a_session_waits_for_a_stuck_writer_no_longer_than_its_patience() {
+        let store = Store::temporary().unwrap();
+        let log = AuditLog::open(&store).unwrap();
+        log.failing().inserts.store(u32::MAX, Ordering::SeqCst);
+        let mut queue = AuditQueue::start(log.clone(), retention()).unwrap();
+        queue.patience = Duration::from_millis(200);
+        // The writer takes one entry, fails to write it, and takes nothing
+        // more until it has.
+        queue.push(entries(1));
+        let start = Instant::now();
+        while log.failing().inserts.load(Ordering::SeqCst) == u32::MAX {
+            assert!(start.elapsed() < Duration::from_secs(10), "no write tried");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // The queue fills, and the last three find no room.
+        let start = Instant::now();
+        for _ in 0..DEPTH + 3 {
+            queue.push(entries(1));
+        }
+        let waited = start.elapsed();
+        assert!(waited < Duration::from_secs(30), "{waited:?}");
+        assert_eq!(queue.lost(), 3);
+        assert_eq!(queue.unwritten(), 1 + DEPTH as u64);
     }
 }
