@@ -39,9 +39,10 @@
 //! answered 503 at once. So a credential gone astray cannot pin the
 //! appliance's memory with connections, nor lock the other operators out.
 //!
-//! Every request an operator makes, allowed or not, is recorded in the
-//! audit trail once answered, with its outcome: an `operator-action`
-//! record, which the SIEM sinks export like any other.
+//! Every request an operator makes that changes something, and every one
+//! refused, is recorded in the audit trail once answered, with its
+//! outcome: an `operator-action` record, which the SIEM sinks export like
+//! any other (see [`super::Running::start_holding`]).
 //!
 //! The roles ([`Role`]): `viewer` lists; `operator` also installs,
 //! activates, rolls back, removes, shadows and promotes plugins, changes
@@ -126,7 +127,10 @@ pub async fn serve_https(
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
+                    // Out of file descriptors, say: trying again at once
+                    // would spin, and fill the log.
                     warn!(error = %e, "admin API accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     continue;
                 }
             },
@@ -326,7 +330,8 @@ impl Drop for Held {
 }
 
 /// Record in the audit trail that `by` was refused `request`, for
-/// `reason`. Off the runtime's workers: the audit queue may make it wait.
+/// `reason`. Off the runtime's workers: recording may write to the
+/// database itself when the audit writer is gone.
 async fn refused(admin: &Admin, by: &OperatorRef, request: &Request, reason: &str) {
     let (admin, by, request, reason) = (
         admin.clone(),

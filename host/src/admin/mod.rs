@@ -202,6 +202,12 @@ impl Request {
         }
     }
 
+    /// Whether the request only reads: what a viewer may make, and the
+    /// list of operators.
+    pub fn reads_only(&self) -> bool {
+        self.role() == Some(Role::Viewer) || matches!(self, Request::OperatorList)
+    }
+
     /// The request's name, as its JSON `op` says.
     pub fn op(&self) -> String {
         serde_json::to_value(self)
@@ -236,8 +242,10 @@ impl Running {
     /// Start executing `request` with `admin`, holding `held` (a request
     /// slot) while it executes: it is released when the execution ends,
     /// however slowly the answer is then read. A request `by` an operator
-    /// is recorded in the audit trail once answered, whether or not they
-    /// are still there to read the answer.
+    /// that changes something, or is refused, is recorded in the audit
+    /// trail once answered, whether or not they are still there to read
+    /// the answer; one that only reads and is answered is not (a
+    /// monitoring script polling would fill the trail).
     pub(crate) fn start_holding<H: Send + 'static>(
         admin: Admin,
         request: Request,
@@ -256,7 +264,9 @@ impl Running {
                     Response::Error(e) => Err(e.as_str()),
                     _ => Ok(()),
                 };
-                admin.record(&by, &request, outcome);
+                if outcome.is_err() || !request.reads_only() {
+                    admin.record(&by, &request, outcome);
+                }
             }
             answer
         });
@@ -621,6 +631,11 @@ impl Admin {
         arguments.remove("op");
         // Long, and of no use to a SIEM.
         arguments.remove("public_key");
+        // A setting may be a credential a plugin needs: that it was set is
+        // recorded, not what to.
+        if let Some(Value::String(value)) = arguments.get_mut("value") {
+            *value = format!("[{} bytes, not recorded]", value.len());
+        }
         for value in arguments.values_mut() {
             if let Value::String(s) = value {
                 crate::audit::format::cut(s, MAX_ARGUMENT_BYTES);
@@ -649,7 +664,7 @@ impl Admin {
             Ok(()) => ("ok", None),
             Err(reason) => ("refused", Some(reason.to_owned())),
         };
-        audit.push(vec![Entry {
+        let entry = vec![Entry {
             session: crate::plugins::Session {
                 id: 0,
                 device,
@@ -668,7 +683,16 @@ impl Admin {
                 outcome: outcome.to_owned(),
                 reason,
             },
-        }]);
+        }];
+        // The operator waits for the answer: a writer that cannot write
+        // (a failed disk) must not keep it from them.
+        if !audit.try_push(entry) {
+            tracing::error!(
+                operator = %by.name,
+                request = %request.op(),
+                "the audit queue is full: this operator's request is not recorded"
+            );
+        }
     }
 
     /// Plugin `name`'s settings: `key`'s value, or all of them; set to
@@ -798,7 +822,7 @@ fn public_key_of(base64: &str) -> Result<rcgen::SubjectPublicKeyInfo, String> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
     use super::*;
 
@@ -863,6 +887,60 @@ mod tests {
         assert_eq!((role.as_str(), request.as_str()), ("admin", "quarantine"));
         assert_eq!(outcome, "refused");
         assert_eq!(record.device.id, "plc-9");
+    }
+
+    /// What changes the appliance is recorded, with a setting's value
+    /// left out (it may be a credential); what only reads is recorded only
+    /// when refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_trail_keeps_changes_and_refusals_and_no_setting_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::temporary().unwrap();
+        let log = crate::audit::AuditLog::open(&store).unwrap();
+        let retention = crate::audit::Retention {
+            max_records: 100,
+            max_backlog: 100,
+            sinks: Vec::new(),
+        };
+        let queue = AuditQueue::start(log.clone(), retention).unwrap();
+        let admin = admin(dir.path()).recording(queue.clone());
+        let by = OperatorRef {
+            name: "ann".into(),
+            role: Role::Operator,
+        };
+        let requests = [
+            Request::PluginConfig {
+                name: "mqtt".into(),
+                key: Some("api-token".into()),
+                value: Some("hunter2-hunter2".into()),
+                unset: false,
+            },
+            Request::DeviceList,
+            Request::DeviceShow {
+                device: "no-such-device".into(),
+            },
+        ];
+        for request in requests {
+            let mut running = Running::start_holding(admin.clone(), request, (), Some(by.clone()));
+            while let Response::Progress(_) = running.next().await {}
+        }
+        queue.drain(Duration::from_secs(10));
+        let records = log.after(0, 10).unwrap();
+        let ops: Vec<(String, String)> = (records.iter())
+            .map(|r| match &r.what {
+                What::OperatorAction {
+                    request, outcome, ..
+                } => (request.clone(), outcome.clone()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let expected = [("plugin-config", "ok"), ("device-show", "refused")];
+        assert_eq!(ops, expected.map(|(r, o)| (r.to_owned(), o.to_owned())));
+        let What::OperatorAction { arguments, .. } = &records[0].what else {
+            unreachable!()
+        };
+        assert_eq!(arguments["value"], "[15 bytes, not recorded]");
+        assert_eq!(arguments["key"], "api-token");
     }
 
     fn set(admin: &Admin, key: &str, value: &str) -> Response {

@@ -113,7 +113,7 @@ impl Drop for Share {
 /// settings.
 #[derive(Debug, Clone)]
 pub struct Guards {
-    /// Whether the device was closed (see [`Activity::device`]).
+    /// Whether the device was closed: nothing more goes to the upstream.
     pub closed: Closed,
     /// The bytes of incomplete frames all sessions may hold.
     pub buffers: BufferBudget,
