@@ -72,11 +72,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
         let _ = std::fs::remove_file(&tmp);
         return written;
     }
-    // The rename is durable once the directory is.
-    match path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        Some(dir) => std::fs::File::open(dir)?.sync_all(),
-        None => std::fs::File::open(".")?.sync_all(),
+    // The rename is durable once the directory is. The new file is in
+    // place either way: a failed sync is told, not returned as a failed
+    // write.
+    let dir = (path.parent())
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+        tracing::warn!(path = %path.display(), error = %e, "written, but its directory could not be synced: a power cut now may undo the write");
     }
+    Ok(())
 }
 
 /// The appliance's state database.
