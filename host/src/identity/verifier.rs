@@ -8,7 +8,8 @@
 //! that names the device (when its certificate could be read) and the
 //! reason, for the transport's log line.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, UnixTime};
@@ -106,8 +107,18 @@ pub struct ClientVerifier {
     /// site CA's proves nothing: an external CA can give an intermediate
     /// that name.
     site: Arc<dyn ClientCertVerifier>,
+    /// Certificates found signed by the site CA, by a hash of their DER:
+    /// the admission right after a handshake need not check the signature
+    /// the handshake just checked (each check is a signature verification,
+    /// a tenth of a handshake's cost). At most [`SITE_SIGNED_KEPT`], all
+    /// forgotten at once when full.
+    site_signed: Mutex<HashSet<blake3::Hash>>,
     admits: Admits,
 }
+
+/// Certificates a [`ClientVerifier`] remembers as the site CA's: those of
+/// the devices connecting in a few seconds on a large site.
+const SITE_SIGNED_KEPT: usize = 4096;
 
 /// Whom a [`ClientVerifier`] lets in.
 #[derive(Debug)]
@@ -172,14 +183,32 @@ impl ClientVerifier {
         Ok(Arc::new(ClientVerifier {
             chain,
             site,
+            site_signed: Mutex::default(),
             admits,
         }))
     }
 
     /// Whether the site CA itself signed `certificate`, a valid client
-    /// certificate at `now`.
+    /// certificate at `now` (its dates, its key usage: all of it checked).
     fn site_issued(&self, certificate: &CertificateDer<'_>, now: UnixTime) -> bool {
-        self.site.verify_client_cert(certificate, &[], now).is_ok()
+        let issued = self.site.verify_client_cert(certificate, &[], now).is_ok();
+        if issued {
+            let mut signed = lock(&self.site_signed);
+            if signed.len() >= SITE_SIGNED_KEPT {
+                signed.clear();
+            }
+            signed.insert(blake3::hash(certificate));
+        }
+        issued
+    }
+
+    /// Whether the site CA signed `certificate`, whose dates the caller
+    /// checked: known at once for a certificate found so before (its
+    /// signature cannot have changed), checked as [`Self::site_issued`]
+    /// does otherwise.
+    fn site_signed(&self, certificate: &CertificateDer<'_>, now: UnixTime) -> bool {
+        lock(&self.site_signed).contains(&blake3::hash(certificate))
+            || self.site_issued(certificate, now)
     }
 
     /// Check again, after the handshake, that the holder of a device
@@ -212,7 +241,7 @@ impl ClientVerifier {
         let now = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
             u64::try_from(now).unwrap_or(0),
         ));
-        registry.admit(claims, self.site_issued(&claims.der, now))
+        registry.admit(claims, self.site_signed(&claims.der, now))
     }
 
     fn check(
@@ -334,6 +363,10 @@ impl ClientCertVerifier for ClientVerifier {
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.chain.supported_verify_schemes()
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]
@@ -603,6 +636,31 @@ mod tests {
         // The genuine certificate still passes both.
         assert!(verifier.verify_client_cert(&genuine.der, &[], now).is_ok());
         assert!(verifier.readmit(&genuine).is_ok());
+    }
+
+    /// The admission after a handshake takes the handshake's word that the
+    /// site CA signed the certificate; a handshake never takes an earlier
+    /// one's: the certificate's dates are checked every time.
+    #[test]
+    fn a_certificate_found_the_site_cas_is_still_checked_at_every_handshake() {
+        let site = site();
+        let claims = site.issue("plc-7");
+        let now = UnixTime::now();
+        assert!(
+            site.verifier
+                .verify_client_cert(&claims.der, &[], now)
+                .is_ok()
+        );
+        assert!(site.verifier.readmit(&claims).is_ok());
+        let later = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+            u64::try_from(claims.not_after).unwrap() + 1,
+        ));
+        assert!(
+            site.verifier
+                .verify_client_cert(&claims.der, &[], later)
+                .is_err(),
+            "an expired certificate admitted for having been the site CA's"
+        );
     }
 
     /// The operators' verifier (the admin API's) never admits a device.
