@@ -146,9 +146,28 @@ pub(crate) fn cut(s: &mut String, keep: usize) {
 }
 
 /// The record as one line of JSON, without the newline.
+///
+/// JSON requires escaping only below U+0020: DEL, the C1 controls, the
+/// Unicode line separators and the bidirectional controls would stay raw,
+/// and break or reorder the line where a SIEM or a terminal shows it (a
+/// device's topic `site/\u{202e}dmc/x` shows as `site/x/cmd`). They are
+/// written `\uXXXX`, which reads back as the same character. They occur
+/// only inside strings.
 pub fn json_line(record: &Record) -> String {
     // A record is plain data; serialising it cannot fail.
-    serde_json::to_string(record).unwrap_or_default()
+    let line = serde_json::to_string(record).unwrap_or_default();
+    if !line.chars().any(breaks_lines) {
+        return line;
+    }
+    let mut escaped = String::with_capacity(line.len() + 32);
+    for c in line.chars() {
+        if breaks_lines(c) {
+            escaped.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            escaped.push(c);
+        }
+    }
+    escaped
 }
 
 /// The record in CEF:
@@ -546,6 +565,22 @@ mod tests {
         );
         // A record that fits is left whole.
         assert_eq!(fitted(&record, usize::MAX, json_line), json_line(&record));
+    }
+
+    #[test]
+    fn json_lines_show_no_separator_or_bidi_control_raw() {
+        let mut record = record();
+        let hostile = "a\u{2028}b\u{202e}c\u{85}d\u{7f}e\u{2067}f\u{1b}g";
+        if let What::Finding { reason, .. } = &mut record.what {
+            *reason = hostile.to_owned();
+        }
+        let line = json_line(&record);
+        assert!(!line.chars().any(breaks_lines), "{line:?}");
+        assert!(
+            line.contains(r"a\u2028b\u202ec\u0085d\u007fe\u2067f\u001bg"),
+            "{line}"
+        );
+        assert_eq!(serde_json::from_str::<Record>(&line).unwrap(), record);
     }
 
     #[test]
