@@ -482,6 +482,32 @@ fn idle_connections_from_one_address_lock_no_operator_out() {
     drop(idle);
 }
 
+/// A flood from a few addresses, none of which needs a certificate, takes
+/// every handshake the API runs at once; an operator who was admitted
+/// before, from an address of their own, still gets in.
+#[test]
+fn idle_connections_from_a_few_addresses_lock_no_known_operator_out() {
+    if !require("curl") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let appliance = Appliance::start(&admin_and_a_route());
+    let port = appliance.port("admin");
+    let ann = issue_operator(&appliance, work.path(), "ann", "operator");
+    let (status, body) = curl(port, Some(&ann), r#"{"op":"plugin-list"}"#);
+    assert_eq!(status, 200, "{body}");
+
+    // Nine addresses, each holding as many handshakes as one may: more
+    // than the API runs at once, each held for the handshake's timeout.
+    let idle: Vec<_> = (2..11)
+        .flat_map(|host| (0..8).map(move |_| host))
+        .map(|host| tcp_from([127, 0, 0, host], port))
+        .collect();
+    let (status, body) = curl(port, Some(&ann), r#"{"op":"plugin-list"}"#);
+    assert_eq!(status, 200, "{body}");
+    drop(idle);
+}
+
 /// A TLS connection to the API at `port` as `tls`'s operator, handshake
 /// done, on which nothing is sent.
 fn idle_connection(port: u16, tls: Arc<rustls::ClientConfig>) -> OperatorStream {

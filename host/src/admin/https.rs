@@ -32,7 +32,9 @@
 //! at once when [`MAX_HANDSHAKES`] handshakes are under way, or
 //! [`MAX_HANDSHAKES_PER_ADDRESS`] from its address: so that one host
 //! opening connections and saying nothing, which takes no certificate,
-//! keeps no operator waiting behind them.
+//! keeps no operator waiting behind them. A few hosts together can still
+//! take every handshake; [`OPERATOR_HANDSHAKES`] more are kept for the
+//! addresses operators were lately admitted from.
 //!
 //! An operator has at most [`MAX_CONNECTIONS_PER_OPERATOR`] connections
 //! open at once, counted from the handshake to the close; more are
@@ -84,6 +86,13 @@ const MAX_HANDSHAKES: usize = 64;
 /// open connections, holds at most an eighth of the handshakes; a script
 /// of an operator's opening a few connections at once still has room.
 const MAX_HANDSHAKES_PER_ADDRESS: usize = MAX_HANDSHAKES / 8;
+/// Handshakes held back for addresses an operator was lately admitted
+/// from. A flood needs no certificate, so from a few addresses it can take
+/// every other handshake; these still let the operators in (a TCP
+/// connection cannot come from an address its sender does not hold).
+const OPERATOR_HANDSHAKES: usize = 16;
+/// Addresses remembered as operators', the latest.
+const OPERATOR_ADDRESSES: usize = 256;
 /// Requests of admitted operators executed at once; more wait.
 const MAX_REQUESTS: usize = 16;
 /// Connections one operator may have open at once: twice as many as the
@@ -116,8 +125,12 @@ pub async fn serve_https(
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     let per_address = Handshakes::new(MAX_HANDSHAKES_PER_ADDRESS);
-    let requests = Arc::new(Semaphore::new(MAX_REQUESTS));
-    let open = Open::default();
+    let operators = Arc::new(Semaphore::new(OPERATOR_HANDSHAKES));
+    let gates = Gates {
+        requests: Arc::new(Semaphore::new(MAX_REQUESTS)),
+        open: Open::default(),
+        known: Known::default(),
+    };
     loop {
         // Accept whatever comes, and close what is over a limit at once: a
         // connection left waiting to be accepted would wait behind every
@@ -139,16 +152,54 @@ pub async fn serve_https(
             warn!(%peer, "admin API: refused, too many handshakes from this address");
             continue;
         };
-        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+        let permit = handshakes.clone().try_acquire_owned().or_else(|e| {
+            if gates.known.contains(peer.ip()) {
+                operators.clone().try_acquire_owned()
+            } else {
+                Err(e)
+            }
+        });
+        let Ok(permit) = permit else {
             warn!(%peer, "admin API: refused, too many handshakes");
             continue;
         };
-        let (acceptor, admin, requests) = (acceptor.clone(), admin.clone(), requests.clone());
-        let open = open.clone();
+        let (acceptor, admin, gates) = (acceptor.clone(), admin.clone(), gates.clone());
         tokio::spawn(async move {
             let handshake = (permit, from_peer);
-            connection(stream, peer, &acceptor, handshake, &requests, &open, admin).await;
+            connection(stream, peer, &acceptor, handshake, &gates, admin).await;
         });
+    }
+}
+
+/// What bounds the API's connections and requests beyond its handshakes.
+#[derive(Debug, Clone)]
+struct Gates {
+    /// Requests executing.
+    requests: Arc<Semaphore>,
+    /// Connections open, per operator.
+    open: Open,
+    /// Addresses operators were admitted from.
+    known: Known,
+}
+
+/// The addresses operators were lately admitted from, the latest last.
+#[derive(Debug, Clone, Default)]
+struct Known(Arc<Mutex<std::collections::VecDeque<std::net::IpAddr>>>);
+
+impl Known {
+    fn remember(&self, address: std::net::IpAddr) {
+        let address = address.to_canonical();
+        let mut known = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        known.retain(|a| *a != address);
+        if known.len() >= OPERATOR_ADDRESSES {
+            known.pop_front();
+        }
+        known.push_back(address);
+    }
+
+    fn contains(&self, address: std::net::IpAddr) -> bool {
+        let known = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        known.contains(&address.to_canonical())
     }
 }
 
@@ -157,8 +208,7 @@ async fn connection(
     peer: SocketAddr,
     acceptor: &tokio_rustls::TlsAcceptor,
     handshake: (tokio::sync::OwnedSemaphorePermit, Handshake),
-    requests: &Arc<Semaphore>,
-    open: &Open,
+    gates: &Gates,
     admin: Admin,
 ) {
     let handshaken = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
@@ -194,8 +244,9 @@ async fn connection(
             return;
         }
     };
+    gates.known.remember(peer.ip());
     let name = claims.name.clone();
-    let Some(_open) = open.enter(&name) else {
+    let Some(_open) = gates.open.enter(&name) else {
         warn!(%peer, operator = %name, "admin API: refused, too many connections");
         let error = format!(
             "operator {name} already has {MAX_CONNECTIONS_PER_OPERATOR} connections open to \
@@ -239,7 +290,7 @@ async fn connection(
     }
     // Only a request an operator may make waits for a slot, and holds it
     // only while it executes.
-    let Ok(slot) = requests.clone().acquire_owned().await else {
+    let Ok(slot) = gates.requests.clone().acquire_owned().await else {
         return;
     };
     // Reading the request and waiting for the slot took a while: an
