@@ -641,25 +641,23 @@ impl Admin {
                 crate::audit::format::cut(s, MAX_ARGUMENT_BYTES);
             }
         }
-        let device = match arguments.get("device").and_then(Value::as_str) {
-            Some(id) => match self.registry.device(id) {
-                Ok(Some(d)) => crate::plugins::Device {
-                    id: d.id,
-                    class: d.class,
-                    zone: d.zone,
-                },
-                _ => crate::plugins::Device {
-                    id: id.to_owned(),
-                    class: String::new(),
-                    zone: String::new(),
-                },
-            },
-            None => crate::plugins::Device {
-                id: String::new(),
+        // The device the request is about, as enrolled; an unknown one by
+        // its id alone, and none by an empty id.
+        let id = arguments
+            .get("device")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let enrolled = (!id.is_empty())
+            .then(|| self.registry.device(id).ok().flatten())
+            .flatten();
+        let device = enrolled.map_or_else(
+            || crate::plugins::Device {
+                id: id.to_owned(),
                 class: String::new(),
                 zone: String::new(),
             },
-        };
+            |d| d.plugin_view(),
+        );
         let (outcome, reason) = match outcome {
             Ok(()) => ("ok", None),
             Err(reason) => ("refused", Some(reason.to_owned())),
