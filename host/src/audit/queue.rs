@@ -61,7 +61,7 @@ const FIRST_RETRY_WAIT: Duration = Duration::from_secs(1);
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(30);
 /// The longest a session waits for room in a full queue.
 const PUSH_PATIENCE: Duration = Duration::from_secs(60);
-/// How often a session waiting for room tries again.
+/// How often whoever waits for room in the queue tries again.
 const PUSH_POLL: Duration = Duration::from_millis(2);
 
 /// The sending side of the audit writer. Cheap to clone.
@@ -168,20 +168,11 @@ impl AuditQueue {
 
     /// Wait for room for `item` for at most the queue's patience, or until
     /// [`AuditQueue::close`] gave up on the writer; then give it up.
-    fn send_patiently(&self, mut item: Item) {
-        let deadline = Instant::now() + self.patience;
-        loop {
-            if self.abandoned.load(Ordering::Acquire) || Instant::now() >= deadline {
-                return self.lose(item);
-            }
-            match self.sender.try_send(item) {
-                Ok(()) => return,
-                Err(TrySendError::Disconnected(back)) => return self.append_here(back),
-                Err(TrySendError::Full(back)) => {
-                    item = back;
-                    std::thread::sleep(PUSH_POLL);
-                }
-            }
+    fn send_patiently(&self, item: Item) {
+        match self.send_by(item, Instant::now() + self.patience) {
+            Ok(()) => {}
+            Err(Unsent::WriterGone(item)) => self.append_here(item),
+            Err(Unsent::NoRoom(item)) => self.lose(item),
         }
     }
 
@@ -219,7 +210,7 @@ impl AuditQueue {
     pub fn drain(&self, patience: Duration) {
         let deadline = Instant::now() + patience;
         let (done, wait) = sync_channel(1);
-        if self.send_by(Item::Drained(done), deadline) {
+        if self.send_by(Item::Drained(done), deadline).is_ok() {
             let _ = wait.recv_timeout(deadline.saturating_duration_since(Instant::now()));
         }
     }
@@ -235,7 +226,7 @@ impl AuditQueue {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some(writer) = writer
-            && self.send_by(Item::Close, deadline)
+            && self.send_by(Item::Close, deadline).is_ok()
         {
             while !writer.is_finished() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
@@ -257,24 +248,32 @@ impl AuditQueue {
         }
     }
 
-    /// Queue `item`, waiting for room until `deadline`. Returns whether it
-    /// was queued.
-    fn send_by(&self, item: Item, deadline: Instant) -> bool {
-        let mut item = item;
+    /// Queue `item`, waiting for room until `deadline`, or until
+    /// [`AuditQueue::close`] gave up on the writer; give it back if it
+    /// could not be queued.
+    fn send_by(&self, mut item: Item, deadline: Instant) -> Result<(), Unsent> {
         loop {
             match self.sender.try_send(item) {
-                Ok(()) => return true,
-                Err(TrySendError::Disconnected(_)) => return false,
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Disconnected(back)) => return Err(Unsent::WriterGone(back)),
                 Err(TrySendError::Full(back)) => {
-                    if Instant::now() >= deadline {
-                        return false;
+                    if self.abandoned.load(Ordering::Acquire) || Instant::now() >= deadline {
+                        return Err(Unsent::NoRoom(back));
                     }
                     item = back;
-                    std::thread::sleep(Duration::from_millis(10));
+                    std::thread::sleep(PUSH_POLL);
                 }
             }
         }
     }
+}
+
+/// An item [`AuditQueue::send_by`] could not queue.
+enum Unsent {
+    /// The writer thread has ended.
+    WriterGone(Item),
+    /// The queue had no room in time.
+    NoRoom(Item),
 }
 
 /// The writer thread's state.
