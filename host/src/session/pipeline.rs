@@ -316,11 +316,7 @@ impl Pipeline {
     /// Drop the bytes of `direction` not yet cut into frames: its sender
     /// closed, and the frame they began can never end.
     pub fn end(&mut self, direction: Direction) {
-        let [up, down] = &mut self.streams;
-        let stream = match direction {
-            Direction::ToUpstream => up,
-            Direction::ToDevice => down,
-        };
+        let stream = self.stream_mut(direction);
         stream.pending = Vec::new();
         stream.parse_at = 0;
     }
@@ -335,12 +331,7 @@ impl Pipeline {
     /// grown to over four times that shrinks to them. A buffer of the size
     /// reads bring is kept, so a busy session does not reallocate.
     pub fn shrink(&mut self, direction: Direction, keep: usize) {
-        let [up, down] = &mut self.streams;
-        let stream = match direction {
-            Direction::ToUpstream => up,
-            Direction::ToDevice => down,
-        };
-        shrink(&mut stream.pending, keep);
+        shrink(&mut self.stream_mut(direction).pending, keep);
     }
 
     /// The capacity of `direction`'s buffer of pending bytes.
@@ -351,6 +342,14 @@ impl Pipeline {
 
     fn stream(&self, direction: Direction) -> &Stream {
         let [up, down] = &self.streams;
+        match direction {
+            Direction::ToUpstream => up,
+            Direction::ToDevice => down,
+        }
+    }
+
+    fn stream_mut(&mut self, direction: Direction) -> &mut Stream {
+        let [up, down] = &mut self.streams;
         match direction {
             Direction::ToUpstream => up,
             Direction::ToDevice => down,
