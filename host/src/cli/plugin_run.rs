@@ -223,21 +223,21 @@ fn datagrams(text: &str) -> anyhow::Result<Vec<(usize, Vec<u8>)>> {
 /// `/opt/x/baseline.wasm` can neither read nor rewrite the first-party
 /// baseline's profiles, and apart from another file's of the same name.
 pub(crate) fn load(runtime: &Runtime, plugin: &str) -> anyhow::Result<Plugin> {
-    let names = || first_party::names().collect::<Vec<_>>().join(", ");
     let (name, bytes) = if is_path(plugin) {
         let path =
             std::path::absolute(plugin).with_context(|| format!("reading plugin {plugin}"))?;
         let bytes =
             std::fs::read(&path).with_context(|| format!("reading plugin {}", path.display()))?;
-        (path.display().to_string(), bytes)
+        (path.display().to_string(), std::borrow::Cow::Owned(bytes))
     } else {
         let bytes = first_party::component(plugin).with_context(|| {
+            let names: Vec<_> = first_party::names().collect();
             format!(
                 "{plugin} is not a first-party plugin ({}); a component's path has a / or ends in .wasm",
-                names()
+                names.join(", ")
             )
         })?;
-        (plugin.to_owned(), bytes.to_vec())
+        (plugin.to_owned(), std::borrow::Cow::Borrowed(bytes))
     };
     Ok(runtime.load(&name, &bytes, Limits::default())?)
 }
