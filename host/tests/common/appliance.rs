@@ -155,6 +155,8 @@ pub struct CountingUpstream {
     pub port: u16,
     pub connections: Arc<AtomicUsize>,
     pub bytes: Arc<AtomicUsize>,
+    /// Connections read to their end: every byte they brought is counted.
+    pub ended: Arc<AtomicUsize>,
 }
 
 impl CountingUpstream {
@@ -163,12 +165,13 @@ impl CountingUpstream {
         let port = listener.local_addr().unwrap().port();
         let connections = Arc::new(AtomicUsize::new(0));
         let bytes = Arc::new(AtomicUsize::new(0));
-        let (c, b) = (connections.clone(), bytes.clone());
+        let ended = Arc::new(AtomicUsize::new(0));
+        let (c, b, e) = (connections.clone(), bytes.clone(), ended.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { return };
                 c.fetch_add(1, Ordering::SeqCst);
-                let b = b.clone();
+                let (b, e) = (b.clone(), e.clone());
                 std::thread::spawn(move || {
                     let mut buf = [0u8; 4096];
                     while let Ok(n) = std::io::Read::read(&mut stream, &mut buf) {
@@ -177,6 +180,7 @@ impl CountingUpstream {
                         }
                         b.fetch_add(n, Ordering::SeqCst);
                     }
+                    e.fetch_add(1, Ordering::SeqCst);
                 });
             }
         });
@@ -184,7 +188,17 @@ impl CountingUpstream {
             port,
             connections,
             bytes,
+            ended,
         }
+    }
+
+    /// The bytes of every connection, once `n` connections ended: what
+    /// reached the upstream in all, not what was counted so far.
+    pub fn bytes_once_ended(&self, n: usize) -> usize {
+        wait_until("the upstream connections ending", || {
+            self.ended.load(Ordering::SeqCst) >= n
+        });
+        self.bytes()
     }
 
     pub fn connections(&self) -> usize {
