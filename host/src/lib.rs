@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod audit;
 pub mod cli;
+pub mod client_tls;
 pub mod config;
 mod http;
 pub mod identity;

@@ -8,14 +8,13 @@ mod common;
 use std::io::{BufRead, Write};
 use std::process::Command;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-};
+use rcgen::ExtendedKeyUsagePurpose;
 
 use common::appliance::{
     Appliance, Mosquitto, aioquic, aioquic_publish, free_port, mosquitto_pub, mosquitto_sub,
     peer_script, require, require_python, route, tls_args, wait_for_port,
 };
+use common::ca::TestCa;
 
 fn appliance(broker: &Mosquitto) -> Appliance {
     let upstream = format!("127.0.0.1:{}", broker.port);
@@ -263,33 +262,12 @@ fn upstream_over_tls_with_a_client_certificate() {
     // The broker's own CA: it issues the broker's server certificate and
     // the certificate Palisade presents to the broker.
     let dir = tempfile::tempdir().unwrap();
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::default();
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "Broker CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let write = |name: &str, text: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        path.display().to_string()
-    };
-    let ca_file = write("broker-ca.pem", &ca.pem());
-    let leaf = |name: &str, eku| {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.extended_key_usages = vec![eku];
-        let cert = params.signed_by(&key, &issuer).unwrap();
-        (
-            write(&format!("{name}.pem"), &cert.pem()),
-            write(&format!("{name}.key"), &key.serialize_pem()),
-        )
-    };
-    let (broker_cert, broker_key) = leaf("broker.plant", ExtendedKeyUsagePurpose::ServerAuth);
-    let (client_cert, client_key) = leaf("palisade", ExtendedKeyUsagePurpose::ClientAuth);
+    let ca = TestCa::new(dir.path(), "broker-ca");
+    let (broker_cert, broker_key) = ca.leaf("broker.plant", ExtendedKeyUsagePurpose::ServerAuth);
+    let (client_cert, client_key) = ca.leaf("palisade", ExtendedKeyUsagePurpose::ClientAuth);
+    let ca_file = ca.cert.display();
+    let (broker_cert, broker_key) = (broker_cert.display(), broker_key.display());
+    let (client_cert, client_key) = (client_cert.display(), client_key.display());
     let tls_port = free_port();
     let broker = Mosquitto::start_with(&format!(
         "listener {tls_port} 127.0.0.1\ncafile {ca_file}\ncertfile {broker_cert}\nkeyfile {broker_key}\nrequire_certificate true\n"

@@ -295,7 +295,7 @@ pub struct RouteConfig {
     /// The upstream's `host:port`. Required.
     pub upstream: String,
     /// TLS to the upstream. `None`: plain TCP.
-    pub upstream_tls: Option<UpstreamTls>,
+    pub upstream_tls: Option<crate::client_tls::ClientTls>,
     /// When a session's upstream connection opens: `first-bytes` (the
     /// default), when the device sends its first bytes, so that a device
     /// that connects and says nothing costs the upstream nothing; or
@@ -326,22 +326,6 @@ impl RouteConfig {
             (Transport::Tls, None) => None,
         }
     }
-}
-
-/// TLS from the appliance to an upstream.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct UpstreamTls {
-    /// PEM file of the CA that issued the upstream's certificate. Required.
-    pub ca: PathBuf,
-    /// The name the upstream's certificate must carry. Default: the host of
-    /// `upstream`.
-    pub server_name: Option<String>,
-    /// PEM certificate the appliance presents to the upstream (a
-    /// Modbus/TCP Security server wants one). Default none.
-    pub client_cert: Option<PathBuf>,
-    /// The key of `client-cert`. Required with it.
-    pub client_key: Option<PathBuf>,
 }
 
 impl Default for Config {

@@ -7,15 +7,15 @@
 //! install waiting forever.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tough::async_trait;
 use tough::{Bytes, Transport, TransportError, TransportErrorKind, TransportStream};
 use url::Url;
+
+use crate::client_tls::ClientTls;
 
 /// The largest file fetched: the largest component, with room for headers.
 const MAX_FILE: usize = (super::bundle::MAX_COMPONENT as usize) + (64 << 10);
@@ -140,36 +140,19 @@ impl RegistryTransport {
             "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: palisade\r\nConnection: close\r\n\r\n"
         );
         let answer = if url.scheme() == "https" {
-            let connector = tokio_rustls::TlsConnector::from(self.tls(url)?);
-            let name = ServerName::try_from(host.to_owned()).map_err(|e| other(url, e))?;
-            let mut tls = connector
-                .connect(name, tcp)
-                .await
-                .map_err(|e| other(url, e))?;
+            let connector = ClientTls {
+                ca: self.ca_file.clone(),
+                ..ClientTls::default()
+            }
+            .connector(host)
+            .map_err(|e| other(url, e))?;
+            let mut tls = connector.connect(tcp).await.map_err(|e| other(url, e))?;
             exchange(&mut tls, request.as_bytes(), url).await?
         } else {
             let mut tcp = tcp;
             exchange(&mut tcp, request.as_bytes(), url).await?
         };
         response_body(answer, url)
-    }
-
-    fn tls(&self, url: &Url) -> Result<Arc<rustls::ClientConfig>, TransportError> {
-        let file = (self.ca_file.clone())
-            .unwrap_or_else(|| PathBuf::from("/etc/ssl/certs/ca-certificates.crt"));
-        let mut roots = rustls::RootCertStore::empty();
-        let certs = CertificateDer::pem_file_iter(&file)
-            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| other(url, format!("CA file {}: {e}", file.display())))?;
-        roots.add_parsable_certificates(certs);
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| other(url, e))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        Ok(Arc::new(config))
     }
 }
 

@@ -7,6 +7,7 @@
 )]
 
 pub mod appliance;
+pub mod ca;
 
 use palisade::plugins::{Limits, Plugin, Runtime, RuntimeConfig, Session};
 use palisade::store::Store;
