@@ -1,6 +1,6 @@
-//! The audit trail reaches real SIEM receivers (rsyslog over TCP, an HTTP
-//! webhook, a file), in order and each record once, and nothing is lost
-//! while a receiver is down.
+//! The audit trail reaches real SIEM receivers (rsyslog over TCP and TLS,
+//! an HTTP and HTTPS webhook, a file), in order and each record once, and
+//! nothing is lost while a receiver is down or refuses the appliance.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;
@@ -8,11 +8,15 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use common::appliance::{missing_is_fatal, wait_for_port};
+use common::ca::TestCa;
 use common::{Child, free_port, program, wait_for};
-use palisade::audit::export::{Exporter, SinkConfig, SyslogTransport};
+use palisade::audit::export::{DeliveryError, Exporter, SinkConfig, SyslogTransport};
 use palisade::audit::{AuditLog, Entry, PluginRef};
+use palisade::client_tls::ClientTls;
 use palisade::plugins::{Batch, Device, Finding, Session, Severity};
 use palisade::store::Store;
+use rcgen::ExtendedKeyUsagePurpose;
 
 fn session() -> Session {
     Session {
@@ -79,10 +83,14 @@ fn export(log: &AuditLog, sink: SinkConfig) -> Running {
     }
 }
 
+/// The complete lines of the file at `path`: a receiver still writing may
+/// have written part of its last one.
 fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
+        .split('\n')
+        .filter(|l| !l.is_empty())
         .map(str::to_owned)
         .collect()
 }
@@ -103,6 +111,7 @@ fn rsyslog_gets_every_record_once_in_order_after_being_down() {
             name: "siem".into(),
             address: format!("127.0.0.1:{port}"),
             transport: SyslogTransport::Tcp,
+            tls: None,
             hostname: Some("gate-1".into()),
         },
     );
@@ -111,41 +120,61 @@ fn rsyslog_gets_every_record_once_in_order_after_being_down() {
     let written = log.append(findings(600)).unwrap();
     assert!(wait_for(10, || log.backlog("siem").unwrap() == 600));
 
-    let config = dir.path().join("rsyslog.conf");
+    let _rsyslog = rsyslog(&rsyslogd, dir.path(), port, &out, "", "");
+    assert_received(&out, &log, &written);
+}
+
+/// rsyslogd, its work files in `dir`, writing each message it takes on
+/// `port` as a line of `out`; its imtcp module and global settings given
+/// `module` and `global` (for TLS).
+fn rsyslog(
+    rsyslogd: &Path,
+    dir: &Path,
+    port: u16,
+    out: &Path,
+    global: &str,
+    module: &str,
+) -> Child {
+    let config = dir.join("rsyslog.conf");
     std::fs::write(
         &config,
         format!(
-            r#"global(workDirectory="{work}" maxMessageSize="64k")
-module(load="imtcp")
+            r#"global(workDirectory="{work}" maxMessageSize="64k" {global})
+module(load="imtcp" {module})
 template(name="raw" type="string" string="%rawmsg%\n")
 ruleset(name="siem") {{ action(type="omfile" file="{out}" template="raw") }}
 input(type="imtcp" port="{port}" ruleset="siem")
 "#,
-            work = dir.path().display(),
+            work = dir.display(),
             out = out.display(),
         ),
     )
     .unwrap();
-    let _rsyslog = Child(
+    Child(
         Command::new(rsyslogd)
             .args(["-n", "-f"])
             .arg(&config)
             .arg("-i")
-            .arg(dir.path().join("rsyslog.pid"))
+            .arg(dir.join("rsyslog.pid"))
             .stdout(Stdio::null())
             .spawn()
             .unwrap(),
-    );
+    )
+}
 
+/// rsyslog wrote every record of `written` to `out`, once, in order, and
+/// the sink `siem` has nothing left to send.
+fn assert_received(out: &Path, log: &AuditLog, written: &[palisade::audit::Record]) {
+    let n = written.len();
     assert!(
-        wait_for(60, || lines(&out).len() >= 600
+        wait_for(60, || lines(out).len() >= n
             && log.backlog("siem").unwrap() == 0),
-        "rsyslog received {} of 600 records",
-        lines(&out).len()
+        "rsyslog received {} of {n} records",
+        lines(out).len()
     );
-    let received = lines(&out);
-    assert_eq!(received.len(), 600, "each record once");
-    for (line, record) in received.iter().zip(&written) {
+    let received = lines(out);
+    assert_eq!(received.len(), n, "each record once");
+    for (line, record) in received.iter().zip(written) {
         assert!(line.starts_with("<107>1 "), "{line}");
         assert!(line.contains(" gate-1 palisade - finding "), "{line}");
         assert!(
@@ -165,12 +194,44 @@ fn a_webhook_that_refuses_at_first_gets_every_record_once() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let out = dir.path().join("webhook.jsonl");
+    let _server = webhook_server(&python, port, &out, &["--fail".as_ref(), "2".as_ref()]);
+
+    let store = Store::temporary().unwrap();
+    let log = AuditLog::open(&store).unwrap();
+    let written = log.append(findings(300)).unwrap();
+    let _exporter = export(
+        &log,
+        SinkConfig::Webhook {
+            name: "webhook".into(),
+            url: format!("http://127.0.0.1:{port}/palisade/audit"),
+            tls: None,
+            authorization_file: None,
+        },
+    );
+    let more = log.append(findings(5)).unwrap();
+    assert!(
+        wait_for(60, || lines(&out).len() >= 305),
+        "the webhook received {} of 305 records",
+        lines(&out).len()
+    );
+    let expected: Vec<u64> = written.iter().chain(&more).map(|r| r.id).collect();
+    assert_eq!(
+        ids(&out),
+        expected,
+        "in order, each once, after two refusals"
+    );
+}
+
+/// tests/peers/webhook.py on `port`, appending the records it takes to
+/// `out`, with `args`; once it listens.
+fn webhook_server(python: &Path, port: u16, out: &Path, args: &[&std::ffi::OsStr]) -> Child {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/peers/webhook.py");
     let mut server = Child(
         Command::new(python)
             .arg(script)
-            .args(["--port", &port.to_string(), "--fail", "2", "--out"])
-            .arg(&out)
+            .args(["--port", &port.to_string(), "--out"])
+            .arg(out)
+            .args(args)
             .stdout(Stdio::piped())
             .spawn()
             .unwrap(),
@@ -182,33 +243,19 @@ fn a_webhook_that_refuses_at_first_gets_every_record_once() {
     )
     .unwrap();
     assert_eq!(ready.trim(), "ready");
+    server
+}
 
-    let store = Store::temporary().unwrap();
-    let log = AuditLog::open(&store).unwrap();
-    let written = log.append(findings(300)).unwrap();
-    let _exporter = export(
-        &log,
-        SinkConfig::Webhook {
-            name: "webhook".into(),
-            url: format!("http://127.0.0.1:{port}/palisade/audit"),
-        },
-    );
-    let more = log.append(findings(5)).unwrap();
-    assert!(
-        wait_for(60, || lines(&out).len() >= 305),
-        "the webhook received {} of 305 records",
-        lines(&out).len()
-    );
-    let ids: Vec<u64> = lines(&out)
+/// The identifiers of the records in the JSON lines of `out`, in order.
+fn ids(out: &Path) -> Vec<u64> {
+    lines(out)
         .iter()
         .map(|l| {
             serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
                 .as_u64()
                 .unwrap()
         })
-        .collect();
-    let expected: Vec<u64> = written.iter().chain(&more).map(|r| r.id).collect();
-    assert_eq!(ids, expected, "in order, each once, after two refusals");
+        .collect()
 }
 
 #[test]
@@ -241,4 +288,158 @@ fn a_file_sink_appends_json_lines_across_restarts() {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&out).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
+}
+
+/// Whether rsyslog's network stream driver `name` (`gtls`: package
+/// rsyslog-gnutls) is installed.
+fn rsyslog_driver(name: &str) -> bool {
+    let file = format!("lmnsd_{name}.so");
+    let found = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|arch| arch.path().join("rsyslog").join(&file).is_file())
+        || Path::new("/usr/lib/rsyslog").join(&file).is_file();
+    missing_is_fatal(found, &format!("rsyslog's {name} driver"))
+}
+
+#[test]
+fn rsyslog_over_tls_takes_records_only_from_a_client_it_trusts() {
+    let Some(rsyslogd) = program("rsyslogd") else {
+        return;
+    };
+    if !rsyslog_driver("gtls") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "siem-ca");
+    let (cert, key) = ca.leaf("siem.plant", ExtendedKeyUsagePurpose::ServerAuth);
+    let (client_cert, client_key) = ca.leaf("gate-1", ExtendedKeyUsagePurpose::ClientAuth);
+    let port = free_port();
+    let out = dir.path().join("siem.log");
+    // A receiver that takes messages only from clients with a certificate
+    // of its CA.
+    let _rsyslog = rsyslog(
+        &rsyslogd,
+        dir.path(),
+        port,
+        &out,
+        &format!(
+            r#"DefaultNetstreamDriver="gtls" DefaultNetstreamDriverCAFile="{}" DefaultNetstreamDriverCertFile="{}" DefaultNetstreamDriverKeyFile="{}""#,
+            ca.cert.display(),
+            cert.display(),
+            key.display()
+        ),
+        r#"StreamDriver.Name="gtls" StreamDriver.Mode="1" StreamDriver.AuthMode="x509/certvalid""#,
+    );
+    wait_for_port(port);
+
+    let store = Store::open(&dir.path().join("state")).unwrap();
+    let log = AuditLog::open(&store).unwrap();
+    let written = log.append(findings(300)).unwrap();
+    let sink = |tls: ClientTls| SinkConfig::Syslog {
+        name: "siem".into(),
+        address: format!("127.0.0.1:{port}"),
+        transport: SyslogTransport::Tls,
+        tls: Some(tls),
+        hostname: Some("gate-1".into()),
+    };
+    let trusting = |ca: &Path| ClientTls {
+        ca: Some(ca.to_owned()),
+        server_name: Some("siem.plant".into()),
+        ..ClientTls::default()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // A receiver whose certificate is not of the CA the sink trusts, and a
+    // sink without the client certificate the receiver wants: each
+    // attempt fails, and the records wait.
+    let rogue = TestCa::new(dir.path(), "rogue-ca");
+    let attempts = [
+        (trusting(&rogue.cert), "invalid peer certificate"),
+        // Refused after the handshake: reset, or closed before the batch
+        // was taken.
+        (trusting(&ca.cert), ""),
+    ];
+    for (tls, error) in attempts {
+        let mut exporter = Exporter::new(log.clone(), sink(tls));
+        for _ in 0..3 {
+            let attempt = rt.block_on(exporter.deliver_next());
+            let refused = match &attempt {
+                Err(DeliveryError::Io(e)) => e.to_string().contains(error),
+                _ => false,
+            };
+            assert!(refused, "{attempt:?}");
+        }
+        assert_eq!(log.backlog("siem").unwrap(), 300);
+    }
+    assert!(lines(&out).is_empty(), "{:?}", lines(&out));
+
+    let _exporter = export(
+        &log,
+        sink(ClientTls {
+            client_cert: Some(client_cert),
+            client_key: Some(client_key),
+            ..trusting(&ca.cert)
+        }),
+    );
+    let more = log.append(findings(5)).unwrap();
+    let all: Vec<_> = written.into_iter().chain(more).collect();
+    assert_received(&out, &log, &all);
+}
+
+#[test]
+fn an_https_webhook_gets_records_with_the_authorization_it_wants() {
+    let Some(python) = program("python3") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "siem-ca");
+    let (cert, key) = ca.leaf("siem.plant", ExtendedKeyUsagePurpose::ServerAuth);
+    let port = free_port();
+    let out = dir.path().join("webhook.jsonl");
+    let _server = webhook_server(
+        &python,
+        port,
+        &out,
+        &[
+            "--tls".as_ref(),
+            cert.as_os_str(),
+            key.as_os_str(),
+            "--authorization".as_ref(),
+            "Splunk 5e3f-aa10".as_ref(),
+        ],
+    );
+    let token = dir.path().join("token");
+    std::fs::write(&token, "Splunk 5e3f-aa10\n").unwrap();
+
+    let store = Store::temporary().unwrap();
+    let log = AuditLog::open(&store).unwrap();
+    let written = log.append(findings(300)).unwrap();
+    let sink = |authorization_file: Option<&Path>| SinkConfig::Webhook {
+        name: "webhook".into(),
+        url: format!("https://127.0.0.1:{port}/services/collector"),
+        tls: Some(ClientTls {
+            ca: Some(ca.cert.clone()),
+            server_name: Some("siem.plant".into()),
+            ..ClientTls::default()
+        }),
+        authorization_file: authorization_file.map(Path::to_owned),
+    };
+    // Without the token the SIEM answers 401, and the records wait.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut exporter = Exporter::new(log.clone(), sink(None));
+    let attempt = rt.block_on(exporter.deliver_next());
+    assert!(
+        matches!(&attempt, Err(DeliveryError::Refused(status)) if status.contains("401")),
+        "{attempt:?}"
+    );
+    assert_eq!(log.backlog("webhook").unwrap(), 300);
+
+    let _exporter = export(&log, sink(Some(&token)));
+    assert!(
+        wait_for(60, || lines(&out).len() >= 300),
+        "the webhook received {} of 300 records",
+        lines(&out).len()
+    );
+    assert_eq!(ids(&out), written.iter().map(|r| r.id).collect::<Vec<_>>());
 }

@@ -672,8 +672,44 @@ mod tests {
         let webhook = |url: &str| format!("kind = \"webhook\"\nurl = \"{url}\"\n");
         let syslog = |address: &str| format!("kind = \"syslog\"\naddress = \"{address}\"\n");
         let file = |path: &Path| format!("kind = \"file\"\npath = {:?}\n", path);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let ca_file = dir.path().join("siem-ca.pem");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        let tls = |ca: &Path| format!("tls = {{ ca = {ca:?} }}\n");
+        let token = dir.path().join("token");
+        std::fs::write(&token, "Splunk 1f2e3d\n").unwrap();
+        let two_lines = dir.path().join("two-lines");
+        std::fs::write(&two_lines, "Bearer a\nHost: elsewhere\n").unwrap();
+        let authorization = |path: &Path| format!("authorization-file = {path:?}\n");
+        let https = webhook("https://siem.example/audit") + &tls(&ca_file);
         for (sink, field) in [
-            (webhook("https://siem.example/audit"), "url"),
+            (webhook("ftp://siem.example/audit"), "url"),
+            (
+                webhook("https://siem.example/audit") + &tls(&missing),
+                "tls: ca",
+            ),
+            (
+                webhook("https://siem.example/audit") + &tls(&token),
+                "tls: ca",
+            ),
+            (webhook("http://siem.example/audit") + &tls(&ca_file), "tls"),
+            (
+                https.clone() + &authorization(&missing),
+                "authorization-file",
+            ),
+            (
+                https.clone() + &authorization(&two_lines),
+                "authorization-file",
+            ),
+            (syslog("siem.example:6514") + &tls(&ca_file), "tls"),
+            (
+                syslog("siem.example:6514") + "transport = \"tls\"\n" + &tls(&missing),
+                "tls: ca",
+            ),
             (webhook("siem.example/audit"), "url"),
             (webhook("http://"), "url"),
             (webhook("http://siem.example:http/audit"), "url"),
@@ -699,7 +735,9 @@ mod tests {
         }
         for sink in [
             webhook("http://10.0.0.9:8080/audit"),
+            https.clone() + &authorization(&token),
             syslog("siem.example:6514"),
+            syslog("siem.example:6514") + "transport = \"tls\"\n" + &tls(&ca_file),
             file(&here),
         ] {
             let text = format!("[[siem]]\nname = \"soc\"\n{sink}");
