@@ -25,7 +25,11 @@
 //! - `syslog` over TCP or TLS: the receiver took the whole batch and closed
 //!   its side of the connection after ours (RFC 6587 and RFC 5425
 //!   octet-counted frames, one connection per batch), so a receiver that
-//!   died mid-batch gets the batch again, whole. Over TLS our side ends with
+//!   died mid-batch gets the batch again, whole. Its close counts only if
+//!   its TCP stack had acknowledged every byte of the batch by then: a
+//!   receiver that closes a connection at once, unread (rsyslog past its
+//!   `MaxSessions`, or refusing a client certificate), leaves them
+//!   unacknowledged, and the batch goes again. Over TLS our side ends with
 //!   a close_notify; the receiver may answer with its own or simply close
 //!   (rsyslog's gtls driver does);
 //! - `syslog` over UDP: sent. UDP gives no acknowledgement; use TCP where
@@ -363,6 +367,12 @@ pub enum DeliveryError {
     /// The sink's configuration cannot work.
     #[error("{0}")]
     Config(String),
+    /// A syslog receiver closed the connection before it took the batch:
+    /// so many bytes of it were never acknowledged.
+    #[error(
+        "the receiver closed the connection before taking the batch ({0} bytes unacknowledged)"
+    )]
+    Unread(u32),
     /// The audit trail could not be read, or the sink's cursor moved.
     #[error(transparent)]
     Trail(#[from] super::AuditError),
@@ -701,24 +711,65 @@ async fn syslog_stream(
     }
 }
 
-/// Write `frames`, end our side, and read until the receiver ends its.
-async fn send_until_closed<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
-    frames: &[u8],
-) -> Result<(), DeliveryError> {
+/// A stream over a TCP connection.
+trait OverTcp: AsyncRead + AsyncWrite + Unpin {
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl OverTcp for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl OverTcp for tokio_rustls::client::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+/// Write `frames`, end our side, read until the receiver ends its, and
+/// check that it took every byte before.
+async fn send_until_closed<S: OverTcp>(mut stream: S, frames: &[u8]) -> Result<(), DeliveryError> {
     stream.write_all(frames).await?;
     stream.shutdown().await?;
     let mut rest = [0u8; 512];
     loop {
         // A receiver sends nothing back; anything it does send is ignored.
         match stream.read(&mut rest).await {
-            Ok(0) => return Ok(()),
+            Ok(0) => break,
             Ok(_) => {}
             // A TLS receiver that closed without a close_notify of its own.
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
             Err(e) => return Err(e.into()),
         }
     }
+    // A receiver that read the batch sent its FIN after acknowledging every
+    // byte of it, and the FIN carries that acknowledgement; one that closed
+    // before the batch arrived acknowledged none of it. Our own FIN counts
+    // one, and a receiver that closed on our close_notify, before our FIN
+    // arrived, did not acknowledge it.
+    match unacknowledged(stream.tcp())? {
+        0 | 1 => Ok(()),
+        n => Err(DeliveryError::Unread(n)),
+    }
+}
+
+/// How much of what we sent on `tcp` its peer has not acknowledged, a FIN
+/// counting one (Linux's `SIOCOUTQ`: our sequence number less the peer's
+/// last acknowledgement).
+fn unacknowledged(tcp: &TcpStream) -> std::io::Result<u32> {
+    const SIOCOUTQ: rustix::ioctl::Opcode = 0x5411;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ) on a TCP socket writes one C `int`, the
+    // type the getter reserves, and reads nothing else.
+    #[allow(unsafe_code)]
+    let n = unsafe {
+        rustix::ioctl::ioctl(
+            tcp,
+            rustix::ioctl::Getter::<SIOCOUTQ, std::ffi::c_int>::new(),
+        )
+    }?;
+    Ok(u32::try_from(n).unwrap_or(0))
 }
 
 /// POST `records`, each one rendered as JSON, as a JSON array to `url`
@@ -1320,6 +1371,48 @@ mod tests {
                 }
             });
         }
+    }
+
+    /// A syslog receiver that hangs up on a connection as soon as it
+    /// accepts it, reading nothing, with a receive window smaller than the
+    /// batch: it never acknowledged what it did not take. (Over a network,
+    /// a receiver that closes as soon as it accepts, refusing a client
+    /// certificate say, sends its FIN before the batch reaches it, and the
+    /// batch goes unacknowledged the same way.)
+    #[test]
+    fn a_receiver_that_hangs_up_unread_gets_the_batch_again() {
+        let rt = runtime();
+        let listener = rt.block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.set_recv_buffer_size(1024).unwrap();
+            socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            socket.listen(8).unwrap()
+        });
+        let address = listener.local_addr().unwrap();
+        rt.spawn(async move {
+            let mut hung_up = Vec::new();
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let _ = stream.shutdown().await;
+                hung_up.push(stream);
+            }
+        });
+        let store = Store::temporary().unwrap();
+        let log = AuditLog::open(&store).unwrap();
+        log.append(entries(40)).unwrap();
+        let sink = SinkConfig::Syslog {
+            name: "syslog".into(),
+            address: address.to_string(),
+            transport: SyslogTransport::Tcp,
+            tls: None,
+            hostname: None,
+        };
+        let mut exporter = Exporter::new(log.clone(), sink).deadline(Duration::from_secs(10));
+        let attempt = rt.block_on(exporter.deliver_next());
+        assert!(
+            matches!(attempt, Err(DeliveryError::Unread(n)) if n > 1),
+            "{attempt:?}"
+        );
+        assert_eq!(log.backlog("syslog").unwrap(), 40);
     }
 
     #[test]
