@@ -15,6 +15,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::Fault;
 use super::bindings::host::{self, KvError, Level};
+use super::deadline::Overtime;
 use super::limits::{
     Limits, MAX_COUNTER_NAME, MAX_COUNTERS, MAX_HANDLES, MAX_KEY_LEN, MAX_LOG_LINE,
     MAX_RANDOM_BYTES, MAX_VALUE_LEN,
@@ -44,6 +45,8 @@ pub struct PluginState {
     memory_pending: usize,
     /// Set for a shadow's calls: its writes to the store are discarded.
     kv_read_only: bool,
+    /// The call's time past its deadline.
+    overtime: Overtime,
     wasi: WasiCtx,
     table: ResourceTable,
 }
@@ -67,6 +70,7 @@ impl PluginState {
             memory_bytes: 0,
             memory_pending: 0,
             kv_read_only: false,
+            overtime: Overtime::default(),
             // The WASI shapes Rust's standard library imports, with nothing
             // granted: no files, no environment, no sockets, output discarded.
             wasi: WasiCtx::builder().max_random_size(MAX_RANDOM_BYTES).build(),
@@ -85,6 +89,13 @@ impl PluginState {
         self.kv_ops = 0;
         self.log_lines = 0;
         self.kv_read_only = read_only;
+        self.overtime = Overtime::begin();
+    }
+
+    /// The call reached its deadline on the wall clock: stopped if it used
+    /// that much CPU time, else given more (see [`super::deadline`]).
+    pub(crate) fn at_deadline(&mut self) -> wasmtime::UpdateDeadline {
+        self.overtime.at_deadline(self.limits.deadline())
     }
 
     fn count_kv_op(&mut self) -> Result<()> {

@@ -33,8 +33,11 @@ impl fmt::Display for FailMode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Limits {
-    /// Wall-clock time one call may take, in milliseconds. Default 50: a
-    /// parser takes microseconds per chunk, and a frame must not wait long.
+    /// Time one call may run, in milliseconds: CPU time of its thread, so
+    /// that a call the kernel kept off the CPU on a loaded appliance is not
+    /// charged for the wait, and at most 100 times that on the wall clock.
+    /// Default 50: a parser takes microseconds per chunk, and a frame must
+    /// not wait long.
     pub deadline_ms: u64,
     /// Linear memory one instance may grow to, in bytes. Default 64 MiB: a
     /// parser or a baseline needs a few, and the appliance runs many

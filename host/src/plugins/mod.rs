@@ -4,10 +4,11 @@
 //! On the path of a frame, the session hands each chunk of bytes to its
 //! route's parser [`Plugin`], the events to the detectors, and the findings
 //! to the responders. Every call runs in a pooled instance of the plugin
-//! with a deadline (epoch interruption), a memory limit, a cap on the bytes
-//! it may hand back, and key-value quotas. A trap or a limit hit ends that
-//! call only: the instance is thrown away, the plugin gets a strike, and
-//! after `max-strikes` strikes it is disabled according to its fail mode.
+//! with a deadline (epoch interruption, charged in CPU time: see
+//! [`deadline`]), a memory limit, a cap on the bytes it may hand back, and
+//! key-value quotas. A trap or a limit hit ends that call only: the
+//! instance is thrown away, the plugin gets a strike, and after
+//! `max-strikes` strikes it is disabled according to its fail mode.
 //!
 //! One [`Runtime`] owns the wasmtime engine (pooling allocator, epoch
 //! ticker) and the linker; it is cheap to clone and shared by all sessions.
@@ -15,6 +16,7 @@
 mod batch;
 pub mod bindings;
 mod cache;
+mod deadline;
 pub mod first_party;
 mod host;
 mod installed;
@@ -51,8 +53,7 @@ pub use slot::{ShadowReport, Slot, SwapError};
 
 use crate::store::{Store, StoreError};
 
-/// How often the epoch ticks; deadlines are counted in ticks.
-const TICK: Duration = Duration::from_millis(1);
+use deadline::TICK;
 /// The contract version this runtime speaks.
 pub const CONTRACT: &str = "palisade:plugin@0.1.0";
 
@@ -868,7 +869,7 @@ impl Plugin {
         };
         let store = &mut instance.store;
         store.data_mut().begin_call(self.shadow);
-        store.set_epoch_deadline(deadline_ticks(&shared.limits));
+        store.set_epoch_deadline(deadline::ticks(shared.limits.deadline()));
         store.set_hostcall_fuel(shared.limits.output_bytes);
         match f(store, &instance.bound) {
             Ok(r) => {
@@ -898,11 +899,12 @@ impl Plugin {
         );
         let mut store = wasmtime::Store::new(&shared.runtime.shared.engine, state);
         store.limiter(|s| s);
+        store.epoch_deadline_callback(|mut store| Ok(store.data_mut().at_deadline()));
         store.set_max_component_handles(limits::MAX_HANDLES);
         // A component may call the host while it starts: under the same
         // budgets as a call, and a shadow's writes discarded.
         store.data_mut().begin_call(self.shadow);
-        store.set_epoch_deadline(deadline_ticks(&shared.limits));
+        store.set_epoch_deadline(deadline::ticks(shared.limits.deadline()));
         store.set_hostcall_fuel(shared.limits.output_bytes);
         let bound = match &shared.pre {
             WorldPre::Parser {
@@ -966,16 +968,6 @@ impl Plugin {
             max_strikes,
         }
     }
-}
-
-/// A call's deadline in epoch ticks, at least one.
-fn deadline_ticks(limits: &Limits) -> u64 {
-    let ticks = limits
-        .deadline()
-        .as_millis()
-        .div_ceil(TICK.as_millis())
-        .max(1);
-    u64::try_from(ticks).unwrap_or(u64::MAX)
 }
 
 /// A detector's `findings` on a batch of `events` events, each score

@@ -16,24 +16,24 @@ pub use relay::{
 
 /// What the session tests run: an MQTT parser, a session, its frames.
 #[cfg(test)]
-mod testing {
+pub(crate) mod testing {
     #![allow(clippy::unwrap_used)]
 
     use crate::plugins::{Device, Limits, Plugin, Runtime, RuntimeConfig, Session, first_party};
     use crate::store::Store;
 
-    pub(super) fn runtime() -> Runtime {
+    pub(crate) fn runtime() -> Runtime {
         Runtime::new(&RuntimeConfig::default(), Store::temporary().unwrap()).unwrap()
     }
 
     /// The first-party MQTT parser, loaded in `runtime`.
-    pub(super) fn mqtt(runtime: &Runtime) -> Plugin {
+    pub(crate) fn mqtt(runtime: &Runtime) -> Plugin {
         let component = first_party::component("mqtt").unwrap();
         runtime.load("mqtt", component, Limits::default()).unwrap()
     }
 
     /// A sensor's session on the `mqtt` route.
-    pub(super) fn session() -> Session {
+    pub(crate) fn session() -> Session {
         Session {
             id: 1,
             device: Device {
@@ -46,7 +46,7 @@ mod testing {
     }
 
     /// An MQTT 3.1.1 PUBLISH at QoS 0.
-    pub(super) fn publish(topic: &str, payload: &[u8]) -> Vec<u8> {
+    pub(crate) fn publish(topic: &str, payload: &[u8]) -> Vec<u8> {
         let mut body = (topic.len() as u16).to_be_bytes().to_vec();
         body.extend_from_slice(topic.as_bytes());
         body.extend_from_slice(payload);
