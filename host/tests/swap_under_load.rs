@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::appliance::{
-    Appliance, Child, Mosquitto, first_party_registry, install_before_start, mosquitto_sub,
-    palisade_in, require, route, tls_args, wait_until,
+    Appliance, Child, KEEP_EVERY_MESSAGE, Mosquitto, first_party_registry, install_before_start,
+    mosquitto_sub, palisade_in, require, route, tls_args, wait_until,
 };
 
 const DEVICES: usize = 20;
@@ -34,7 +34,7 @@ fn swapping_parser_and_detector_under_load_loses_and_resets_nothing() {
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
     first_party_registry(w);
-    let broker = Mosquitto::start();
+    let broker = Mosquitto::start_with(KEEP_EVERY_MESSAGE);
     let config = format!(
         "{}detectors = [\"hygiene\"]\n",
         route(
