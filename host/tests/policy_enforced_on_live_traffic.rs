@@ -313,17 +313,19 @@ fn the_policy_reloads_live_and_a_broken_one_is_refused() {
     let (_watcher, seen, sensor) = watched_sensor(&broker, &palisade, "sensor-5", "1");
     let arrived = |line: &str| seen.lock().unwrap().iter().any(|l| l == line);
     let file = palisade.data.join("policy.cedar");
+    // Each policy replaces the file whole, as a rename does: written in
+    // place, the file is empty for a moment, a policy that checks.
+    let replace = |text: &str| palisade::store::write_atomic(&file, text.as_bytes(), 0o644);
     // A broken policy is refused, with its line, and the one in force stays.
-    std::fs::write(&file, "permit(principal, action, resource) when {").unwrap();
+    replace("permit(principal, action, resource) when {").unwrap();
     palisade.wait_log(|l| {
         l.contains("policy refused; the active policy stays") && l.contains("line 1")
     });
     assert!(publish(&palisade, &sensor, "site/a/telemetry", "2"));
     wait_until("telemetry still passes", || arrived("site/a/telemetry 2"));
     // A policy that also allows command topics takes over at once.
-    std::fs::write(
-        &file,
-        format!(
+    replace(
+        &format!(
             "{POLICY}\npermit(principal in Class::\"sensor\", action == Action::\"mqtt.publish\", resource)\nwhen {{ context.topic like \"site/*/cmd\" }};\n"
         ),
     )
