@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::appliance::{
-    Appliance, CountingUpstream, PATIENCE, first_party_registry, install_before_start, outcome,
-    palisade, require, route, wait_until,
+    Appliance, CountingUpstream, first_party_registry, install_before_start, outcome, palisade,
+    require, route, wait_until,
 };
 
 /// `curl` posting `body` to the API at `port` with the credentials in
@@ -525,12 +525,7 @@ fn idle_connection(port: u16, tls: Arc<rustls::ClientConfig>) -> OperatorStream 
 
 /// curl's status for a listing as the operator in `dir`, until it is
 /// `wanted` (the appliance counts a connection a moment after the client's
-/// handshake ends); the body of that answer.
-fn listing_until(port: u16, dir: &Path, wanted: u16) -> String {
-    listing_before(port, dir, wanted, Instant::now() + PATIENCE).unwrap()
-}
-
-/// [`listing_until`], giving up at `deadline`.
+/// handshake ends) or `deadline` passed; the body of that answer.
 fn listing_before(port: u16, dir: &Path, wanted: u16, deadline: Instant) -> Result<String, String> {
     loop {
         let (status, body) = curl(port, Some(dir), r#"{"op":"plugin-list"}"#);
