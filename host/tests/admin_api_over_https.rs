@@ -661,9 +661,8 @@ fn an_operator_revoked_while_sending_a_request_is_refused() {
 
 /// The operator-action records in the SIEM file at `path`.
 fn operator_actions(path: &Path) -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+    common::json_lines(path)
+        .into_iter()
         .filter(|r| r["what"]["type"] == "operator-action")
         .collect()
 }

@@ -145,15 +145,22 @@ fn a_denied_publish_never_reaches_the_broker_and_is_exported() {
         !arrived.iter().any(|l| l.contains("site/x/cmd")),
         "the denied publish reached the broker: {arrived:?}"
     );
-    // The alert is in the exported file, with who, what and why.
+    // The alert is in the exported file, with who, what and why, and so
+    // is the frame's drop.
+    let dropped = |r: &serde_json::Value| {
+        r["what"]["type"] == "action" && r["what"]["action"] == "drop-frame"
+    };
     wait_until("the alert was exported", || {
-        std::fs::read_to_string(&alerts).is_ok_and(|t| t.contains("site/x/cmd"))
+        let records = common::json_lines(&alerts);
+        let about = |r: &&serde_json::Value| r["event"]["attributes"]["topic"] == "site/x/cmd";
+        records
+            .iter()
+            .filter(about)
+            .any(|r| r["what"]["type"] == "finding")
+            && records.iter().any(dropped)
     });
-    let text = std::fs::read_to_string(&alerts).unwrap();
-    let records: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let records = common::json_lines(&alerts);
+    let text = format!("{records:#?}");
     let finding = records
         .iter()
         .find(|r| r["what"]["type"] == "finding")
@@ -165,12 +172,7 @@ fn a_denied_publish_never_reaches_the_broker_and_is_exported() {
     assert_eq!(finding["event"]["attributes"]["topic"], "site/x/cmd");
     let reason = finding["what"]["reason"].as_str().unwrap();
     assert!(reason.contains("default deny"), "{reason}");
-    assert!(
-        records
-            .iter()
-            .any(|r| r["what"]["type"] == "action" && r["what"]["action"] == "drop-frame"),
-        "{text}"
-    );
+    assert!(records.iter().any(dropped), "{text}");
     // The session went on: the device is not quarantined.
     let show = palisade.cli_ok(&["device", "show", "sensor-1"]);
     assert!(show.contains("\"state\": \"active\""), "{show}");

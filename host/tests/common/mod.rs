@@ -50,6 +50,22 @@ pub fn short_deadline() -> Limits {
     }
 }
 
+/// The records another process appends to `path`, one JSON value a line
+/// (none while there is no file): the complete lines only, since the
+/// writer may be partway through the last one.
+pub fn json_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    complete_lines(&text)
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// The lines of `text` that end in a newline.
+pub fn complete_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.split_inclusive('\n')
+        .filter_map(|l| l.strip_suffix('\n'))
+}
+
 /// Load the plugin the build made for `plugin`.
 pub fn load(runtime: &Runtime, plugin: &str, limits: Limits) -> Plugin {
     runtime.load(plugin, &component(plugin), limits).unwrap()
