@@ -191,7 +191,9 @@ fn a_forbidden_publish_quarantines_the_device_until_released() {
     args.extend(["-t", "site/b/telemetry"].map(String::from));
     let mut open = mosquitto_sub(&args);
     palisade.wait_log(|l| l.contains("session open") && l.contains("device=sensor-9"));
-    assert!(publish(&palisade, &rogue, "site/b/firmware", "evil"));
+    // How mosquitto_pub ends is no matter: the quarantine may close the
+    // session before it says DISCONNECT. What the appliance did is.
+    publish(&palisade, &rogue, "site/b/firmware", "evil");
     palisade.wait_log(|l| l.contains("device quarantined") && l.contains("device=sensor-9"));
     // Its other session closed: mosquitto_sub saw the connection go.
     let status = open.wait();
