@@ -32,10 +32,8 @@ use std::time::{Duration, Instant};
 #[path = "../tests/hot_swap_under_load.rs"]
 mod under_load;
 
-use under_load::common::appliance::{Mosquitto, require};
-use under_load::{
-    Appliance, BROKER, DETECTOR, Fleet, PARSER, VERSIONS, rss_kib, runtime, wait_from,
-};
+use under_load::common::appliance::{KEEP_EVERY_MESSAGE, Mosquitto, require};
+use under_load::{Appliance, DETECTOR, Fleet, PARSER, VERSIONS, rss_kib, runtime, wait_from};
 
 const DEVICES: usize = 20;
 /// Each device publishes this often: 4,000 publishes a second in all.
@@ -61,7 +59,7 @@ fn main() -> ExitCode {
     if !require("mosquitto") {
         return ExitCode::SUCCESS;
     }
-    let broker = Mosquitto::start_with(BROKER);
+    let broker = Mosquitto::start_with(KEEP_EVERY_MESSAGE);
     let rt = runtime();
     let appliance = rt.block_on(Appliance::start(broker.port));
     // Room for every publish of the memory-measured part without growing.

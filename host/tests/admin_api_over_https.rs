@@ -337,7 +337,9 @@ fn drip_after(
     let mut stream = connect_as_from(tcp_from(source, port), tls).map_err(|e| e.to_string())?;
     stream
         .sock
-        .set_read_timeout(Some(Duration::from_secs(10)))
+        // Answered at once; waiting behind the connections that drip
+        // took twenty seconds.
+        .set_read_timeout(Some(Duration::from_secs(15)))
         .map_err(|e| e.to_string())?;
     let request = format!(
         "POST /v1/admin HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n{body}",
@@ -427,8 +429,10 @@ fn a_viewer_dripping_after_a_refusal_neither_lingers_nor_blocks_a_quarantine() {
     let started = Instant::now();
     let (status, body) = curl(port, Some(&ann), r#"{"op":"quarantine","device":"plc-1"}"#);
     assert_eq!(status, 200, "{body}");
+    // At once; waiting behind the drippers took twenty seconds. The bound
+    // is just below that, for a loaded machine.
     assert!(
-        started.elapsed() < Duration::from_secs(5),
+        started.elapsed() < Duration::from_secs(15),
         "the quarantine waited {:?}",
         started.elapsed()
     );
@@ -437,7 +441,8 @@ fn a_viewer_dripping_after_a_refusal_neither_lingers_nor_blocks_a_quarantine() {
         let (status, open) = dripper.join().unwrap().unwrap();
         assert!(status.contains("403"), "{status}");
         let open = open.expect("a dripping connection was held open for 20 s");
-        assert!(open < Duration::from_secs(5), "held open for {open:?}");
+        // The API drains a refused request for two seconds.
+        assert!(open < Duration::from_secs(15), "held open for {open:?}");
     }
 }
 
@@ -473,9 +478,9 @@ fn idle_connections_from_one_address_lock_no_operator_out() {
     let (status, body) = curl(port, Some(&ann), r#"{"op":"plugin-list"}"#);
     assert_eq!(status, 200, "{body}");
     // Answered in a moment; waiting behind the idle connections took
-    // twenty seconds.
+    // twenty seconds. The bound is just below that, for a loaded machine.
     assert!(
-        started.elapsed() < Duration::from_secs(10),
+        started.elapsed() < Duration::from_secs(15),
         "the operator waited {:?}",
         started.elapsed()
     );
@@ -519,22 +524,24 @@ fn idle_connection(port: u16, tls: Arc<rustls::ClientConfig>) -> OperatorStream 
 }
 
 /// curl's status for a listing as the operator in `dir`, until it is
-/// `wanted` (within ten seconds: the appliance counts a connection a moment
-/// after the client's handshake ends); the body of that answer.
-fn listing_until(port: u16, dir: &Path, wanted: u16) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
+/// `wanted` (the appliance counts a connection a moment after the client's
+/// handshake ends) or `deadline` passed; the body of that answer.
+fn listing_before(port: u16, dir: &Path, wanted: u16, deadline: Instant) -> Result<String, String> {
     loop {
         let (status, body) = curl(port, Some(dir), r#"{"op":"plugin-list"}"#);
         if status == wanted {
-            return body;
+            return Ok(body);
         }
-        assert!(
-            Instant::now() < deadline,
-            "still {status}, not {wanted}: {body}"
-        );
+        if Instant::now() >= deadline {
+            return Err(format!("still {status}, not {wanted}: {body}"));
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// How long the API waits for a request on a connection before it closes
+/// it (`IO_TIMEOUT` in `admin::https`).
+const API_IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// An operator's credential that opens connections and holds them, as a
 /// stolen one might, is answered 503 past the cap at once, while another
@@ -551,13 +558,35 @@ fn an_operator_holding_connections_open_locks_no_one_out() {
     let ann = issue_operator(&appliance, w, "ann", "operator");
     let val = issue_operator(&appliance, w, "val", "viewer");
 
+    // The API closes Ann's silent connections at its IO timeout: each
+    // step must be seen before. On a machine so loaded that it was not
+    // (the connections' first opened that long ago), it is tried again;
+    // a step that failed sooner is a failure.
+    let tls = operator_tls(&ann);
+    for attempt in 1.. {
+        let expires = Instant::now() + API_IO_TIMEOUT - Duration::from_secs(2);
+        let Err(e) = holding(port, &ann, &val, &tls, expires) else {
+            return;
+        };
+        assert!(Instant::now() >= expires && attempt < 3, "{e}");
+    }
+}
+
+/// The steps of [`an_operator_holding_connections_open_locks_no_one_out`],
+/// each seen before `expires`.
+fn holding(
+    port: u16,
+    ann: &Path,
+    val: &Path,
+    tls: &Arc<rustls::ClientConfig>,
+    expires: Instant,
+) -> Result<(), String> {
     // Ann's credential opens as many connections as an operator may,
     // and says nothing on them.
-    let tls = operator_tls(&ann);
     let mut held: Vec<_> = (0..palisade::admin::MAX_CONNECTIONS_PER_OPERATOR)
         .map(|_| idle_connection(port, tls.clone()))
         .collect();
-    let refused = listing_until(port, &ann, 503);
+    let refused = listing_before(port, ann, 503, expires)?;
     assert!(
         refused.contains(&format!(
             "ann already has {} connections open",
@@ -566,16 +595,17 @@ fn an_operator_holding_connections_open_locks_no_one_out() {
         "{refused}"
     );
     // Another operator is served meanwhile.
-    let (status, body) = curl(port, Some(&val), r#"{"op":"plugin-list"}"#);
+    let (status, body) = curl(port, Some(val), r#"{"op":"plugin-list"}"#);
     assert_eq!(status, 200, "{body}");
     // A connection Ann closes frees its place.
     held.pop();
-    listing_until(port, &ann, 200);
+    listing_before(port, ann, 200, expires)?;
     // And the ones she keeps still count.
     held.pop();
     held.push(idle_connection(port, tls.clone()));
-    held.push(idle_connection(port, tls));
-    listing_until(port, &ann, 503);
+    held.push(idle_connection(port, tls.clone()));
+    listing_before(port, ann, 503, expires)?;
+    Ok(())
 }
 
 /// The status line of the answer on `stream`.
@@ -615,6 +645,9 @@ fn an_operator_revoked_while_sending_a_request_is_refused() {
     );
     stream.write_all(head.as_bytes()).unwrap();
     stream.flush().unwrap();
+    // (admitted by the server, not only handshaken by the client: a
+    // revocation before would be refused at the handshake, with no answer)
+    appliance.wait_log(|l| l.contains("connection admitted") && l.contains("operator=ann"));
     // ... when she is revoked; then the rest of it comes.
     appliance.cli_ok(&["operator", "revoke", "ann"]);
     stream.write_all(body.as_bytes()).unwrap();
@@ -628,9 +661,8 @@ fn an_operator_revoked_while_sending_a_request_is_refused() {
 
 /// The operator-action records in the SIEM file at `path`.
 fn operator_actions(path: &Path) -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+    common::json_lines(path)
+        .into_iter()
         .filter(|r| r["what"]["type"] == "operator-action")
         .collect()
 }

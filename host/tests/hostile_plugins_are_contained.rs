@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{load, mqtt_connect, mqtt_publish, runtime, session, tight_limits};
+use common::{load, mqtt_connect, mqtt_publish, runtime, session, short_deadline, tight_limits};
 use palisade::plugins::{
     Batch, CallError, Direction, FailMode, Fault, Finding, Lifecycle, Limits, Plugin, Severity,
     WireBatch,
@@ -37,7 +37,7 @@ fn provoke(plugin: &Plugin, word: &str) -> (Fault, CallError) {
 
 #[test]
 fn infinite_loop_is_interrupted_at_the_deadline() {
-    let plugin = load(&runtime(), "hostile", tight_limits());
+    let plugin = load(&runtime(), "hostile", short_deadline());
     let start = Instant::now();
     let (fault, error) = provoke(&plugin, "loop");
     assert_eq!(fault, Fault::Deadline(Duration::from_millis(100)));
@@ -207,13 +207,9 @@ fn huge_output_is_refused_at_the_output_limit() {
 
 #[test]
 fn key_value_abuse_stays_within_quota_and_is_stopped() {
-    // The limit under test is the number of operations; a deadline that a
-    // loaded machine could reach first would test the clock instead.
-    let limits = palisade::plugins::Limits {
-        deadline_ms: 10_000,
-        ..tight_limits()
-    };
-    let plugin = load(&runtime(), "hostile", limits);
+    // The limit under test is the number of operations; tight_limits'
+    // deadline is long enough that a loaded machine does not reach it first.
+    let plugin = load(&runtime(), "hostile", tight_limits());
     let (fault, _) = provoke(&plugin, "kvspam");
     assert_eq!(fault, Fault::KvOps(Limits::default().kv_ops_per_call));
     let used = plugin.kv_used();
@@ -246,9 +242,11 @@ fn good_plugin_keeps_serving_while_a_hostile_one_faults() {
     let hostile = load(
         &runtime,
         "hostile",
+        // It loops twice: a short deadline keeps the test short, and any
+        // fault will do.
         Limits {
             max_strikes: 1000,
-            ..tight_limits()
+            ..short_deadline()
         },
     );
     let stream = [
@@ -353,8 +351,9 @@ fn repeated_faults_disable_the_plugin_by_its_fail_mode() {
 
 #[test]
 fn datagrams_are_parsed_within_the_same_bounds_and_contract() {
-    let plugin = load(&runtime(), "hostile", tight_limits());
-    let datagram = |word: &str| {
+    let runtime = runtime();
+    let plugin = load(&runtime, "hostile", tight_limits());
+    let datagram = |plugin: &Plugin, word: &str| {
         plugin.parse_datagram(
             &session(1, "evil"),
             Direction::ToUpstream,
@@ -362,10 +361,10 @@ fn datagrams_are_parsed_within_the_same_bounds_and_contract() {
             word.as_bytes(),
         )
     };
-    let parsed = datagram("hello").unwrap();
+    let parsed = datagram(&plugin, "hello").unwrap();
     assert_eq!(parsed.frame_lengths, [5]);
     // An empty datagram is malformed, and no fault of the plugin's.
-    let empty = datagram("").unwrap();
+    let empty = datagram(&plugin, "").unwrap();
     assert!(empty.frame_lengths.is_empty() && empty.malformed.is_some());
     assert_eq!(plugin.strikes(), 0);
     // Two frames are a fine answer for a stream and a breach for a datagram.
@@ -373,7 +372,7 @@ fn datagrams_are_parsed_within_the_same_bounds_and_contract() {
         .parse(&session(1, "evil"), Direction::ToUpstream, &[], b"halves")
         .unwrap();
     assert_eq!(stream.frame_lengths, [3, 3]);
-    let err = datagram("halves").unwrap_err();
+    let err = datagram(&plugin, "halves").unwrap_err();
     assert!(
         matches!(
             &err,
@@ -389,26 +388,24 @@ fn datagrams_are_parsed_within_the_same_bounds_and_contract() {
         err.to_string().contains("2 events for one datagram"),
         "{err}"
     );
-    let start = Instant::now();
-    let err = datagram("loop").unwrap_err();
+    let err = datagram(&plugin, "flood").unwrap_err();
     assert!(
         matches!(
             &err,
             CallError::Fault {
-                fault: Fault::Deadline(_),
+                fault: Fault::Output(_),
                 strikes: 2,
                 ..
             }
         ),
         "{err}"
     );
-    assert!(start.elapsed() < Duration::from_secs(5));
-    let err = datagram("flood").unwrap_err();
+    let err = datagram(&plugin, "alloc").unwrap_err();
     assert!(
         matches!(
             &err,
             CallError::Fault {
-                fault: Fault::Output(_),
+                fault: Fault::Memory(_),
                 strikes: 3,
                 ..
             }
@@ -417,7 +414,24 @@ fn datagrams_are_parsed_within_the_same_bounds_and_contract() {
     );
     assert_eq!(plugin.lifecycle(), Lifecycle::Failed);
     assert!(matches!(
-        datagram("hello"),
+        datagram(&plugin, "hello"),
         Err(CallError::Disabled { strikes: 3, .. })
     ));
+    // The deadline, on a copy with a short one: with it, the calls above
+    // could meet the deadline before the limit each is about.
+    let hasty = load(&runtime, "hostile", short_deadline());
+    let start = Instant::now();
+    let err = datagram(&hasty, "loop").unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            CallError::Fault {
+                fault: Fault::Deadline(_),
+                strikes: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(5));
 }

@@ -57,10 +57,6 @@ pub const DETECTOR: &str = "hygiene";
 /// of one plugin do.
 pub const VERSIONS: [&str; 2] = ["1.0.0", "1.0.1"];
 
-/// The broker keeps every message for the watcher, however far behind it
-/// falls: a message mosquitto dropped would count as lost by Palisade.
-pub const BROKER: &str = "max_queued_messages 0\n";
-
 /// The appliance, in this process: one MQTT-over-TLS route to `upstream`
 /// with [`PARSER`] and [`DETECTOR`] in slots, as `palisade serve` builds
 /// it; plugins precompiled into a cache directory.
@@ -822,11 +818,11 @@ const PACE: Duration = Duration::from_millis(20);
 
 #[test]
 fn parser_and_detector_swapped_under_load_lose_duplicate_and_reset_nothing() {
-    use common::appliance::{Mosquitto, require};
+    use common::appliance::{KEEP_EVERY_MESSAGE, Mosquitto, require};
     if !require("mosquitto") {
         return;
     }
-    let broker = Mosquitto::start_with(BROKER);
+    let broker = Mosquitto::start_with(KEEP_EVERY_MESSAGE);
     let rt = runtime();
     let appliance = rt.block_on(Appliance::start(broker.port));
     let fleet = rt.block_on(Fleet::start(

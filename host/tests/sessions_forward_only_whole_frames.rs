@@ -95,11 +95,15 @@ fn a_frame_over_the_limit_closes_the_session() {
 fn silence_closes_the_session_after_the_idle_timeout() {
     let (palisade, upstream, device) = setup("idle-timeout-secs = 1");
     let mut tls = tls_client(palisade.addr("mqtt-tls"), &device);
-    tls.write_all(&mqtt_connect("frame-1")).unwrap();
+    let connect = mqtt_connect("frame-1");
+    tls.write_all(&connect).unwrap();
     tls.flush().unwrap();
     palisade.wait_log(|l| l.contains("session closed") && l.contains("reason=idle for 1s"));
     let mut rest = Vec::new();
     let _ = tls.read_to_end(&mut rest);
+    // The upstream's accept thread may lag the appliance's connect: its
+    // count is final once the connection it accepted has ended.
+    assert_eq!(upstream.bytes_once_ended(1), connect.len());
     assert_eq!(upstream.connections(), 1);
 }
 

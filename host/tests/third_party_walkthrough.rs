@@ -27,10 +27,8 @@ fn cargo(dir: &Path, args: &[&str]) {
 }
 
 fn findings(alerts: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(alerts)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+    common::json_lines(alerts)
+        .into_iter()
         .filter(|r| r["what"]["type"] == "finding" && r["plugin"]["name"] == "acme-cmd-watch")
         .collect()
 }

@@ -5,8 +5,15 @@ for each: {"op": ..., "ok": true, "registers": [...]} or {"op": ...,
 and fails after the timeout; one after the appliance closed the session
 fails at once.
 
+The connection and an answer are waited for up to 30 s: on a loaded machine
+a TLS handshake and a read through the appliance can take seconds, and a
+short timeout would fail a request that was allowed. An operation the
+caller expects dropped is marked so, and its answer waited for 2 s only: a
+late answer to it is caught by what the server saw, not by this timeout.
+
 usage: modbus_session.py HOST PORT CERT_DIR OP...
-  OP is read:ADDRESS:COUNT or write:ADDRESS:VALUE
+  OP is read:ADDRESS:COUNT or write:ADDRESS:VALUE, then :dropped if the
+  appliance is expected to drop it
 """
 
 import json
@@ -22,10 +29,14 @@ context.load_cert_chain(f"{certs}/cert.pem", f"{certs}/key.pem")
 # pymodbus 3.8 wraps its socket without a server_hostname, so Python cannot
 # match the name; the chain is still verified against the site CA.
 context.check_hostname = False
-client = ModbusTlsClient(host, port=port, sslctx=context, timeout=2, retries=0)
+PATIENCE = 30
+DROPPED = 2
+client = ModbusTlsClient(host, port=port, sslctx=context, timeout=PATIENCE, retries=0)
 connected = client.connect()
 for op in ops:
-    kind, address, value = op.split(":")
+    kind, address, value, *expected = op.split(":")
+    # pymodbus reads each answer with the client's connect timeout.
+    client.comm_params.timeout_connect = DROPPED if expected == ["dropped"] else PATIENCE
     result = {"op": op}
     try:
         if not connected:

@@ -65,7 +65,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{Admin, OperatorRef, Request, Response, Running};
 use crate::identity::{OperatorClaims, Role};
@@ -255,6 +255,9 @@ async fn connection(
         let _ = reply(&mut tls, "503 Service Unavailable", &Response::Error(error)).await;
         return;
     };
+    // Tests wait for this line: from here on, a revocation is seen at the
+    // request, not at the handshake.
+    debug!(%peer, operator = %name, %role, "admin API: connection admitted");
     let request =
         match tokio::time::timeout(IO_TIMEOUT, crate::http::read_request(&mut tls, MAX_BODY)).await
         {

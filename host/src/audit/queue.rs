@@ -580,11 +580,15 @@ mod tests {
         let session = queue.clone();
         // More than the writer takes for one write and the queue holds
         // together: this session ends up waiting for room.
+        let (began, first) = sync_channel(1);
         let pushing = std::thread::spawn(move || {
             for _ in 0..ENTRIES_PER_WRITE + DEPTH + 10 {
                 session.push(entries(1));
+                let _ = began.try_send(());
             }
         });
+        // Its first entries are unwritten before close gives up on them.
+        first.recv_timeout(Duration::from_secs(10)).unwrap();
         // Fill what room the queue has left, with empty items.
         let start = Instant::now();
         let full = loop {

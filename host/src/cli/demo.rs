@@ -26,7 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::{AuditLog, What};
+use crate::audit::{AuditLog, Record, What};
 use crate::config::{Config, RouteConfig, Transport};
 
 /// Arguments of `palisade demo`.
@@ -70,6 +70,12 @@ when { context.topic like "*/firmware" };
 
 const SENSORS: [&str; 4] = ["sensor-1", "sensor-2", "sensor-3", "sensor-4"];
 const ROGUE: &str = "sensor-4";
+const TELEMETRY: &str = "site/hall-a/telemetry";
+
+/// How long the demo waits for something that takes milliseconds on an
+/// idle machine (a CONNACK, an audit record) before it says so and goes
+/// on: a guard against hanging, not a deadline.
+const PATIENCE: Duration = Duration::from_secs(30);
 
 /// Run the demo.
 pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
@@ -144,27 +150,51 @@ async fn demo(data: &Path, length: Duration) -> anyhow::Result<bool> {
         &format!("listening on {addr} (MQTT over mTLS), upstream broker on {upstream}"),
     );
     let stop = CancellationToken::new();
-    let watcher = tokio::spawn(watch_audit(audit, start, stop.clone()));
+    let watcher = tokio::spawn(watch_audit(audit.clone(), start, stop.clone()));
+    // Everyone connects first, then the sensors' run starts for all at
+    // once: the setup above (keys, plugins compiled in a fresh data
+    // directory) takes longer on a busy machine, and must not eat into
+    // the run.
+    let connected = Arc::new(tokio::sync::Barrier::new(SENSORS.len() + 2));
     let mut devices = Vec::new();
     for sensor in SENSORS {
         let tls = connector(&data.join("devices").join(sensor))?;
-        devices.push(tokio::spawn(sensor_loop(
+        devices.push((
             sensor,
-            tls,
-            addr.port(),
-            start,
-            length,
-            say,
-        )));
+            tokio::spawn(sensor_loop(
+                sensor,
+                tls,
+                addr.port(),
+                connected.clone(),
+                length,
+                say,
+            )),
+        ));
     }
     // The rogue also listens for commands on a second session, which its
     // quarantine closes too.
     let rogue_tls = connector(&data.join("devices").join(ROGUE))?;
-    let listener = tokio::spawn(hold_session(rogue_tls.clone(), addr.port(), say));
-    tokio::time::sleep(Duration::from_secs(3).saturating_sub(start.elapsed())).await;
+    let listener = tokio::spawn(hold_session(
+        rogue_tls.clone(),
+        addr.port(),
+        connected.clone(),
+        say,
+    ));
+    connected.wait().await;
+    let run = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
     say(ROGUE, "turns rogue: publishes to site/hall-a/cmd");
     publish_once(&rogue_tls, addr.port(), "site/hall-a/cmd", b"open-valve-7").await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let denied = |r: &Record| {
+        let What::Finding { reason, .. } = &r.what else {
+            return false;
+        };
+        reason.starts_with("mqtt.publish denied")
+    };
+    if !audited(&audit, denied).await {
+        say(ROGUE, "its denied publish was not audited in time");
+    }
+    tokio::time::sleep(Duration::from_millis(4500).saturating_sub(run.elapsed())).await;
     say(ROGUE, "pushes firmware to site/hall-a/firmware");
     publish_once(
         &rogue_tls,
@@ -173,17 +203,40 @@ async fn demo(data: &Path, length: Duration) -> anyhow::Result<bool> {
         b"\x7fELF...",
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // It tries again once the appliance has quarantined it, not after a
+    // guess at how long that takes.
+    let quarantined = |r: &Record| {
+        let What::Action { action, .. } = &r.what else {
+            return false;
+        };
+        action == "quarantine-device"
+    };
+    if !audited(&audit, quarantined).await {
+        say(ROGUE, "its quarantine was not audited in time");
+    }
+    tokio::time::sleep(Duration::from_millis(5500).saturating_sub(run.elapsed())).await;
     say(ROGUE, "tries to connect again");
     match connect(&rogue_tls, addr.port(), ROGUE).await {
         Ok(_) => say(ROGUE, "connected (it should not have)"),
         Err(e) => say(ROGUE, &format!("refused: {e}")),
     }
-    for device in devices {
-        let _ = device.await;
+    let mut sent = BTreeMap::new();
+    for (sensor, device) in devices {
+        sent.insert(sensor, device.await.unwrap_or_default());
     }
     let _ = listener.await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The broker counts what the appliance forwarded as it reads it; wait
+    // until the sensors' last readings are counted (the rogue's are cut
+    // short by its quarantine).
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline
+        && !sent
+            .iter()
+            .filter(|(sensor, _)| **sensor != ROGUE)
+            .all(|(sensor, n)| count(&received, sensor, TELEMETRY) >= u64::from(*n))
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     stop.cancel();
     let _ = watcher.await;
     let state = (registry.device(ROGUE)?).map_or("unknown".into(), |d| d.state.to_string());
@@ -268,34 +321,48 @@ async fn watch_audit(audit: AuditLog, start: Instant, stop: CancellationToken) {
             );
         }
         if records.is_empty() {
+            // Stopped: what was written before is printed by now.
+            if stop.is_cancelled() {
+                return;
+            }
             tokio::select! {
-                () = stop.cancelled() => return,
+                () = stop.cancelled() => {}
                 () = tokio::time::sleep(Duration::from_millis(50)) => {}
             }
         }
     }
 }
 
-/// A sensor: one session, a telemetry publish every 250 ms, a line a
-/// second on how it goes.
+/// A sensor: one session, then once everyone is `connected`, a telemetry
+/// publish every 250 ms for `length` (as many readings as that makes,
+/// however long a busy machine takes to send them), a line every eight.
+/// Returns how many it sent.
 async fn sensor_loop(
     sensor: &'static str,
     tls: TlsConnector,
     port: u16,
-    start: Instant,
+    connected: Arc<tokio::sync::Barrier>,
     length: Duration,
     say: impl Fn(&str, &str),
-) {
-    let topic = "site/hall-a/telemetry";
-    let mut session = match connect(&tls, port, sensor).await {
+) -> u32 {
+    let topic = TELEMETRY;
+    let session = connect(&tls, port, sensor).await;
+    connected.wait().await;
+    let mut session = match session {
         Ok(s) => s,
-        Err(e) => return say(sensor, &format!("cannot connect: {e}")),
+        Err(e) => {
+            say(sensor, &format!("cannot connect: {e}"));
+            return 0;
+        }
     };
+    let start = Instant::now();
+    let readings = length.as_millis() / 250;
     let mut sent = 0u32;
-    while start.elapsed() < length {
+    while u128::from(sent) < readings {
         let reading = format!("{{\"temp\": {:.1}}}", 20.0 + f64::from(sent % 7) / 10.0);
         if let Err(e) = session.write_all(&publish(topic, reading.as_bytes())).await {
-            return say(sensor, &format!("session ended after {sent} readings: {e}"));
+            say(sensor, &format!("session ended after {sent} readings: {e}"));
+            return sent;
         }
         sent += 1;
         if sent.is_multiple_of(8) {
@@ -309,18 +376,27 @@ async fn sensor_loop(
                 .await
                 .is_ok_and(|r| !matches!(r, Ok(n) if n > 0));
             if closed {
-                return say(
+                say(
                     sensor,
                     &format!("telemetry session closed by the appliance after {sent} readings"),
                 );
+                return sent;
             }
         }
     }
+    sent
 }
 
 /// Hold a session open with a subscription until the appliance closes it.
-async fn hold_session(tls: TlsConnector, port: u16, say: impl Fn(&str, &str)) {
-    let Ok(mut session) = connect(&tls, port, "sensor-4-commands").await else {
+async fn hold_session(
+    tls: TlsConnector,
+    port: u16,
+    connected: Arc<tokio::sync::Barrier>,
+    say: impl Fn(&str, &str),
+) {
+    let session = connect(&tls, port, "sensor-4-commands").await;
+    let Ok(mut session) = session else {
+        connected.wait().await;
         return;
     };
     let mut subscribe = vec![0x82];
@@ -328,6 +404,10 @@ async fn hold_session(tls: TlsConnector, port: u16, say: impl Fn(&str, &str)) {
     subscribe.push(body.len() as u8);
     subscribe.extend_from_slice(&body);
     let _ = session.write_all(&subscribe).await;
+    // Its SUBACK: the subscription is in place before the run starts.
+    let mut suback = [0u8; 5];
+    let _ = tokio::time::timeout(PATIENCE, session.read_exact(&mut suback)).await;
+    connected.wait().await;
     say(
         ROGUE,
         "holds a second session, subscribed to site/hall-a/cmd",
@@ -356,11 +436,37 @@ async fn connect(tls: &TlsConnector, port: u16, client: &str) -> anyhow::Result<
     s.write_all(&[&[0x10, body.len() as u8][..], &body].concat())
         .await?;
     let mut connack = [0u8; 4];
-    tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut connack))
+    tokio::time::timeout(PATIENCE, s.read_exact(&mut connack))
         .await
         .context("no CONNACK")?
         .context("closed before CONNACK")?;
     Ok(s)
+}
+
+/// Whether the audit trail holds a record about the rogue that `matches`,
+/// waiting for it up to [`PATIENCE`].
+async fn audited(audit: &AuditLog, matches: impl Fn(&Record) -> bool) -> bool {
+    let deadline = Instant::now() + PATIENCE;
+    let mut after = 0;
+    while Instant::now() < deadline {
+        for r in audit.after(after, 256).unwrap_or_default() {
+            after = r.id;
+            if r.device.id == ROGUE && matches(&r) {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// How many publishes to `topic` from `client` the broker counted.
+fn count(received: &Received, client: &str, topic: &str) -> u64 {
+    let received = received.lock().unwrap_or_else(|p| p.into_inner());
+    received
+        .get(&(client.to_owned(), topic.to_owned()))
+        .copied()
+        .unwrap_or(0)
 }
 
 fn string(s: &str) -> Vec<u8> {

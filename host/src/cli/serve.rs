@@ -259,23 +259,36 @@ pub(crate) async fn serve(
     Ok(())
 }
 
-/// Cancel `shutdown` on SIGINT or SIGTERM.
-async fn signals(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
+/// Watch SIGINT and SIGTERM from now on, and cancel `shutdown` on the
+/// first. The handlers are in place when this returns, not when the future
+/// first runs: the appliance says it is ready after, and a signal sent then
+/// must stop it cleanly rather than kill it. Must be called in a runtime.
+fn signals(shutdown: CancellationToken) -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{Signal, SignalKind, signal};
+    let watch = |kind: SignalKind, name: &str| match signal(kind) {
+        Ok(s) => Some(s),
         Err(e) => {
-            warn!(error = %e, "cannot watch SIGTERM; only ctrl-c stops the appliance");
-            let _ = tokio::signal::ctrl_c().await;
-            shutdown.cancel();
-            return;
+            warn!(error = %e, "cannot watch {name}; it will not stop the appliance cleanly");
+            None
         }
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
-        _ = term.recv() => info!("SIGTERM: shutting down"),
+    let received = |signal: Option<Signal>| async move {
+        match signal {
+            Some(mut s) => s.recv().await,
+            None => std::future::pending().await,
+        }
+    };
+    let (int, term) = (
+        received(watch(SignalKind::interrupt(), "SIGINT")),
+        received(watch(SignalKind::terminate(), "SIGTERM")),
+    );
+    async move {
+        tokio::select! {
+            _ = int => info!("SIGINT: shutting down"),
+            _ = term => info!("SIGTERM: shutting down"),
+        }
+        shutdown.cancel();
     }
-    shutdown.cancel();
 }
 
 /// The plugin a route names, which must implement `world`: its active
@@ -344,6 +357,30 @@ mod tests {
     use super::*;
     use crate::registry::Bundle;
     use crate::registry::bundle::MANIFEST;
+
+    /// A SIGTERM sent once `signals` returned, before its future first
+    /// ran, stops the appliance: the future then sees it. (Were the handler
+    /// registered only when the future runs, the signal would kill this
+    /// test's process.)
+    #[test]
+    fn a_signal_sent_before_the_watch_first_runs_is_seen() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let shutdown = CancellationToken::new();
+        let watching = {
+            let _in_runtime = runtime.enter();
+            signals(shutdown.clone())
+        };
+        rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::TERM)
+            .unwrap();
+        let seen = runtime.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_secs(10), watching).await
+        });
+        assert!(seen.is_ok(), "the signal was not seen");
+        assert!(shutdown.is_cancelled());
+    }
 
     #[test]
     fn an_unservable_active_version_is_named_with_what_to_do() {

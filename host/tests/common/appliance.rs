@@ -110,6 +110,13 @@ pub fn wait_for_port(port: u16) {
     }
 }
 
+/// Broker configuration (for [`Mosquitto::start_with`]) that keeps every
+/// message for a subscriber however far behind it falls: mosquitto's
+/// default queues 1000 for a QoS 1 subscriber and drops the rest, and on a
+/// loaded machine a stalled `mosquitto_sub` would count them as lost by
+/// Palisade.
+pub const KEEP_EVERY_MESSAGE: &str = "max_queued_messages 0\n";
+
 /// A mosquitto broker on a free loopback port, plain TCP, anonymous.
 pub struct Mosquitto {
     pub port: u16,

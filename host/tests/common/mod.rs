@@ -27,16 +27,44 @@ pub fn runtime() -> Runtime {
     Runtime::new(&RuntimeConfig::default(), Store::temporary().unwrap()).unwrap()
 }
 
-/// Limits small enough that hostile plugins hit them quickly.
+/// Limits small enough that hostile plugins hit them quickly, but for the
+/// deadline: a debug build on a loaded machine can take more than 100 ms
+/// over a call that is no fault, and a test about another limit would then
+/// test the clock instead. Tests about the deadline set a short one with
+/// [`short_deadline`].
 pub fn tight_limits() -> Limits {
     Limits {
-        deadline_ms: 100,
+        deadline_ms: 10_000,
         memory_bytes: 16 << 20,
         output_bytes: 1 << 20,
         kv_quota_bytes: 64 << 10,
         max_strikes: 3,
         ..Limits::default()
     }
+}
+
+/// [`tight_limits`] with a deadline of 100 ms, for tests about the deadline.
+pub fn short_deadline() -> Limits {
+    Limits {
+        deadline_ms: 100,
+        ..tight_limits()
+    }
+}
+
+/// The records another process appends to `path`, one JSON value a line
+/// (none while there is no file): the complete lines only, since the
+/// writer may be partway through the last one.
+pub fn json_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    complete_lines(&text)
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// The lines of `text` that end in a newline.
+pub fn complete_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.split_inclusive('\n')
+        .filter_map(|l| l.strip_suffix('\n'))
 }
 
 /// Load the plugin the build made for `plugin`.
