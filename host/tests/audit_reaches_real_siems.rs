@@ -8,9 +8,9 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::appliance::{missing_is_fatal, wait_for_port};
+use common::appliance::{held_port, missing_is_fatal, wait_for_port};
 use common::ca::TestCa;
-use common::{Child, free_port, program, wait_for};
+use common::{Child, free_port, program, rsyslog, wait_for};
 use palisade::audit::export::{DeliveryError, Exporter, SinkConfig, SyslogTransport};
 use palisade::audit::{AuditLog, Entry, PluginRef};
 use palisade::client_tls::ClientTls;
@@ -101,7 +101,8 @@ fn rsyslog_gets_every_record_once_in_order_after_being_down() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let down = held_port();
+    let port = down.port;
     let out = dir.path().join("siem.log");
     let store = Store::open(&dir.path().join("state")).unwrap();
     let log = AuditLog::open(&store).unwrap();
@@ -120,46 +121,9 @@ fn rsyslog_gets_every_record_once_in_order_after_being_down() {
     let written = log.append(findings(600)).unwrap();
     assert!(wait_for(10, || log.backlog("siem").unwrap() == 600));
 
+    drop(down);
     let _rsyslog = rsyslog(&rsyslogd, dir.path(), port, &out, "", "");
     assert_received(&out, &log, &written);
-}
-
-/// rsyslogd, its work files in `dir`, writing each message it takes on
-/// `port` as a line of `out`; its imtcp module and global settings given
-/// `module` and `global` (for TLS).
-fn rsyslog(
-    rsyslogd: &Path,
-    dir: &Path,
-    port: u16,
-    out: &Path,
-    global: &str,
-    module: &str,
-) -> Child {
-    let config = dir.join("rsyslog.conf");
-    std::fs::write(
-        &config,
-        format!(
-            r#"global(workDirectory="{work}" maxMessageSize="64k" {global})
-module(load="imtcp" {module})
-template(name="raw" type="string" string="%rawmsg%\n")
-ruleset(name="siem") {{ action(type="omfile" file="{out}" template="raw") }}
-input(type="imtcp" port="{port}" ruleset="siem")
-"#,
-            work = dir.display(),
-            out = out.display(),
-        ),
-    )
-    .unwrap();
-    Child(
-        Command::new(rsyslogd)
-            .args(["-n", "-f"])
-            .arg(&config)
-            .arg("-i")
-            .arg(dir.join("rsyslog.pid"))
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
 }
 
 /// rsyslog wrote every record of `written` to `out`, once, in order, and

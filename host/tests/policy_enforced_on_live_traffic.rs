@@ -13,9 +13,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use common::appliance::{
-    Appliance, Child, Mosquitto, free_port, mosquitto_pub, mosquitto_sub, require, route, tls_args,
+    Appliance, Child, Mosquitto, held_port, mosquitto_pub, mosquitto_sub, require, route, tls_args,
     wait_until,
 };
+use common::rsyslog;
 
 /// Sensors publish telemetry under `site/<area>/telemetry` and nothing
 /// else; publishing firmware is grounds for quarantine.
@@ -217,36 +218,6 @@ fn a_forbidden_publish_quarantines_the_device_until_released() {
     ));
 }
 
-/// rsyslog listening on `port` (TCP), writing each message's raw text as a
-/// line of `out`.
-fn rsyslog(dir: &Path, port: u16, out: &Path) -> Child {
-    let config = dir.join("rsyslog.conf");
-    std::fs::write(
-        &config,
-        format!(
-            r#"global(workDirectory="{work}" maxMessageSize="64k")
-module(load="imtcp")
-template(name="raw" type="string" string="%rawmsg%\n")
-ruleset(name="siem") {{ action(type="omfile" file="{out}" template="raw") }}
-input(type="imtcp" port="{port}" ruleset="siem")
-"#,
-            work = dir.display(),
-            out = out.display(),
-        ),
-    )
-    .unwrap();
-    Child(
-        std::process::Command::new("rsyslogd")
-            .args(["-n", "-f"])
-            .arg(&config)
-            .arg("-i")
-            .arg(dir.join("rsyslog.pid"))
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
-}
-
 #[test]
 fn alerts_raised_while_the_siem_is_down_for_a_minute_all_arrive_once() {
     if !require("mosquitto") || !require("mosquitto_pub") || !require("rsyslogd") {
@@ -254,7 +225,10 @@ fn alerts_raised_while_the_siem_is_down_for_a_minute_all_arrive_once() {
     }
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
-    let siem_port = free_port();
+    // Down: nothing listens where the SIEM should be, and no other test
+    // takes the port meanwhile.
+    let down_port = held_port();
+    let siem_port = down_port.port;
     let config = format!(
         "{}[[siem]]\nkind = \"syslog\"\nname = \"soc\"\naddress = \"127.0.0.1:{siem_port}\"\n",
         route(
@@ -283,7 +257,8 @@ fn alerts_raised_while_the_siem_is_down_for_a_minute_all_arrive_once() {
     }
     // The SIEM comes back.
     let out = dir.path().join("soc.log");
-    let _siem = rsyslog(dir.path(), siem_port, &out);
+    drop(down_port);
+    let _siem = rsyslog(Path::new("rsyslogd"), dir.path(), siem_port, &out, "", "");
     let lines = || {
         std::fs::read_to_string(&out)
             .map(|t| t.lines().map(str::to_owned).collect::<Vec<_>>())

@@ -101,6 +101,28 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A loopback port bound but not listening, held until dropped: a
+/// connection to it is refused, as by a receiver that is down, and no other
+/// socket can take it meanwhile (it is bound without SO_REUSEADDR, which a
+/// listener would need to share it). For a peer that is down for a while
+/// and then starts on the port: [`free_port`] leaves the port to whoever
+/// binds next.
+pub struct HeldPort {
+    pub port: u16,
+    _socket: tokio::net::TcpSocket,
+}
+
+/// A port held as [`HeldPort`] says.
+pub fn held_port() -> HeldPort {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    HeldPort {
+        port,
+        _socket: socket,
+    }
+}
+
 /// Wait until something accepts TCP connections on `port`.
 pub fn wait_for_port(port: u16) {
     let start = Instant::now();

@@ -172,3 +172,42 @@ pub fn recorded_datagrams(name: &str) -> Vec<Vec<u8>> {
         })
         .collect()
 }
+
+/// rsyslogd (the program at `rsyslogd`), its work files in `dir`, writing
+/// each message it takes over TCP on `port` as a line of `out`; `global`
+/// and `module` are added to its global settings and its imtcp module's
+/// (for TLS, say).
+pub fn rsyslog(
+    rsyslogd: &std::path::Path,
+    dir: &std::path::Path,
+    port: u16,
+    out: &std::path::Path,
+    global: &str,
+    module: &str,
+) -> Child {
+    let config = dir.join("rsyslog.conf");
+    std::fs::write(
+        &config,
+        format!(
+            r#"global(workDirectory="{work}" maxMessageSize="64k" {global})
+module(load="imtcp" {module})
+template(name="raw" type="string" string="%rawmsg%\n")
+ruleset(name="siem") {{ action(type="omfile" file="{out}" template="raw") }}
+input(type="imtcp" port="{port}" ruleset="siem")
+"#,
+            work = dir.display(),
+            out = out.display(),
+        ),
+    )
+    .unwrap();
+    Child(
+        std::process::Command::new(rsyslogd)
+            .args(["-n", "-f"])
+            .arg(&config)
+            .arg("-i")
+            .arg(dir.join("rsyslog.pid"))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
