@@ -516,7 +516,7 @@ fn describe<'a>(
             let mut count = 0;
             let mut most = Options::LEAST;
             while !r.0.is_empty() {
-                r.string()?;
+                let (group, _) = subscription(r.string()?)?;
                 if kind == 8 {
                     let options = r.u8()?;
                     // QoS 3 and Retain Handling 3 do not exist (MQTT 5
@@ -524,6 +524,13 @@ fn describe<'a>(
                     let reserved = if v5 { 0xc0 } else { 0xfc };
                     if options & reserved != 0 || options & 0x03 == 3 || options & 0x30 == 0x30 {
                         return Err("SUBSCRIBE options invalid".into());
+                    }
+                    // A protocol error (MQTT 5 §3.8.3.1): the device would
+                    // not get its own messages from a group that shares
+                    // them out. mosquitto 2.0.11 takes it; the
+                    // specification does not.
+                    if group.is_some() && options & 0x04 != 0 {
+                        return Err("No Local on a shared subscription".into());
                     }
                     most.add(options);
                 }
@@ -534,10 +541,14 @@ fn describe<'a>(
             }
             let mut event = parsed.frame(len, packet_name(kind));
             event.int("packet-id", packet_id);
-            // Each filter, in order; a subscription's options once, the
-            // most its filters ask for (see `Options`).
+            // Each filter, in order, as the broker serves it, and the
+            // group of each shared one; a subscription's options once,
+            // the most its filters ask for (see `Options`).
             let mut r = Reader(filters);
-            while let Ok(filter) = r.string() {
+            while let Ok((group, filter)) = r.string().and_then(subscription) {
+                if let Some(group) = group {
+                    event.text("share-group", group);
+                }
                 event.text("filter", filter);
                 if kind == 8 {
                     // Its options, taken in above.
@@ -600,6 +611,58 @@ fn describe<'a>(
         _ => return Err("unknown packet type".into()),
     }
     Ok(())
+}
+
+/// A SUBSCRIBE or UNSUBSCRIBE topic filter as the broker serves it: a
+/// shared subscription (MQTT 5 §4.8.2), `$share/{ShareName}/{filter}`,
+/// subscribes the device to `{filter}`, in the group `{ShareName}`, so
+/// that is the filter a policy or detector judges; any other filter is
+/// itself, without a group. mosquitto takes shared subscriptions under
+/// MQTT 3.1.1 too, so they are read at both levels.
+///
+/// mosquitto 2.0.11, probed with raw SUBSCRIBEs and UNSUBSCRIBEs at both
+/// levels, closes the connection on `$share` alone and on a ShareName with
+/// `+` or `#` beside other characters or a `#` before the filter (its
+/// wildcard check); it takes `$share//a` and `$share/+/a`, serving `a`
+/// under an empty or `+` ShareName, and `$share/`, `$share/g`,
+/// `$share/g/`, `$share/#`, `$share/+`, serving nothing a device can
+/// publish to. The specification makes all of those a protocol error
+/// (§4.8.2: a ShareName is at least one character, without `/`, `+` or
+/// `#`, and is followed by `/` and a topic filter), and so does the
+/// appliance: nothing it passes is read one way here and another by the
+/// broker. A ShareName ends at its first `/`, so `$share/g/a/b` is `a/b`
+/// in the group `g`; `$SHARE/g/a` and `$sharex/g/a` are plain filters to
+/// mosquitto and here, and `$share/g/$share/h/a` is the filter
+/// `$share/h/a`, which mosquitto also reads once.
+///
+/// A plain filter costs one byte's comparison: only one that starts with
+/// `$` is looked at further, and nothing is allocated.
+fn subscription(raw: &str) -> Result<(Option<&str>, &str), &'static str> {
+    if !raw.starts_with('$') {
+        return Ok((None, raw));
+    }
+    let Some(rest) = raw.strip_prefix("$share") else {
+        return Ok((None, raw));
+    };
+    if rest.is_empty() {
+        return Err("topic filter `$share` without a ShareName");
+    }
+    let Some(rest) = rest.strip_prefix('/') else {
+        return Ok((None, raw));
+    };
+    let Some((group, filter)) = rest.split_once('/') else {
+        return Err("shared subscription without a topic filter");
+    };
+    if group.is_empty() {
+        return Err("shared subscription with an empty ShareName");
+    }
+    if has_wildcard(group) {
+        return Err("wildcard in a shared subscription's ShareName");
+    }
+    if filter.is_empty() {
+        return Err("shared subscription without a topic filter");
+    }
+    Ok((Some(group), filter))
 }
 
 /// A SUBSCRIBE's options as its event describes them: of each option, the
@@ -1282,6 +1345,126 @@ mod tests {
             let m = (parsed.malformed).unwrap_or_else(|| panic!("{options:#x} accepted"));
             assert_eq!(m.reason, "SUBSCRIBE options invalid");
         }
+    }
+
+    /// An UNSUBSCRIBE, packet id 9, of `filters`.
+    fn unsubscribe(filters: &[&str], v5: bool) -> Vec<u8> {
+        let mut body = vec![0, 9];
+        if v5 {
+            body.push(0);
+        }
+        for filter in filters {
+            body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+            body.extend_from_slice(filter.as_bytes());
+        }
+        packet(0xa2, &body)
+    }
+
+    /// The values of `name` in `e`, in order.
+    fn texts<'a>(e: &EventRef<'a>, name: &str) -> Vec<&'a str> {
+        e.attributes()
+            .filter(|(n, _)| *n == name)
+            .map(|(_, v)| match v {
+                palisade_plugin_sdk::Value::Text(t) => t,
+                other => panic!("{name} is {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_shared_subscription_is_described_by_the_filter_the_broker_serves() {
+        // A plain filter, a shared one, a plain one that only looks
+        // shared (mosquitto reads `$SHARE` and `$sharex` literally), and
+        // one whose ShareName ends at its first `/`: both levels, both
+        // packets (mosquitto takes `$share/` under MQTT 3.1.1 too).
+        let filters = [
+            "site/a",
+            "$share/g/site/secret/#",
+            "$SHARE/g/b",
+            "$sharex/g/c",
+            "$share/h/x//y",
+            "$share/g/$share/k/z",
+        ];
+        let served = [
+            "site/a",
+            "site/secret/#",
+            "$SHARE/g/b",
+            "$sharex/g/c",
+            "x//y",
+            "$share/k/z",
+        ];
+        for v5 in [false, true] {
+            let state: &[u8] = if v5 { &[5, 5] } else { &[4, 4] };
+            let with_options: Vec<_> = filters.iter().map(|f| (*f, 1)).collect();
+            for bytes in [subscribe(&with_options, v5), unsubscribe(&filters, v5)] {
+                let parsed = parse(state, &bytes);
+                assert_eq!(parsed.malformed, None, "v5 {v5}");
+                let e = parsed.events.get(0).unwrap();
+                assert_eq!(texts(&e, "filter"), served, "{e}");
+                assert_eq!(texts(&e, "share-group"), ["g", "h", "g"], "{e}");
+            }
+        }
+        // Without a shared filter, no group.
+        let parsed = parse(&[4, 4], &subscribe(&[("a", 0)], false));
+        let e = parsed.events.get(0).unwrap();
+        assert_eq!(e.text("share-group"), None, "{e}");
+        assert_eq!(e.text("filter"), Some("a"), "{e}");
+    }
+
+    #[test]
+    fn a_malformed_shared_subscription_ends_the_stream() {
+        // What the specification makes a protocol error (MQTT 5
+        // §4.8.2), whatever mosquitto does with it (see `subscription`).
+        let cases = [
+            ("$share", "`$share` without a ShareName"),
+            ("$share/", "without a topic filter"),
+            ("$share/g", "without a topic filter"),
+            ("$share/g/", "without a topic filter"),
+            ("$share//a", "empty ShareName"),
+            ("$share//", "empty ShareName"),
+            (
+                "$share/+/a",
+                "wildcard in a shared subscription's ShareName",
+            ),
+            (
+                "$share/#/a",
+                "wildcard in a shared subscription's ShareName",
+            ),
+            (
+                "$share/g+/a",
+                "wildcard in a shared subscription's ShareName",
+            ),
+            (
+                "$share/g#/a",
+                "wildcard in a shared subscription's ShareName",
+            ),
+            ("$share/+", "without a topic filter"),
+            ("$share/#", "without a topic filter"),
+        ];
+        for (filter, reason) in cases {
+            for v5 in [false, true] {
+                let state: &[u8] = if v5 { &[5, 5] } else { &[4, 4] };
+                // After a good filter: the whole packet is refused.
+                let packets = [
+                    subscribe(&[("site/a", 0), (filter, 0)], v5),
+                    unsubscribe(&["site/a", filter], v5),
+                ];
+                for bytes in packets {
+                    let parsed = parse(state, &bytes);
+                    assert!(parsed.events.is_empty(), "{filter} v5 {v5}");
+                    let m =
+                        (parsed.malformed).unwrap_or_else(|| panic!("{filter} v5 {v5} accepted"));
+                    assert!(m.reason.contains(reason), "{filter}: {}", m.reason);
+                }
+            }
+        }
+        // No Local on a shared subscription (MQTT 5 §3.8.3.1), not on a
+        // plain one.
+        let bytes = subscribe(&[("a", 0x04), ("$share/g/b", 0x04)], true);
+        let m = parse(&[5, 5], &bytes).malformed.unwrap();
+        assert_eq!(m.reason, "No Local on a shared subscription");
+        let bytes = subscribe(&[("a", 0x04), ("$share/g/b", 0)], true);
+        assert_eq!(parse(&[5, 5], &bytes).malformed, None);
     }
 
     /// The review's stream, after an MQTT 5 CONNECT and a CONNACK that
