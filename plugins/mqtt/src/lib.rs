@@ -542,8 +542,10 @@ fn describe<'a>(
             let mut event = parsed.frame(len, packet_name(kind));
             event.int("packet-id", packet_id);
             // Each filter, in order, as the broker serves it, and the
-            // group of each shared one; a subscription's options once,
-            // the most its filters ask for (see `Options`).
+            // group of each shared one just before its filter (readers
+            // that rebuild the filter as sent pair them so); a
+            // subscription's options once, the most its filters ask for
+            // (see `Options`).
             let mut r = Reader(filters);
             while let Ok((group, filter)) = r.string().and_then(subscription) {
                 if let Some(group) = group {
