@@ -3,12 +3,14 @@
 //! keep-alive, will, whether a username and password are present, never
 //! the password), CONNACK, PUBLISH (topic, QoS, flags, packet id, payload
 //! size), the acknowledgements with their reason codes, SUBSCRIBE and
-//! UNSUBSCRIBE with their filters, SUBACK, UNSUBACK, PINGREQ, PINGRESP,
-//! DISCONNECT and AUTH. MQTT 5 properties are checked, every one, and
-//! skipped. Protocol violations (reserved flags, a second CONNECT, a
-//! wildcard in a PUBLISH or will topic, invalid UTF-8, U+0000, a control
-//! character or a noncharacter in a string, an unknown property) end the
-//! stream as malformed, with the reason.
+//! UNSUBSCRIBE with their filters (a shared subscription's as the filter
+//! the broker serves, with its group apart), SUBACK, UNSUBACK, PINGREQ,
+//! PINGRESP, DISCONNECT and AUTH. MQTT 5 properties are checked, every
+//! one, and skipped. Protocol violations (reserved flags, a second
+//! CONNECT, a wildcard in a PUBLISH or will topic, a malformed shared
+//! subscription, invalid UTF-8, U+0000, a control character or a
+//! noncharacter in a string, an unknown property) end the stream as
+//! malformed, with the reason.
 //!
 //! It sits at the start of the detection path: the host hands it the bytes a
 //! device sent, it returns one event per packet, and the host forwards each
