@@ -395,8 +395,10 @@ pub fn markdown() -> String {
          broker serves it: a shared subscription's, \
          `$share/{ShareName}/{filter}`, is its `{filter}`, and its ShareName \
          is in `share-group`; a malformed shared filter (no ShareName, one \
-         with `+` or `#`, no filter after it) and No Local on a shared \
-         subscription are malformed. A CoAP message has `type` \
+         with `+` or `#`, no filter after it), No Local on a shared \
+         subscription, and a filter with `#` other than as its last level \
+         or `+` beside other characters are malformed. A CoAP message has \
+         `type` \
          (`con`, `non`, `ack` or `rst`) and `message-id` when it came over \
          UDP (RFC 7252), never over TCP (RFC 8323). A CoAP request's `path` \
          and `query` are its Uri-Path and Uri-Query options joined with `/` \

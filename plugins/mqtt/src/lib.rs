@@ -7,10 +7,10 @@
 //! the broker serves, with its group apart), SUBACK, UNSUBACK, PINGREQ,
 //! PINGRESP, DISCONNECT and AUTH. MQTT 5 properties are checked, every
 //! one, and skipped. Protocol violations (reserved flags, a second
-//! CONNECT, a wildcard in a PUBLISH or will topic, a malformed shared
-//! subscription, invalid UTF-8, U+0000, a control character or a
-//! noncharacter in a string, an unknown property) end the stream as
-//! malformed, with the reason.
+//! CONNECT, a wildcard in a PUBLISH or will topic or misplaced in a topic
+//! filter, a malformed shared subscription, invalid UTF-8, U+0000, a
+//! control character or a noncharacter in a string, an unknown property)
+//! end the stream as malformed, with the reason.
 //!
 //! It sits at the start of the detection path: the host hands it the bytes a
 //! device sent, it returns one event per packet, and the host forwards each
@@ -518,7 +518,10 @@ fn describe<'a>(
             let mut count = 0;
             let mut most = Options::LEAST;
             while !r.0.is_empty() {
-                let (group, _) = subscription(r.string()?)?;
+                let (group, filter) = subscription(r.string()?)?;
+                if let Some(reason) = misplaced_wildcard(filter) {
+                    return Err(reason.into());
+                }
                 if kind == 8 {
                     let options = r.u8()?;
                     // QoS 3 and Retain Handling 3 do not exist (MQTT 5
@@ -667,6 +670,28 @@ fn subscription(raw: &str) -> Result<(Option<&str>, &str), &'static str> {
         return Err("shared subscription without a topic filter");
     }
     Ok((Some(group), filter))
+}
+
+/// Why `filter` holds a wildcard where none may be, if it does: `#` only
+/// as a whole level, the last, and `+` only as a whole level (MQTT 3.1.1
+/// and 5 §4.7.1). mosquitto 2.0.11 closes the connection on `a/#/b` or
+/// `a+`, plain or after a ShareName, in a SUBSCRIBE or an UNSUBSCRIBE; a
+/// filter read here one way must not be refused there. A filter without a
+/// wildcard is read once, a word at a time, and not split.
+fn misplaced_wildcard(filter: &str) -> Option<&'static str> {
+    if !has_wildcard(filter) {
+        return None;
+    }
+    let mut levels = filter.split('/').peekable();
+    while let Some(level) = levels.next() {
+        if level.contains('#') && (level != "#" || levels.peek().is_some()) {
+            return Some("`#` in a topic filter other than as its last level");
+        }
+        if level.contains('+') && level != "+" {
+            return Some("`+` in a topic filter beside other characters");
+        }
+    }
+    None
 }
 
 /// A SUBSCRIBE's options as its event describes them: of each option, the
@@ -1469,6 +1494,42 @@ mod tests {
         assert_eq!(m.reason, "No Local on a shared subscription");
         let bytes = subscribe(&[("a", 0x04), ("$share/g/b", 0)], true);
         assert_eq!(parse(&[5, 5], &bytes).malformed, None);
+    }
+
+    #[test]
+    fn a_filter_with_a_misplaced_wildcard_ends_the_stream() {
+        // What mosquitto closes the connection on, plain or shared.
+        let bad = [
+            ("a/#/b", "`#`"),
+            ("a/b#", "`#`"),
+            ("#/", "`#`"),
+            ("a+", "`+`"),
+            ("+a/b", "`+`"),
+            ("a/+b/#", "`+`"),
+            ("$share/g/a/#/b", "`#`"),
+            ("$share/g/a+", "`+`"),
+        ];
+        for (filter, reason) in bad {
+            for v5 in [false, true] {
+                let state: &[u8] = if v5 { &[5, 5] } else { &[4, 4] };
+                let packets = [
+                    subscribe(&[("site/a", 0), (filter, 0)], v5),
+                    unsubscribe(&["site/a", filter], v5),
+                ];
+                for bytes in packets {
+                    let parsed = parse(state, &bytes);
+                    assert!(parsed.events.is_empty(), "{filter} v5 {v5}");
+                    let m =
+                        (parsed.malformed).unwrap_or_else(|| panic!("{filter} v5 {v5} accepted"));
+                    assert!(m.reason.starts_with(reason), "{filter}: {}", m.reason);
+                }
+            }
+        }
+        // Wildcards as whole levels, `#` the last.
+        for filter in ["#", "+", "/#", "+/+", "a/+/b/#", "$share/g/+/x/#"] {
+            let parsed = parse(&[4, 4], &subscribe(&[(filter, 0)], false));
+            assert_eq!(parsed.malformed, None, "{filter}");
+        }
     }
 
     /// The review's stream, after an MQTT 5 CONNECT and a CONNACK that
