@@ -207,14 +207,24 @@ fn mqtt_agrees_with_wireshark() {
                 "mqtt.disconnect" => 14,
                 _ => 15,
             };
-            let topics: Vec<String> = e
-                .attributes()
-                .filter(|(n, _)| *n == "topic" || *n == "filter")
-                .filter_map(|(_, v)| match v {
-                    palisade_plugin_sdk::Value::Text(t) => Some(t.to_owned()),
-                    _ => None,
-                })
-                .collect();
+            // tshark shows a shared subscription's filter as sent,
+            // `$share/{group}/{filter}`; the parser gives the filter the
+            // broker serves, just after its group in `share-group`.
+            let mut topics = Vec::new();
+            let mut group = None;
+            for (name, value) in e.attributes() {
+                let palisade_plugin_sdk::Value::Text(t) = value else {
+                    continue;
+                };
+                match name {
+                    "share-group" => group = Some(t),
+                    "topic" | "filter" => topics.push(match group.take() {
+                        Some(g) => format!("$share/{g}/{t}"),
+                        None => t.to_owned(),
+                    }),
+                    _ => {}
+                }
+            }
             let flag = |name| text(e.flag(name).map(u8::from));
             let connect = e.kind() == "mqtt.connect";
             vec![

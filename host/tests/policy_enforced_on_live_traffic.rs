@@ -365,3 +365,39 @@ fn payload_rules_hold_once_the_operator_offers_payloads() {
             .is_ok_and(|a| a.contains("no shutdown commands in telemetry"))
     });
 }
+
+/// A forbidden filter asked for as a shared subscription,
+/// `$share/{group}/{filter}`, is the filter the broker would serve, and is
+/// judged as such: the rule on `site/secret/#` quarantines the device that
+/// asks for `$share/x/site/secret/#`.
+#[test]
+fn a_shared_subscription_to_a_forbidden_filter_is_forbidden() {
+    if !require("mosquitto") || !require("mosquitto_sub") {
+        return;
+    }
+    let broker = Mosquitto::start();
+    let policy = format!(
+        "{POLICY}\n@id(\"no secrets\")\n@response(\"quarantine-device\")\nforbid(principal, action == Action::\"mqtt.subscribe\", resource)\nwhen {{ context.filter.contains(\"site/secret/#\") }};\n"
+    );
+    let (palisade, alerts) = setup_with(&broker, &policy);
+    let snoop = palisade.issue("sensor-4", "sensor", "hall-a");
+    let mut args = tls_args(palisade.port("mqtt-tls"), &snoop);
+    args.extend(["-t", "$share/x/site/secret/#"].map(String::from));
+    let mut subscriber = mosquitto_sub(&args);
+    palisade.wait_log(|l| l.contains("device quarantined") && l.contains("device=sensor-4"));
+    let status = subscriber.wait();
+    assert!(!status.success(), "mosquitto_sub ended well: {status}");
+    wait_until("the alert was exported", || {
+        std::fs::read_to_string(&alerts).is_ok_and(|a| a.contains("no secrets"))
+    });
+    let text = std::fs::read_to_string(&alerts).unwrap();
+    let finding = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["what"]["type"] == "finding")
+        .unwrap_or_else(|| panic!("no finding in {text}"));
+    // The filter the broker would have served, and the group apart.
+    let attributes = &finding["event"]["attributes"];
+    assert_eq!(attributes["filter"], "site/secret/#", "{text}");
+    assert_eq!(attributes["share-group"], "x", "{text}");
+}

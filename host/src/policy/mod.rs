@@ -994,6 +994,59 @@ when { context has qos && context.qos == 2 };
         );
     }
 
+    /// A forbidden filter stays forbidden when the device asks for it as a
+    /// shared subscription, `$share/{group}/{filter}`: the MQTT parser
+    /// describes the filter the broker serves, and the group apart.
+    #[test]
+    fn a_forbidden_filter_is_forbidden_as_a_shared_subscription() {
+        let policy = Policy::parse(
+            r#"permit(principal, action in Action::"mqtt", resource);
+@id("no secrets")
+forbid(principal, action in [Action::"mqtt.subscribe", Action::"mqtt.unsubscribe"], resource)
+when { context.filter.contains("site/secret/#") };
+@id("no group x")
+forbid(principal, action == Action::"mqtt.subscribe", resource)
+when { context has "share-group" && context["share-group"].contains("x") };"#,
+        )
+        .unwrap();
+        let subject = policy.subject(&device("x"), None, "mqtt", "mqtt");
+        // A SUBSCRIBE (0x82, options QoS 0) or UNSUBSCRIBE (0xa2),
+        // packet id 1, of site/a and `filter`.
+        let judge = |kind: u8, filter: &str| {
+            let mut body = vec![0, 1, 0, 6];
+            body.extend_from_slice(b"site/a");
+            if kind == 0x82 {
+                body.push(0);
+            }
+            body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+            body.extend_from_slice(filter.as_bytes());
+            if kind == 0x82 {
+                body.push(0);
+            }
+            let mut frame = vec![kind, body.len() as u8];
+            frame.extend_from_slice(&body);
+            let parsed = mqtt::parse(&[4, 4], &frame);
+            assert_eq!(parsed.malformed, None, "{filter}");
+            policy.event(
+                &subject,
+                Direction::ToUpstream,
+                parsed.events.get(0).unwrap(),
+            )
+        };
+        for kind in [0x82, 0xa2] {
+            for filter in ["site/secret/#", "$share/g/site/secret/#"] {
+                let d = judge(kind, filter);
+                assert!(!d.allowed, "{kind:#x} {filter} passed: {d:?}");
+                assert!(d.reason.contains("no secrets"), "{}", d.reason);
+            }
+            assert!(judge(kind, "$share/g/site/b/#").allowed, "{kind:#x}");
+        }
+        // The group is the policy's to judge too.
+        let d = judge(0x82, "$share/x/site/b/#");
+        assert!(d.reason.contains("no group x"), "{d:?}");
+        assert!(!d.allowed);
+    }
+
     /// A rule on a subscription option holds for every filter of a
     /// SUBSCRIBE, as the MQTT parser describes it, not for the first
     /// alone.

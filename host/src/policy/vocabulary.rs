@@ -160,7 +160,15 @@ const MQTT_PUBLISH_OPTIONAL: &[Attribute] = &[
 /// of step with the receiver's, so the host closes the session instead.
 pub const CHANGES_SESSION: &str = "changes-session";
 
+/// `filter` holds each topic filter as the broker serves it: a shared
+/// subscription's (`$share/{ShareName}/{filter}`, MQTT 5 §4.8.2) is its
+/// `{filter}`, so that a policy on `site/secret/#` also judges
+/// `$share/x/site/secret/#`.
 const MQTT_SUBSCRIBE: &[Attribute] = &[("packet-id", Int), ("filter", TextSet)];
+
+/// The ShareName of each shared subscription among the filters, once per
+/// shared filter; absent when none is shared.
+const SHARE_GROUP: Attribute = ("share-group", TextSet);
 
 /// A subscription's options, once for all its filters: of each, the value
 /// that asks the most of the broker among the filters' (the policy sees one
@@ -175,6 +183,15 @@ const MQTT_SUBSCRIBE_OPTIONAL: &[Attribute] = &[
     ("no-local", Flag),
     ("retain-as-published", Flag),
     ("retain-handling", Int),
+    SHARE_GROUP,
+];
+
+/// An UNSUBSCRIBE's filters name shared subscriptions as a SUBSCRIBE's do.
+const MQTT_UNSUBSCRIBE_OPTIONAL: &[Attribute] = &[
+    ("protocol-version", Int),
+    ("packet-id", Int),
+    ("reason-code", Int),
+    SHARE_GROUP,
 ];
 
 /// What a CoAP message may carry. `type` (`con`, `non`, `ack` or `rst`)
@@ -294,7 +311,11 @@ pub const PROTOCOLS: &[(&str, &[Kind])] = &[
             mqtt("mqtt.pubcomp", &[], MQTT_OPTIONAL),
             mqtt("mqtt.subscribe", MQTT_SUBSCRIBE, MQTT_SUBSCRIBE_OPTIONAL),
             mqtt("mqtt.suback", &[], MQTT_OPTIONAL),
-            mqtt("mqtt.unsubscribe", MQTT_SUBSCRIBE, MQTT_OPTIONAL),
+            mqtt(
+                "mqtt.unsubscribe",
+                MQTT_SUBSCRIBE,
+                MQTT_UNSUBSCRIBE_OPTIONAL,
+            ),
             mqtt("mqtt.unsuback", &[], MQTT_OPTIONAL),
             mqtt("mqtt.pingreq", &[], MQTT_OPTIONAL),
             mqtt("mqtt.pingresp", &[], MQTT_OPTIONAL),
@@ -369,7 +390,15 @@ pub fn markdown() -> String {
          the most any of its filters asks of the broker: `subscribe-qos` the \
          highest QoS, `retain-handling` the lowest (0 has retained messages \
          sent at every subscribe), `no-local` only if every filter has it, \
-         `retain-as-published` if any has. A CoAP message has `type` \
+         `retain-as-published` if any has. The `filter` of an \
+         `mqtt.subscribe` or `mqtt.unsubscribe` is each topic filter as the \
+         broker serves it: a shared subscription's, \
+         `$share/{ShareName}/{filter}`, is its `{filter}`, and its ShareName \
+         is in `share-group`; a malformed shared filter (no ShareName, one \
+         with `+` or `#`, no filter after it), No Local on a shared \
+         subscription, and a filter with `#` other than as its last level \
+         or `+` beside other characters are malformed. A CoAP message has \
+         `type` \
          (`con`, `non`, `ack` or `rst`) and `message-id` when it came over \
          UDP (RFC 7252), never over TCP (RFC 8323). A CoAP request's `path` \
          and `query` are its Uri-Path and Uri-Query options joined with `/` \

@@ -3,12 +3,14 @@
 //! keep-alive, will, whether a username and password are present, never
 //! the password), CONNACK, PUBLISH (topic, QoS, flags, packet id, payload
 //! size), the acknowledgements with their reason codes, SUBSCRIBE and
-//! UNSUBSCRIBE with their filters, SUBACK, UNSUBACK, PINGREQ, PINGRESP,
-//! DISCONNECT and AUTH. MQTT 5 properties are checked, every one, and
-//! skipped. Protocol violations (reserved flags, a second CONNECT, a
-//! wildcard in a PUBLISH or will topic, invalid UTF-8, U+0000, a control
-//! character or a noncharacter in a string, an unknown property) end the
-//! stream as malformed, with the reason.
+//! UNSUBSCRIBE with their filters (a shared subscription's as the filter
+//! the broker serves, with its group apart), SUBACK, UNSUBACK, PINGREQ,
+//! PINGRESP, DISCONNECT and AUTH. MQTT 5 properties are checked, every
+//! one, and skipped. Protocol violations (reserved flags, a second
+//! CONNECT, a wildcard in a PUBLISH or will topic or misplaced in a topic
+//! filter, a malformed shared subscription, invalid UTF-8, U+0000, a
+//! control character or a noncharacter in a string, an unknown property)
+//! end the stream as malformed, with the reason.
 //!
 //! It sits at the start of the detection path: the host hands it the bytes a
 //! device sent, it returns one event per packet, and the host forwards each
@@ -516,7 +518,10 @@ fn describe<'a>(
             let mut count = 0;
             let mut most = Options::LEAST;
             while !r.0.is_empty() {
-                r.string()?;
+                let (group, filter) = subscription(r.string()?)?;
+                if let Some(reason) = misplaced_wildcard(filter) {
+                    return Err(reason.into());
+                }
                 if kind == 8 {
                     let options = r.u8()?;
                     // QoS 3 and Retain Handling 3 do not exist (MQTT 5
@@ -524,6 +529,13 @@ fn describe<'a>(
                     let reserved = if v5 { 0xc0 } else { 0xfc };
                     if options & reserved != 0 || options & 0x03 == 3 || options & 0x30 == 0x30 {
                         return Err("SUBSCRIBE options invalid".into());
+                    }
+                    // A protocol error (MQTT 5 §3.8.3.1): the device would
+                    // not get its own messages from a group that shares
+                    // them out. mosquitto 2.0.11 takes it; the
+                    // specification does not.
+                    if group.is_some() && options & 0x04 != 0 {
+                        return Err("No Local on a shared subscription".into());
                     }
                     most.add(options);
                 }
@@ -534,10 +546,16 @@ fn describe<'a>(
             }
             let mut event = parsed.frame(len, packet_name(kind));
             event.int("packet-id", packet_id);
-            // Each filter, in order; a subscription's options once, the
-            // most its filters ask for (see `Options`).
+            // Each filter, in order, as the broker serves it, and the
+            // group of each shared one just before its filter (readers
+            // that rebuild the filter as sent pair them so); a
+            // subscription's options once, the most its filters ask for
+            // (see `Options`).
             let mut r = Reader(filters);
-            while let Ok(filter) = r.string() {
+            while let Ok((group, filter)) = r.string().and_then(subscription) {
+                if let Some(group) = group {
+                    event.text("share-group", group);
+                }
                 event.text("filter", filter);
                 if kind == 8 {
                     // Its options, taken in above.
@@ -600,6 +618,80 @@ fn describe<'a>(
         _ => return Err("unknown packet type".into()),
     }
     Ok(())
+}
+
+/// A SUBSCRIBE or UNSUBSCRIBE topic filter as the broker serves it: a
+/// shared subscription (MQTT 5 §4.8.2), `$share/{ShareName}/{filter}`,
+/// subscribes the device to `{filter}`, in the group `{ShareName}`, so
+/// that is the filter a policy or detector judges; any other filter is
+/// itself, without a group. mosquitto takes shared subscriptions under
+/// MQTT 3.1.1 too, so they are read at both levels.
+///
+/// mosquitto 2.0.11, probed with raw SUBSCRIBEs and UNSUBSCRIBEs at both
+/// levels, closes the connection on `$share` alone and on a ShareName with
+/// `+` or `#` beside other characters or a `#` before the filter (its
+/// wildcard check); it takes `$share//a` and `$share/+/a`, serving `a`
+/// under an empty or `+` ShareName, and `$share/`, `$share/g`,
+/// `$share/g/`, `$share/#`, `$share/+`, serving nothing a device can
+/// publish to. The specification makes all of those a protocol error
+/// (§4.8.2: a ShareName is at least one character, without `/`, `+` or
+/// `#`, and is followed by `/` and a topic filter), and so does the
+/// appliance: nothing it passes is read one way here and another by the
+/// broker. A ShareName ends at its first `/`, so `$share/g/a/b` is `a/b`
+/// in the group `g`; `$SHARE/g/a` and `$sharex/g/a` are plain filters to
+/// mosquitto and here, and `$share/g/$share/h/a` is the filter
+/// `$share/h/a`, which mosquitto also reads once.
+///
+/// A plain filter costs one byte's comparison: only one that starts with
+/// `$` is looked at further, and nothing is allocated.
+fn subscription(raw: &str) -> Result<(Option<&str>, &str), &'static str> {
+    if !raw.starts_with('$') {
+        return Ok((None, raw));
+    }
+    let Some(rest) = raw.strip_prefix("$share") else {
+        return Ok((None, raw));
+    };
+    if rest.is_empty() {
+        return Err("topic filter `$share` without a ShareName");
+    }
+    let Some(rest) = rest.strip_prefix('/') else {
+        return Ok((None, raw));
+    };
+    let Some((group, filter)) = rest.split_once('/') else {
+        return Err("shared subscription without a topic filter");
+    };
+    if group.is_empty() {
+        return Err("shared subscription with an empty ShareName");
+    }
+    if has_wildcard(group) {
+        return Err("wildcard in a shared subscription's ShareName");
+    }
+    if filter.is_empty() {
+        return Err("shared subscription without a topic filter");
+    }
+    Ok((Some(group), filter))
+}
+
+/// Why `filter` holds a wildcard where none may be, if it does: `#` only
+/// as a whole level, the last, and `+` only as a whole level (MQTT 3.1.1
+/// and 5 §4.7.1). mosquitto 2.0.11 closes the connection on `a/#/b` or
+/// `a+`, plain or after a ShareName, in a SUBSCRIBE or an UNSUBSCRIBE; a
+/// filter read here one way must not be refused there. A filter without a
+/// wildcard is read once, a word at a time, and not split.
+fn misplaced_wildcard(filter: &str) -> Option<&'static str> {
+    if !has_wildcard(filter) {
+        return None;
+    }
+    let mut levels = filter.split('/').peekable();
+    while let Some(level) = levels.next() {
+        if level.contains('#') && (level != "#" || levels.peek().is_some()) {
+            return Some("`#` in a topic filter other than as its last level");
+        }
+        if level.contains('+') && level != "+" {
+            return Some("`+` in a topic filter beside other characters");
+        }
+    }
+    None
 }
 
 /// A SUBSCRIBE's options as its event describes them: of each option, the
@@ -1281,6 +1373,162 @@ mod tests {
             assert!(parsed.events.is_empty(), "{options:#x}");
             let m = (parsed.malformed).unwrap_or_else(|| panic!("{options:#x} accepted"));
             assert_eq!(m.reason, "SUBSCRIBE options invalid");
+        }
+    }
+
+    /// An UNSUBSCRIBE, packet id 9, of `filters`.
+    fn unsubscribe(filters: &[&str], v5: bool) -> Vec<u8> {
+        let mut body = vec![0, 9];
+        if v5 {
+            body.push(0);
+        }
+        for filter in filters {
+            body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+            body.extend_from_slice(filter.as_bytes());
+        }
+        packet(0xa2, &body)
+    }
+
+    /// The values of `name` in `e`, in order.
+    fn texts<'a>(e: &EventRef<'a>, name: &str) -> Vec<&'a str> {
+        e.attributes()
+            .filter(|(n, _)| *n == name)
+            .map(|(_, v)| match v {
+                palisade_plugin_sdk::Value::Text(t) => t,
+                other => panic!("{name} is {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_shared_subscription_is_described_by_the_filter_the_broker_serves() {
+        // A plain filter, a shared one, a plain one that only looks
+        // shared (mosquitto reads `$SHARE` and `$sharex` literally), and
+        // one whose ShareName ends at its first `/`: both levels, both
+        // packets (mosquitto takes `$share/` under MQTT 3.1.1 too).
+        let filters = [
+            "site/a",
+            "$share/g/site/secret/#",
+            "$SHARE/g/b",
+            "$sharex/g/c",
+            "$share/h/x//y",
+            "$share/g/$share/k/z",
+        ];
+        let served = [
+            "site/a",
+            "site/secret/#",
+            "$SHARE/g/b",
+            "$sharex/g/c",
+            "x//y",
+            "$share/k/z",
+        ];
+        for v5 in [false, true] {
+            let state: &[u8] = if v5 { &[5, 5] } else { &[4, 4] };
+            let with_options: Vec<_> = filters.iter().map(|f| (*f, 1)).collect();
+            for bytes in [subscribe(&with_options, v5), unsubscribe(&filters, v5)] {
+                let parsed = parse(state, &bytes);
+                assert_eq!(parsed.malformed, None, "v5 {v5}");
+                let e = parsed.events.get(0).unwrap();
+                assert_eq!(texts(&e, "filter"), served, "{e}");
+                assert_eq!(texts(&e, "share-group"), ["g", "h", "g"], "{e}");
+            }
+        }
+        // Without a shared filter, no group.
+        let parsed = parse(&[4, 4], &subscribe(&[("a", 0)], false));
+        let e = parsed.events.get(0).unwrap();
+        assert_eq!(e.text("share-group"), None, "{e}");
+        assert_eq!(e.text("filter"), Some("a"), "{e}");
+    }
+
+    #[test]
+    fn a_malformed_shared_subscription_ends_the_stream() {
+        // What the specification makes a protocol error (MQTT 5
+        // §4.8.2), whatever mosquitto does with it (see `subscription`).
+        let cases = [
+            ("$share", "`$share` without a ShareName"),
+            ("$share/", "without a topic filter"),
+            ("$share/g", "without a topic filter"),
+            ("$share/g/", "without a topic filter"),
+            ("$share//a", "empty ShareName"),
+            ("$share//", "empty ShareName"),
+            (
+                "$share/+/a",
+                "wildcard in a shared subscription's ShareName",
+            ),
+            (
+                "$share/#/a",
+                "wildcard in a shared subscription's ShareName",
+            ),
+            (
+                "$share/g+/a",
+                "wildcard in a shared subscription's ShareName",
+            ),
+            (
+                "$share/g#/a",
+                "wildcard in a shared subscription's ShareName",
+            ),
+            ("$share/+", "without a topic filter"),
+            ("$share/#", "without a topic filter"),
+        ];
+        for (filter, reason) in cases {
+            for v5 in [false, true] {
+                let state: &[u8] = if v5 { &[5, 5] } else { &[4, 4] };
+                // After a good filter: the whole packet is refused.
+                let packets = [
+                    subscribe(&[("site/a", 0), (filter, 0)], v5),
+                    unsubscribe(&["site/a", filter], v5),
+                ];
+                for bytes in packets {
+                    let parsed = parse(state, &bytes);
+                    assert!(parsed.events.is_empty(), "{filter} v5 {v5}");
+                    let m =
+                        (parsed.malformed).unwrap_or_else(|| panic!("{filter} v5 {v5} accepted"));
+                    assert!(m.reason.contains(reason), "{filter}: {}", m.reason);
+                }
+            }
+        }
+        // No Local on a shared subscription (MQTT 5 §3.8.3.1), not on a
+        // plain one.
+        let bytes = subscribe(&[("a", 0x04), ("$share/g/b", 0x04)], true);
+        let m = parse(&[5, 5], &bytes).malformed.unwrap();
+        assert_eq!(m.reason, "No Local on a shared subscription");
+        let bytes = subscribe(&[("a", 0x04), ("$share/g/b", 0)], true);
+        assert_eq!(parse(&[5, 5], &bytes).malformed, None);
+    }
+
+    #[test]
+    fn a_filter_with_a_misplaced_wildcard_ends_the_stream() {
+        // What mosquitto closes the connection on, plain or shared.
+        let bad = [
+            ("a/#/b", "`#`"),
+            ("a/b#", "`#`"),
+            ("#/", "`#`"),
+            ("a+", "`+`"),
+            ("+a/b", "`+`"),
+            ("a/+b/#", "`+`"),
+            ("$share/g/a/#/b", "`#`"),
+            ("$share/g/a+", "`+`"),
+        ];
+        for (filter, reason) in bad {
+            for v5 in [false, true] {
+                let state: &[u8] = if v5 { &[5, 5] } else { &[4, 4] };
+                let packets = [
+                    subscribe(&[("site/a", 0), (filter, 0)], v5),
+                    unsubscribe(&["site/a", filter], v5),
+                ];
+                for bytes in packets {
+                    let parsed = parse(state, &bytes);
+                    assert!(parsed.events.is_empty(), "{filter} v5 {v5}");
+                    let m =
+                        (parsed.malformed).unwrap_or_else(|| panic!("{filter} v5 {v5} accepted"));
+                    assert!(m.reason.starts_with(reason), "{filter}: {}", m.reason);
+                }
+            }
+        }
+        // Wildcards as whole levels, `#` the last.
+        for filter in ["#", "+", "/#", "+/+", "a/+/b/#", "$share/g/+/x/#"] {
+            let parsed = parse(&[4, 4], &subscribe(&[(filter, 0)], false));
+            assert_eq!(parsed.malformed, None, "{filter}");
         }
     }
 
