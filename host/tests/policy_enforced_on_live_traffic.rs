@@ -398,6 +398,14 @@ fn a_shared_subscription_to_a_forbidden_filter_is_forbidden() {
         .unwrap_or_else(|| panic!("no finding in {text}"));
     // The filter the broker would have served, and the group apart.
     let attributes = &finding["event"]["attributes"];
-    assert_eq!(attributes["filter"], "site/secret/#", "{text}");
-    assert_eq!(attributes["share-group"], "x", "{text}");
+    assert_eq!(
+        attributes["filter"],
+        serde_json::json!(["site/secret/#"]),
+        "{text}"
+    );
+    assert_eq!(
+        attributes["share-group"],
+        serde_json::json!(["x"]),
+        "{text}"
+    );
 }

@@ -292,9 +292,19 @@ pub fn event_record(event: EventRef<'_>) -> EventRecord {
 }
 
 /// An event's attributes as a JSON object: bytes in hex, and a name that
-/// repeats (several SUBSCRIBE filters) as an array.
+/// repeats (several SUBSCRIBE filters) as an array. A text-set of the
+/// vocabulary (`filter`, `share-group`, `user-property`) is an array even
+/// when it holds one value, so that a SIEM finds the field of one shape in
+/// every record.
 pub fn attributes_json(event: EventRef<'_>) -> serde_json::Map<String, serde_json::Value> {
+    use crate::policy::vocabulary::{self, Type};
     use serde_json::Value as Json;
+    let sets: Vec<&str> = vocabulary::find(event.kind())
+        .into_iter()
+        .flat_map(|kind| kind.attributes())
+        .filter(|((_, ty), _)| *ty == Type::TextSet)
+        .map(|((name, _), _)| name)
+        .collect();
     let mut attributes = serde_json::Map::new();
     for (name, value) in event.attributes() {
         let value = match value {
@@ -306,6 +316,9 @@ pub fn attributes_json(event: EventRef<'_>) -> serde_json::Map<String, serde_jso
         match attributes.get_mut(name) {
             Some(Json::Array(values)) => values.push(value),
             Some(first) => *first = Json::Array(vec![first.take(), value]),
+            None if sets.contains(&name) => {
+                attributes.insert(name.to_owned(), Json::Array(vec![value]));
+            }
             None => {
                 attributes.insert(name.to_owned(), value);
             }
@@ -742,6 +755,33 @@ mod tests {
                 Entry::finding(&session(), plugin.clone(), batch.get(0), &finding)
             })
             .collect()
+    }
+
+    /// A SIEM finds a text-set as an array whatever the number of values;
+    /// an attribute the vocabulary does not have is an array only when it
+    /// repeats.
+    #[test]
+    fn text_sets_are_arrays_even_with_one_value() {
+        let mut batch = Batch::new();
+        batch
+            .push("mqtt.subscribe")
+            .int("packet-id", 9)
+            .text("filter", "site/+/telemetry")
+            .text("custom", "a");
+        batch
+            .push("mqtt.subscribe")
+            .int("packet-id", 10)
+            .text("filter", "a")
+            .text("filter", "b")
+            .text("custom", "a")
+            .text("custom", "b");
+        let one = attributes_json(batch.get(0).unwrap());
+        assert_eq!(one["filter"], serde_json::json!(["site/+/telemetry"]));
+        assert_eq!(one["custom"], serde_json::json!("a"));
+        assert_eq!(one["packet-id"], serde_json::json!(9));
+        let two = attributes_json(batch.get(1).unwrap());
+        assert_eq!(two["filter"], serde_json::json!(["a", "b"]));
+        assert_eq!(two["custom"], serde_json::json!(["a", "b"]));
     }
 
     #[test]
