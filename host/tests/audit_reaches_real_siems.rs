@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 
 use common::appliance::{held_port, missing_is_fatal, wait_for_port};
 use common::ca::TestCa;
-use common::{Child, free_port, program, rsyslog, wait_for};
+use common::{Child, free_port, program, rsyslog, text_lines as lines, wait_for};
 use palisade::audit::export::{DeliveryError, Exporter, SinkConfig, SyslogTransport};
 use palisade::audit::{AuditLog, Entry, PluginRef};
 use palisade::client_tls::ClientTls;
@@ -81,18 +81,6 @@ fn export(log: &AuditLog, sink: SinkConfig) -> Running {
         stop,
         runtime: Some(runtime),
     }
-}
-
-/// The complete lines of the file at `path`: a receiver still writing may
-/// have written part of its last one.
-fn lines(path: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
-    complete
-        .split('\n')
-        .filter(|l| !l.is_empty())
-        .map(str::to_owned)
-        .collect()
 }
 
 #[test]

@@ -259,11 +259,7 @@ fn alerts_raised_while_the_siem_is_down_for_a_minute_all_arrive_once() {
     let out = dir.path().join("soc.log");
     drop(down_port);
     let _siem = rsyslog(Path::new("rsyslogd"), dir.path(), siem_port, &out, "", "");
-    let lines = || {
-        std::fs::read_to_string(&out)
-            .map(|t| t.lines().map(str::to_owned).collect::<Vec<_>>())
-            .unwrap_or_default()
-    };
+    let lines = || common::text_lines(&out);
     // The exporter retries with a backoff of at most 30 s.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
     while lines().iter().filter(|l| l.contains("cmd-")).count() < 2 * sent

@@ -67,6 +67,16 @@ pub fn complete_lines(text: &str) -> impl Iterator<Item = &str> {
         .filter_map(|l| l.strip_suffix('\n'))
 }
 
+/// The non-empty lines another process appends to `path` (a receiver's
+/// log), complete ones only (none while there is no file).
+pub fn text_lines(path: &std::path::Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    complete_lines(&text)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Load the plugin the build made for `plugin`.
 pub fn load(runtime: &Runtime, plugin: &str, limits: Limits) -> Plugin {
     runtime.load(plugin, &component(plugin), limits).unwrap()
