@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{mqtt_connect, mqtt_publish, session};
+use common::{mqtt_connect, mqtt_publish, mqtt_subscribe, session};
 use palisade::audit::{AuditLog, Entry, PluginRef};
 use palisade::plugins::{Direction, Limits, Runtime, RuntimeConfig, first_party};
 use palisade::policy::Policy;
@@ -123,5 +123,93 @@ fn learn_flag_export_accept() {
     let (reasons, _) = through_baseline(dir.path(), &mqtt_publish("site/a/cmd", b"close"));
     assert!(reasons.is_empty(), "accepted: {reasons:?}");
     let (reasons, _) = through_baseline(dir.path(), &mqtt_publish("site/b/x", b"1"));
+    assert_eq!(reasons.len(), 1, "still watching: {reasons:?}");
+}
+
+/// A device that learnt its subscriptions, one of them shared, is flagged
+/// when it joins another share group on a filter it knows: the group
+/// shares that filter's messages out with whoever else joins it. The
+/// export permits the groups learnt, and an accepted finding teaches its
+/// group.
+#[test]
+fn a_new_share_group_is_flagged_exported_and_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut learning = mqtt_connect("sensor-1");
+    learning.extend(mqtt_subscribe(&["site/a/#", "$share/readers/site/b"]));
+    for _ in 0..30 {
+        learning.extend(mqtt_publish("site/a/temp", b"21"));
+    }
+    let (reasons, _) = through_baseline(dir.path(), &learning);
+    assert!(reasons.is_empty(), "{reasons:?}");
+
+    // Known filters, known group: nothing new, in either shape.
+    let known = mqtt_subscribe(&["$share/readers/site/a/#", "site/b"]);
+    let (reasons, _) = through_baseline(dir.path(), &known);
+    assert!(reasons.is_empty(), "{reasons:?}");
+    let (reasons, audit) = through_baseline(dir.path(), &mqtt_subscribe(&["$share/tap/site/a/#"]));
+    assert_eq!(
+        reasons,
+        ["sensor-1 (thermostat) joined tap, a share group it never used"]
+    );
+
+    let policy = palisade(dir.path(), &["baseline", "export", "--device", "sensor-1"]);
+    assert!(
+        policy.contains(
+            "when { [\"site/a/#\", \"site/b\"].containsAll(context.filter) && \
+             (if context has \"share-group\" then [\"readers\"].containsAll(context[\"share-group\"]) else true) };"
+        ),
+        "{policy}"
+    );
+    Policy::parse(&policy).unwrap();
+    // The export judges subscriptions as the profile does.
+    let policy_file = dir.path().join("exported.cedar");
+    std::fs::write(&policy_file, &policy).unwrap();
+    let stream = dir.path().join("subscribes.bin");
+    let subscribes = [
+        mqtt_subscribe(&["$share/readers/site/a/#"]),
+        mqtt_subscribe(&["site/b"]),
+        mqtt_subscribe(&["$share/tap/site/a/#"]),
+        mqtt_subscribe(&["site/c"]),
+    ];
+    std::fs::write(
+        &stream,
+        [mqtt_connect("sensor-1"), subscribes.concat()].concat(),
+    )
+    .unwrap();
+    let stream = stream.to_str().unwrap();
+    let events = palisade(
+        dir.path(),
+        &["plugin", "run", "--parser", "mqtt", "--input", stream],
+    );
+    let events_file = dir.path().join("events.jsonl");
+    std::fs::write(&events_file, events).unwrap();
+    let verdicts = palisade(
+        dir.path(),
+        &[
+            "policy",
+            "test",
+            policy_file.to_str().unwrap(),
+            "--events",
+            events_file.to_str().unwrap(),
+            "--device",
+            "sensor-1",
+            "--class",
+            "thermostat",
+        ],
+    );
+    let decisions: Vec<String> = (verdicts.lines())
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|v| v["kind"] == "mqtt.subscribe")
+        .map(|v| v["decision"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(decisions, ["allow", "allow", "deny", "deny"], "{verdicts}");
+
+    palisade(
+        dir.path(),
+        &["baseline", "accept", "--audit", &audit.unwrap().to_string()],
+    );
+    let (reasons, _) = through_baseline(dir.path(), &mqtt_subscribe(&["$share/tap/site/a/#"]));
+    assert!(reasons.is_empty(), "accepted: {reasons:?}");
+    let (reasons, _) = through_baseline(dir.path(), &mqtt_subscribe(&["$share/other/site/b"]));
     assert_eq!(reasons.len(), 1, "still watching: {reasons:?}");
 }

@@ -155,6 +155,16 @@ pub fn wait_for(seconds: u64, mut done: impl FnMut() -> bool) -> bool {
     done()
 }
 
+/// An MQTT 3.1.1 SUBSCRIBE (packet id 1) to `filters`, each at QoS 0.
+pub fn mqtt_subscribe(filters: &[&str]) -> Vec<u8> {
+    let mut body = 1u16.to_be_bytes().to_vec();
+    for filter in filters {
+        body.extend(string(filter));
+        body.push(0);
+    }
+    packet(0x82, &body)
+}
+
 /// An MQTT QoS 1 PUBLISH with packet id `id`.
 pub fn mqtt_publish_qos1(topic: &str, id: u16, payload: &[u8]) -> Vec<u8> {
     packet(

@@ -501,6 +501,84 @@ fn a_subscription_to_a_filter_never_used_is_flagged() {
     );
 }
 
+/// A SUBSCRIBE as the MQTT parser gives it: each shared filter's group
+/// just before its filter.
+fn subscribe_shared(batch: &mut Batch, subscriptions: &[(Option<&str>, &str)]) {
+    let mut event = batch.push("mqtt.subscribe");
+    event.int("packet-id", 1);
+    for (group, filter) in subscriptions {
+        if let Some(group) = group {
+            event.text("share-group", group);
+        }
+        event.text("filter", filter);
+    }
+}
+
+#[test]
+fn a_share_group_never_joined_is_flagged_apart_from_its_filter() {
+    Host::reset();
+    let s = quick_learner("sub-2", 10);
+    let mut learning = Batch::new();
+    subscribe_shared(
+        &mut learning,
+        &[(None, "site/a/#"), (Some("readers"), "site/b")],
+    );
+    for _ in 0..9 {
+        write_event(&mut learning, &Ev::Publish("site/a/temp".into(), 4));
+    }
+    assert!(Baseline::detect(&s, &learning).is_empty());
+    let profile = Profile::decode(&Host::kv()[&device_key("sub-2")]).unwrap();
+    assert_eq!(profile.share_groups, BTreeSet::from(["readers".to_owned()]));
+
+    let mut known = Batch::new();
+    subscribe_shared(&mut known, &[(Some("readers"), "site/a/#")]);
+    assert!(Baseline::detect(&s, &known).is_empty(), "a group it joined");
+
+    // A filter it knows, shared out to a group it never joined.
+    let mut tap = Batch::new();
+    subscribe_shared(&mut tap, &[(Some("tap"), "site/a/#")]);
+    let findings = Baseline::detect(&s, &tap);
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert_eq!(
+        findings[0].reason,
+        "sub-2 (sensor) joined tap, a share group it never used"
+    );
+    // A new filter in a new group: both named, in one finding.
+    let mut both = Batch::new();
+    subscribe_shared(&mut both, &[(Some("x"), "site/z"), (Some("y"), "site/a/#")]);
+    let findings = Baseline::detect(&s, &both);
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert!(
+        findings[0]
+            .reason
+            .contains("subscribed to site/z, a filter it never used")
+            && findings[0]
+                .reason
+                .contains("joined 2 share groups it never used: x, y"),
+        "{}",
+        findings[0].reason
+    );
+}
+
+#[test]
+fn a_profile_stored_before_share_groups_reads_whole() {
+    let mut batch = Batch::new();
+    subscribe(&mut batch, &["site/a/cmd"]);
+    write_event(&mut batch, &Ev::Publish("site/a/temp".into(), 4));
+    let names = Names::of(&batch);
+    let mut profile = Profile::default();
+    for event in batch.iter() {
+        profile.learn("r", &event, &names, DAY0);
+    }
+    // The bytes the profile was stored as before it had share groups:
+    // the same fields, without the last.
+    let mut stored = profile.encode();
+    assert_eq!(stored.pop(), Some(0), "share groups are stored last");
+    assert_eq!(Profile::decode(&stored), Some(profile.clone()));
+    // A damaged one is still refused.
+    assert_eq!(Profile::decode(&stored[..stored.len() - 3]), None);
+}
+
 #[test]
 fn a_new_topic_is_flagged_however_many_topics_were_learnt() {
     Host::reset();
@@ -548,7 +626,7 @@ fn an_exported_profile_permits_only_the_filters_and_functions_learnt() {
     assert!(
         policy.contains(
             "action == Action::\"mqtt.subscribe\", resource)\n\
-             when { [\"site/a/cmd\", \"site/b/+\"].containsAll(context.filter) };"
+             when { [\"site/a/cmd\", \"site/b/+\"].containsAll(context.filter) && !(context has \"share-group\") };"
         ),
         "{policy}"
     );
