@@ -207,24 +207,41 @@ fn mqtt_agrees_with_wireshark() {
                 "mqtt.disconnect" => 14,
                 _ => 15,
             };
-            // tshark shows a shared subscription's filter as sent,
-            // `$share/{group}/{filter}`; the parser gives the filter the
-            // broker serves, just after its group in `share-group`.
-            let mut topics = Vec::new();
+            // tshark shows each topic filter as sent, as `subscription`
+            // has it (a shared one `$share/{group}/{filter}`); `filter`
+            // has the filter the broker serves, and each shared one's
+            // group just before it, in `share-group`: rebuilt, they are
+            // what was sent.
+            let texts = |name| -> Vec<String> {
+                (e.attributes())
+                    .filter(|(n, _)| *n == name)
+                    .filter_map(|(_, value)| match value {
+                        palisade_plugin_sdk::Value::Text(t) => Some(t.to_owned()),
+                        _ => None,
+                    })
+                    .collect()
+            };
+            let mut rebuilt = Vec::new();
             let mut group = None;
             for (name, value) in e.attributes() {
-                let palisade_plugin_sdk::Value::Text(t) = value else {
-                    continue;
-                };
-                match name {
-                    "share-group" => group = Some(t),
-                    "topic" | "filter" => topics.push(match group.take() {
-                        Some(g) => format!("$share/{g}/{t}"),
-                        None => t.to_owned(),
-                    }),
+                match (name, value) {
+                    ("share-group", palisade_plugin_sdk::Value::Text(g)) => group = Some(g),
+                    ("filter", palisade_plugin_sdk::Value::Text(f)) => {
+                        rebuilt.push(match group.take() {
+                            Some(g) => format!("$share/{g}/{f}"),
+                            None => f.to_owned(),
+                        })
+                    }
                     _ => {}
                 }
             }
+            let topics = if e.get("topic").is_some() {
+                texts("topic")
+            } else {
+                let sent = texts("subscription");
+                assert_eq!(rebuilt, sent, "{e}");
+                sent
+            };
             let flag = |name| text(e.flag(name).map(u8::from));
             let connect = e.kind() == "mqtt.connect";
             vec![

@@ -163,8 +163,15 @@ pub const CHANGES_SESSION: &str = "changes-session";
 /// `filter` holds each topic filter as the broker serves it: a shared
 /// subscription's (`$share/{ShareName}/{filter}`, MQTT 5 §4.8.2) is its
 /// `{filter}`, so that a policy on `site/secret/#` also judges
-/// `$share/x/site/secret/#`.
-const MQTT_SUBSCRIBE: &[Attribute] = &[("packet-id", Int), ("filter", TextSet)];
+/// `$share/x/site/secret/#`. `subscription` holds each as the device sent
+/// it, for a policy that cares which filter is shared in which group, or
+/// whether one is also taken whole: sets of filters and of groups cannot
+/// tell `[$share/a/x, y]` from `[x, $share/a/y]`.
+const MQTT_SUBSCRIBE: &[Attribute] = &[
+    ("packet-id", Int),
+    ("filter", TextSet),
+    ("subscription", TextSet),
+];
 
 /// The ShareName of each shared subscription among the filters, once per
 /// shared filter; absent when none is shared.
@@ -394,7 +401,10 @@ pub fn markdown() -> String {
          `mqtt.subscribe` or `mqtt.unsubscribe` is each topic filter as the \
          broker serves it: a shared subscription's, \
          `$share/{ShareName}/{filter}`, is its `{filter}`, and its ShareName \
-         is in `share-group`; a malformed shared filter (no ShareName, one \
+         is in `share-group` (EMQX's `$queue/{filter}` is read as \
+         `$share/$queue/{filter}`, and its `$exclusive/{filter}` as \
+         `{filter}`); `subscription` has each filter as the device sent it, \
+         which pairs a shared filter with its group; a malformed shared filter (no ShareName, one \
          with `+` or `#`, no filter after it), No Local on a shared \
          subscription, and a filter with `#` other than as its last level \
          or `+` beside other characters are malformed. A CoAP message has \

@@ -546,17 +546,22 @@ fn describe<'a>(
             }
             let mut event = parsed.frame(len, packet_name(kind));
             event.int("packet-id", packet_id);
-            // Each filter, in order, as the broker serves it, and the
-            // group of each shared one just before its filter (readers
-            // that rebuild the filter as sent pair them so); a
+            // Each filter, in order, as the broker serves it, the group of
+            // each shared one just before its filter, and each as the
+            // device sent it: the served filters and the groups are sets,
+            // which cannot say which filter was shared in which group, or
+            // whether one was also taken whole; the sent ones can. A
             // subscription's options once, the most its filters ask for
             // (see `Options`).
             let mut r = Reader(filters);
-            while let Ok((group, filter)) = r.string().and_then(subscription) {
+            while let Ok(sent) = r.string() {
+                let Ok((group, filter)) = subscription(sent) else {
+                    break;
+                };
                 if let Some(group) = group {
                     event.text("share-group", group);
                 }
-                event.text("filter", filter);
+                event.text("filter", filter).text("subscription", sent);
                 if kind == 8 {
                     // Its options, taken in above.
                     let _ = r.u8();
@@ -642,11 +647,27 @@ fn describe<'a>(
 /// mosquitto and here, and `$share/g/$share/h/a` is the filter
 /// `$share/h/a`, which mosquitto also reads once.
 ///
+/// EMQX reads two more prefixes: `$queue/{filter}` is `{filter}` shared
+/// in one group of all such subscribers (its `$share/$queue/{filter}`),
+/// and `$exclusive/{filter}` is `{filter}` for one subscriber at a time.
+/// They are read so here, with `$queue` as the ShareName, whatever the
+/// broker: to mosquitto they are plain filters on `$` topics, which no
+/// client publishes to, so judging them by what EMQX serves costs nothing
+/// there, and a rule on `{filter}` holds on either broker.
+///
 /// A plain filter costs one byte's comparison: only one that starts with
 /// `$` is looked at further, and nothing is allocated.
 fn subscription(raw: &str) -> Result<(Option<&str>, &str), &'static str> {
     if !raw.starts_with('$') {
         return Ok((None, raw));
+    }
+    for (prefix, group) in [("$queue/", Some("$queue")), ("$exclusive/", None)] {
+        if let Some(filter) = raw.strip_prefix(prefix) {
+            if filter.is_empty() {
+                return Err("queued or exclusive subscription without a topic filter");
+            }
+            return Ok((group, filter));
+        }
     }
     let Some(rest) = raw.strip_prefix("$share") else {
         return Ok((None, raw));
@@ -1431,6 +1452,7 @@ mod tests {
                 let e = parsed.events.get(0).unwrap();
                 assert_eq!(texts(&e, "filter"), served, "{e}");
                 assert_eq!(texts(&e, "share-group"), ["g", "h", "g"], "{e}");
+                assert_eq!(texts(&e, "subscription"), filters, "{e}");
             }
         }
         // Without a shared filter, no group.
@@ -1438,6 +1460,45 @@ mod tests {
         let e = parsed.events.get(0).unwrap();
         assert_eq!(e.text("share-group"), None, "{e}");
         assert_eq!(e.text("filter"), Some("a"), "{e}");
+    }
+
+    #[test]
+    fn emqx_queued_and_exclusive_subscriptions_are_read_as_emqx_serves_them() {
+        // `$queue/f` is `$share/$queue/f`, `$exclusive/f` is `f`: a rule
+        // on `site/secret/#` holds for both.
+        let filters = [
+            "$queue/site/secret/#",
+            "$exclusive/site/secret/#",
+            "$queued/a",
+        ];
+        for v5 in [false, true] {
+            let state: &[u8] = if v5 { &[5, 5] } else { &[4, 4] };
+            let with_options: Vec<_> = filters.iter().map(|f| (*f, 1)).collect();
+            for bytes in [subscribe(&with_options, v5), unsubscribe(&filters, v5)] {
+                let parsed = parse(state, &bytes);
+                assert_eq!(parsed.malformed, None, "v5 {v5}");
+                let e = parsed.events.get(0).unwrap();
+                let served = ["site/secret/#", "site/secret/#", "$queued/a"];
+                assert_eq!(texts(&e, "filter"), served, "{e}");
+                assert_eq!(texts(&e, "share-group"), ["$queue"], "{e}");
+                assert_eq!(texts(&e, "subscription"), filters, "{e}");
+            }
+        }
+        for filter in ["$queue/", "$exclusive/"] {
+            for refused in refusals(filter) {
+                assert!(
+                    refused.contains("without a topic filter"),
+                    "{filter}: {refused}"
+                );
+            }
+        }
+        for refused in refusals("$exclusive/a/#/b") {
+            assert!(refused.contains("#"), "{refused}");
+        }
+        // A queued subscription is shared: No Local is refused on it.
+        let bytes = subscribe(&[("$queue/b", 0x04)], true);
+        let m = parse(&[5, 5], &bytes).malformed.unwrap();
+        assert_eq!(m.reason, "No Local on a shared subscription");
     }
 
     /// Why each of a SUBSCRIBE and an UNSUBSCRIBE with `filter` after a
