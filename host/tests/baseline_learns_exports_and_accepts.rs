@@ -127,12 +127,12 @@ fn learn_flag_export_accept() {
 }
 
 /// A device that learnt its subscriptions, one of them shared, is flagged
-/// when it joins another share group on a filter it knows: the group
-/// shares that filter's messages out with whoever else joins it. The
-/// export permits the groups learnt, and an accepted finding teaches its
-/// group.
+/// when it shares a filter it knows in a group it never joined (the group
+/// shares that filter's messages out with whoever else joins it) or takes
+/// whole one it only took a share of. The export permits the
+/// subscriptions as sent, and an accepted finding teaches its own.
 #[test]
-fn a_new_share_group_is_flagged_exported_and_accepted() {
+fn subscriptions_are_learnt_exported_and_accepted_with_their_groups() {
     let dir = tempfile::tempdir().unwrap();
     let mut learning = mqtt_connect("sensor-1");
     learning.extend(mqtt_subscribe(&["site/a/#", "$share/readers/site/b"]));
@@ -142,21 +142,19 @@ fn a_new_share_group_is_flagged_exported_and_accepted() {
     let (reasons, _) = through_baseline(dir.path(), &learning);
     assert!(reasons.is_empty(), "{reasons:?}");
 
-    // Known filters, known group: nothing new, in either shape.
-    let known = mqtt_subscribe(&["$share/readers/site/a/#", "site/b"]);
+    let known = mqtt_subscribe(&["$share/readers/site/b", "site/a/#"]);
     let (reasons, _) = through_baseline(dir.path(), &known);
     assert!(reasons.is_empty(), "{reasons:?}");
     let (reasons, audit) = through_baseline(dir.path(), &mqtt_subscribe(&["$share/tap/site/a/#"]));
     assert_eq!(
         reasons,
-        ["sensor-1 (thermostat) joined tap, a share group it never used"]
+        ["sensor-1 (thermostat) subscribed to $share/tap/site/a/#, a filter it never used"]
     );
 
     let policy = palisade(dir.path(), &["baseline", "export", "--device", "sensor-1"]);
     assert!(
         policy.contains(
-            "when { [\"site/a/#\", \"site/b\"].containsAll(context.filter) && \
-             (if context has \"share-group\" then [\"readers\"].containsAll(context[\"share-group\"]) else true) };"
+            "when { [\"$share/readers/site/b\", \"site/a/#\"].containsAll(context.subscription) };"
         ),
         "{policy}"
     );
@@ -166,10 +164,11 @@ fn a_new_share_group_is_flagged_exported_and_accepted() {
     std::fs::write(&policy_file, &policy).unwrap();
     let stream = dir.path().join("subscribes.bin");
     let subscribes = [
-        mqtt_subscribe(&["$share/readers/site/a/#"]),
-        mqtt_subscribe(&["site/b"]),
+        mqtt_subscribe(&["$share/readers/site/b"]),
+        mqtt_subscribe(&["site/a/#"]),
         mqtt_subscribe(&["$share/tap/site/a/#"]),
-        mqtt_subscribe(&["site/c"]),
+        mqtt_subscribe(&["site/b"]),
+        mqtt_subscribe(&["$share/readers/site/b", "site/b"]),
     ];
     std::fs::write(
         &stream,
@@ -202,7 +201,11 @@ fn a_new_share_group_is_flagged_exported_and_accepted() {
         .filter(|v| v["kind"] == "mqtt.subscribe")
         .map(|v| v["decision"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(decisions, ["allow", "allow", "deny", "deny"], "{verdicts}");
+    assert_eq!(
+        decisions,
+        ["allow", "allow", "deny", "deny", "deny"],
+        "{verdicts}"
+    );
 
     palisade(
         dir.path(),
@@ -210,6 +213,6 @@ fn a_new_share_group_is_flagged_exported_and_accepted() {
     );
     let (reasons, _) = through_baseline(dir.path(), &mqtt_subscribe(&["$share/tap/site/a/#"]));
     assert!(reasons.is_empty(), "accepted: {reasons:?}");
-    let (reasons, _) = through_baseline(dir.path(), &mqtt_subscribe(&["$share/other/site/b"]));
+    let (reasons, _) = through_baseline(dir.path(), &mqtt_subscribe(&["site/b"]));
     assert_eq!(reasons.len(), 1, "still watching: {reasons:?}");
 }

@@ -1,6 +1,6 @@
 //! The behavioural baseline detector: it learns what each device, and each
-//! class of devices, normally does (routes, event kinds, MQTT topics,
-//! subscriptions and share groups, Modbus function codes and registers with their access,
+//! class of devices, normally does (routes, event kinds, MQTT topics and
+//! subscriptions, Modbus function codes and registers with their access,
 //! CoAP resources, hours of the day, events per minute, payload sizes),
 //! then flags what departs from it, with a score and a reason a person can
 //! read: a thermostat on a route it never used, a controller writing a

@@ -76,7 +76,9 @@ pub struct Profile {
     pub kinds: BTreeSet<String>,
     /// MQTT topics published to.
     pub topics: BTreeSet<String>,
-    /// MQTT filters subscribed to.
+    /// MQTT topic filters subscribed to, as the device sent them: a shared
+    /// one with its group, `$share/{group}/{filter}`, since a group shares
+    /// a filter's messages out with whoever else joins it.
     pub filters: BTreeSet<String>,
     /// Modbus function codes used.
     pub functions: BTreeSet<i64>,
@@ -94,11 +96,6 @@ pub struct Profile {
     pub max_payload: i64,
     /// Wall-clock milliseconds of the first and last event learnt.
     pub learnt_span: (u64, u64),
-    /// MQTT share groups joined: the ShareNames of shared subscriptions
-    /// (`$share/GROUP/filter`), whose filters are in `filters`. Stored
-    /// last: a profile stored before it existed is the same bytes without
-    /// it (see [`Profile::decode`]).
-    pub share_groups: BTreeSet<String>,
     /// What the profile takes encoded, as learning counts it.
     #[serde(skip)]
     len: EncodedLen,
@@ -447,26 +444,6 @@ pub fn has_signature(
             })
 }
 
-/// The departure of `who` that `did` (`subscribed to`) the `new` names of
-/// a `what` (`filter`) it never used, for a person; `None` when there are
-/// none.
-fn unused(who: &str, did: &str, what: &str, new: &FirstNamed<'_>) -> Option<String> {
-    match (new.shown.as_slice(), new.more) {
-        ([], _) => None,
-        ([name], 0) if name.len() > MAX_TEXT_LEN => Some(format!(
-            "{who} {did} a {}-byte {what} ({}…), longer than any it learns",
-            name.len(),
-            start_of(name)
-        )),
-        ([name], 0) => Some(format!("{who} {did} {name}, a {what} it never used")),
-        _ => Some(format!(
-            "{who} {did} {} {what}s it never used: {}",
-            new.total(),
-            new.list(", ", " ", LISTED)
-        )),
-    }
-}
-
 /// Whether `[start, end)` lies within `ranges`.
 fn covered(ranges: &[(i64, i64)], start: i64, end: i64) -> bool {
     ranges.iter().any(|&(s, e)| s <= start && end <= e)
@@ -489,15 +466,20 @@ fn with_range(ranges: &[(i64, i64)], start: i64, end: i64) -> Vec<(i64, i64)> {
     merged
 }
 
-/// Every value of the text attribute `name` of `event`, an attribute that
-/// repeats: a subscription's `filter`s and `share-group`s.
-fn texts<'a>(event: &EventRef<'a>, name: &'static str) -> impl Iterator<Item = &'a str> + 'a {
-    event
-        .attributes()
-        .filter_map(move |(n, value)| match value {
-            Value::Text(text) if n == name => Some(text),
-            _ => None,
-        })
+/// The filters of a subscription as the device sent them: its
+/// `subscription`s, or its `filter`s from a parser that gives no
+/// `subscription` (one from before it did).
+fn filters<'a>(event: &EventRef<'a>) -> impl Iterator<Item = &'a str> + 'a {
+    let texts = move |name: &'static str| {
+        event
+            .attributes()
+            .filter_map(move |(n, value)| match value {
+                Value::Text(text) if n == name => Some(text),
+                _ => None,
+            })
+    };
+    let sent = event.get("subscription").is_some();
+    texts(if sent { "subscription" } else { "filter" })
 }
 
 fn resource(event: &EventRef<'_>, names: &Names) -> Option<String> {
@@ -511,18 +493,8 @@ fn resource(event: &EventRef<'_>, names: &Names) -> Option<String> {
 impl Profile {
     /// The profile stored as `bytes`; `None` when they are not one (a
     /// damaged value, or one a different version of the profile wrote).
-    ///
-    /// A profile stored before it had `share_groups` is read with none:
-    /// postcard writes a struct's fields one after the other and an empty
-    /// set as one zero byte, so those bytes and a zero are this profile.
-    /// An upgrade keeps what every device learnt.
     pub fn decode(bytes: &[u8]) -> Option<Profile> {
-        postcard::from_bytes(bytes).ok().or_else(|| {
-            let mut without_groups = Vec::with_capacity(bytes.len() + 1);
-            without_groups.extend_from_slice(bytes);
-            without_groups.push(0);
-            postcard::from_bytes(&without_groups).ok()
-        })
+        postcard::from_bytes(bytes).ok()
     }
 
     /// The profile as it is stored.
@@ -549,11 +521,8 @@ impl Profile {
                 insert_text(len, &mut self.topics, topic);
             }
         } else if kind == names.subscribe {
-            for filter in texts(event, "filter") {
+            for filter in filters(event) {
                 insert_text(len, &mut self.filters, filter);
-            }
-            for group in texts(event, "share-group") {
-                insert_text(len, &mut self.share_groups, group);
             }
         } else if kind == names.coap_request {
             if let Some(r) = resource(event, names) {
@@ -708,28 +677,26 @@ impl Profile {
             ));
         }
         if event.kind_id() == names.subscribe {
-            // One departure for all the new filters, however many, and one
-            // for the new share groups: the first few named, the rest
-            // counted. A group is judged apart from its filter: joining a
-            // group shares the messages of a filter out with others.
-            let new = |name, learnt: &BTreeSet<String>| {
-                FirstNamed::of(texts(event, name).filter(|t| !learnt.contains(*t)))
+            // One departure for all the new filters, however many: the
+            // first few named, the rest counted.
+            let new = FirstNamed::of(filters(event).filter(|f| !self.filters.contains(*f)));
+            let reason = match (new.shown.as_slice(), new.more) {
+                ([], _) => None,
+                ([filter], 0) if filter.len() > MAX_TEXT_LEN => Some(format!(
+                    "{who} subscribed to a {}-byte filter ({}…), longer than any it learns",
+                    filter.len(),
+                    start_of(filter)
+                )),
+                ([filter], 0) => Some(format!(
+                    "{who} subscribed to {filter}, a filter it never used"
+                )),
+                _ => Some(format!(
+                    "{who} subscribed to {} filters it never used: {}",
+                    new.total(),
+                    new.list(", ", " ", LISTED)
+                )),
             };
-            let departures = [
-                unused(
-                    who,
-                    "subscribed to",
-                    "filter",
-                    &new("filter", &self.filters),
-                ),
-                unused(
-                    who,
-                    "joined",
-                    "share group",
-                    &new("share-group", &self.share_groups),
-                ),
-            ];
-            for reason in departures.into_iter().flatten() {
+            if let Some(reason) = reason {
                 found.push(novelty(Severity::Medium, 0.7, reason));
             }
         }
@@ -895,24 +862,9 @@ impl Profile {
         ];
         // Nothing learnt is nothing permitted (and Cedar refuses an empty
         // set literal).
-        // A subscription may be to the filters seen, shared with the
-        // groups seen (any of them: the profile does not pair them).
         let filters = (!self.filters.is_empty()).then(|| {
             let filters: Vec<String> = self.filters.iter().map(|f| quoted(f)).collect();
-            let groups = if self.share_groups.is_empty() {
-                "!(context has \"share-group\")".to_owned()
-            } else {
-                let groups: Vec<String> = self.share_groups.iter().map(|g| quoted(g)).collect();
-                // Cedar's validator lets `then` read what the `if` has.
-                format!(
-                    "(if context has \"share-group\" then [{}].containsAll(context[\"share-group\"]) else true)",
-                    groups.join(", ")
-                )
-            };
-            format!(
-                "[{}].containsAll(context.filter) && {groups}",
-                filters.join(", ")
-            )
+            format!("[{}].containsAll(context.subscription)", filters.join(", "))
         });
         let functions = (!self.functions.is_empty()).then(|| {
             let functions: Vec<String> = self.functions.iter().map(i64::to_string).collect();

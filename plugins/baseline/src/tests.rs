@@ -501,8 +501,8 @@ fn a_subscription_to_a_filter_never_used_is_flagged() {
     );
 }
 
-/// A SUBSCRIBE as the MQTT parser gives it: each shared filter's group
-/// just before its filter.
+/// A SUBSCRIBE as the MQTT parser gives it: each filter as the broker
+/// serves it, the group of a shared one, and each as the device sent it.
 fn subscribe_shared(batch: &mut Batch, subscriptions: &[(Option<&str>, &str)]) {
     let mut event = batch.push("mqtt.subscribe");
     event.int("packet-id", 1);
@@ -510,12 +510,13 @@ fn subscribe_shared(batch: &mut Batch, subscriptions: &[(Option<&str>, &str)]) {
         if let Some(group) = group {
             event.text("share-group", group);
         }
-        event.text("filter", filter);
+        let sent = group.map_or(filter.to_string(), |g| format!("$share/{g}/{filter}"));
+        event.text("filter", filter).text("subscription", &sent);
     }
 }
 
 #[test]
-fn a_share_group_never_joined_is_flagged_apart_from_its_filter() {
+fn a_filter_shared_in_a_new_group_or_taken_whole_is_flagged() {
     Host::reset();
     let s = quick_learner("sub-2", 10);
     let mut learning = Batch::new();
@@ -527,56 +528,29 @@ fn a_share_group_never_joined_is_flagged_apart_from_its_filter() {
         write_event(&mut learning, &Ev::Publish("site/a/temp".into(), 4));
     }
     assert!(Baseline::detect(&s, &learning).is_empty());
-    let profile = Profile::decode(&Host::kv()[&device_key("sub-2")]).unwrap();
-    assert_eq!(profile.share_groups, BTreeSet::from(["readers".to_owned()]));
-
     let mut known = Batch::new();
-    subscribe_shared(&mut known, &[(Some("readers"), "site/a/#")]);
-    assert!(Baseline::detect(&s, &known).is_empty(), "a group it joined");
-
-    // A filter it knows, shared out to a group it never joined.
-    let mut tap = Batch::new();
-    subscribe_shared(&mut tap, &[(Some("tap"), "site/a/#")]);
-    let findings = Baseline::detect(&s, &tap);
-    assert_eq!(findings.len(), 1, "{findings:?}");
-    assert_eq!(
-        findings[0].reason,
-        "sub-2 (sensor) joined tap, a share group it never used"
+    subscribe_shared(
+        &mut known,
+        &[(Some("readers"), "site/b"), (None, "site/a/#")],
     );
-    // A new filter in a new group: both named, in one finding.
-    let mut both = Batch::new();
-    subscribe_shared(&mut both, &[(Some("x"), "site/z"), (Some("y"), "site/a/#")]);
-    let findings = Baseline::detect(&s, &both);
-    assert_eq!(findings.len(), 1, "{findings:?}");
-    assert!(
-        findings[0]
-            .reason
-            .contains("subscribed to site/z, a filter it never used")
-            && findings[0]
-                .reason
-                .contains("joined 2 share groups it never used: x, y"),
-        "{}",
-        findings[0].reason
-    );
-}
+    assert!(Baseline::detect(&s, &known).is_empty(), "as it subscribed");
 
-#[test]
-fn a_profile_stored_before_share_groups_reads_whole() {
-    let mut batch = Batch::new();
-    subscribe(&mut batch, &["site/a/cmd"]);
-    write_event(&mut batch, &Ev::Publish("site/a/temp".into(), 4));
-    let names = Names::of(&batch);
-    let mut profile = Profile::default();
-    for event in batch.iter() {
-        profile.learn("r", &event, &names, DAY0);
+    // Each of these serves filters the device knows; what is new is how.
+    for (subscriptions, new) in [
+        // Shared out to a group it never joined.
+        (&[(Some("tap"), "site/a/#")][..], "$share/tap/site/a/#"),
+        // Taken whole, every message, where it took a share.
+        (&[(None, "site/b")][..], "site/b"),
+    ] {
+        let mut odd = Batch::new();
+        subscribe_shared(&mut odd, subscriptions);
+        let findings = Baseline::detect(&s, &odd);
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        assert_eq!(
+            findings[0].reason,
+            format!("sub-2 (sensor) subscribed to {new}, a filter it never used")
+        );
     }
-    // The bytes the profile was stored as before it had share groups:
-    // the same fields, without the last.
-    let mut stored = profile.encode();
-    assert_eq!(stored.pop(), Some(0), "share groups are stored last");
-    assert_eq!(Profile::decode(&stored), Some(profile.clone()));
-    // A damaged one is still refused.
-    assert_eq!(Profile::decode(&stored[..stored.len() - 3]), None);
 }
 
 #[test]
@@ -626,7 +600,7 @@ fn an_exported_profile_permits_only_the_filters_and_functions_learnt() {
     assert!(
         policy.contains(
             "action == Action::\"mqtt.subscribe\", resource)\n\
-             when { [\"site/a/cmd\", \"site/b/+\"].containsAll(context.filter) && !(context has \"share-group\") };"
+             when { [\"site/a/cmd\", \"site/b/+\"].containsAll(context.subscription) };"
         ),
         "{policy}"
     );
