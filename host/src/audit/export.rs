@@ -31,7 +31,8 @@
 //!   `MaxSessions`, or refusing a client certificate), leaves them
 //!   unacknowledged, and the batch goes again. Over TLS our side ends with
 //!   a close_notify; the receiver may answer with its own or simply close
-//!   (rsyslog's gtls driver does);
+//!   (rsyslog's gtls driver does), and its connection must then end with a
+//!   FIN, not the reset of a receiver that closed with the batch unread;
 //! - `syslog` over UDP: sent. UDP gives no acknowledgement; use TCP where
 //!   every record matters.
 //!
@@ -744,6 +745,22 @@ async fn send_until_closed<S: OverTcp>(mut stream: S, frames: &[u8]) -> Result<(
             Err(e) => return Err(e.into()),
         }
     }
+    // A TLS receiver's close_notify is not the end of its connection: one
+    // that sends it and then closes with the batch unread (a TLS library's
+    // "bye", then `close`) resets the connection after it, with every byte
+    // acknowledged by its kernel. So the connection is read to its end,
+    // which is a FIN, or the reset that says the batch was dropped. (Over
+    // TCP the loop above ended on the FIN already.)
+    let tcp = stream.tcp();
+    loop {
+        tcp.readable().await?;
+        match tcp.try_read(&mut rest) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     // A receiver that read the batch sent its FIN after acknowledging every
     // byte of it, and the FIN carries that acknowledgement; one that closed
     // before the batch arrived acknowledged none of it. Our own FIN counts
@@ -1410,6 +1427,95 @@ mod tests {
         let attempt = rt.block_on(exporter.deliver_next());
         assert!(
             matches!(attempt, Err(DeliveryError::Unread(n)) if n > 1),
+            "{attempt:?}"
+        );
+        assert_eq!(log.backlog("syslog").unwrap(), 40);
+    }
+
+    /// Whether the kernel holds the TCP connection from `local` to `remote`
+    /// in CLOSE_WAIT: its peer's FIN, and so everything the peer sent
+    /// before it, has arrived (`/proc/net/tcp`, IPv4).
+    fn close_wait(local: std::net::SocketAddr, remote: std::net::SocketAddr) -> bool {
+        let hex = |a: std::net::SocketAddr| match a {
+            std::net::SocketAddr::V4(a) => {
+                format!(
+                    "{:08X}:{:04X}",
+                    u32::from_le_bytes(a.ip().octets()),
+                    a.port()
+                )
+            }
+            std::net::SocketAddr::V6(_) => String::new(),
+        };
+        let (local, remote) = (hex(local), hex(remote));
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        table.lines().any(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(1..4) == Some(&[local.as_str(), remote.as_str(), "08"][..])
+        })
+    }
+
+    /// A TLS syslog receiver that lets the whole batch arrive, our FIN
+    /// last, reads none of it, sends its close_notify and closes: a TLS
+    /// library's "bye" then `close`, as a receiver does when it stops. Its
+    /// kernel acknowledged every byte, but it resets the connection, since
+    /// it closed with them unread, and the batch goes again.
+    #[test]
+    fn a_tls_receiver_that_says_bye_and_drops_the_batch_gets_it_again() {
+        let rt = runtime();
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let ca = dir.path().join("receiver.pem");
+        std::fs::write(&ca, cert.pem()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let address = listener.local_addr().unwrap();
+        rt.spawn(async move {
+            while let Ok((tcp, peer)) = listener.accept().await {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                while !close_wait(address, peer) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                tls.get_mut().1.send_close_notify();
+                let _ = tls.flush().await;
+            }
+        });
+        let store = Store::temporary().unwrap();
+        let log = AuditLog::open(&store).unwrap();
+        log.append(entries(40)).unwrap();
+        let sink = SinkConfig::Syslog {
+            name: "syslog".into(),
+            address: address.to_string(),
+            transport: SyslogTransport::Tls,
+            tls: Some(ClientTls {
+                ca: Some(ca),
+                server_name: Some("localhost".into()),
+                ..ClientTls::default()
+            }),
+            hostname: None,
+        };
+        let mut exporter = Exporter::new(log.clone(), sink).deadline(Duration::from_secs(10));
+        let attempt = rt.block_on(exporter.deliver_next());
+        assert!(
+            matches!(&attempt, Err(DeliveryError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset),
             "{attempt:?}"
         );
         assert_eq!(log.backlog("syslog").unwrap(), 40);
