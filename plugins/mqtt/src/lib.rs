@@ -651,9 +651,11 @@ fn describe<'a>(
 /// in one group of all such subscribers (its `$share/$queue/{filter}`),
 /// and `$exclusive/{filter}` is `{filter}` for one subscriber at a time.
 /// They are read so here, with `$queue` as the ShareName, whatever the
-/// broker: to mosquitto they are plain filters on `$` topics, which no
-/// client publishes to, so judging them by what EMQX serves costs nothing
-/// there, and a rule on `{filter}` holds on either broker.
+/// broker, so that a rule on `{filter}` holds on EMQX. mosquitto serves
+/// them literally, topics under `$queue/` that clients may publish to
+/// (mosquitto 2.0.11 delivers a publish to `$queue/x` to a subscriber of
+/// `$queue/#`): there `subscription` has the filter as sent, and what
+/// reaches such a topic was judged by its literal name when published.
 ///
 /// A plain filter costs one byte's comparison: only one that starts with
 /// `$` is looked at further, and nothing is allocated.
