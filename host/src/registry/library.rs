@@ -290,14 +290,22 @@ pub(super) fn chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// The versions of `name` the registry offers: those whose manifest TUF's
+/// search for the target reaches, as [`read`]'s does. `all_targets` lists
+/// every role's targets, also a name an earlier terminating delegation
+/// keeps from the role that lists it (tough refuses at load only a name
+/// no delegation matches): listed, such a version would be picked as the
+/// newest, and then not be served.
 fn versions_in(repo: &Repository, name: &str) -> Vec<semver::Version> {
     let prefix = format!("plugins/{name}/");
+    let top = &repo.targets().signed;
     let mut versions: Vec<semver::Version> = repo
         .all_targets()
         .filter_map(|(target, _)| {
             let rest = target.resolved().strip_prefix(&prefix)?;
             let version = rest.strip_suffix(&format!("/{MANIFEST}"))?;
-            semver::Version::parse(version).ok()
+            let version = semver::Version::parse(version).ok()?;
+            top.find_target(target, false).is_ok().then_some(version)
         })
         .collect();
     versions.sort();
