@@ -525,6 +525,30 @@ fn a_version_listed_by_a_role_the_name_was_not_delegated_to_is_not_offered() {
     site.refused("acme-topics@9.0.0", "no signed");
 }
 
+#[test]
+fn an_install_credits_the_publisher_delegated_the_name_not_another_listing_it() {
+    let site = site();
+    let beta = site.delegate_to("beta", "beta-*");
+    let bundle = site.package("beta-topics", "1.0.0", "detector", "new-topic");
+    let (accepted, text) = site.accept(&site.sign_as(&bundle, "beta", &beta));
+    assert!(accepted, "{text}");
+    // acme, delegated before beta, signs beta's very bundle as its own.
+    // The owner's accept lets it in (beta's listing of the name satisfies
+    // tough's check), and acme's role is now the first to list it.
+    let (accepted, text) = site.accept(&site.sign(&bundle));
+    assert!(accepted, "{text}");
+
+    assert_eq!(site.versions("beta-topics"), ["1.0.0"]);
+    let (success, text) = site.install("beta-topics");
+    assert!(success, "{text}");
+    assert!(
+        text.contains("verified beta-topics 1.0.0, signed by beta"),
+        "{text}"
+    );
+    let list = site.list();
+    assert!(!list.contains("acme"), "acme credited: {list}");
+}
+
 /// A site where acme published `name` 1.0.0 (a detector).
 fn site_with(name: &str) -> Site {
     let site = site();
