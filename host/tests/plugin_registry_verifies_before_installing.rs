@@ -50,47 +50,28 @@ fn site() -> Site {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_owned();
     let (reg, keys) = (root.join("reg"), root.join("owner-keys"));
-    let (acme_key, card) = (root.join("acme.pem"), root.join("acme.card.json"));
     let data = root.join("data");
     ok(&["registry", "init", s(&reg), "--keys", s(&keys)]);
-    ok(&[
-        "registry",
-        "keygen",
-        "acme",
-        "--key",
-        s(&acme_key),
-        "--card",
-        s(&card),
-    ]);
-    ok(&[
-        "registry",
-        "delegate",
-        s(&reg),
-        "--keys",
-        s(&keys),
-        "--card",
-        s(&card),
-        "--names",
-        "acme-*",
-    ]);
-    ok(&["--data", s(&data), "pki", "init"]);
-    ok(&[
-        "--data",
-        s(&data),
-        "registry",
-        "trust",
-        s(&reg.join("metadata/1.root.json")),
-        "--registry",
-        s(&reg),
-    ]);
-    Site {
+    let site = Site {
         _dir: dir,
+        acme_key: root.join("acme.pem"),
         root,
         reg,
         keys,
-        acme_key,
         data,
-    }
+    };
+    site.delegate_to("acme", "acme-*");
+    ok(&["--data", s(&site.data), "pki", "init"]);
+    ok(&[
+        "--data",
+        s(&site.data),
+        "registry",
+        "trust",
+        s(&site.reg.join("metadata/1.root.json")),
+        "--registry",
+        s(&site.reg),
+    ]);
+    site
 }
 
 impl Site {
@@ -134,9 +115,42 @@ impl Site {
         self.accept(&outbox);
     }
 
+    /// A new publisher, delegated the plugin names matching `names` after
+    /// those delegated before; returns its key.
+    fn delegate_to(&self, publisher: &str, names: &str) -> PathBuf {
+        let key = self.root.join(format!("{publisher}.pem"));
+        let card = self.root.join(format!("{publisher}.card.json"));
+        ok(&[
+            "registry",
+            "keygen",
+            publisher,
+            "--key",
+            s(&key),
+            "--card",
+            s(&card),
+        ]);
+        ok(&[
+            "registry",
+            "delegate",
+            s(&self.reg),
+            "--keys",
+            s(&self.keys),
+            "--card",
+            s(&card),
+            "--names",
+            names,
+        ]);
+        key
+    }
+
     /// Sign `bundle` as acme into an outbox beside it.
     fn sign(&self, bundle: &Path) -> PathBuf {
-        let outbox = bundle.with_file_name("outbox");
+        self.sign_as(bundle, "acme", &self.acme_key)
+    }
+
+    /// Sign `bundle` as `publisher`, with `key`, into an outbox beside it.
+    fn sign_as(&self, bundle: &Path, publisher: &str, key: &Path) -> PathBuf {
+        let outbox = bundle.with_file_name(format!("{publisher}-outbox"));
         ok(&[
             "registry",
             "publish",
@@ -146,9 +160,9 @@ impl Site {
             "--root",
             s(&self.reg.join("metadata/root.json")),
             "--publisher",
-            "acme",
+            publisher,
             "--key",
-            s(&self.acme_key),
+            s(key),
             "--outbox",
             s(&outbox),
         ]);
@@ -220,6 +234,15 @@ impl Site {
     fn trusted_root_version(&self) -> serde_json::Value {
         let root = std::fs::read(self.data.join("registry/root.json")).unwrap();
         serde_json::from_slice::<serde_json::Value>(&root).unwrap()["signed"]["version"].clone()
+    }
+
+    /// The versions of `name` the appliance sees the registry offer.
+    fn versions(&self, name: &str) -> Vec<String> {
+        let url = publish::location(s(&self.reg)).unwrap();
+        let client = palisade::registry::RegistryClient::new(url, &self.data, None);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let versions = rt.block_on(client.versions(name)).unwrap();
+        versions.iter().map(ToString::to_string).collect()
     }
 
     fn install(&self, plugin: &str) -> (bool, String) {
@@ -475,6 +498,55 @@ fn a_publisher_signs_only_its_own_names_and_only_with_its_key() {
     std::fs::write(&role, serde_json::to_vec(&value).unwrap()).unwrap();
     site.forge_snapshot();
     site.refused("acme-topics", "signature");
+}
+
+#[test]
+fn a_version_listed_by_a_role_the_name_was_not_delegated_to_is_not_offered() {
+    // acme holds acme-*, delegated first and terminating: for those names
+    // TUF consults no later delegation. community, delegated after it,
+    // holds every name, and lists an acme-topics 9.0.0 of its own.
+    let site = site_with("acme-topics");
+    let community = site.delegate_to("community", "*");
+    let bundle = site.package("acme-topics", "9.0.0", "detector", "new-topic");
+    let outbox = site.sign_as(&bundle, "community", &community);
+    // The owner's accept lets it in: tough checks only that some
+    // delegation matching the name lists it, not that acme's ends the
+    // search.
+    let (accepted, text) = site.accept(&outbox);
+    assert!(accepted, "{text}");
+
+    assert_eq!(site.versions("acme-topics"), ["1.0.0"]);
+    let (success, text) = site.install("acme-topics");
+    assert!(success, "{text}");
+    assert!(
+        text.contains("verified acme-topics 1.0.0, signed by acme"),
+        "{text}"
+    );
+    site.refused("acme-topics@9.0.0", "no signed");
+}
+
+#[test]
+fn an_install_credits_the_publisher_delegated_the_name_not_another_listing_it() {
+    let site = site();
+    let beta = site.delegate_to("beta", "beta-*");
+    let bundle = site.package("beta-topics", "1.0.0", "detector", "new-topic");
+    let (accepted, text) = site.accept(&site.sign_as(&bundle, "beta", &beta));
+    assert!(accepted, "{text}");
+    // acme, delegated before beta, signs beta's very bundle as its own.
+    // The owner's accept lets it in (beta's listing of the name satisfies
+    // tough's check), and acme's role is now the first to list it.
+    let (accepted, text) = site.accept(&site.sign(&bundle));
+    assert!(accepted, "{text}");
+
+    assert_eq!(site.versions("beta-topics"), ["1.0.0"]);
+    let (success, text) = site.install("beta-topics");
+    assert!(success, "{text}");
+    assert!(
+        text.contains("verified beta-topics 1.0.0, signed by beta"),
+        "{text}"
+    );
+    let list = site.list();
+    assert!(!list.contains("acme"), "acme credited: {list}");
 }
 
 /// A site where acme published `name` 1.0.0 (a detector).

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use tough::schema::{Root, Signed};
+use tough::schema::{Root, Signed, Target, Targets};
 use tough::{ExpirationEnforcement, IntoVec, Repository, TargetName};
 use url::Url;
 
@@ -290,14 +290,22 @@ pub(super) fn chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// The versions of `name` the registry offers: those whose manifest TUF's
+/// search for the target reaches, as [`read`]'s does. `all_targets` lists
+/// every role's targets, also a name an earlier terminating delegation
+/// keeps from the role that lists it (tough refuses at load only a name
+/// no delegation matches): listed, such a version would be picked as the
+/// newest, and then not be served.
 fn versions_in(repo: &Repository, name: &str) -> Vec<semver::Version> {
     let prefix = format!("plugins/{name}/");
+    let top = &repo.targets().signed;
     let mut versions: Vec<semver::Version> = repo
         .all_targets()
         .filter_map(|(target, _)| {
             let rest = target.resolved().strip_prefix(&prefix)?;
             let version = rest.strip_suffix(&format!("/{MANIFEST}"))?;
-            semver::Version::parse(version).ok()
+            let version = semver::Version::parse(version).ok()?;
+            top.find_target(target, false).is_ok().then_some(version)
         })
         .collect();
     versions.sort();
@@ -325,26 +333,34 @@ async fn read(repo: &Repository, name: &str, cap: u64) -> anyhow::Result<Vec<u8>
         .map_err(|e| anyhow::anyhow!("{name} refused: {}", chain(&e)))
 }
 
-/// The role whose metadata lists `name`.
+/// The role that signed `name` as the appliance reads it: the one whose
+/// entry TUF's search for the target picks, as [`read`] does. The first
+/// role that lists the name is not it: a publisher can list names it was
+/// not delegated, or that an earlier terminating delegation keeps from it.
 fn signer(repo: &Repository, name: &str) -> String {
     let Ok(target) = TargetName::new(name) else {
         return "unknown".into();
     };
-    if repo.targets().signed.targets.contains_key(&target) {
-        return "targets".into();
+    let top = &repo.targets().signed;
+    let Ok(entry) = top.find_target(&target, false) else {
+        return "unknown".into();
+    };
+    holder(top, "targets", &target, entry).unwrap_or_else(|| "unknown".into())
+}
+
+/// The name of the role, `role` (named `name`) or one it delegates to,
+/// whose metadata holds `entry` as its target `target`. tough's search
+/// returns the entry but not whose it is; the entry itself, not an equal
+/// one, says whose. The tree is finite: tough loads each role once.
+fn holder(role: &Targets, name: &str, target: &TargetName, entry: &Target) -> Option<String> {
+    if (role.targets.get(target)).is_some_and(|own| std::ptr::eq(own, entry)) {
+        return Some(name.to_owned());
     }
-    let roles = repo
-        .targets()
-        .signed
-        .delegations
-        .iter()
-        .flat_map(|d| &d.roles);
-    for role in roles {
-        if (role.targets.as_ref()).is_some_and(|t| t.signed.targets.contains_key(&target)) {
-            return role.name.clone();
-        }
-    }
-    "unknown".into()
+    let mut delegated = role.delegations.iter().flat_map(|d| &d.roles);
+    delegated.find_map(|d| {
+        let targets = d.targets.as_ref()?;
+        holder(&targets.signed, &d.name, target, entry)
+    })
 }
 
 /// Refuse `m` unless it is newer than every version of its name `entry`
