@@ -14,8 +14,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-/// The CAs a connection trusts when its table names none: Debian's bundle
-/// of public CAs (package `ca-certificates`).
+/// The CAs a SIEM sink or the registry trusts when its table names none:
+/// Debian's bundle of public CAs (package `ca-certificates`).
 pub const SYSTEM_CAS: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// How the appliance connects to a server over TLS.
@@ -25,8 +25,11 @@ pub struct ClientTls {
     /// PEM file of the CAs trusted to have issued the server's certificate.
     /// Each certificate in it must be one that can be used: one that
     /// cannot stops the start, the file and the certificate named.
-    /// Default: the system's public CAs ([`SYSTEM_CAS`]); a site's own
-    /// servers want their site's CA here.
+    /// Default for a SIEM sink or the registry, often public services: the
+    /// system's public CAs ([`SYSTEM_CAS`]). A route's `upstream-tls` has
+    /// no default: its upstream is the site's own broker or PLC, whose
+    /// certificate the site's CA issued, and any certificate for its name
+    /// from a public CA must not pass.
     pub ca: Option<PathBuf>,
     /// The name the server's certificate must carry. Default: the host the
     /// connection goes to.
