@@ -720,6 +720,10 @@ mod tests {
                 https.clone() + &authorization(&two_lines),
                 "authorization-file",
             ),
+            (
+                webhook("http://siem.example/audit") + &authorization(&token),
+                "authorization-file",
+            ),
             (syslog("siem.example:6514") + &tls(&ca_file), "tls"),
             (
                 syslog("siem.example:6514") + "transport = \"tls\"\n" + &tls(&missing),
