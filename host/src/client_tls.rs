@@ -14,8 +14,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-/// The CAs a connection trusts when its table names none: Debian's bundle
-/// of public CAs (package `ca-certificates`).
+/// The CAs a SIEM sink or the registry trusts when its table names none:
+/// Debian's bundle of public CAs (package `ca-certificates`).
 pub const SYSTEM_CAS: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// How the appliance connects to a server over TLS.
@@ -23,8 +23,13 @@ pub const SYSTEM_CAS: &str = "/etc/ssl/certs/ca-certificates.crt";
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ClientTls {
     /// PEM file of the CAs trusted to have issued the server's certificate.
-    /// Default: the system's public CAs ([`SYSTEM_CAS`]); a site's own
-    /// servers want their site's CA here.
+    /// Each certificate in it must be one that can be used: one that
+    /// cannot stops the start, the file and the certificate named.
+    /// Default for a SIEM sink or the registry, often public services: the
+    /// system's public CAs ([`SYSTEM_CAS`]). A route's `upstream-tls` has
+    /// no default: its upstream is the site's own broker or PLC, whose
+    /// certificate the site's CA issued, and any certificate for its name
+    /// from a public CA must not pass.
     pub ca: Option<PathBuf>,
     /// The name the server's certificate must carry. Default: the host the
     /// connection goes to.
@@ -58,20 +63,10 @@ impl ClientTls {
     /// without its brackets), its files read now. The error names the field
     /// and the file.
     pub fn connector(&self, host: &str) -> Result<Connector, String> {
-        let ca = self.ca.as_deref().unwrap_or(Path::new(SYSTEM_CAS));
-        let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
-            .and_then(|i| i.collect())
-            .map_err(|e| format!("ca {}: {e}", ca.display()))?;
-        let mut roots = rustls::RootCertStore::empty();
-        // A system bundle may hold a certificate webpki cannot read; the
-        // others serve. A bundle of none it can read serves nothing.
-        roots.add_parsable_certificates(cas);
-        if roots.is_empty() {
-            return Err(format!(
-                "ca {}: holds no CA certificate that can be used",
-                ca.display()
-            ));
-        }
+        let roots = match &self.ca {
+            Some(ca) => roots(ca, Cas::Named)?,
+            None => roots(Path::new(SYSTEM_CAS), Cas::System)?,
+        };
         let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -112,6 +107,53 @@ impl ClientTls {
     }
 }
 
+/// Whose CA file it is, which says what a certificate in it that cannot be
+/// read means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cas {
+    /// The operator's `ca`: each certificate in it is one they mean to
+    /// trust, so one that cannot be read is a mistake (a bad copy, a key
+    /// pasted in place of a certificate) to be told at start, not a CA
+    /// quietly missing and a connection failing later.
+    Named,
+    /// The system bundle, [`SYSTEM_CAS`], which the operator did not write:
+    /// it may hold a certificate webpki cannot read, and the others serve.
+    System,
+}
+
+/// The trust anchors in the PEM file `ca`. The error names the file and
+/// what is wrong with it.
+fn roots(ca: &Path, cas: Cas) -> Result<rustls::RootCertStore, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
+        .and_then(|i| i.collect())
+        .map_err(|e| format!("ca {}: {e}", ca.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    match cas {
+        Cas::Named => {
+            for (n, cert) in certs.into_iter().enumerate() {
+                roots.add(cert).map_err(|e| {
+                    format!(
+                        "ca {}: certificate {} in the file cannot be used: {e}",
+                        ca.display(),
+                        n + 1
+                    )
+                })?;
+            }
+        }
+        Cas::System => {
+            roots.add_parsable_certificates(certs);
+        }
+    }
+    // A bundle of none that can be read serves nothing.
+    if roots.is_empty() {
+        return Err(format!(
+            "ca {}: holds no CA certificate that can be used",
+            ca.display()
+        ));
+    }
+    Ok(roots)
+}
+
 impl Connector {
     /// TLS over `tcp`, the server's certificate checked.
     pub async fn connect(&self, tcp: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
@@ -121,7 +163,7 @@ impl Connector {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
 
     fn ca_file(dir: &Path) -> PathBuf {
@@ -172,5 +214,51 @@ mod tests {
         for host in ["siem.example", "10.0.0.9", "[::1]", "::1"] {
             tls(&ca).connector(host).unwrap();
         }
+    }
+
+    /// A CA file with one good certificate and one that cannot be read:
+    /// refused when the operator named it, the good one kept in a system
+    /// bundle.
+    #[test]
+    fn a_named_ca_file_with_a_broken_certificate_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = std::fs::read_to_string(ca_file(dir.path())).unwrap();
+        let der = CertificateDer::from_pem_slice(good.as_bytes()).unwrap();
+        // A certificate cut short: the PEM is sound, what it holds is not.
+        let cut = &der.as_ref()[..der.as_ref().len() / 2];
+        let cut = pem_block(cut);
+        // A block whose base64 is broken.
+        let garbled =
+            "-----BEGIN CERTIFICATE-----\nMIIB!!not base64!!\n-----END CERTIFICATE-----\n";
+        for (broken, why) in [(cut.as_str(), "certificate 2"), (garbled, "base64")] {
+            let path = dir.path().join("bundle.pem");
+            std::fs::write(&path, format!("{good}{broken}")).unwrap();
+            let named = ClientTls {
+                ca: Some(path.clone()),
+                ..ClientTls::default()
+            };
+            let err = named.connector("broker.plant").unwrap_err();
+            assert!(
+                err.starts_with(&format!("ca {}:", path.display())) && err.contains(why),
+                "{err}"
+            );
+            if broken == cut {
+                assert_eq!(roots(&path, Cas::System).unwrap().len(), 1);
+            }
+        }
+    }
+
+    fn pem_block(der: &[u8]) -> String {
+        use base64::Engine as _;
+        let text = base64::engine::general_purpose::STANDARD.encode(der);
+        let lines: Vec<&str> = text
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            lines.join("\n")
+        )
     }
 }

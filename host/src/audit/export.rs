@@ -100,7 +100,8 @@ pub enum SinkConfig {
         tls: Option<ClientTls>,
         /// A file holding the value of the `Authorization` header sent with
         /// each batch (`Splunk <token>`, `Bearer <token>`), read at start.
-        /// Default: none sent.
+        /// Only with an `https://` URL: plain HTTP would carry the token in
+        /// clear. Default: none sent.
         #[serde(default, rename = "authorization-file")]
         authorization_file: Option<PathBuf>,
     },
@@ -186,6 +187,13 @@ impl SinkConfig {
                     }
                     (false, None) => None,
                 };
+                // The header goes with every batch: over plain HTTP, anyone
+                // on the path reads the token and can post as the appliance.
+                if !target.https && authorization_file.is_some() {
+                    return Err(format!(
+                        "authorization-file sends its token with each batch, and {url:?} would carry it in clear: give an https:// URL"
+                    ));
+                }
                 Ok(Reach {
                     tls: tls.transpose().map_err(|e| format!("tls: {e}"))?,
                     authorization: authorization_file
@@ -989,6 +997,42 @@ mod tests {
         for address in ["10.0.0.9:514", "siem.example:6514", "[::1]:514"] {
             host_port(address, None).unwrap();
         }
+    }
+
+    /// A webhook's token goes only over HTTPS: with an `http://` URL the
+    /// sink is refused at start, and its exporter never sends it.
+    #[test]
+    fn a_webhook_token_is_refused_over_plain_http() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "Bearer 1f2e3d\n").unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        let webhook = |url: &str, tls: Option<ClientTls>| SinkConfig::Webhook {
+            name: "soc".into(),
+            url: url.into(),
+            tls,
+            authorization_file: Some(token.clone()),
+        };
+        for url in ["http://siem.example/audit", "http://10.0.0.9:8088/x"] {
+            let err = webhook(url, None).check().unwrap_err();
+            assert!(
+                err.contains("authorization-file") && err.contains("https://"),
+                "{err}"
+            );
+        }
+        let tls = ClientTls {
+            ca: Some(ca_file),
+            ..ClientTls::default()
+        };
+        webhook("https://siem.example/audit", Some(tls))
+            .check()
+            .unwrap();
     }
 
     /// A finding on an MQTT publish to `topic`, with `reason`.

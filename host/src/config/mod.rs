@@ -294,7 +294,8 @@ pub struct RouteConfig {
     pub responders: Vec<String>,
     /// The upstream's `host:port`. Required.
     pub upstream: String,
-    /// TLS to the upstream. `None`: plain TCP.
+    /// TLS to the upstream. `None`: plain TCP. Its `ca` is required: the
+    /// system's public CAs are trusted only where they are named.
     pub upstream_tls: Option<crate::client_tls::ClientTls>,
     /// When a session's upstream connection opens: `first-bytes` (the
     /// default), when the device sends its first bytes, so that a device
@@ -560,6 +561,20 @@ impl Config {
                     r.name
                 ));
             }
+            // An upstream is the site's own broker or PLC, its certificate
+            // issued by the site's CA: trusting the system's public CAs
+            // would take any certificate for its name that one of them
+            // issued. The public bundle is there to be named, for an
+            // upstream that has a public certificate.
+            if let Some(tls) = &r.upstream_tls
+                && tls.ca.is_none()
+            {
+                return invalid(format!(
+                    "route {}: upstream-tls needs ca, the CA that issued the upstream's certificate: the site CA's PEM file (or {}, the system's public CAs, if the upstream has a public certificate)",
+                    r.name,
+                    crate::client_tls::SYSTEM_CAS
+                ));
+            }
             if let Some(alpn) = r.alpn()
                 && (alpn.is_empty() || alpn.len() > 255)
             {
@@ -705,6 +720,10 @@ mod tests {
                 https.clone() + &authorization(&two_lines),
                 "authorization-file",
             ),
+            (
+                webhook("http://siem.example/audit") + &authorization(&token),
+                "authorization-file",
+            ),
             (syslog("siem.example:6514") + &tls(&ca_file), "tls"),
             (
                 syslog("siem.example:6514") + "transport = \"tls\"\n" + &tls(&missing),
@@ -774,5 +793,24 @@ mod tests {
         let policy = one + "[[policy.allow]]\nclass = \"x\"\nroutes = [\"a\"]\n";
         let err = Config::parse(&policy).unwrap_err().to_string();
         assert!(err.contains("policy"), "{err}");
+    }
+
+    /// The site's broker must not be trusted on a certificate any public CA
+    /// issued for its name: a route's upstream-tls names its CAs.
+    #[test]
+    fn an_upstream_tls_without_its_ca_is_refused() {
+        use crate::client_tls::SYSTEM_CAS;
+        let tls = |table: &str| {
+            route("a", 9000, "broker.plant:8883") + &format!("upstream-tls = {{ {table} }}\n")
+        };
+        let err = Config::parse(&tls("server-name = \"broker\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("route a: upstream-tls needs ca") && err.contains(SYSTEM_CAS),
+            "{err}"
+        );
+        let named = tls(&format!("ca = {SYSTEM_CAS:?}, server-name = \"broker\""));
+        assert!(Config::parse(&named).is_ok());
     }
 }
