@@ -63,9 +63,11 @@ impl ClientTls {
     /// without its brackets), its files read now. The error names the field
     /// and the file.
     pub fn connector(&self, host: &str) -> Result<Connector, String> {
+        // The system bundle named as `ca` (which a route's upstream-tls
+        // must do for a public upstream) is still the system's file.
         let roots = match &self.ca {
-            Some(ca) => roots(ca, Cas::Named)?,
-            None => roots(Path::new(SYSTEM_CAS), Cas::System)?,
+            Some(ca) if ca != Path::new(SYSTEM_CAS) => roots(ca, Cas::Named)?,
+            _ => roots(Path::new(SYSTEM_CAS), Cas::System)?,
         };
         let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
