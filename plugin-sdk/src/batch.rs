@@ -643,6 +643,23 @@ impl<'a> EventRef<'a> {
         }
     }
 
+    /// Every text value of the attribute `name`, in order: an attribute
+    /// that repeats, such as an MQTT subscription's `filter`s.
+    pub fn texts<N: Name>(&self, name: N) -> impl Iterator<Item = &'a str> + use<'a, N> {
+        let batch = self.batch;
+        let (start, end) = self.attributes;
+        let fields = batch.attribute_fields.get(start..end).unwrap_or_default();
+        let values = batch.attribute_values.get(start..end).unwrap_or_default();
+        (fields.iter().zip(values)).filter_map(move |(&field, &raw)| {
+            match batch.fields.get(usize::from(field)) {
+                Some((_, ValueType::Text)) if name.is(batch, field) => {
+                    std::str::from_utf8(batch.value_bytes(raw)?).ok()
+                }
+                _ => None,
+            }
+        })
+    }
+
     /// Whether the attribute `name` is the text `text`. Quicker than
     /// comparing [`text`](Self::text): the bytes are compared as they lie,
     /// a word at a time, with no UTF-8 check (equal bytes are equal text).
@@ -933,6 +950,24 @@ mod tests {
                 .bytes("payload", &[1, 2, 3]);
         }
         batch
+    }
+
+    #[test]
+    fn texts_are_every_text_value_of_a_name_in_order() {
+        let mut batch = Batch::new();
+        batch.push("t.a").int("n", 1);
+        batch
+            .push("mqtt.subscribe")
+            .text("filter", "a")
+            .int("filter", 7)
+            .text("other", "x")
+            .text("filter", "b/#");
+        let event = batch.get(1).unwrap();
+        assert_eq!(event.texts("filter").collect::<Vec<_>>(), ["a", "b/#"]);
+        let field = batch.field("filter");
+        assert_eq!(event.texts(field).collect::<Vec<_>>(), ["a", "b/#"]);
+        assert_eq!(batch.get(0).unwrap().texts("filter").count(), 0);
+        assert_eq!(event.texts("absent").count(), 0);
     }
 
     #[test]

@@ -423,13 +423,8 @@ impl Policy {
                     .text("topic")
                     .map(|t| RestrictedExpression::new_long(t.split('/').count() as i64)),
                 (_, Type::TextSet) => {
-                    let all: Vec<RestrictedExpression> = event
-                        .attributes()
-                        .filter(|(n, _)| *n == name)
-                        .filter_map(|(_, v)| match v {
-                            Value::Text(t) => Some(RestrictedExpression::new_string(t.to_owned())),
-                            _ => None,
-                        })
+                    let all: Vec<RestrictedExpression> = (event.texts(name))
+                        .map(|t| RestrictedExpression::new_string(t.to_owned()))
                         .collect();
                     (!all.is_empty()).then(|| RestrictedExpression::new_set(all))
                 }

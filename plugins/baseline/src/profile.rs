@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use palisade_plugin_sdk::{Batch, EventRef, Field, KindId, Severity, Value};
+use palisade_plugin_sdk::{Batch, EventRef, Field, KindId, Severity};
 use serde::{Deserialize, Serialize};
 
 /// Items kept per set: beyond it, a profile learns no more of that kind,
@@ -314,6 +314,8 @@ pub struct Names {
     coap_request: KindId,
     coap_response: KindId,
     topic: Field,
+    filter: Field,
+    subscription: Field,
     payload_size: Field,
     function: Field,
     unit: Field,
@@ -336,6 +338,8 @@ impl Names {
             coap_request: batch.kind_id("coap.request"),
             coap_response: batch.kind_id("coap.response"),
             topic: batch.field("topic"),
+            filter: batch.field("filter"),
+            subscription: batch.field("subscription"),
             payload_size: batch.field("payload-size"),
             function: batch.field("function"),
             unit: batch.field("unit"),
@@ -469,17 +473,13 @@ fn with_range(ranges: &[(i64, i64)], start: i64, end: i64) -> Vec<(i64, i64)> {
 /// The filters of a subscription as the device sent them: its
 /// `subscription`s, or its `filter`s from a parser that gives no
 /// `subscription` (one from before it did).
-fn filters<'a>(event: &EventRef<'a>) -> impl Iterator<Item = &'a str> + 'a {
-    let texts = move |name: &'static str| {
-        event
-            .attributes()
-            .filter_map(move |(n, value)| match value {
-                Value::Text(text) if n == name => Some(text),
-                _ => None,
-            })
-    };
-    let sent = event.get("subscription").is_some();
-    texts(if sent { "subscription" } else { "filter" })
+fn filters<'a>(event: &EventRef<'a>, names: &Names) -> impl Iterator<Item = &'a str> + 'a {
+    let sent = event.get(names.subscription).is_some();
+    event.texts(if sent {
+        names.subscription
+    } else {
+        names.filter
+    })
 }
 
 fn resource(event: &EventRef<'_>, names: &Names) -> Option<String> {
@@ -521,7 +521,7 @@ impl Profile {
                 insert_text(len, &mut self.topics, topic);
             }
         } else if kind == names.subscribe {
-            for filter in filters(event) {
+            for filter in filters(event, names) {
                 insert_text(len, &mut self.filters, filter);
             }
         } else if kind == names.coap_request {
@@ -679,7 +679,7 @@ impl Profile {
         if event.kind_id() == names.subscribe {
             // One departure for all the new filters, however many: the
             // first few named, the rest counted.
-            let new = FirstNamed::of(filters(event).filter(|f| !self.filters.contains(*f)));
+            let new = FirstNamed::of(filters(event, names).filter(|f| !self.filters.contains(*f)));
             let reason = match (new.shown.as_slice(), new.more) {
                 ([], _) => None,
                 ([filter], 0) if filter.len() > MAX_TEXT_LEN => Some(format!(
