@@ -555,6 +555,7 @@ fn describe<'a>(
             // (see `Options`).
             let mut r = Reader(filters);
             while let Ok(sent) = r.string() {
+                // Every filter was read above: this never breaks.
                 let Ok((group, filter)) = subscription(sent) else {
                     break;
                 };
@@ -656,6 +657,8 @@ fn describe<'a>(
 /// (mosquitto 2.0.11 delivers a publish to `$queue/x` to a subscriber of
 /// `$queue/#`): there `subscription` has the filter as sent, and what
 /// reaches such a topic was judged by its literal name when published.
+/// Like EMQX, what follows either prefix is not read again:
+/// `$exclusive/$share/g/x` is the filter `$share/g/x`.
 ///
 /// A plain filter costs one byte's comparison: only one that starts with
 /// `$` is looked at further, and nothing is allocated.
@@ -1414,13 +1417,7 @@ mod tests {
 
     /// The values of `name` in `e`, in order.
     fn texts<'a>(e: &EventRef<'a>, name: &str) -> Vec<&'a str> {
-        e.attributes()
-            .filter(|(n, _)| *n == name)
-            .map(|(_, v)| match v {
-                palisade_plugin_sdk::Value::Text(t) => t,
-                other => panic!("{name} is {other:?}"),
-            })
-            .collect()
+        e.texts(name).collect()
     }
 
     #[test]
@@ -1472,6 +1469,8 @@ mod tests {
             "$queue/site/secret/#",
             "$exclusive/site/secret/#",
             "$queued/a",
+            "$exclusive/$share/g/x",
+            "$exclusive/$queue/y",
         ];
         for v5 in [false, true] {
             let state: &[u8] = if v5 { &[5, 5] } else { &[4, 4] };
@@ -1480,7 +1479,13 @@ mod tests {
                 let parsed = parse(state, &bytes);
                 assert_eq!(parsed.malformed, None, "v5 {v5}");
                 let e = parsed.events.get(0).unwrap();
-                let served = ["site/secret/#", "site/secret/#", "$queued/a"];
+                let served = [
+                    "site/secret/#",
+                    "site/secret/#",
+                    "$queued/a",
+                    "$share/g/x",
+                    "$queue/y",
+                ];
                 assert_eq!(texts(&e, "filter"), served, "{e}");
                 assert_eq!(texts(&e, "share-group"), ["$queue"], "{e}");
                 assert_eq!(texts(&e, "subscription"), filters, "{e}");
