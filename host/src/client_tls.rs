@@ -24,7 +24,8 @@ pub const SYSTEM_CAS: &str = "/etc/ssl/certs/ca-certificates.crt";
 pub struct ClientTls {
     /// PEM file of the CAs trusted to have issued the server's certificate.
     /// Each certificate in it must be one that can be used: one that
-    /// cannot stops the start, the file and the certificate named.
+    /// cannot stops the start, the file and the certificate named (the
+    /// system bundle, named here, is read as the system's: see [`Cas`]).
     /// Default for a SIEM sink or the registry, often public services: the
     /// system's public CAs ([`SYSTEM_CAS`]). A route's `upstream-tls` has
     /// no default: its upstream is the site's own broker or PLC, whose
@@ -64,9 +65,15 @@ impl ClientTls {
     /// and the file.
     pub fn connector(&self, host: &str) -> Result<Connector, String> {
         // The system bundle named as `ca` (which a route's upstream-tls
-        // must do for a public upstream) is still the system's file.
+        // must do for a public upstream), by any path, is still the
+        // system's file.
+        let system = |ca: &Path| {
+            let real = |p: &Path| std::fs::canonicalize(p).ok();
+            ca == Path::new(SYSTEM_CAS)
+                || real(ca).is_some_and(|c| Some(c) == real(Path::new(SYSTEM_CAS)))
+        };
         let roots = match &self.ca {
-            Some(ca) if ca != Path::new(SYSTEM_CAS) => roots(ca, Cas::Named)?,
+            Some(ca) if !system(ca) => roots(ca, Cas::Named)?,
             _ => roots(Path::new(SYSTEM_CAS), Cas::System)?,
         };
         let builder = rustls::ClientConfig::builder_with_provider(Arc::new(

@@ -392,8 +392,14 @@ fn a_shared_subscription_to_a_forbidden_filter_is_forbidden() {
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .find(|r| r["what"]["type"] == "finding")
         .unwrap_or_else(|| panic!("no finding in {text}"));
-    // The filter the broker would have served, and the group apart.
+    // The filter the broker would have served, the group apart, and the
+    // filter as mosquitto_sub sent it.
     let attributes = &finding["event"]["attributes"];
+    assert_eq!(
+        attributes["subscription"],
+        serde_json::json!(["$share/x/site/secret/#"]),
+        "{text}"
+    );
     assert_eq!(
         attributes["filter"],
         serde_json::json!(["site/secret/#"]),

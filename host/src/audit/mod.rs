@@ -293,7 +293,7 @@ pub fn event_record(event: EventRef<'_>) -> EventRecord {
 
 /// An event's attributes as a JSON object: bytes in hex, and a name that
 /// repeats (several SUBSCRIBE filters) as an array. A text-set of the
-/// vocabulary (`filter`, `share-group`, `user-property`) is an array even
+/// vocabulary (`filter`, `subscription`, `share-group`, `user-property`) is an array even
 /// when it holds one value, so that a SIEM finds the field of one shape in
 /// every record.
 pub fn attributes_json(event: EventRef<'_>) -> serde_json::Map<String, serde_json::Value> {

@@ -553,27 +553,26 @@ impl Config {
                     r.name
                 ));
             }
-            if let Some(tls) = &r.upstream_tls
-                && tls.client_cert.is_some() != tls.client_key.is_some()
-            {
-                return invalid(format!(
-                    "route {}: upstream-tls needs both client-cert and client-key, or neither",
-                    r.name
-                ));
-            }
-            // An upstream is the site's own broker or PLC, its certificate
-            // issued by the site's CA: trusting the system's public CAs
-            // would take any certificate for its name that one of them
-            // issued. The public bundle is there to be named, for an
-            // upstream that has a public certificate.
-            if let Some(tls) = &r.upstream_tls
-                && tls.ca.is_none()
-            {
-                return invalid(format!(
-                    "route {}: upstream-tls needs ca, the CA that issued the upstream's certificate: the site CA's PEM file (or {}, the system's public CAs, if the upstream has a public certificate)",
-                    r.name,
-                    crate::client_tls::SYSTEM_CAS
-                ));
+            if let Some(tls) = &r.upstream_tls {
+                if tls.client_cert.is_some() != tls.client_key.is_some() {
+                    return invalid(format!(
+                        "route {}: upstream-tls needs both client-cert and client-key, or neither",
+                        r.name
+                    ));
+                }
+                // An upstream is the site's own broker or PLC, its
+                // certificate issued by the site's CA: trusting the
+                // system's public CAs would take any certificate for its
+                // name that one of them issued. The public bundle is there
+                // to be named, for an upstream that has a public
+                // certificate.
+                if tls.ca.is_none() {
+                    return invalid(format!(
+                        "route {}: upstream-tls needs ca, the CA that issued the upstream's certificate: the site CA's PEM file (or {}, the system's public CAs, if the upstream has a public certificate)",
+                        r.name,
+                        crate::client_tls::SYSTEM_CAS
+                    ));
+                }
             }
             if let Some(alpn) = r.alpn()
                 && (alpn.is_empty() || alpn.len() > 255)

@@ -163,7 +163,8 @@ pub const CHANGES_SESSION: &str = "changes-session";
 /// `filter` holds each topic filter as the broker serves it: a shared
 /// subscription's (`$share/{ShareName}/{filter}`, MQTT 5 §4.8.2) is its
 /// `{filter}`, so that a policy on `site/secret/#` also judges
-/// `$share/x/site/secret/#`. `subscription` holds each as the device sent
+/// `$share/x/site/secret/#`, and so are EMQX's `$queue/{filter}` and
+/// `$exclusive/{filter}`. `subscription` holds each as the device sent
 /// it, for a policy that cares which filter is shared in which group, or
 /// whether one is also taken whole: sets of filters and of groups cannot
 /// tell `[$share/a/x, y]` from `[x, $share/a/y]`.
