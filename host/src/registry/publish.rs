@@ -229,7 +229,15 @@ async fn load_own(registry: &Path) -> anyhow::Result<Repository> {
 /// An editor over the owner's registry with every version bumped and every
 /// expiry set by `lifetimes`; the caller changes what it needs and signs.
 async fn edit_own(registry: &Path, lifetimes: &Lifetimes) -> anyhow::Result<RepositoryEditor> {
-    let repo = load_own(registry).await?;
+    edit_loaded(registry, load_own(registry).await?, lifetimes).await
+}
+
+/// [`edit_own`] over `repo`, the registry as [`load_own`] loaded it.
+async fn edit_loaded(
+    registry: &Path,
+    repo: Repository,
+    lifetimes: &Lifetimes,
+) -> anyhow::Result<RepositoryEditor> {
     let versions = (
         repo.targets().signed.version,
         repo.snapshot().signed.version,
@@ -423,6 +431,15 @@ pub async fn publish_files(
 /// by the key delegated to it, name only what it was delegated, and list
 /// exactly the files the outbox holds. The snapshot and timestamp are
 /// re-signed.
+///
+/// "Only what it was delegated" is checked as an appliance reads the
+/// registry: TUF's search for each name the role lists, in the registry as
+/// it would be after the update, must reach the role's own entry. A name
+/// no delegation of the role matches is refused, and so is one an earlier
+/// terminating delegation keeps from it, or one the search finds in
+/// another role first: appliances would never read it from this role,
+/// and the version listed would be offered, or the bundle credited, to a
+/// publisher that did not sign it.
 pub async fn accept(
     registry: &Path,
     keys: &Path,
@@ -439,7 +456,12 @@ pub async fn accept(
         }
     }
     anyhow::ensure!(!roles.is_empty(), "{} holds no role", outbox.display());
-    let mut editor = edit_own(registry, lifetimes).await?;
+    let repo = load_own(registry).await?;
+    // The delegation tree as appliances will read it once the outbox is
+    // in: tough's editor keeps its own to itself.
+    let mut after = repo.targets().signed.clone();
+    let mut editor = edit_loaded(registry, repo, lifetimes).await?;
+    let mut listed = Vec::new();
     let mut copies = Vec::new();
     for (role, file) in &roles {
         let signed: Signed<Targets> = serde_json::from_slice(&std::fs::read(file)?)
@@ -449,6 +471,7 @@ pub async fn accept(
             .await
             .with_context(|| format!("role {role} from {}", outbox.display()))?;
         for (name, target) in &signed.signed.targets {
+            listed.push((role, name.clone()));
             let source = outbox.join("targets").join(name.resolved());
             if !source.exists() {
                 // Published earlier; already in the registry.
@@ -462,8 +485,14 @@ pub async fn accept(
             );
             copies.push((source, registry.join("targets").join(name.resolved())));
         }
+        put_role(&mut after, role, signed)?;
     }
-    // Signing checks every target against its delegation's names.
+    for (role, name) in &listed {
+        read_from(&after, role, name)
+            .with_context(|| format!("{} refused: nothing accepted", outbox.display()))?;
+    }
+    // tough checks at signing that some delegation matches each name, a
+    // weaker form of the check above.
     let signed = editor
         .sign(&owner_keys(keys)?)
         .await
@@ -476,6 +505,70 @@ pub async fn accept(
     }
     signed.write(registry.join("metadata")).await?;
     Ok(())
+}
+
+/// Put `role`, as an outbox holds it, in place of the role `name` in
+/// `tree`, as tough's `update_delegated_targets` does in its editor: the
+/// roles it delegates to keep what the registry holds of them.
+fn put_role(tree: &mut Targets, name: &str, mut role: Signed<Targets>) -> anyhow::Result<()> {
+    if name == "targets" {
+        tree.update_targets(&mut role);
+        *tree = role.signed;
+        return Ok(());
+    }
+    let slot = tree
+        .delegated_role_mut(name)
+        .with_context(|| format!("the registry delegates nothing to {name}"))?;
+    if let Some(old) = &slot.targets {
+        old.signed.update_targets(&mut role);
+    }
+    slot.targets = Some(role);
+    Ok(())
+}
+
+/// Refuse `role` listing `name` unless TUF's search for `name` in `tree`
+/// (the registry as appliances would read it) reaches `role`'s own entry.
+fn read_from(tree: &Targets, role: &str, name: &TargetName) -> anyhow::Result<()> {
+    let target = name.raw();
+    let reached = super::search(tree, name).map(|found| found.role);
+    if reached.as_deref() == Some(role) {
+        return Ok(());
+    }
+    let by = reached.map_or_else(String::new, |other| {
+        format!(" (appliances read it from {other}, which the search for it reaches first)")
+    });
+    anyhow::ensure!(
+        delegates(tree, role, name),
+        "{role} lists {target}, which is not delegated to {role}{by}"
+    );
+    if by.is_empty() {
+        anyhow::bail!(
+            "{role} lists {target}, which an earlier terminating delegation keeps from \
+             {role}: appliances would never read it"
+        );
+    }
+    anyhow::bail!("{role} lists {target}, but it is not {role}'s to sign{by}")
+}
+
+/// Whether the delegation to `role` in `tree` names `target`.
+fn delegates(tree: &Targets, role: &str, target: &TargetName) -> bool {
+    let Ok(delegated) = tree.delegated_role(role) else {
+        return false;
+    };
+    // tough matches a name against one delegation's paths only through
+    // a set of delegations: this one alone, without its metadata.
+    let alone = tough::schema::Delegations {
+        keys: HashMap::new(),
+        roles: vec![tough::schema::DelegatedRole {
+            targets: None,
+            name: delegated.name.clone(),
+            keyids: delegated.keyids.clone(),
+            threshold: delegated.threshold,
+            paths: delegated.paths.clone(),
+            terminating: delegated.terminating,
+        }],
+    };
+    alone.target_is_delegated(target)
 }
 
 /// Re-sign all the registry's metadata but the root with fresh expiries,
