@@ -550,6 +550,17 @@ fn accept_refuses_a_name_an_earlier_terminating_delegation_keeps_from_the_role()
         ],
     );
     assert_eq!(site.versions("acme-topics"), ["1.0.0"]);
+    // Nor can community replace the bytes of acme's bundle: the search for
+    // acme-topics never reaches community, whatever it lists (see
+    // publish::keeps_bytes for the registries where it could).
+    let other = site.package("acme-topics", "1.0.0", "parser", "mqtt");
+    site.accept_refused(
+        &site.sign_as(&other, "community", &community),
+        &[
+            "community lists plugins/acme-topics/1.0.0/",
+            "appliances read it from acme",
+        ],
+    );
 
     // Names no earlier delegation holds are community's.
     let bundle = site.package("watch", "1.0.0", "detector", "new-topic");

@@ -31,24 +31,26 @@ pub use manifest::{Capability, Manifest};
 use tough::TargetName;
 use tough::schema::{Target, Targets};
 
-/// A target's entry as TUF's search finds it: whose it is.
+/// A target's entry as TUF's search finds it, and whose it is.
 #[derive(Debug)]
-pub(crate) struct Found {
+pub(crate) struct Found<'a> {
     /// The role whose metadata holds the entry (`targets` for the owner's
     /// own).
     pub role: String,
+    /// The entry: the length and hashes the file is verified against.
+    pub entry: &'a Target,
 }
 
-/// Which role's entry of `target` an appliance reads: the entry TUF's
+/// The entry of `target` an appliance reads, and whose: the one TUF's
 /// search from the top-level role `top` reaches, following delegations in
 /// order, only where their paths match, and stopping at a terminating one (`find_target` not permissive, as `read_target`).
 /// `None` when the search reaches no entry. The owner's `accept` asks the
 /// same question an install does, so it takes in only what an appliance
 /// reads as the publisher's.
-pub(crate) fn search(top: &Targets, target: &TargetName) -> Option<Found> {
+pub(crate) fn search<'a>(top: &'a Targets, target: &TargetName) -> Option<Found<'a>> {
     let entry = top.find_target(target, false).ok()?;
     let role = holder(top, "targets", target, entry)?;
-    Some(Found { role })
+    Some(Found { role, entry })
 }
 
 /// The name of the role, `role` (named `name`) or one it delegates to,
