@@ -181,6 +181,39 @@ impl Site {
         ])
     }
 
+    /// Accept `outbox` and expect a refusal saying each of `why`, with the
+    /// registry's files as they were.
+    fn accept_refused(&self, outbox: &Path, why: &[&str]) {
+        let before = files(&self.reg);
+        let (accepted, text) = self.accept(outbox);
+        assert!(!accepted, "{} accepted: {text}", outbox.display());
+        for says in why {
+            assert!(text.contains(says), "refusal does not say {says:?}: {text}");
+        }
+        assert!(
+            files(&self.reg) == before,
+            "the refusal changed the registry"
+        );
+    }
+
+    /// Put `outbox` in the registry the way a tool other than `accept`
+    /// (or `accept` before it checked what TUF's search reads) would: its
+    /// roles and files copied in, the snapshot and timestamp re-signed,
+    /// nothing checked. What the appliance then reads is its own check.
+    fn serve_unchecked(&self, outbox: &Path) {
+        for entry in std::fs::read_dir(outbox.join("metadata")).unwrap() {
+            let path = entry.unwrap().path();
+            let dest = self.reg.join("metadata").join(path.file_name().unwrap());
+            std::fs::copy(&path, dest).unwrap();
+        }
+        for (file, bytes) in files(&outbox.join("targets")) {
+            let dest = self.reg.join("targets").join(file);
+            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            std::fs::write(dest, bytes).unwrap();
+        }
+        self.forge_snapshot();
+    }
+
     /// Sign `manifest` (as a careless or hostile publisher wrote it) and
     /// `component` as acme, checking nothing, and accept them into the
     /// registry.
@@ -501,6 +534,66 @@ fn a_publisher_signs_only_its_own_names_and_only_with_its_key() {
 }
 
 #[test]
+fn accept_refuses_a_name_an_earlier_terminating_delegation_keeps_from_the_role() {
+    // acme holds acme-*, delegated first and terminating: for those names
+    // TUF consults no later delegation. community, delegated after it,
+    // holds every name, and lists an acme-topics 9.0.0 of its own.
+    let site = site_with("acme-topics");
+    let community = site.delegate_to("community", "*");
+    let bundle = site.package("acme-topics", "9.0.0", "detector", "new-topic");
+    let outbox = site.sign_as(&bundle, "community", &community);
+    site.accept_refused(
+        &outbox,
+        &[
+            "community lists plugins/acme-topics/9.0.0/",
+            "an earlier terminating delegation keeps from community",
+        ],
+    );
+    assert_eq!(site.versions("acme-topics"), ["1.0.0"]);
+    // Nor can community replace the bytes of acme's bundle: the search for
+    // acme-topics never reaches community, whatever it lists (see
+    // publish::keeps_bytes for the registries where it could).
+    let other = site.package("acme-topics", "1.0.0", "parser", "mqtt");
+    site.accept_refused(
+        &site.sign_as(&other, "community", &community),
+        &[
+            "community lists plugins/acme-topics/1.0.0/",
+            "appliances read it from acme",
+        ],
+    );
+
+    // Names no earlier delegation holds are community's.
+    let bundle = site.package("watch", "1.0.0", "detector", "new-topic");
+    let (accepted, text) = site.accept(&site.sign_as(&bundle, "community", &community));
+    assert!(accepted, "{text}");
+    assert_eq!(site.versions("watch"), ["1.0.0"]);
+}
+
+#[test]
+fn accept_refuses_a_role_listing_a_name_delegated_to_another() {
+    let site = site();
+    let beta = site.delegate_to("beta", "beta-*");
+    let bundle = site.package("beta-topics", "1.0.0", "detector", "new-topic");
+    let (accepted, text) = site.accept(&site.sign_as(&bundle, "beta", &beta));
+    assert!(accepted, "{text}");
+    // acme, delegated before beta, signs beta's very bundle as its own.
+    site.accept_refused(
+        &site.sign(&bundle),
+        &[
+            "acme lists plugins/beta-topics/1.0.0/",
+            "not delegated to acme",
+            "appliances read it from beta",
+        ],
+    );
+    let (success, text) = site.install("beta-topics");
+    assert!(success, "{text}");
+    assert!(
+        text.contains("verified beta-topics 1.0.0, signed by beta"),
+        "{text}"
+    );
+}
+
+#[test]
 fn a_version_listed_by_a_role_the_name_was_not_delegated_to_is_not_offered() {
     // acme holds acme-*, delegated first and terminating: for those names
     // TUF consults no later delegation. community, delegated after it,
@@ -509,11 +602,11 @@ fn a_version_listed_by_a_role_the_name_was_not_delegated_to_is_not_offered() {
     let community = site.delegate_to("community", "*");
     let bundle = site.package("acme-topics", "9.0.0", "detector", "new-topic");
     let outbox = site.sign_as(&bundle, "community", &community);
-    // The owner's accept lets it in: tough checks only that some
-    // delegation matching the name lists it, not that acme's ends the
-    // search.
-    let (accepted, text) = site.accept(&outbox);
-    assert!(accepted, "{text}");
+    // The owner's accept refuses this (see the test above); a registry
+    // written by another tool, or by an accept before that check, serves
+    // it all the same. tough's load checks only that some delegation
+    // matching the name lists it, not that acme's ends the search.
+    site.serve_unchecked(&outbox);
 
     assert_eq!(site.versions("acme-topics"), ["1.0.0"]);
     let (success, text) = site.install("acme-topics");
@@ -533,10 +626,11 @@ fn an_install_credits_the_publisher_delegated_the_name_not_another_listing_it() 
     let (accepted, text) = site.accept(&site.sign_as(&bundle, "beta", &beta));
     assert!(accepted, "{text}");
     // acme, delegated before beta, signs beta's very bundle as its own.
-    // The owner's accept lets it in (beta's listing of the name satisfies
-    // tough's check), and acme's role is now the first to list it.
-    let (accepted, text) = site.accept(&site.sign(&bundle));
-    assert!(accepted, "{text}");
+    // The owner's accept refuses this (see the test above); a registry
+    // written by another tool, or by an accept before that check, serves
+    // it all the same (beta's listing of the name satisfies tough's load),
+    // and acme's role is now the first to list it.
+    site.serve_unchecked(&site.sign(&bundle));
 
     assert_eq!(site.versions("beta-topics"), ["1.0.0"]);
     let (success, text) = site.install("beta-topics");
@@ -688,6 +782,24 @@ fn a_damaged_trusted_root_is_replaced_only_with_force() {
     }
     let (success, text) = site.install("acme-topics");
     assert!(success, "the replaced root does not work: {text}");
+}
+
+/// Every file under `dir`, by its path in `dir`, with its bytes.
+fn files(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut all = std::collections::BTreeMap::new();
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(next) = dirs.pop() {
+        for entry in std::fs::read_dir(&next).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                all.insert(path.strip_prefix(dir).unwrap().to_owned(), bytes);
+            }
+        }
+    }
+    all
 }
 
 fn copy_dir(from: &Path, to: &Path) {

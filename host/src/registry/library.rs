@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use tough::schema::{Root, Signed, Target, Targets};
+use tough::schema::{Root, Signed};
 use tough::{ExpirationEnforcement, IntoVec, Repository, TargetName};
 use url::Url;
 
@@ -341,26 +341,7 @@ fn signer(repo: &Repository, name: &str) -> String {
     let Ok(target) = TargetName::new(name) else {
         return "unknown".into();
     };
-    let top = &repo.targets().signed;
-    let Ok(entry) = top.find_target(&target, false) else {
-        return "unknown".into();
-    };
-    holder(top, "targets", &target, entry).unwrap_or_else(|| "unknown".into())
-}
-
-/// The name of the role, `role` (named `name`) or one it delegates to,
-/// whose metadata holds `entry` as its target `target`. tough's search
-/// returns the entry but not whose it is; the entry itself, not an equal
-/// one, says whose. The tree is finite: tough loads each role once.
-fn holder(role: &Targets, name: &str, target: &TargetName, entry: &Target) -> Option<String> {
-    if (role.targets.get(target)).is_some_and(|own| std::ptr::eq(own, entry)) {
-        return Some(name.to_owned());
-    }
-    let mut delegated = role.delegations.iter().flat_map(|d| &d.roles);
-    delegated.find_map(|d| {
-        let targets = d.targets.as_ref()?;
-        holder(&targets.signed, &d.name, target, entry)
-    })
+    super::search(&repo.targets().signed, &target).map_or_else(|| "unknown".into(), |f| f.role)
 }
 
 /// Refuse `m` unless it is newer than every version of its name `entry`

@@ -27,3 +27,43 @@ pub mod publish;
 pub use bundle::Bundle;
 pub use library::{Fetched, Library, RegistryClient, Trusted, trust_root, trusted_root};
 pub use manifest::{Capability, Manifest};
+
+use tough::TargetName;
+use tough::schema::{Target, Targets};
+
+/// A target's entry as TUF's search finds it, and whose it is.
+#[derive(Debug)]
+pub(crate) struct Found<'a> {
+    /// The role whose metadata holds the entry (`targets` for the owner's
+    /// own).
+    pub role: String,
+    /// The entry: the length and hashes the file is verified against.
+    pub entry: &'a Target,
+}
+
+/// The entry of `target` an appliance reads, and whose: the one TUF's
+/// search from the top-level role `top` reaches, following delegations in
+/// order, only where their paths match, and stopping at a terminating one (`find_target` not permissive, as `read_target`).
+/// `None` when the search reaches no entry. The owner's `accept` asks the
+/// same question an install does, so it takes in only what an appliance
+/// reads as the publisher's.
+pub(crate) fn search<'a>(top: &'a Targets, target: &TargetName) -> Option<Found<'a>> {
+    let entry = top.find_target(target, false).ok()?;
+    let role = holder(top, "targets", target, entry)?;
+    Some(Found { role, entry })
+}
+
+/// The name of the role, `role` (named `name`) or one it delegates to,
+/// whose metadata holds `entry` as its target `target`. tough's search
+/// returns the entry but not whose it is; the entry itself, not an equal
+/// one, says whose. The tree is finite: tough loads each role once.
+fn holder(role: &Targets, name: &str, target: &TargetName, entry: &Target) -> Option<String> {
+    if (role.targets.get(target)).is_some_and(|own| std::ptr::eq(own, entry)) {
+        return Some(name.to_owned());
+    }
+    let mut delegated = role.delegations.iter().flat_map(|d| &d.roles);
+    delegated.find_map(|d| {
+        let targets = d.targets.as_ref()?;
+        holder(&targets.signed, &d.name, target, entry)
+    })
+}

@@ -229,7 +229,15 @@ async fn load_own(registry: &Path) -> anyhow::Result<Repository> {
 /// An editor over the owner's registry with every version bumped and every
 /// expiry set by `lifetimes`; the caller changes what it needs and signs.
 async fn edit_own(registry: &Path, lifetimes: &Lifetimes) -> anyhow::Result<RepositoryEditor> {
-    let repo = load_own(registry).await?;
+    edit_loaded(registry, load_own(registry).await?, lifetimes).await
+}
+
+/// [`edit_own`] over `repo`, the registry as [`load_own`] loaded it.
+async fn edit_loaded(
+    registry: &Path,
+    repo: Repository,
+    lifetimes: &Lifetimes,
+) -> anyhow::Result<RepositoryEditor> {
     let versions = (
         repo.targets().signed.version,
         repo.snapshot().signed.version,
@@ -292,6 +300,21 @@ pub async fn delegate(
     patterns: &[String],
     lifetimes: &Lifetimes,
 ) -> anyhow::Result<()> {
+    add_delegation(registry, keys, card, patterns, lifetimes, true).await
+}
+
+/// [`delegate`], terminating or not: a terminating delegation ends TUF's
+/// search for the names it matches, so no publisher delegated later can
+/// ever sign them. [`delegate`]'s always are; a registry written by other
+/// tools may hold others.
+async fn add_delegation(
+    registry: &Path,
+    keys: &Path,
+    card: &Path,
+    patterns: &[String],
+    lifetimes: &Lifetimes,
+    terminating: bool,
+) -> anyhow::Result<()> {
     let card: Card = serde_json::from_slice(
         &std::fs::read(card).with_context(|| format!("reading {}", card.display()))?,
     )
@@ -319,7 +342,7 @@ pub async fn delegate(
             &card.publisher,
             dir_url(staging.path())?.as_str(),
             PathSet::Paths(paths),
-            true,
+            terminating,
             NonZeroU64::MIN,
             Some(HashMap::from([(keyid, card.key.clone())])),
         )
@@ -423,6 +446,15 @@ pub async fn publish_files(
 /// by the key delegated to it, name only what it was delegated, and list
 /// exactly the files the outbox holds. The snapshot and timestamp are
 /// re-signed.
+///
+/// "Only what it was delegated" is checked as an appliance reads the
+/// registry: TUF's search for each name the role lists, in the registry as
+/// it would be after the update, must reach the role's own entry. A name
+/// no delegation of the role matches is refused, and so is one an earlier
+/// terminating delegation keeps from it, or one the search finds in
+/// another role first: appliances would never read it from this role,
+/// and the version listed would be offered, or the bundle credited, to a
+/// publisher that did not sign it.
 pub async fn accept(
     registry: &Path,
     keys: &Path,
@@ -439,7 +471,13 @@ pub async fn accept(
         }
     }
     anyhow::ensure!(!roles.is_empty(), "{} holds no role", outbox.display());
-    let mut editor = edit_own(registry, lifetimes).await?;
+    let repo = load_own(registry).await?;
+    // The delegation tree as appliances read it now, and as they will once
+    // the outbox is in: tough's editor keeps its own to itself.
+    let before = repo.targets().signed.clone();
+    let mut after = before.clone();
+    let mut editor = edit_loaded(registry, repo, lifetimes).await?;
+    let mut listed = Vec::new();
     let mut copies = Vec::new();
     for (role, file) in &roles {
         let signed: Signed<Targets> = serde_json::from_slice(&std::fs::read(file)?)
@@ -449,6 +487,7 @@ pub async fn accept(
             .await
             .with_context(|| format!("role {role} from {}", outbox.display()))?;
         for (name, target) in &signed.signed.targets {
+            listed.push((role, name.clone()));
             let source = outbox.join("targets").join(name.resolved());
             if !source.exists() {
                 // Published earlier; already in the registry.
@@ -462,8 +501,15 @@ pub async fn accept(
             );
             copies.push((source, registry.join("targets").join(name.resolved())));
         }
+        put_role(&mut after, role, signed)?;
     }
-    // Signing checks every target against its delegation's names.
+    for (role, name) in &listed {
+        let refused = || format!("{} refused: nothing accepted", outbox.display());
+        let entry = read_from(&after, role, name).with_context(refused)?;
+        keeps_bytes(&before, role, name, entry).with_context(refused)?;
+    }
+    // tough checks at signing that some delegation matches each name, a
+    // weaker form of the check above.
     let signed = editor
         .sign(&owner_keys(keys)?)
         .await
@@ -476,6 +522,110 @@ pub async fn accept(
     }
     signed.write(registry.join("metadata")).await?;
     Ok(())
+}
+
+/// Put `role`, as an outbox holds it, in place of the role `name` in
+/// `tree`, as tough's `update_delegated_targets` does in its editor: the
+/// roles it delegates to keep what the registry holds of them.
+fn put_role(tree: &mut Targets, name: &str, mut role: Signed<Targets>) -> anyhow::Result<()> {
+    if name == "targets" {
+        tree.update_targets(&mut role);
+        *tree = role.signed;
+        return Ok(());
+    }
+    let slot = tree
+        .delegated_role_mut(name)
+        .with_context(|| format!("the registry delegates nothing to {name}"))?;
+    if let Some(old) = &slot.targets {
+        old.signed.update_targets(&mut role);
+    }
+    slot.targets = Some(role);
+    Ok(())
+}
+
+/// Refuse `role` listing `name` unless TUF's search for `name` in `tree`
+/// (the registry as appliances would read it) reaches `role`'s own entry;
+/// that entry.
+fn read_from<'a>(tree: &'a Targets, role: &str, name: &TargetName) -> anyhow::Result<&'a Target> {
+    let target = name.raw();
+    let found = super::search(tree, name);
+    let reached = match found {
+        Some(found) if found.role == role => return Ok(found.entry),
+        Some(found) => Some(found.role),
+        None => None,
+    };
+    let by = reached.map_or_else(String::new, |other| {
+        format!(" (appliances read it from {other}, which the search for it reaches first)")
+    });
+    anyhow::ensure!(
+        delegates(tree, role, name),
+        "{role} lists {target}, which is not delegated to {role}{by}"
+    );
+    if by.is_empty() {
+        anyhow::bail!(
+            "{role} lists {target}, which an earlier terminating delegation keeps from \
+             {role}: appliances would never read it"
+        );
+    }
+    anyhow::bail!("{role} lists {target}, but it is not {role}'s to sign{by}")
+}
+
+/// Refuse `role` listing `name` as `entry` when appliances read `name`,
+/// in the registry as it is (`before`), from another role's entry with
+/// other bytes: accepting would copy `role`'s file over that role's in
+/// `targets/`.
+///
+/// [`read_from`] alone makes this impossible while every delegation is
+/// the owner's and terminating, as [`delegate`] makes them: the search for
+/// a name then stops at the owner's own entry or the first delegation
+/// matching it, whatever the publishers' roles list, so if it reaches
+/// `role` after the update it reached `role` before, and no other role's
+/// entry. A delegation that
+/// does not terminate (TUF allows them; tough and other tools make them,
+/// and a publisher may delegate so within its own names) lets the search
+/// go past a role that does not list the name: that role, listing it,
+/// would then take the name over from one the search reaches later.
+fn keeps_bytes(
+    before: &Targets,
+    role: &str,
+    name: &TargetName,
+    entry: &Target,
+) -> anyhow::Result<()> {
+    let Some(found) = super::search(before, name) else {
+        return Ok(());
+    };
+    let same =
+        found.entry.length == entry.length && found.entry.hashes.sha256 == entry.hashes.sha256;
+    anyhow::ensure!(
+        found.role == role || same,
+        "{role} lists {}, which appliances read from {} now, with other bytes: accepting it \
+         would replace the file {} signed",
+        name.raw(),
+        found.role,
+        found.role
+    );
+    Ok(())
+}
+
+/// Whether the delegation to `role` in `tree` names `target`.
+fn delegates(tree: &Targets, role: &str, target: &TargetName) -> bool {
+    let Ok(delegated) = tree.delegated_role(role) else {
+        return false;
+    };
+    // tough matches a name against one delegation's paths only through
+    // a set of delegations: this one alone, without its metadata.
+    let alone = tough::schema::Delegations {
+        keys: HashMap::new(),
+        roles: vec![tough::schema::DelegatedRole {
+            targets: None,
+            name: delegated.name.clone(),
+            keyids: delegated.keyids.clone(),
+            threshold: delegated.threshold,
+            paths: delegated.paths.clone(),
+            terminating: delegated.terminating,
+        }],
+    };
+    alone.target_is_delegated(target)
 }
 
 /// Re-sign all the registry's metadata but the root with fresh expiries,
@@ -694,4 +844,82 @@ pub fn location(text: &str) -> anyhow::Result<Url> {
 /// publisher says out of band.
 pub fn card_key_id(card: &Card) -> anyhow::Result<String> {
     key_id(&card.key)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn accept_never_replaces_the_bytes_of_a_file_another_role_signed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (reg, keys) = (dir.path().join("reg"), dir.path().join("keys"));
+        let lifetimes = Lifetimes::new(30);
+        init(&reg, &keys, &lifetimes).await.unwrap();
+        // early holds every name, delegated first but not terminating (as
+        // other tools can delegate): the search for a name early does not
+        // list goes on to acme.
+        for (publisher, pattern, terminating) in [("early", "*", false), ("acme", "acme-*", true)] {
+            let card = dir.path().join(format!("{publisher}.card.json"));
+            let key = dir.path().join(format!("{publisher}.pem"));
+            keygen(publisher, &key, &card, 30).await.unwrap();
+            let patterns = [pattern.to_owned()];
+            add_delegation(&reg, &keys, &card, &patterns, &lifetimes, terminating)
+                .await
+                .unwrap();
+        }
+        let (url, root) = (dir_url(&reg).unwrap(), reg.join("metadata/root.json"));
+        let version = semver::Version::new(1, 0, 0);
+        let publish_as = |publisher: &'static str, bytes: &'static [u8]| {
+            let key = dir.path().join(format!("{publisher}.pem"));
+            let outbox = dir.path().join(format!("{publisher}-outbox"));
+            let (url, root, version) = (url.clone(), root.clone(), version.clone());
+            async move {
+                let signer = Signer {
+                    publisher,
+                    key: &key,
+                    days: 30,
+                };
+                let files = [(COMPONENT, bytes)];
+                publish_files(
+                    &url,
+                    &root,
+                    &signer,
+                    "acme-topics",
+                    &version,
+                    &files,
+                    &outbox,
+                )
+                .await
+                .unwrap();
+                outbox
+            }
+        };
+        let outbox = publish_as("acme", b"acme's component").await;
+        accept(&reg, &keys, &outbox, &lifetimes).await.unwrap();
+        let file = reg
+            .join("targets")
+            .join(target_name("acme-topics", &version, COMPONENT));
+        assert_eq!(std::fs::read(&file).unwrap(), b"acme's component");
+
+        // early now lists acme's name, with its own bytes: the search would
+        // reach early's entry first, but the file is acme's.
+        let outbox = publish_as("early", b"early's component").await;
+        let refused = accept(&reg, &keys, &outbox, &lifetimes).await.unwrap_err();
+        let text = format!("{refused:#}");
+        for says in [
+            "early lists plugins/acme-topics/1.0.0/component.wasm",
+            "appliances read from acme",
+            "replace the file acme signed",
+        ] {
+            assert!(text.contains(says), "refusal does not say {says:?}: {text}");
+        }
+        assert_eq!(std::fs::read(&file).unwrap(), b"acme's component");
+        let repo = load_own(&reg).await.unwrap();
+        let name = TargetName::new(target_name("acme-topics", &version, COMPONENT)).unwrap();
+        let found = super::super::search(&repo.targets().signed, &name).unwrap();
+        assert_eq!(found.role, "acme", "the registry changed");
+    }
 }
