@@ -43,7 +43,8 @@ pub(crate) struct Found<'a> {
 
 /// The entry of `target` an appliance reads, and whose: the one TUF's
 /// search from the top-level role `top` reaches, following delegations in
-/// order, only where their paths match, and stopping at a terminating one (`find_target` not permissive, as `read_target`).
+/// order, only where their paths match, and stopping at a terminating one
+/// (`find_target` not permissive, as `read_target` searches).
 /// `None` when the search reaches no entry. The owner's `accept` asks the
 /// same question an install does, so it takes in only what an appliance
 /// reads as the publisher's.
