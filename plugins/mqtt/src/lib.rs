@@ -1420,6 +1420,24 @@ mod tests {
         e.texts(name).collect()
     }
 
+    /// Check that a SUBSCRIBE and an UNSUBSCRIBE of `filters`, at MQTT
+    /// 3.1.1 and 5, are described with the filters the broker serves
+    /// (`served`), the share groups (`groups`), and `filters` as sent.
+    fn assert_described(filters: &[&str], served: &[&str], groups: &[&str]) {
+        for v5 in [false, true] {
+            let state: &[u8] = if v5 { &[5, 5] } else { &[4, 4] };
+            let with_options: Vec<_> = filters.iter().map(|f| (*f, 1)).collect();
+            for bytes in [subscribe(&with_options, v5), unsubscribe(filters, v5)] {
+                let parsed = parse(state, &bytes);
+                assert_eq!(parsed.malformed, None, "v5 {v5}");
+                let e = parsed.events.get(0).unwrap();
+                assert_eq!(texts(&e, "filter"), served, "{e}");
+                assert_eq!(texts(&e, "share-group"), groups, "{e}");
+                assert_eq!(texts(&e, "subscription"), filters, "{e}");
+            }
+        }
+    }
+
     #[test]
     fn a_shared_subscription_is_described_by_the_filter_the_broker_serves() {
         // A plain filter, a shared one, a plain one that only looks
@@ -1442,18 +1460,7 @@ mod tests {
             "x//y",
             "$share/k/z",
         ];
-        for v5 in [false, true] {
-            let state: &[u8] = if v5 { &[5, 5] } else { &[4, 4] };
-            let with_options: Vec<_> = filters.iter().map(|f| (*f, 1)).collect();
-            for bytes in [subscribe(&with_options, v5), unsubscribe(&filters, v5)] {
-                let parsed = parse(state, &bytes);
-                assert_eq!(parsed.malformed, None, "v5 {v5}");
-                let e = parsed.events.get(0).unwrap();
-                assert_eq!(texts(&e, "filter"), served, "{e}");
-                assert_eq!(texts(&e, "share-group"), ["g", "h", "g"], "{e}");
-                assert_eq!(texts(&e, "subscription"), filters, "{e}");
-            }
-        }
+        assert_described(&filters, &served, &["g", "h", "g"]);
         // Without a shared filter, no group.
         let parsed = parse(&[4, 4], &subscribe(&[("a", 0)], false));
         let e = parsed.events.get(0).unwrap();
@@ -1472,25 +1479,14 @@ mod tests {
             "$exclusive/$share/g/x",
             "$exclusive/$queue/y",
         ];
-        for v5 in [false, true] {
-            let state: &[u8] = if v5 { &[5, 5] } else { &[4, 4] };
-            let with_options: Vec<_> = filters.iter().map(|f| (*f, 1)).collect();
-            for bytes in [subscribe(&with_options, v5), unsubscribe(&filters, v5)] {
-                let parsed = parse(state, &bytes);
-                assert_eq!(parsed.malformed, None, "v5 {v5}");
-                let e = parsed.events.get(0).unwrap();
-                let served = [
-                    "site/secret/#",
-                    "site/secret/#",
-                    "$queued/a",
-                    "$share/g/x",
-                    "$queue/y",
-                ];
-                assert_eq!(texts(&e, "filter"), served, "{e}");
-                assert_eq!(texts(&e, "share-group"), ["$queue"], "{e}");
-                assert_eq!(texts(&e, "subscription"), filters, "{e}");
-            }
-        }
+        let served = [
+            "site/secret/#",
+            "site/secret/#",
+            "$queued/a",
+            "$share/g/x",
+            "$queue/y",
+        ];
+        assert_described(&filters, &served, &["$queue"]);
         for filter in ["$queue/", "$exclusive/"] {
             for refused in refusals(filter) {
                 assert!(
