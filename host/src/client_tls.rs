@@ -171,11 +171,12 @@ impl Connector {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
 
-    fn ca_file(dir: &Path) -> PathBuf {
+    /// A CA certificate of its own, in `ca.pem` in `dir`.
+    pub(crate) fn ca_file(dir: &Path) -> PathBuf {
         let key = rcgen::KeyPair::generate().unwrap();
         let ca = rcgen::CertificateParams::new(Vec::<String>::new())
             .unwrap()

@@ -1008,13 +1008,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let token = dir.path().join("token");
         std::fs::write(&token, "Bearer 1f2e3d\n").unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let ca = rcgen::CertificateParams::new(Vec::<String>::new())
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        let ca_file = dir.path().join("ca.pem");
-        std::fs::write(&ca_file, ca.pem()).unwrap();
+        let ca_file = crate::client_tls::tests::ca_file(dir.path());
         let webhook = |url: &str, tls: Option<ClientTls>| SinkConfig::Webhook {
             name: "soc".into(),
             url: url.into(),
@@ -1459,23 +1453,35 @@ mod tests {
                 hung_up.push(stream);
             }
         });
+        let (attempt, waiting) = syslog_attempt(&rt, address, SyslogTransport::Tcp, None);
+        assert!(
+            matches!(attempt, Err(DeliveryError::Unread(n)) if n > 1),
+            "{attempt:?}"
+        );
+        assert_eq!(waiting, 40);
+    }
+
+    /// One attempt to deliver 40 records (21 KiB) to the syslog receiver
+    /// at `address`, and how many records wait after it.
+    fn syslog_attempt(
+        rt: &tokio::runtime::Runtime,
+        address: std::net::SocketAddr,
+        transport: SyslogTransport,
+        tls: Option<ClientTls>,
+    ) -> (Result<usize, DeliveryError>, usize) {
         let store = Store::temporary().unwrap();
         let log = AuditLog::open(&store).unwrap();
         log.append(entries(40)).unwrap();
         let sink = SinkConfig::Syslog {
             name: "syslog".into(),
             address: address.to_string(),
-            transport: SyslogTransport::Tcp,
-            tls: None,
+            transport,
+            tls,
             hostname: None,
         };
         let mut exporter = Exporter::new(log.clone(), sink).deadline(Duration::from_secs(10));
         let attempt = rt.block_on(exporter.deliver_next());
-        assert!(
-            matches!(attempt, Err(DeliveryError::Unread(n)) if n > 1),
-            "{attempt:?}"
-        );
-        assert_eq!(log.backlog("syslog").unwrap(), 40);
+        (attempt, log.backlog("syslog").unwrap())
     }
 
     /// Whether the kernel holds the TCP connection from `local` to `remote`
@@ -1544,31 +1550,21 @@ mod tests {
                 let _ = tls.flush().await;
             }
         });
-        let store = Store::temporary().unwrap();
-        let log = AuditLog::open(&store).unwrap();
-        // 21 KiB: more than the receiver's handshake can read past its end
-        // (rustls reads 4 KiB at a time), so most of the batch is in its
-        // socket, unread, when it closes; less than its socket takes
-        // unread, or our writes would wait for it.
-        log.append(entries(40)).unwrap();
-        let sink = SinkConfig::Syslog {
-            name: "syslog".into(),
-            address: address.to_string(),
-            transport: SyslogTransport::Tls,
-            tls: Some(ClientTls {
-                ca: Some(ca),
-                server_name: Some("localhost".into()),
-                ..ClientTls::default()
-            }),
-            hostname: None,
+        // The batch's 21 KiB are more than the receiver's handshake can
+        // read past its end (rustls reads 4 KiB at a time), so most of it
+        // is in its socket, unread, when it closes; less than its socket
+        // takes unread, or our writes would wait for it.
+        let tls = ClientTls {
+            ca: Some(ca),
+            server_name: Some("localhost".into()),
+            ..ClientTls::default()
         };
-        let mut exporter = Exporter::new(log.clone(), sink).deadline(Duration::from_secs(10));
-        let attempt = rt.block_on(exporter.deliver_next());
+        let (attempt, waiting) = syslog_attempt(&rt, address, SyslogTransport::Tls, Some(tls));
         assert!(
             matches!(&attempt, Err(DeliveryError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset),
             "{attempt:?}"
         );
-        assert_eq!(log.backlog("syslog").unwrap(), 40);
+        assert_eq!(waiting, 40);
     }
 
     #[test]

@@ -686,13 +686,7 @@ mod tests {
         let webhook = |url: &str| format!("kind = \"webhook\"\nurl = \"{url}\"\n");
         let syslog = |address: &str| format!("kind = \"syslog\"\naddress = \"{address}\"\n");
         let file = |path: &Path| format!("kind = \"file\"\npath = {:?}\n", path);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let ca = rcgen::CertificateParams::new(Vec::<String>::new())
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        let ca_file = dir.path().join("siem-ca.pem");
-        std::fs::write(&ca_file, ca.pem()).unwrap();
+        let ca_file = crate::client_tls::tests::ca_file(dir.path());
         let tls = |ca: &Path| format!("tls = {{ ca = {ca:?} }}\n");
         let token = dir.path().join("token");
         std::fs::write(&token, "Splunk 1f2e3d\n").unwrap();
