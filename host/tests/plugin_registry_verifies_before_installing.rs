@@ -533,15 +533,34 @@ fn a_publisher_signs_only_its_own_names_and_only_with_its_key() {
     site.refused("acme-topics", "signature");
 }
 
-#[test]
-fn accept_refuses_a_name_an_earlier_terminating_delegation_keeps_from_the_role() {
-    // acme holds acme-*, delegated first and terminating: for those names
-    // TUF consults no later delegation. community, delegated after it,
-    // holds every name, and lists an acme-topics 9.0.0 of its own.
+/// acme holds acme-*, delegated first and terminating: for those names
+/// TUF consults no later delegation. community, delegated after it, holds
+/// every name, and lists an acme-topics 9.0.0 of its own. The site,
+/// community's key, and community's outbox.
+fn community_lists_acme_topics() -> (Site, PathBuf, PathBuf) {
     let site = site_with("acme-topics");
     let community = site.delegate_to("community", "*");
     let bundle = site.package("acme-topics", "9.0.0", "detector", "new-topic");
     let outbox = site.sign_as(&bundle, "community", &community);
+    (site, community, outbox)
+}
+
+/// beta, delegated beta-*, published beta-topics 1.0.0; acme, delegated
+/// before beta, signs beta's very bundle as its own. The site and acme's
+/// outbox.
+fn acme_signs_betas_bundle() -> (Site, PathBuf) {
+    let site = site();
+    let beta = site.delegate_to("beta", "beta-*");
+    let bundle = site.package("beta-topics", "1.0.0", "detector", "new-topic");
+    let (accepted, text) = site.accept(&site.sign_as(&bundle, "beta", &beta));
+    assert!(accepted, "{text}");
+    let outbox = site.sign(&bundle);
+    (site, outbox)
+}
+
+#[test]
+fn accept_refuses_a_name_an_earlier_terminating_delegation_keeps_from_the_role() {
+    let (site, community, outbox) = community_lists_acme_topics();
     site.accept_refused(
         &outbox,
         &[
@@ -571,14 +590,9 @@ fn accept_refuses_a_name_an_earlier_terminating_delegation_keeps_from_the_role()
 
 #[test]
 fn accept_refuses_a_role_listing_a_name_delegated_to_another() {
-    let site = site();
-    let beta = site.delegate_to("beta", "beta-*");
-    let bundle = site.package("beta-topics", "1.0.0", "detector", "new-topic");
-    let (accepted, text) = site.accept(&site.sign_as(&bundle, "beta", &beta));
-    assert!(accepted, "{text}");
-    // acme, delegated before beta, signs beta's very bundle as its own.
+    let (site, outbox) = acme_signs_betas_bundle();
     site.accept_refused(
-        &site.sign(&bundle),
+        &outbox,
         &[
             "acme lists plugins/beta-topics/1.0.0/",
             "not delegated to acme",
@@ -595,13 +609,7 @@ fn accept_refuses_a_role_listing_a_name_delegated_to_another() {
 
 #[test]
 fn a_version_listed_by_a_role_the_name_was_not_delegated_to_is_not_offered() {
-    // acme holds acme-*, delegated first and terminating: for those names
-    // TUF consults no later delegation. community, delegated after it,
-    // holds every name, and lists an acme-topics 9.0.0 of its own.
-    let site = site_with("acme-topics");
-    let community = site.delegate_to("community", "*");
-    let bundle = site.package("acme-topics", "9.0.0", "detector", "new-topic");
-    let outbox = site.sign_as(&bundle, "community", &community);
+    let (site, _, outbox) = community_lists_acme_topics();
     // The owner's accept refuses this (see the test above); a registry
     // written by another tool, or by an accept before that check, serves
     // it all the same. tough's load checks only that some delegation
@@ -620,17 +628,12 @@ fn a_version_listed_by_a_role_the_name_was_not_delegated_to_is_not_offered() {
 
 #[test]
 fn an_install_credits_the_publisher_delegated_the_name_not_another_listing_it() {
-    let site = site();
-    let beta = site.delegate_to("beta", "beta-*");
-    let bundle = site.package("beta-topics", "1.0.0", "detector", "new-topic");
-    let (accepted, text) = site.accept(&site.sign_as(&bundle, "beta", &beta));
-    assert!(accepted, "{text}");
-    // acme, delegated before beta, signs beta's very bundle as its own.
+    let (site, outbox) = acme_signs_betas_bundle();
     // The owner's accept refuses this (see the test above); a registry
     // written by another tool, or by an accept before that check, serves
     // it all the same (beta's listing of the name satisfies tough's load),
     // and acme's role is now the first to list it.
-    site.serve_unchecked(&site.sign(&bundle));
+    site.serve_unchecked(&outbox);
 
     assert_eq!(site.versions("beta-topics"), ["1.0.0"]);
     let (success, text) = site.install("beta-topics");
