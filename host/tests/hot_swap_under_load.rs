@@ -711,13 +711,9 @@ async fn watch(
     w.write_all(&common::mqtt_connect("hot-swap-watcher"))
         .await
         .map_err(io)?;
-    // SUBSCRIBE, packet id 1, `load/#` at QoS 1.
-    let filter = b"load/#";
-    let mut subscribe = vec![0x82, 2 + 2 + filter.len() as u8 + 1, 0, 1, 0];
-    subscribe.push(filter.len() as u8);
-    subscribe.extend_from_slice(filter);
-    subscribe.push(1);
-    w.write_all(&subscribe).await.map_err(io)?;
+    w.write_all(&common::mqtt_subscribe_at(1, &["load/#"]))
+        .await
+        .map_err(io)?;
     w.flush().await.map_err(io)?;
     let (connack, _) = read_packet(&mut r).await.map_err(io)?;
     let (suback, body) = read_packet(&mut r).await.map_err(io)?;

@@ -157,10 +157,15 @@ pub fn wait_for(seconds: u64, mut done: impl FnMut() -> bool) -> bool {
 
 /// An MQTT 3.1.1 SUBSCRIBE (packet id 1) to `filters`, each at QoS 0.
 pub fn mqtt_subscribe(filters: &[&str]) -> Vec<u8> {
+    mqtt_subscribe_at(0, filters)
+}
+
+/// An MQTT 3.1.1 SUBSCRIBE (packet id 1) to `filters`, each at `qos`.
+pub fn mqtt_subscribe_at(qos: u8, filters: &[&str]) -> Vec<u8> {
     let mut body = 1u16.to_be_bytes().to_vec();
     for filter in filters {
         body.extend(string(filter));
-        body.push(0);
+        body.push(qos);
     }
     packet(0x82, &body)
 }
