@@ -4,10 +4,10 @@
 //! (the device registry).
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use palisade_plugin_sdk::host::kv::ENTRY_OVERHEAD;
 
@@ -17,6 +17,10 @@ pub enum StoreError {
     /// The database could not be opened or used.
     #[error("state database: {0}")]
     Sled(#[from] sled::Error),
+    /// Another holder kept the database's lock for as long as
+    /// [`Store::open`] waits.
+    #[error("the state database in {} is locked by another process", .0.display())]
+    Locked(PathBuf),
 }
 
 /// Why a key-value write was refused.
@@ -105,13 +109,45 @@ pub struct Store {
 /// writes them to disk within its own flush interval (half a second) after.
 const WRITE_BACK: Duration = Duration::from_millis(250);
 
+/// How long [`Store::open`] waits for the database's lock. sled's own
+/// background writes keep its file, and so its lock, for a moment after
+/// the last handle on a database is dropped: a store reopened at once in
+/// the same process (a command line run just as `palisade serve` stops,
+/// a tool that opens the state once per step) would otherwise fail at
+/// random.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// How often [`Store::open`] tries the lock again while it waits.
+const LOCK_POLL: Duration = Duration::from_millis(10);
+
+/// Whether sled failed to open a database because another holder has its
+/// lock. sled tells it in the message only (sled 0.34, `Config::try_lock`).
+fn is_locked(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock"))
+}
+
 /// Writes a namespace holds at most: one more writes them all at once.
 const MAX_HELD: usize = 1024;
 
 impl Store {
-    /// Open (or create) the database in `dir`.
+    /// Open (or create) the database in `dir`, waiting up to [`LOCK_WAIT`]
+    /// for another holder to let it go.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        Ok(Self::with(sled::open(dir)?))
+        Self::open_waiting(dir, LOCK_WAIT)
+    }
+
+    fn open_waiting(dir: &Path, wait: Duration) -> Result<Self, StoreError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            match sled::open(dir) {
+                Ok(db) => return Ok(Self::with(db)),
+                Err(e) if !is_locked(&e) => return Err(e.into()),
+                Err(_) if Instant::now() >= deadline => {
+                    return Err(StoreError::Locked(dir.to_owned()));
+                }
+                Err(_) => std::thread::sleep(LOCK_POLL),
+            }
+        }
     }
 
     /// A database that lives in memory only, for tools and tests.
@@ -480,6 +516,34 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    /// A store reopened while another handle lets it go waits for it: sled
+    /// keeps the lock for a moment after a drop, and an open failed on it
+    /// at random (CI, stop 21). One still held gets a clear error.
+    #[test]
+    fn opening_a_locked_store_waits_then_says_who_holds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = Store::open(dir.path()).unwrap();
+        held.tree("t").unwrap().insert("k", "v").unwrap();
+        let error = Store::open_waiting(dir.path(), Duration::from_millis(50)).unwrap_err();
+        assert!(matches!(error, StoreError::Locked(_)), "{error:?}");
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "the state database in {} is locked by another process",
+                dir.path().display()
+            )
+        );
+
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            drop(held);
+        });
+        let reopened = Store::open(dir.path()).unwrap();
+        releaser.join().unwrap();
+        let value = reopened.tree("t").unwrap().get("k").unwrap();
+        assert_eq!(value.as_deref(), Some(&b"v"[..]));
+    }
 
     /// Writers of one path used to share one temporary file: one removed
     /// or renamed the other's, and its rename then failed.
