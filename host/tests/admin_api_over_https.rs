@@ -180,15 +180,27 @@ fn operators_administer_by_role_over_https() {
     assert_eq!(status, 200);
     assert!(body.contains("1.0.0"), "{body}");
 
-    // Plugin settings: an operator's to change, not a viewer's.
+    // Plugin settings: an operator's to change, and to read (one may be a
+    // credential), not a viewer's.
     let (ok, out, err) = remote(
         port,
         &ann,
         &["plugin", "config", "mqtt", "payload-bytes", "8"],
     );
     assert!(ok, "{out}{err}");
-    let (ok, out, _) = remote(port, &val, &["plugin", "config", "mqtt", "payload-bytes"]);
+    let (ok, out, _) = remote(port, &ann, &["plugin", "config", "mqtt", "payload-bytes"]);
     assert!(ok && out == "8\n", "{out}");
+    for read in [
+        &["plugin", "config", "mqtt"][..],
+        &["plugin", "config", "mqtt", "payload-bytes"],
+    ] {
+        let (ok, out, err) = remote(port, &val, read);
+        assert!(
+            !ok && err.contains("plugin-config needs operator"),
+            "{out}{err}"
+        );
+        assert!(!out.contains('8'), "{out}");
+    }
     let (ok, _, err) = remote(
         port,
         &val,

@@ -178,12 +178,7 @@ impl Request {
             Request::PkiList
             | Request::DeviceList
             | Request::DeviceShow { .. }
-            | Request::PluginList
-            | Request::PluginConfig {
-                value: None,
-                unset: false,
-                ..
-            } => Some(Role::Viewer),
+            | Request::PluginList => Some(Role::Viewer),
             Request::Quarantine { .. }
             | Request::Release { .. }
             | Request::PluginInstall { .. }
@@ -192,6 +187,8 @@ impl Request {
             | Request::PluginRemove { .. }
             | Request::PluginShadow { .. }
             | Request::PluginPromote { .. }
+            // Reading settings too: a setting may be a credential a plugin
+            // needs (its audit record keeps only its size).
             | Request::PluginConfig { .. } => Some(Role::Operator),
             Request::Issue { .. } | Request::Revoke { .. } | Request::DeviceAdd { .. } => {
                 Some(Role::Admin)
@@ -759,7 +756,7 @@ impl Admin {
                 info!(
                     plugin = name,
                     setting = key,
-                    value,
+                    bytes = value.len(),
                     "plugin setting changed"
                 );
                 Ok(json!({"set": key, "value": value}))
