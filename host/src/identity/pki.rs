@@ -155,7 +155,15 @@ impl Pki {
     /// there is none. Says whether it was created.
     pub fn init(data: &Path) -> Result<(Pki, bool), PkiError> {
         let dir = data.join("pki");
-        if dir.join("ca.key").exists() {
+        let (key_path, cert_path) = (dir.join("ca.key"), dir.join("ca.pem"));
+        if key_path.exists() && !cert_path.exists() {
+            // A first start cut short between the two writes below: the key
+            // never signed anything anyone holds. Set aside, not destroyed,
+            // should its certificate have been removed by hand instead.
+            let aside = dir.join("ca.key.incomplete");
+            std::fs::rename(&key_path, &aside).map_err(io(&key_path))?;
+            tracing::warn!(key = %aside.display(), "a site CA key without its certificate, from an interrupted first start, set aside: creating the site CA afresh");
+        } else if key_path.exists() {
             return Ok((Pki::open(data)?, false));
         }
         crate::store::create_data_dir(&dir).map_err(io(&dir))?;
@@ -182,9 +190,9 @@ impl Pki {
         params.serial_number = Some(random_serial());
         let cert = params.self_signed(&key)?;
         // The key first: a CA certificate without its key is useless, a key
-        // without its certificate is regenerated on the next init.
-        write_file(&dir.join("ca.key"), key.serialize_pem().as_bytes(), 0o600)?;
-        write_file(&dir.join("ca.pem"), cert.pem().as_bytes(), 0o644)?;
+        // without its certificate is set aside on the next init (above).
+        write_file(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
+        write_file(&cert_path, cert.pem().as_bytes(), 0o644)?;
         Ok((Pki::open(data)?, true))
     }
 
@@ -486,6 +494,28 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    /// A first start cut short after the key was written left a key
+    /// without its certificate, and every later start failed on it.
+    #[test]
+    fn a_first_start_cut_short_is_started_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, _) = Pki::init(dir.path()).unwrap();
+        let pki = dir.path().join("pki");
+        let old_key = std::fs::read(pki.join("ca.key")).unwrap();
+        std::fs::remove_file(pki.join("ca.pem")).unwrap();
+
+        let (again, created) = Pki::init(dir.path()).unwrap();
+        assert!(created);
+        assert_ne!(again.ca_pem(), first.ca_pem());
+        assert_eq!(
+            std::fs::read(pki.join("ca.key.incomplete")).unwrap(),
+            old_key
+        );
+        let (reopened, created) = Pki::init(dir.path()).unwrap();
+        assert!(!created);
+        assert_eq!(reopened.ca_pem(), again.ca_pem());
     }
 
     #[test]
