@@ -503,25 +503,27 @@ impl Pump {
                 direction: name(direction),
                 source,
             })?;
-        if inspected.blocked {
-            let reason: Vec<String> = inspected.errors.iter().map(ToString::to_string).collect();
-            return Err(RelayError::Blocked {
-                direction: name(direction),
-                reason: reason.join("; "),
-            });
-        }
         let verdict = inspected.verdict();
+        // Also when a failing plugin blocks the chunk: what the others
+        // found, and the quarantine they asked for, stand.
         if !(inspected.findings.is_empty() && inspected.actions.is_empty()) {
             let session = lock(pipeline).session().clone();
             if let Some((_, reason)) = verdict.close.as_ref().filter(|_| verdict.quarantine) {
                 // First, before anything is written or recorded: the
                 // device's sessions close now, but for this one when the
                 // frames allowed before the offence still go to the device.
-                let spare = direction == Direction::ToDevice;
+                let spare = direction == Direction::ToDevice && !inspected.blocked;
                 activity.closing.store(true, Ordering::Relaxed);
                 self.enforcer.quarantine(&session, reason, spare);
             }
             self.enforcer.record(&session, &inspected);
+        }
+        if inspected.blocked {
+            let reason: Vec<String> = inspected.errors.iter().map(ToString::to_string).collect();
+            return Err(RelayError::Blocked {
+                direction: name(direction),
+                reason: reason.join("; "),
+            });
         }
         // The frames are consecutive and start at the first held byte: the
         // pipeline cuts them from the front of what it was given, which is
@@ -825,6 +827,61 @@ mod tests {
         fn quarantine(&self, _: &Session, _: &str, _: bool) {
             self.0.fetch_add(1, Ordering::SeqCst);
         }
+    }
+
+    /// What the relay told its enforcer.
+    #[derive(Default)]
+    struct Told {
+        records: AtomicU64,
+        quarantines: AtomicU64,
+    }
+
+    impl Enforcer for Told {
+        fn record(&self, _: &Session, _: &Inspected) {
+            self.records.fetch_add(1, Ordering::SeqCst);
+        }
+        fn quarantine(&self, _: &Session, _: &str, _: bool) {
+            self.quarantines.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A chunk that a failing detector blocks (it fails closed) still has
+    /// the quarantine its policy asked for carried out, and its findings
+    /// recorded: the block used to return first, and the device, never
+    /// quarantined nor recorded, could come back at once and try again.
+    #[tokio::test]
+    async fn a_chunk_a_failing_detector_blocks_still_quarantines_and_is_recorded() {
+        let policy = r#"permit(principal, action in Action::"mqtt", resource);
+@response("quarantine-device")
+forbid(principal, action == Action::"mqtt.publish", resource) when { context.topic like "*/firmware" };
+"#;
+        let runtime = runtime();
+        // The MQTT parser in a detector's place fails every call, as a
+        // detector out of its budgets would.
+        let failing = mqtt(&runtime);
+        let engine = PolicyEngine::new(Policy::parse(policy).unwrap());
+        let pipeline = Pipeline::new(session(), mqtt(&runtime), vec![failing], vec![], 1 << 18)
+            .with_policy(engine, None, "mqtt");
+        let told = Arc::new(Told::default());
+        let mut pump = Pump {
+            pipeline: Some(Arc::new(Mutex::new(pipeline))),
+            enforcer: told.clone(),
+            ..pump(&BufferBudget::new(usize::MAX))
+        };
+        let stream = [
+            publish("site/a/temp", b"20"),
+            publish("site/a/firmware", b"evil"),
+        ]
+        .concat();
+        let mut upstream = Vec::new();
+        let ended = (pump.forward(&mut upstream, &stream, &activity(), settings(10_000))).await;
+        assert!(
+            matches!(ended, Err(RelayError::Blocked { .. })),
+            "{ended:?}"
+        );
+        assert!(upstream.is_empty(), "a blocked chunk forwards nothing");
+        assert_eq!(told.quarantines.load(Ordering::SeqCst), 1, "quarantined");
+        assert_eq!(told.records.load(Ordering::SeqCst), 1, "recorded");
     }
 
     /// A frame from the broker quarantines the device while the frame
