@@ -137,6 +137,24 @@ fn publishes(topic: &str, n: usize) -> Batch {
     batch
 }
 
+/// A device that packs one read with small frames to new topics gives a
+/// detector a batch of thousands of events: at two key-value operations
+/// for each (new-topic's), a budget fixed per call (4096) was overrun and
+/// the detector struck, for every device, by one device's traffic.
+#[test]
+fn a_large_batch_of_new_topics_keeps_within_the_detectors_budget() {
+    let store = Store::temporary().unwrap();
+    let runtime = Runtime::new(&RuntimeConfig::default(), store).unwrap();
+    let plugin = load(&runtime, "new-topic", Limits::default());
+    let mut batch = Batch::new();
+    for i in 0..3000 {
+        batch.push("mqtt.publish").text("topic", &format!("t/{i}"));
+    }
+    let findings = plugin.detect(&session(1, "sensor-1"), &batch.into());
+    assert!(findings.is_ok(), "{findings:?}");
+    assert_eq!(plugin.strikes(), 0);
+}
+
 #[test]
 fn detector_state_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();

@@ -53,8 +53,10 @@ pub struct Limits {
     /// Bytes of keys and values the plugin may keep in its store. Default
     /// 1 MiB.
     pub kv_quota_bytes: u64,
-    /// Key-value operations one call may make. Default 4096: a detector
-    /// reads and writes a few keys per event; more is a plugin gone wrong.
+    /// Key-value operations one call may make, and [`KV_OPS_PER_EVENT`]
+    /// more for each event of the batch a detector or responder is given.
+    /// Default 4096: a detector reads and writes a few keys per event;
+    /// more is a plugin gone wrong.
     pub kv_ops_per_call: u32,
     /// Log lines one call may write; more are counted and dropped. Default 16.
     pub log_lines_per_call: u32,
@@ -87,6 +89,10 @@ impl Limits {
         Duration::from_millis(self.deadline_ms)
     }
 }
+
+/// Key-value operations a detector or responder call may make for each
+/// event of its batch, over [`Limits::kv_ops_per_call`].
+pub const KV_OPS_PER_EVENT: u32 = 4;
 
 /// The largest key and value a plugin may store: the SDK's, so that the
 /// native test harness and the settings cache hold plugins to the same.

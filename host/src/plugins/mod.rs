@@ -790,6 +790,7 @@ impl Plugin {
             let Bound::Detector(d) = bound else {
                 return unreachable_world();
             };
+            store.data_mut().allow_kv_ops_for(batch.len());
             let findings =
                 (d.palisade_plugin_detector()).call_detect(&mut *store, session, &batch.0)?;
             checked_findings(findings, batch.len()).map_err(breach)
@@ -819,6 +820,7 @@ impl Plugin {
                 .map(|f| MAX_ACTIONS_PER_FINDING * size_of::<Action>() + f.reason.len())
                 .fold(0usize, usize::saturating_add);
             store.set_hostcall_fuel(output_bytes.saturating_add(answers));
+            store.data_mut().allow_kv_ops_for(batch.len());
             let actions = (r.palisade_plugin_responder()).call_respond(
                 &mut *store,
                 session,
