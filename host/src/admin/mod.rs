@@ -843,6 +843,7 @@ mod tests {
         let retention = Retention {
             max_records: 100,
             max_backlog: 100,
+            max_bytes: u64::MAX,
             sinks: Vec::new(),
         };
         let queue = AuditQueue::start(log.clone(), retention).unwrap();
@@ -895,6 +896,7 @@ mod tests {
         let retention = crate::audit::Retention {
             max_records: 100,
             max_backlog: 100,
+            max_bytes: u64::MAX,
             sinks: Vec::new(),
         };
         let queue = AuditQueue::start(log.clone(), retention).unwrap();

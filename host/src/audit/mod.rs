@@ -343,10 +343,10 @@ struct Shared {
     /// Held from taking identifiers until their records are in the tree.
     /// Identifiers then become visible in increasing order: an exporter
     /// that has read record `n` never sees a record below `n` appear after
-    /// it, which it would skip for good. It guards the number of records in
-    /// the tree, counted at the first prune (`None` before), for the same
-    /// reason: no append may slip past the count.
-    appending: Mutex<Option<u64>>,
+    /// it, which it would skip for good. It guards the number and size of
+    /// the records in the tree, counted at the first prune (`None` before),
+    /// for the same reason: no append may slip past the count.
+    appending: Mutex<Option<Totals>>,
     /// Woken after each append.
     appended: tokio::sync::Notify,
     /// The damaged records readers have skipped.
@@ -393,8 +393,20 @@ pub struct Retention {
     pub max_records: u64,
     /// Records kept at most, delivered or not: past it, the oldest go.
     pub max_backlog: u64,
+    /// Bytes of records kept at most, delivered or not: past it, the
+    /// oldest go. A record holds its event whole, and a device chooses
+    /// how long that is (a topic of 64 KiB): counting records alone does
+    /// not bound the disk.
+    pub max_bytes: u64,
     /// The configured sinks, by name.
     pub sinks: Vec<String>,
+}
+
+/// How many records the log holds, and their bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Totals {
+    records: u64,
+    bytes: u64,
 }
 
 /// What one prune removed.
@@ -467,10 +479,11 @@ impl AuditLog {
     /// yet on disk ([`AuditLog::flush`]). On failure none of them is in the
     /// tree, and they can be written again.
     fn write(&self, entries: &[Entry]) -> Result<Vec<Record>, AuditError> {
-        let mut count = (self.shared.appending.lock()).unwrap_or_else(|p| p.into_inner());
-        let records = self.insert(entries)?;
-        if let Some(count) = &mut *count {
-            *count = count.saturating_add(records.len() as u64);
+        let mut totals = (self.shared.appending.lock()).unwrap_or_else(|p| p.into_inner());
+        let (records, bytes) = self.insert(entries)?;
+        if let Some(totals) = &mut *totals {
+            totals.records = totals.records.saturating_add(records.len() as u64);
+            totals.bytes = totals.bytes.saturating_add(bytes);
         }
         Ok(records)
     }
@@ -487,8 +500,9 @@ impl AuditLog {
     }
 
     /// Give `entries` identifiers and put them in the tree, in one batch.
-    /// The caller holds [`Shared::appending`].
-    fn insert(&self, entries: &[Entry]) -> Result<Vec<Record>, AuditError> {
+    /// Returns the records and their bytes in the tree. The caller holds
+    /// [`Shared::appending`].
+    fn insert(&self, entries: &[Entry]) -> Result<(Vec<Record>, u64), AuditError> {
         #[cfg(test)]
         Failing::check(&self.shared.failing.inserts)?;
         // Microseconds: the finest RFC 5424 timestamps carry.
@@ -497,6 +511,7 @@ impl AuditLog {
             .unwrap_or_else(|_| jiff::Timestamp::now())
             .to_string();
         let mut records = Vec::with_capacity(entries.len());
+        let mut size = 0u64;
         let mut batch = sled::Batch::default();
         for entry in entries {
             let record = Record {
@@ -518,11 +533,12 @@ impl AuditLog {
                 id: record.id,
                 reason: e.to_string(),
             })?;
+            size = size.saturating_add(stored_size(&bytes));
             batch.insert(&record.id.to_be_bytes(), bytes);
             records.push(record);
         }
         self.records.apply_batch(batch)?;
-        Ok(records)
+        Ok((records, size))
     }
 
     /// The writes made to fail, in test builds.
@@ -631,20 +647,29 @@ impl AuditLog {
 
     /// Bring the log within `retention`, removing at most `at_most`
     /// records, oldest first: those every sink has delivered, down to
-    /// `max_records`; then, if the log still holds more than `max_backlog`,
-    /// undelivered ones down to it, with a warning.
+    /// `max_records` and `max_bytes`; then, if the log still holds more
+    /// than `max_backlog` records or `max_bytes` bytes, undelivered ones
+    /// down to them, with a warning.
     pub fn prune(&self, retention: &Retention, at_most: u64) -> Result<Pruned, AuditError> {
         let mut delivered = u64::MAX;
         for sink in &retention.sinks {
             delivered = delivered.min(self.cursor(sink)?);
         }
-        let mut pruned = Pruned::default();
-        let excess = self.count()?.saturating_sub(retention.max_records);
-        pruned.delivered = self.remove_oldest(excess.min(at_most), delivered)?;
-        let over = self.count()?.saturating_sub(retention.max_backlog);
-        let budget = at_most.saturating_sub(pruned.delivered);
-        pruned.dropped = self.remove_oldest(over.min(budget), u64::MAX)?;
-        pruned.more = pruned.delivered.saturating_add(pruned.dropped) >= at_most;
+        let delivered = self.remove_oldest(delivered, |removed, t| {
+            removed < at_most
+                && (t.records > retention.max_records || t.bytes > retention.max_bytes)
+        })?;
+        let budget = at_most.saturating_sub(delivered);
+        // Only undelivered records are left to remove: the delivered ones
+        // are older, and went first unless the log is within bounds.
+        let dropped = self.remove_oldest(u64::MAX, |removed, t| {
+            removed < budget && (t.records > retention.max_backlog || t.bytes > retention.max_bytes)
+        })?;
+        let pruned = Pruned {
+            delivered,
+            dropped,
+            more: delivered.saturating_add(dropped) >= at_most,
+        };
         if pruned.dropped > 0 {
             let total = self
                 .shared
@@ -654,7 +679,8 @@ impl AuditLog {
                 dropped = pruned.dropped,
                 dropped_in_all = total.saturating_add(pruned.dropped),
                 max_backlog = retention.max_backlog,
-                "audit trail over max-backlog: its oldest records were removed before every SIEM sink had them"
+                max_bytes = retention.max_bytes,
+                "audit trail over max-backlog or max-bytes: its oldest records were removed before every SIEM sink had them"
             );
         }
         Ok(pruned)
@@ -666,53 +692,63 @@ impl AuditLog {
         self.shared.dropped.load(Ordering::Relaxed)
     }
 
-    /// How many records the log holds: counted once, then kept up to date
-    /// by appending and pruning.
-    fn count(&self) -> Result<u64, AuditError> {
-        let mut count = (self.shared.appending.lock()).unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = *count {
-            return Ok(count);
+    /// How many records the log holds, and their bytes: counted once, then
+    /// kept up to date by appending and pruning.
+    fn totals(&self) -> Result<Totals, AuditError> {
+        let mut totals = (self.shared.appending.lock()).unwrap_or_else(|p| p.into_inner());
+        if let Some(totals) = *totals {
+            return Ok(totals);
         }
-        let mut counted = 0u64;
-        for key in self.records.iter().keys() {
-            key?;
-            counted += 1;
+        let mut counted = Totals::default();
+        for record in self.records.iter() {
+            let (_, value) = record?;
+            counted.records += 1;
+            counted.bytes = counted.bytes.saturating_add(stored_size(&value));
         }
-        *count = Some(counted);
+        *totals = Some(counted);
         Ok(counted)
     }
 
-    /// Remove up to `n` of the oldest records, none past identifier
-    /// `upto`. Returns how many were removed.
-    fn remove_oldest(&self, n: u64, upto: u64) -> Result<u64, AuditError> {
+    /// Remove the oldest records, none past identifier `upto`, one by one
+    /// while `go_on` (given how many it removed so far and the log's
+    /// totals) says so. Returns how many were removed.
+    fn remove_oldest(
+        &self,
+        upto: u64,
+        mut go_on: impl FnMut(u64, Totals) -> bool,
+    ) -> Result<u64, AuditError> {
         /// Keys held in memory at once.
         const CHUNK: usize = 1024;
         let end = upto.saturating_add(1).to_be_bytes();
         let mut removed = 0u64;
-        while removed < n {
-            let want = usize::try_from(n - removed).unwrap_or(CHUNK).min(CHUNK);
+        loop {
             let keys: Vec<sled::IVec> =
-                (self.records.range(..end).keys().take(want)).collect::<Result<_, _>>()?;
+                (self.records.range(..end).keys().take(CHUNK)).collect::<Result<_, _>>()?;
             if keys.is_empty() {
-                break;
+                return Ok(removed);
             }
-            let mut gone = 0u64;
             for key in &keys {
-                if self.records.remove(key)?.is_some() {
-                    gone += 1;
+                if !go_on(removed, self.totals()?) {
+                    return Ok(removed);
+                }
+                if let Some(value) = self.records.remove(key)? {
+                    removed += 1;
+                    let mut totals =
+                        (self.shared.appending.lock()).unwrap_or_else(|p| p.into_inner());
+                    if let Some(totals) = &mut *totals {
+                        totals.records = totals.records.saturating_sub(1);
+                        totals.bytes = totals.bytes.saturating_sub(stored_size(&value));
+                    }
                 }
             }
-            let mut count = (self.shared.appending.lock()).unwrap_or_else(|p| p.into_inner());
-            if let Some(count) = &mut *count {
-                *count = count.saturating_sub(gone);
-            }
-            removed += gone;
-            if keys.len() < want {
-                break;
-            }
         }
-        Ok(removed)
     }
+}
+
+/// What a record of `value` bytes counts for against `max-bytes`: its key
+/// too.
+fn stored_size(value: &[u8]) -> u64 {
+    (value.len() + size_of::<u64>()) as u64
 }
 
 #[cfg(test)]
@@ -806,6 +842,7 @@ mod tests {
         Retention {
             max_records,
             max_backlog,
+            max_bytes: u64::MAX,
             sinks: vec!["file".into(), "syslog".into()],
         }
     }
@@ -849,6 +886,59 @@ mod tests {
             .collect();
         assert_eq!(steps, [(2, true), (2, true), (1, false)]);
         assert_eq!(log.after(0, 100).unwrap(), more[5..]);
+    }
+
+    /// Records as long as a device makes them (each about a 60 KB topic)
+    /// are pruned by their bytes: the delivered ones first, then, still
+    /// over, undelivered ones, counted as dropped. Counting records alone
+    /// let a device fill the disk.
+    #[test]
+    fn pruning_bounds_the_bytes_records_take() {
+        let store = Store::temporary().unwrap();
+        let log = AuditLog::open(&store).unwrap();
+        let mut batch = Batch::new();
+        batch
+            .push("mqtt.publish")
+            .text("topic", &"t/".repeat(30_000));
+        let plugin = PluginRef {
+            name: "new-topic".into(),
+            version: None,
+        };
+        let finding = Finding {
+            event: 0,
+            severity: Severity::Medium,
+            score: 0.7,
+            reason: "first publish to a new topic".into(),
+        };
+        let entry = Entry::finding(&session(), plugin, batch.get(0), &finding);
+        let written = log.append(vec![entry; 10]).unwrap();
+        let stored =
+            |r: &Record| stored_size(&log.records.get(r.id.to_be_bytes()).unwrap().unwrap());
+        let size = stored(&written[0]);
+        assert!(size > 60_000, "{size}");
+        let kept: u64 = written[7..].iter().map(stored).sum();
+        log.advance("file", written[9].id).unwrap();
+        log.advance("syslog", written[4].id).unwrap();
+        let retention = Retention {
+            max_bytes: 3 * size + size / 2,
+            ..retention(1000, 1000)
+        };
+        let pruned = log.prune(&retention, u64::MAX).unwrap();
+        assert_eq!((pruned.delivered, pruned.dropped), (5, 2));
+        assert_eq!(log.after(0, 100).unwrap(), written[7..]);
+        assert_eq!(log.dropped(), 2);
+        let kept_up = log.totals().unwrap();
+        // Counted afresh, as at a restart: the same, within the bound.
+        *log.shared.appending.lock().unwrap() = None;
+        let totals = log.totals().unwrap();
+        assert_eq!(
+            totals,
+            Totals {
+                records: 3,
+                bytes: kept
+            }
+        );
+        assert_eq!(kept_up, totals);
     }
 
     #[test]

@@ -485,6 +485,7 @@ mod tests {
         let retention = Retention {
             max_records: 4,
             max_backlog: 100,
+            max_bytes: u64::MAX,
             sinks: vec!["siem".into()],
         };
         let queue = AuditQueue::start(log.clone(), retention).unwrap();
@@ -507,6 +508,7 @@ mod tests {
         let retention = Retention {
             max_records: 1000,
             max_backlog: 1000,
+            max_bytes: u64::MAX,
             sinks: Vec::new(),
         };
         let queue = AuditQueue::start(log.clone(), retention).unwrap();
@@ -534,6 +536,7 @@ mod tests {
         Retention {
             max_records: 1_000_000,
             max_backlog: 1_000_000,
+            max_bytes: u64::MAX,
             sinks: Vec::new(),
         }
     }

@@ -185,6 +185,7 @@ pub(crate) async fn serve(
     let retention = Retention {
         max_records: config.audit.max_records,
         max_backlog: config.audit.max_backlog,
+        max_bytes: config.audit.max_bytes,
         sinks: config.sinks.iter().map(|s| s.name().to_owned()).collect(),
     };
     let recorder =

@@ -232,13 +232,23 @@ pub struct AuditConfig {
     /// pruned even though a sink has not had them, and a warning says how
     /// many. At least `max-records`. Default 1000000, about 600 MB.
     pub max_backlog: u64,
+    /// Bytes the trail takes at most, delivered or not: past it, the
+    /// oldest records go, and a warning says how many went undelivered. A
+    /// record holds its event whole, and a device chooses how long that is
+    /// (an MQTT topic of 64 KiB): the record counts above bound the disk
+    /// only for records of a typical size. Default 1 GiB.
+    pub max_bytes: u64,
 }
+
+/// The least `max-bytes` of the audit trail: a few of the largest records.
+const MIN_AUDIT_BYTES: u64 = 1 << 20;
 
 impl Default for AuditConfig {
     fn default() -> Self {
         AuditConfig {
             max_records: 200_000,
             max_backlog: 1_000_000,
+            max_bytes: 1 << 30,
         }
     }
 }
@@ -596,6 +606,12 @@ impl Config {
                 self.audit.max_backlog, self.audit.max_records
             ));
         }
+        if self.audit.max_bytes < MIN_AUDIT_BYTES {
+            return invalid(format!(
+                "audit: max-bytes ({}) must be at least {MIN_AUDIT_BYTES} (1 MiB): the trail holds what the SIEM sinks have yet to send",
+                self.audit.max_bytes
+            ));
+        }
         let mut sinks = HashSet::new();
         for sink in &self.sinks {
             check_name("siem name", sink.name())
@@ -675,6 +691,13 @@ mod tests {
         assert_eq!(config.audit.max_backlog, 1_000_000);
         let err = Config::parse("[audit]\nmax-records = 10\nmax-backlog = 9\n").unwrap_err();
         assert!(err.to_string().contains("max-backlog"), "{err}");
+        assert_eq!(config.audit.max_bytes, 1 << 30);
+        let err = Config::parse("[audit]\nmax-bytes = 1000\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("max-bytes (1000) must be at least"),
+            "{err}"
+        );
         assert!(Config::parse("[audit]\nmax-records = 0\n").is_err());
     }
 
