@@ -393,6 +393,8 @@ async fn refused(admin: &Admin, by: &OperatorRef, request: &Request, reason: &st
         request.clone(),
         reason.to_owned(),
     );
+    // Refusals are recorded as the queue has room: the record logs its
+    // own failure.
     let _ = tokio::task::spawn_blocking(move || admin.record(&by, &request, Err(&reason))).await;
 }
 

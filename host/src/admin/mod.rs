@@ -262,7 +262,12 @@ impl Running {
                     _ => Ok(()),
                 };
                 if outcome.is_err() || !request.reads_only() {
-                    admin.record(&by, &request, outcome);
+                    let recorded = admin.record(&by, &request, outcome);
+                    if let (Err(e), Ok(())) = (recorded, outcome) {
+                        let _ = tx.send(format!(
+                            "warning: done, but not recorded in the audit trail: {e}"
+                        ));
+                    }
                 }
             }
             answer
@@ -617,10 +622,17 @@ impl Admin {
 impl Admin {
     /// Record in the audit trail, if this executor has one, that `by` made
     /// `request`, and how it ended: `Err` with the reason when refused.
-    pub(crate) fn record(&self, by: &OperatorRef, request: &Request, outcome: Result<(), &str>) {
+    /// Fails, saying why, when the record could not be made.
+    pub(crate) fn record(
+        &self,
+        by: &OperatorRef,
+        request: &Request,
+        outcome: Result<(), &str>,
+    ) -> Result<(), String> {
         let Some(audit) = &self.audit else {
-            return;
+            return Ok(());
         };
+        let refused = outcome.is_err();
         let mut arguments = match serde_json::to_value(request) {
             Ok(Value::Object(arguments)) => arguments,
             _ => serde_json::Map::new(),
@@ -679,15 +691,27 @@ impl Admin {
                 reason,
             },
         }];
-        // The operator waits for the answer: a writer that cannot write
-        // (a failed disk) must not keep it from them.
-        if !audit.try_push(entry) {
+        // A change is on disk before the operator is answered: through
+        // the queue, a full one (findings coming faster than the disk
+        // takes them) dropped it, and a crash after the answer lost it. A
+        // refusal changed nothing: recorded if the queue has room, so
+        // that no one slows the appliance by being refused.
+        let recorded = if refused {
+            (audit.try_push(entry))
+                .then_some(())
+                .ok_or_else(|| "the audit queue is full".to_owned())
+        } else {
+            audit.append_now(entry).map_err(|e| e.to_string())
+        };
+        if let Err(e) = &recorded {
             tracing::error!(
                 operator = %by.name,
                 request = %request.op(),
-                "the audit queue is full: this operator's request is not recorded"
+                error = %e,
+                "this operator's request is not recorded in the audit trail"
             );
         }
+        recorded
     }
 
     /// Plugin `name`'s settings: `key`'s value, or all of them; set to
@@ -883,6 +907,56 @@ mod tests {
         assert_eq!((role.as_str(), request.as_str()), ("admin", "quarantine"));
         assert_eq!(outcome, "refused");
         assert_eq!(record.device.id, "plc-9");
+    }
+
+    /// An operator's change is on disk when they are answered, even with
+    /// the audit queue full (findings coming faster than the disk takes
+    /// them): it went through the queue, and a full one dropped it, with
+    /// the operator told nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_change_is_recorded_before_the_answer_even_with_the_queue_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::temporary().unwrap();
+        let log = crate::audit::AuditLog::open(&store).unwrap();
+        let (queue, _full) = AuditQueue::full(log.clone());
+        let admin = admin(dir.path()).recording(queue);
+        let by = OperatorRef {
+            name: "ann".into(),
+            role: Role::Operator,
+        };
+        let request = Request::PluginConfig {
+            name: "mqtt".into(),
+            key: Some("payload-bytes".into()),
+            value: Some("8".into()),
+            unset: false,
+        };
+        let mut running = Running::start_holding(admin, request, (), Some(by));
+        let mut steps = Vec::new();
+        let answer = loop {
+            match running.next().await {
+                Response::Progress(step) => steps.push(step),
+                answer => break answer,
+            }
+        };
+        assert!(!matches!(answer, Response::Error(_)), "{answer:?}");
+        assert!(
+            steps.iter().all(|s| !s.contains("not recorded")),
+            "{steps:?}"
+        );
+        let records = log.after(0, 10).unwrap();
+        let [record] = &records[..] else {
+            panic!("{records:?}");
+        };
+        let What::OperatorAction {
+            request, outcome, ..
+        } = &record.what
+        else {
+            panic!("{record:?}");
+        };
+        assert_eq!(
+            (request.as_str(), outcome.as_str()),
+            ("plugin-config", "ok")
+        );
     }
 
     /// What changes the appliance is recorded, with a setting's value

@@ -113,6 +113,24 @@ impl AuditQueue {
         })
     }
 
+    /// A queue in front of `log` that nobody writes from, already full;
+    /// for tests. It stays full while the returned receiver lives.
+    #[cfg(test)]
+    pub(crate) fn full(log: AuditLog) -> (Self, Box<dyn std::any::Any>) {
+        let (sender, receiver) = sync_channel(DEPTH);
+        while sender.try_send(Item::Entries(Vec::new())).is_ok() {}
+        let queue = AuditQueue {
+            log,
+            sender,
+            unwritten: Arc::default(),
+            lost: Arc::default(),
+            abandoned: Arc::default(),
+            patience: Duration::ZERO,
+            writer: Arc::default(),
+        };
+        (queue, Box::new(receiver))
+    }
+
     /// Record `entries`, soon, in order.
     pub fn push(&self, entries: Vec<Entry>) {
         (self.unwritten).fetch_add(entries.len() as u64, Ordering::Relaxed);
@@ -144,6 +162,14 @@ impl AuditQueue {
                 true
             }
         }
+    }
+
+    /// Record `entries` now, past the queue, and return once they are on
+    /// disk: for a record that must not be lost to a full queue nor to a
+    /// crash after its caller goes on (an operator's change, answered
+    /// once recorded).
+    pub fn append_now(&self, entries: Vec<Entry>) -> Result<(), AuditError> {
+        self.log.append(entries).map(drop)
     }
 
     /// How many entries pushed are not on disk yet.
