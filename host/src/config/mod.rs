@@ -124,6 +124,11 @@ pub struct Limits {
     pub idle_timeout_secs: u64,
     /// Seconds to connect to an upstream. Default 10.
     pub connect_timeout_secs: u64,
+    /// Seconds one direction of a session may hold an incomplete frame; a
+    /// frame not whole by then closes the session. Default 60: a large
+    /// frame over a slow link still arrives, and a device cannot keep its
+    /// share of `max-buffered-bytes` by sending a byte now and then.
+    pub frame_timeout_secs: u64,
     /// Largest frame held while incomplete, per direction, in bytes.
     /// Default 256 KiB: more than any MQTT, CoAP or Modbus frame a device
     /// sends, and bounded memory for thousands of sessions.
@@ -155,6 +160,7 @@ impl Default for Limits {
             handshake_timeout_secs: 10,
             idle_timeout_secs: 300,
             connect_timeout_secs: 10,
+            frame_timeout_secs: 60,
             max_frame_bytes: 256 << 10,
             max_buffered_bytes: 256 << 20,
             read_chunk_bytes: 16 << 10,
@@ -492,6 +498,7 @@ impl Config {
             ("handshake-timeout-secs", l.handshake_timeout_secs),
             ("idle-timeout-secs", l.idle_timeout_secs),
             ("connect-timeout-secs", l.connect_timeout_secs),
+            ("frame-timeout-secs", l.frame_timeout_secs),
             ("max-frame-bytes", l.max_frame_bytes as u64),
             ("read-chunk-bytes", l.read_chunk_bytes as u64),
             (

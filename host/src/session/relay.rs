@@ -38,6 +38,9 @@ pub struct RelaySettings {
     pub idle: Duration,
     /// Bytes read at once.
     pub chunk: usize,
+    /// How long one direction may hold an incomplete frame: a frame not
+    /// whole by then closes the session.
+    pub frame: Duration,
 }
 
 /// The bytes of incomplete frames every session together holds, and the
@@ -196,6 +199,14 @@ pub enum RelayError {
     /// Nothing moved either way for the idle timeout.
     #[error("idle for {0:?}")]
     Idle(Duration),
+    /// A frame stayed incomplete for the frame timeout.
+    #[error("a {direction} frame still incomplete after {limit:?}")]
+    FrameTimeout {
+        /// Which way the frame was going.
+        direction: &'static str,
+        /// The frame timeout.
+        limit: Duration,
+    },
     /// A write to one side stayed blocked for the idle timeout.
     #[error("{0} stopped reading for {1:?}")]
     Stalled(Side, Duration),
@@ -316,6 +327,7 @@ where
         enforcer: enforcer.clone(),
         held: Vec::new(),
         share: share(),
+        incomplete_since: None,
         forwarded: 0,
     }
     .run(device_read, upstream_write, first, &activity, settings);
@@ -325,6 +337,7 @@ where
         enforcer,
         held: Vec::new(),
         share: share(),
+        incomplete_since: None,
         forwarded: 0,
     }
     .run(upstream_read, device_write, Vec::new(), &activity, settings);
@@ -383,6 +396,11 @@ struct Pump {
     /// What `held` and the pipeline's copy of it take of the appliance's
     /// budget.
     share: Share,
+    /// Since when an incomplete frame has been held: a device that sends
+    /// most of a large frame, then a byte now and then, within the idle
+    /// timeout, would otherwise hold its share of the budget (and, with a
+    /// few others, all of it) for as long as it likes.
+    incomplete_since: Option<Instant>,
     forwarded: u64,
 }
 
@@ -420,7 +438,17 @@ impl Pump {
             // The buffer is made when there is something to read into it,
             // and grows while reads fill it.
             chunk.resize(size, 0);
-            let n = match tokio::time::timeout(settings.idle, from.read(&mut chunk)).await {
+            let wait = match self.incomplete_since {
+                Some(since) => (settings.frame.saturating_sub(since.elapsed())).min(settings.idle),
+                None => settings.idle,
+            };
+            let n = match tokio::time::timeout(wait, from.read(&mut chunk)).await {
+                Err(_) if self.frame_overdue(settings) => {
+                    return Err(RelayError::FrameTimeout {
+                        direction: name(self.direction),
+                        limit: settings.frame,
+                    });
+                }
                 Err(_) if activity.idle_for() >= settings.idle => {
                     return Err(RelayError::Idle(settings.idle));
                 }
@@ -468,6 +496,13 @@ impl Pump {
                 return Ok(self.forwarded);
             }
         }
+    }
+
+    /// Whether the incomplete frame held has been held past the frame
+    /// timeout.
+    fn frame_overdue(&self, settings: RelaySettings) -> bool {
+        self.incomplete_since
+            .is_some_and(|since| since.elapsed() >= settings.frame)
     }
 
     /// Whether this direction forwards nothing more: it goes to the
@@ -602,6 +637,13 @@ impl Pump {
             });
         }
         let holding = self.held.len() + pending;
+        // A frame completed in this read: what is held now is the start of
+        // a new one.
+        self.incomplete_since = match self.incomplete_since {
+            _ if holding == 0 => None,
+            Some(since) if inspected.spans.is_empty() => Some(since),
+            _ => Some(Instant::now()),
+        };
         if !self.share.set(holding) {
             let budget = &self.share.budget;
             return Err(RelayError::OverBudget {
@@ -691,7 +733,91 @@ mod tests {
         RelaySettings {
             idle: Duration::from_millis(idle_ms),
             chunk: 16 << 10,
+            frame: Duration::from_secs(3600),
         }
+    }
+
+    /// A device that sends most of a frame, then a byte now and then (well
+    /// within the idle timeout), is closed when the frame is not whole by
+    /// the frame timeout, and what it held goes back to the budget: it
+    /// used to hold it for as long as it liked.
+    #[tokio::test]
+    async fn a_frame_trickled_past_the_frame_timeout_closes_the_session() {
+        let budget = BufferBudget::new(usize::MAX);
+        let (device, mut device_end) = tokio::io::duplex(1 << 16);
+        let (upstream, _upstream_end) = tokio::io::duplex(1 << 16);
+        let settings = RelaySettings {
+            frame: Duration::from_millis(300),
+            ..settings(10_000)
+        };
+        let relayed = tokio::spawn(relay(
+            device,
+            upstream,
+            Vec::new(),
+            Some(mqtt_pipeline(
+                r#"permit(principal, action in Action::"mqtt", resource);"#,
+            )),
+            settings,
+            Arc::new(NoEnforcer),
+            Guards {
+                buffers: budget.clone(),
+                ..Guards::none()
+            },
+        ));
+        let frame = publish("site/a/blob", &[7; 4096]);
+        device_end.write_all(&frame[..2048]).await.unwrap();
+        let start = Instant::now();
+        let mut trickled = 2048;
+        while !relayed.is_finished() && trickled < frame.len() - 1 {
+            assert!(start.elapsed() < Duration::from_secs(10), "never closed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = device_end.write_all(&frame[trickled..=trickled]).await;
+            trickled += 1;
+        }
+        let ended = relayed.await.unwrap();
+        assert!(
+            matches!(ended, Err(RelayError::FrameTimeout { limit, .. }) if limit == settings.frame),
+            "{ended:?}"
+        );
+        assert_eq!(budget.held(), 0, "the held bytes go back to the budget");
+    }
+
+    /// Frames that each end in the next read keep a session busy past the
+    /// frame timeout: each frame is whole well within it.
+    #[tokio::test]
+    async fn frames_each_split_across_reads_outlast_the_frame_timeout() {
+        let (device, mut device_end) = tokio::io::duplex(1 << 16);
+        let (upstream, mut upstream_end) = tokio::io::duplex(1 << 16);
+        let settings = RelaySettings {
+            frame: Duration::from_millis(300),
+            ..settings(10_000)
+        };
+        let relayed = tokio::spawn(relay(
+            device,
+            upstream,
+            Vec::new(),
+            Some(mqtt_pipeline(
+                r#"permit(principal, action in Action::"mqtt", resource);"#,
+            )),
+            settings,
+            Arc::new(NoEnforcer),
+            Guards::none(),
+        ));
+        let frame = publish("site/a/temp", &[7; 100]);
+        let stream = frame.repeat(20);
+        // Reads end halfway through a frame, for about twice the frame
+        // timeout in all.
+        for piece in stream.chunks(frame.len() * 3 / 2) {
+            device_end.write_all(piece).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        drop(device_end);
+        let mut reached = Vec::new();
+        upstream_end.read_to_end(&mut reached).await.unwrap();
+        assert_eq!(reached.len(), stream.len());
+        drop(upstream_end);
+        let ended = relayed.await.unwrap();
+        assert!(ended.is_ok(), "{ended:?}");
     }
 
     /// A pipeline through the MQTT parser, judged by `policy`.
@@ -715,6 +841,7 @@ mod tests {
                 budget: budget.clone(),
                 bytes: 0,
             },
+            incomplete_since: None,
             forwarded: 0,
         }
     }

@@ -347,6 +347,7 @@ impl Shared {
         RelaySettings {
             idle: Duration::from_secs(self.limits.idle_timeout_secs),
             chunk: self.limits.read_chunk_bytes,
+            frame: Duration::from_secs(self.limits.frame_timeout_secs),
         }
     }
 
