@@ -501,6 +501,8 @@ impl Runtime {
                 idle: Mutex::new(Vec::new()),
                 strikes: AtomicU32::new(0),
                 calls: AtomicU64::new(0),
+                no_instance: AtomicU64::new(0),
+                no_instance_logged_ms: AtomicU64::new(0),
                 lifecycle: Mutex::new(Lifecycle::Active),
                 runtime: self.clone(),
             }),
@@ -578,9 +580,16 @@ struct PluginShared {
     idle: Mutex<Vec<Instance>>,
     strikes: AtomicU32,
     calls: AtomicU64,
+    /// Calls that found no instance (the pool full), and when the last
+    /// was logged, in milliseconds from the runtime's clock origin.
+    no_instance: AtomicU64,
+    no_instance_logged_ms: AtomicU64,
     lifecycle: Mutex<Lifecycle>,
     runtime: Runtime,
 }
+
+/// How often a plugin's calls that found no instance are logged.
+const NO_INSTANCE_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -939,10 +948,41 @@ impl Plugin {
             {
                 Err(self.strike(classify(&e, &shared.limits)))
             }
-            Err(e) => Err(CallError::Instantiate {
-                plugin: self.name().to_owned(),
-                reason: one_line(&e),
-            }),
+            Err(e) => {
+                let reason = one_line(&e);
+                self.no_instance(&reason);
+                Err(CallError::Instantiate {
+                    plugin: self.name().to_owned(),
+                    reason,
+                })
+            }
+        }
+    }
+
+    /// Log that a call found no instance, at most every
+    /// [`NO_INSTANCE_LOG_EVERY`] with how many did since: a fail-open
+    /// plugin's frames then pass unjudged, and a full pool fails call
+    /// after call.
+    fn no_instance(&self, reason: &str) {
+        let shared = &*self.shared;
+        let failed = shared.no_instance.fetch_add(1, Ordering::Relaxed) + 1;
+        let every = NO_INSTANCE_LOG_EVERY.as_millis() as u64;
+        // From 1: the first failure is always logged.
+        let now =
+            (shared.runtime.shared.clock_origin.elapsed().as_millis() as u64).saturating_add(every);
+        let last = shared.no_instance_logged_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= every
+            && (shared.no_instance_logged_ms)
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                plugin = &*shared.name,
+                fail_mode = %shared.limits.fail_mode,
+                calls_without_an_instance = failed,
+                reason,
+                "plugin call found no instance: its events went unjudged (fail-open) or blocked (fail-closed)"
+            );
         }
     }
 
@@ -1168,6 +1208,56 @@ mod tests {
             parsed.frame(len as usize, "t.x");
         }
         parsed
+    }
+
+    /// Log lines, kept for a test to read.
+    #[derive(Clone, Default)]
+    struct Logged(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Logged {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A call that finds no instance (the pool full) is logged, once in a
+    /// while for many: a fail-open plugin's events then pass unjudged, and
+    /// nothing said so.
+    #[test]
+    fn calls_that_find_no_instance_are_logged_once_in_a_while() {
+        let config = RuntimeConfig {
+            max_instances: 1,
+            ..RuntimeConfig::default()
+        };
+        let runtime = Runtime::new(&config, crate::store::Store::temporary().unwrap()).unwrap();
+        let component = first_party::component("mqtt").unwrap();
+        let holder = runtime.load("mqtt", component, Limits::default()).unwrap();
+        let starved = runtime
+            .load("mqtt-b", component, Limits::default())
+            .unwrap();
+        // Its idle instance keeps the pool's only slot.
+        holder.protocol().unwrap();
+        let logged = Logged::default();
+        let writer = logged.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            for _ in 0..3 {
+                let error = starved.protocol().unwrap_err();
+                assert!(matches!(error, CallError::Instantiate { .. }), "{error}");
+            }
+        });
+        let text = String::from_utf8(logged.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.matches("found no instance").count(), 1, "{text}");
+        assert!(text.contains("plugin=\"mqtt-b\""), "{text}");
+        assert_eq!(starved.strikes(), 0, "not the plugin's fault");
     }
 
     #[test]
