@@ -173,6 +173,26 @@ impl Membership {
         }
     }
 
+    /// Another session of this member's device, in the same entry: `None`
+    /// when the device's sessions were closed since this member joined. A
+    /// stream opened on a QUIC connection as its device is quarantined
+    /// must not join afresh, as a session of the device back after a
+    /// release would, and run until the connection notices.
+    pub fn join_alongside(&self) -> Option<Membership> {
+        let mut devices = self.live.devices();
+        let sessions = devices
+            .get_mut(&self.device)
+            .filter(|s| s.generation == self.generation)?;
+        Some(Membership {
+            id: self.live.next_id.fetch_add(1, Ordering::Relaxed),
+            generation: sessions.generation,
+            closing: sessions.closing.subscribe(),
+            closed: sessions.closed.clone(),
+            device: self.device.clone(),
+            live: self.live.clone(),
+        })
+    }
+
     /// Why the session must close, if it must: what [`Membership::closed`]
     /// says, without waiting.
     pub fn reason(&self) -> Option<String> {
@@ -235,6 +255,22 @@ mod tests {
         // A session joining after the close starts afresh.
         let a3 = live.join("a");
         assert!(a3.closing.borrow().is_none());
+    }
+
+    /// A session joined alongside another is closed with it, and none
+    /// joins alongside one closed: it would start afresh, unclosed.
+    #[tokio::test]
+    async fn none_joins_alongside_a_closed_session() {
+        let live = LiveSessions::default();
+        let connection = live.join("a");
+        let Some(mut stream) = connection.join_alongside() else {
+            panic!("no session alongside a live one");
+        };
+        assert_eq!(live.count("a"), 2);
+        assert_eq!(live.close_device("a", "quarantined"), 2);
+        assert_eq!(stream.closed().await, "quarantined");
+        assert!(connection.join_alongside().is_none());
+        assert_eq!(live.count("a"), 0);
     }
 
     /// A device released from quarantine may reconnect while its closed

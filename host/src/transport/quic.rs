@@ -260,7 +260,13 @@ async fn connection(
                     // holds no more sessions, and upstream connections,
                     // than its limit, whatever it has them on. One past it
                     // is refused alone; the device's other streams go on.
-                    let stream_membership = shared.stages.live.join(&device.id);
+                    // Alongside the connection's: a quarantine that closed
+                    // the device since leaves none to join.
+                    let Some(stream_membership) = membership.join_alongside() else {
+                        let reason = membership.reason().unwrap_or_else(|| "device closed".into());
+                        close(CLOSED, reason.as_bytes());
+                        break reason;
+                    };
                     let within =
                         shared.within_device_limit(&device.id, "connections and streams");
                     if let Err(reason) = within {
