@@ -102,7 +102,10 @@ impl Inspected {
     /// What to do with the frames. A dropped frame is not forwarded and the
     /// session goes on. A close or a quarantine forwards nothing from the
     /// first frame any finding is about: the offending frame never lands,
-    /// and what came before it in the chunk still does.
+    /// and what came before it in the chunk still does, except that a
+    /// quarantine stops what goes to the upstream at once (the relay
+    /// halts that direction before it writes, so that no write waiting on
+    /// the upstream holds the quarantine back).
     pub fn verdict(&self) -> Verdict {
         let mut forward = vec![true; self.spans.len()];
         let mut close = false;
