@@ -1,8 +1,9 @@
 //! The device registry: every device the site knows, in the state store.
 //!
 //! One record per device in the `devices` tree, keyed by device id, as
-//! JSON: class, zone, state, when it was enrolled, first and last seen, and
-//! the certificates issued to it that have not expired yet. State changes
+//! JSON: class, zone, state, when it was enrolled, first and last seen,
+//! when it was last revoked, and the certificates issued to it that have
+//! not expired yet. State changes
 //! are flushed to disk before they are acknowledged, so a quarantine
 //! survives a crash or a power cut. A quarantine the store could not
 //! write holds anyway, in memory, for as long as the appliance runs.
@@ -15,7 +16,7 @@ use tracing::error;
 
 use super::claims::Claims;
 use super::verifier::Refusal;
-use super::{BadName, DeviceCertRequest, check_name, now_unix};
+use super::{BadName, DeviceCertRequest, check_name, format_time, now_unix};
 use crate::store::{Store, StoreError};
 
 /// Unexpired certificates kept per device. A device that renews more often
@@ -93,7 +94,8 @@ pub enum Authority {
     /// The site CA: only serials it issued, and recorded here, are accepted.
     Site,
     /// A trusted external CA: any unexpired certificate it issued that names
-    /// the device is accepted.
+    /// the device is accepted, if issued after the device's latest
+    /// revocation.
     External,
 }
 
@@ -131,6 +133,13 @@ pub struct Device {
     pub last_seen: Option<i64>,
     /// Its certificates that have not expired (site devices).
     pub certificates: Vec<CertRecord>,
+    /// Its latest revocation, Unix seconds; `None` if never revoked. An
+    /// external CA's certificates are not recorded, so this is what keeps
+    /// the ones it held when revoked (a stolen key's) refused once it is
+    /// enrolled again: see [`Registry::admit`]. Absent from records written
+    /// before it existed, which read as never revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<i64>,
 }
 
 impl Device {
@@ -234,6 +243,7 @@ impl Registry {
                     first_seen: None,
                     last_seen: None,
                     certificates: Vec::new(),
+                    revoked_at: None,
                 },
             };
             device.class.clone_from(&request.class);
@@ -298,7 +308,10 @@ impl Registry {
         })
     }
 
-    /// Enroll device `id`, whose certificates an external CA issues.
+    /// Enroll device `id`, whose certificates an external CA issues. A
+    /// device enrolled again after a revocation keeps the time of it: only
+    /// certificates its CA issued after it are accepted (see
+    /// [`Registry::admit`]).
     pub fn add_external(&self, id: &str, class: &str, zone: &str) -> Result<Device, RegistryError> {
         check_name("device id", id)?;
         check_name("class", class)?;
@@ -309,10 +322,14 @@ impl Registry {
                 d.class = class.to_owned();
                 d.zone = zone.to_owned();
                 // Enrolling again re-admits a revoked device, as issuing a
-                // site device a new certificate does; a quarantine stays
-                // until an operator releases it.
+                // site device a new certificate does, on certificates issued
+                // after the revocation only (`revoked_at` is kept); a
+                // quarantine stays until an operator releases it.
                 if d.state == DeviceState::Revoked {
                     d.state = DeviceState::Active;
+                    // Revoked before revocations had a time: enrolling it
+                    // again is the earliest time known to follow it.
+                    d.revoked_at.get_or_insert_with(now_unix);
                 }
                 Ok(d)
             }
@@ -326,6 +343,7 @@ impl Registry {
                 first_seen: None,
                 last_seen: None,
                 certificates: Vec::new(),
+                revoked_at: None,
             }),
         })
     }
@@ -393,11 +411,13 @@ impl Registry {
         })
     }
 
-    /// Revoke device `id` and every certificate issued to it.
+    /// Revoke device `id` and every certificate issued to it: the site
+    /// CA's by serial, an external CA's by the time of the revocation.
     pub fn revoke(&self, id: &str) -> Result<Device, RegistryError> {
         self.change(id, |existing| {
             let mut d = existing.ok_or_else(|| RegistryError::Unknown(id.to_owned()))?;
             d.state = DeviceState::Revoked;
+            d.revoked_at = Some(now_unix());
             for c in &mut d.certificates {
                 c.revoked = true;
             }
@@ -455,7 +475,18 @@ impl Registry {
                     return Err(refuse(format!("certificate {} revoked", claims.serial)));
                 }
             }
-            (Authority::External, false) => {}
+            (Authority::External, false) => {
+                if let Some(revoked_at) = device.revoked_at
+                    && issued_before(claims.not_before, revoked_at)
+                {
+                    return Err(refuse(format!(
+                        "certificate {} was issued before the device's revocation at {} (it is valid from {}): have its CA issue a new one, valid from after the revocation",
+                        claims.serial,
+                        format_time(revoked_at),
+                        format_time(claims.not_before)
+                    )));
+                }
+            }
             (Authority::Site, false) => {
                 return Err(refuse(
                     "enrolled with the site CA but presented a certificate from another CA".into(),
@@ -519,6 +550,23 @@ impl Registry {
         self.unrecorded().remove(&device.id);
         Ok(())
     }
+}
+
+/// Whether an external CA's certificate valid from `not_before` may have
+/// been one its device held when it was revoked at `revoked_at`: then it is
+/// refused. The registry records no serials for an external CA, so its
+/// notBefore is all that tells a replacement certificate from a stolen one.
+///
+/// No allowance for clock skew, on purpose. An allowance would admit
+/// certificates issued up to that long before the revocation, among them
+/// one from a key stolen just before it. Without one, a replacement the CA
+/// backdated to before the revocation (Active Directory Certificate
+/// Services starts certificates 10 minutes early, by default) is refused:
+/// the refusal says so, and a certificate issued again later is admitted.
+/// The revocation's time is the appliance's clock, which must keep time
+/// with the CA's (NTP) for the rule to hold to the second.
+fn issued_before(not_before: i64, revoked_at: i64) -> bool {
+    not_before <= revoked_at
 }
 
 /// Add the certificate of `claims` to `device`'s, dropping those expired
@@ -717,6 +765,86 @@ mod tests {
         registry.revoke("x1").unwrap();
         let again = registry.add_external("x1", "sensor", "yard").unwrap();
         assert_eq!(again.state, DeviceState::Active);
+    }
+
+    /// An external device's key is stolen: it is revoked, then enrolled
+    /// again for its replacement. The certificate it held stays refused,
+    /// with a reason the operator can act on; one its CA issued after the
+    /// revocation is admitted.
+    #[test]
+    fn an_external_device_enrolled_again_is_refused_its_old_certificate() {
+        let registry = Registry::open(&Store::temporary().unwrap()).unwrap();
+        registry.add_external("badge-1", "sensor", "hall").unwrap();
+        let stolen = claims("badge-1", "aa");
+        assert!(registry.admit(&stolen, false).is_ok());
+
+        let revoked_at = registry.revoke("badge-1").unwrap().revoked_at.unwrap();
+        assert_eq!(
+            registry.admit(&stolen, false).unwrap_err().reason,
+            "revoked"
+        );
+        let again = registry.add_external("badge-1", "sensor", "hall").unwrap();
+        assert_eq!(
+            (again.state, again.revoked_at),
+            (DeviceState::Active, Some(revoked_at))
+        );
+        assert_eq!(
+            registry.admit(&stolen, false).unwrap_err().reason,
+            format!(
+                "certificate aa was issued before the device's revocation at {} (it is valid from {}): have its CA issue a new one, valid from after the revocation",
+                format_time(revoked_at),
+                format_time(stolen.not_before)
+            )
+        );
+        // Valid from the very second of the revocation: it may be the
+        // stolen key's.
+        let mut same_second = claims("badge-1", "bb");
+        same_second.not_before = revoked_at;
+        assert!(registry.admit(&same_second, false).is_err());
+
+        let mut replacement = claims("badge-1", "cc");
+        replacement.not_before = revoked_at + 1;
+        assert_eq!(
+            registry.admit(&replacement, false).unwrap().state,
+            DeviceState::Active
+        );
+    }
+
+    /// A record written before revocations had a time reads as never
+    /// revoked; one revoked then takes its re-enrolment's time, so the
+    /// certificate it held stays refused all the same.
+    #[test]
+    fn a_revocation_recorded_without_its_time_still_holds() {
+        let registry = Registry::open(&Store::temporary().unwrap()).unwrap();
+        let record = |state: &str| {
+            format!(
+                r#"{{"id":"badge-1","class":"sensor","zone":"hall","state":"{state}","authority":"external","enrolled":1,"first_seen":null,"last_seen":null,"certificates":[]}}"#
+            )
+        };
+        registry
+            .devices
+            .insert("badge-1", record("active").as_bytes())
+            .unwrap();
+        let stolen = claims("badge-1", "aa");
+        assert!(registry.admit(&stolen, false).is_ok());
+
+        registry
+            .devices
+            .insert("badge-1", record("revoked").as_bytes())
+            .unwrap();
+        assert_eq!(
+            registry.device("badge-1").unwrap().unwrap().revoked_at,
+            None
+        );
+        let again = registry.add_external("badge-1", "sensor", "hall").unwrap();
+        assert!(again.revoked_at.is_some_and(|t| t >= stolen.not_before));
+        assert!(
+            registry
+                .admit(&stolen, false)
+                .unwrap_err()
+                .reason
+                .contains("before the device's revocation")
+        );
     }
 
     #[test]

@@ -537,6 +537,19 @@ mod tests {
 
         site.registry.revoke("badge-1").unwrap();
         assert_eq!(site.refusal(&external), "revoked");
+        // Enrolled again, for a replacement: the certificate it held when
+        // revoked (a stolen key's, say) stays refused.
+        site.registry
+            .add_external("badge-1", "sensor", "hall")
+            .unwrap();
+        assert!(
+            site.refusal(&external).starts_with(&format!(
+                "certificate {} was issued before the device's revocation",
+                external.serial
+            )),
+            "{}",
+            site.refusal(&external)
+        );
     }
 
     /// An external CA the site trusts, of the usual enterprise kind that
