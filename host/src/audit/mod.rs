@@ -888,6 +888,21 @@ mod tests {
         assert_eq!(log.after(0, 100).unwrap(), more[5..]);
     }
 
+    /// new-topic's finding about the first event of `batch`.
+    fn new_topic_finding(batch: &Batch) -> Entry {
+        let plugin = PluginRef {
+            name: "new-topic".into(),
+            version: None,
+        };
+        let finding = Finding {
+            event: 0,
+            severity: Severity::Medium,
+            score: 0.7,
+            reason: "first publish to a new topic".into(),
+        };
+        Entry::finding(&session(), plugin, batch.get(0), &finding)
+    }
+
     /// Records as long as a device makes them (each about a 60 KB topic)
     /// are pruned by their bytes: the delivered ones first, then, still
     /// over, undelivered ones, counted as dropped. Counting records alone
@@ -900,18 +915,7 @@ mod tests {
         batch
             .push("mqtt.publish")
             .text("topic", &"t/".repeat(30_000));
-        let plugin = PluginRef {
-            name: "new-topic".into(),
-            version: None,
-        };
-        let finding = Finding {
-            event: 0,
-            severity: Severity::Medium,
-            score: 0.7,
-            reason: "first publish to a new topic".into(),
-        };
-        let entry = Entry::finding(&session(), plugin, batch.get(0), &finding);
-        let written = log.append(vec![entry; 10]).unwrap();
+        let written = log.append(vec![new_topic_finding(&batch); 10]).unwrap();
         let stored =
             |r: &Record| stored_size(&log.records.get(r.id.to_be_bytes()).unwrap().unwrap());
         let size = stored(&written[0]);
@@ -950,18 +954,7 @@ mod tests {
         batch
             .push("mqtt.publish")
             .bytes("payload", &vec![0xab; 3 << 19]);
-        let plugin = PluginRef {
-            name: "new-topic".into(),
-            version: None,
-        };
-        let finding = Finding {
-            event: 0,
-            severity: Severity::High,
-            score: 0.9,
-            reason: "a large publish".into(),
-        };
-        let entry = Entry::finding(&session(), plugin, batch.get(0), &finding);
-        let written = log.append(vec![entry; 9]).unwrap();
+        let written = log.append(vec![new_topic_finding(&batch); 9]).unwrap();
         let stored = |records: &[Record]| -> usize {
             (records.iter())
                 .map(|r| log.records.get(r.id.to_be_bytes()).unwrap().unwrap().len())
@@ -988,11 +981,7 @@ mod tests {
         let mut huge = Batch::new();
         huge.push("mqtt.publish")
             .bytes("payload", &vec![0xcd; 5 << 20]);
-        let plugin = PluginRef {
-            name: "new-topic".into(),
-            version: None,
-        };
-        let entry = Entry::finding(&session(), plugin, huge.get(0), &finding);
+        let entry = new_topic_finding(&huge);
         let more = log.append(vec![entry.clone(), entry]).unwrap();
         assert_eq!(log.read(after, 256).unwrap().records, more[..1]);
     }

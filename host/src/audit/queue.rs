@@ -119,16 +119,22 @@ impl AuditQueue {
     pub(crate) fn full(log: AuditLog) -> (Self, Box<dyn std::any::Any>) {
         let (sender, receiver) = sync_channel(DEPTH);
         while sender.try_send(Item::Entries(Vec::new())).is_ok() {}
-        let queue = AuditQueue {
+        (Self::unattended(log, sender), Box::new(receiver))
+    }
+
+    /// A queue in front of `log` that sends to `sender`, with no writer;
+    /// for tests.
+    #[cfg(test)]
+    fn unattended(log: AuditLog, sender: SyncSender<Item>) -> Self {
+        AuditQueue {
             log,
             sender,
             unwritten: Arc::default(),
             lost: Arc::default(),
             abandoned: Arc::default(),
-            patience: Duration::ZERO,
+            patience: PUSH_PATIENCE,
             writer: Arc::default(),
-        };
-        (queue, Box::new(receiver))
+        }
     }
 
     /// Record `entries`, soon, in order.
@@ -480,15 +486,7 @@ mod tests {
         let store = Store::temporary().unwrap();
         let log = AuditLog::open(&store).unwrap();
         let (sender, receiver) = sync_channel(DEPTH);
-        let queue = AuditQueue {
-            log,
-            sender,
-            unwritten: Arc::default(),
-            lost: Arc::default(),
-            abandoned: Arc::default(),
-            patience: PUSH_PATIENCE,
-            writer: Arc::default(),
-        };
+        let queue = AuditQueue::unattended(log, sender);
         queue.push(entries(1000));
         drop(queue);
         let mut count = 0;

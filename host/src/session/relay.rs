@@ -737,17 +737,23 @@ mod tests {
         }
     }
 
-    /// A device that sends most of a frame, then a byte now and then (well
-    /// within the idle timeout), is closed when the frame is not whole by
-    /// the frame timeout, and what it held goes back to the budget: it
-    /// used to hold it for as long as it liked.
-    #[tokio::test]
-    async fn a_frame_trickled_past_the_frame_timeout_closes_the_session() {
-        let budget = BufferBudget::new(usize::MAX);
-        let (device, mut device_end) = tokio::io::duplex(1 << 16);
-        let (upstream, _upstream_end) = tokio::io::duplex(1 << 16);
+    /// The frame timeout of [`with_frame_timeout`].
+    const FRAME_TIMEOUT: Duration = Duration::from_millis(300);
+
+    /// A session relayed with a frame timeout of [`FRAME_TIMEOUT`], whose
+    /// incomplete frames count against `budget`; with the device's and
+    /// the upstream's ends.
+    fn with_frame_timeout(
+        budget: &BufferBudget,
+    ) -> (
+        tokio::task::JoinHandle<Result<Forwarded, RelayError>>,
+        tokio::io::DuplexStream,
+        tokio::io::DuplexStream,
+    ) {
+        let (device, device_end) = tokio::io::duplex(1 << 16);
+        let (upstream, upstream_end) = tokio::io::duplex(1 << 16);
         let settings = RelaySettings {
-            frame: Duration::from_millis(300),
+            frame: FRAME_TIMEOUT,
             ..settings(10_000)
         };
         let relayed = tokio::spawn(relay(
@@ -764,6 +770,17 @@ mod tests {
                 ..Guards::none()
             },
         ));
+        (relayed, device_end, upstream_end)
+    }
+
+    /// A device that sends most of a frame, then a byte now and then (well
+    /// within the idle timeout), is closed when the frame is not whole by
+    /// the frame timeout, and what it held goes back to the budget: it
+    /// used to hold it for as long as it liked.
+    #[tokio::test]
+    async fn a_frame_trickled_past_the_frame_timeout_closes_the_session() {
+        let budget = BufferBudget::new(usize::MAX);
+        let (relayed, mut device_end, _upstream_end) = with_frame_timeout(&budget);
         let frame = publish("site/a/blob", &[7; 4096]);
         device_end.write_all(&frame[..2048]).await.unwrap();
         let start = Instant::now();
@@ -776,7 +793,7 @@ mod tests {
         }
         let ended = relayed.await.unwrap();
         assert!(
-            matches!(ended, Err(RelayError::FrameTimeout { limit, .. }) if limit == settings.frame),
+            matches!(ended, Err(RelayError::FrameTimeout { limit, .. }) if limit == FRAME_TIMEOUT),
             "{ended:?}"
         );
         assert_eq!(budget.held(), 0, "the held bytes go back to the budget");
@@ -786,23 +803,8 @@ mod tests {
     /// frame timeout: each frame is whole well within it.
     #[tokio::test]
     async fn frames_each_split_across_reads_outlast_the_frame_timeout() {
-        let (device, mut device_end) = tokio::io::duplex(1 << 16);
-        let (upstream, mut upstream_end) = tokio::io::duplex(1 << 16);
-        let settings = RelaySettings {
-            frame: Duration::from_millis(300),
-            ..settings(10_000)
-        };
-        let relayed = tokio::spawn(relay(
-            device,
-            upstream,
-            Vec::new(),
-            Some(mqtt_pipeline(
-                r#"permit(principal, action in Action::"mqtt", resource);"#,
-            )),
-            settings,
-            Arc::new(NoEnforcer),
-            Guards::none(),
-        ));
+        let budget = BufferBudget::new(usize::MAX);
+        let (relayed, mut device_end, mut upstream_end) = with_frame_timeout(&budget);
         let frame = publish("site/a/temp", &[7; 100]);
         let stream = frame.repeat(20);
         // Reads end halfway through a frame, for about twice the frame
@@ -956,6 +958,13 @@ mod tests {
         }
     }
 
+    /// A policy that allows MQTT and quarantines a device for a publish to
+    /// a firmware topic.
+    const QUARANTINE_FIRMWARE: &str = r#"permit(principal, action in Action::"mqtt", resource);
+@response("quarantine-device")
+forbid(principal, action == Action::"mqtt.publish", resource) when { context.topic like "*/firmware" };
+"#;
+
     /// What the relay told its enforcer.
     #[derive(Default)]
     struct Told {
@@ -978,10 +987,7 @@ mod tests {
     /// quarantined nor recorded, could come back at once and try again.
     #[tokio::test]
     async fn a_chunk_a_failing_detector_blocks_still_quarantines_and_is_recorded() {
-        let policy = r#"permit(principal, action in Action::"mqtt", resource);
-@response("quarantine-device")
-forbid(principal, action == Action::"mqtt.publish", resource) when { context.topic like "*/firmware" };
-"#;
+        let policy = QUARANTINE_FIRMWARE;
         let runtime = runtime();
         // The MQTT parser in a detector's place fails every call, as a
         // detector out of its budgets would.
@@ -1016,10 +1022,7 @@ forbid(principal, action == Action::"mqtt.publish", resource) when { context.top
     /// meanwhile is not forwarded.
     #[tokio::test]
     async fn once_a_frame_for_the_device_quarantined_it_nothing_more_reaches_the_upstream() {
-        let policy = r#"permit(principal, action in Action::"mqtt", resource);
-@response("quarantine-device")
-forbid(principal, action == Action::"mqtt.publish", resource) when { context.topic like "*/firmware" };
-"#;
+        let policy = QUARANTINE_FIRMWARE;
         // The device's socket takes 64 bytes: the allowed frame's delivery
         // waits on the device, which reads nothing yet.
         let (device, mut device_end) = tokio::io::duplex(64);
