@@ -393,9 +393,11 @@ async fn refused(admin: &Admin, by: &OperatorRef, request: &Request, reason: &st
         request.clone(),
         reason.to_owned(),
     );
-    // Refusals are recorded as the queue has room: the record logs its
-    // own failure.
-    let _ = tokio::task::spawn_blocking(move || admin.record(&by, &request, Err(&reason))).await;
+    // Refused before it ran, it changed nothing: recorded as the queue has
+    // room, so that no one slows the appliance by being refused. The
+    // record logs its own failure.
+    let _ =
+        tokio::task::spawn_blocking(move || admin.record(&by, &request, Err(&reason), false)).await;
 }
 
 /// The request in `http`.

@@ -199,10 +199,19 @@ impl Request {
         }
     }
 
-    /// Whether the request only reads: what a viewer may make, and the
-    /// list of operators.
+    /// Whether the request only reads: what a viewer may make, the
+    /// plugins' settings, and the list of operators.
     pub fn reads_only(&self) -> bool {
-        self.role() == Some(Role::Viewer) || matches!(self, Request::OperatorList)
+        self.role() == Some(Role::Viewer)
+            || matches!(
+                self,
+                Request::OperatorList
+                    | Request::PluginConfig {
+                        value: None,
+                        unset: false,
+                        ..
+                    }
+            )
     }
 
     /// The request's name, as its JSON `op` says.
@@ -255,21 +264,25 @@ impl Running {
             let answer = admin.execute_with(request, &mut |step| {
                 let _ = tx.send(step);
             });
-            drop(held);
             if let Some((by, request)) = made {
                 let outcome = match &answer {
                     Response::Error(e) => Err(e.as_str()),
                     _ => Ok(()),
                 };
-                if outcome.is_err() || !request.reads_only() {
-                    let recorded = admin.record(&by, &request, outcome);
-                    if let (Err(e), Ok(())) = (recorded, outcome) {
-                        let _ = tx.send(format!(
-                            "warning: done, but not recorded in the audit trail: {e}"
-                        ));
+                // A change is recorded on disk, even one that failed
+                // part-way (it may have taken effect); a read only when
+                // refused, as the queue has room.
+                let durable = !request.reads_only();
+                if outcome.is_err() || durable {
+                    let recorded = admin.record(&by, &request, outcome, durable);
+                    if let (Err(e), true) = (recorded, durable) {
+                        let _ = tx.send(format!("warning: not recorded in the audit trail: {e}"));
                     }
                 }
             }
+            // Held while the record is written too: the slots bound the
+            // threads a stalled disk can hold.
+            drop(held);
             answer
         });
         Running {
@@ -622,17 +635,19 @@ impl Admin {
 impl Admin {
     /// Record in the audit trail, if this executor has one, that `by` made
     /// `request`, and how it ended: `Err` with the reason when refused.
-    /// Fails, saying why, when the record could not be made.
+    /// With `durable`, on disk before it returns; else as the audit
+    /// queue has room. Fails, saying why, when the record could not be
+    /// made.
     pub(crate) fn record(
         &self,
         by: &OperatorRef,
         request: &Request,
         outcome: Result<(), &str>,
+        durable: bool,
     ) -> Result<(), String> {
         let Some(audit) = &self.audit else {
             return Ok(());
         };
-        let refused = outcome.is_err();
         let mut arguments = match serde_json::to_value(request) {
             Ok(Value::Object(arguments)) => arguments,
             _ => serde_json::Map::new(),
@@ -693,15 +708,13 @@ impl Admin {
         }];
         // A change is on disk before the operator is answered: through
         // the queue, a full one (findings coming faster than the disk
-        // takes them) dropped it, and a crash after the answer lost it. A
-        // refusal changed nothing: recorded if the queue has room, so
-        // that no one slows the appliance by being refused.
-        let recorded = if refused {
+        // takes them) dropped it, and a crash after the answer lost it.
+        let recorded = if durable {
+            audit.append_now(entry).map_err(|e| e.to_string())
+        } else {
             (audit.try_push(entry))
                 .then_some(())
                 .ok_or_else(|| "the audit queue is full".to_owned())
-        } else {
-            audit.append_now(entry).map_err(|e| e.to_string())
         };
         if let Err(e) = &recorded {
             tracing::error!(
@@ -984,6 +997,13 @@ mod tests {
                 name: "mqtt".into(),
                 key: Some("api-token".into()),
                 value: Some("hunter2-hunter2".into()),
+                unset: false,
+            },
+            // An operator's to read, and only a read: not recorded.
+            Request::PluginConfig {
+                name: "mqtt".into(),
+                key: Some("api-token".into()),
+                value: None,
                 unset: false,
             },
             Request::DeviceList,
