@@ -157,9 +157,26 @@ impl Pki {
         let dir = data.join("pki");
         let (key_path, cert_path) = (dir.join("ca.key"), dir.join("ca.pem"));
         if key_path.exists() && !cert_path.exists() {
-            // A first start cut short between the two writes below: the key
-            // never signed anything anyone holds. Set aside, not destroyed,
-            // should its certificate have been removed by hand instead.
+            // A first start cut short between the two writes below leaves
+            // the key alone in the directory: it never signed anything
+            // anyone holds. With anything else beside it (the server's
+            // certificate), the CA did sign, and its certificate was lost
+            // since: made afresh, every certificate would stop verifying.
+            let made = std::fs::read_dir(&dir)
+                .map_err(io(&dir))?
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .find(|name| !name.starts_with("ca.key"));
+            if let Some(made) = made {
+                return Err(PkiError::BadFile {
+                    path: cert_path,
+                    reason: format!(
+                        "missing, though this site CA has made {made}: restore it from a backup, or move {} aside to start a new site CA (every device and operator certificate then needs issuing again)",
+                        dir.display()
+                    ),
+                });
+            }
+            // Set aside, not destroyed.
             let aside = dir.join("ca.key.incomplete");
             std::fs::rename(&key_path, &aside).map_err(io(&key_path))?;
             tracing::warn!(key = %aside.display(), "a site CA key without its certificate, from an interrupted first start, set aside: creating the site CA afresh");
@@ -516,6 +533,19 @@ mod tests {
         let (reopened, created) = Pki::init(dir.path()).unwrap();
         assert!(!created);
         assert_eq!(reopened.ca_pem(), again.ca_pem());
+
+        // A CA that has signed (the server's certificate) and then lost
+        // its certificate is not made afresh: that would void every
+        // certificate it issued.
+        (reopened.server_certificate(&["gate.example".into()], Duration::from_secs(86_400)))
+            .unwrap();
+        std::fs::remove_file(pki.join("ca.pem")).unwrap();
+        let error = Pki::init(dir.path()).unwrap_err().to_string();
+        assert!(
+            error.contains("ca.pem: missing, though this site CA has made server"),
+            "{error}"
+        );
+        assert!(pki.join("ca.key").exists());
     }
 
     #[test]
