@@ -125,9 +125,11 @@ pub struct Limits {
     /// Seconds to connect to an upstream. Default 10.
     pub connect_timeout_secs: u64,
     /// Seconds one direction of a session may hold an incomplete frame; a
-    /// frame not whole by then closes the session. Default 60: a large
-    /// frame over a slow link still arrives, and a device cannot keep its
-    /// share of `max-buffered-bytes` by sending a byte now and then.
+    /// frame not whole by then closes the session, so that a device cannot
+    /// keep its share of `max-buffered-bytes` by sending a byte now and
+    /// then. Default 120: a frame of the default `max-frame-bytes` (256
+    /// KiB) arrives over a link of 18 kbit/s, a 2 KiB one over 140 bit/s.
+    /// Raise it with `max-frame-bytes`, or for slower links.
     pub frame_timeout_secs: u64,
     /// Largest frame held while incomplete, per direction, in bytes.
     /// Default 256 KiB: more than any MQTT, CoAP or Modbus frame a device
@@ -160,7 +162,7 @@ impl Default for Limits {
             handshake_timeout_secs: 10,
             idle_timeout_secs: 300,
             connect_timeout_secs: 10,
-            frame_timeout_secs: 60,
+            frame_timeout_secs: 120,
             max_frame_bytes: 256 << 10,
             max_buffered_bytes: 256 << 20,
             read_chunk_bytes: 16 << 10,
@@ -242,12 +244,16 @@ pub struct AuditConfig {
     /// oldest records go, and a warning says how many went undelivered. A
     /// record holds its event whole, and a device chooses how long that is
     /// (an MQTT topic of 64 KiB): the record counts above bound the disk
-    /// only for records of a typical size. Default 1 GiB.
+    /// only for records of a typical size. Default 1 GiB, at least 64 MiB.
+    /// A device that makes its records large makes the trail hold fewer
+    /// (about 17000 of 60 KB each): while a sink is down, the oldest then
+    /// go undelivered sooner, with the warning.
     pub max_bytes: u64,
 }
 
-/// The least `max-bytes` of the audit trail: a few of the largest records.
-const MIN_AUDIT_BYTES: u64 = 1 << 20;
+/// The least `max-bytes` of the audit trail: sixteen of the largest
+/// records (an event as large as a plugin's default output limit).
+const MIN_AUDIT_BYTES: u64 = 64 << 20;
 
 impl Default for AuditConfig {
     fn default() -> Self {
@@ -615,7 +621,7 @@ impl Config {
         }
         if self.audit.max_bytes < MIN_AUDIT_BYTES {
             return invalid(format!(
-                "audit: max-bytes ({}) must be at least {MIN_AUDIT_BYTES} (1 MiB): the trail holds what the SIEM sinks have yet to send",
+                "audit: max-bytes ({}) must be at least {MIN_AUDIT_BYTES} (64 MiB): the trail holds what the SIEM sinks have yet to send",
                 self.audit.max_bytes
             ));
         }

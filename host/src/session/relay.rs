@@ -443,12 +443,10 @@ impl Pump {
                 None => settings.idle,
             };
             let n = match tokio::time::timeout(wait, from.read(&mut chunk)).await {
-                Err(_) if self.frame_overdue(settings) => {
-                    return Err(RelayError::FrameTimeout {
-                        direction: name(self.direction),
-                        limit: settings.frame,
-                    });
-                }
+                // Quarantined, it forwards nothing more, and the other
+                // direction may still deliver what was allowed.
+                Err(_) if self.halted(activity) => return Ok(self.forwarded),
+                Err(_) if self.frame_overdue(settings) => return Err(self.frame_timeout(settings)),
                 Err(_) if activity.idle_for() >= settings.idle => {
                     return Err(RelayError::Idle(settings.idle));
                 }
@@ -495,6 +493,11 @@ impl Pump {
             if self.halted(activity) {
                 return Ok(self.forwarded);
             }
+            // Reads that come quickly never time out: the frame's deadline
+            // is checked after each one too.
+            if self.frame_overdue(settings) {
+                return Err(self.frame_timeout(settings));
+            }
         }
     }
 
@@ -503,6 +506,13 @@ impl Pump {
     fn frame_overdue(&self, settings: RelaySettings) -> bool {
         self.incomplete_since
             .is_some_and(|since| since.elapsed() >= settings.frame)
+    }
+
+    fn frame_timeout(&self, settings: RelaySettings) -> RelayError {
+        RelayError::FrameTimeout {
+            direction: name(self.direction),
+            limit: settings.frame,
+        }
     }
 
     /// Whether this direction forwards nothing more: it goes to the
@@ -807,11 +817,13 @@ mod tests {
         let (relayed, mut device_end, mut upstream_end) = with_frame_timeout(&budget);
         let frame = publish("site/a/temp", &[7; 100]);
         let stream = frame.repeat(20);
-        // Reads end halfway through a frame, for about twice the frame
-        // timeout in all.
-        for piece in stream.chunks(frame.len() * 3 / 2) {
+        // Half a frame first, then a frame's length at a time: every read
+        // ends halfway through a frame, for about twice the frame timeout
+        // in all.
+        let (first, rest) = stream.split_at(frame.len() / 2);
+        for piece in std::iter::once(first).chain(rest.chunks(frame.len())) {
             device_end.write_all(piece).await.unwrap();
-            tokio::time::sleep(Duration::from_millis(40)).await;
+            tokio::time::sleep(Duration::from_millis(30)).await;
         }
         drop(device_end);
         let mut reached = Vec::new();
