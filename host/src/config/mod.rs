@@ -143,6 +143,17 @@ pub struct Limits {
     /// `max-frame-bytes`. Default 256 MiB: a thousand sessions halfway
     /// through the largest frame; at least twice `max-frame-bytes`.
     pub max_buffered_bytes: usize,
+    /// Bytes of incomplete frames one device's sessions hold at once,
+    /// together: past it, the device's session whose frame would take it
+    /// further is closed, so that a few devices cannot hold all of
+    /// `max-buffered-bytes` and have other devices' sessions closed for
+    /// want of it. At least twice `max-frame-bytes`. Default: a
+    /// sixteenth of `max-buffered-bytes`, and at least twice
+    /// `max-frame-bytes` (16 MiB with the defaults: 32 sessions halfway
+    /// through the largest frame); see
+    /// [`Limits::buffered_bytes_per_device`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_buffered_bytes_per_device: Option<usize>,
     /// Bytes read from a socket at once, and handed to the parser in one
     /// call. Default 16 KiB.
     pub read_chunk_bytes: usize,
@@ -165,10 +176,22 @@ impl Default for Limits {
             frame_timeout_secs: 120,
             max_frame_bytes: 256 << 10,
             max_buffered_bytes: 256 << 20,
+            max_buffered_bytes_per_device: None,
             read_chunk_bytes: 16 << 10,
             quic_streams_per_connection: 16,
             shutdown_grace_secs: 5,
         }
+    }
+}
+
+impl Limits {
+    /// The bytes of incomplete frames one device's sessions may hold:
+    /// `max-buffered-bytes-per-device`, or by default a sixteenth of
+    /// `max-buffered-bytes`, and at least twice `max-frame-bytes`.
+    pub fn buffered_bytes_per_device(&self) -> usize {
+        self.max_buffered_bytes_per_device.unwrap_or_else(|| {
+            (self.max_buffered_bytes / 16).max(self.max_frame_bytes.saturating_mul(2))
+        })
     }
 }
 
@@ -530,6 +553,12 @@ impl Config {
                 "max-frame-bytes must be at most 256 MiB, MQTT's largest packet".into(),
             );
         }
+        if (l.max_buffered_bytes_per_device).is_some_and(|bytes| bytes / 2 < l.max_frame_bytes) {
+            return invalid(format!(
+                "max-buffered-bytes-per-device must be at least twice max-frame-bytes ({}): a frame waiting for its end is held twice",
+                l.max_frame_bytes
+            ));
+        }
         if l.max_buffered_bytes / 2 < l.max_frame_bytes {
             return invalid(format!(
                 "max-buffered-bytes must be at least twice max-frame-bytes ({}): a frame waiting for its end is held twice",
@@ -694,6 +723,26 @@ mod tests {
         assert!(
             Config::parse("[limits]\nmax-frame-bytes = 1048576\nmax-buffered-bytes = 2097152\n")
                 .is_ok()
+        );
+    }
+
+    /// A device's share of the buffer budget: a sixteenth of it by
+    /// default, never less than one largest frame held twice, and a
+    /// configured share below that refused.
+    #[test]
+    fn a_devices_share_of_the_buffers_is_checked() {
+        let limits = Config::parse("").unwrap().limits;
+        assert_eq!(limits.buffered_bytes_per_device(), 16 << 20);
+        let big_frames =
+            Config::parse("[limits]\nmax-frame-bytes = 16777216\nmax-buffered-bytes = 67108864\n")
+                .unwrap();
+        assert_eq!(big_frames.limits.buffered_bytes_per_device(), 32 << 20);
+        let set = Config::parse("[limits]\nmax-buffered-bytes-per-device = 1048576\n").unwrap();
+        assert_eq!(set.limits.buffered_bytes_per_device(), 1 << 20);
+        let err = Config::parse("[limits]\nmax-buffered-bytes-per-device = 524287\n").unwrap_err();
+        assert!(
+            err.to_string().contains("max-buffered-bytes-per-device"),
+            "{err}"
         );
     }
 

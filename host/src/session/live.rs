@@ -17,7 +17,7 @@
 //! and its way upstream, for as long as it liked.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
@@ -45,6 +45,8 @@ struct Sessions {
     /// Set by the close, for [`Closed`]: apart from `closing`, whose
     /// receivers count the live sessions.
     closed: Arc<AtomicBool>,
+    /// Bytes of incomplete frames the device's sessions hold together.
+    buffered: Arc<AtomicUsize>,
     /// By membership: the session's id, and how to hang it up.
     hang_ups: HashMap<u64, (u64, HangUp)>,
 }
@@ -84,6 +86,7 @@ impl LiveSessions {
                 generation: self.next_id.fetch_add(1, Ordering::Relaxed),
                 closing: watch::channel(None).0,
                 closed: Arc::new(AtomicBool::new(false)),
+                buffered: Arc::default(),
                 hang_ups: HashMap::new(),
             });
         Membership {
@@ -91,6 +94,7 @@ impl LiveSessions {
             generation: sessions.generation,
             closing: sessions.closing.subscribe(),
             closed: sessions.closed.clone(),
+            buffered: sessions.buffered.clone(),
             device: device.to_owned(),
             live: self.clone(),
         }
@@ -157,6 +161,8 @@ pub struct Membership {
     closing: watch::Receiver<Option<String>>,
     /// The entry's [`Sessions::closed`].
     closed: Arc<AtomicBool>,
+    /// The entry's [`Sessions::buffered`].
+    buffered: Arc<AtomicUsize>,
     device: String,
     live: LiveSessions,
 }
@@ -188,6 +194,7 @@ impl Membership {
             generation: sessions.generation,
             closing: sessions.closing.subscribe(),
             closed: sessions.closed.clone(),
+            buffered: sessions.buffered.clone(),
             device: self.device.clone(),
             live: self.live.clone(),
         })
@@ -197,6 +204,12 @@ impl Membership {
     /// says, without waiting.
     pub fn reason(&self) -> Option<String> {
         self.closing.borrow().clone()
+    }
+
+    /// The bytes of incomplete frames the device's sessions hold
+    /// together: what its share of the buffer budget counts.
+    pub fn buffered(&self) -> Arc<AtomicUsize> {
+        self.buffered.clone()
     }
 
     /// Whether the device was closed, for whoever cannot wait on

@@ -57,10 +57,13 @@ pub struct BufferBudget {
 impl BufferBudget {
     /// A budget of `max` bytes.
     pub fn new(max: usize) -> Self {
-        BufferBudget {
-            held: Arc::new(AtomicUsize::new(0)),
-            max,
-        }
+        Self::counted_in(Arc::default(), max)
+    }
+
+    /// A budget of `max` bytes, what it holds counted in `held`: one
+    /// device's share, counted with its live sessions.
+    pub fn counted_in(held: Arc<AtomicUsize>, max: usize) -> Self {
+        BufferBudget { held, max }
     }
 
     /// Bytes held now, all sessions together.
@@ -82,33 +85,58 @@ impl BufferBudget {
     }
 }
 
-/// What one direction of a session holds of a [`BufferBudget`]; given back
-/// when it is dropped.
+/// What one direction of a session holds of the appliance's
+/// [`BufferBudget`] and of its device's; given back when it is dropped.
 #[derive(Debug)]
 struct Share {
     budget: BufferBudget,
+    device: BufferBudget,
     bytes: usize,
 }
 
+/// Which budget had no room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Over {
+    /// The device's.
+    Device,
+    /// The appliance's, for all sessions.
+    All,
+}
+
 impl Share {
-    /// Hold `bytes` in all, taking or giving back the difference; `false`
-    /// (and nothing changed) when the budget has no room for them.
-    fn set(&mut self, bytes: usize) -> bool {
+    /// Hold `bytes` in all, taking or giving back the difference; which
+    /// budget has no room for them (and nothing changed) when one has
+    /// not.
+    fn set(&mut self, bytes: usize) -> Result<(), Over> {
         if bytes > self.bytes {
-            if !self.budget.take(bytes - self.bytes) {
-                return false;
+            let more = bytes - self.bytes;
+            if !self.device.take(more) {
+                return Err(Over::Device);
+            }
+            if !self.budget.take(more) {
+                self.device.give(more);
+                return Err(Over::All);
             }
         } else {
-            self.budget.give(self.bytes - bytes);
+            let less = self.bytes - bytes;
+            self.device.give(less);
+            self.budget.give(less);
         }
         self.bytes = bytes;
-        true
+        Ok(())
+    }
+
+    /// Give back everything held.
+    fn release(&mut self) {
+        self.device.give(self.bytes);
+        self.budget.give(self.bytes);
+        self.bytes = 0;
     }
 }
 
 impl Drop for Share {
     fn drop(&mut self) {
-        self.budget.give(self.bytes);
+        self.release();
     }
 }
 
@@ -120,6 +148,10 @@ pub struct Guards {
     pub closed: Closed,
     /// The bytes of incomplete frames all sessions may hold.
     pub buffers: BufferBudget,
+    /// The bytes of incomplete frames the device's sessions may hold: so
+    /// that a few devices cannot hold all of `buffers`, and have others'
+    /// sessions closed for want of it.
+    pub device_buffers: BufferBudget,
 }
 
 impl Guards {
@@ -129,6 +161,7 @@ impl Guards {
         Guards {
             closed: Closed::never(),
             buffers: BufferBudget::new(usize::MAX),
+            device_buffers: BufferBudget::new(usize::MAX),
         }
     }
 }
@@ -225,6 +258,21 @@ pub enum RelayError {
         /// The budget.
         max: usize,
     },
+    /// Holding this direction's incomplete frame would take the device's
+    /// sessions past their share of the buffer budget.
+    #[error(
+        "{direction} frame of {holding} bytes so far cannot wait: the device's sessions together hold {held} bytes of incomplete frames, and max-buffered-bytes-per-device is {max}"
+    )]
+    DeviceOverBudget {
+        /// The direction.
+        direction: &'static str,
+        /// Bytes the session's direction would hold.
+        holding: usize,
+        /// Bytes the device's sessions hold.
+        held: usize,
+        /// The device's share.
+        max: usize,
+    },
 }
 
 /// What the relay asks of the rest of the appliance when the policy or a
@@ -319,6 +367,7 @@ where
     };
     let share = || Share {
         budget: guards.buffers.clone(),
+        device: guards.device_buffers.clone(),
         bytes: 0,
     };
     let up = Pump {
@@ -466,7 +515,7 @@ impl Pump {
                     if let Some(pipeline) = &self.pipeline {
                         lock(pipeline).end(self.direction);
                     }
-                    self.share.set(0);
+                    self.share.release();
                     // The peer may already be gone; its own direction
                     // reports it. A TLS shutdown writes close_notify,
                     // which waits on a peer that stopped reading as long
@@ -654,14 +703,26 @@ impl Pump {
             Some(since) if inspected.spans.is_empty() => Some(since),
             _ => Some(Instant::now()),
         };
-        if !self.share.set(holding) {
-            let budget = &self.share.budget;
-            return Err(RelayError::OverBudget {
-                direction: name(direction),
-                holding,
-                held: budget.held(),
-                max: budget.max,
-            });
+        match self.share.set(holding) {
+            Ok(()) => {}
+            Err(Over::All) => {
+                let budget = &self.share.budget;
+                return Err(RelayError::OverBudget {
+                    direction: name(direction),
+                    holding,
+                    held: budget.held(),
+                    max: budget.max,
+                });
+            }
+            Err(Over::Device) => {
+                let budget = &self.share.device;
+                return Err(RelayError::DeviceOverBudget {
+                    direction: name(direction),
+                    holding,
+                    held: budget.held(),
+                    max: budget.max,
+                });
+            }
         }
         if let Some(m) = inspected.malformed {
             return Err(RelayError::Malformed {
@@ -844,6 +905,12 @@ mod tests {
     /// The device-to-upstream direction of a session whose policy allows
     /// every MQTT frame, its incomplete frames held of `budget`.
     fn pump(budget: &BufferBudget) -> Pump {
+        device_pump(budget, &BufferBudget::new(usize::MAX))
+    }
+
+    /// As [`pump`], its incomplete frames also held of its device's
+    /// `device` budget.
+    fn device_pump(budget: &BufferBudget, device: &BufferBudget) -> Pump {
         Pump {
             direction: Direction::ToUpstream,
             pipeline: Some(Arc::new(Mutex::new(mqtt_pipeline(
@@ -853,6 +920,7 @@ mod tests {
             held: Vec::new(),
             share: Share {
                 budget: budget.clone(),
+                device: device.clone(),
                 bytes: 0,
             },
             incomplete_since: None,
@@ -1207,6 +1275,45 @@ forbid(principal, action == Action::"mqtt.publish", resource) when { context.top
         assert_eq!(budget.held(), 40 << 10);
         drop((b, c));
         assert_eq!(budget.held(), 0);
+    }
+
+    /// A device's sessions halfway through large frames hold at most its
+    /// share of the budget: past it, the session asking is the device's
+    /// own, and another device's sessions still find room. A few devices
+    /// used to be able to hold all of it.
+    #[tokio::test]
+    async fn a_device_holds_at_most_its_share_of_the_budget() {
+        let budget = BufferBudget::new(1 << 20);
+        let (hoarder, other) = (BufferBudget::new(64 << 10), BufferBudget::new(64 << 10));
+        let (mut a, mut b) = (
+            device_pump(&budget, &hoarder),
+            device_pump(&budget, &hoarder),
+        );
+        let mut c = device_pump(&budget, &other);
+        let activity = activity();
+        let settings = settings(10_000);
+        let frame = publish("site/a/blob", &[7; 100 << 10]);
+        let start = &frame[..20 << 10];
+        let mut upstream = Vec::new();
+        (a.forward(&mut upstream, start, &activity, settings).await).unwrap();
+        let over = (b.forward(&mut upstream, start, &activity, settings).await).unwrap_err();
+        assert!(
+            matches!(
+                over,
+                RelayError::DeviceOverBudget {
+                    holding: 40960,
+                    held: 40960,
+                    max: 65536,
+                    ..
+                }
+            ),
+            "{over}"
+        );
+        (c.forward(&mut upstream, start, &activity, settings).await).unwrap();
+        assert_eq!((hoarder.held(), other.held()), (40 << 10, 40 << 10));
+        assert_eq!(budget.held(), 80 << 10, "the refused one took nothing");
+        drop((a, b, c));
+        assert_eq!((hoarder.held(), other.held(), budget.held()), (0, 0, 0));
     }
 
     /// A device that sends the start of a frame and then closes its

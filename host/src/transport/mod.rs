@@ -31,7 +31,7 @@ mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rustls::pki_types::CertificateDer;
@@ -332,6 +332,8 @@ struct Holder<'a> {
     device: &'a Device,
     role: Option<&'a str>,
     closed: Closed,
+    /// What the device's sessions hold of incomplete frames.
+    buffered: Arc<AtomicUsize>,
 }
 
 /// A device that passed the handshake, the registry and the policy.
@@ -478,6 +480,7 @@ impl Shared {
             device,
             role,
             closed: device_closed,
+            buffered,
         } = holder;
         let name = &route.config.name;
         let settings = self.relay_settings();
@@ -519,6 +522,10 @@ impl Shared {
             Guards {
                 closed: device_closed,
                 buffers: self.buffers.clone(),
+                device_buffers: BufferBudget::counted_in(
+                    buffered,
+                    self.limits.buffered_bytes_per_device(),
+                ),
             },
         )
         .await;

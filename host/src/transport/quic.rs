@@ -346,6 +346,7 @@ impl Stream {
             device,
             role,
             closed: self.membership.watch(),
+            buffered: self.membership.buffered(),
         };
         let session = shared.session(holder, route, peer, tokio::io::join(recv, &mut self.send));
         let ended = tokio::select! {

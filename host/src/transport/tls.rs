@@ -181,7 +181,7 @@ async fn connection(
     };
     let id = shared.session_id();
     membership.hang_up_with(id, hang_up);
-    let closed = membership.watch();
+    let (closed, buffered) = (membership.watch(), membership.buffered());
     let ended = match &serves {
         Serves::Route(route) => tokio::select! {
             // A close says why first: hanging up the connection also ends
@@ -189,7 +189,13 @@ async fn connection(
             biased;
             reason = membership.closed() => reason,
             _ = shared.session(
-                Holder { id, device: &device, role: claims.role.as_deref(), closed },
+                Holder {
+                    id,
+                    device: &device,
+                    role: claims.role.as_deref(),
+                    closed,
+                    buffered,
+                },
                 route,
                 peer,
                 stream,
