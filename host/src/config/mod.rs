@@ -148,9 +148,10 @@ pub struct Limits {
     /// further is closed, so that a few devices cannot hold all of
     /// `max-buffered-bytes` and have other devices' sessions closed for
     /// want of it. At least twice `max-frame-bytes`. Default: a
-    /// sixteenth of `max-buffered-bytes`, and at least twice
-    /// `max-frame-bytes` (16 MiB with the defaults: 32 sessions halfway
-    /// through the largest frame); see
+    /// sixteenth of `max-buffered-bytes`, and at least what one session
+    /// holds with the largest frame halfway both ways (four times
+    /// `max-frame-bytes`), within `max-buffered-bytes` (16 MiB with the
+    /// defaults: 32 sessions halfway through the largest frame); see
     /// [`Limits::buffered_bytes_per_device`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_buffered_bytes_per_device: Option<usize>,
@@ -187,10 +188,15 @@ impl Default for Limits {
 impl Limits {
     /// The bytes of incomplete frames one device's sessions may hold:
     /// `max-buffered-bytes-per-device`, or by default a sixteenth of
-    /// `max-buffered-bytes`, and at least twice `max-frame-bytes`.
+    /// `max-buffered-bytes`, and at least what one session holds with the
+    /// largest frame halfway both ways (each held twice: four times
+    /// `max-frame-bytes`), within `max-buffered-bytes`.
     pub fn buffered_bytes_per_device(&self) -> usize {
         self.max_buffered_bytes_per_device.unwrap_or_else(|| {
-            (self.max_buffered_bytes / 16).max(self.max_frame_bytes.saturating_mul(2))
+            let one_session = self.max_frame_bytes.saturating_mul(4);
+            (self.max_buffered_bytes / 16)
+                .max(one_session)
+                .min(self.max_buffered_bytes)
         })
     }
 }
@@ -727,8 +733,10 @@ mod tests {
     }
 
     /// A device's share of the buffer budget: a sixteenth of it by
-    /// default, never less than one largest frame held twice, and a
-    /// configured share below that refused.
+    /// default, never less than one session with the largest frame
+    /// halfway both ways (as configurations valid before the share
+    /// existed allow), and a configured share below one frame held twice
+    /// refused.
     #[test]
     fn a_devices_share_of_the_buffers_is_checked() {
         let limits = Config::parse("").unwrap().limits;
@@ -736,7 +744,7 @@ mod tests {
         let big_frames =
             Config::parse("[limits]\nmax-frame-bytes = 16777216\nmax-buffered-bytes = 67108864\n")
                 .unwrap();
-        assert_eq!(big_frames.limits.buffered_bytes_per_device(), 32 << 20);
+        assert_eq!(big_frames.limits.buffered_bytes_per_device(), 64 << 20);
         let set = Config::parse("[limits]\nmax-buffered-bytes-per-device = 1048576\n").unwrap();
         assert_eq!(set.limits.buffered_bytes_per_device(), 1 << 20);
         let err = Config::parse("[limits]\nmax-buffered-bytes-per-device = 524287\n").unwrap_err();
