@@ -150,38 +150,47 @@ impl std::fmt::Debug for Pki {
     }
 }
 
+/// Set aside `key`, a site CA key in `dir` whose certificate `cert` is
+/// missing, so that a new CA can be made: when nothing else is in `dir`.
+///
+/// A first start cut short between writing the key and the certificate
+/// leaves the key alone in the directory: it never signed anything anyone
+/// holds. With anything else beside it (the server's certificate), the CA
+/// did sign, and its certificate was lost since: made afresh, every
+/// certificate would stop verifying, so that is refused.
+fn set_aside_incomplete(dir: &Path, key: &Path, cert: &Path) -> Result<(), PkiError> {
+    let made = std::fs::read_dir(dir)
+        .map_err(io(dir))?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|name| !name.starts_with("ca.key"));
+    if let Some(made) = made {
+        return Err(PkiError::BadFile {
+            path: cert.to_owned(),
+            reason: format!(
+                "missing, though this site CA has made {made}: restore it from a backup, or move {} aside to start a new site CA (every device and operator certificate then needs issuing again)",
+                dir.display()
+            ),
+        });
+    }
+    // Set aside, not destroyed.
+    let aside = dir.join("ca.key.incomplete");
+    std::fs::rename(key, &aside).map_err(io(key))?;
+    tracing::warn!(key = %aside.display(), "a site CA key without its certificate, from an interrupted first start, set aside: creating the site CA afresh");
+    Ok(())
+}
+
 impl Pki {
     /// Open the site CA in the data directory `data`, creating it first if
     /// there is none. Says whether it was created.
     pub fn init(data: &Path) -> Result<(Pki, bool), PkiError> {
         let dir = data.join("pki");
         let (key_path, cert_path) = (dir.join("ca.key"), dir.join("ca.pem"));
-        if key_path.exists() && !cert_path.exists() {
-            // A first start cut short between the two writes below leaves
-            // the key alone in the directory: it never signed anything
-            // anyone holds. With anything else beside it (the server's
-            // certificate), the CA did sign, and its certificate was lost
-            // since: made afresh, every certificate would stop verifying.
-            let made = std::fs::read_dir(&dir)
-                .map_err(io(&dir))?
-                .filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .find(|name| !name.starts_with("ca.key"));
-            if let Some(made) = made {
-                return Err(PkiError::BadFile {
-                    path: cert_path,
-                    reason: format!(
-                        "missing, though this site CA has made {made}: restore it from a backup, or move {} aside to start a new site CA (every device and operator certificate then needs issuing again)",
-                        dir.display()
-                    ),
-                });
+        if key_path.exists() {
+            if cert_path.exists() {
+                return Ok((Pki::open(data)?, false));
             }
-            // Set aside, not destroyed.
-            let aside = dir.join("ca.key.incomplete");
-            std::fs::rename(&key_path, &aside).map_err(io(&key_path))?;
-            tracing::warn!(key = %aside.display(), "a site CA key without its certificate, from an interrupted first start, set aside: creating the site CA afresh");
-        } else if key_path.exists() {
-            return Ok((Pki::open(data)?, false));
+            set_aside_incomplete(&dir, &key_path, &cert_path)?;
         }
         crate::store::create_data_dir(&dir).map_err(io(&dir))?;
         let key = KeyPair::generate()?;

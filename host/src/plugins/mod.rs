@@ -960,7 +960,7 @@ impl Plugin {
     }
 
     /// Log that a call found no instance, at most every
-    /// [`NO_INSTANCE_LOG_EVERY`] with how many did since: a fail-open
+    /// [`NO_INSTANCE_LOG_EVERY`], with how many have in all: a fail-open
     /// plugin's frames then pass unjudged, and a full pool fails call
     /// after call.
     fn no_instance(&self, reason: &str) {

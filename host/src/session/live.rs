@@ -89,6 +89,11 @@ impl LiveSessions {
                 buffered: Arc::default(),
                 hang_ups: HashMap::new(),
             });
+        self.member_of(device, sessions)
+    }
+
+    /// A new member of `device`'s entry `sessions`.
+    fn member_of(&self, device: &str, sessions: &Sessions) -> Membership {
         Membership {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             generation: sessions.generation,
@@ -185,19 +190,11 @@ impl Membership {
     /// must not join afresh, as a session of the device back after a
     /// release would, and run until the connection notices.
     pub fn join_alongside(&self) -> Option<Membership> {
-        let mut devices = self.live.devices();
+        let devices = self.live.devices();
         let sessions = devices
-            .get_mut(&self.device)
+            .get(&self.device)
             .filter(|s| s.generation == self.generation)?;
-        Some(Membership {
-            id: self.live.next_id.fetch_add(1, Ordering::Relaxed),
-            generation: sessions.generation,
-            closing: sessions.closing.subscribe(),
-            closed: sessions.closed.clone(),
-            buffered: sessions.buffered.clone(),
-            device: self.device.clone(),
-            live: self.live.clone(),
-        })
+        Some(self.live.member_of(&self.device, sessions))
     }
 
     /// Why the session must close, if it must: what [`Membership::closed`]

@@ -43,11 +43,11 @@ pub struct RelaySettings {
     pub frame: Duration,
 }
 
-/// The bytes of incomplete frames every session together holds, and the
-/// most they may: `max-buffered-bytes`. Each session's relay holds what it
-/// read of a frame not yet whole, and its pipeline the same bytes for the
-/// parser; one device is bounded by its connections, but devices together
-/// are bounded only by this. Clones share it.
+/// The bytes of incomplete frames a set of sessions holds together, and
+/// the most they may: every session's (`max-buffered-bytes`), or one
+/// device's (`max-buffered-bytes-per-device`). Each session's relay holds
+/// what it read of a frame not yet whole, and its pipeline the same bytes
+/// for the parser. Clones share it.
 #[derive(Debug, Clone)]
 pub struct BufferBudget {
     held: Arc<AtomicUsize>,
@@ -703,26 +703,26 @@ impl Pump {
             Some(since) if inspected.spans.is_empty() => Some(since),
             _ => Some(Instant::now()),
         };
-        match self.share.set(holding) {
-            Ok(()) => {}
-            Err(Over::All) => {
-                let budget = &self.share.budget;
-                return Err(RelayError::OverBudget {
-                    direction: name(direction),
+        if let Err(over) = self.share.set(holding) {
+            let budget = match over {
+                Over::All => &self.share.budget,
+                Over::Device => &self.share.device,
+            };
+            let (direction, held, max) = (name(direction), budget.held(), budget.max);
+            return Err(match over {
+                Over::All => RelayError::OverBudget {
+                    direction,
                     holding,
-                    held: budget.held(),
-                    max: budget.max,
-                });
-            }
-            Err(Over::Device) => {
-                let budget = &self.share.device;
-                return Err(RelayError::DeviceOverBudget {
-                    direction: name(direction),
+                    held,
+                    max,
+                },
+                Over::Device => RelayError::DeviceOverBudget {
+                    direction,
                     holding,
-                    held: budget.held(),
-                    max: budget.max,
-                });
-            }
+                    held,
+                    max,
+                },
+            });
         }
         if let Some(m) = inspected.malformed {
             return Err(RelayError::Malformed {
